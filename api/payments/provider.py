@@ -1,0 +1,222 @@
+"""The contract between branchpay and a payment provider plugin.
+
+A provider package (built in under ``providers/`` or installed with pip) returns
+subclasses of :class:`Provider` from its ``register_providers`` hook. branchpay
+makes one instance per branch that configures the provider, passing the
+branch's validated settings and a shared ``httpx.AsyncClient``.
+
+Everything that crosses this boundary is a plain value defined here: money is an
+integer count of fen, times are timezone-aware UTC, and secrets stay inside the
+provider instance (they never appear in a value returned from it).
+
+Errors a provider raises:
+
+- :class:`NotificationRejected`: a notification failed verification (bad or
+  missing signature, wrong app or merchant id, malformed body, stale
+  timestamp). branchpay answers with ``notification_reply(accepted=False)`` and
+  changes nothing.
+- :class:`GatewayError`: a call to the platform failed. ``retryable`` says
+  whether the platform documents the call as safe to repeat; ``outcome_unknown``
+  says the platform may have acted (time-out after sending), so the caller must
+  not guess a state and leaves it to reconciliation.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, ClassVar
+
+import httpx
+from pydantic import BaseModel
+
+
+class PaymentMethod(enum.StrEnum):
+    """How the payer pays; the GraphQL enum of the same name mirrors it."""
+
+    PAGE = "PAGE"  # desktop browser redirect
+    WAP = "WAP"  # mobile browser (H5)
+    QR_CODE = "QR_CODE"  # payer scans a code
+    APP = "APP"  # the platform's app SDK
+
+
+class ActionKind(enum.StrEnum):
+    """What the partner frontend must do next to let the payer pay."""
+
+    REDIRECT = "REDIRECT"  # open `url`
+    QR_CODE = "QR_CODE"  # render `qr_code` as a QR code
+    FORM_POST = "FORM_POST"  # render `form_html`, which auto-submits
+    APP_SDK = "APP_SDK"  # hand `app_payload` to the platform's app SDK
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentAction:
+    kind: ActionKind
+    url: str | None = None
+    qr_code: str | None = None
+    form_html: str | None = None
+    app_payload: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentRequest:
+    """One payment attempt to open at the platform."""
+
+    out_trade_no: str  # ours, unique across all attempts, 8..32 chars [0-9A-Za-z]
+    amount_fen: int
+    currency: str  # "CNY"
+    subject: str  # short human description of the order
+    method: PaymentMethod
+    notify_url: str  # where the platform must POST its notifications
+    expires_at: datetime  # UTC; the platform should stop accepting payment after it
+    return_url: str | None = None
+    client_ip: str | None = None
+
+
+class EventKind(enum.StrEnum):
+    PAYMENT_SUCCEEDED = "PAYMENT_SUCCEEDED"
+    PAYMENT_FAILED = "PAYMENT_FAILED"
+    PAYMENT_CLOSED = "PAYMENT_CLOSED"
+    REFUND_SUCCEEDED = "REFUND_SUCCEEDED"
+    REFUND_FAILED = "REFUND_FAILED"
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderEvent:
+    """A verified fact reported by the platform about one attempt.
+
+    ``event_id`` identifies the fact, not the delivery: every re-delivery of the
+    same notification yields the same id (branchpay stores it under a unique
+    index to apply each fact exactly once). For a payment event ``amount_fen`` is
+    the amount paid; for a refund event it is the amount refunded and
+    ``out_refund_no`` names the refund.
+    """
+
+    kind: EventKind
+    event_id: str
+    out_trade_no: str
+    amount_fen: int
+    currency: str
+    occurred_at: datetime
+    provider_trade_no: str | None = None
+    out_refund_no: str | None = None
+    detail: Mapping[str, Any] = field(default_factory=dict)  # safe to store; no secrets
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationRequest:
+    """The raw HTTP request the platform sent to /notify/{provider}/{branch}."""
+
+    method: str
+    headers: Mapping[str, str]  # keys lower-cased
+    query: Mapping[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationReply:
+    """What branchpay answers the platform, in the platform's own format."""
+
+    status_code: int
+    body: bytes
+    media_type: str = "text/plain"
+
+
+class AttemptState(enum.StrEnum):
+    PENDING = "PENDING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CLOSED = "CLOSED"
+    UNKNOWN = "UNKNOWN"  # the platform does not know the attempt (yet)
+
+
+@dataclass(frozen=True, slots=True)
+class QueryResult:
+    """The platform's view of one attempt; ``events`` are facts to apply."""
+
+    state: AttemptState
+    provider_trade_no: str | None = None
+    amount_fen: int | None = None
+    events: tuple[ProviderEvent, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RefundRequest:
+    out_trade_no: str
+    out_refund_no: str  # ours, unique; the platform refunds each number once
+    refund_fen: int
+    total_fen: int  # the attempt's paid amount
+    currency: str
+    reason: str | None = None
+    notify_url: str | None = None
+
+
+class RefundState(enum.StrEnum):
+    SUCCEEDED = "SUCCEEDED"
+    PENDING = "PENDING"  # the platform will notify or can be queried later
+    FAILED = "FAILED"
+
+
+@dataclass(frozen=True, slots=True)
+class RefundResult:
+    state: RefundState
+    provider_refund_no: str | None = None
+    message: str | None = None
+
+
+class ProviderError(Exception):
+    """Base of everything a provider raises on purpose."""
+
+
+class NotificationRejected(ProviderError):
+    """The notification is not genuine or not for this branch; nothing may change."""
+
+
+class GatewayError(ProviderError):
+    def __init__(
+        self, message: str, *, retryable: bool = False, outcome_unknown: bool = False
+    ) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.outcome_unknown = outcome_unknown
+
+
+class Provider:
+    """Base class of a payment provider adapter.
+
+    Subclasses set the class attributes and implement the five coroutines.
+    ``settings`` is an instance of ``Settings`` validated from the branch's
+    table in plugins.toml; ``branch`` is the branch code.
+    """
+
+    name: ClassVar[str]
+    display_name: ClassVar[str]
+    methods: ClassVar[tuple[PaymentMethod, ...]]
+    Settings: ClassVar[type[BaseModel]]
+
+    def __init__(self, settings: BaseModel, *, branch: str, http: httpx.AsyncClient) -> None:
+        self.settings = settings
+        self.branch = branch
+        self.http = http
+
+    async def create_payment(self, request: PaymentRequest) -> PaymentAction:
+        raise NotImplementedError
+
+    async def parse_notification(self, request: NotificationRequest) -> ProviderEvent | None:
+        """Verify and parse; None means genuine but nothing to apply (e.g. WAIT_BUYER_PAY)."""
+        raise NotImplementedError
+
+    def notification_reply(self, *, accepted: bool) -> NotificationReply:
+        raise NotImplementedError
+
+    async def query(self, out_trade_no: str) -> QueryResult:
+        raise NotImplementedError
+
+    async def refund(self, request: RefundRequest) -> RefundResult:
+        raise NotImplementedError
+
+    async def close(self, out_trade_no: str) -> None:
+        """Close an unpaid attempt; closing an attempt the platform never saw is not an error."""
+        raise NotImplementedError
