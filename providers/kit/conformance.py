@@ -1,0 +1,503 @@
+"""The conformance suite every payment provider package must pass.
+
+Subclass :class:`ProviderConformance` in a test module and supply two
+fixtures (the ``branchpay_provider_kit`` pytest plugin supplies the rest):
+
+- ``provider``: an instance of your Provider whose settings point at your
+  running simulator, with ``branch`` set;
+- ``gateway``: a :class:`~providers.kit.driver.GatewayDriver` over that simulator.
+
+Optional fixtures: ``amount_fen`` (default 8800), ``payment_method`` (the
+method used to open attempts that get paid, refunded and closed; default the
+first of QR_CODE, PAGE, WAP, APP the provider declares) and ``notify_url``.
+
+Each case opens fresh attempts with their own ``out_trade_no``, so the suite
+runs against one long-lived simulator. A failing case names the contract
+clause it checks in its assertion message.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, SecretBytes, SecretStr
+
+from api.payments.provider import (
+    ActionKind,
+    AttemptState,
+    EventKind,
+    GatewayError,
+    NotificationRejected,
+    NotificationReply,
+    NotificationRequest,
+    PaymentAction,
+    PaymentMethod,
+    PaymentRequest,
+    Provider,
+    ProviderEvent,
+    RefundRequest,
+    RefundResult,
+    RefundState,
+)
+from providers.kit.driver import GatewayDriver
+
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{1,31}$")
+
+# A settings field with one of these words in its name holds a secret unless
+# it is explicitly public (e.g. ``alipay_public_key``, ``platform_public_key_id``).
+_SECRET_NAME = re.compile(r"secret|private|passw|token|api_?v?\d*_?key|hmac|(^|_)key$")
+
+# What the frontend may be told to do for each method, and the field it needs.
+_ACCEPTABLE_KINDS: dict[PaymentMethod, frozenset[ActionKind]] = {
+    PaymentMethod.PAGE: frozenset({ActionKind.REDIRECT, ActionKind.FORM_POST}),
+    PaymentMethod.WAP: frozenset({ActionKind.REDIRECT, ActionKind.FORM_POST}),
+    PaymentMethod.QR_CODE: frozenset({ActionKind.QR_CODE}),
+    PaymentMethod.APP: frozenset({ActionKind.APP_SDK}),
+}
+_FIELD_OF_KIND = {
+    ActionKind.REDIRECT: "url",
+    ActionKind.QR_CODE: "qr_code",
+    ActionKind.FORM_POST: "form_html",
+    ActionKind.APP_SDK: "app_payload",
+}
+
+
+def new_out_trade_no() -> str:
+    """A fresh attempt number within the contract's 8..32 characters [0-9A-Za-z]."""
+    return "ck" + uuid.uuid4().hex[:22]
+
+
+def new_out_refund_no() -> str:
+    return "rf" + uuid.uuid4().hex[:22]
+
+
+def secret_values(settings: BaseModel) -> dict[str, str]:
+    """The plain text of every SecretStr / SecretBytes field, by field name."""
+    found: dict[str, str] = {}
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            found[name] = value.get_secret_value()
+        elif isinstance(value, SecretBytes):
+            found[name] = value.get_secret_value().decode("utf-8", "replace")
+    return found
+
+
+class ProviderConformance:
+    """Base class of a provider package's conformance test class."""
+
+    # --- helpers -----------------------------------------------------------------
+
+    async def open_attempt(
+        self,
+        provider: Provider,
+        amount_fen: int,
+        notify_url: str,
+        method: PaymentMethod,
+    ) -> tuple[str, PaymentAction]:
+        out_trade_no = new_out_trade_no()
+        request = PaymentRequest(
+            out_trade_no=out_trade_no,
+            amount_fen=amount_fen,
+            currency="CNY",
+            subject="Conformance kit order",
+            method=method,
+            notify_url=notify_url,
+            expires_at=datetime.now(UTC) + timedelta(minutes=30),
+            return_url="https://partner.example/return",
+            client_ip="127.0.0.1",
+        )
+        action = await provider.create_payment(request)
+        return out_trade_no, action
+
+    async def paid_attempt(
+        self,
+        provider: Provider,
+        gateway: GatewayDriver,
+        amount_fen: int,
+        notify_url: str,
+        method: PaymentMethod,
+    ) -> tuple[str, NotificationRequest, ProviderEvent]:
+        out_trade_no, _ = await self.open_attempt(provider, amount_fen, notify_url, method)
+        notification = await gateway.settle(out_trade_no, "success")
+        assert notification is not None, (
+            "gateway.settle(..., 'success') returned None: a platform must notify a payment"
+        )
+        event = await provider.parse_notification(notification)
+        assert event is not None, (
+            "parse_notification returned None for a genuine payment-success notification"
+        )
+        return out_trade_no, notification, event
+
+    async def refund(
+        self,
+        provider: Provider,
+        out_trade_no: str,
+        out_refund_no: str,
+        refund_fen: int,
+        total_fen: int,
+        notify_url: str,
+    ) -> RefundResult:
+        return await provider.refund(
+            RefundRequest(
+                out_trade_no=out_trade_no,
+                out_refund_no=out_refund_no,
+                refund_fen=refund_fen,
+                total_fen=total_fen,
+                currency="CNY",
+                reason="conformance kit",
+                notify_url=notify_url,
+            )
+        )
+
+    # --- class attributes and settings ---------------------------------------------
+
+    def test_class_attributes(self, provider: Provider) -> None:
+        cls = type(provider)
+        assert isinstance(getattr(cls, "name", None), str) and NAME_PATTERN.match(cls.name), (
+            f"{cls.__name__}.name must match {NAME_PATTERN.pattern}, "
+            f"got {getattr(cls, 'name', None)!r}"
+        )
+        assert isinstance(getattr(cls, "display_name", None), str) and cls.display_name.strip(), (
+            f"{cls.__name__}.display_name must be a non-empty string"
+        )
+        methods = getattr(cls, "methods", ())
+        assert isinstance(methods, tuple) and methods, (
+            f"{cls.__name__}.methods must be a non-empty tuple of PaymentMethod"
+        )
+        assert all(isinstance(m, PaymentMethod) for m in methods), (
+            f"{cls.__name__}.methods holds something that is not a PaymentMethod: {methods!r}"
+        )
+        assert len(set(methods)) == len(methods), f"{cls.__name__}.methods repeats a method"
+        settings_cls = getattr(cls, "Settings", None)
+        assert isinstance(settings_cls, type) and issubclass(settings_cls, BaseModel), (
+            f"{cls.__name__}.Settings must be a pydantic BaseModel subclass"
+        )
+        assert isinstance(provider.settings, settings_cls), (
+            "provider.settings must be an instance of the provider's Settings model"
+        )
+        assert isinstance(provider.branch, str) and provider.branch, "provider.branch must be set"
+
+    def test_secret_settings_are_hidden(self, provider: Provider) -> None:
+        settings = provider.settings
+        for name in type(settings).model_fields:
+            if _SECRET_NAME.search(name) and "public" not in name:
+                value = getattr(settings, name)
+                assert value is None or isinstance(value, SecretStr | SecretBytes), (
+                    f"settings field {name!r} looks like a secret but is "
+                    f"{type(value).__name__}, not SecretStr/SecretBytes"
+                )
+        shown = repr(settings) + str(settings) + settings.model_dump_json()
+        for name, secret in secret_values(settings).items():
+            if secret:
+                assert secret not in shown, (
+                    f"the secret in settings field {name!r} shows in repr/str/json"
+                )
+
+    # --- create -------------------------------------------------------------------
+
+    async def test_create_payment_each_method(
+        self, provider: Provider, amount_fen: int, notify_url: str
+    ) -> None:
+        secrets = [s for s in secret_values(provider.settings).values() if len(s) >= 6]
+        for method in type(provider).methods:
+            _, action = await self.open_attempt(provider, amount_fen, notify_url, method)
+            assert isinstance(action, PaymentAction), (
+                f"create_payment({method}) returned {type(action).__name__}, not PaymentAction"
+            )
+            allowed = _ACCEPTABLE_KINDS[method]
+            assert action.kind in allowed, (
+                f"create_payment({method}) gave kind {action.kind}; expected one of "
+                f"{sorted(k.value for k in allowed)}"
+            )
+            field_name = _FIELD_OF_KIND[action.kind]
+            value = getattr(action, field_name)
+            assert isinstance(value, str) and value, (
+                f"create_payment({method}) gave kind {action.kind} without {field_name}"
+            )
+            shown = " ".join(
+                v for v in (action.url, action.qr_code, action.form_html, action.app_payload) if v
+            )
+            assert not any(s in shown for s in secrets), (
+                f"create_payment({method}) put a secret setting into the PaymentAction"
+            )
+
+    async def test_query_before_payment_is_not_settled(
+        self, provider: Provider, amount_fen: int, notify_url: str, payment_method: PaymentMethod
+    ) -> None:
+        out_trade_no, _ = await self.open_attempt(provider, amount_fen, notify_url, payment_method)
+        result = await provider.query(out_trade_no)
+        assert result.state in (AttemptState.PENDING, AttemptState.UNKNOWN), (
+            f"query of an attempt nobody paid gave {result.state}; expected PENDING or UNKNOWN"
+        )
+
+    async def test_query_unknown_attempt(self, provider: Provider) -> None:
+        result = await provider.query(new_out_trade_no())
+        assert result.state is AttemptState.UNKNOWN, (
+            f"query of an attempt the platform never saw gave {result.state}; expected UNKNOWN"
+        )
+
+    # --- notifications ------------------------------------------------------------
+
+    async def test_success_notification(
+        self,
+        provider: Provider,
+        gateway: GatewayDriver,
+        amount_fen: int,
+        notify_url: str,
+        payment_method: PaymentMethod,
+    ) -> None:
+        out_trade_no, _, event = await self.paid_attempt(
+            provider, gateway, amount_fen, notify_url, payment_method
+        )
+        assert isinstance(event, ProviderEvent), "parse_notification must return a ProviderEvent"
+        assert event.kind is EventKind.PAYMENT_SUCCEEDED, (
+            f"a payment-success notification parsed as {event.kind}, not PAYMENT_SUCCEEDED"
+        )
+        assert event.out_trade_no == out_trade_no, (
+            f"event.out_trade_no is {event.out_trade_no!r}, the attempt was {out_trade_no!r}"
+        )
+        assert event.amount_fen == amount_fen and isinstance(event.amount_fen, int), (
+            f"event.amount_fen is {event.amount_fen!r}, the attempt was for {amount_fen} fen"
+        )
+        assert event.currency == "CNY", f"event.currency is {event.currency!r}, expected 'CNY'"
+        assert isinstance(event.event_id, str) and event.event_id, "event.event_id must be set"
+        assert event.occurred_at.tzinfo is not None and event.occurred_at.utcoffset() is not None, (
+            "event.occurred_at must be timezone-aware"
+        )
+        secrets = [s for s in secret_values(provider.settings).values() if len(s) >= 6]
+        assert not any(s in repr(event.detail) for s in secrets), "event.detail holds a secret"
+
+    async def test_duplicate_notification_same_event_id(
+        self,
+        provider: Provider,
+        gateway: GatewayDriver,
+        amount_fen: int,
+        notify_url: str,
+        payment_method: PaymentMethod,
+    ) -> None:
+        _, notification, first = await self.paid_attempt(
+            provider, gateway, amount_fen, notify_url, payment_method
+        )
+        again = await provider.parse_notification(notification)
+        assert again is not None, "parsing the same notification twice must not change its verdict"
+        assert again.event_id == first.event_id, (
+            f"the same notification parsed twice gave event ids {first.event_id!r} and "
+            f"{again.event_id!r}; re-deliveries must be recognisable as duplicates"
+        )
+        assert (again.kind, again.amount_fen) == (first.kind, first.amount_fen)
+
+    async def _assert_rejected(
+        self, provider: Provider, notification: NotificationRequest, what: str
+    ) -> None:
+        with pytest.raises(NotificationRejected):
+            await provider.parse_notification(notification)
+            pytest.fail(f"parse_notification accepted a {what} notification")
+
+    async def test_forged_notification_rejected(
+        self,
+        provider: Provider,
+        gateway: GatewayDriver,
+        amount_fen: int,
+        notify_url: str,
+        payment_method: PaymentMethod,
+    ) -> None:
+        _, notification, _ = await self.paid_attempt(
+            provider, gateway, amount_fen, notify_url, payment_method
+        )
+        await self._assert_rejected(provider, gateway.forge(notification), "forged")
+
+    async def test_tampered_notification_rejected(
+        self,
+        provider: Provider,
+        gateway: GatewayDriver,
+        amount_fen: int,
+        notify_url: str,
+        payment_method: PaymentMethod,
+    ) -> None:
+        _, notification, _ = await self.paid_attempt(
+            provider, gateway, amount_fen, notify_url, payment_method
+        )
+        await self._assert_rejected(provider, gateway.tamper(notification), "tampered")
+
+    async def test_unsigned_notification_rejected(
+        self,
+        provider: Provider,
+        gateway: GatewayDriver,
+        amount_fen: int,
+        notify_url: str,
+        payment_method: PaymentMethod,
+    ) -> None:
+        _, notification, _ = await self.paid_attempt(
+            provider, gateway, amount_fen, notify_url, payment_method
+        )
+        await self._assert_rejected(provider, gateway.unsigned(notification), "unsigned")
+
+    def test_notification_reply(self, provider: Provider) -> None:
+        replies: dict[bool, Any] = {}
+        for accepted in (True, False):
+            reply = provider.notification_reply(accepted=accepted)
+            assert isinstance(reply, NotificationReply), (
+                f"notification_reply(accepted={accepted}) must return a NotificationReply"
+            )
+            assert 200 <= reply.status_code <= 599, (
+                f"notification_reply(accepted={accepted}) has status {reply.status_code}"
+            )
+            assert isinstance(reply.body, bytes) and reply.body, (
+                f"notification_reply(accepted={accepted}) has an empty body"
+            )
+            replies[accepted] = (reply.status_code, reply.body)
+        assert 200 <= provider.notification_reply(accepted=True).status_code < 300, (
+            "the accepting reply must have a 2xx status, or the platform re-delivers forever"
+        )
+        assert replies[True] != replies[False], "accepting and rejecting replies are identical"
+
+    # --- query, refund, close -----------------------------------------------------
+
+    async def test_query_after_payment(
+        self,
+        provider: Provider,
+        gateway: GatewayDriver,
+        amount_fen: int,
+        notify_url: str,
+        payment_method: PaymentMethod,
+    ) -> None:
+        out_trade_no, _, event = await self.paid_attempt(
+            provider, gateway, amount_fen, notify_url, payment_method
+        )
+        result = await provider.query(out_trade_no)
+        assert result.state is AttemptState.SUCCEEDED, (
+            f"query after a successful payment gave {result.state}, not SUCCEEDED"
+        )
+        assert result.amount_fen == amount_fen, (
+            f"query after payment gave amount_fen={result.amount_fen!r}, expected {amount_fen}"
+        )
+        for fact in result.events:
+            if fact.kind is EventKind.PAYMENT_SUCCEEDED:
+                assert fact.event_id == event.event_id, (
+                    "the payment fact from query must carry the notification's event_id "
+                    f"({fact.event_id!r} != {event.event_id!r}), or it is applied twice"
+                )
+
+    async def test_partial_then_rest_refund(
+        self,
+        provider: Provider,
+        gateway: GatewayDriver,
+        amount_fen: int,
+        notify_url: str,
+        payment_method: PaymentMethod,
+    ) -> None:
+        out_trade_no, _, _ = await self.paid_attempt(
+            provider, gateway, amount_fen, notify_url, payment_method
+        )
+        first_fen = amount_fen // 3 or 1
+        for part, fen in (("partial", first_fen), ("remaining", amount_fen - first_fen)):
+            result = await self.refund(
+                provider, out_trade_no, new_out_refund_no(), fen, amount_fen, notify_url
+            )
+            assert isinstance(result, RefundResult), "refund must return a RefundResult"
+            assert result.state in (RefundState.SUCCEEDED, RefundState.PENDING), (
+                f"the {part} refund of {fen} of {amount_fen} fen gave {result.state} "
+                f"({result.message})"
+            )
+
+    async def test_refund_same_number_refunds_once(
+        self,
+        provider: Provider,
+        gateway: GatewayDriver,
+        amount_fen: int,
+        notify_url: str,
+        payment_method: PaymentMethod,
+    ) -> None:
+        out_trade_no, _, _ = await self.paid_attempt(
+            provider, gateway, amount_fen, notify_url, payment_method
+        )
+        half = amount_fen // 2 or 1
+        out_refund_no = new_out_refund_no()
+        for attempt in ("first", "repeated"):
+            result = await self.refund(
+                provider, out_trade_no, out_refund_no, half, amount_fen, notify_url
+            )
+            assert result.state in (RefundState.SUCCEEDED, RefundState.PENDING), (
+                f"the {attempt} refund with out_refund_no {out_refund_no} gave {result.state} "
+                f"({result.message}); a repeated number must answer like the first"
+            )
+        # Had the platform counted the repeat, the remainder would exceed what is left.
+        rest = amount_fen - half
+        if rest:
+            result = await self.refund(
+                provider, out_trade_no, new_out_refund_no(), rest, amount_fen, notify_url
+            )
+            assert result.state in (RefundState.SUCCEEDED, RefundState.PENDING), (
+                f"refunding the remaining {rest} fen after a repeated refund number gave "
+                f"{result.state} ({result.message}): the repeated number was refunded twice"
+            )
+
+    async def test_refund_beyond_paid_amount_refused(
+        self,
+        provider: Provider,
+        gateway: GatewayDriver,
+        amount_fen: int,
+        notify_url: str,
+        payment_method: PaymentMethod,
+    ) -> None:
+        out_trade_no, _, _ = await self.paid_attempt(
+            provider, gateway, amount_fen, notify_url, payment_method
+        )
+        try:
+            result = await self.refund(
+                provider, out_trade_no, new_out_refund_no(), amount_fen + 1, amount_fen, notify_url
+            )
+        except GatewayError:
+            return
+        assert result.state is RefundState.FAILED, (
+            f"a refund of {amount_fen + 1} fen of a {amount_fen} fen payment gave {result.state}; "
+            "it must be refused (GatewayError or FAILED)"
+        )
+
+    async def test_close_unpaid_attempt(
+        self, provider: Provider, amount_fen: int, notify_url: str, payment_method: PaymentMethod
+    ) -> None:
+        out_trade_no, _ = await self.open_attempt(provider, amount_fen, notify_url, payment_method)
+        await provider.close(out_trade_no)
+        result = await provider.query(out_trade_no)
+        assert result.state is AttemptState.CLOSED, (
+            f"query after closing an unpaid attempt gave {result.state}, not CLOSED"
+        )
+
+    async def test_close_never_seen_attempt_is_not_an_error(self, provider: Provider) -> None:
+        try:
+            await provider.close(new_out_trade_no())
+        except GatewayError as exc:
+            pytest.fail(f"closing an attempt the platform never saw raised GatewayError: {exc}")
+
+    @pytest.mark.parametrize("outcome", ["fail", "close"])
+    async def test_unsuccessful_outcome(
+        self,
+        provider: Provider,
+        gateway: GatewayDriver,
+        amount_fen: int,
+        notify_url: str,
+        payment_method: PaymentMethod,
+        outcome: str,
+    ) -> None:
+        out_trade_no, _ = await self.open_attempt(provider, amount_fen, notify_url, payment_method)
+        notification = await gateway.settle(out_trade_no, outcome)  # type: ignore[arg-type]
+        if notification is not None:
+            event = await provider.parse_notification(notification)
+            if event is not None:
+                assert event.kind in (EventKind.PAYMENT_FAILED, EventKind.PAYMENT_CLOSED), (
+                    f"settle(outcome={outcome!r}) notified {event.kind}; expected "
+                    "PAYMENT_FAILED or PAYMENT_CLOSED"
+                )
+                assert event.out_trade_no == out_trade_no, (
+                    f"the {outcome} event names {event.out_trade_no!r}, not {out_trade_no!r}"
+                )
+        result = await provider.query(out_trade_no)
+        assert result.state is not AttemptState.SUCCEEDED, (
+            f"query after settle(outcome={outcome!r}) claims the attempt SUCCEEDED"
+        )

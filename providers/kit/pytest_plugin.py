@@ -1,0 +1,55 @@
+"""pytest plugin ``branchpay_provider_kit``: default fixtures of the conformance suite.
+
+Loaded automatically (entry point ``pytest11``) wherever branchpay is
+installed. Defaults live here rather than on :class:`ProviderConformance` so
+that a package's own module-level or conftest fixtures override them.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.register_assert_rewrite("providers.kit.conformance")
+
+from api.payments.provider import PaymentMethod, Provider  # noqa: E402
+
+_PREFERRED_METHODS = (
+    PaymentMethod.QR_CODE,
+    PaymentMethod.PAGE,
+    PaymentMethod.WAP,
+    PaymentMethod.APP,
+)
+
+
+@pytest.fixture
+def provider() -> Provider:
+    raise pytest.UsageError(
+        "the conformance suite needs a `provider` fixture: an instance of your Provider "
+        "whose settings point at your running simulator, with `branch` set"
+    )
+
+
+@pytest.fixture
+def gateway() -> object:
+    raise pytest.UsageError(
+        "the conformance suite needs a `gateway` fixture: a providers.kit.GatewayDriver "
+        "over your simulator"
+    )
+
+
+@pytest.fixture
+def amount_fen() -> int:
+    return 8800
+
+
+@pytest.fixture
+def payment_method(provider: Provider) -> PaymentMethod:
+    declared = type(provider).methods
+    return next((m for m in _PREFERRED_METHODS if m in declared), declared[0])
+
+
+@pytest.fixture
+def notify_url(provider: Provider) -> str:
+    # Nothing listens on the discard port: the kit reads notifications through
+    # the GatewayDriver, and anything a simulator sends on its own goes nowhere.
+    return f"http://127.0.0.1:9/notify/{type(provider).name}/{provider.branch}"
