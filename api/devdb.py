@@ -96,13 +96,20 @@ def start(storage_path: Path, port: int | None = None, *, timeout: float = 30.0)
         config_path.write_text("# settings come from branchpay's command line\n")
     command = [
         _server_executable(),
-        "--config", str(config_path),
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--storage-path", str(storage_path),
-        "--log-level", "WARNING",
+        "--config",
+        str(config_path),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--storage-path",
+        str(storage_path),
+        "--log-level",
+        "WARNING",
     ]
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+    )
     log.close()
     store = EmbeddedStore(process, port, storage_path, log_path)
     deadline = time.monotonic() + timeout
@@ -116,7 +123,9 @@ def start(storage_path: Path, port: int | None = None, *, timeout: float = 30.0)
             return store
         time.sleep(0.05)
     store.stop()
-    raise EmbeddedStoreError(f"the embedded store did not listen on port {port} within {timeout:.0f} s")
+    raise EmbeddedStoreError(
+        f"the embedded store did not listen on port {port} within {timeout:.0f} s"
+    )
 
 
 @contextlib.contextmanager

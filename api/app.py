@@ -1,0 +1,217 @@
+"""The Starlette application: GraphQL, health, notifications, and the background tasks.
+
+``create_app(settings)`` builds everything from settings; the store client,
+the plugin registry and the background tasks live for the app's lifespan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from datetime import timedelta
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.websockets import WebSocket
+from strawberry.asgi import GraphQL
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
+
+from api.branches import BranchView, ProviderView, provider_view
+from api.orders import OrderService
+from api.plugins.manager import load_plugin_manager, notify
+from api.plugins.registry import ProviderRegistry
+from api.schema import schema
+from api.schema.context import Context, Services
+from api.settings import Settings
+from api.store import Store
+
+log = logging.getLogger("branchpay")
+
+
+class BodyLimit:
+    """Refuses request bodies over ``limit`` bytes with 413, before any work is done."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await self._refuse(scope, receive, send)
+            return
+        # Bodies sent chunked carry no length: count them while they stream.
+        chunks: list[Message] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                chunks.append(message)
+                break
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                await self._refuse(scope, receive, send)
+                return
+            chunks.append(message)
+            if not message.get("more_body", False):
+                break
+
+        async def replay() -> Message:
+            return chunks.pop(0) if chunks else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = JSONResponse(
+            {
+                "errors": [
+                    {
+                        "message": f"request body exceeds {self.limit} bytes",
+                        "extensions": {"code": "BAD_USER_INPUT"},
+                    }
+                ]
+            },
+            status_code=413,
+        )
+        await response(scope, receive, send)
+
+
+class GraphQLApp(GraphQL[Context, None]):
+    def __init__(self, services: Callable[[], Services], **options: Any) -> None:
+        super().__init__(schema, **options)
+        self._services = services
+
+    async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
+        return Context(request=request, services=self._services())
+
+
+def branch_views(registry: ProviderRegistry) -> Mapping[str, BranchView]:
+    views: dict[str, BranchView] = {}
+    for code, branch in registry.config.branches.items():
+        providers: list[ProviderView] = [provider_view(p) for p in registry.enabled(code)]
+        views[code] = BranchView(
+            code=code,
+            name=branch.name,
+            province=branch.province,
+            operator=branch.operator,
+            providers=tuple(providers),
+        )
+    return views
+
+
+async def _every(interval: float, job: Callable[[], Awaitable[Any]], name: str) -> None:
+    while True:
+        try:
+            await job()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background job %s failed; retrying in %.0f s", name, interval)
+        await asyncio.sleep(interval)
+
+
+def create_app(settings: Settings | None = None, *, mongodb_uri: str | None = None) -> Starlette:
+    settings = settings or Settings()
+    uri = mongodb_uri or settings.mongodb_uri
+    if uri is None:
+        raise RuntimeError("no MongoDB URI: set BRANCHPAY_MONGODB_URI or use `branchpay serve`")
+    state: dict[str, Services] = {}
+
+    def services() -> Services:
+        return state["services"]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        plugins = load_plugin_manager()
+        async with httpx.AsyncClient(timeout=httpx.Timeout(15.0)) as http:
+            registry = ProviderRegistry(settings.plugins_toml, plugins, http)
+            registry.load()
+            store = Store.connect(uri, settings.database)
+            await store.ensure_indexes()
+            orders = OrderService(
+                store,
+                branch_exists=lambda code: registry.branch(code) is not None,
+                ttl=timedelta(seconds=settings.order_ttl_seconds),
+                on_event=lambda hook, order: notify(plugins, hook, order=order),
+            )
+            views: dict[str, Any] = {"generation": None, "views": {}}
+
+            def current_branches() -> Mapping[str, BranchView]:
+                generation = registry.status.generation
+                if views["generation"] != generation:
+                    views["views"] = branch_views(registry)
+                    views["generation"] = generation
+                return views["views"]  # type: ignore[no-any-return]
+
+            state["services"] = Services(
+                settings=settings, store=store, orders=orders, branches=current_branches
+            )
+            app.state.registry = registry
+            app.state.store = store
+            tasks = [
+                asyncio.create_task(registry.watch(), name="config-watch"),
+                asyncio.create_task(
+                    _every(settings.expiry_interval_seconds, orders.expire_due, "expiry"),
+                    name="expiry",
+                ),
+            ]
+            try:
+                yield
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                await store.close()
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        checks: dict[str, Any] = {}
+        ready = True
+        try:
+            await asyncio.wait_for(request.app.state.store.ping(), timeout=2.0)
+            checks["store"] = "ok"
+        except Exception as error:  # any failure means not ready; the reason is not secret
+            checks["store"] = f"unreachable: {type(error).__name__}"
+            ready = False
+        status = request.app.state.registry.status
+        checks["config"] = {
+            "ok": status.ok,
+            "path": str(status.path),
+            "loadedAt": status.loaded_at.isoformat(),
+            "error": status.error,
+        }
+        # A rejected reload leaves the last good config serving, so the
+        # process stays ready; the error is reported for the admin to see.
+        return JSONResponse(
+            {"status": "ready" if ready else "not ready", "checks": checks},
+            status_code=200 if ready else 503,
+        )
+
+    graphql = GraphQLApp(
+        services,
+        graphql_ide="graphiql" if settings.graphiql else None,
+        subscription_protocols=[GRAPHQL_TRANSPORT_WS_PROTOCOL],
+    )
+    app = Starlette(
+        routes=[
+            Route("/graphql", graphql, methods=["GET", "POST"]),
+            WebSocketRoute("/graphql", graphql),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+        ],
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    return app

@@ -1,0 +1,190 @@
+"""The ``branchpay`` command: serve, schema export, seed, plugins and config administration."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from datetime import timedelta
+from pathlib import Path
+
+from rich.console import Console
+
+from api import devdb
+from api.settings import Settings
+
+console = Console(stderr=True)
+SCHEMA_FILE = Path("schema.graphql")
+
+
+def export_schema(path: Path) -> None:
+    from api.schema import schema
+
+    path.write_text(schema.as_str() + "\n", encoding="utf-8")
+
+
+@contextlib.contextmanager
+def store_uri(settings: Settings) -> Iterator[str]:
+    """The configured MongoDB, or the embedded store started for as long as we run."""
+    if settings.mongodb_uri:
+        yield settings.mongodb_uri
+        return
+    storage = settings.data_dir / "db"
+    console.print(
+        f"starting the embedded store (SecantusDB) on 127.0.0.1:{settings.db_port}, data in {storage}"
+    )
+    with devdb.running(storage, settings.db_port) as store:
+        yield store.uri
+
+
+async def _seed(settings: Settings, uri: str) -> bool:
+    from api.plugins.config import load_config
+    from api.plugins.manager import installed_providers, load_plugin_manager
+    from api.seed import seed
+    from api.store import Store
+
+    config = load_config(settings.plugins_toml, installed_providers(load_plugin_manager()))
+    store = Store.connect(uri, settings.database)
+    try:
+        await store.ensure_indexes()
+        return await seed(
+            store,
+            branches=list(config.branches),
+            orders=settings.seed_demo_orders,
+            ttl=timedelta(seconds=settings.order_ttl_seconds),
+        )
+    finally:
+        await store.close()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.app import create_app
+    from api.plugins.config import ConfigError
+
+    settings = Settings()
+    if args.port is not None:
+        settings.port = args.port
+    if args.demo:
+        from api.simulators import ensure_demo_keys
+
+        ensure_demo_keys(settings.data_dir / "secrets")
+    try:
+        with store_uri(settings) as uri:
+            if args.demo and asyncio.run(_seed(settings, uri)):
+                console.print("seeded the demo branches, catalogs and orders")
+            with contextlib.ExitStack() as simulators:
+                if args.demo:
+                    from api.simulators import start_demo_simulators
+
+                    start_demo_simulators(settings.data_dir / "secrets", simulators, console)
+                console.print(
+                    f"branchpay on http://{settings.host}:{settings.port}/graphql "
+                    "(GraphiQL in a browser); Ctrl-C stops it"
+                )
+                uvicorn.run(
+                    create_app(settings, mongodb_uri=uri),
+                    host=settings.host,
+                    port=settings.port,
+                    log_level="info",
+                    proxy_headers=False,
+                )
+    except devdb.EmbeddedStoreError as error:
+        console.print(f"[red]error:[/red] {error}")
+        return 1
+    except ConfigError as error:
+        console.print(f"[red]invalid plugins configuration:[/red]\n{error}")
+        return 1
+    return 0
+
+
+def cmd_schema_export(args: argparse.Namespace) -> int:
+    export_schema(args.output)
+    console.print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_seed(args: argparse.Namespace) -> int:
+    from api.simulators import ensure_demo_keys
+
+    settings = Settings()
+    ensure_demo_keys(settings.data_dir / "secrets")
+    with store_uri(settings) as uri:
+        seeded = asyncio.run(_seed(settings, uri))
+    console.print(
+        "seeded the demo data" if seeded else "the store already has a catalog; nothing seeded"
+    )
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from api.plugins import admin
+
+    return admin.plugins(args)
+
+
+def cmd_providers(args: argparse.Namespace) -> int:
+    from api.plugins import admin
+
+    return admin.providers(args)
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    from api.plugins import admin
+
+    return admin.config_check(args)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="branchpay", description=__doc__)
+    commands = top.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser(
+        "serve", help="run the API (and the embedded store when no URI is set)"
+    )
+    serve.add_argument(
+        "--port", type=int, default=int(os.environ["PORT"]) if os.environ.get("PORT") else None
+    )
+    serve.add_argument(
+        "--demo",
+        action="store_true",
+        help="seed demo data into an empty store, create demo keys, start the gateway simulators",
+    )
+    serve.set_defaults(run=cmd_serve)
+
+    schema_cmd = commands.add_parser("schema", help="the GraphQL schema")
+    schema_sub = schema_cmd.add_subparsers(dest="schema_command", required=True)
+    export = schema_sub.add_parser("export", help="print the SDL to a file")
+    export.add_argument("--output", type=Path, default=SCHEMA_FILE)
+    export.set_defaults(run=cmd_schema_export)
+
+    seed = commands.add_parser("seed", help="load the demo data into an empty store")
+    seed.set_defaults(run=cmd_seed)
+
+    plugins = commands.add_parser("plugins", help="list installed plugins and their providers")
+    plugins.set_defaults(run=cmd_plugins)
+
+    providers = commands.add_parser("providers", help="enable or disable a provider for a branch")
+    providers.add_argument("action", choices=["enable", "disable"])
+    providers.add_argument("branch")
+    providers.add_argument("provider")
+    providers.set_defaults(run=cmd_providers)
+
+    config = commands.add_parser("config", help="plugins.toml")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    check = config_sub.add_parser("check", help="validate plugins.toml and exit non-zero on errors")
+    check.set_defaults(run=cmd_config_check)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    args = parser().parse_args(argv)
+    sys.exit(args.run(args))

@@ -1,0 +1,175 @@
+"""The order service: creates orders priced from the catalog, cancels and expires them.
+
+Resolvers call this; it validates with the pure domain rules, then writes
+through the store. Nothing is written when a request is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bson import ObjectId
+
+from api.domain.order import (
+    OrderStatus,
+    Problem,
+    RequestedItem,
+    check_customer,
+    check_idempotency_key,
+    price_order,
+)
+from api.store import Store
+
+Document = dict[str, Any]
+log = logging.getLogger("branchpay.orders")
+
+OrderHook = Callable[[str, Mapping[str, Any]], None]
+
+
+def _request_hash(branch: str, items: Sequence[RequestedItem], customer: Mapping[str, str]) -> str:
+    canonical = json.dumps(
+        {
+            "branch": branch,
+            "items": [
+                {**asdict(item), "options": dict(sorted(item.options.items()))} for item in items
+            ],
+            "customer": dict(customer),
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class OrderService:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        branch_exists: Callable[[str], bool],
+        ttl: timedelta,
+        on_event: OrderHook | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.store = store
+        self.branch_exists = branch_exists
+        self.ttl = ttl
+        self.on_event = on_event
+        self.clock = clock
+
+    async def create(
+        self,
+        branch: str,
+        items: Sequence[RequestedItem],
+        customer_name: str,
+        customer_phone: str,
+        idempotency_key: str,
+    ) -> tuple[Document | None, list[Problem]]:
+        """Create the order, or return the one already created with this key."""
+        problems = check_idempotency_key(idempotency_key)
+        if not self.branch_exists(branch):
+            problems.append(Problem(("branch",), f"no branch {branch!r}", "UNKNOWN_BRANCH"))
+        customer, customer_problems = check_customer(customer_name, customer_phone)
+        problems.extend(customer_problems)
+        if problems or customer is None:
+            return None, problems
+        customer_doc = {"name": customer.name, "phone": customer.phone}
+        request_hash = _request_hash(branch, items, customer_doc)
+        existing = await self.store.orders.by_idempotency_key(branch, idempotency_key)
+        if existing is not None:
+            return self._repeat(existing, request_hash)
+        offering_ids = sorted({item.offering_id for item in items})
+        offerings = {o["_id"]: o for o in await self.store.catalog.get_many(offering_ids)}
+        priced, problems = price_order(branch, items, offerings)
+        if priced is None:
+            return None, problems
+        now = self.clock()
+        now = now.replace(microsecond=(now.microsecond // 1000) * 1000)  # BSON keeps milliseconds
+        order: Document = {
+            "_id": ObjectId(),
+            "branch": branch,
+            "status": OrderStatus.PENDING_PAYMENT.value,
+            "totalFen": priced.total_fen,
+            "currency": priced.currency,
+            "items": priced.items,
+            "customer": customer_doc,
+            "idempotencyKey": idempotency_key,
+            "requestHash": request_hash,
+            "createdAt": now,
+            "updatedAt": now,
+            "expiresAt": now + self.ttl,
+            "statusHistory": [
+                {"status": OrderStatus.PENDING_PAYMENT.value, "at": now, "reason": "created"}
+            ],
+        }
+        stored, created = await self.store.orders.insert_once(order)
+        if not created:
+            return self._repeat(stored, request_hash)
+        self._emit("order_created", stored)
+        return stored, []
+
+    @staticmethod
+    def _repeat(existing: Document, request_hash: str) -> tuple[Document | None, list[Problem]]:
+        if existing.get("requestHash") != request_hash:
+            return None, [
+                Problem(
+                    ("idempotencyKey",),
+                    "this idempotencyKey was already used for a different order",
+                    "IDEMPOTENCY_KEY_REUSED",
+                )
+            ]
+        return existing, []
+
+    async def cancel(
+        self, order: Document, reason: str | None
+    ) -> tuple[Document | None, list[Problem]]:
+        """Cancel an unpaid order; cancelling a cancelled order returns it unchanged."""
+        if order["status"] == OrderStatus.CANCELLED.value:
+            return order, []
+        moved = await self.store.orders.move(
+            order["_id"], OrderStatus.CANCELLED, self.clock(), reason=reason or "cancelled"
+        )
+        if moved is None:
+            current = await self.store.orders.get(order["_id"])
+            if current is not None and current["status"] == OrderStatus.CANCELLED.value:
+                return current, []
+            status = current["status"] if current else order["status"]
+            return None, [
+                Problem(
+                    ("orderId",),
+                    f"only an order awaiting payment can be cancelled; this one is {status}",
+                    "ORDER_NOT_CANCELLABLE",
+                )
+            ]
+        return moved, []
+
+    async def expire_due(self, batch: int = 200) -> int:
+        """Move unpaid orders past ``expiresAt`` to EXPIRED; returns how many moved."""
+        now = self.clock()
+        moved = 0
+        for due in await self.store.orders.due_for_expiry(now, batch):
+            order = await self.store.orders.move(
+                due["_id"],
+                OrderStatus.EXPIRED,
+                now,
+                reason="payment time ran out",
+                extra_guard={"expiresAt": {"$lte": now}},
+            )
+            if order is not None:
+                moved += 1
+                self._emit("order_expired", order)
+        return moved
+
+    def _emit(self, hook: str, order: Mapping[str, Any]) -> None:
+        if self.on_event is None:
+            return
+        try:
+            self.on_event(hook, order)
+        except Exception:
+            log.exception("a %s listener failed; the order is stored regardless", hook)

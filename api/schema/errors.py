@@ -1,0 +1,90 @@
+"""Every error a GraphQL client can get, and how errors are shaped before they leave.
+
+Two families (see ARCHITECTURE.md):
+
+- ``userErrors`` in a mutation payload, ``UserError { field message code }``:
+  the request was understood but refused; nothing was written. Codes:
+  UNKNOWN_BRANCH, UNKNOWN_OFFERING, OFFERING_OF_OTHER_BRANCH, INVALID_QUANTITY,
+  DUPLICATE_NUMBER, EMPTY_ORDER, TOO_MANY_ITEMS, MISSING_OPTION, UNKNOWN_OPTION,
+  INVALID_CUSTOMER, INVALID_PHONE, INVALID_IDEMPOTENCY_KEY,
+  IDEMPOTENCY_KEY_REUSED, INVALID_ID, ORDER_NOT_FOUND, ORDER_NOT_CANCELLABLE.
+- top-level ``errors`` with ``extensions.code``::
+
+      BAD_USER_INPUT    malformed query, variables, ID or cursor; a limit exceeded
+      UNAUTHENTICATED   no or unknown API key
+      FORBIDDEN         the key's role may not do this
+      NOT_FOUND         the addressed resource does not exist (or is not yours)
+      RATE_LIMITED      too many requests; retry after the Retry-After seconds
+      INTERNAL          our fault; the message carries only an ``errorId`` that is logged
+
+No stack trace or internal message ever reaches a client.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import uuid
+from collections.abc import Iterator
+
+from graphql import ExecutionResult as GraphQLExecutionResult
+from graphql.error import GraphQLError
+from strawberry.extensions import SchemaExtension
+from strawberry.types.execution import ExecutionResult as StrawberryExecutionResult
+
+log = logging.getLogger("branchpay.errors")
+
+
+class ErrorCode(enum.StrEnum):
+    BAD_USER_INPUT = "BAD_USER_INPUT"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    FORBIDDEN = "FORBIDDEN"
+    NOT_FOUND = "NOT_FOUND"
+    RATE_LIMITED = "RATE_LIMITED"
+    INTERNAL = "INTERNAL"
+
+
+class ApiError(Exception):
+    """An error meant for the client: its message is safe to show."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def bad_input(message: str) -> ApiError:
+    return ApiError(ErrorCode.BAD_USER_INPUT, message)
+
+
+def shape(error: GraphQLError) -> GraphQLError:
+    """The error as the client sees it: a safe message and ``extensions.code``."""
+    original = error.original_error
+    if isinstance(original, ApiError):
+        message, code, extra = original.message, original.code, {}
+    elif original is None or isinstance(original, GraphQLError):
+        # Syntax, validation and variable coercion errors: graphql-core's own
+        # messages, which only repeat what the client sent.
+        message, code, extra = error.message, ErrorCode.BAD_USER_INPUT, {}
+    else:
+        error_id = uuid.uuid4().hex
+        log.error("internal error %s at %s", error_id, error.path, exc_info=original)
+        message = f"internal error; quote errorId {error_id} when reporting it"
+        code, extra = ErrorCode.INTERNAL, {"errorId": error_id}
+    return GraphQLError(
+        message,
+        nodes=error.nodes,
+        source=error.source,
+        positions=error.positions,
+        path=error.path,
+        original_error=None,
+        extensions={"code": code.value, **extra},
+    )
+
+
+class ErrorShaping(SchemaExtension):
+    def on_operation(self) -> Iterator[None]:
+        yield
+        result = self.execution_context.result
+        if isinstance(result, GraphQLExecutionResult | StrawberryExecutionResult) and result.errors:
+            result.errors = [shape(error) for error in result.errors]

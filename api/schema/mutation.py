@@ -1,0 +1,136 @@
+"""Mutations: thin wrappers that turn input into service calls and problems into userErrors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import strawberry
+from strawberry.types import Info
+
+from api.domain.order import Problem, RequestedItem
+from api.schema.context import Context
+from api.schema.errors import ApiError
+from api.schema.ids import from_global_id, object_id_of
+from api.schema.types import Order, UserError
+
+
+@strawberry.input
+class OptionChoiceInput:
+    name: str
+    value: str
+
+
+@strawberry.input
+class OrderItemInput:
+    offering_id: strawberry.ID
+    quantity: int = 1
+    options: list[OptionChoiceInput] = strawberry.field(default_factory=list)
+
+
+@strawberry.input
+class CustomerInput:
+    name: str
+    phone: str = strawberry.field(description="A mainland China mobile number, e.g. 13812345678.")
+
+
+@strawberry.input
+class CreateOrderInput:
+    branch: str
+    items: list[OrderItemInput]
+    customer: CustomerInput
+    idempotency_key: str = strawberry.field(
+        description="Unique per branch; repeating it returns the first order instead of a new one."
+    )
+
+
+@strawberry.type
+class CreateOrderPayload:
+    order: Order | None
+    user_errors: list[UserError]
+
+
+@strawberry.input
+class CancelOrderInput:
+    order_id: strawberry.ID
+    reason: str | None = None
+
+
+@strawberry.type
+class CancelOrderPayload:
+    order: Order | None
+    user_errors: list[UserError]
+
+
+def user_errors(problems: Sequence[Problem]) -> list[UserError]:
+    return [UserError(field=list(p.field), message=p.message, code=p.code) for p in problems]
+
+
+def _requested_items(items: Sequence[OrderItemInput]) -> tuple[list[RequestedItem], list[Problem]]:
+    requested: list[RequestedItem] = []
+    problems: list[Problem] = []
+    for index, item in enumerate(items):
+        path = ("items", str(index))
+        try:
+            type_name, key = from_global_id(item.offering_id)
+        except ApiError:
+            type_name, key = "", ""
+        if type_name != "Offering":
+            problems.append(Problem((*path, "offeringId"), "not an offering ID", "INVALID_ID"))
+            continue
+        names = [choice.name for choice in item.options]
+        if len(set(names)) != len(names):
+            problems.append(
+                Problem((*path, "options"), "each option may be chosen once", "UNKNOWN_OPTION")
+            )
+            continue
+        options = {choice.name: choice.value for choice in item.options}
+        requested.append(RequestedItem(key, item.quantity, options))
+    return requested, problems
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation(description="Create an order priced from the branch's catalog.")
+    async def create_order(
+        self, info: Info[Context, None], input: CreateOrderInput
+    ) -> CreateOrderPayload:
+        requested, problems = _requested_items(input.items)
+        if problems:
+            return CreateOrderPayload(order=None, user_errors=user_errors(problems))
+        order, problems = await info.context.services.orders.create(
+            input.branch,
+            requested,
+            input.customer.name,
+            input.customer.phone,
+            input.idempotency_key,
+        )
+        return CreateOrderPayload(
+            order=Order.from_doc(order) if order else None, user_errors=user_errors(problems)
+        )
+
+    @strawberry.mutation(description="Cancel an order that awaits payment.")
+    async def cancel_order(
+        self, info: Info[Context, None], input: CancelOrderInput
+    ) -> CancelOrderPayload:
+        try:
+            order_id = object_id_of(input.order_id, "Order")
+        except ApiError as error:
+            return CancelOrderPayload(
+                order=None,
+                user_errors=[
+                    UserError(field=["orderId"], message=error.message, code="INVALID_ID")
+                ],
+            )
+        order = await info.context.store.orders.get(order_id)
+        if order is None:
+            return CancelOrderPayload(
+                order=None,
+                user_errors=[
+                    UserError(field=["orderId"], message="no such order", code="ORDER_NOT_FOUND")
+                ],
+            )
+        cancelled, problems = await info.context.services.orders.cancel(order, input.reason)
+        return CancelOrderPayload(
+            order=Order.from_doc(cancelled) if cancelled else None,
+            user_errors=user_errors(problems),
+        )

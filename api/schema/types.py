@@ -1,0 +1,307 @@
+"""The GraphQL object types, built from stored documents without further queries.
+
+Fields that need another collection (an order's payments) go through the
+request's DataLoaders, so a page of orders costs a fixed number of round trips.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import strawberry
+from strawberry.types import Info
+
+from api.branches import BranchView
+from api.domain.order import OfferingKind as DomainOfferingKind
+from api.domain.order import OrderStatus as DomainOrderStatus
+from api.domain.payment import PaymentStatus as DomainPaymentStatus
+from api.payments.provider import ActionKind as DomainActionKind
+from api.payments.provider import PaymentMethod as DomainPaymentMethod
+from api.schema.context import Context
+from api.schema.ids import to_global_id
+
+Document = dict[str, Any]
+
+OrderStatus = strawberry.enum(DomainOrderStatus, name="OrderStatus")
+OfferingKind = strawberry.enum(
+    DomainOfferingKind,
+    name="OfferingKind",
+    description="NUMBER: a mobile number subscription; PLAN: a monthly plan; "
+    "TOP_UP: credit for any number; HANDSET: a phone with options.",
+)
+PaymentStatus = strawberry.enum(DomainPaymentStatus, name="PaymentStatus")
+PaymentMethod = strawberry.enum(
+    DomainPaymentMethod,
+    name="PaymentMethod",
+    description="PAGE: desktop redirect; WAP: mobile H5; QR_CODE: payer scans; APP: platform app SDK.",
+)
+ActionKind = strawberry.enum(DomainActionKind, name="ActionKind")
+
+
+@strawberry.type(description="An amount of money as an integer count of fen (1/100 yuan).")
+class Money:
+    amount_fen: int
+    currency: str
+
+
+def money(amount_fen: int, currency: str = "CNY") -> Money:
+    return Money(amount_fen=amount_fen, currency=currency)
+
+
+@strawberry.interface(description="An object with a global ID, fetchable with `node(id:)`.")
+class Node:
+    id: strawberry.ID
+
+
+@strawberry.type
+class ProviderInfo:
+    name: str
+    display_name: str
+    methods: list[PaymentMethod]  # type: ignore[valid-type]
+
+
+@strawberry.type(description="A provincial branch of an operator.")
+class Branch:
+    code: str
+    name: str
+    province: str
+    operator: str
+    providers: list[ProviderInfo] = strawberry.field(
+        description="The payment providers the branch enables now, in its order of preference."
+    )
+
+    @classmethod
+    def from_view(cls, view: BranchView) -> Branch:
+        return cls(
+            code=view.code,
+            name=view.name,
+            province=view.province,
+            operator=view.operator,
+            providers=[
+                ProviderInfo(name=p.name, display_name=p.display_name, methods=list(p.methods))
+                for p in view.providers
+            ],
+        )
+
+
+def branch_of(info: Info[Context, None], code: str) -> Branch:
+    view = info.context.branch(code)
+    if view is None:
+        # The branch was removed from plugins.toml; its orders stay readable.
+        return Branch(code=code, name=code, province="", operator="", providers=[])
+    return Branch.from_view(view)
+
+
+@strawberry.type
+class OptionChoice:
+    value: str
+    price_delta: Money
+
+
+@strawberry.type(description="A choice the buyer must make, e.g. colour or storage.")
+class OfferingOption:
+    name: str
+    choices: list[OptionChoice]
+
+
+@strawberry.type(
+    description="Something a branch sells; its price is the server's, never the client's."
+)
+class Offering(Node):
+    kind: OfferingKind  # type: ignore[valid-type]
+    title: str
+    description: str | None
+    price: Money
+    options: list[OfferingOption]
+    number: str | None = strawberry.field(description="The mobile number, for NUMBER offerings.")
+    premium: bool
+    branch_code: strawberry.Private[str]
+
+    @strawberry.field
+    def branch(self, info: Info[Context, None]) -> Branch:
+        return branch_of(info, self.branch_code)
+
+    @classmethod
+    def from_doc(cls, doc: Document) -> Offering:
+        return cls(
+            id=strawberry.ID(to_global_id("Offering", doc["_id"])),
+            kind=DomainOfferingKind(doc["kind"]),
+            title=doc["title"],
+            description=doc.get("description"),
+            price=money(doc["priceFen"]),
+            options=[
+                OfferingOption(
+                    name=group["name"],
+                    choices=[
+                        OptionChoice(value=c["value"], price_delta=money(c.get("priceDeltaFen", 0)))
+                        for c in group["choices"]
+                    ],
+                )
+                for group in doc.get("options", [])
+            ],
+            number=doc.get("number"),
+            premium=bool(doc.get("premium", False)),
+            branch_code=doc["branch"],
+        )
+
+
+@strawberry.type
+class SelectedOption:
+    name: str
+    value: str
+    price_delta: Money
+
+
+@strawberry.type(description="One line of an order, priced when the order was created.")
+class OrderItem:
+    offering_id: strawberry.ID
+    kind: OfferingKind  # type: ignore[valid-type]
+    title: str
+    quantity: int
+    unit_price: Money
+    options: list[SelectedOption]
+    subtotal: Money
+
+    @classmethod
+    def from_doc(cls, doc: Document, currency: str) -> OrderItem:
+        return cls(
+            offering_id=strawberry.ID(to_global_id("Offering", doc["offeringId"])),
+            kind=DomainOfferingKind(doc["kind"]),
+            title=doc["title"],
+            quantity=doc["quantity"],
+            unit_price=money(doc["unitPriceFen"], currency),
+            options=[
+                SelectedOption(
+                    name=o["name"],
+                    value=o["value"],
+                    price_delta=money(o["priceDeltaFen"], currency),
+                )
+                for o in doc.get("options", [])
+            ],
+            subtotal=money(doc["subtotalFen"], currency),
+        )
+
+
+@strawberry.type
+class Customer:
+    name: str
+    phone: str
+
+
+@strawberry.type
+class Refund:
+    id: strawberry.ID
+    amount: Money
+    status: str
+    out_refund_no: str
+    created_at: datetime
+
+    @classmethod
+    def from_doc(cls, doc: Document, currency: str) -> Refund:
+        return cls(
+            id=strawberry.ID(doc["outRefundNo"]),
+            amount=money(doc["amountFen"], currency),
+            status=doc["status"],
+            out_refund_no=doc["outRefundNo"],
+            created_at=doc["createdAt"],
+        )
+
+
+@strawberry.type(description="One attempt to pay an order through one provider.")
+class Payment(Node):
+    provider: str
+    method: PaymentMethod  # type: ignore[valid-type]
+    status: PaymentStatus  # type: ignore[valid-type]
+    amount: Money
+    out_trade_no: str
+    provider_trade_no: str | None
+    refunds: list[Refund]
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_doc(cls, doc: Document) -> Payment:
+        currency = doc.get("currency", "CNY")
+        return cls(
+            id=strawberry.ID(to_global_id("Payment", str(doc["_id"]))),
+            provider=doc["provider"],
+            method=DomainPaymentMethod(doc["method"]),
+            status=DomainPaymentStatus(doc["status"]),
+            amount=money(doc["amountFen"], currency),
+            out_trade_no=doc["outTradeNo"],
+            provider_trade_no=doc.get("providerTradeNo"),
+            refunds=[Refund.from_doc(r, currency) for r in doc.get("refunds", [])],
+            created_at=doc["createdAt"],
+            updated_at=doc.get("updatedAt", doc["createdAt"]),
+        )
+
+
+@strawberry.type(description="An order of one branch, priced from its catalog.")
+class Order(Node):
+    status: OrderStatus  # type: ignore[valid-type]
+    total: Money
+    items: list[OrderItem]
+    customer: Customer
+    created_at: datetime
+    updated_at: datetime
+    expires_at: datetime = strawberry.field(
+        description="When an unpaid order turns EXPIRED; unchanged once paid."
+    )
+    doc: strawberry.Private[Document]
+
+    @strawberry.field
+    def branch(self, info: Info[Context, None]) -> Branch:
+        return branch_of(info, self.doc["branch"])
+
+    @strawberry.field(description="Every payment attempt of the order, oldest first.")
+    async def payments(self, info: Info[Context, None]) -> list[Payment]:
+        docs = await info.context.payments_by_order.load(self.doc["_id"])
+        return [Payment.from_doc(doc) for doc in docs]
+
+    @classmethod
+    def from_doc(cls, doc: Document) -> Order:
+        currency = doc.get("currency", "CNY")
+        return cls(
+            id=strawberry.ID(to_global_id("Order", str(doc["_id"]))),
+            status=DomainOrderStatus(doc["status"]),
+            total=money(doc["totalFen"], currency),
+            items=[OrderItem.from_doc(item, currency) for item in doc["items"]],
+            customer=Customer(name=doc["customer"]["name"], phone=doc["customer"]["phone"]),
+            created_at=doc["createdAt"],
+            updated_at=doc["updatedAt"],
+            expires_at=doc["expiresAt"],
+            doc=doc,
+        )
+
+
+@strawberry.type
+class PageInfo:
+    has_next_page: bool
+    has_previous_page: bool
+    start_cursor: str | None
+    end_cursor: str | None
+
+
+@strawberry.type
+class OrderEdge:
+    cursor: str
+    node: Order
+
+
+@strawberry.type(description="A page of orders, newest first (createdAt, then id, descending).")
+class OrderConnection:
+    edges: list[OrderEdge]
+    page_info: PageInfo
+    count_total: strawberry.Private[Any]
+
+    @strawberry.field(description="How many orders match the filter, over all pages.")
+    async def total_count(self) -> int:
+        return int(await self.count_total())
+
+
+@strawberry.type(description="Why a request was refused; nothing was written.")
+class UserError:
+    field: list[str] | None
+    message: str
+    code: str

@@ -1,0 +1,80 @@
+"""The connection to MongoDB and the collections with their indexes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+
+from api.store.catalog import CatalogRepository
+from api.store.orders import OrderRepository
+
+Document = dict[str, Any]
+
+INDEXES: dict[str, list[IndexModel]] = {
+    "orders": [
+        IndexModel(
+            [("branch", ASCENDING), ("idempotencyKey", ASCENDING)],
+            unique=True,
+            name="branch_idempotency_key",
+        ),
+        # Keyset pagination newest first, with _id as the tie-break: one index per filter shape.
+        IndexModel([("createdAt", DESCENDING), ("_id", DESCENDING)], name="created"),
+        IndexModel(
+            [("branch", ASCENDING), ("createdAt", DESCENDING), ("_id", DESCENDING)],
+            name="branch_created",
+        ),
+        IndexModel(
+            [
+                ("branch", ASCENDING),
+                ("status", ASCENDING),
+                ("createdAt", DESCENDING),
+                ("_id", DESCENDING),
+            ],
+            name="branch_status_created",
+        ),
+        IndexModel(
+            [("status", ASCENDING), ("createdAt", DESCENDING), ("_id", DESCENDING)],
+            name="status_created",
+        ),
+        IndexModel([("status", ASCENDING), ("expiresAt", ASCENDING)], name="status_expires"),
+    ],
+    "offerings": [
+        IndexModel(
+            [("branch", ASCENDING), ("kind", ASCENDING), ("sort", ASCENDING)], name="branch_kind"
+        ),
+    ],
+}
+
+
+class Store:
+    """Owns the client; hands out repositories bound to one database."""
+
+    def __init__(self, client: AsyncMongoClient[Document], database: str) -> None:
+        self.client = client
+        self.db: AsyncDatabase[Document] = client[database]
+        self.orders = OrderRepository(self.db["orders"])
+        self.catalog = CatalogRepository(self.db["offerings"])
+
+    @classmethod
+    def connect(cls, uri: str, database: str, **client_options: Any) -> Store:
+        client: AsyncMongoClient[Document] = AsyncMongoClient(
+            uri, tz_aware=True, connect=False, **client_options
+        )
+        return cls(client, database)
+
+    def collection(self, name: str) -> AsyncCollection[Document]:
+        return self.db[name]
+
+    async def ensure_indexes(self) -> None:
+        for collection, indexes in INDEXES.items():
+            await self.db[collection].create_indexes(indexes)
+
+    async def ping(self) -> bool:
+        await self.client.admin.command("ping")
+        return True
+
+    async def close(self) -> None:
+        await self.client.close()
