@@ -296,7 +296,7 @@ class ProviderConformance:
     ) -> None:
         with pytest.raises(NotificationRejected):
             await provider.parse_notification(notification)
-            pytest.fail(f"parse_notification accepted a {what} notification")
+            pytest.fail(f"parse_notification accepted the {what} notification")
 
     async def test_forged_notification_rejected(
         self,
@@ -391,6 +391,7 @@ class ProviderConformance:
         notify_url: str,
         payment_method: PaymentMethod,
     ) -> None:
+        assert amount_fen >= 2, "the refund cases need an amount_fen of at least 2"
         out_trade_no, _, _ = await self.paid_attempt(
             provider, gateway, amount_fen, notify_url, payment_method
         )

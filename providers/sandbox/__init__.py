@@ -1,0 +1,19 @@
+"""The built-in ``sandbox`` provider plugin: test payments against a loopback simulator.
+
+Registered under the entry-point group ``branchpay.providers`` like any
+third-party provider package.
+"""
+
+from api.payments.provider import Provider
+from api.plugins import hookimpl
+from providers.sandbox.provider import SandboxProvider, SandboxSettings
+
+BRANCHPAY_PLUGIN_API = 1
+
+
+@hookimpl
+def register_providers() -> list[type[Provider]]:
+    return [SandboxProvider]
+
+
+__all__ = ["BRANCHPAY_PLUGIN_API", "SandboxProvider", "SandboxSettings", "register_providers"]

@@ -1,0 +1,567 @@
+"""The sandbox payment gateway: a Starlette app that plays the platform on loopback.
+
+It keeps attempts in memory and behaves like a small real platform:
+
+- ``POST /api/payments`` opens an attempt (idempotent for the same number and amount);
+- ``GET /pay/{out_trade_no}`` is the payer's page; ``POST`` there with the form
+  field ``outcome`` = ``success`` | ``fail`` | ``close`` settles the attempt and
+  sends the signed notification to the attempt's ``notify_url`` in the
+  background, retrying with backoff until branchpay answers 2xx;
+- ``POST /app/open`` takes the APP payload the adapter signed and returns the pay URL;
+- ``GET /api/payments/{out_trade_no}`` queries, ``POST /api/refunds`` refunds
+  (idempotent per ``out_refund_no``, never beyond the paid amount; notifies too),
+  ``POST /api/payments/{out_trade_no}/close`` closes an unpaid attempt.
+
+Every ``/api`` request must carry a valid signature (see
+:mod:`providers.sandbox.signing`) or gets 401. Test controls, unauthenticated
+like the pay page, live under ``/control``: settle without delivering and get
+the signed notification back, read the latest notification, re-deliver it
+(``count`` times), and inject faults (5xx answers, stalls) into ``/api`` calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import html
+import json
+import logging
+import os
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from providers.sandbox import signing
+
+logger = logging.getLogger("branchpay.providers.sandbox.simulator")
+
+OUT_TRADE_NO = re.compile(r"^[0-9A-Za-z]{8,32}$")
+METHODS = frozenset({"PAGE", "WAP", "QR_CODE", "APP"})
+OUTCOMES = {"success": "SUCCEEDED", "fail": "FAILED", "close": "CLOSED"}
+EVENT_TYPES = {
+    "SUCCEEDED": "payment.succeeded",
+    "FAILED": "payment.failed",
+    "CLOSED": "payment.closed",
+}
+MAX_BODY_BYTES = 64 * 1024
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass
+class Refund:
+    out_refund_no: str
+    refund_no: str
+    refund_fen: int
+    created_at: datetime
+    notification_id: str
+
+
+@dataclass
+class Attempt:
+    out_trade_no: str
+    trade_no: str
+    amount_fen: int
+    currency: str
+    subject: str
+    method: str
+    notify_url: str
+    return_url: str | None
+    expires_at: datetime
+    status: str = "PENDING"
+    settled_at: datetime | None = None
+    notification_id: str | None = None
+    refunds: dict[str, Refund] = field(default_factory=dict)
+    # Bodies of the notifications sent for this attempt, oldest first; the
+    # body (and so its id) is fixed once made, only the signature is renewed.
+    notifications: list[tuple[str, bytes]] = field(default_factory=list)
+
+    @property
+    def refunded_fen(self) -> int:
+        return sum(r.refund_fen for r in self.refunds.values())
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "out_trade_no": self.out_trade_no,
+            "trade_no": self.trade_no,
+            "status": self.status,
+            "amount_fen": self.amount_fen,
+            "currency": self.currency,
+            "refunded_fen": self.refunded_fen,
+            "settled_at": self.settled_at.isoformat() if self.settled_at else None,
+            "notification_id": self.notification_id,
+            "refunds": [
+                {
+                    "out_refund_no": r.out_refund_no,
+                    "refund_no": r.refund_no,
+                    "refund_fen": r.refund_fen,
+                    "notification_id": r.notification_id,
+                }
+                for r in self.refunds.values()
+            ],
+        }
+
+
+@dataclass
+class Fault:
+    """An injected failure for the next ``count`` API calls."""
+
+    count: int
+    status: int | None  # answer with this status instead of handling the call
+    delay: float  # seconds to stall before answering
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"code": code, "message": message}, status_code=status)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class SandboxGateway:
+    """The simulator's state and handlers; :func:`create_app` wraps it in Starlette."""
+
+    def __init__(self, secret: bytes, *, retry_delays: tuple[float, ...] = (0.5, 1.0, 2.0)):
+        self._secret = secret
+        self.retry_delays = retry_delays
+        self.attempts: dict[str, Attempt] = {}
+        self.faults: list[Fault] = []
+        self._http: httpx.AsyncClient | None = None
+        self._deliveries: set[asyncio.Task[None]] = set()
+
+    # --- lifecycle ----------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        async with httpx.AsyncClient(timeout=5.0) as http:
+            self._http = http
+            try:
+                yield
+            finally:
+                for task in list(self._deliveries):
+                    task.cancel()
+                await asyncio.gather(*self._deliveries, return_exceptions=True)
+                self._http = None
+
+    # --- notifications -------------------------------------------------------------
+
+    def _record_notification(self, attempt: Attempt, payload: dict[str, Any]) -> str:
+        notification_id = "ntf_" + uuid.uuid4().hex
+        body = json.dumps({"id": notification_id, **payload}, separators=(",", ":")).encode()
+        attempt.notifications.append((notification_id, body))
+        return notification_id
+
+    def _signed(self, body: bytes) -> dict[str, str]:
+        return {"Content-Type": "application/json", **signing.signed_headers(self._secret, body)}
+
+    async def _send_once(self, url: str, body: bytes) -> int | None:
+        assert self._http is not None, "the simulator's lifespan has not started"
+        try:
+            response = await self._http.post(url, content=body, headers=self._signed(body))
+        except httpx.HTTPError as exc:
+            logger.info("notification to %s failed: %s", url, type(exc).__name__)
+            return None
+        return response.status_code
+
+    async def _deliver(self, url: str, body: bytes) -> None:
+        status = await self._send_once(url, body)
+        for delay in self.retry_delays:
+            if status is not None and 200 <= status < 300:
+                return
+            await asyncio.sleep(delay)
+            status = await self._send_once(url, body)
+
+    def _deliver_in_background(self, url: str, body: bytes) -> None:
+        task = asyncio.get_running_loop().create_task(self._deliver(url, body))
+        self._deliveries.add(task)
+        task.add_done_callback(self._deliveries.discard)
+
+    # --- rules --------------------------------------------------------------------
+
+    def _expire(self, attempt: Attempt) -> None:
+        if attempt.status == "PENDING" and _now() >= attempt.expires_at:
+            attempt.status = "CLOSED"
+            attempt.settled_at = attempt.expires_at
+
+    def _settle(self, attempt: Attempt, outcome: str) -> str | None:
+        """Apply the payer's outcome; the notification id, or None if already settled."""
+        self._expire(attempt)
+        if attempt.status != "PENDING":
+            return None
+        attempt.status = OUTCOMES[outcome]
+        attempt.settled_at = _now()
+        attempt.notification_id = self._record_notification(
+            attempt,
+            {
+                "type": EVENT_TYPES[attempt.status],
+                "out_trade_no": attempt.out_trade_no,
+                "trade_no": attempt.trade_no,
+                "amount_fen": attempt.amount_fen,
+                "currency": attempt.currency,
+                "occurred_at": attempt.settled_at.isoformat(),
+            },
+        )
+        return attempt.notification_id
+
+    async def _authenticate(self, request: Request) -> tuple[bytes, Response | None]:
+        body = await request.body()
+        if len(body) > MAX_BODY_BYTES:
+            return body, _error(413, "TOO_LARGE", "request body too large")
+        try:
+            signing.verify(
+                self._secret,
+                request.headers.get(signing.TIMESTAMP_HEADER),
+                request.headers.get(signing.SIGNATURE_HEADER),
+                signing.request_payload(request.method, request.url.path, body),
+            )
+        except signing.SignatureInvalid as exc:
+            return body, _error(401, "UNAUTHORIZED", str(exc))
+        if self.faults:
+            fault = self.faults[0]
+            fault.count -= 1
+            if fault.count <= 0:
+                self.faults.pop(0)
+            if fault.delay:
+                await asyncio.sleep(fault.delay)
+            if fault.status is not None:
+                return body, _error(fault.status, "INJECTED_FAULT", "injected by /control/faults")
+        return body, None
+
+    # --- API ----------------------------------------------------------------------
+
+    async def create_payment(self, request: Request) -> Response:
+        body, refused = await self._authenticate(request)
+        if refused:
+            return refused
+        try:
+            data = json.loads(body)
+            out_trade_no = str(data["out_trade_no"])
+            amount_fen = data["amount_fen"]
+            currency = str(data["currency"])
+            method = str(data["method"])
+            notify_url = str(data["notify_url"])
+            expires_at = datetime.fromisoformat(str(data["expires_at"]))
+            subject = str(data.get("subject") or "")
+            return_url = data.get("return_url")
+        except (ValueError, KeyError, TypeError) as exc:
+            return _error(400, "INVALID_REQUEST", f"malformed payment: {type(exc).__name__}")
+        problems = []
+        if not OUT_TRADE_NO.match(out_trade_no):
+            problems.append("out_trade_no must be 8..32 characters [0-9A-Za-z]")
+        if not isinstance(amount_fen, int) or isinstance(amount_fen, bool) or amount_fen <= 0:
+            problems.append("amount_fen must be a positive integer")
+        if currency != "CNY":
+            problems.append("currency must be CNY")
+        if method not in METHODS:
+            problems.append(f"method must be one of {sorted(METHODS)}")
+        if expires_at.tzinfo is None:
+            problems.append("expires_at must carry a UTC offset")
+        if not notify_url.startswith(("http://", "https://")):
+            problems.append("notify_url must be an http(s) URL")
+        if problems:
+            return _error(400, "INVALID_REQUEST", "; ".join(problems))
+        existing = self.attempts.get(out_trade_no)
+        if existing is not None:
+            if existing.amount_fen != amount_fen or existing.currency != currency:
+                return _error(409, "DUPLICATE_OUT_TRADE_NO", "out_trade_no used for another amount")
+            attempt = existing
+            status = 200
+        else:
+            attempt = Attempt(
+                out_trade_no=out_trade_no,
+                trade_no="sbx" + uuid.uuid4().hex[:20],
+                amount_fen=amount_fen,
+                currency=currency,
+                subject=subject,
+                method=method,
+                notify_url=notify_url,
+                return_url=str(return_url) if return_url else None,
+                expires_at=expires_at.astimezone(UTC),
+            )
+            self.attempts[out_trade_no] = attempt
+            status = 201
+        pay_url = f"{str(request.base_url).rstrip('/')}/pay/{out_trade_no}"
+        return JSONResponse({**attempt.as_json(), "pay_url": pay_url}, status_code=status)
+
+    async def query(self, request: Request) -> Response:
+        _, refused = await self._authenticate(request)
+        if refused:
+            return refused
+        attempt = self.attempts.get(request.path_params["out_trade_no"])
+        if attempt is None:
+            return _error(404, "NOT_FOUND", "no such attempt")
+        self._expire(attempt)
+        return JSONResponse(attempt.as_json())
+
+    async def close(self, request: Request) -> Response:
+        _, refused = await self._authenticate(request)
+        if refused:
+            return refused
+        out_trade_no = request.path_params["out_trade_no"]
+        attempt = self.attempts.get(out_trade_no)
+        if attempt is None:
+            # Like the real platforms' "trade not exist": nothing to close.
+            return JSONResponse({"out_trade_no": out_trade_no, "status": "UNKNOWN"})
+        self._expire(attempt)
+        if attempt.status == "SUCCEEDED":
+            return _error(409, "ALREADY_PAID", "a paid attempt cannot be closed; refund it")
+        if attempt.status == "PENDING":
+            attempt.status = "CLOSED"
+            attempt.settled_at = _now()
+        return JSONResponse(attempt.as_json())
+
+    async def refund(self, request: Request) -> Response:
+        body, refused = await self._authenticate(request)
+        if refused:
+            return refused
+        try:
+            data = json.loads(body)
+            out_trade_no = str(data["out_trade_no"])
+            out_refund_no = str(data["out_refund_no"])
+            refund_fen = data["refund_fen"]
+            notify_url = data.get("notify_url")
+        except (ValueError, KeyError, TypeError) as exc:
+            return _error(400, "INVALID_REQUEST", f"malformed refund: {type(exc).__name__}")
+        if not OUT_TRADE_NO.match(out_refund_no):
+            return _error(400, "INVALID_REQUEST", "out_refund_no must be 8..32 [0-9A-Za-z]")
+        if not isinstance(refund_fen, int) or isinstance(refund_fen, bool) or refund_fen <= 0:
+            return _error(400, "INVALID_REQUEST", "refund_fen must be a positive integer")
+        attempt = self.attempts.get(out_trade_no)
+        if attempt is None:
+            return _error(404, "NOT_FOUND", "no such attempt")
+        previous = attempt.refunds.get(out_refund_no)
+        if previous is not None:
+            if previous.refund_fen != refund_fen:
+                return _error(409, "REFUND_NO_REUSED", "out_refund_no used for another amount")
+            return JSONResponse(self._refund_json(attempt, previous))
+        if any(out_refund_no in a.refunds for a in self.attempts.values()):
+            return _error(409, "REFUND_NO_REUSED", "out_refund_no belongs to another attempt")
+        if attempt.status != "SUCCEEDED":
+            return _error(409, "NOT_PAID", "only a paid attempt can be refunded")
+        if attempt.refunded_fen + refund_fen > attempt.amount_fen:
+            return _error(
+                400,
+                "REFUND_EXCEEDS_PAID",
+                f"refund of {refund_fen} fen exceeds the "
+                f"{attempt.amount_fen - attempt.refunded_fen} fen left",
+            )
+        refund_no = "sbr" + uuid.uuid4().hex[:20]
+        created_at = _now()
+        notification_id = self._record_notification(
+            attempt,
+            {
+                "type": "refund.succeeded",
+                "out_trade_no": attempt.out_trade_no,
+                "trade_no": attempt.trade_no,
+                "out_refund_no": out_refund_no,
+                "refund_no": refund_no,
+                "amount_fen": refund_fen,
+                "currency": attempt.currency,
+                "occurred_at": created_at.isoformat(),
+            },
+        )
+        refund = Refund(out_refund_no, refund_no, refund_fen, created_at, notification_id)
+        attempt.refunds[out_refund_no] = refund
+        self._deliver_in_background(
+            str(notify_url or attempt.notify_url), attempt.notifications[-1][1]
+        )
+        return JSONResponse(self._refund_json(attempt, refund))
+
+    @staticmethod
+    def _refund_json(attempt: Attempt, refund: Refund) -> dict[str, Any]:
+        return {
+            "out_trade_no": attempt.out_trade_no,
+            "out_refund_no": refund.out_refund_no,
+            "refund_no": refund.refund_no,
+            "refund_fen": refund.refund_fen,
+            "refunded_fen": attempt.refunded_fen,
+            "status": "SUCCEEDED",
+            "notification_id": refund.notification_id,
+        }
+
+    # --- APP and the payer's page ---------------------------------------------------
+
+    async def open_app_payload(self, request: Request) -> Response:
+        body = await request.body()
+        try:
+            data = json.loads(body)
+            fields = {k: data[k] for k in ("out_trade_no", "amount_fen", "currency", "timestamp")}
+            signing.verify(
+                self._secret,
+                str(data["timestamp"]),
+                str(data["signature"]),
+                json.dumps(fields, sort_keys=True, separators=(",", ":")).encode(),
+            )
+        except (ValueError, KeyError, TypeError):
+            return _error(400, "INVALID_REQUEST", "malformed app payload")
+        except signing.SignatureInvalid as exc:
+            return _error(401, "UNAUTHORIZED", str(exc))
+        attempt = self.attempts.get(str(fields["out_trade_no"]))
+        if attempt is None or attempt.amount_fen != fields["amount_fen"]:
+            return _error(404, "NOT_FOUND", "no such attempt for that amount")
+        base = str(request.base_url).rstrip("/")
+        return JSONResponse({"pay_url": f"{base}/pay/{attempt.out_trade_no}"})
+
+    async def pay_page(self, request: Request) -> Response:
+        attempt = self.attempts.get(request.path_params["out_trade_no"])
+        if attempt is None:
+            return HTMLResponse("<h1>No such payment</h1>", status_code=404)
+        self._expire(attempt)
+        yuan = f"{attempt.amount_fen // 100}.{attempt.amount_fen % 100:02d}"
+        if attempt.status != "PENDING":
+            controls = f"<p>This payment is {attempt.status.lower()}.</p>"
+        else:
+            controls = "".join(
+                f'<button name="outcome" value="{o}">{label}</button> '
+                for o, label in (("success", "Pay"), ("fail", "Fail"), ("close", "Cancel"))
+            )
+            controls = f'<form method="post">{controls}</form>'
+        page = (
+            "<!doctype html><html><head><meta charset='utf-8'><title>Sandbox pay</title></head>"
+            f"<body><h1>Sandbox payment</h1><p>{html.escape(attempt.subject)}</p>"
+            f"<p>Amount: &yen;{yuan} {html.escape(attempt.currency)}</p>{controls}</body></html>"
+        )
+        return HTMLResponse(page)
+
+    async def pay(self, request: Request) -> Response:
+        attempt = self.attempts.get(request.path_params["out_trade_no"])
+        wants_json = "application/json" in request.headers.get("accept", "")
+        if attempt is None:
+            return _error(404, "NOT_FOUND", "no such attempt")
+        form = await request.form()
+        outcome = str(form.get("outcome", ""))
+        if outcome not in OUTCOMES:
+            return _error(400, "INVALID_REQUEST", "outcome must be success, fail or close")
+        if self._settle(attempt, outcome) is None:
+            return _error(409, "ALREADY_SETTLED", f"the attempt is already {attempt.status}")
+        self._deliver_in_background(attempt.notify_url, attempt.notifications[-1][1])
+        if wants_json:
+            return JSONResponse(attempt.as_json())
+        back = (
+            f'<p><a href="{html.escape(attempt.return_url)}">Back to the shop</a></p>'
+            if attempt.return_url
+            else ""
+        )
+        return HTMLResponse(
+            "<!doctype html><html><head><meta charset='utf-8'><title>Sandbox pay</title></head>"
+            f"<body><h1>Payment {attempt.status.lower()}</h1>{back}</body></html>"
+        )
+
+    # --- test controls --------------------------------------------------------------
+
+    def _signed_notification(self, body: bytes) -> dict[str, Any]:
+        return {
+            "headers": {k.lower(): v for k, v in self._signed(body).items()},
+            "body": body.decode(),
+        }
+
+    async def control_settle(self, request: Request) -> Response:
+        attempt = self.attempts.get(request.path_params["out_trade_no"])
+        if attempt is None:
+            return _error(404, "NOT_FOUND", "no such attempt")
+        data = await request.json()
+        outcome = str(data.get("outcome", ""))
+        if outcome not in OUTCOMES:
+            return _error(400, "INVALID_REQUEST", "outcome must be success, fail or close")
+        if self._settle(attempt, outcome) is None:
+            return _error(409, "ALREADY_SETTLED", f"the attempt is already {attempt.status}")
+        body = attempt.notifications[-1][1]
+        if data.get("deliver", False):
+            self._deliver_in_background(attempt.notify_url, body)
+        return JSONResponse({**attempt.as_json(), "notification": self._signed_notification(body)})
+
+    async def control_latest(self, request: Request) -> Response:
+        attempt = self.attempts.get(request.path_params["out_trade_no"])
+        if attempt is None or not attempt.notifications:
+            return _error(404, "NOT_FOUND", "no notification for that attempt")
+        return JSONResponse(self._signed_notification(attempt.notifications[-1][1]))
+
+    async def control_redeliver(self, request: Request) -> Response:
+        attempt = self.attempts.get(request.path_params["out_trade_no"])
+        if attempt is None or not attempt.notifications:
+            return _error(404, "NOT_FOUND", "no notification for that attempt")
+        try:
+            count = int(request.query_params.get("count", "1"))
+        except ValueError:
+            return _error(400, "INVALID_REQUEST", "count must be an integer")
+        if not 1 <= count <= 100:
+            return _error(400, "INVALID_REQUEST", "count must be 1..100")
+        body = attempt.notifications[-1][1]
+        statuses = [await self._send_once(attempt.notify_url, body) for _ in range(count)]
+        return JSONResponse({"notification_id": attempt.notifications[-1][0], "statuses": statuses})
+
+    async def control_faults(self, request: Request) -> Response:
+        data = await request.json()
+        fault = Fault(
+            count=int(data.get("count", 1)),
+            status=int(data["status"]) if data.get("status") is not None else None,
+            delay=float(data.get("delay", 0.0)),
+        )
+        self.faults.append(fault)
+        return JSONResponse({"pending_faults": len(self.faults)})
+
+
+def create_app(secret: bytes, *, retry_delays: tuple[float, ...] = (0.5, 1.0, 2.0)) -> Starlette:
+    """The sandbox gateway; ``secret`` is the HMAC key it shares with the branch's adapter."""
+    if not secret:
+        raise ValueError("the sandbox simulator needs a non-empty secret")
+    gateway = SandboxGateway(secret, retry_delays=retry_delays)
+    routes: list[tuple[str, Endpoint, list[str]]] = [
+        ("/api/payments", gateway.create_payment, ["POST"]),
+        ("/api/payments/{out_trade_no}", gateway.query, ["GET"]),
+        ("/api/payments/{out_trade_no}/close", gateway.close, ["POST"]),
+        ("/api/refunds", gateway.refund, ["POST"]),
+        ("/app/open", gateway.open_app_payload, ["POST"]),
+        ("/pay/{out_trade_no}", gateway.pay_page, ["GET"]),
+        ("/pay/{out_trade_no}", gateway.pay, ["POST"]),
+        ("/control/payments/{out_trade_no}/settle", gateway.control_settle, ["POST"]),
+        ("/control/notifications/{out_trade_no}/latest", gateway.control_latest, ["GET"]),
+        ("/control/notifications/{out_trade_no}/redeliver", gateway.control_redeliver, ["POST"]),
+        ("/control/faults", gateway.control_faults, ["POST"]),
+    ]
+    app = Starlette(
+        routes=[Route(path, endpoint, methods=methods) for path, endpoint, methods in routes],
+        lifespan=gateway.lifespan,
+    )
+    app.state.gateway = gateway
+    return app
+
+
+def serve(port: int, secret: bytes) -> None:
+    """Serve the simulator on 127.0.0.1:``port`` until interrupted (for ``make run``)."""
+    uvicorn.run(create_app(secret), host="127.0.0.1", port=port, log_level="info")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run the branchpay sandbox gateway simulator.")
+    parser.add_argument("--port", type=int, default=8009)
+    parser.add_argument(
+        "--secret-file",
+        type=Path,
+        help="file holding the shared secret (default: $BRANCHPAY_SANDBOX_SECRET)",
+    )
+    args = parser.parse_args(argv)
+    if args.secret_file:
+        secret = args.secret_file.read_bytes().strip()
+    else:
+        secret = os.environ.get("BRANCHPAY_SANDBOX_SECRET", "").encode()
+    if not secret:
+        parser.error("give --secret-file or set BRANCHPAY_SANDBOX_SECRET")
+    serve(args.port, secret)
+
+
+if __name__ == "__main__":
+    main()
