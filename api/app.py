@@ -21,7 +21,9 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
+from strawberry.http import GraphQLHTTPResponse
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
+from strawberry.types import ExecutionResult
 
 from api.branches import BranchView, ProviderView, provider_view
 from api.orders import OrderService
@@ -29,6 +31,7 @@ from api.plugins.manager import load_plugin_manager, notify
 from api.plugins.registry import ProviderRegistry
 from api.schema import schema
 from api.schema.context import Context, Services
+from api.schema.errors import shape
 from api.settings import Settings
 from api.store import Store
 
@@ -94,6 +97,17 @@ class GraphQLApp(GraphQL[Context, None]):
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
         return Context(request=request, services=self._services())
 
+    async def process_result(
+        self, request: Request, result: ExecutionResult
+    ) -> GraphQLHTTPResponse:
+        # Parse errors end the operation before ErrorShaping sees them.
+        if result.errors:
+            result.errors = [
+                error if error.extensions and "code" in error.extensions else shape(error)
+                for error in result.errors
+            ]
+        return await super().process_result(request, result)
+
 
 def branch_views(registry: ProviderRegistry) -> Mapping[str, BranchView]:
     views: dict[str, BranchView] = {}
@@ -120,7 +134,13 @@ async def _every(interval: float, job: Callable[[], Awaitable[Any]], name: str) 
         await asyncio.sleep(interval)
 
 
-def create_app(settings: Settings | None = None, *, mongodb_uri: str | None = None) -> Starlette:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    mongodb_uri: str | None = None,
+    client_options: Mapping[str, Any] | None = None,
+) -> Starlette:
+    """The ASGI app; ``client_options`` go to PyMongo's client (tests add command listeners)."""
     settings = settings or Settings()
     uri = mongodb_uri or settings.mongodb_uri
     if uri is None:
@@ -136,7 +156,7 @@ def create_app(settings: Settings | None = None, *, mongodb_uri: str | None = No
         async with httpx.AsyncClient(timeout=httpx.Timeout(15.0)) as http:
             registry = ProviderRegistry(settings.plugins_toml, plugins, http)
             registry.load()
-            store = Store.connect(uri, settings.database)
+            store = Store.connect(uri, settings.database, **(client_options or {}))
             await store.ensure_indexes()
             orders = OrderService(
                 store,

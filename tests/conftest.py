@@ -7,11 +7,20 @@ Each test that needs storage gets a database of its own.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import secrets
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
+from pymongo import MongoClient, monitoring
+from pymongo.synchronous.database import Database
 
 from api import devdb
 
@@ -29,3 +38,137 @@ def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture
 def db_name() -> str:
     return f"bp_test_{uuid.uuid4().hex[:12]}"
+
+
+DEMO_BRANCHES_TOML = """
+[branches.zj]
+name = "China Mobile Zhejiang"
+province = "Zhejiang"
+operator = "China Mobile"
+
+[branches.zj.providers.sandbox]
+enabled = true
+gateway = "{gateway}"
+secret = {{ file = "sandbox.key" }}
+
+[branches.bj]
+name = "China Telecom Beijing"
+province = "Beijing"
+operator = "China Telecom"
+
+[branches.bj.providers.sandbox]
+enabled = true
+gateway = "{gateway}"
+secret = {{ file = "sandbox.key" }}
+
+[branches.yn]
+name = "China Telecom Yunnan"
+province = "Yunnan"
+operator = "China Telecom"
+
+[branches.yn.providers.sandbox]
+enabled = false
+gateway = "{gateway}"
+secret = {{ file = "sandbox.key" }}
+"""
+
+
+class GraphQLClient:
+    """Talks to a running branchpay over real HTTP."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.http = httpx.Client(base_url=base_url, timeout=30.0)
+
+    def post(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        response = self.http.post("/graphql", json={"query": query, "variables": variables or {}})
+        assert response.headers["content-type"].startswith("application/json"), response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    def data(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The ``data`` of a request that must not fail."""
+        body = self.post(query, variables)
+        assert not body.get("errors"), body["errors"]
+        result: dict[str, Any] = body["data"]
+        return result
+
+    def error_codes(self, query: str, variables: dict[str, Any] | None = None) -> list[str]:
+        body = self.post(query, variables)
+        assert body.get("errors"), f"expected errors, got {body}"
+        return [error["extensions"]["code"] for error in body["errors"]]
+
+
+@dataclass
+class RunningService:
+    url: str
+    client: GraphQLClient
+    db: Database[dict[str, Any]]
+    plugins_toml: Path
+    commands: list[str]
+
+
+class CommandLog(monitoring.CommandListener):
+    """Records the name of every command the service sends to the store."""
+
+    def __init__(self) -> None:
+        self.commands: list[str] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.commands.append(event.command_name)
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+@pytest.fixture
+def start_service(
+    tmp_path: Path, mongo_uri: str, db_name: str
+) -> Iterator[Callable[..., RunningService]]:
+    """Start branchpay (real app, real uvicorn, real store) with demo catalogs; stops after the test."""
+    from api.app import create_app
+    from api.seed import seed
+    from api.settings import Settings
+    from api.store import Store
+    from providers.kit.loopback import LoopbackServer
+
+    servers: list[LoopbackServer] = []
+    sync_client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri, tz_aware=True)
+
+    def start(
+        plugins_toml: str | None = None,
+        *,
+        gateway: str = "http://127.0.0.1:9",
+        orders: int = 0,
+        **settings: Any,
+    ) -> RunningService:
+        (tmp_path / "sandbox.key").write_text(secrets.token_urlsafe(32))
+        config = tmp_path / "plugins.toml"
+        config.write_text((plugins_toml or DEMO_BRANCHES_TOML).format(gateway=gateway))
+        options = Settings(
+            plugins_toml=config, database=db_name, data_dir=tmp_path / "data", **settings
+        )
+
+        async def load_demo() -> None:
+            store = Store.connect(mongo_uri, db_name)
+            await store.ensure_indexes()
+            await seed(store, branches=["zj", "bj", "yn"], orders=orders, ttl=timedelta(minutes=30))
+            await store.close()
+
+        asyncio.run(load_demo())
+        log = CommandLog()
+        app = create_app(options, mongodb_uri=mongo_uri, client_options={"event_listeners": [log]})
+        server = LoopbackServer(app).start()
+        servers.append(server)
+        return RunningService(
+            server.url, GraphQLClient(server.url), sync_client[db_name], config, log.commands
+        )
+
+    yield start
+    for server in servers:
+        server.stop()
+    sync_client.drop_database(db_name)
+    sync_client.close()

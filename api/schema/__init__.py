@@ -27,7 +27,11 @@ def build_schema(**options: Any) -> strawberry.Schema:
         query=Query,
         mutation=Mutation,
         types=[Order, Offering, Payment],
-        extensions=[ErrorShaping, ParserCache(maxsize=256), ValidationCache(maxsize=256)],
+        extensions=[
+            ErrorShaping,
+            lambda: ParserCache(maxsize=256),
+            lambda: ValidationCache(maxsize=256),
+        ],
         **options,
     )
 
