@@ -75,6 +75,7 @@ _TOML_REDECLARED = re.compile(r"Cannot declare (\(.*\)) twice")
 _TOML_HEADER = re.compile(r"^\s*\[\[?\s*([^\[\]]+?)\s*\]\]?")
 # Short secrets (a PIN, "1234") would make redaction match ordinary words.
 _MIN_REDACTED_LENGTH = 4
+_REDACTED_RUN = 8
 
 
 class ConfigError(Exception):
@@ -180,9 +181,16 @@ def secret_values(settings: BaseModel) -> list[str]:
 
 
 def redact(message: str, secrets: list[str]) -> str:
-    """``message``, or a neutral one when it would reveal any of ``secrets``."""
+    """``message``, or a neutral one when it would reveal any part of ``secrets``.
+
+    A validator may quote the start of a bad key in its message, so any run of
+    :data:`_REDACTED_RUN` characters of a secret counts, not only the whole.
+    """
     for secret in secrets:
-        if len(secret) >= _MIN_REDACTED_LENGTH and secret in message:
+        run = min(len(secret), _REDACTED_RUN)
+        if run < _MIN_REDACTED_LENGTH:
+            continue
+        if any(secret[i : i + run] in message for i in range(len(secret) - run + 1)):
             return "invalid value (details withheld: they would reveal a secret)"
     return message
 
@@ -348,6 +356,9 @@ class _Validator:
         accepts_extra = model.model_config.get("extra") == "allow"
         values: dict[str, Any] = {}
         secrets: list[str] = []
+        # Settings already reported (bad reference, inline secret) are not
+        # reported again as "Field required" by the model.
+        reported: set[str] = set()
         count = len(self.problems)
         for key, raw in table.items():
             field = fields.get(key)
@@ -360,28 +371,34 @@ class _Validator:
                 as_bytes = field is not None and _wants_bytes(field)
                 resolved = self.reference(where, key, raw, as_bytes=as_bytes)
                 if resolved is None:
+                    reported.add(key)
                     continue
                 if secret:
-                    text = (
+                    secrets.append(
                         resolved.decode("utf-8", "replace")
                         if isinstance(resolved, bytes)
                         else resolved
                     )
-                    secrets.append(text)
                 values[key] = resolved
             elif secret:
                 self.problem(where, f"{key}: {INLINE_SECRET}")
+                reported.add(key)
             else:
                 values[key] = raw
-        if len(self.problems) > count:
-            return None
         try:
-            return model.model_validate(values)
+            settings = model.model_validate(values)
         except ValidationError as exc:
             for error in exc.errors(include_input=False, include_url=False):
+                if error["loc"] and str(error["loc"][0]) in reported:
+                    continue
                 field_path = ".".join(str(part) for part in error["loc"]) or "settings"
                 self.problem(where, f"{field_path}: {redact(error['msg'], secrets)}")
             return None
+        except Exception as exc:
+            # A validator bug in the plugin; its message may hold anything, so only the type.
+            self.problem(where, f"settings could not be validated ({type(exc).__name__})")
+            return None
+        return settings if len(self.problems) == count else None
 
     def reference(
         self, where: str, key: str, reference: dict[str, Any], *, as_bytes: bool
