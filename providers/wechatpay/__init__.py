@@ -1,0 +1,17 @@
+"""The built-in WeChat Pay (API v3) provider plugin, registered like any third-party one."""
+
+from __future__ import annotations
+
+from api.payments.provider import Provider
+from api.plugins import hookimpl
+from providers.wechatpay.provider import WechatpayProvider
+from providers.wechatpay.settings import WechatpaySettings
+
+BRANCHPAY_PLUGIN_API = 1
+
+__all__ = ["BRANCHPAY_PLUGIN_API", "WechatpayProvider", "WechatpaySettings", "register_providers"]
+
+
+@hookimpl
+def register_providers() -> list[type[Provider]]:
+    return [WechatpayProvider]

@@ -1,0 +1,123 @@
+"""WeChat Pay's side of a conformance run: settles attempts on the simulator.
+
+:class:`WechatpayDriver` implements ``providers.kit.driver.GatewayDriver``
+over a running :mod:`providers.wechatpay.simulator`. Its spoiled copies of a
+callback are what an attacker could send: one signed with a key that is not
+the platform's, one whose encrypted amount changed after signing, one
+without a signature, and (for replay tests) the genuine one signed at another
+time.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from typing import Literal
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+
+from api.payments.provider import NotificationRequest
+from providers.wechatpay import signing
+
+
+class WechatpayDriver:
+    """Plays the payer and the platform against one simulator."""
+
+    def __init__(
+        self,
+        simulator_url: str,
+        *,
+        platform_private_key: RSAPrivateKey,
+        platform_public_key_id: str,
+        apiv3_key: bytes,
+    ) -> None:
+        self.simulator_url = simulator_url.rstrip("/")
+        self.platform_private_key = platform_private_key
+        self.platform_public_key_id = platform_public_key_id
+        self.apiv3_key = apiv3_key
+        self._stranger_key: RSAPrivateKey | None = None
+
+    async def settle(
+        self, out_trade_no: str, outcome: Literal["success", "fail", "close"]
+    ) -> NotificationRequest | None:
+        async with httpx.AsyncClient(base_url=self.simulator_url, timeout=10) as client:
+            paid = await client.post(
+                f"/pay/{out_trade_no}",
+                data={"outcome": outcome, "deliver": "0"},
+                headers={"Accept": "application/json"},
+            )
+            paid.raise_for_status()
+            if outcome != "success":
+                # WeChat Pay calls back for successful payments only.
+                return None
+            return await self.latest(client, out_trade_no)
+
+    async def latest(self, client: httpx.AsyncClient, out_trade_no: str) -> NotificationRequest:
+        """The attempt's most recent callback, freshly signed, not delivered."""
+        answer = await client.get(f"/control/notifications/{out_trade_no}")
+        answer.raise_for_status()
+        last = answer.json()["notifications"][-1]
+        return NotificationRequest(
+            method="POST",
+            headers={k.lower(): v for k, v in last["headers"].items()}
+            | {"content-type": "application/json"},
+            query={},
+            body=last["body"].encode(),
+        )
+
+    def resign(
+        self,
+        notification: NotificationRequest,
+        *,
+        timestamp: int | None = None,
+        key: RSAPrivateKey | None = None,
+        serial: str | None = None,
+    ) -> NotificationRequest:
+        """The same body signed again, at another time, with another key or key id."""
+        headers = dict(notification.headers)
+        stamp = str(timestamp) if timestamp is not None else headers["wechatpay-timestamp"]
+        nonce = headers.get("wechatpay-nonce") or signing.new_nonce()
+        message = signing.response_message(stamp, nonce, notification.body)
+        headers.update(
+            {
+                "wechatpay-timestamp": stamp,
+                "wechatpay-nonce": nonce,
+                "wechatpay-serial": serial or self.platform_public_key_id,
+                "wechatpay-signature": signing.sign(key or self.platform_private_key, message),
+                "wechatpay-signature-type": signing.SCHEMA,
+            }
+        )
+        return replace(notification, headers=headers)
+
+    def forge(self, notification: NotificationRequest) -> NotificationRequest:
+        if self._stranger_key is None:
+            self._stranger_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        return self.resign(notification, key=self._stranger_key)
+
+    def tamper(self, notification: NotificationRequest) -> NotificationRequest:
+        envelope = json.loads(notification.body)
+        resource = envelope["resource"]
+        plaintext = signing.decrypt_resource(
+            self.apiv3_key,
+            resource["ciphertext"],
+            nonce=resource["nonce"],
+            associated_data=resource.get("associated_data", ""),
+        )
+        if plaintext is None:
+            raise ValueError("the notification is not encrypted with this driver's APIv3 key")
+        fact = json.loads(plaintext)
+        amount_field = "refund" if "refund" in fact["amount"] else "total"
+        fact["amount"][amount_field] += 1
+        resource["ciphertext"] = signing.encrypt_resource(
+            self.apiv3_key,
+            json.dumps(fact, ensure_ascii=False).encode(),
+            nonce=resource["nonce"],
+            associated_data=resource.get("associated_data", ""),
+        )
+        return replace(notification, body=json.dumps(envelope, ensure_ascii=False).encode())
+
+    def unsigned(self, notification: NotificationRequest) -> NotificationRequest:
+        headers = {k: v for k, v in notification.headers.items() if k != "wechatpay-signature"}
+        return replace(notification, headers=headers)

@@ -1,0 +1,598 @@
+"""The WeChat Pay API v3 adapter (direct merchant, platform public key mode).
+
+Every request carries a ``WECHATPAY2-SHA256-RSA2048`` Authorization header
+signed with the merchant key. No response or callback is trusted before its
+``Wechatpay-*`` signature verifies with the platform public key whose id the
+branch configured, and its timestamp is within five minutes of ours.
+
+Retry policy: WeChat Pay documents query, close and refund (same
+``out_refund_no``) as safe to repeat, so they are tried ``max_attempts`` times
+with doubling pauses on time-outs, connection failures, 429 and 5xx. An order
+(native / h5 / app) is sent once; a failure raises :class:`GatewayError`, with
+``outcome_unknown`` when the request may have reached the platform.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any, NoReturn
+from urllib.parse import quote
+
+import httpx
+
+from api.payments.provider import (
+    ActionKind,
+    AttemptState,
+    EventKind,
+    GatewayError,
+    NotificationRejected,
+    NotificationReply,
+    NotificationRequest,
+    PaymentAction,
+    PaymentMethod,
+    PaymentRequest,
+    Provider,
+    ProviderEvent,
+    QueryResult,
+    RefundRequest,
+    RefundResult,
+    RefundState,
+)
+from providers.wechatpay import signing
+from providers.wechatpay.settings import WechatpaySettings, load_merchant_key, load_platform_key
+
+logger = logging.getLogger("branchpay.providers.wechatpay")
+
+MAX_NOTIFICATION_BYTES = 64 * 1024
+DESCRIPTION_MAX_BYTES = 127
+CURRENCY = "CNY"
+
+_CHINA_STANDARD_TIME = timezone(timedelta(hours=8))
+_ORDER_PATHS = {
+    PaymentMethod.QR_CODE: "/v3/pay/transactions/native",
+    PaymentMethod.WAP: "/v3/pay/transactions/h5",
+    PaymentMethod.APP: "/v3/pay/transactions/app",
+}
+_TRADE_STATES = {
+    "SUCCESS": AttemptState.SUCCEEDED,
+    # A refunded attempt was paid first; refunds are tracked on their own.
+    "REFUND": AttemptState.SUCCEEDED,
+    "NOTPAY": AttemptState.PENDING,
+    "USERPAYING": AttemptState.PENDING,
+    "ACCEPT": AttemptState.PENDING,
+    "PAYERROR": AttemptState.FAILED,
+    "CLOSED": AttemptState.CLOSED,
+    "REVOKED": AttemptState.CLOSED,
+}
+_REFUND_STATES = {
+    "SUCCESS": RefundState.SUCCEEDED,
+    "PROCESSING": RefundState.PENDING,
+    "CLOSED": RefundState.FAILED,
+    "ABNORMAL": RefundState.FAILED,
+}
+_REFUND_EVENTS = {
+    "REFUND.SUCCESS": (EventKind.REFUND_SUCCEEDED, "SUCCESS"),
+    "REFUND.ABNORMAL": (EventKind.REFUND_FAILED, "ABNORMAL"),
+    "REFUND.CLOSED": (EventKind.REFUND_FAILED, "CLOSED"),
+}
+
+
+class Malformed(ValueError):
+    """A platform message does not have the shape WeChat Pay documents."""
+
+
+class PlatformRefusal(GatewayError):
+    """WeChat Pay answered 4xx: it understood the call and refused it."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"WeChat Pay refused the call: {code} ({message})")
+        self.status = status
+        self.code = code
+
+
+class _Transient(Exception):
+    def __init__(self, reason: str, *, may_have_reached: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.may_have_reached = may_have_reached
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    status: int
+    data: dict[str, Any]
+
+
+def fen(value: object) -> int:
+    """An amount as WeChat Pay sends it: a JSON integer count of fen, nothing else."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise Malformed("amount is not a non-negative integer count of fen")
+    return value
+
+
+def _positive_fen(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def parse_time(value: object) -> datetime:
+    """An RFC 3339 time with offset (e.g. 2018-06-08T10:34:56+08:00) as aware UTC."""
+    if not isinstance(value, str):
+        raise Malformed("time is missing")
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise Malformed("time is not RFC 3339") from None
+    if moment.tzinfo is None:
+        raise Malformed("time has no offset")
+    return moment.astimezone(UTC)
+
+
+def format_time(moment: datetime) -> str:
+    if moment.tzinfo is None:
+        raise ValueError("expires_at must be timezone-aware")
+    return moment.astimezone(_CHINA_STANDARD_TIME).isoformat(timespec="seconds")
+
+
+def description(subject: str) -> str:
+    """The subject cut to WeChat Pay's 127-byte limit on a character boundary."""
+    encoded = subject.encode()[:DESCRIPTION_MAX_BYTES]
+    return encoded.decode(errors="ignore")
+
+
+def _text(data: dict[str, Any], key: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str) or not value:
+        raise Malformed(f"{key} is missing")
+    return value
+
+
+def _object(data: dict[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key)
+    if not isinstance(value, dict):
+        raise Malformed(f"{key} is missing")
+    return value
+
+
+class WechatpayProvider(Provider):
+    """WeChat Pay API v3 for one branch's merchant account."""
+
+    name = "wechatpay"
+    display_name = "WeChat Pay"
+    methods = (PaymentMethod.QR_CODE, PaymentMethod.WAP, PaymentMethod.APP)
+    Settings = WechatpaySettings
+
+    def __init__(self, settings: Any, *, branch: str, http: httpx.AsyncClient) -> None:
+        if not isinstance(settings, WechatpaySettings):
+            raise TypeError("WechatpayProvider needs WechatpaySettings")
+        super().__init__(settings, branch=branch, http=http)
+        self.config = settings
+        self._merchant_key = load_merchant_key(settings.private_key.get_secret_value())
+        self._platform_key = load_platform_key(settings.platform_public_key)
+        self._apiv3_key = settings.apiv3_key.get_secret_value().encode()
+
+    # -- payments -------------------------------------------------------------
+
+    async def create_payment(self, request: PaymentRequest) -> PaymentAction:
+        path = _ORDER_PATHS.get(request.method)
+        if path is None:
+            raise GatewayError(f"WeChat Pay does not offer {request.method} here")
+        if request.currency != CURRENCY or not _positive_fen(request.amount_fen):
+            raise GatewayError("WeChat Pay takes a positive CNY amount")
+        order: dict[str, Any] = {
+            "appid": self.config.appid,
+            "mchid": self.config.mchid,
+            "description": description(request.subject),
+            "out_trade_no": request.out_trade_no,
+            "time_expire": format_time(request.expires_at),
+            "notify_url": request.notify_url,
+            "amount": {"total": request.amount_fen, "currency": CURRENCY},
+        }
+        if request.method is PaymentMethod.WAP:
+            if not request.client_ip:
+                raise GatewayError("an H5 payment needs the payer's client IP")
+            order["scene_info"] = {
+                "payer_client_ip": request.client_ip,
+                "h5_info": {"type": "Wap"},
+            }
+        reply = await self._call("POST", path, order, operation="order", repeatable=False)
+        try:
+            return self._action(request, reply.data)
+        except Malformed as exc:
+            raise GatewayError(f"WeChat Pay order reply: {exc}", outcome_unknown=True) from None
+
+    def _action(self, request: PaymentRequest, data: dict[str, Any]) -> PaymentAction:
+        if request.method is PaymentMethod.QR_CODE:
+            return PaymentAction(kind=ActionKind.QR_CODE, qr_code=_text(data, "code_url"))
+        if request.method is PaymentMethod.WAP:
+            url = httpx.URL(_text(data, "h5_url"))
+            if request.return_url:
+                # WeChat Pay sends the payer back to redirect_url after the H5 flow.
+                url = url.copy_add_param("redirect_url", request.return_url)
+            return PaymentAction(kind=ActionKind.REDIRECT, url=str(url))
+        return PaymentAction(kind=ActionKind.APP_SDK, app_payload=self.app_payload(data))
+
+    def app_payload(self, data: dict[str, Any]) -> str:
+        """The parameters the WeChat app SDK's PayReq needs, signed with the merchant key."""
+        prepay_id = _text(data, "prepay_id")
+        timestamp = str(int(time.time()))
+        nonce = signing.new_nonce()
+        message = f"{self.config.appid}\n{timestamp}\n{nonce}\n{prepay_id}\n".encode()
+        return json.dumps(
+            {
+                "appid": self.config.appid,
+                "partnerid": self.config.mchid,
+                "prepayid": prepay_id,
+                "package": "Sign=WXPay",
+                "noncestr": nonce,
+                "timestamp": timestamp,
+                "sign": signing.sign(self._merchant_key, message),
+            },
+            separators=(",", ":"),
+        )
+
+    async def query(self, out_trade_no: str) -> QueryResult:
+        path = f"/v3/pay/transactions/out-trade-no/{quote(out_trade_no, safe='')}"
+        path += f"?mchid={self.config.mchid}"
+        try:
+            reply = await self._call("GET", path, None, operation="query", repeatable=True)
+        except PlatformRefusal as refusal:
+            if refusal.code == "ORDER_NOT_EXIST":
+                return QueryResult(state=AttemptState.UNKNOWN)
+            raise
+        try:
+            return self._query_result(out_trade_no, reply.data)
+        except Malformed as exc:
+            raise GatewayError(f"WeChat Pay query reply: {exc}") from None
+
+    def _query_result(self, out_trade_no: str, data: dict[str, Any]) -> QueryResult:
+        if (
+            data.get("mchid") != self.config.mchid
+            or data.get("appid") != self.config.appid
+            or data.get("out_trade_no") != out_trade_no
+        ):
+            raise Malformed("it describes another merchant's or another attempt's order")
+        trade_state = _text(data, "trade_state")
+        state = _TRADE_STATES.get(trade_state)
+        if state is None:
+            raise Malformed(f"unknown trade_state {trade_state}")
+        amount = _object(data, "amount")
+        total = fen(amount.get("total"))
+        if state is not AttemptState.SUCCEEDED:
+            return QueryResult(
+                state=state, provider_trade_no=data.get("transaction_id"), amount_fen=total
+            )
+        if amount.get("currency", CURRENCY) != CURRENCY:
+            raise Malformed("currency is not CNY")
+        transaction_id = _text(data, "transaction_id")
+        event = ProviderEvent(
+            kind=EventKind.PAYMENT_SUCCEEDED,
+            event_id=payment_event_id(transaction_id),
+            out_trade_no=out_trade_no,
+            amount_fen=total,
+            currency=CURRENCY,
+            occurred_at=parse_time(data.get("success_time")),
+            provider_trade_no=transaction_id,
+            detail={"trade_state": trade_state, "trade_type": data.get("trade_type")},
+        )
+        return QueryResult(
+            state=state, provider_trade_no=transaction_id, amount_fen=total, events=(event,)
+        )
+
+    async def refund(self, request: RefundRequest) -> RefundResult:
+        if request.currency != CURRENCY or not _positive_fen(request.refund_fen):
+            raise GatewayError("WeChat Pay refunds a positive CNY amount")
+        body: dict[str, Any] = {
+            "out_trade_no": request.out_trade_no,
+            "out_refund_no": request.out_refund_no,
+            "amount": {
+                "refund": request.refund_fen,
+                "total": request.total_fen,
+                "currency": CURRENCY,
+            },
+        }
+        if request.reason:
+            body["reason"] = request.reason[:80]
+        if request.notify_url:
+            body["notify_url"] = request.notify_url
+        reply = await self._call(
+            "POST", "/v3/refund/domestic/refunds", body, operation="refund", repeatable=True
+        )
+        data = reply.data
+        status = data.get("status")
+        state = _REFUND_STATES.get(status) if isinstance(status, str) else None
+        if state is None or data.get("out_refund_no") != request.out_refund_no:
+            raise GatewayError(
+                "WeChat Pay refund reply does not describe this refund", outcome_unknown=True
+            )
+        refund_id = data.get("refund_id")
+        return RefundResult(
+            state=state,
+            provider_refund_no=refund_id if isinstance(refund_id, str) else None,
+            message=None if state is RefundState.SUCCEEDED else f"WeChat Pay refund {status}",
+        )
+
+    async def close(self, out_trade_no: str) -> None:
+        path = f"/v3/pay/transactions/out-trade-no/{quote(out_trade_no, safe='')}/close"
+        try:
+            await self._call(
+                "POST", path, {"mchid": self.config.mchid}, operation="close", repeatable=True
+            )
+        except PlatformRefusal as refusal:
+            if refusal.code != "ORDER_NOT_EXIST":
+                raise
+
+    # -- notifications --------------------------------------------------------
+
+    async def parse_notification(self, request: NotificationRequest) -> ProviderEvent | None:
+        if len(request.body) > MAX_NOTIFICATION_BYTES:
+            self._reject("body is larger than any WeChat Pay callback")
+        problem = self._signature_problem(request.headers, request.body)
+        if problem:
+            self._reject(problem)
+        try:
+            envelope = json.loads(request.body)
+            if not isinstance(envelope, dict):
+                raise Malformed("body is not a JSON object")
+            fact = self._decrypt(envelope)
+            event = self._event(envelope, fact)
+        except (Malformed, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            reason = str(exc) if isinstance(exc, Malformed) else "body is not JSON"
+            self._reject(reason)
+        if event is None:
+            logger.info(
+                "wechatpay notification for branch %s has nothing to apply (%s)",
+                self.branch,
+                envelope.get("event_type"),
+            )
+        return event
+
+    def notification_reply(self, *, accepted: bool) -> NotificationReply:
+        if accepted:
+            body = {"code": "SUCCESS", "message": "OK"}
+            return NotificationReply(200, json.dumps(body).encode(), "application/json")
+        body = {"code": "FAIL", "message": "rejected"}
+        return NotificationReply(400, json.dumps(body).encode(), "application/json")
+
+    def _reject(self, reason: str) -> NoReturn:
+        logger.warning("wechatpay notification rejected for branch %s: %s", self.branch, reason)
+        raise NotificationRejected(reason)
+
+    def _signature_problem(self, headers: Any, body: bytes) -> str | None:
+        """Why a signed platform message cannot be trusted, or None when it can."""
+        signature = headers.get("wechatpay-signature")
+        timestamp = headers.get("wechatpay-timestamp")
+        nonce = headers.get("wechatpay-nonce")
+        serial = headers.get("wechatpay-serial")
+        if not signature:
+            return "Wechatpay-Signature header is missing"
+        if not timestamp or not nonce or not serial:
+            return "Wechatpay-Timestamp, -Nonce or -Serial header is missing"
+        signature_type = headers.get("wechatpay-signature-type")
+        if signature_type is not None and signature_type != signing.SCHEMA:
+            return "Wechatpay-Signature-Type is not WECHATPAY2-SHA256-RSA2048"
+        if serial != self.config.platform_public_key_id:
+            return "Wechatpay-Serial is not the configured platform public key id"
+        if not timestamp.isdigit():
+            return "Wechatpay-Timestamp is not a number"
+        if abs(time.time() - int(timestamp)) > signing.MAX_CLOCK_SKEW_SECONDS:
+            return "Wechatpay-Timestamp is more than 5 minutes from now (stale or replayed)"
+        if not signing.verify(
+            self._platform_key, signing.response_message(timestamp, nonce, body), signature
+        ):
+            return "Wechatpay-Signature does not verify with the platform public key"
+        return None
+
+    def _decrypt(self, envelope: dict[str, Any]) -> dict[str, Any]:
+        if envelope.get("resource_type") != "encrypt-resource":
+            raise Malformed("resource_type is not encrypt-resource")
+        resource = _object(envelope, "resource")
+        if resource.get("algorithm") != signing.AEAD_ALGORITHM:
+            raise Malformed("resource algorithm is not AEAD_AES_256_GCM")
+        associated_data = resource.get("associated_data", "")
+        if not isinstance(associated_data, str):
+            raise Malformed("associated_data is not a string")
+        plaintext = signing.decrypt_resource(
+            self._apiv3_key,
+            _text(resource, "ciphertext"),
+            nonce=_text(resource, "nonce"),
+            associated_data=associated_data,
+        )
+        if plaintext is None:
+            raise Malformed("resource does not decrypt with the APIv3 key")
+        fact = json.loads(plaintext)
+        if not isinstance(fact, dict):
+            raise Malformed("resource is not a JSON object")
+        if fact.get("mchid") != self.config.mchid:
+            raise Malformed("mchid is not this branch's merchant id")
+        return fact
+
+    def _event(self, envelope: dict[str, Any], fact: dict[str, Any]) -> ProviderEvent | None:
+        event_type = _text(envelope, "event_type")
+        if event_type.startswith("TRANSACTION."):
+            return self._payment_event(event_type, fact)
+        if event_type in _REFUND_EVENTS:
+            return self._refund_event(event_type, envelope, fact)
+        return None
+
+    def _payment_event(self, event_type: str, fact: dict[str, Any]) -> ProviderEvent | None:
+        if fact.get("appid") != self.config.appid:
+            raise Malformed("appid is not this branch's app id")
+        out_trade_no = _text(fact, "out_trade_no")
+        amount = _object(fact, "amount")
+        total = fen(amount.get("total"))
+        if amount.get("currency") != CURRENCY:
+            raise Malformed("currency is not CNY")
+        if event_type != "TRANSACTION.SUCCESS" or fact.get("trade_state") != "SUCCESS":
+            return None
+        transaction_id = _text(fact, "transaction_id")
+        return ProviderEvent(
+            kind=EventKind.PAYMENT_SUCCEEDED,
+            event_id=payment_event_id(transaction_id),
+            out_trade_no=out_trade_no,
+            amount_fen=total,
+            currency=CURRENCY,
+            occurred_at=parse_time(fact.get("success_time")),
+            provider_trade_no=transaction_id,
+            detail={"event_type": event_type, "trade_type": fact.get("trade_type")},
+        )
+
+    def _refund_event(
+        self, event_type: str, envelope: dict[str, Any], fact: dict[str, Any]
+    ) -> ProviderEvent:
+        kind, expected_status = _REFUND_EVENTS[event_type]
+        if fact.get("refund_status") != expected_status:
+            raise Malformed("refund_status does not match event_type")
+        amount = _object(fact, "amount")
+        refund_id = _text(fact, "refund_id")
+        moment = fact.get("success_time") or envelope.get("create_time")
+        return ProviderEvent(
+            kind=kind,
+            event_id=f"refund:{refund_id}:{expected_status}",
+            out_trade_no=_text(fact, "out_trade_no"),
+            amount_fen=fen(amount.get("refund")),
+            currency=CURRENCY,
+            occurred_at=parse_time(moment),
+            provider_trade_no=fact.get("transaction_id"),
+            out_refund_no=_text(fact, "out_refund_no"),
+            detail={"event_type": event_type, "refund_id": refund_id},
+        )
+
+    # -- transport ------------------------------------------------------------
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        payload: dict[str, Any] | None,
+        *,
+        operation: str,
+        repeatable: bool,
+    ) -> _Reply:
+        tries = self.config.max_attempts if repeatable else 1
+        pause = self.config.backoff_seconds
+        may_have_reached = False
+        reason = ""
+        for attempt in range(1, tries + 1):
+            try:
+                return await self._send(method, path, payload, operation)
+            except _Transient as failure:
+                may_have_reached = may_have_reached or failure.may_have_reached
+                reason = failure.reason
+            if attempt < tries:
+                logger.warning(
+                    "wechatpay %s for branch %s failed (%s); try %d of %d in %.2f s",
+                    operation,
+                    self.branch,
+                    reason,
+                    attempt + 1,
+                    tries,
+                    pause,
+                )
+                await asyncio.sleep(pause)
+                pause *= 2
+        logger.error(
+            "wechatpay %s for branch %s failed after %d tries: %s",
+            operation,
+            self.branch,
+            tries,
+            reason,
+        )
+        raise GatewayError(
+            f"WeChat Pay {operation} failed after {tries} tries: {reason}",
+            retryable=repeatable,
+            outcome_unknown=may_have_reached,
+        )
+
+    async def _send(
+        self, method: str, path: str, payload: dict[str, Any] | None, operation: str
+    ) -> _Reply:
+        body = b"" if payload is None else json.dumps(payload, ensure_ascii=False).encode()
+        url = httpx.URL(self.config.gateway + path)
+        timestamp = str(int(time.time()))
+        nonce = signing.new_nonce()
+        message = signing.request_message(method, url.raw_path.decode(), timestamp, nonce, body)
+        headers = {
+            "Authorization": signing.authorization(
+                self.config.mchid,
+                self.config.cert_serial_no,
+                timestamp,
+                nonce,
+                signing.sign(self._merchant_key, message),
+            ),
+            "Accept": "application/json",
+            "User-Agent": "branchpay-wechatpay",
+        }
+        if payload is not None:
+            headers["Content-Type"] = "application/json"
+        try:
+            response = await self.http.request(
+                method,
+                url,
+                content=body or None,
+                headers=headers,
+                timeout=self.config.timeout_seconds,
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise _Transient(
+                f"cannot connect ({type(exc).__name__})", may_have_reached=False
+            ) from None
+        except httpx.TimeoutException as exc:
+            raise _Transient(
+                f"no answer in time ({type(exc).__name__})", may_have_reached=True
+            ) from None
+        except httpx.TransportError as exc:
+            raise _Transient(
+                f"transport failed ({type(exc).__name__})", may_have_reached=True
+            ) from None
+        status = response.status_code
+        if status == 429 or status >= 500:
+            raise _Transient(f"HTTP {status}", may_have_reached=status != 429)
+        if status >= 400:
+            code, text = _error_of(response)
+            logger.warning(
+                "wechatpay %s for branch %s refused: HTTP %d %s",
+                operation,
+                self.branch,
+                status,
+                code,
+            )
+            raise PlatformRefusal(status, code, text)
+        problem = self._signature_problem(response.headers, response.content)
+        if problem:
+            logger.error(
+                "wechatpay %s reply for branch %s not trusted: %s", operation, self.branch, problem
+            )
+            raise GatewayError(
+                f"WeChat Pay {operation} reply not trusted: {problem}", outcome_unknown=True
+            )
+        if not response.content:
+            return _Reply(status, {})
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            raise GatewayError(
+                f"WeChat Pay {operation} reply is not a JSON object", outcome_unknown=True
+            )
+        return _Reply(status, data)
+
+
+def payment_event_id(transaction_id: str) -> str:
+    """One id per paid transaction, shared by its callback and by a query."""
+    return f"transaction:{transaction_id}:SUCCESS"
+
+
+def _error_of(response: httpx.Response) -> tuple[str, str]:
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("code"), str):
+        return data["code"], str(data.get("message", ""))[:200]
+    return f"HTTP_{response.status_code}", ""

@@ -1,0 +1,692 @@
+"""A WeChat Pay API v3 gateway on loopback, for tests and the demo.
+
+It checks requests the way WeChat Pay does (the ``WECHATPAY2-SHA256-RSA2048``
+Authorization header against the merchant's public key and certificate
+serial, a five-minute clock window, required parameters, integer fen amounts,
+``out_trade_no`` re-use, refunds once per ``out_refund_no`` and never past the
+paid amount, close semantics) and signs every answer with the platform private
+key under the platform public key id. Callbacks are encrypted with the
+merchant's APIv3 key and signed the same way.
+
+Beside the API it offers:
+
+- ``GET /pay/{out_trade_no}``: a small pay page; ``POST`` there with the form
+  field ``outcome=success|fail|close`` settles the attempt (``deliver=0``
+  keeps the callback back). Like WeChat Pay, only a successful payment and a
+  finished refund produce a callback.
+- ``GET /control/notifications/{out_trade_no}``: every callback of the
+  attempt with freshly signed headers (``?timestamp=`` signs at another
+  time), without sending anything.
+- ``POST /control/notifications/{out_trade_no}/deliver`` with JSON
+  ``{"order": [1, 0], "count": 2, "delay_seconds": 1, "background": true}``:
+  (re)sends callbacks, as duplicates, late or out of order.
+- ``POST /control/faults`` with JSON ``{"kind": "error"|"stall"|"unsigned"|
+  "forged", "times": 1, "stall_seconds": 1, "path": "/v3/refund"}``: the next
+  matching API calls fail (500), answer late after acting, or answer without
+  or with a wrong signature. ``DELETE /control/faults`` clears them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import re
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from providers.wechatpay import signing
+
+_CST = timezone(timedelta(hours=8))
+_OUT_TRADE_NO = re.compile(r"^[0-9A-Za-z_\-*|]{6,32}$")
+_OUT_REFUND_NO = re.compile(r"^[0-9A-Za-z_\-|*@]{1,64}$")
+_URL = re.compile(r"^https?://[^\s?#]+$")
+_TRADE_TYPES = {"native": "NATIVE", "h5": "MWEB", "app": "APP"}
+_TRADE_STATE_DESC = {
+    "NOTPAY": "未支付",
+    "SUCCESS": "支付成功",
+    "REFUND": "转入退款",
+    "CLOSED": "已关闭",
+    "PAYERROR": "支付失败",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Merchant:
+    """A merchant account as WeChat Pay knows it."""
+
+    mchid: str
+    appid: str
+    public_key: RSAPublicKey  # of the merchant API certificate
+    cert_serial_no: str
+    apiv3_key: bytes
+
+
+@dataclass(slots=True)
+class Refund:
+    out_refund_no: str
+    refund_id: str
+    amount: int
+    status: str
+    created_at: datetime
+    notify_url: str | None
+    success_time: datetime | None = None
+
+
+@dataclass(slots=True)
+class Attempt:
+    merchant: Merchant
+    out_trade_no: str
+    trade_type: str
+    order: dict[str, Any]
+    total: int
+    notify_url: str
+    expires_at: datetime | None
+    prepay_id: str
+    state: str = "NOTPAY"
+    transaction_id: str | None = None
+    success_time: datetime | None = None
+    refunds: dict[str, Refund] = field(default_factory=dict)
+    notifications: list[bytes] = field(default_factory=list)
+    deliveries: list[int | None] = field(default_factory=list)
+
+    def refunded(self) -> int:
+        return sum(r.amount for r in self.refunds.values() if r.status != "CLOSED")
+
+
+@dataclass(slots=True)
+class Fault:
+    kind: str
+    times: int
+    stall_seconds: float
+    path: str
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.astimezone(_CST).isoformat(timespec="seconds")
+
+
+def _amount(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ApiError(400, "PARAM_ERROR", f"{name} must be a positive integer count of fen")
+    return value
+
+
+def _string(body: dict[str, Any], name: str, *, max_bytes: int = 32) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not value:
+        raise ApiError(400, "PARAM_ERROR", f"missing required parameter {name}")
+    if len(value.encode()) > max_bytes:
+        raise ApiError(400, "PARAM_ERROR", f"{name} is longer than {max_bytes} bytes")
+    return value
+
+
+class Gateway:
+    """The simulator's memory: merchants, attempts, pending faults."""
+
+    def __init__(
+        self,
+        merchants: Sequence[Merchant],
+        platform_private_key: RSAPrivateKey,
+        platform_public_key_id: str,
+    ) -> None:
+        self.merchants = {m.mchid: m for m in merchants}
+        self.platform_private_key = platform_private_key
+        self.platform_public_key_id = platform_public_key_id
+        self.attempts: dict[str, Attempt] = {}
+        self.faults: list[Fault] = []
+        self._stranger_key: RSAPrivateKey | None = None
+
+    # -- signing ---------------------------------------------------------------
+
+    def signed_headers(
+        self, body: bytes, *, timestamp: int | None = None, key: RSAPrivateKey | None = None
+    ) -> dict[str, str]:
+        stamp = str(int(time.time()) if timestamp is None else timestamp)
+        nonce = signing.new_nonce()
+        message = signing.response_message(stamp, nonce, body)
+        return {
+            "Wechatpay-Timestamp": stamp,
+            "Wechatpay-Nonce": nonce,
+            "Wechatpay-Serial": self.platform_public_key_id,
+            "Wechatpay-Signature": signing.sign(key or self.platform_private_key, message),
+            "Wechatpay-Signature-Type": signing.SCHEMA,
+            "Request-ID": secrets.token_hex(16),
+        }
+
+    def stranger_key(self) -> RSAPrivateKey:
+        if self._stranger_key is None:
+            self._stranger_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        return self._stranger_key
+
+    def reply(self, status: int, data: dict[str, Any] | None, fault: Fault | None) -> Response:
+        body = b"" if data is None else json.dumps(data, ensure_ascii=False).encode()
+        if fault is not None and fault.kind == "unsigned":
+            headers = {"Request-ID": secrets.token_hex(16)}
+        elif fault is not None and fault.kind == "forged":
+            headers = self.signed_headers(body, key=self.stranger_key())
+        else:
+            headers = self.signed_headers(body)
+        media = "application/json" if data is not None else None
+        return Response(body, status_code=status, headers=headers, media_type=media)
+
+    def take_fault(self, path: str) -> Fault | None:
+        for fault in self.faults:
+            if path.startswith(fault.path) and fault.times > 0:
+                fault.times -= 1
+                if fault.times == 0:
+                    self.faults.remove(fault)
+                return fault
+        return None
+
+    # -- request checks --------------------------------------------------------
+
+    def authenticate(self, request: Request, body: bytes) -> Merchant:
+        header = request.headers.get("authorization", "")
+        params = signing.parse_authorization(header)
+        if params is None or not {"mchid", "nonce_str", "signature", "timestamp", "serial_no"} <= (
+            params.keys()
+        ):
+            raise ApiError(401, "SIGN_ERROR", "Authorization is not WECHATPAY2-SHA256-RSA2048")
+        merchant = self.merchants.get(params["mchid"])
+        if merchant is None:
+            raise ApiError(401, "SIGN_ERROR", "unknown mchid")
+        if params["serial_no"].upper() != merchant.cert_serial_no.upper():
+            raise ApiError(401, "SIGN_ERROR", "serial_no is not the merchant's API certificate")
+        stamp = params["timestamp"]
+        if not stamp.isdigit() or abs(time.time() - int(stamp)) > signing.MAX_CLOCK_SKEW_SECONDS:
+            raise ApiError(401, "SIGN_ERROR", "timestamp is more than 5 minutes from now")
+        target = request.scope["raw_path"].decode()
+        if request.scope["query_string"]:
+            target += "?" + request.scope["query_string"].decode()
+        message = signing.request_message(request.method, target, stamp, params["nonce_str"], body)
+        if not signing.verify(merchant.public_key, message, params["signature"]):
+            raise ApiError(401, "SIGN_ERROR", "signature does not verify")
+        return merchant
+
+    @staticmethod
+    def json_body(body: bytes) -> dict[str, Any]:
+        try:
+            data = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ApiError(400, "PARAM_ERROR", "body is not JSON") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, "PARAM_ERROR", "body is not a JSON object")
+        return data
+
+    # -- API -------------------------------------------------------------------
+
+    def order(
+        self, merchant: Merchant, kind: str, body: dict[str, Any], base_url: str
+    ) -> dict[str, Any]:
+        appid = _string(body, "appid")
+        if body.get("mchid") != merchant.mchid:
+            raise ApiError(400, "PARAM_ERROR", "mchid is not the signer's")
+        if appid != merchant.appid:
+            raise ApiError(400, "APPID_MCHID_NOT_MATCH", "appid is not bound to mchid")
+        _string(body, "description", max_bytes=127)
+        out_trade_no = _string(body, "out_trade_no")
+        if not _OUT_TRADE_NO.match(out_trade_no):
+            raise ApiError(400, "PARAM_ERROR", "out_trade_no must be 6-32 of [0-9A-Za-z_-*|]")
+        notify_url = _string(body, "notify_url", max_bytes=256)
+        if not _URL.match(notify_url):
+            raise ApiError(400, "PARAM_ERROR", "notify_url must be an absolute URL without query")
+        amount = body.get("amount")
+        if not isinstance(amount, dict):
+            raise ApiError(400, "PARAM_ERROR", "missing required parameter amount")
+        total = _amount(amount.get("total"), "amount.total")
+        if amount.get("currency", "CNY") != "CNY":
+            raise ApiError(400, "PARAM_ERROR", "amount.currency must be CNY")
+        expires_at = None
+        if "time_expire" in body:
+            try:
+                expires_at = datetime.fromisoformat(_string(body, "time_expire", max_bytes=64))
+            except ValueError:
+                raise ApiError(400, "PARAM_ERROR", "time_expire is not RFC 3339") from None
+            if expires_at.tzinfo is None:
+                raise ApiError(400, "PARAM_ERROR", "time_expire has no offset")
+        if kind == "h5":
+            scene = body.get("scene_info")
+            if not isinstance(scene, dict) or not isinstance(scene.get("payer_client_ip"), str):
+                raise ApiError(400, "PARAM_ERROR", "missing required parameter scene_info")
+            h5_info = scene.get("h5_info")
+            if not isinstance(h5_info, dict) or not h5_info.get("type"):
+                raise ApiError(400, "PARAM_ERROR", "missing required parameter h5_info.type")
+
+        existing = self.attempts.get(out_trade_no)
+        if existing is not None:
+            if existing.merchant.mchid != merchant.mchid or existing.order != body:
+                raise ApiError(400, "INVALID_REQUEST", "out_trade_no already used (订单号重复)")
+            if existing.state == "SUCCESS":
+                raise ApiError(400, "ORDERPAID", "order already paid")
+            if existing.state == "CLOSED":
+                raise ApiError(400, "ORDER_CLOSED", "order already closed")
+            attempt = existing
+        else:
+            attempt = Attempt(
+                merchant=merchant,
+                out_trade_no=out_trade_no,
+                trade_type=_TRADE_TYPES[kind],
+                order=body,
+                total=total,
+                notify_url=notify_url,
+                expires_at=expires_at,
+                prepay_id=f"wx{_now():%Y%m%d%H%M%S}{secrets.token_hex(8)}",
+            )
+            self.attempts[out_trade_no] = attempt
+        pay_page = f"{base_url.rstrip('/')}/pay/{out_trade_no}"
+        if kind == "native":
+            return {"code_url": pay_page}
+        if kind == "h5":
+            return {"h5_url": pay_page}
+        return {"prepay_id": attempt.prepay_id}
+
+    def attempt_of(self, merchant: Merchant, out_trade_no: str) -> Attempt:
+        attempt = self.attempts.get(out_trade_no)
+        if attempt is None or attempt.merchant.mchid != merchant.mchid:
+            raise ApiError(404, "ORDER_NOT_EXIST", "order does not exist")
+        return attempt
+
+    def transaction(self, attempt: Attempt) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "appid": attempt.merchant.appid,
+            "mchid": attempt.merchant.mchid,
+            "out_trade_no": attempt.out_trade_no,
+            "trade_type": attempt.trade_type,
+            "trade_state": attempt.state,
+            "trade_state_desc": _TRADE_STATE_DESC[attempt.state],
+            "amount": {"total": attempt.total, "currency": "CNY"},
+        }
+        if attempt.transaction_id is not None and attempt.success_time is not None:
+            data["transaction_id"] = attempt.transaction_id
+            data["bank_type"] = "OTHERS"
+            data["success_time"] = _rfc3339(attempt.success_time)
+            data["payer"] = {"openid": "o" + secrets.token_hex(8)}
+            data["amount"].update({"payer_total": attempt.total, "payer_currency": "CNY"})
+        return data
+
+    def close(self, merchant: Merchant, out_trade_no: str, body: dict[str, Any]) -> None:
+        if body.get("mchid") != merchant.mchid:
+            raise ApiError(400, "PARAM_ERROR", "mchid is not the signer's")
+        attempt = self.attempt_of(merchant, out_trade_no)
+        if attempt.state in ("SUCCESS", "REFUND"):
+            raise ApiError(400, "ORDERPAID", "order already paid")
+        attempt.state = "CLOSED"
+
+    def refund(
+        self, merchant: Merchant, body: dict[str, Any]
+    ) -> tuple[Attempt, Refund, dict[str, Any], bool]:
+        """The refund for this out_refund_no, and whether this call created it."""
+        out_trade_no = _string(body, "out_trade_no")
+        out_refund_no = _string(body, "out_refund_no", max_bytes=64)
+        if not _OUT_REFUND_NO.match(out_refund_no):
+            raise ApiError(400, "PARAM_ERROR", "out_refund_no must be 1-64 of [0-9A-Za-z_-|*@]")
+        amount = body.get("amount")
+        if not isinstance(amount, dict):
+            raise ApiError(400, "PARAM_ERROR", "missing required parameter amount")
+        refund_fen = _amount(amount.get("refund"), "amount.refund")
+        total = _amount(amount.get("total"), "amount.total")
+        if amount.get("currency") != "CNY":
+            raise ApiError(400, "PARAM_ERROR", "amount.currency must be CNY")
+        reason = body.get("reason")
+        if reason is not None and (not isinstance(reason, str) or len(reason) > 80):
+            raise ApiError(400, "PARAM_ERROR", "reason is longer than 80 characters")
+        notify_url = body.get("notify_url")
+        if notify_url is not None and (
+            not isinstance(notify_url, str) or not _URL.match(notify_url)
+        ):
+            raise ApiError(400, "PARAM_ERROR", "notify_url must be an absolute URL without query")
+        attempt = self.attempts.get(out_trade_no)
+        if attempt is None or attempt.merchant.mchid != merchant.mchid:
+            raise ApiError(404, "RESOURCE_NOT_EXISTS", "order does not exist")
+        existing = attempt.refunds.get(out_refund_no)
+        if existing is not None:
+            if existing.amount != refund_fen:
+                raise ApiError(
+                    400, "INVALID_REQUEST", "out_refund_no already used with another amount"
+                )
+            return attempt, existing, self.refund_view(attempt, existing), False
+        if any(out_refund_no in other.refunds for other in self.attempts.values()):
+            raise ApiError(400, "INVALID_REQUEST", "out_refund_no belongs to another order")
+        if attempt.state not in ("SUCCESS", "REFUND"):
+            raise ApiError(400, "INVALID_REQUEST", "order is not paid")
+        if total != attempt.total:
+            raise ApiError(400, "PARAM_ERROR", "amount.total is not the order's total")
+        if attempt.refunded() + refund_fen > attempt.total:
+            raise ApiError(400, "INVALID_REQUEST", "申请退款金额超过订单可退金额")
+        refund = Refund(
+            out_refund_no=out_refund_no,
+            refund_id=f"50{_now():%Y%m%d%H%M%S}{secrets.randbelow(10**12):012d}",
+            amount=refund_fen,
+            status="PROCESSING",
+            created_at=_now(),
+            notify_url=notify_url,
+        )
+        attempt.refunds[out_refund_no] = refund
+        view = self.refund_view(attempt, refund)
+        # The money goes back at once here; the first answer still says
+        # PROCESSING, as WeChat Pay's usually does.
+        refund.status = "SUCCESS"
+        refund.success_time = _now()
+        attempt.state = "REFUND"
+        attempt.notifications.append(self.refund_notification(attempt, refund))
+        return attempt, refund, view, True
+
+    def refund_view(self, attempt: Attempt, refund: Refund) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "refund_id": refund.refund_id,
+            "out_refund_no": refund.out_refund_no,
+            "transaction_id": attempt.transaction_id,
+            "out_trade_no": attempt.out_trade_no,
+            "channel": "ORIGINAL",
+            "user_received_account": "支付用户零钱",
+            "create_time": _rfc3339(refund.created_at),
+            "status": refund.status,
+            "funds_account": "AVAILABLE",
+            "amount": {
+                "total": attempt.total,
+                "refund": refund.amount,
+                "payer_total": attempt.total,
+                "payer_refund": refund.amount,
+                "settlement_refund": refund.amount,
+                "settlement_total": attempt.total,
+                "discount_refund": 0,
+                "currency": "CNY",
+            },
+        }
+        if refund.success_time is not None:
+            data["success_time"] = _rfc3339(refund.success_time)
+        return data
+
+    # -- payer and callbacks ---------------------------------------------------
+
+    def settle(self, out_trade_no: str, outcome: str) -> Attempt:
+        attempt = self.attempts.get(out_trade_no)
+        if attempt is None:
+            raise ApiError(404, "ORDER_NOT_EXIST", "order does not exist")
+        if attempt.state != "NOTPAY":
+            raise ApiError(409, "ORDER_SETTLED", f"order is {attempt.state}")
+        if attempt.expires_at is not None and _now() > attempt.expires_at:
+            attempt.state = "CLOSED"
+            raise ApiError(409, "ORDER_CLOSED", "order expired (time_expire passed)")
+        if outcome == "success":
+            attempt.state = "SUCCESS"
+            attempt.success_time = _now()
+            attempt.transaction_id = f"42000{_now():%Y%m%d}{secrets.randbelow(10**15):015d}"
+            attempt.notifications.append(self.payment_notification(attempt))
+        elif outcome == "fail":
+            attempt.state = "PAYERROR"
+        elif outcome == "close":
+            attempt.state = "CLOSED"
+        else:
+            raise ApiError(400, "PARAM_ERROR", "outcome must be success, fail or close")
+        return attempt
+
+    def envelope(
+        self, merchant: Merchant, event_type: str, summary: str, fact: dict[str, Any]
+    ) -> bytes:
+        nonce = secrets.token_urlsafe(9)[:12]
+        associated_data = "transaction" if event_type.startswith("TRANSACTION") else "refund"
+        plaintext = json.dumps(fact, ensure_ascii=False).encode()
+        document = {
+            "id": secrets.token_hex(18),
+            "create_time": _rfc3339(_now()),
+            "resource_type": "encrypt-resource",
+            "event_type": event_type,
+            "summary": summary,
+            "resource": {
+                "original_type": associated_data,
+                "algorithm": signing.AEAD_ALGORITHM,
+                "ciphertext": signing.encrypt_resource(
+                    merchant.apiv3_key, plaintext, nonce=nonce, associated_data=associated_data
+                ),
+                "associated_data": associated_data,
+                "nonce": nonce,
+            },
+        }
+        return json.dumps(document, ensure_ascii=False).encode()
+
+    def payment_notification(self, attempt: Attempt) -> bytes:
+        return self.envelope(
+            attempt.merchant, "TRANSACTION.SUCCESS", "支付成功", self.transaction(attempt)
+        )
+
+    def refund_notification(self, attempt: Attempt, refund: Refund) -> bytes:
+        fact = {
+            "mchid": attempt.merchant.mchid,
+            "out_trade_no": attempt.out_trade_no,
+            "transaction_id": attempt.transaction_id,
+            "out_refund_no": refund.out_refund_no,
+            "refund_id": refund.refund_id,
+            "refund_status": refund.status,
+            "success_time": _rfc3339(refund.success_time or _now()),
+            "user_received_account": "支付用户零钱",
+            "amount": {
+                "total": attempt.total,
+                "refund": refund.amount,
+                "payer_total": attempt.total,
+                "payer_refund": refund.amount,
+            },
+        }
+        return self.envelope(attempt.merchant, "REFUND.SUCCESS", "退款成功", fact)
+
+    async def deliver(self, attempt: Attempt, body: bytes, url: str) -> int | None:
+        headers = self.signed_headers(body)
+        headers["Content-Type"] = "application/json"
+        try:
+            async with httpx.AsyncClient(timeout=10) as client:
+                response = await client.post(url, content=body, headers=headers)
+        except httpx.HTTPError:
+            status = None
+        else:
+            status = response.status_code
+        attempt.deliveries.append(status)
+        return status
+
+
+def create_app(
+    *,
+    merchants: Sequence[Merchant],
+    platform_private_key: RSAPrivateKey,
+    platform_public_key_id: str,
+) -> Starlette:
+    """The simulator for the given merchants; ``app.state.gateway`` is its memory."""
+    gateway = Gateway(merchants, platform_private_key, platform_public_key_id)
+
+    async def api(request: Request) -> Response:
+        fault = gateway.take_fault(request.url.path)
+        if fault is not None and fault.kind == "error":
+            return gateway.reply(500, {"code": "SYSTEM_ERROR", "message": "系统错误"}, fault)
+        body = await request.body()
+        try:
+            merchant = gateway.authenticate(request, body)
+            status, data, after = handle(request, merchant, body)
+        except ApiError as error:
+            status, data = error.status, {"code": error.code, "message": error.message}
+            after = None
+        if fault is not None and fault.kind == "stall":
+            # The platform has acted; only the answer comes too late.
+            await asyncio.sleep(fault.stall_seconds)
+        response = gateway.reply(status, data, fault)
+        response.background = after
+        return response
+
+    def handle(
+        request: Request, merchant: Merchant, body: bytes
+    ) -> tuple[int, dict[str, Any] | None, BackgroundTask | None]:
+        """Status, JSON answer and what to do once it is sent."""
+        path = request.url.path
+        params = request.path_params
+        if (
+            request.method == "POST"
+            and path.startswith("/v3/pay/transactions/")
+            and "kind" in params
+        ):
+            kind = params["kind"]
+            if kind not in _TRADE_TYPES:
+                raise ApiError(404, "NOT_FOUND", "no such API")
+            order = gateway.order(merchant, kind, gateway.json_body(body), str(request.base_url))
+            return 200, order, None
+        if path.endswith("/close"):
+            gateway.close(merchant, params["out_trade_no"], gateway.json_body(body))
+            return 204, None, None
+        if path.startswith("/v3/pay/transactions/out-trade-no/"):
+            if request.query_params.get("mchid") != merchant.mchid:
+                raise ApiError(400, "PARAM_ERROR", "query parameter mchid is not the signer's")
+            attempt = gateway.attempt_of(merchant, params["out_trade_no"])
+            return 200, gateway.transaction(attempt), None
+        if request.method == "POST":
+            attempt, refund, view, created = gateway.refund(merchant, gateway.json_body(body))
+            after = None
+            if created and refund.notify_url:
+                after = BackgroundTask(
+                    gateway.deliver, attempt, attempt.notifications[-1], refund.notify_url
+                )
+            return 200, view, after
+        out_refund_no = params["out_refund_no"]
+        for attempt in gateway.attempts.values():
+            found = attempt.refunds.get(out_refund_no)
+            if found is not None and attempt.merchant.mchid == merchant.mchid:
+                return 200, gateway.refund_view(attempt, found), None
+        raise ApiError(404, "RESOURCE_NOT_EXISTS", "refund does not exist")
+
+    async def pay_page(request: Request) -> Response:
+        attempt = gateway.attempts.get(request.path_params["out_trade_no"])
+        if attempt is None:
+            return HTMLResponse("<p>No such order.</p>", status_code=404)
+        yuan = f"{attempt.total // 100}.{attempt.total % 100:02d}"
+        buttons = "".join(
+            f'<button name="outcome" value="{outcome}">{label}</button>'
+            for outcome, label in (("success", "Pay"), ("fail", "Fail"), ("close", "Close"))
+        )
+        return HTMLResponse(
+            "<!doctype html><title>WeChat Pay simulator</title>"
+            f"<h1>WeChat Pay (simulator)</h1><p>{html.escape(str(attempt.order['description']))}"
+            f"</p><p>¥{yuan} — {attempt.state}</p><form method=post>{buttons}</form>"
+        )
+
+    async def pay(request: Request) -> Response:
+        form = await request.form()
+        outcome = str(form.get("outcome", ""))
+        deliver = str(form.get("deliver", "1")) not in ("0", "false", "no")
+        wants_json = "application/json" in request.headers.get("accept", "")
+        try:
+            attempt = gateway.settle(request.path_params["out_trade_no"], outcome)
+        except ApiError as error:
+            if wants_json:
+                return JSONResponse({"code": error.code, "message": error.message}, error.status)
+            return HTMLResponse(f"<p>{html.escape(error.message)}</p>", status_code=error.status)
+        delivered = None
+        if deliver and outcome == "success":
+            delivered = await gateway.deliver(
+                attempt, attempt.notifications[-1], attempt.notify_url
+            )
+        result = {"trade_state": attempt.state, "delivered": delivered}
+        if wants_json:
+            return JSONResponse(result)
+        return HTMLResponse(f"<p>Order {html.escape(attempt.out_trade_no)}: {attempt.state}</p>")
+
+    async def notifications(request: Request) -> Response:
+        attempt = gateway.attempts.get(request.path_params["out_trade_no"])
+        if attempt is None:
+            return JSONResponse({"code": "ORDER_NOT_EXIST"}, 404)
+        stamp = request.query_params.get("timestamp")
+        timestamp = int(stamp) if stamp and stamp.lstrip("-").isdigit() else None
+        return JSONResponse(
+            {
+                "notify_url": attempt.notify_url,
+                "notifications": [
+                    {
+                        "headers": gateway.signed_headers(body, timestamp=timestamp),
+                        "body": body.decode(),
+                    }
+                    for body in attempt.notifications
+                ],
+            }
+        )
+
+    async def redeliver(request: Request) -> Response:
+        attempt = gateway.attempts.get(request.path_params["out_trade_no"])
+        if attempt is None or not attempt.notifications:
+            return JSONResponse({"code": "NO_NOTIFICATION"}, 404)
+        plan = await request.json() if await request.body() else {}
+        order = plan.get("order", [len(attempt.notifications) - 1])
+        count = int(plan.get("count", 1))
+        delay = float(plan.get("delay_seconds", 0))
+        url = plan.get("url", attempt.notify_url)
+        if not all(isinstance(i, int) and 0 <= i < len(attempt.notifications) for i in order):
+            return JSONResponse({"code": "PARAM_ERROR", "message": "bad order"}, 400)
+
+        async def send() -> list[int | None]:
+            await asyncio.sleep(delay)
+            return [
+                await gateway.deliver(attempt, attempt.notifications[i], url)
+                for i in order
+                for _ in range(count)
+            ]
+
+        if plan.get("background"):
+            return JSONResponse(
+                {"scheduled": len(order) * count}, 202, background=BackgroundTask(send)
+            )
+        return JSONResponse({"statuses": await send()})
+
+    async def faults(request: Request) -> Response:
+        if request.method == "DELETE":
+            gateway.faults.clear()
+            return Response(status_code=204)
+        plan = await request.json()
+        kind = plan.get("kind")
+        if kind not in ("error", "stall", "unsigned", "forged"):
+            return JSONResponse({"code": "PARAM_ERROR", "message": "unknown fault kind"}, 400)
+        gateway.faults.append(
+            Fault(
+                kind=kind,
+                times=int(plan.get("times", 1)),
+                stall_seconds=float(plan.get("stall_seconds", 1.0)),
+                path=str(plan.get("path", "/v3/")),
+            )
+        )
+        return Response(status_code=204)
+
+    app = Starlette(
+        routes=[
+            Route("/v3/pay/transactions/out-trade-no/{out_trade_no}/close", api, methods=["POST"]),
+            Route("/v3/pay/transactions/out-trade-no/{out_trade_no}", api, methods=["GET"]),
+            Route("/v3/pay/transactions/{kind}", api, methods=["POST"]),
+            Route("/v3/refund/domestic/refunds", api, methods=["POST"]),
+            Route("/v3/refund/domestic/refunds/{out_refund_no}", api, methods=["GET"]),
+            Route("/pay/{out_trade_no}", pay_page, methods=["GET"]),
+            Route("/pay/{out_trade_no}", pay, methods=["POST"]),
+            Route("/control/notifications/{out_trade_no}", notifications, methods=["GET"]),
+            Route("/control/notifications/{out_trade_no}/deliver", redeliver, methods=["POST"]),
+            Route("/control/faults", faults, methods=["POST", "DELETE"]),
+        ]
+    )
+    app.state.gateway = gateway
+    return app
