@@ -1,0 +1,126 @@
+"""The conformance kit's GatewayDriver over the UnionPay simulator.
+
+For PAGE and WAP the gateway learns of an attempt only when the payer's
+browser posts the signed form; :meth:`UnionpayDriver.submit` plays that
+browser, and :meth:`settle` does so with a form handed to :meth:`remember`.
+"""
+
+from __future__ import annotations
+
+from html.parser import HTMLParser
+from urllib.parse import parse_qsl, urlencode
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+
+from api.payments.provider import NotificationRequest
+from providers.kit.driver import SettleOutcome
+from providers.unionpay import message, pki
+
+
+class _FormReader(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.action = ""
+        self.fields: dict[str, str] = {}
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = {k: v or "" for k, v in attrs}
+        if tag == "form":
+            self.action = values.get("action", "")
+        elif tag == "input" and values.get("name"):
+            self.fields[values["name"]] = values.get("value", "")
+
+
+def read_form(form_html: str) -> tuple[str, dict[str, str]]:
+    """The action URL and fields of an auto-submitting form."""
+    reader = _FormReader()
+    reader.feed(form_html)
+    return reader.action, reader.fields
+
+
+def _notification(fields: dict[str, str]) -> NotificationRequest:
+    return NotificationRequest(
+        method="POST",
+        headers={"content-type": "application/x-www-form-urlencoded;charset=UTF-8"},
+        query={},
+        body=urlencode(fields).encode("utf-8"),
+    )
+
+
+def _fields(notification: NotificationRequest) -> dict[str, str]:
+    return dict(parse_qsl(notification.body.decode("utf-8"), keep_blank_values=True))
+
+
+class UnionpayDriver:
+    """Settles attempts at the simulator at ``base_url`` as the payer would."""
+
+    def __init__(
+        self, base_url: str, http: httpx.AsyncClient, forger_key: RSAPrivateKey | None = None
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.http = http
+        self.forger_key = forger_key or pki.new_key()
+        self.forms: dict[str, str] = {}
+
+    def remember(self, out_trade_no: str, form_html: str) -> None:
+        """Keep a PAGE/WAP form, to post it when the attempt is settled."""
+        self.forms[out_trade_no] = form_html
+
+    async def submit(self, form_html: str) -> httpx.Response:
+        """Post a front-consume form to the gateway, as the payer's browser does."""
+        action, fields = read_form(form_html)
+        return await self.http.post(action, data=fields)
+
+    async def tn_of(self, out_trade_no: str) -> str | None:
+        response = await self.http.get(f"{self.base_url}/control/transactions/{out_trade_no}")
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        tn: str = response.json()["tn"]
+        return tn
+
+    async def settle(self, out_trade_no: str, outcome: SettleOutcome) -> NotificationRequest | None:
+        tn = await self.tn_of(out_trade_no)
+        if tn is None and out_trade_no in self.forms:
+            (await self.submit(self.forms[out_trade_no])).raise_for_status()
+            tn = await self.tn_of(out_trade_no)
+        if tn is None:
+            raise LookupError(f"the simulator has no attempt {out_trade_no}")
+        paid = await self.http.post(
+            f"{self.base_url}/pay/{tn}",
+            data={"outcome": outcome},
+            headers={"accept": "application/json"},
+        )
+        paid.raise_for_status()
+        if outcome != "success":
+            return None  # UnionPay notifies successful transactions only.
+        return await self.notification(out_trade_no)
+
+    async def notification(self, order_id: str, index: int = -1) -> NotificationRequest:
+        """A notification the simulator made for ``order_id``, without sending it."""
+        response = await self.http.get(
+            f"{self.base_url}/control/notifications/{order_id}", params={"index": index}
+        )
+        response.raise_for_status()
+        return NotificationRequest(
+            method="POST",
+            headers={"content-type": "application/x-www-form-urlencoded;charset=UTF-8"},
+            query={},
+            body=response.content,
+        )
+
+    def forge(self, notification: NotificationRequest) -> NotificationRequest:
+        fields = _fields(notification)
+        fields["signature"] = message.sign(fields, self.forger_key)
+        return _notification(fields)
+
+    def tamper(self, notification: NotificationRequest) -> NotificationRequest:
+        fields = _fields(notification)
+        fields["txnAmt"] = str(int(fields["txnAmt"]) + 1)
+        return _notification(fields)
+
+    def unsigned(self, notification: NotificationRequest) -> NotificationRequest:
+        fields = _fields(notification)
+        del fields["signature"]
+        return _notification(fields)

@@ -1,0 +1,531 @@
+"""The UnionPay adapter: the ACP 5.1.0 online gateway (全渠道), signMethod 01.
+
+Methods: PAGE and WAP are front consumes (the payer's browser posts a signed
+form to ``frontTransReq.do``), APP asks ``appTransReq.do`` for a ``tn`` the
+UnionPay app SDK takes, QR_CODE asks ``backTransReq.do`` for a merchant-
+presented code (bizType 000000, txnSubType 07). Query is ``queryTrans.do``
+(txnType 00), refund is a 退货 (txnType 04) on ``backTransReq.do``.
+
+UnionPay names a transaction by ``merId`` + ``orderId`` + ``txnTime``, and the
+contract hands query, refund and close only ``out_trade_no`` (which is our
+``orderId``). The ``txnTime`` each attempt and refund was opened with is kept
+in :data:`ATTEMPTS` for the life of the process; an attempt opened before a
+restart cannot be queried and reports UNKNOWN (see the README).
+
+UnionPay has no call that closes an unpaid online consume: it stops taking
+payment at ``payTimeout`` (set from ``expires_at``). ``close`` therefore checks
+the attempt is not paid and marks it closed here; a payment the platform still
+takes before ``payTimeout`` wins over the mark (query reports SUCCEEDED and the
+notification is accepted), as with any close/pay race.
+
+Retries: only query and refund (the same ``orderId`` + ``txnTime`` is refused as
+a duplicate, respCode 12, never refunded twice) are repeated, with exponential
+backoff; opening APP and QR_CODE attempts is tried once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import ClassVar
+from urllib.parse import parse_qsl, urlencode
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+
+from api.payments.provider import (
+    ActionKind,
+    AttemptState,
+    EventKind,
+    GatewayError,
+    NotificationRejected,
+    NotificationReply,
+    NotificationRequest,
+    PaymentAction,
+    PaymentMethod,
+    PaymentRequest,
+    Provider,
+    ProviderEvent,
+    QueryResult,
+    RefundRequest,
+    RefundResult,
+    RefundState,
+)
+from providers.unionpay import message
+from providers.unionpay.settings import UnionpaySettings, load_cert, load_sign_key
+
+logger = logging.getLogger("branchpay.providers.unionpay")
+
+FRONT_PATH = "/gateway/api/frontTransReq.do"
+APP_PATH = "/gateway/api/appTransReq.do"
+BACK_PATH = "/gateway/api/backTransReq.do"
+QUERY_PATH = "/gateway/api/queryTrans.do"
+
+TXN_QUERY = "00"
+TXN_CONSUME = "01"
+TXN_REFUND = "04"
+TXN_SUB_QR = "07"
+BIZ_GATEWAY_PAY = "000201"
+BIZ_QR = "000000"
+CHANNEL_PC = "07"
+CHANNEL_MOBILE = "08"
+
+RESP_OK = "00"
+RESP_DUPLICATE = "12"
+RESP_NOT_FOUND = "34"
+# "Outcome not known yet, query later" in respCode and origRespCode.
+RESP_IN_DOUBT = frozenset({"03", "04", "05"})
+
+MAX_NOTIFICATION_BYTES = 64 * 1024
+_REQUIRED_NOTIFICATION_FIELDS = (
+    "version",
+    "signMethod",
+    "signature",
+    "signPubKeyCert",
+    "merId",
+    "orderId",
+    "txnTime",
+    "txnType",
+    "respCode",
+    "txnAmt",
+)
+
+
+@dataclass
+class AttemptBook:
+    """The ``txnTime`` of every attempt and refund this process opened, and closed attempts."""
+
+    txn_times: dict[tuple[str, str], str] = field(default_factory=dict)
+    closed: set[tuple[str, str]] = field(default_factory=set)
+
+    def open(self, mer_id: str, order_id: str, now: datetime) -> str:
+        """The txnTime of ``order_id``: the first one given to it, so a repeat is a duplicate."""
+        return self.txn_times.setdefault((mer_id, order_id), message.beijing_time(now))
+
+
+# Shared by every provider instance in the process, so a config reload that
+# builds new instances still finds the attempts the old ones opened.
+ATTEMPTS = AttemptBook()
+
+
+class UnionpayProvider(Provider):
+    name: ClassVar[str] = "unionpay"
+    display_name: ClassVar[str] = "UnionPay"
+    methods: ClassVar[tuple[PaymentMethod, ...]] = (
+        PaymentMethod.PAGE,
+        PaymentMethod.WAP,
+        PaymentMethod.QR_CODE,
+        PaymentMethod.APP,
+    )
+    Settings: ClassVar[type[UnionpaySettings]] = UnionpaySettings
+
+    settings: UnionpaySettings
+
+    def __init__(self, settings: UnionpaySettings, *, branch: str, http: httpx.AsyncClient) -> None:
+        super().__init__(settings, branch=branch, http=http)
+        self._sign_key = load_sign_key(settings.sign_cert_private_key.get_secret_value())
+        self._cert_id = message.cert_id(load_cert(settings.sign_cert))
+        self._middle = load_cert(settings.middle_cert)
+        self._root = load_cert(settings.root_cert)
+
+    # --- messages -----------------------------------------------------------------
+
+    def _base_fields(
+        self, txn_type: str, sub_type: str, biz_type: str, channel: str
+    ) -> dict[str, str]:
+        return {
+            "version": message.VERSION,
+            "encoding": "UTF-8",
+            "signMethod": message.SIGN_METHOD_RSA,
+            "certId": self._cert_id,
+            "txnType": txn_type,
+            "txnSubType": sub_type,
+            "bizType": biz_type,
+            "channelType": channel,
+            "accessType": "0",
+            "merId": self.settings.mer_id,
+        }
+
+    def _signed(self, fields: dict[str, str]) -> dict[str, str]:
+        # The gateway signs and checks only the fields that carry a value.
+        filled = {k: v for k, v in fields.items() if v}
+        filled["signature"] = message.sign(filled, self._sign_key)
+        return filled
+
+    def _verify_platform(self, fields: dict[str, str]) -> None:
+        """Raise SignatureInvalid unless UnionPay signed ``fields``."""
+        if fields.get("signMethod") != message.SIGN_METHOD_RSA:
+            raise message.SignatureInvalid("signMethod is not 01")
+        pem = fields.get("signPubKeyCert")
+        if not pem:
+            raise message.SignatureInvalid("signPubKeyCert missing")
+        cert = message.load_certificate(pem)
+        message.verify_platform_cert(
+            cert,
+            middle=self._middle,
+            root=self._root,
+            validate_owner=self.settings.validate_cn_name,
+        )
+        public = cert.public_key()
+        if not isinstance(public, RSAPublicKey):
+            raise message.SignatureInvalid("signPubKeyCert does not hold an RSA key")
+        message.verify(fields, public)
+
+    async def _call(
+        self,
+        path: str,
+        fields: dict[str, str],
+        *,
+        repeatable: bool,
+        retry_codes: frozenset[str] = frozenset(),
+    ) -> dict[str, str]:
+        """POST a signed request and return UnionPay's verified answer.
+
+        Repeats (with backoff) only when ``repeatable``: on transport errors,
+        HTTP 5xx and the answer codes in ``retry_codes``.
+        """
+        url = self.settings.gateway + path
+        body = urlencode(self._signed(fields))
+        tries = self.settings.max_attempts if repeatable else 1
+        reached = False
+        failure = "no answer"
+        for attempt in range(tries):
+            if attempt:
+                await asyncio.sleep(self.settings.backoff_seconds * 2 ** (attempt - 1))
+            try:
+                response = await self.http.post(
+                    url,
+                    content=body.encode("utf-8"),
+                    headers={"content-type": "application/x-www-form-urlencoded;charset=UTF-8"},
+                    timeout=self.settings.timeout_seconds,
+                )
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                failure = f"cannot connect ({type(exc).__name__})"
+                logger.warning("unionpay %s: %s, try %d of %d", path, failure, attempt + 1, tries)
+                continue
+            except httpx.HTTPError as exc:
+                reached = True
+                failure = f"no answer ({type(exc).__name__})"
+                logger.warning("unionpay %s: %s, try %d of %d", path, failure, attempt + 1, tries)
+                continue
+            reached = True
+            if response.status_code >= 500:
+                failure = f"HTTP {response.status_code}"
+                logger.warning("unionpay %s: %s, try %d of %d", path, failure, attempt + 1, tries)
+                continue
+            if response.status_code != 200:
+                raise GatewayError(
+                    f"UnionPay answered HTTP {response.status_code}", outcome_unknown=True
+                )
+            answer = self._trusted_answer(path, response.text, fields)
+            code = answer.get("respCode", "")
+            if code in retry_codes:
+                failure = f"respCode {code}"
+                logger.warning("unionpay %s: %s, try %d of %d", path, failure, attempt + 1, tries)
+                continue
+            return answer
+        raise GatewayError(
+            f"UnionPay {path.rsplit('/', 1)[-1]} failed after {tries} "
+            f"{'tries' if tries > 1 else 'try'}: {failure}",
+            retryable=repeatable,
+            outcome_unknown=reached,
+        )
+
+    def _trusted_answer(self, path: str, text: str, sent: dict[str, str]) -> dict[str, str]:
+        try:
+            answer = message.parse_response(text)
+            self._verify_platform(answer)
+        except (ValueError, message.SignatureInvalid) as exc:
+            logger.error("unionpay %s: answer rejected: %s", path, exc)
+            raise GatewayError(
+                f"UnionPay's answer failed verification: {exc}", outcome_unknown=True
+            ) from None
+        for name in ("merId", "orderId", "txnTime"):
+            if name in answer and answer[name] != sent[name]:
+                logger.error("unionpay %s: answer names another %s", path, name)
+                raise GatewayError(f"UnionPay's answer names another {name}", outcome_unknown=True)
+        return answer
+
+    # --- create -------------------------------------------------------------------
+
+    async def create_payment(self, request: PaymentRequest) -> PaymentAction:
+        if request.currency != "CNY":
+            raise GatewayError("UnionPay online payments are in CNY only")
+        if not (8 <= len(request.out_trade_no) <= 40 and request.out_trade_no.isalnum()):
+            raise GatewayError("orderId must be 8..40 letters and digits")
+        mer_id = self.settings.mer_id
+        txn_time = ATTEMPTS.open(mer_id, request.out_trade_no, datetime.now(UTC))
+        if request.method is PaymentMethod.QR_CODE:
+            fields = self._base_fields(TXN_CONSUME, TXN_SUB_QR, BIZ_QR, CHANNEL_MOBILE)
+        else:
+            channel = CHANNEL_PC if request.method is PaymentMethod.PAGE else CHANNEL_MOBILE
+            fields = self._base_fields(TXN_CONSUME, "01", BIZ_GATEWAY_PAY, channel)
+        fields |= {
+            "orderId": request.out_trade_no,
+            "txnTime": txn_time,
+            "txnAmt": message.format_fen(request.amount_fen),
+            "currencyCode": message.CURRENCY_CNY,
+            "backUrl": request.notify_url,
+            "payTimeout": message.beijing_time(request.expires_at),
+        }
+        if request.method in (PaymentMethod.PAGE, PaymentMethod.WAP):
+            fields["frontUrl"] = request.return_url or ""
+            return PaymentAction(kind=ActionKind.FORM_POST, form_html=self._front_form(fields))
+        path = BACK_PATH if request.method is PaymentMethod.QR_CODE else APP_PATH
+        answer = await self._call(path, fields, repeatable=False)
+        code = answer.get("respCode", "")
+        if code in RESP_IN_DOUBT:
+            raise GatewayError(
+                f"UnionPay has not decided yet (respCode {code})", outcome_unknown=True
+            )
+        if code != RESP_OK:
+            raise GatewayError(f"UnionPay refused the payment: {code} {answer.get('respMsg', '')}")
+        if request.method is PaymentMethod.QR_CODE:
+            qr_code = answer.get("qrCode")
+            if not qr_code:
+                raise GatewayError("UnionPay's answer has no qrCode", outcome_unknown=True)
+            return PaymentAction(kind=ActionKind.QR_CODE, qr_code=qr_code)
+        tn = answer.get("tn")
+        if not tn:
+            raise GatewayError("UnionPay's answer has no tn", outcome_unknown=True)
+        return PaymentAction(kind=ActionKind.APP_SDK, app_payload=tn)
+
+    def _front_form(self, fields: dict[str, str]) -> str:
+        signed = self._signed(fields)
+        inputs = "".join(
+            f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
+            for k, v in signed.items()
+        )
+        action = html.escape(self.settings.gateway + FRONT_PATH)
+        return (
+            '<!DOCTYPE html><html><head><meta charset="utf-8"><title>UnionPay</title></head>'
+            '<body onload="document.forms[0].submit()">'
+            f'<form method="post" action="{action}">{inputs}'
+            '<noscript><button type="submit">Pay with UnionPay</button></noscript>'
+            "</form></body></html>"
+        )
+
+    # --- notifications ------------------------------------------------------------
+
+    async def parse_notification(self, request: NotificationRequest) -> ProviderEvent | None:
+        try:
+            fields = self._notification_fields(request)
+            self._verify_platform(fields)
+        except (NotificationRejected, message.SignatureInvalid) as exc:
+            logger.warning("unionpay notification for branch %s rejected: %s", self.branch, exc)
+            raise NotificationRejected(str(exc)) from None
+        if fields["merId"] != self.settings.mer_id:
+            logger.warning(
+                "unionpay notification for branch %s rejected: merId is another merchant's",
+                self.branch,
+            )
+            raise NotificationRejected("merId does not match this branch")
+        try:
+            event = self._event(fields)
+        except ValueError as exc:
+            logger.warning("unionpay notification for branch %s rejected: %s", self.branch, exc)
+            raise NotificationRejected(str(exc)) from None
+        if event is None:
+            logger.info(
+                "unionpay notification for branch %s: txnType %s respCode %s, nothing to apply",
+                self.branch,
+                fields["txnType"],
+                fields["respCode"],
+            )
+        return event
+
+    def _notification_fields(self, request: NotificationRequest) -> dict[str, str]:
+        if request.method.upper() != "POST":
+            raise NotificationRejected("not a POST")
+        if len(request.body) > MAX_NOTIFICATION_BYTES:
+            raise NotificationRejected("body larger than 64 KiB")
+        try:
+            pairs = parse_qsl(
+                request.body.decode("utf-8"), keep_blank_values=True, strict_parsing=True
+            )
+        except (UnicodeDecodeError, ValueError):
+            raise NotificationRejected("malformed body: not a UTF-8 form") from None
+        fields = dict(pairs)
+        if len(fields) != len(pairs):
+            raise NotificationRejected("malformed body: a field appears twice")
+        missing = [name for name in _REQUIRED_NOTIFICATION_FIELDS if not fields.get(name)]
+        if missing:
+            raise NotificationRejected(f"malformed body: missing {', '.join(missing)}")
+        if fields["version"] != message.VERSION:
+            raise NotificationRejected("version is not 5.1.0")
+        return fields
+
+    def _event(self, fields: dict[str, str]) -> ProviderEvent | None:
+        """The fact a verified notification or query answer reports, if any."""
+        txn_type = fields["txnType"]
+        if txn_type not in (TXN_CONSUME, TXN_REFUND):
+            return None
+        code = fields.get("origRespCode") or fields["respCode"]
+        if code in RESP_IN_DOUBT:
+            return None
+        if fields.get("currencyCode", message.CURRENCY_CNY) != message.CURRENCY_CNY:
+            raise ValueError("currencyCode is not 156 (CNY)")
+        amount_fen = message.parse_fen(fields["txnAmt"])
+        txn_time = message.parse_beijing_time(fields["txnTime"])
+        query_id = fields.get("queryId") or ""
+        event_id = f"unionpay:{txn_type}:" + (
+            query_id or f"{fields['merId']}:{fields['orderId']}:{fields['txnTime']}"
+        )
+        detail = {
+            name: fields[name]
+            for name in (
+                "txnType",
+                "respCode",
+                "respMsg",
+                "queryId",
+                "txnTime",
+                "settleDate",
+                "traceNo",
+            )
+            if fields.get(name)
+        }
+        if txn_type == TXN_CONSUME:
+            kind = EventKind.PAYMENT_SUCCEEDED if code == RESP_OK else EventKind.PAYMENT_FAILED
+            out_trade_no, out_refund_no = fields["orderId"], None
+        else:
+            # A refund names its payment only through reqReserved, which we fill;
+            # one started elsewhere (the merchant console) cannot be matched here.
+            out_trade_no, out_refund_no = fields.get("reqReserved", ""), fields["orderId"]
+            if not out_trade_no:
+                return None
+            kind = EventKind.REFUND_SUCCEEDED if code == RESP_OK else EventKind.REFUND_FAILED
+        return ProviderEvent(
+            kind=kind,
+            event_id=event_id,
+            out_trade_no=out_trade_no,
+            amount_fen=amount_fen,
+            currency="CNY",
+            occurred_at=_occurred_at(fields.get("traceTime", ""), txn_time),
+            provider_trade_no=query_id or None,
+            out_refund_no=out_refund_no,
+            detail=detail,
+        )
+
+    def notification_reply(self, *, accepted: bool) -> NotificationReply:
+        # UnionPay takes HTTP 200 as receipt and re-delivers on anything else.
+        if accepted:
+            return NotificationReply(status_code=200, body=b"ok")
+        return NotificationReply(status_code=400, body=b"fail")
+
+    # --- query, refund, close -------------------------------------------------------
+
+    async def _query(self, order_id: str, txn_time: str) -> dict[str, str]:
+        fields = self._base_fields(TXN_QUERY, "00", BIZ_GATEWAY_PAY, CHANNEL_PC)
+        fields |= {"orderId": order_id, "txnTime": txn_time}
+        return await self._call(QUERY_PATH, fields, repeatable=True, retry_codes=RESP_IN_DOUBT)
+
+    async def query(self, out_trade_no: str) -> QueryResult:
+        key = (self.settings.mer_id, out_trade_no)
+        txn_time = ATTEMPTS.txn_times.get(key)
+        if txn_time is None:
+            logger.warning("unionpay query of %s: no txnTime known in this process", out_trade_no)
+            return QueryResult(state=AttemptState.UNKNOWN)
+        answer = await self._query(out_trade_no, txn_time)
+        closed = key in ATTEMPTS.closed
+        code = answer.get("respCode", "")
+        if code == RESP_NOT_FOUND:
+            return QueryResult(state=AttemptState.CLOSED if closed else AttemptState.UNKNOWN)
+        if code != RESP_OK:
+            raise GatewayError(f"UnionPay could not query: {code} {answer.get('respMsg', '')}")
+        orig = answer.get("origRespCode", "")
+        if orig in RESP_IN_DOUBT:
+            return QueryResult(state=AttemptState.CLOSED if closed else AttemptState.PENDING)
+        try:
+            event = self._event(answer)
+        except ValueError as exc:
+            raise GatewayError(f"UnionPay's query answer is unusable: {exc}") from None
+        state = AttemptState.SUCCEEDED if orig == RESP_OK else AttemptState.FAILED
+        return QueryResult(
+            state=state,
+            provider_trade_no=answer.get("queryId") or None,
+            amount_fen=event.amount_fen if event else None,
+            events=(event,) if event else (),
+        )
+
+    async def refund(self, request: RefundRequest) -> RefundResult:
+        if request.currency != "CNY":
+            raise GatewayError("UnionPay refunds are in CNY only")
+        if not 1 <= request.refund_fen <= request.total_fen:
+            return RefundResult(state=RefundState.FAILED, message="refund exceeds the paid amount")
+        if not (8 <= len(request.out_refund_no) <= 40 and request.out_refund_no.isalnum()):
+            raise GatewayError("the refund orderId must be 8..40 letters and digits")
+        paid = await self.query(request.out_trade_no)
+        if paid.state is not AttemptState.SUCCEEDED or not paid.provider_trade_no:
+            return RefundResult(
+                state=RefundState.FAILED, message=f"the attempt is {paid.state.value}, not paid"
+            )
+        txn_time = ATTEMPTS.open(self.settings.mer_id, request.out_refund_no, datetime.now(UTC))
+        fields = self._base_fields(TXN_REFUND, "00", BIZ_GATEWAY_PAY, CHANNEL_PC)
+        fields |= {
+            "orderId": request.out_refund_no,
+            "txnTime": txn_time,
+            "txnAmt": message.format_fen(request.refund_fen),
+            "currencyCode": message.CURRENCY_CNY,
+            "origQryId": paid.provider_trade_no,
+            "backUrl": request.notify_url or "",
+            "reqReserved": request.out_trade_no,
+        }
+        answer = await self._call(BACK_PATH, fields, repeatable=True)
+        code = answer.get("respCode", "")
+        if code == RESP_OK:
+            return RefundResult(
+                state=RefundState.PENDING, provider_refund_no=answer.get("queryId") or None
+            )
+        if code == RESP_DUPLICATE or code in RESP_IN_DOUBT:
+            return await self._refund_state(request.out_refund_no, txn_time)
+        return RefundResult(
+            state=RefundState.FAILED, message=f"{code} {answer.get('respMsg', '')}".strip()
+        )
+
+    async def _refund_state(self, out_refund_no: str, txn_time: str) -> RefundResult:
+        answer = await self._query(out_refund_no, txn_time)
+        code = answer.get("respCode", "")
+        if code == RESP_NOT_FOUND:
+            return RefundResult(state=RefundState.PENDING, message="submitted; not visible yet")
+        if code != RESP_OK:
+            raise GatewayError(f"UnionPay could not query the refund: {code}")
+        orig = answer.get("origRespCode", "")
+        query_id = answer.get("queryId") or None
+        if orig == RESP_OK:
+            return RefundResult(state=RefundState.SUCCEEDED, provider_refund_no=query_id)
+        if orig in RESP_IN_DOUBT:
+            return RefundResult(state=RefundState.PENDING, provider_refund_no=query_id)
+        return RefundResult(
+            state=RefundState.FAILED, message=f"{orig} {answer.get('origRespMsg', '')}".strip()
+        )
+
+    async def close(self, out_trade_no: str) -> None:
+        key = (self.settings.mer_id, out_trade_no)
+        if key not in ATTEMPTS.txn_times:
+            logger.info("unionpay close of %s: never opened here, nothing to close", out_trade_no)
+            return
+        result = await self.query(out_trade_no)
+        if result.state is AttemptState.SUCCEEDED:
+            raise GatewayError("the attempt is paid; refund it instead of closing it")
+        ATTEMPTS.closed.add(key)
+
+
+def _occurred_at(trace_time: str, txn_time: datetime) -> datetime:
+    """When UnionPay settled it: traceTime (MMDDhhmmss, Beijing) in the year of txnTime.
+
+    Falls back to txnTime when traceTime is missing or unreadable.
+    """
+    if len(trace_time) != 10 or not trace_time.isdigit():
+        return txn_time
+    local_year = txn_time.astimezone(message.BEIJING).year
+    try:
+        moment = message.parse_beijing_time(f"{local_year}{trace_time}")
+    except ValueError:
+        return txn_time
+    # An order opened on 31 December and paid on 1 January.
+    if moment < txn_time - timedelta(days=1):
+        moment = message.parse_beijing_time(f"{local_year + 1}{trace_time}")
+    return moment

@@ -1,0 +1,656 @@
+"""A UnionPay ACP 5.1.0 gateway on loopback, for tests and the demo.
+
+It checks requests the way the gateway does (merchant signature against the
+certificate named by ``certId``, required fields, ``txnAmt`` in fen, currency
+156, one ``orderId`` per merchant, refunds within the paid amount), answers in
+the gateway's ``k=v&k=v`` format signed with the platform's key and carrying
+``signPubKeyCert``, and sends signed back notifications to ``backUrl``.
+
+Endpoints the adapter calls: ``/gateway/api/{frontTransReq,appTransReq,
+backTransReq,queryTrans}.do``. The payer's side: ``GET /pay/{tn}`` shows a pay
+page, ``POST /pay/{tn}`` with ``outcome=success|fail|close`` settles it
+(success sends the back notification and, for a browser, posts the front
+notification to ``frontUrl``). UnionPay notifies successes only.
+
+Controls for tests and the demo:
+
+- ``GET /control/notifications/{orderId}?index=-1``: a notification's body, not sent;
+- ``POST /control/notifications/{orderId}/redeliver`` (form ``count``, ``delay``,
+  ``index``): send it again, several times, later, or an older one (out of order);
+- ``POST /control/faults`` (JSON ``endpoint``, ``mode`` error|stall|bad_signature,
+  ``count``): make the next calls of an endpoint fail;
+- ``GET /control/transactions/{orderId}``: the simulator's view, as JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import itertools
+import logging
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
+from cryptography.hazmat.primitives.serialization import Encoding
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from providers.unionpay import message
+
+logger = logging.getLogger("branchpay.providers.unionpay.simulator")
+
+ENDPOINTS = ("frontTransReq.do", "appTransReq.do", "backTransReq.do", "queryTrans.do")
+DELIVERY_TRIES = 3
+
+
+class Refused(Exception):
+    """A request the gateway turns down with ``respCode``."""
+
+    def __init__(self, code: str, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text
+
+
+@dataclass
+class Transaction:
+    mer_id: str
+    order_id: str
+    txn_time: str
+    txn_type: str
+    txn_sub_type: str
+    biz_type: str
+    amount_fen: int
+    back_url: str
+    front_url: str = ""
+    pay_timeout: str = ""
+    req_reserved: str = ""
+    status: str = "pending"  # pending | success | failed | abandoned
+    tn: str = ""
+    query_id: str = ""
+    trace_no: str = ""
+    trace_time: str = ""
+    settle_date: str = ""
+    original: Transaction | None = None
+    refunded_fen: int = 0
+    notifications: list[dict[str, str]] = field(default_factory=list)
+    deliveries: list[int | None] = field(default_factory=list)
+
+
+@dataclass
+class Fault:
+    mode: str
+    count: int
+    stall_seconds: float
+
+
+class Gateway:
+    """The simulator's state and behaviour, behind the HTTP routes."""
+
+    def __init__(
+        self,
+        sign_key: RSAPrivateKey,
+        sign_cert: x509.Certificate,
+        merchants: Mapping[str, x509.Certificate],
+        delivery_backoff: float,
+    ) -> None:
+        self.delivery_backoff = delivery_backoff
+        self.sign_key = sign_key
+        self.sign_cert_pem = sign_cert.public_bytes(Encoding.PEM).decode("ascii")
+        self.merchants = dict(merchants)
+        self.transactions: dict[tuple[str, str], Transaction] = {}
+        self.by_tn: dict[str, Transaction] = {}
+        self.faults: dict[str, Fault] = {}
+        self.http: httpx.AsyncClient | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._serial = itertools.count(1)
+
+    # --- signing --------------------------------------------------------------------
+
+    def signed(self, fields: dict[str, str]) -> dict[str, str]:
+        out = {
+            "version": message.VERSION,
+            "encoding": "UTF-8",
+            "signMethod": message.SIGN_METHOD_RSA,
+            **fields,
+            "signPubKeyCert": self.sign_cert_pem,
+        }
+        out["signature"] = message.sign(out, self.sign_key)
+        return out
+
+    def next_number(self, width: int) -> str:
+        stamp = datetime.now(message.BEIJING).strftime("%m%d%H%M%S")
+        return (stamp + str(next(self._serial)).zfill(width))[-width:].zfill(width)
+
+    # --- request validation ----------------------------------------------------------
+
+    def check(self, fields: dict[str, str], required: tuple[str, ...]) -> None:
+        """The gateway's checks common to every request."""
+        for name in ("version", "encoding", "signMethod", "certId", "merId", "signature"):
+            if not fields.get(name):
+                raise Refused("13", f"{name} missing")
+        if fields["version"] != message.VERSION:
+            raise Refused("10", "version must be 5.1.0")
+        if fields["signMethod"] != message.SIGN_METHOD_RSA:
+            raise Refused("10", "signMethod must be 01")
+        cert = self.merchants.get(fields["merId"])
+        if cert is None:
+            raise Refused("31", "unknown merId")
+        if fields["certId"] != message.cert_id(cert):
+            raise Refused("11", "certId is not the merchant's signing certificate")
+        public = cert.public_key()
+        assert isinstance(public, RSAPublicKey)
+        try:
+            message.verify(fields, public)
+        except message.SignatureInvalid as exc:
+            raise Refused("11", f"验证签名失败: {exc}") from None
+        for name in required:
+            if not fields.get(name):
+                raise Refused("13", f"{name} missing")
+        if fields.get("accessType") != "0":
+            raise Refused("10", "accessType must be 0")
+        order_id = fields.get("orderId", "")
+        if not (8 <= len(order_id) <= 40 and order_id.isascii() and order_id.isalnum()):
+            raise Refused("10", "orderId must be 8..40 letters and digits")
+        try:
+            message.parse_beijing_time(fields.get("txnTime", ""))
+        except ValueError:
+            raise Refused("10", "txnTime must be YYYYMMDDhhmmss") from None
+        if "txnAmt" in required:
+            try:
+                message.parse_fen(fields["txnAmt"])
+            except ValueError:
+                raise Refused("10", "txnAmt must be 1..12 digits of fen") from None
+            if int(fields["txnAmt"]) == 0:
+                raise Refused("10", "txnAmt must be positive")
+        if "currencyCode" in required and fields["currencyCode"] != message.CURRENCY_CNY:
+            raise Refused("10", "currencyCode must be 156")
+
+    def register(self, fields: dict[str, str], **extra: Any) -> Transaction:
+        key = (fields["merId"], fields["orderId"])
+        if key in self.transactions:
+            raise Refused("12", "重复交易")
+        txn = Transaction(
+            mer_id=fields["merId"],
+            order_id=fields["orderId"],
+            txn_time=fields["txnTime"],
+            txn_type=fields["txnType"],
+            txn_sub_type=fields["txnSubType"],
+            biz_type=fields["bizType"],
+            amount_fen=int(fields["txnAmt"]),
+            back_url=fields.get("backUrl", ""),
+            front_url=fields.get("frontUrl", ""),
+            pay_timeout=fields.get("payTimeout", ""),
+            req_reserved=fields.get("reqReserved", ""),
+            **extra,
+        )
+        self.transactions[key] = txn
+        return txn
+
+    def consume(self, fields: dict[str, str], channels: tuple[str, ...]) -> Transaction:
+        self.check(
+            fields,
+            (
+                "txnType",
+                "txnSubType",
+                "bizType",
+                "channelType",
+                "orderId",
+                "txnTime",
+                "txnAmt",
+                "currencyCode",
+                "backUrl",
+            ),
+        )
+        if (fields["txnType"], fields["txnSubType"], fields["bizType"]) != ("01", "01", "000201"):
+            raise Refused("10", "not a consume (txnType 01, txnSubType 01, bizType 000201)")
+        if fields["channelType"] not in channels:
+            raise Refused("10", "channelType not allowed here")
+        if fields.get("payTimeout"):
+            try:
+                message.parse_beijing_time(fields["payTimeout"])
+            except ValueError:
+                raise Refused("10", "payTimeout must be YYYYMMDDhhmmss") from None
+        txn = self.register(fields, tn=self.next_number(21))
+        self.by_tn[txn.tn] = txn
+        return txn
+
+    def qr_consume(self, fields: dict[str, str], base_url: str) -> dict[str, str]:
+        self.check(
+            fields,
+            (
+                "txnType",
+                "txnSubType",
+                "bizType",
+                "channelType",
+                "orderId",
+                "txnTime",
+                "txnAmt",
+                "currencyCode",
+                "backUrl",
+            ),
+        )
+        if (fields["txnSubType"], fields["bizType"]) != ("07", "000000"):
+            raise Refused("10", "a QR consume is txnSubType 07, bizType 000000")
+        txn = self.register(fields, tn=self.next_number(21))
+        self.by_tn[txn.tn] = txn
+        return {"respCode": "00", "respMsg": "成功", "qrCode": f"{base_url}/pay/{txn.tn}"}
+
+    def refund(self, fields: dict[str, str]) -> Transaction:
+        self.check(
+            fields,
+            (
+                "txnType",
+                "txnSubType",
+                "bizType",
+                "channelType",
+                "orderId",
+                "txnTime",
+                "txnAmt",
+                "currencyCode",
+                "origQryId",
+                "backUrl",
+            ),
+        )
+        if fields["txnSubType"] != "00":
+            raise Refused("10", "a refund is txnSubType 00")
+        if (fields["merId"], fields["orderId"]) in self.transactions:
+            raise Refused("12", "重复交易")
+        original = next(
+            (
+                t
+                for t in self.transactions.values()
+                if t.query_id == fields["origQryId"] and t.mer_id == fields["merId"]
+            ),
+            None,
+        )
+        if original is None or original.txn_type != "01" or original.status != "success":
+            raise Refused("35", "原交易不存在或状态不正确")
+        amount = int(fields["txnAmt"])
+        if original.refunded_fen + amount > original.amount_fen:
+            raise Refused("36", "退货金额超过原交易可退金额")
+        txn = self.register(fields, original=original)
+        original.refunded_fen += amount
+        self.succeed(txn)
+        return txn
+
+    # --- settling and notifying --------------------------------------------------------
+
+    def succeed(self, txn: Transaction) -> None:
+        now = datetime.now(message.BEIJING)
+        txn.status = "success"
+        txn.query_id = self.next_number(21)
+        txn.trace_no = self.next_number(6)
+        txn.trace_time = now.strftime("%m%d%H%M%S")
+        txn.settle_date = now.strftime("%m%d")
+        txn.notifications.append(self.signed(self.result_fields(txn)))
+
+    def result_fields(self, txn: Transaction) -> dict[str, str]:
+        """What notifications and query answers say about a transaction."""
+        fields = {
+            "txnType": txn.txn_type,
+            "txnSubType": txn.txn_sub_type,
+            "bizType": txn.biz_type,
+            "accessType": "0",
+            "merId": txn.mer_id,
+            "orderId": txn.order_id,
+            "txnTime": txn.txn_time,
+            "txnAmt": str(txn.amount_fen),
+            "currencyCode": message.CURRENCY_CNY,
+            "queryId": txn.query_id,
+            "traceNo": txn.trace_no,
+            "traceTime": txn.trace_time,
+            "settleDate": txn.settle_date,
+            "settleAmt": str(txn.amount_fen),
+            "settleCurrencyCode": message.CURRENCY_CNY,
+            "respCode": "00",
+            "respMsg": "成功[0000000]",
+        }
+        if txn.req_reserved:
+            fields["reqReserved"] = txn.req_reserved
+        if txn.original is not None:
+            fields["origQryId"] = txn.original.query_id
+        else:
+            # The card number is masked, as UnionPay does.
+            fields |= {"accNo": "6216********0018", "payType": "0001", "payCardType": "01"}
+        return {k: v for k, v in fields.items() if v}
+
+    async def deliver(self, txn: Transaction, notification: dict[str, str]) -> int | None:
+        """POST a notification to backUrl; UnionPay takes HTTP 200 as receipt."""
+        assert self.http is not None
+        status: int | None = None
+        for attempt in range(DELIVERY_TRIES):
+            if attempt:
+                await asyncio.sleep(self.delivery_backoff * 2 ** (attempt - 1))
+            try:
+                response = await self.http.post(
+                    txn.back_url,
+                    content=urlencode(notification).encode("utf-8"),
+                    headers={"content-type": "application/x-www-form-urlencoded;charset=UTF-8"},
+                )
+            except httpx.HTTPError as exc:
+                logger.info(
+                    "notification of %s not delivered: %s", txn.order_id, type(exc).__name__
+                )
+                status = None
+                continue
+            status = response.status_code
+            if status == 200:
+                break
+        txn.deliveries.append(status)
+        return status
+
+    def deliver_later(self, txn: Transaction, notification: dict[str, str], delay: float) -> None:
+        async def run() -> None:
+            if delay:
+                await asyncio.sleep(delay)
+            await self.deliver(txn, notification)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def query(self, fields: dict[str, str]) -> dict[str, str]:
+        self.check(fields, ("txnType", "txnSubType", "bizType", "orderId", "txnTime"))
+        if fields["txnType"] != "00":
+            raise Refused("10", "a query is txnType 00")
+        txn = self.transactions.get((fields["merId"], fields["orderId"]))
+        if txn is None or txn.txn_time != fields["txnTime"] or txn.status == "abandoned":
+            raise Refused("34", "查无此交易")
+        answer = (
+            self.result_fields(txn)
+            if txn.status == "success"
+            else {
+                "txnType": txn.txn_type,
+                "txnSubType": txn.txn_sub_type,
+                "bizType": txn.biz_type,
+                "merId": txn.mer_id,
+                "orderId": txn.order_id,
+                "txnTime": txn.txn_time,
+                "txnAmt": str(txn.amount_fen),
+                "currencyCode": message.CURRENCY_CNY,
+            }
+        )
+        orig = {"success": ("00", "成功"), "pending": ("05", "交易处理中")}.get(
+            txn.status, ("01", "交易失败")
+        )
+        answer |= {
+            "respCode": "00",
+            "respMsg": "成功",
+            "origRespCode": orig[0],
+            "origRespMsg": orig[1],
+        }
+        return answer
+
+    def take_fault(self, endpoint: str) -> Fault | None:
+        fault = self.faults.get(endpoint)
+        if fault is None:
+            return None
+        fault.count -= 1
+        if fault.count <= 0:
+            del self.faults[endpoint]
+        return fault
+
+
+def create_app(
+    *,
+    sign_key: RSAPrivateKey,
+    sign_cert: x509.Certificate,
+    merchants: Mapping[str, x509.Certificate],
+    delivery_backoff: float = 0.2,
+) -> Starlette:
+    """The simulator: UnionPay's signing key and certificate, and each merId's signing certificate.
+
+    A notification branchpay does not take (HTTP 200) is tried again after
+    ``delivery_backoff`` seconds, doubling, three tries in all: UnionPay's own
+    1, 2, 4, 5 minute schedule shortened for tests and demos.
+    """
+    gateway = Gateway(sign_key, sign_cert, merchants, delivery_backoff)
+
+    def answer(fields: dict[str, str], request_fields: dict[str, str], endpoint: str) -> Response:
+        echo = {
+            k: request_fields[k] for k in ("merId", "orderId", "txnTime") if k in request_fields
+        }
+        body = message.format_response(gateway.signed({**echo, **fields}))
+        fault = gateway.faults.get(endpoint)
+        if fault is not None and fault.mode == "bad_signature":
+            gateway.take_fault(endpoint)
+            body = body.replace("respMsg=", "respMsg=x", 1)
+        return PlainTextResponse(body, media_type="text/plain;charset=UTF-8")
+
+    async def read_form(request: Request) -> dict[str, str]:
+        form = await request.form()
+        return {k: v for k, v in form.multi_items() if isinstance(v, str)}
+
+    async def injected(endpoint: str) -> Response | None:
+        fault = gateway.faults.get(endpoint)
+        if fault is None or fault.mode == "bad_signature":
+            return None
+        gateway.take_fault(endpoint)
+        if fault.mode == "stall":
+            await asyncio.sleep(fault.stall_seconds)
+        return PlainTextResponse("system busy", status_code=500)
+
+    async def front(request: Request) -> Response:
+        if (failed := await injected("frontTransReq.do")) is not None:
+            return failed
+        fields = await read_form(request)
+        try:
+            txn = gateway.consume(fields, ("07", "08"))
+        except Refused as exc:
+            return HTMLResponse(_page("交易失败", f"{exc.code} {exc.text}"), status_code=400)
+        return HTMLResponse(_pay_page(txn))
+
+    async def app_trans(request: Request) -> Response:
+        if (failed := await injected("appTransReq.do")) is not None:
+            return failed
+        fields = await read_form(request)
+        try:
+            txn = gateway.consume(fields, ("08",))
+        except Refused as exc:
+            return answer({"respCode": exc.code, "respMsg": exc.text}, fields, "appTransReq.do")
+        return answer({"respCode": "00", "respMsg": "成功", "tn": txn.tn}, fields, "appTransReq.do")
+
+    async def back_trans(request: Request) -> Response:
+        if (failed := await injected("backTransReq.do")) is not None:
+            return failed
+        fields = await read_form(request)
+        try:
+            if fields.get("txnType") == "01":
+                result = gateway.qr_consume(fields, str(request.base_url).rstrip("/"))
+            elif fields.get("txnType") == "04":
+                txn = gateway.refund(fields)
+                gateway.deliver_later(txn, txn.notifications[-1], 0)
+                result = {"respCode": "00", "respMsg": "成功[0000000]", "queryId": txn.query_id}
+            else:
+                raise Refused("10", "txnType not served by backTransReq.do")
+        except Refused as exc:
+            result = {"respCode": exc.code, "respMsg": exc.text}
+        return answer(result, fields, "backTransReq.do")
+
+    async def query_trans(request: Request) -> Response:
+        if (failed := await injected("queryTrans.do")) is not None:
+            return failed
+        fields = await read_form(request)
+        try:
+            result = gateway.query(fields)
+        except Refused as exc:
+            result = {"respCode": exc.code, "respMsg": exc.text}
+        return answer(result, fields, "queryTrans.do")
+
+    async def pay_page(request: Request) -> Response:
+        txn = gateway.by_tn.get(request.path_params["tn"])
+        if txn is None:
+            return HTMLResponse(_page("交易不存在", ""), status_code=404)
+        return HTMLResponse(_pay_page(txn))
+
+    async def pay(request: Request) -> Response:
+        txn = gateway.by_tn.get(request.path_params["tn"])
+        if txn is None:
+            return JSONResponse({"error": "unknown tn"}, status_code=404)
+        outcome = (await read_form(request)).get("outcome", "")
+        if outcome not in ("success", "fail", "close"):
+            return JSONResponse({"error": "outcome must be success, fail or close"}, 400)
+        if txn.status != "pending":
+            return JSONResponse({"error": f"the attempt is already {txn.status}"}, 409)
+        if txn.pay_timeout and datetime.now(UTC) > message.parse_beijing_time(txn.pay_timeout):
+            return JSONResponse({"error": "payTimeout has passed"}, 409)
+        delivered: int | None = None
+        if outcome == "success":
+            gateway.succeed(txn)
+            delivered = await gateway.deliver(txn, txn.notifications[-1])
+        else:
+            txn.status = "failed" if outcome == "fail" else "abandoned"
+        result = {"orderId": txn.order_id, "status": txn.status, "delivered": delivered}
+        if "application/json" in request.headers.get("accept", ""):
+            return JSONResponse(result)
+        if outcome == "success" and txn.front_url:
+            return HTMLResponse(_front_notification(txn.front_url, txn.notifications[-1]))
+        return HTMLResponse(_page("支付结果", f"{txn.order_id}: {txn.status}"))
+
+    def _notification_of(request: Request) -> tuple[Transaction, dict[str, str]] | Response:
+        txn = next(
+            (
+                t
+                for t in gateway.transactions.values()
+                if t.order_id == request.path_params["order"]
+            ),
+            None,
+        )
+        if txn is None or not txn.notifications:
+            return JSONResponse({"error": "no notification for this orderId"}, 404)
+        try:
+            index = int(request.query_params.get("index", "-1"))
+            return txn, txn.notifications[index]
+        except (ValueError, IndexError):
+            return JSONResponse({"error": "no such notification index"}, 404)
+
+    async def notification_body(request: Request) -> Response:
+        found = _notification_of(request)
+        if isinstance(found, Response):
+            return found
+        return PlainTextResponse(
+            urlencode(found[1]), media_type="application/x-www-form-urlencoded"
+        )
+
+    async def redeliver(request: Request) -> Response:
+        form = await read_form(request)
+        found = _notification_of(request)
+        if isinstance(found, Response):
+            return found
+        txn, notification = found
+        count = int(form.get("count", "1"))
+        delay = float(form.get("delay", "0"))
+        if delay:
+            for _ in range(count):
+                gateway.deliver_later(txn, notification, delay)
+            return JSONResponse({"scheduled": count}, status_code=202)
+        statuses = [await gateway.deliver(txn, notification) for _ in range(count)]
+        return JSONResponse({"delivered": statuses})
+
+    async def faults(request: Request) -> Response:
+        spec = await request.json()
+        endpoint, mode = spec.get("endpoint"), spec.get("mode")
+        if endpoint not in ENDPOINTS or mode not in ("error", "stall", "bad_signature"):
+            return JSONResponse({"error": "endpoint or mode unknown"}, 400)
+        gateway.faults[endpoint] = Fault(
+            mode=mode,
+            count=int(spec.get("count", 1)),
+            stall_seconds=float(spec.get("stall_seconds", 30)),
+        )
+        return JSONResponse({"ok": True})
+
+    async def transaction(request: Request) -> Response:
+        txn = next(
+            (
+                t
+                for t in gateway.transactions.values()
+                if t.order_id == request.path_params["order"]
+            ),
+            None,
+        )
+        if txn is None:
+            return JSONResponse({"error": "unknown orderId"}, 404)
+        return JSONResponse(
+            {
+                "orderId": txn.order_id,
+                "status": txn.status,
+                "txnAmt": txn.amount_fen,
+                "refundedFen": txn.refunded_fen,
+                "queryId": txn.query_id,
+                "tn": txn.tn,
+                "deliveries": txn.deliveries,
+                "notifications": len(txn.notifications),
+            }
+        )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            gateway.http = client
+            try:
+                yield
+            finally:
+                for task in list(gateway.tasks):
+                    task.cancel()
+                await asyncio.gather(*gateway.tasks, return_exceptions=True)
+
+    app = Starlette(
+        routes=[
+            Route("/gateway/api/frontTransReq.do", front, methods=["POST"]),
+            Route("/gateway/api/appTransReq.do", app_trans, methods=["POST"]),
+            Route("/gateway/api/backTransReq.do", back_trans, methods=["POST"]),
+            Route("/gateway/api/queryTrans.do", query_trans, methods=["POST"]),
+            Route("/pay/{tn}", pay_page, methods=["GET"]),
+            Route("/pay/{tn}", pay, methods=["POST"]),
+            Route("/control/notifications/{order}", notification_body, methods=["GET"]),
+            Route("/control/notifications/{order}/redeliver", redeliver, methods=["POST"]),
+            Route("/control/faults", faults, methods=["POST"]),
+            Route("/control/transactions/{order}", transaction, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.gateway = gateway
+    return app
+
+
+def _page(title: str, text: str) -> str:
+    return (
+        f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"</head><body><h1>{html.escape(title)}</h1><p>{html.escape(text)}</p></body></html>"
+    )
+
+
+def _pay_page(txn: Transaction) -> str:
+    yuan = f"{txn.amount_fen // 100}.{txn.amount_fen % 100:02d}"
+    buttons = "".join(
+        f'<button name="outcome" value="{o}">{label}</button>'
+        for o, label in (("success", "Pay"), ("fail", "Fail"), ("close", "Cancel"))
+    )
+    return (
+        '<!DOCTYPE html><html><head><meta charset="utf-8"><title>UnionPay simulator</title>'
+        f"</head><body><h1>UnionPay simulator</h1><p>Order {html.escape(txn.order_id)}: "
+        f'¥{yuan}</p><form method="post" action="/pay/{html.escape(txn.tn)}">{buttons}'
+        "</form></body></html>"
+    )
+
+
+def _front_notification(front_url: str, fields: dict[str, str]) -> str:
+    inputs = "".join(
+        f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
+        for k, v in fields.items()
+    )
+    return (
+        '<!DOCTYPE html><html><head><meta charset="utf-8"><title>UnionPay</title></head>'
+        '<body onload="document.forms[0].submit()">'
+        f'<form method="post" action="{html.escape(front_url)}">{inputs}</form></body></html>'
+    )
