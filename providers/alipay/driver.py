@@ -1,0 +1,78 @@
+"""The conformance kit's view of the Alipay simulator (a GatewayDriver).
+
+``settle`` asks the running simulator to settle a trade and hands back the
+notification Alipay would send, without sending it. The three spoiled copies
+are built here: re-signed with a key that is not Alipay's, an amount changed
+after signing, and the signature removed.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl, urlencode
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from api.payments.provider import NotificationRequest
+from providers.alipay.amounts import fen_to_yuan, yuan_to_fen
+from providers.alipay.signing import notification_string, sign
+from providers.kit.driver import SettleOutcome
+
+FORM_HEADERS = {"content-type": "application/x-www-form-urlencoded; charset=utf-8"}
+
+
+class AlipayGatewayDriver:
+    """Drives an :class:`~providers.alipay.simulator.AlipaySimulator` over HTTP."""
+
+    def __init__(
+        self,
+        simulator_url: str,
+        http: httpx.AsyncClient,
+        *,
+        forger_key: rsa.RSAPrivateKey | None = None,
+    ) -> None:
+        self.simulator_url = simulator_url.rstrip("/")
+        self.http = http
+        self._forger_key = forger_key
+
+    async def settle(self, out_trade_no: str, outcome: SettleOutcome) -> NotificationRequest | None:
+        response = await self.http.post(
+            f"{self.simulator_url}/_control/settle/{out_trade_no}",
+            data={"outcome": outcome, "deliver": "0"},
+        )
+        if response.status_code == 404:
+            raise LookupError(
+                f"the simulator has no trade {out_trade_no}: page, wap and app trades "
+                "exist only once the payer opened the cashier"
+            )
+        response.raise_for_status()
+        body = response.json()["notification"]
+        return None if body is None else notification_request(body)
+
+    def forge(self, notification: NotificationRequest) -> NotificationRequest:
+        if self._forger_key is None:
+            self._forger_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        params = _params(notification)
+        params["sign"] = sign(self._forger_key, notification_string(params))
+        return notification_request(urlencode(params))
+
+    def tamper(self, notification: NotificationRequest) -> NotificationRequest:
+        params = _params(notification)
+        params["total_amount"] = fen_to_yuan(yuan_to_fen(params["total_amount"]) + 1)
+        return notification_request(urlencode(params))
+
+    def unsigned(self, notification: NotificationRequest) -> NotificationRequest:
+        params = _params(notification)
+        params.pop("sign", None)
+        return notification_request(urlencode(params))
+
+
+def notification_request(body: str) -> NotificationRequest:
+    """The request Alipay's notification POST arrives as."""
+    return NotificationRequest(
+        method="POST", headers=dict(FORM_HEADERS), query={}, body=body.encode("utf-8")
+    )
+
+
+def _params(notification: NotificationRequest) -> dict[str, str]:
+    return dict(parse_qsl(notification.body.decode("utf-8"), keep_blank_values=True))

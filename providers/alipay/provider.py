@@ -1,0 +1,648 @@
+"""The Alipay adapter: OpenAPI gateway calls and notifications, RSA2 signed.
+
+Payment methods map to Alipay APIs as follows:
+
+- PAGE: ``alipay.trade.page.pay``, a signed gateway URL the browser opens;
+- WAP: ``alipay.trade.wap.pay``, the same for mobile browsers;
+- QR_CODE: ``alipay.trade.precreate``, a server call returning the code to show;
+- APP: ``alipay.trade.app.pay``, the signed order string for the Alipay app SDK.
+
+Every gateway response is verified with the Alipay public key before any of it
+is trusted, and so is every notification (over all parameters except ``sign``
+and ``sign_type``, sorted). Query, close and refund (with the same
+``out_request_no``) are the calls Alipay documents as safe to repeat; only they
+are retried, with exponential back-off. Everything else fails at once with a
+:class:`GatewayError` that says whether Alipay may have acted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any, ClassVar, NoReturn
+from urllib.parse import parse_qsl, urlencode
+
+import httpx
+from pydantic import BaseModel
+
+from api.payments.provider import (
+    ActionKind,
+    AttemptState,
+    EventKind,
+    GatewayError,
+    NotificationRejected,
+    NotificationReply,
+    NotificationRequest,
+    PaymentAction,
+    PaymentMethod,
+    PaymentRequest,
+    Provider,
+    ProviderEvent,
+    QueryResult,
+    RefundRequest,
+    RefundResult,
+    RefundState,
+)
+from providers.alipay.amounts import AmountError, fen_to_yuan, yuan_to_fen
+from providers.alipay.settings import AlipaySettings
+from providers.alipay.signing import (
+    load_private_key,
+    load_public_key,
+    notification_string,
+    request_string,
+    response_members,
+    sign,
+    verify,
+)
+
+logger = logging.getLogger("branchpay.providers.alipay")
+
+# Alipay writes every time as Beijing wall-clock time; China has no daylight saving.
+BEIJING = timezone(timedelta(hours=8), "Asia/Shanghai")
+
+# Real notifications are around 1-2 KB; anything far larger is not from Alipay.
+MAX_NOTIFICATION_BYTES = 16 * 1024
+
+_PRODUCT_CODES: Mapping[PaymentMethod, tuple[str, str]] = {
+    PaymentMethod.PAGE: ("alipay.trade.page.pay", "FAST_INSTANT_TRADE_PAY"),
+    PaymentMethod.WAP: ("alipay.trade.wap.pay", "QUICK_WAP_WAY"),
+    PaymentMethod.QR_CODE: ("alipay.trade.precreate", "FACE_TO_FACE_PAYMENT"),
+    PaymentMethod.APP: ("alipay.trade.app.pay", "QUICK_MSECURITY_PAY"),
+}
+_PAID = frozenset({"TRADE_SUCCESS", "TRADE_FINISHED"})
+_TRADE_STATES = frozenset({"WAIT_BUYER_PAY", "TRADE_CLOSED", *_PAID})
+_OUT_NO = re.compile(r"[0-9A-Za-z_]{1,64}")
+_SUBJECT_MAX = 256
+# Gateway answers that mean "not processed, try again with the same parameters".
+_RETRY_CODES = frozenset({"20000"})
+_RETRY_SUB_CODES = frozenset({"ACQ.SYSTEM_ERROR", "aop.ACQ.SYSTEM_ERROR", "isp.unknow-error"})
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayReply:
+    """A verified response member of one gateway call."""
+
+    code: str
+    sub_code: str | None
+    body: Mapping[str, Any]
+
+    @property
+    def ok(self) -> bool:
+        return self.code == "10000"
+
+    def describe(self) -> str:
+        text = f"code {self.code}"
+        if self.sub_code:
+            text += f" {self.sub_code}"
+        sub_msg = self.body.get("sub_msg") or self.body.get("msg")
+        if isinstance(sub_msg, str) and sub_msg:
+            text += f" ({sub_msg})"
+        return text
+
+
+class _TransientFailure(Exception):
+    """A failed try that the call's retry policy may repeat."""
+
+    def __init__(self, reason: str, *, may_have_reached: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.may_have_reached = may_have_reached
+
+
+class AlipayProvider(Provider):
+    """Alipay OpenAPI with RSA2 keys (public-key mode, not certificate mode)."""
+
+    name: ClassVar[str] = "alipay"
+    display_name: ClassVar[str] = "Alipay"
+    methods: ClassVar[tuple[PaymentMethod, ...]] = (
+        PaymentMethod.PAGE,
+        PaymentMethod.WAP,
+        PaymentMethod.QR_CODE,
+        PaymentMethod.APP,
+    )
+    Settings: ClassVar[type[BaseModel]] = AlipaySettings
+
+    def __init__(self, settings: BaseModel, *, branch: str, http: httpx.AsyncClient) -> None:
+        if not isinstance(settings, AlipaySettings):
+            raise TypeError("AlipayProvider needs AlipaySettings")
+        super().__init__(settings, branch=branch, http=http)
+        self.config = settings
+        self._private_key = load_private_key(settings.private_key.get_secret_value())
+        self._alipay_key = load_public_key(settings.alipay_public_key)
+
+    # --- create ---------------------------------------------------------------
+
+    async def create_payment(self, request: PaymentRequest) -> PaymentAction:
+        if request.method not in _PRODUCT_CODES:
+            raise GatewayError(f"Alipay does not offer {request.method}")
+        if request.currency != "CNY":
+            raise GatewayError("Alipay trades here are in CNY only")
+        try:
+            total_amount = fen_to_yuan(request.amount_fen)
+        except AmountError as exc:
+            raise GatewayError(f"amount refused: {exc}") from None
+        if not _OUT_NO.fullmatch(request.out_trade_no):
+            raise GatewayError("out_trade_no must be 1-64 letters, digits or underscores")
+        api_method, product_code = _PRODUCT_CODES[request.method]
+        biz: dict[str, str] = {
+            "out_trade_no": request.out_trade_no,
+            "total_amount": total_amount,
+            "subject": request.subject[:_SUBJECT_MAX],
+            "product_code": product_code,
+            "time_expire": _beijing(request.expires_at),
+        }
+        extra = {"notify_url": request.notify_url}
+        if request.method in (PaymentMethod.PAGE, PaymentMethod.WAP) and request.return_url:
+            extra["return_url"] = request.return_url
+            if request.method is PaymentMethod.WAP:
+                biz["quit_url"] = request.return_url
+
+        if request.method is PaymentMethod.QR_CODE:
+            reply = await self._call(
+                api_method, biz, extra=extra, repeatable=False, ref=request.out_trade_no
+            )
+            if not reply.ok:
+                raise GatewayError(f"Alipay refused the QR code payment: {reply.describe()}")
+            qr_code = reply.body.get("qr_code")
+            if reply.body.get("out_trade_no") != request.out_trade_no or not isinstance(
+                qr_code, str
+            ):
+                raise GatewayError(
+                    "Alipay's precreate answer does not match the attempt", outcome_unknown=True
+                )
+            return PaymentAction(kind=ActionKind.QR_CODE, qr_code=qr_code, url=qr_code)
+
+        params = self._signed_params(api_method, biz, extra)
+        logger.info(
+            "alipay %s signed for branch %s out_trade_no=%s",
+            api_method,
+            self.branch,
+            request.out_trade_no,
+        )
+        if request.method is PaymentMethod.APP:
+            return PaymentAction(kind=ActionKind.APP_SDK, app_payload=urlencode(params))
+        return PaymentAction(
+            kind=ActionKind.REDIRECT, url=f"{self.config.gateway}?{urlencode(params)}"
+        )
+
+    # --- notifications --------------------------------------------------------
+
+    async def parse_notification(self, request: NotificationRequest) -> ProviderEvent | None:
+        params = self._verified_notification(request)
+        notify_type = params.get("notify_type")
+        if notify_type != "trade_status_sync":
+            logger.info(
+                "alipay notification of type %s for branch %s ignored", notify_type, self.branch
+            )
+            return None
+        out_trade_no = self._field(params, "out_trade_no")
+        if not _OUT_NO.fullmatch(out_trade_no):
+            self._reject("out_trade_no is malformed")
+        trade_status = self._field(params, "trade_status")
+        if trade_status not in _TRADE_STATES:
+            self._reject("trade_status is not one Alipay defines")
+        total_fen = self._amount(params, "total_amount")
+        trade_no = params.get("trade_no") or None
+
+        out_biz_no = params.get("out_biz_no")
+        if out_biz_no:
+            return await self._refund_event(params, out_trade_no, out_biz_no, trade_no)
+        if trade_status in _PAID:
+            occurred = self._time(params, "gmt_payment", "notify_time")
+            return self._paid_event(
+                out_trade_no, total_fen, occurred, trade_no, _notification_detail(params)
+            )
+        if trade_status == "TRADE_CLOSED":
+            occurred = self._time(params, "gmt_close", "notify_time")
+            return ProviderEvent(
+                kind=EventKind.PAYMENT_CLOSED,
+                event_id=f"alipay:{out_trade_no}:closed",
+                out_trade_no=out_trade_no,
+                amount_fen=total_fen,
+                currency="CNY",
+                occurred_at=occurred,
+                provider_trade_no=trade_no,
+                detail=_notification_detail(params),
+            )
+        return None  # WAIT_BUYER_PAY: the trade exists, nothing to apply yet
+
+    def notification_reply(self, *, accepted: bool) -> NotificationReply:
+        # Alipay stops re-delivering only on the exact body "success".
+        if accepted:
+            return NotificationReply(status_code=200, body=b"success")
+        return NotificationReply(status_code=400, body=b"fail")
+
+    def _verified_notification(self, request: NotificationRequest) -> dict[str, str]:
+        if request.method.upper() != "POST":
+            self._reject("notification is not a POST")
+        if len(request.body) > MAX_NOTIFICATION_BYTES:
+            self._reject(f"body larger than {MAX_NOTIFICATION_BYTES} bytes")
+        content_type = request.headers.get("content-type", "")
+        if content_type and not content_type.lower().startswith(
+            "application/x-www-form-urlencoded"
+        ):
+            self._reject("body is not a form")
+        try:
+            pairs = parse_qsl(
+                request.body.decode("utf-8"),
+                keep_blank_values=True,
+                strict_parsing=True,
+                errors="strict",
+            )
+        except (UnicodeDecodeError, ValueError):
+            self._reject("body is not a UTF-8 form")
+        params = dict(pairs)
+        if len(params) != len(pairs):
+            self._reject("body repeats a parameter")
+        signature = params.get("sign")
+        if not signature:
+            self._reject("sign is missing")
+        if params.get("sign_type") != "RSA2":
+            self._reject("sign_type is not RSA2")
+        if not verify(self._alipay_key, notification_string(params), signature):
+            self._reject("sign does not verify with the Alipay public key")
+        if params.get("app_id") != self.config.app_id:
+            self._reject("app_id is not this branch's Alipay app")
+        if self.config.seller_id and params.get("seller_id") != self.config.seller_id:
+            self._reject("seller_id is not this branch's merchant")
+        return params
+
+    def _reject(self, reason: str) -> NoReturn:
+        logger.warning("alipay notification rejected for branch %s: %s", self.branch, reason)
+        raise NotificationRejected(reason)
+
+    def _field(self, params: Mapping[str, str], name: str) -> str:
+        value = params.get(name)
+        if not value:
+            self._reject(f"{name} is missing")
+        return str(value)
+
+    def _amount(self, params: Mapping[str, str], name: str) -> int:
+        try:
+            return yuan_to_fen(self._field(params, name))
+        except AmountError:
+            return self._reject(f"{name} is not a yuan amount with two decimals")
+
+    def _time(self, params: Mapping[str, str], *names: str) -> datetime:
+        for name in names:
+            value = params.get(name)
+            if value:
+                try:
+                    return _parse_beijing(value)
+                except ValueError:
+                    return self._reject(f"{name} is not an Alipay time")
+        return self._reject(f"{names[-1]} is missing")
+
+    def _paid_event(
+        self,
+        out_trade_no: str,
+        total_fen: int,
+        occurred_at: datetime,
+        trade_no: str | None,
+        detail: Mapping[str, Any],
+    ) -> ProviderEvent:
+        # TRADE_SUCCESS and the later TRADE_FINISHED report one fact, so one event id.
+        return ProviderEvent(
+            kind=EventKind.PAYMENT_SUCCEEDED,
+            event_id=f"alipay:{out_trade_no}:paid",
+            out_trade_no=out_trade_no,
+            amount_fen=total_fen,
+            currency="CNY",
+            occurred_at=occurred_at,
+            provider_trade_no=trade_no,
+            detail=detail,
+        )
+
+    async def _refund_event(
+        self, params: Mapping[str, str], out_trade_no: str, out_biz_no: str, trade_no: str | None
+    ) -> ProviderEvent | None:
+        # The notification carries the trade's cumulative refund_fee, not this
+        # refund's amount; the refund query names the amount of out_biz_no itself.
+        self._amount(params, "refund_fee")
+        occurred = self._time(params, "gmt_refund", "notify_time")
+        refund = await self._query_refund(out_trade_no, out_biz_no)
+        if refund is None:
+            return None
+        return ProviderEvent(
+            kind=EventKind.REFUND_SUCCEEDED,
+            event_id=f"alipay:{out_trade_no}:refund:{out_biz_no}",
+            out_trade_no=out_trade_no,
+            amount_fen=refund,
+            currency="CNY",
+            occurred_at=occurred,
+            provider_trade_no=trade_no,
+            out_refund_no=out_biz_no,
+            detail=_notification_detail(params),
+        )
+
+    # --- query, refund, close -------------------------------------------------
+
+    async def query(self, out_trade_no: str) -> QueryResult:
+        reply = await self._call(
+            "alipay.trade.query",
+            {"out_trade_no": out_trade_no},
+            repeatable=True,
+            ref=out_trade_no,
+        )
+        if reply.sub_code == "ACQ.TRADE_NOT_EXIST":
+            return QueryResult(state=AttemptState.UNKNOWN)
+        if not reply.ok:
+            raise GatewayError(f"Alipay trade query failed: {reply.describe()}", retryable=True)
+        body = reply.body
+        if body.get("out_trade_no") != out_trade_no:
+            raise GatewayError("Alipay answered the query for another attempt", retryable=True)
+        status = body.get("trade_status")
+        trade_no = _str_or_none(body.get("trade_no"))
+        try:
+            amount_fen = yuan_to_fen(str(body.get("total_amount")))
+        except AmountError:
+            raise GatewayError(
+                "Alipay's query answer has no valid total_amount", retryable=True
+            ) from None
+        if status in _PAID:
+            paid_at = _parse_beijing_or_now(body.get("send_pay_date"))
+            event = self._paid_event(
+                out_trade_no, amount_fen, paid_at, trade_no, {"trade_status": status}
+            )
+            return QueryResult(AttemptState.SUCCEEDED, trade_no, amount_fen, (event,))
+        if status == "WAIT_BUYER_PAY":
+            return QueryResult(AttemptState.PENDING, trade_no, amount_fen)
+        if status == "TRADE_CLOSED":
+            if body.get("send_pay_date"):
+                # Paid, then refunded in full: the refunds are the facts, not a close.
+                return QueryResult(AttemptState.CLOSED, trade_no, amount_fen)
+            closed = ProviderEvent(
+                kind=EventKind.PAYMENT_CLOSED,
+                event_id=f"alipay:{out_trade_no}:closed",
+                out_trade_no=out_trade_no,
+                amount_fen=amount_fen,
+                currency="CNY",
+                occurred_at=datetime.now(UTC),
+                provider_trade_no=trade_no,
+                detail={"trade_status": status},
+            )
+            return QueryResult(AttemptState.CLOSED, trade_no, amount_fen, (closed,))
+        raise GatewayError("Alipay answered an unknown trade_status", retryable=True)
+
+    async def refund(self, request: RefundRequest) -> RefundResult:
+        if request.currency != "CNY":
+            raise GatewayError("Alipay trades here are in CNY only")
+        try:
+            refund_amount = fen_to_yuan(request.refund_fen)
+        except AmountError as exc:
+            raise GatewayError(f"refund amount refused: {exc}") from None
+        if not _OUT_NO.fullmatch(request.out_refund_no):
+            raise GatewayError("out_refund_no must be 1-64 letters, digits or underscores")
+        biz = {
+            "out_trade_no": request.out_trade_no,
+            "refund_amount": refund_amount,
+            "out_request_no": request.out_refund_no,
+        }
+        if request.reason:
+            biz["refund_reason"] = request.reason[:256]
+        # Alipay refunds each out_request_no once, so a repeat after a lost
+        # answer is safe and returns fund_change=N instead of paying twice.
+        reply = await self._call(
+            "alipay.trade.refund", biz, repeatable=True, ref=request.out_trade_no
+        )
+        if not reply.ok:
+            logger.info(
+                "alipay refund %s of %s refused: %s",
+                request.out_refund_no,
+                request.out_trade_no,
+                reply.describe(),
+            )
+            return RefundResult(RefundState.FAILED, message=reply.describe())
+        if reply.body.get("out_trade_no") not in (None, request.out_trade_no):
+            raise GatewayError(
+                "Alipay answered the refund for another attempt",
+                retryable=True,
+                outcome_unknown=True,
+            )
+        if reply.body.get("fund_change") == "Y":
+            return RefundResult(RefundState.SUCCEEDED, _str_or_none(reply.body.get("trade_no")))
+        # fund_change=N: this number was refunded before or is still in progress;
+        # Alipay's refund query is the documented way to tell.
+        refunded = await self._query_refund(request.out_trade_no, request.out_refund_no)
+        if refunded is None:
+            return RefundResult(RefundState.PENDING, message="Alipay has not confirmed the refund")
+        if refunded != request.refund_fen:
+            return RefundResult(
+                RefundState.FAILED,
+                message="out_refund_no was already used for a different amount",
+            )
+        return RefundResult(RefundState.SUCCEEDED, _str_or_none(reply.body.get("trade_no")))
+
+    async def _query_refund(self, out_trade_no: str, out_request_no: str) -> int | None:
+        """The amount refunded under ``out_request_no``, or None if not (yet) refunded."""
+        reply = await self._call(
+            "alipay.trade.fastpay.refund.query",
+            {"out_trade_no": out_trade_no, "out_request_no": out_request_no},
+            repeatable=True,
+            ref=out_trade_no,
+        )
+        if not reply.ok:
+            if reply.sub_code == "ACQ.TRADE_NOT_EXIST":
+                return None
+            raise GatewayError(f"Alipay refund query failed: {reply.describe()}", retryable=True)
+        if reply.body.get("refund_status") != "REFUND_SUCCESS":
+            return None
+        if reply.body.get("out_request_no") != out_request_no:
+            raise GatewayError("Alipay answered the refund query for another refund")
+        try:
+            return yuan_to_fen(str(reply.body.get("refund_amount")))
+        except AmountError:
+            raise GatewayError(
+                "Alipay's refund query has no valid refund_amount", retryable=True
+            ) from None
+
+    async def close(self, out_trade_no: str) -> None:
+        reply = await self._call(
+            "alipay.trade.close", {"out_trade_no": out_trade_no}, repeatable=True, ref=out_trade_no
+        )
+        if reply.ok or reply.sub_code == "ACQ.TRADE_NOT_EXIST":
+            return
+        if reply.sub_code == "ACQ.TRADE_STATUS_ERROR":
+            # Already closed (fine) or already paid (the caller must know); only a query tells.
+            state = (await self.query(out_trade_no)).state
+            if state is AttemptState.CLOSED:
+                return
+            raise GatewayError(f"Alipay cannot close the attempt: it is {state.value.lower()}")
+        raise GatewayError(f"Alipay refused to close the attempt: {reply.describe()}")
+
+    # --- gateway calls --------------------------------------------------------
+
+    def _signed_params(
+        self, api_method: str, biz: Mapping[str, str], extra: Mapping[str, str] | None = None
+    ) -> dict[str, str]:
+        params = {
+            "app_id": self.config.app_id,
+            "method": api_method,
+            "format": "JSON",
+            "charset": "utf-8",
+            "sign_type": "RSA2",
+            "timestamp": _beijing(datetime.now(UTC)),
+            "version": "1.0",
+            "biz_content": json.dumps(biz, ensure_ascii=False, separators=(",", ":")),
+        }
+        if extra:
+            params.update({k: v for k, v in extra.items() if v})
+        params["sign"] = sign(self._private_key, request_string(params))
+        return params
+
+    async def _call(
+        self,
+        api_method: str,
+        biz: Mapping[str, str],
+        *,
+        repeatable: bool,
+        ref: str,
+        extra: Mapping[str, str] | None = None,
+    ) -> GatewayReply:
+        tries = self.config.max_attempts if repeatable else 1
+        may_have_reached = False
+        for attempt in range(1, tries + 1):
+            try:
+                reply = await self._call_once(api_method, biz, extra)
+            except _TransientFailure as failure:
+                may_have_reached = may_have_reached or failure.may_have_reached
+                logger.warning(
+                    "alipay %s for branch %s ref=%s try %d/%d failed: %s",
+                    api_method,
+                    self.branch,
+                    ref,
+                    attempt,
+                    tries,
+                    failure.reason,
+                )
+                if attempt == tries:
+                    # A query changes nothing, so its outcome is never in doubt.
+                    unknown = may_have_reached and api_method not in _READ_ONLY
+                    raise GatewayError(
+                        f"Alipay {api_method} failed after {tries} "
+                        f"{'try' if tries == 1 else 'tries'}: {failure.reason}",
+                        retryable=repeatable,
+                        outcome_unknown=unknown,
+                    ) from None
+                await asyncio.sleep(self.config.backoff_seconds * 2 ** (attempt - 1))
+                continue
+            logger.info(
+                "alipay %s for branch %s ref=%s: %s",
+                api_method,
+                self.branch,
+                ref,
+                reply.describe() if not reply.ok else "code 10000",
+            )
+            return reply
+        raise AssertionError("unreachable: the loop returns or raises")
+
+    async def _call_once(
+        self, api_method: str, biz: Mapping[str, str], extra: Mapping[str, str] | None
+    ) -> GatewayReply:
+        params = self._signed_params(api_method, biz, extra)
+        try:
+            response = await self.http.post(
+                self.config.gateway,
+                content=urlencode(params).encode("ascii"),
+                headers={"content-type": "application/x-www-form-urlencoded;charset=utf-8"},
+                timeout=self.config.timeout_seconds,
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise _TransientFailure(
+                f"could not connect ({type(exc).__name__})", may_have_reached=False
+            ) from None
+        except httpx.TransportError as exc:
+            raise _TransientFailure(
+                f"no answer ({type(exc).__name__})", may_have_reached=True
+            ) from None
+        if response.status_code >= 500:
+            raise _TransientFailure(f"HTTP {response.status_code}", may_have_reached=True)
+        if response.status_code != 200:
+            raise GatewayError(
+                f"Alipay {api_method} answered HTTP {response.status_code}", outcome_unknown=True
+            )
+        reply = self._verified_reply(api_method, response.text)
+        if reply.code in _RETRY_CODES or reply.sub_code in _RETRY_SUB_CODES:
+            raise _TransientFailure(reply.describe(), may_have_reached=True)
+        return reply
+
+    def _verified_reply(self, api_method: str, text: str) -> GatewayReply:
+        member = api_method.replace(".", "_") + "_response"
+        try:
+            members = response_members(text)
+        except ValueError:
+            raise GatewayError(
+                f"Alipay {api_method} answered something that is not JSON", outcome_unknown=True
+            ) from None
+        raw = members.get(member) or members.get("error_response")
+        if raw is None:
+            raise GatewayError(f"Alipay {api_method} answer has no {member}", outcome_unknown=True)
+        signature_json = members.get("sign")
+        signature = json.loads(signature_json) if signature_json else None
+        if not isinstance(signature, str) or not signature:
+            # Alipay leaves gateway-level refusals (bad app id, bad signature)
+            # unsigned; nothing in them can be trusted beyond "it did not work".
+            raise GatewayError(
+                f"Alipay {api_method} answer is unsigned; check app_id and keys",
+                outcome_unknown=True,
+            )
+        if not verify(self._alipay_key, raw, signature):
+            raise GatewayError(
+                f"Alipay {api_method} answer failed signature verification", outcome_unknown=True
+            )
+        body = json.loads(raw)
+        if not isinstance(body, dict):
+            raise GatewayError(f"Alipay {api_method} answer is malformed", outcome_unknown=True)
+        return GatewayReply(
+            code=str(body.get("code", "")),
+            sub_code=_str_or_none(body.get("sub_code")),
+            body=body,
+        )
+
+
+_READ_ONLY = frozenset({"alipay.trade.query", "alipay.trade.fastpay.refund.query"})
+
+# Notification fields safe to keep with the event: no buyer identity.
+_DETAIL_FIELDS = (
+    "notify_id",
+    "notify_time",
+    "trade_status",
+    "receipt_amount",
+    "buyer_pay_amount",
+    "refund_fee",
+    "out_biz_no",
+)
+
+
+def _notification_detail(params: Mapping[str, str]) -> dict[str, str]:
+    return {k: params[k] for k in _DETAIL_FIELDS if params.get(k)}
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _beijing(moment: datetime) -> str:
+    if moment.tzinfo is None:
+        raise ValueError("naive datetime: branchpay times are timezone-aware UTC")
+    return moment.astimezone(BEIJING).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _parse_beijing(text: str) -> datetime:
+    """Alipay's ``yyyy-MM-dd HH:mm:ss`` (refunds add ``.SSS``) Beijing time, as UTC."""
+    fmt = "%Y-%m-%d %H:%M:%S.%f" if "." in text else "%Y-%m-%d %H:%M:%S"
+    return datetime.strptime(text, fmt).replace(tzinfo=BEIJING).astimezone(UTC)
+
+
+def _parse_beijing_or_now(value: object) -> datetime:
+    if isinstance(value, str) and value:
+        try:
+            return _parse_beijing(value)
+        except ValueError:
+            pass
+    return datetime.now(UTC)

@@ -1,0 +1,872 @@
+"""An Alipay OpenAPI gateway on loopback, for tests and the demo.
+
+It checks requests the way Alipay does (known ``app_id``, RSA2 signature with
+the merchant's public key, common parameters, ``biz_content`` fields, amount
+format, refund and close rules) and answers with responses signed by the
+platform key it was given, so the adapter's verification is exercised for
+real. Trades live in memory.
+
+Endpoints:
+
+- ``GET|POST /gateway.do``: the OpenAPI gateway. Server calls (precreate,
+  query, refund, fastpay.refund.query, close) answer JSON. The browser
+  methods (page.pay, wap.pay) and the app order string (app.pay) open the
+  cashier: GET shows a pay page, POST with ``outcome=success|fail|close``
+  pays, leaves unpaid, or closes the trade.
+- ``GET|POST /qr/{code}``: what a payer's phone opens after scanning a
+  precreate code; POST with ``outcome`` settles like the cashier.
+- ``/_control/...``: test and demo controls: settle a trade and fetch its
+  notification without sending it, list a trade's notifications, re-send one
+  (several copies, after a delay, or all of them newest first), inject
+  gateway faults, and read call counts and trade state.
+
+Notifications are sent only to loopback notify URLs; anything else is
+recorded as not delivered, so a simulator never talks to the outside world.
+
+Deviation from Alipay, on purpose: a precreate trade exists (WAIT_BUYER_PAY)
+from the precreate call on, where Alipay creates it when the code is first
+scanned. Tests need a trade they can query and close before a scan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import ipaddress
+import json
+import logging
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any, Literal, cast, get_args
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric import rsa
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from providers.alipay.amounts import MAX_FEN, AmountError, fen_to_yuan, yuan_to_fen
+from providers.alipay.signing import (
+    load_private_key,
+    load_public_key,
+    notification_string,
+    request_string,
+    sign,
+    verify,
+)
+
+logger = logging.getLogger("branchpay.providers.alipay.simulator")
+
+BEIJING = timezone(timedelta(hours=8), "Asia/Shanghai")
+DEFAULT_SELLER_ID = "2088000000000001"
+MAX_BODY_BYTES = 64 * 1024
+_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+_CASHIER_METHODS = {
+    "alipay.trade.page.pay": "FAST_INSTANT_TRADE_PAY",
+    "alipay.trade.wap.pay": "QUICK_WAP_WAY",
+    "alipay.trade.app.pay": "QUICK_MSECURITY_PAY",
+}
+_SERVER_METHODS = frozenset(
+    {
+        "alipay.trade.precreate",
+        "alipay.trade.query",
+        "alipay.trade.refund",
+        "alipay.trade.fastpay.refund.query",
+        "alipay.trade.close",
+    }
+)
+_COMMON_REQUIRED = ("app_id", "method", "charset", "sign_type", "sign", "timestamp", "version")
+
+Outcome = Literal["success", "fail", "close"]
+FaultKind = Literal["http_500", "stall", "system_error", "unsigned", "bad_signature"]
+
+
+@dataclass
+class Refund:
+    out_request_no: str
+    amount_fen: int
+    refunded_at: datetime
+
+
+@dataclass
+class Notification:
+    """One notification Alipay would send, kept so it can be sent again."""
+
+    params: dict[str, str]
+    notify_url: str
+
+    @property
+    def body(self) -> str:
+        return urlencode(self.params)
+
+
+@dataclass
+class Trade:
+    app_id: str
+    out_trade_no: str
+    trade_no: str
+    total_fen: int
+    subject: str
+    api_method: str
+    notify_url: str | None
+    created_at: datetime
+    status: str = "WAIT_BUYER_PAY"
+    paid_at: datetime | None = None
+    closed_at: datetime | None = None
+    qr_code: str | None = None
+    refunds: dict[str, Refund] = field(default_factory=dict)
+    notifications: list[Notification] = field(default_factory=list)
+
+    @property
+    def refunded_fen(self) -> int:
+        return sum(r.amount_fen for r in self.refunds.values())
+
+
+@dataclass
+class Fault:
+    kind: FaultKind
+    remaining: int
+    method: str | None = None
+    seconds: float = 1.0
+
+
+@dataclass
+class Delivery:
+    out_trade_no: str
+    notify_id: str
+    status_code: int | None
+    reply: str
+
+
+class GatewayRefusal(Exception):
+    """A request Alipay refuses; carries the response member's content."""
+
+    def __init__(self, code: str, msg: str, sub_code: str, sub_msg: str) -> None:
+        super().__init__(sub_code)
+        self.content = {"code": code, "msg": msg, "sub_code": sub_code, "sub_msg": sub_msg}
+        # Alipay signs business refusals (40004) but not gateway-level ones.
+        self.signed = code == "40004"
+
+
+def _business(sub_code: str, sub_msg: str) -> GatewayRefusal:
+    return GatewayRefusal("40004", "Business Failed", sub_code, sub_msg)
+
+
+def _invalid(sub_code: str, sub_msg: str) -> GatewayRefusal:
+    return GatewayRefusal("40002", "Invalid Arguments", sub_code, sub_msg)
+
+
+def _missing(sub_code: str, sub_msg: str) -> GatewayRefusal:
+    return GatewayRefusal("40001", "Missing Required Arguments", sub_code, sub_msg)
+
+
+class AlipaySimulator:
+    """State and behaviour of the simulated gateway; ``app`` serves it."""
+
+    def __init__(
+        self,
+        *,
+        apps: Mapping[str, rsa.RSAPublicKey | str],
+        alipay_private_key: rsa.RSAPrivateKey | str,
+        seller_id: str = DEFAULT_SELLER_ID,
+        any_app_key: rsa.RSAPublicKey | str | None = None,
+    ) -> None:
+        self.any_app_key = (
+            load_public_key(any_app_key) if isinstance(any_app_key, str) else any_app_key
+        )
+        self.apps = {
+            app_id: key if isinstance(key, rsa.RSAPublicKey) else load_public_key(key)
+            for app_id, key in apps.items()
+        }
+        self.alipay_key = (
+            alipay_private_key
+            if isinstance(alipay_private_key, rsa.RSAPrivateKey)
+            else load_private_key(alipay_private_key)
+        )
+        self.seller_id = seller_id
+        self.trades: dict[tuple[str, str], Trade] = {}
+        self.qr_codes: dict[str, tuple[str, str]] = {}
+        self.faults: list[Fault] = []
+        self.calls: dict[str, int] = {}
+        self.deliveries: list[Delivery] = []
+        self._wrong_key: rsa.RSAPrivateKey | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self.app = Starlette(
+            routes=[
+                Route("/gateway.do", self.gateway, methods=["GET", "POST"]),
+                Route("/qr/{code}", self.qr_page, methods=["GET", "POST"]),
+                Route("/_control/settle/{out_trade_no}", self.control_settle, methods=["POST"]),
+                Route(
+                    "/_control/notifications/{out_trade_no}",
+                    self.control_notifications,
+                    methods=["GET"],
+                ),
+                Route(
+                    "/_control/notifications/{out_trade_no}/send",
+                    self.control_send,
+                    methods=["POST"],
+                ),
+                Route("/_control/faults", self.control_faults, methods=["POST", "DELETE"]),
+                Route("/_control/calls", self.control_calls, methods=["GET"]),
+                Route("/_control/deliveries", self.control_deliveries, methods=["GET"]),
+                Route("/_control/trades/{out_trade_no}", self.control_trade, methods=["GET"]),
+            ]
+        )
+        self.app.state.simulator = self
+
+    # --- the gateway ----------------------------------------------------------
+
+    async def gateway(self, request: Request) -> Response:
+        try:
+            params, outcome = await self._request_params(request)
+        except GatewayRefusal as refusal:
+            return self._json_response("error_response", refusal.content, signed=False)
+        api_method = params.get("method", "")
+        if api_method in _CASHIER_METHODS:
+            return await self._cashier(request, params, outcome)
+        member = api_method.replace(".", "_") + "_response" if api_method else "error_response"
+        self.calls[api_method] = self.calls.get(api_method, 0) + 1
+        fault = self._take_fault(api_method)
+        if fault is not None and fault.kind == "http_500":
+            return Response("Service Unavailable", status_code=502)
+        if fault is not None and fault.kind == "system_error":
+            busy = GatewayRefusal("20000", "Service Currently Unavailable", "isp.unknow-error", "")
+            return self._json_response(member, busy.content, signed=True)
+        try:
+            app_id = self._authenticate(params)
+            if api_method not in _SERVER_METHODS:
+                raise _invalid("isv.invalid-method", "不存在的方法名")
+            biz = _biz_content(params)
+            content = self._serve(request, app_id, api_method, biz, params)
+            signed = True
+        except GatewayRefusal as refusal:
+            content, signed = refusal.content, refusal.signed
+        if fault is not None and fault.kind == "stall":
+            # The call was processed; only the answer is late, as when a reply is lost.
+            await asyncio.sleep(fault.seconds)
+        if fault is not None and fault.kind == "unsigned":
+            signed = False
+        return self._json_response(
+            member,
+            content,
+            signed=signed,
+            wrong_key=fault is not None and fault.kind == "bad_signature",
+        )
+
+    async def _request_params(self, request: Request) -> tuple[dict[str, str], str | None]:
+        body = await request.body()
+        if len(body) > MAX_BODY_BYTES:
+            raise _invalid("isv.invalid-parameter", "请求过大")
+        try:
+            pairs = parse_qsl(request.url.query, keep_blank_values=True)
+            if body:
+                pairs += parse_qsl(body.decode("utf-8"), keep_blank_values=True)
+        except (UnicodeDecodeError, ValueError):
+            raise _invalid("isv.invalid-encoding", "参数编码错误") from None
+        params: dict[str, str] = {}
+        outcome: str | None = None
+        for key, value in pairs:
+            if key == "outcome":
+                outcome = value
+                continue
+            if key in params:
+                raise _invalid("isv.invalid-parameter", f"重复的参数 {key}")
+            params[key] = value
+        return params, outcome
+
+    def _authenticate(self, params: Mapping[str, str]) -> str:
+        for name in _COMMON_REQUIRED:
+            if not params.get(name):
+                raise _missing(f"isv.missing-{name.replace('_', '-')}", f"缺少{name}参数")
+        app_id = params["app_id"]
+        key = self.apps.get(app_id, self.any_app_key)
+        if key is None:
+            raise _invalid("isv.invalid-app-id", "无效的AppID参数")
+        if params["charset"].lower() != "utf-8":
+            raise _invalid("isv.invalid-charset", "字符集错误")
+        if params["sign_type"] != "RSA2":
+            raise _invalid("isv.invalid-signature-type", "无效的签名类型")
+        if params["version"] != "1.0":
+            raise _invalid("isv.invalid-version", "版本号错误")
+        if params.get("format", "JSON").upper() != "JSON":
+            raise _invalid("isv.invalid-format", "无效的数据格式")
+        try:
+            datetime.strptime(params["timestamp"], _TIME_FORMAT)
+        except ValueError:
+            raise _invalid("isv.invalid-timestamp", "非法的时间戳参数") from None
+        if not verify(key, request_string(params), params["sign"]):
+            raise _invalid("isv.invalid-signature", "验签出错")
+        return app_id
+
+    def _serve(
+        self,
+        request: Request,
+        app_id: str,
+        api_method: str,
+        biz: Mapping[str, Any],
+        params: Mapping[str, str],
+    ) -> dict[str, Any]:
+        if api_method == "alipay.trade.precreate":
+            return self._precreate(request, app_id, biz, params)
+        out_trade_no = _required(biz, "out_trade_no")
+        trade = self.trades.get((app_id, out_trade_no))
+        if api_method == "alipay.trade.fastpay.refund.query":
+            out_request_no = biz.get("out_request_no") or out_trade_no
+            return self._refund_query(trade, out_trade_no, str(out_request_no))
+        if trade is None:
+            raise _business("ACQ.TRADE_NOT_EXIST", "交易不存在")
+        if api_method == "alipay.trade.query":
+            return self._query(trade)
+        if api_method == "alipay.trade.close":
+            return self._close(trade)
+        return self._refund(trade, biz)
+
+    def _precreate(
+        self, request: Request, app_id: str, biz: Mapping[str, Any], params: Mapping[str, str]
+    ) -> dict[str, Any]:
+        out_trade_no, total_fen, subject = _order_fields(biz)
+        _check_time_expire(biz)
+        existing = self.trades.get((app_id, out_trade_no))
+        if existing is not None:
+            if existing.status in ("TRADE_SUCCESS", "TRADE_FINISHED"):
+                raise _business("ACQ.TRADE_HAS_SUCCESS", "交易已被支付")
+            if existing.status == "TRADE_CLOSED":
+                raise _business("ACQ.TRADE_HAS_CLOSE", "交易已经关闭")
+            if existing.total_fen != total_fen or existing.subject != subject:
+                raise _business("ACQ.CONTEXT_INCONSISTENT", "交易信息被篡改")
+            trade = existing
+        else:
+            trade = self._open_trade(app_id, out_trade_no, total_fen, subject, params)
+        if trade.qr_code is None:
+            code = secrets.token_urlsafe(12)
+            self.qr_codes[code] = (app_id, out_trade_no)
+            trade.qr_code = f"{str(request.base_url).rstrip('/')}/qr/{code}"
+        return {
+            "code": "10000",
+            "msg": "Success",
+            "out_trade_no": out_trade_no,
+            "qr_code": trade.qr_code,
+        }
+
+    def _open_trade(
+        self,
+        app_id: str,
+        out_trade_no: str,
+        total_fen: int,
+        subject: str,
+        params: Mapping[str, str],
+    ) -> Trade:
+        now = datetime.now(UTC)
+        trade = Trade(
+            app_id=app_id,
+            out_trade_no=out_trade_no,
+            trade_no=now.astimezone(BEIJING).strftime("%Y%m%d") + "22" + secrets.token_hex(9)[:18],
+            total_fen=total_fen,
+            subject=subject,
+            api_method=params["method"],
+            notify_url=params.get("notify_url") or None,
+            created_at=now,
+        )
+        self.trades[(app_id, out_trade_no)] = trade
+        return trade
+
+    def _query(self, trade: Trade) -> dict[str, Any]:
+        content: dict[str, Any] = {
+            "code": "10000",
+            "msg": "Success",
+            "trade_no": trade.trade_no,
+            "out_trade_no": trade.out_trade_no,
+            "buyer_logon_id": "tes***@example.com",
+            "trade_status": trade.status,
+            "total_amount": fen_to_yuan(trade.total_fen),
+        }
+        if trade.paid_at is not None:
+            content["send_pay_date"] = _fmt(trade.paid_at)
+            content["receipt_amount"] = fen_to_yuan(trade.total_fen)
+            content["buyer_pay_amount"] = fen_to_yuan(trade.total_fen)
+        return content
+
+    def _close(self, trade: Trade) -> dict[str, Any]:
+        if trade.status != "WAIT_BUYER_PAY":
+            raise _business("ACQ.TRADE_STATUS_ERROR", "交易状态不合法")
+        trade.status = "TRADE_CLOSED"
+        trade.closed_at = datetime.now(UTC)
+        return {
+            "code": "10000",
+            "msg": "Success",
+            "trade_no": trade.trade_no,
+            "out_trade_no": trade.out_trade_no,
+        }
+
+    def _refund(self, trade: Trade, biz: Mapping[str, Any]) -> dict[str, Any]:
+        try:
+            refund_fen = yuan_to_fen(_required(biz, "refund_amount"))
+        except AmountError:
+            raise _business("ACQ.INVALID_PARAMETER", "参数无效: refund_amount") from None
+        if refund_fen < 1:
+            raise _business("ACQ.INVALID_PARAMETER", "参数无效: refund_amount")
+        out_request_no = str(biz.get("out_request_no") or trade.out_trade_no)
+        answer = {
+            "code": "10000",
+            "msg": "Success",
+            "trade_no": trade.trade_no,
+            "out_trade_no": trade.out_trade_no,
+            "buyer_logon_id": "tes***@example.com",
+        }
+        previous = trade.refunds.get(out_request_no)
+        if previous is not None:
+            # The same out_request_no refunds once; a repeat reports no fund change.
+            return answer | {
+                "fund_change": "N",
+                "refund_fee": fen_to_yuan(trade.refunded_fen),
+                "gmt_refund_pay": _fmt(previous.refunded_at),
+            }
+        if trade.status == "WAIT_BUYER_PAY":
+            raise _business("ACQ.TRADE_STATUS_ERROR", "交易状态不合法")
+        if trade.status == "TRADE_CLOSED":
+            raise _business("ACQ.TRADE_HAS_CLOSE", "交易已经关闭")
+        if "out_request_no" not in biz and refund_fen != trade.total_fen:
+            raise _business("ACQ.REFUND_AMT_NOT_EQUAL_TOTAL", "退款金额超限")
+        if trade.refunded_fen + refund_fen > trade.total_fen:
+            raise _business("ACQ.REASON_TRADE_REFUND_FEE_ERR", "退款金额无效")
+        now = datetime.now(UTC)
+        trade.refunds[out_request_no] = Refund(out_request_no, refund_fen, now)
+        if trade.refunded_fen == trade.total_fen:
+            trade.status = "TRADE_CLOSED"
+            trade.closed_at = now
+        self._notify(trade, self._trade_notification(trade, refund=trade.refunds[out_request_no]))
+        return answer | {
+            "fund_change": "Y",
+            "refund_fee": fen_to_yuan(trade.refunded_fen),
+            "gmt_refund_pay": _fmt(now),
+        }
+
+    def _refund_query(
+        self, trade: Trade | None, out_trade_no: str, out_request_no: str
+    ) -> dict[str, Any]:
+        answer: dict[str, Any] = {"code": "10000", "msg": "Success"}
+        refund = trade.refunds.get(out_request_no) if trade is not None else None
+        if trade is None or refund is None:
+            # Alipay answers an unknown refund with success and no refund_status.
+            return answer
+        return answer | {
+            "trade_no": trade.trade_no,
+            "out_trade_no": out_trade_no,
+            "out_request_no": out_request_no,
+            "total_amount": fen_to_yuan(trade.total_fen),
+            "refund_amount": fen_to_yuan(refund.amount_fen),
+            "refund_status": "REFUND_SUCCESS",
+            "gmt_refund_pay": _fmt(refund.refunded_at),
+        }
+
+    # --- cashier and QR pages -------------------------------------------------
+
+    async def _cashier(
+        self, request: Request, params: dict[str, str], outcome: str | None
+    ) -> Response:
+        try:
+            app_id = self._authenticate(params)
+            biz = _biz_content(params)
+            out_trade_no, total_fen, subject = _order_fields(biz)
+            _check_time_expire(biz)
+            product_code = _CASHIER_METHODS[params["method"]]
+            if biz.get("product_code") != product_code:
+                raise _business("ACQ.PRODUCT_CODE_ERROR", f"product_code 应为 {product_code}")
+            trade = self.trades.get((app_id, out_trade_no))
+            if trade is not None and (trade.total_fen, trade.subject) != (total_fen, subject):
+                raise _business("ACQ.CONTEXT_INCONSISTENT", "交易信息被篡改")
+        except GatewayRefusal as refusal:
+            return HTMLResponse(
+                _page(
+                    "支付宝 - 错误",
+                    f"<p>{html.escape(refusal.content['sub_code'])}: "
+                    f"{html.escape(refusal.content['sub_msg'])}</p>",
+                ),
+                status_code=400,
+            )
+        if trade is None:
+            trade = self._open_trade(app_id, out_trade_no, total_fen, subject, params)
+        if outcome is None:
+            return HTMLResponse(_pay_page(trade, action=str(request.url)))
+        return await self._settle_response(trade, outcome)
+
+    async def qr_page(self, request: Request) -> Response:
+        found = self.qr_codes.get(request.path_params["code"])
+        trade = self.trades.get(found) if found else None
+        if trade is None:
+            return HTMLResponse(_page("支付宝", "<p>二维码已失效</p>"), status_code=404)
+        if request.method == "GET":
+            return HTMLResponse(_pay_page(trade, action=str(request.url)))
+        _, outcome = await self._request_params(request)
+        return await self._settle_response(trade, outcome)
+
+    async def _settle_response(self, trade: Trade, outcome: str | None) -> Response:
+        if outcome not in ("success", "fail", "close"):
+            return HTMLResponse(_page("支付宝", "<p>outcome 应为 success, fail 或 close</p>"), 400)
+        try:
+            notification = self.settle(trade, outcome)
+        except ValueError as exc:
+            return HTMLResponse(_page("支付宝", f"<p>{html.escape(str(exc))}</p>"), 409)
+        if notification is not None:
+            await self._deliver(trade, notification)
+        text = {"success": "支付成功", "fail": "支付未完成", "close": "交易已关闭"}[outcome]
+        return HTMLResponse(_page("支付宝", f"<p>{text}: {html.escape(trade.out_trade_no)}</p>"))
+
+    def settle(self, trade: Trade, outcome: Outcome | str) -> Notification | None:
+        """Apply the payer's outcome; returns the notification Alipay would send."""
+        if trade.status != "WAIT_BUYER_PAY":
+            raise ValueError(f"交易状态为 {trade.status}, 不能再支付")
+        now = datetime.now(UTC)
+        if outcome == "success":
+            trade.status = "TRADE_SUCCESS"
+            trade.paid_at = now
+        elif outcome == "close":
+            trade.status = "TRADE_CLOSED"
+            trade.closed_at = now
+        else:
+            # A failed payment leaves the trade open for another try; Alipay sends nothing.
+            return None
+        notification = self._trade_notification(trade)
+        trade.notifications.append(notification)
+        return notification
+
+    def _trade_notification(self, trade: Trade, *, refund: Refund | None = None) -> Notification:
+        now = datetime.now(UTC)
+        params = {
+            "notify_time": _fmt(now),
+            "notify_type": "trade_status_sync",
+            "notify_id": secrets.token_hex(16),
+            "charset": "utf-8",
+            "version": "1.0",
+            "sign_type": "RSA2",
+            "app_id": trade.app_id,
+            "seller_id": self.seller_id,
+            "buyer_id": "2088102177846880",
+            "trade_no": trade.trade_no,
+            "out_trade_no": trade.out_trade_no,
+            "subject": trade.subject,
+            "trade_status": trade.status,
+            "total_amount": fen_to_yuan(trade.total_fen),
+            "gmt_create": _fmt(trade.created_at),
+        }
+        if trade.paid_at is not None:
+            params |= {
+                "gmt_payment": _fmt(trade.paid_at),
+                "receipt_amount": fen_to_yuan(trade.total_fen),
+                "buyer_pay_amount": fen_to_yuan(trade.total_fen),
+                "invoice_amount": fen_to_yuan(trade.total_fen),
+            }
+        if trade.closed_at is not None:
+            params["gmt_close"] = _fmt(trade.closed_at)
+        if refund is not None:
+            params |= {
+                "out_biz_no": refund.out_request_no,
+                "refund_fee": fen_to_yuan(trade.refunded_fen),
+                "gmt_refund": refund.refunded_at.astimezone(BEIJING).strftime(
+                    "%Y-%m-%d %H:%M:%S.%f"
+                )[:-3],
+            }
+        params["sign"] = sign(self.alipay_key, notification_string(params))
+        return Notification(params=params, notify_url=trade.notify_url or "")
+
+    def _notify(self, trade: Trade, notification: Notification) -> None:
+        trade.notifications.append(notification)
+        self._in_background(self._deliver(trade, notification))
+
+    def _in_background(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _deliver(
+        self, trade: Trade, notification: Notification, *, delay: float = 0.0
+    ) -> Delivery:
+        if delay:
+            await asyncio.sleep(delay)
+        notify_id = notification.params["notify_id"]
+        if not _is_loopback(notification.notify_url):
+            delivery = Delivery(trade.out_trade_no, notify_id, None, "not sent: not a loopback URL")
+        else:
+            try:
+                async with httpx.AsyncClient(timeout=10.0) as client:
+                    response = await client.post(
+                        notification.notify_url,
+                        content=notification.body.encode("utf-8"),
+                        headers={
+                            "content-type": "application/x-www-form-urlencoded; charset=utf-8"
+                        },
+                    )
+                delivery = Delivery(
+                    trade.out_trade_no, notify_id, response.status_code, response.text[:200]
+                )
+            except httpx.HTTPError as exc:
+                delivery = Delivery(trade.out_trade_no, notify_id, None, type(exc).__name__)
+        self.deliveries.append(delivery)
+        logger.info(
+            "notification %s for %s delivered: %s %s",
+            notify_id,
+            trade.out_trade_no,
+            delivery.status_code,
+            delivery.reply,
+        )
+        return delivery
+
+    # --- control endpoints ----------------------------------------------------
+
+    def _trade_for(self, request: Request) -> Trade | None:
+        out_trade_no = request.path_params["out_trade_no"]
+        app_id = request.query_params.get("app_id")
+        matches = [
+            t
+            for (a, o), t in self.trades.items()
+            if o == out_trade_no and (app_id is None or a == app_id)
+        ]
+        return matches[0] if len(matches) == 1 else None
+
+    async def control_settle(self, request: Request) -> Response:
+        """Settle a trade; ``deliver=0`` returns the notification without sending it."""
+        trade = self._trade_for(request)
+        if trade is None:
+            return JSONResponse({"error": "unknown trade"}, 404)
+        form = dict(parse_qsl((await request.body()).decode("utf-8")))
+        outcome = form.get("outcome")
+        if outcome not in ("success", "fail", "close"):
+            return JSONResponse({"error": "outcome must be success, fail or close"}, 400)
+        try:
+            notification = self.settle(trade, outcome)
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, 409)
+        delivered: dict[str, Any] | None = None
+        if notification is not None and form.get("deliver", "1") == "1":
+            delivered = _delivery_json(await self._deliver(trade, notification))
+        return JSONResponse(
+            {
+                "notification": notification.body if notification is not None else None,
+                "delivery": delivered,
+            }
+        )
+
+    async def control_notifications(self, request: Request) -> Response:
+        trade = self._trade_for(request)
+        if trade is None:
+            return JSONResponse({"error": "unknown trade"}, 404)
+        return JSONResponse(
+            {"notifications": [n.body for n in trade.notifications], "notify_url": trade.notify_url}
+        )
+
+    async def control_send(self, request: Request) -> Response:
+        """(Re)send notifications: ``index`` (default last), ``copies``, ``delay``,
+        ``order=newest_first`` to send all of them out of order."""
+        trade = self._trade_for(request)
+        if trade is None or not trade.notifications:
+            return JSONResponse({"error": "no notification for that trade"}, 404)
+        form = dict(parse_qsl((await request.body()).decode("utf-8")))
+        try:
+            copies = int(form.get("copies", "1"))
+            delay = float(form.get("delay", "0"))
+            index = int(form.get("index", str(len(trade.notifications) - 1)))
+            chosen = (
+                list(reversed(trade.notifications))
+                if form.get("order") == "newest_first"
+                else [trade.notifications[index]]
+            )
+        except (ValueError, IndexError):
+            return JSONResponse({"error": "bad index, copies or delay"}, 400)
+        if not 1 <= copies <= 20 or not 0 <= delay <= 600:
+            return JSONResponse({"error": "copies 1-20, delay 0-600 s"}, 400)
+        if delay:
+            for notification in chosen * copies:
+                self._in_background(self._deliver(trade, notification, delay=delay))
+            return JSONResponse({"scheduled": len(chosen) * copies}, 202)
+        deliveries = [
+            _delivery_json(await self._deliver(trade, notification))
+            for notification in chosen * copies
+        ]
+        return JSONResponse({"deliveries": deliveries})
+
+    async def control_faults(self, request: Request) -> Response:
+        """POST ``kind``, ``times``, optional ``method`` and ``seconds``; DELETE clears."""
+        if request.method == "DELETE":
+            self.faults.clear()
+            return JSONResponse({"faults": 0})
+        form = dict(parse_qsl((await request.body()).decode("utf-8")))
+        kind = form.get("kind", "")
+        if kind not in get_args(FaultKind):
+            return JSONResponse({"error": "unknown fault kind"}, 400)
+        try:
+            fault = Fault(
+                kind=cast(FaultKind, kind),
+                remaining=int(form.get("times", "1")),
+                method=form.get("method") or None,
+                seconds=float(form.get("seconds", "1")),
+            )
+        except ValueError:
+            return JSONResponse({"error": "times and seconds must be numbers"}, 400)
+        self.faults.append(fault)
+        return JSONResponse({"faults": len(self.faults)})
+
+    async def control_calls(self, request: Request) -> Response:
+        return JSONResponse(self.calls)
+
+    async def control_deliveries(self, request: Request) -> Response:
+        return JSONResponse([_delivery_json(d) for d in self.deliveries])
+
+    async def control_trade(self, request: Request) -> Response:
+        trade = self._trade_for(request)
+        if trade is None:
+            return JSONResponse({"error": "unknown trade"}, 404)
+        return JSONResponse(
+            {
+                "out_trade_no": trade.out_trade_no,
+                "trade_no": trade.trade_no,
+                "status": trade.status,
+                "total_fen": trade.total_fen,
+                "refunded_fen": trade.refunded_fen,
+                "refunds": {k: r.amount_fen for k, r in trade.refunds.items()},
+                "notifications": len(trade.notifications),
+            }
+        )
+
+    # --- helpers --------------------------------------------------------------
+
+    def _take_fault(self, api_method: str) -> Fault | None:
+        for fault in self.faults:
+            if fault.method in (None, api_method) and fault.remaining > 0:
+                fault.remaining -= 1
+                if fault.remaining == 0:
+                    self.faults.remove(fault)
+                return fault
+        return None
+
+    def _json_response(
+        self, member: str, content: Mapping[str, Any], *, signed: bool, wrong_key: bool = False
+    ) -> Response:
+        inner = json.dumps(content, ensure_ascii=False, separators=(",", ":"))
+        if not signed:
+            text = f'{{"{member}":{inner}}}'
+        else:
+            key = self.alipay_key
+            if wrong_key:
+                if self._wrong_key is None:
+                    self._wrong_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+                key = self._wrong_key
+            text = f'{{"{member}":{inner},"sign":"{sign(key, inner)}"}}'
+        return Response(text, media_type="text/html;charset=utf-8")
+
+
+def create_app(
+    *,
+    apps: Mapping[str, rsa.RSAPublicKey | str],
+    alipay_private_key: rsa.RSAPrivateKey | str,
+    seller_id: str = DEFAULT_SELLER_ID,
+    any_app_key: rsa.RSAPublicKey | str | None = None,
+) -> Starlette:
+    """The simulated gateway for the given apps (app_id -> merchant public key).
+
+    ``any_app_key``, when given, is the merchant key of every other app_id (the
+    demo shares one key pair between its branches). The
+    :class:`AlipaySimulator` behind the app is ``app.state.simulator``.
+    """
+    return AlipaySimulator(
+        apps=apps,
+        alipay_private_key=alipay_private_key,
+        seller_id=seller_id,
+        any_app_key=any_app_key,
+    ).app
+
+
+def _biz_content(params: Mapping[str, str]) -> dict[str, Any]:
+    raw = params.get("biz_content")
+    if not raw:
+        raise _missing("isv.missing-biz-content", "缺少biz_content参数")
+    try:
+        biz = json.loads(raw)
+    except ValueError:
+        raise _invalid("isv.invalid-parameter", "biz_content 不是合法的 JSON") from None
+    if not isinstance(biz, dict):
+        raise _invalid("isv.invalid-parameter", "biz_content 不是 JSON 对象")
+    return biz
+
+
+def _required(biz: Mapping[str, Any], name: str) -> str:
+    value = biz.get(name)
+    if not isinstance(value, str) or not value:
+        raise _business("ACQ.INVALID_PARAMETER", f"参数无效: {name}")
+    return value
+
+
+def _order_fields(biz: Mapping[str, Any]) -> tuple[str, int, str]:
+    out_trade_no = _required(biz, "out_trade_no")
+    if len(out_trade_no) > 64 or not all(
+        c.isascii() and (c.isalnum() or c == "_") for c in out_trade_no
+    ):
+        raise _business("ACQ.INVALID_PARAMETER", "参数无效: out_trade_no")
+    try:
+        total_fen = yuan_to_fen(_required(biz, "total_amount"))
+    except AmountError:
+        raise _business("ACQ.INVALID_PARAMETER", "参数无效: total_amount") from None
+    if not 1 <= total_fen <= MAX_FEN:
+        raise _business("ACQ.TOTAL_FEE_EXCEED", "订单金额超过限额")
+    subject = _required(biz, "subject")
+    if len(subject) > 256:
+        raise _business("ACQ.INVALID_PARAMETER", "参数无效: subject")
+    return out_trade_no, total_fen, subject
+
+
+def _check_time_expire(biz: Mapping[str, Any]) -> None:
+    value = biz.get("time_expire")
+    if value is None:
+        return
+    try:
+        expires = datetime.strptime(str(value), _TIME_FORMAT).replace(tzinfo=BEIJING)
+    except ValueError:
+        raise _business("ACQ.INVALID_PARAMETER", "参数无效: time_expire") from None
+    if expires <= datetime.now(UTC):
+        raise _business("ACQ.TRADE_HAS_CLOSE", "交易已经关闭")
+
+
+def _fmt(moment: datetime) -> str:
+    return moment.astimezone(BEIJING).strftime(_TIME_FORMAT)
+
+
+def _is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname
+    if host == "localhost":
+        return True
+    try:
+        return host is not None and ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _delivery_json(delivery: Delivery) -> dict[str, Any]:
+    return {
+        "out_trade_no": delivery.out_trade_no,
+        "notify_id": delivery.notify_id,
+        "status_code": delivery.status_code,
+        "reply": delivery.reply,
+    }
+
+
+def _page(title: str, content: str) -> str:
+    return (
+        f'<!doctype html><html lang="zh"><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<body><h1>{html.escape(title)}</h1>{content}</body></html>"
+    )
+
+
+def _pay_page(trade: Trade, *, action: str) -> str:
+    buttons = "".join(
+        f'<button name="outcome" value="{value}">{label}</button> '
+        for value, label in (("success", "确认付款"), ("fail", "付款失败"), ("close", "关闭交易"))
+    )
+    return _page(
+        "支付宝收银台 (模拟)",
+        f"<p>{html.escape(trade.subject)}</p><p>订单号 {html.escape(trade.out_trade_no)}</p>"
+        f"<p>¥ {fen_to_yuan(trade.total_fen)}</p>"
+        f'<form method="post" action="{html.escape(action)}">{buttons}</form>',
+    )
