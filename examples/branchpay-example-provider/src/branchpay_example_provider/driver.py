@@ -1,0 +1,55 @@
+"""Example Pay's GatewayDriver for branchpay's conformance kit."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Literal
+from urllib.parse import parse_qsl, urlencode
+
+import httpx
+
+from api.payments.provider import NotificationRequest
+from branchpay_example_provider import signing
+
+
+def _request(fields: dict[str, str]) -> NotificationRequest:
+    return NotificationRequest(
+        method="POST",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+        query={},
+        body=urlencode(fields).encode(),
+    )
+
+
+def _fields(notification: NotificationRequest) -> dict[str, str]:
+    return dict(parse_qsl(notification.body.decode()))
+
+
+class ExamplePayDriver:
+    def __init__(self, base_url: str, http: httpx.AsyncClient) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.http = http
+
+    async def settle(
+        self, out_trade_no: str, outcome: Literal["success", "fail", "close"]
+    ) -> NotificationRequest | None:
+        response = await self.http.post(
+            f"{self.base_url}/control/settle/{out_trade_no}", json={"outcome": outcome}
+        )
+        response.raise_for_status()
+        return _request(dict(parse_qsl(response.json()["body"])))
+
+    def forge(self, notification: NotificationRequest) -> NotificationRequest:
+        fields = _fields(notification)
+        fields["sign"] = signing.sign(secrets.token_bytes(32), fields)
+        return _request(fields)
+
+    def tamper(self, notification: NotificationRequest) -> NotificationRequest:
+        fields = _fields(notification)
+        fields["amount"] = str(int(fields["amount"]) + 100)
+        return _request(fields)
+
+    def unsigned(self, notification: NotificationRequest) -> NotificationRequest:
+        fields = _fields(notification)
+        del fields["sign"]
+        return _request(fields)

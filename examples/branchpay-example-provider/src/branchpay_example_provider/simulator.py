@@ -1,0 +1,205 @@
+"""Example Pay's gateway on loopback, for tests and demos: attempts live in memory.
+
+``POST /pay/{out_trade_no}`` with ``outcome=success|fail|close`` settles an
+attempt and posts the signed notification to its notify URL (a few tries);
+``POST /control/settle/{out_trade_no}`` does the same but returns the
+notification body instead of sending it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from branchpay_example_provider import signing
+
+_OUTCOMES = {
+    "success": ("PAID", "paid"),
+    "fail": ("FAILED", "failed"),
+    "close": ("CLOSED", "closed"),
+}
+
+
+@dataclass
+class _Attempt:
+    out_trade_no: str
+    amount: int
+    subject: str
+    notify_url: str
+    status: str = "WAITING"
+    refunds: dict[str, int] = field(default_factory=dict)
+
+
+def create_app(merchant_id: str, api_key: bytes) -> Starlette:
+    attempts: dict[str, _Attempt] = {}
+    deliveries: set[asyncio.Task[None]] = set()
+    clients: list[httpx.AsyncClient] = []
+
+    def answer(**fields: Any) -> JSONResponse:
+        return JSONResponse({**fields, "sign": signing.sign(api_key, fields)})
+
+    def notification(attempt: _Attempt, event: str, amount: int, **extra: str) -> bytes:
+        fields: dict[str, Any] = {
+            "notify_id": uuid.uuid4().hex,
+            "merchant_id": merchant_id,
+            "event": event,
+            "out_trade_no": attempt.out_trade_no,
+            "amount": amount,
+            "time": int(time.time()),
+            **extra,
+        }
+        return urlencode({**fields, "sign": signing.sign(api_key, fields)}).encode()
+
+    async def deliver(url: str, body: bytes) -> None:
+        headers = {"content-type": "application/x-www-form-urlencoded"}
+        for delay in (0.0, 0.5, 1.0):
+            await asyncio.sleep(delay)
+            with contextlib.suppress(httpx.HTTPError):
+                response = await clients[0].post(url, content=body, headers=headers)
+                if response.status_code == 200 and response.text == "success":
+                    return
+
+    def send(url: str, body: bytes) -> None:
+        task = asyncio.get_running_loop().create_task(deliver(url, body))
+        deliveries.add(task)
+        task.add_done_callback(deliveries.discard)
+
+    async def signed_request(request: Request) -> dict[str, Any] | None:
+        fields: dict[str, Any] = await request.json()
+        genuine = signing.is_genuine(api_key, fields) and fields.get("merchant_id") == merchant_id
+        return fields if genuine else None
+
+    async def create(request: Request) -> Response:
+        fields = await signed_request(request)
+        if fields is None:
+            return answer(result="BAD_SIGN")
+        out_trade_no = str(fields["out_trade_no"])
+        known = attempts.get(out_trade_no)
+        if known is not None and known.amount != fields["amount"]:
+            return answer(result="REFUSED", reason="out_trade_no reused")
+        attempts.setdefault(
+            out_trade_no,
+            _Attempt(
+                out_trade_no,
+                int(fields["amount"]),
+                str(fields["subject"]),
+                str(fields["notify_url"]),
+            ),
+        )
+        return answer(
+            result="OK", pay_url=f"{str(request.base_url).rstrip('/')}/pay/{out_trade_no}"
+        )
+
+    async def query(request: Request) -> Response:
+        fields = await signed_request(request)
+        if fields is None:
+            return answer(result="BAD_SIGN")
+        attempt = attempts.get(str(fields["out_trade_no"]))
+        if attempt is None:
+            return answer(result="NOT_FOUND")
+        return answer(
+            result="OK",
+            status=attempt.status,
+            amount=attempt.amount,
+            refunded=sum(attempt.refunds.values()),
+        )
+
+    async def close(request: Request) -> Response:
+        fields = await signed_request(request)
+        if fields is None:
+            return answer(result="BAD_SIGN")
+        attempt = attempts.get(str(fields["out_trade_no"]))
+        if attempt is None:
+            return answer(result="NOT_FOUND")
+        if attempt.status == "PAID":
+            return answer(result="REFUSED", reason="already paid")
+        if attempt.status == "WAITING":
+            attempt.status = "CLOSED"
+        return answer(result="OK")
+
+    async def refund(request: Request) -> Response:
+        fields = await signed_request(request)
+        if fields is None:
+            return answer(result="BAD_SIGN")
+        attempt = attempts.get(str(fields["out_trade_no"]))
+        if attempt is None or attempt.status != "PAID":
+            return answer(result="REFUSED", reason="not paid")
+        number, amount = str(fields["out_refund_no"]), int(fields["amount"])
+        if number in attempt.refunds:
+            # The same refund number is the same refund: answer it again, pay it once.
+            return answer(result="OK" if attempt.refunds[number] == amount else "REFUSED")
+        if amount <= 0 or sum(attempt.refunds.values()) + amount > attempt.amount:
+            return answer(result="REFUSED", reason="more than was paid")
+        attempt.refunds[number] = amount
+        notify_url = str(fields.get("notify_url") or attempt.notify_url)
+        send(notify_url, notification(attempt, "refunded", amount, out_refund_no=number))
+        return answer(result="OK")
+
+    def settle(out_trade_no: str, outcome: str) -> tuple[_Attempt, bytes] | Response:
+        attempt = attempts.get(out_trade_no)
+        if attempt is None or outcome not in _OUTCOMES:
+            return PlainTextResponse("no such attempt or outcome", status_code=404)
+        if attempt.status != "WAITING":
+            return PlainTextResponse(f"already {attempt.status}", status_code=409)
+        attempt.status, event = _OUTCOMES[outcome]
+        return attempt, notification(attempt, event, attempt.amount)
+
+    async def pay_page(request: Request) -> Response:
+        attempt = attempts.get(request.path_params["out_trade_no"])
+        if attempt is None:
+            return HTMLResponse("<h1>No such payment</h1>", status_code=404)
+        buttons = "".join(f'<button name="outcome" value="{o}">{o}</button>' for o in _OUTCOMES)
+        return HTMLResponse(
+            f"<h1>Example Pay</h1><p>{attempt.amount / 100:.2f} CNY</p>"
+            f'<form method="post">{buttons}</form>'
+        )
+
+    async def pay(request: Request) -> Response:
+        form = await request.form()
+        settled = settle(request.path_params["out_trade_no"], str(form.get("outcome", "")))
+        if isinstance(settled, Response):
+            return settled
+        attempt, body = settled
+        send(attempt.notify_url, body)
+        return HTMLResponse(f"<h1>Payment {attempt.status.lower()}</h1>")
+
+    async def control_settle(request: Request) -> Response:
+        data = await request.json()
+        settled = settle(request.path_params["out_trade_no"], str(data.get("outcome", "")))
+        if isinstance(settled, Response):
+            return settled
+        return JSONResponse({"body": settled[1].decode()})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            clients.append(client)
+            yield
+            for task in list(deliveries):
+                task.cancel()
+            await asyncio.gather(*deliveries, return_exceptions=True)
+
+    return Starlette(
+        routes=[
+            Route("/orders", create, methods=["POST"]),
+            Route("/orders/query", query, methods=["POST"]),
+            Route("/orders/close", close, methods=["POST"]),
+            Route("/refunds", refund, methods=["POST"]),
+            Route("/pay/{out_trade_no}", pay_page, methods=["GET"]),
+            Route("/pay/{out_trade_no}", pay, methods=["POST"]),
+            Route("/control/settle/{out_trade_no}", control_settle, methods=["POST"]),
+        ],
+        lifespan=lifespan,
+    )

@@ -1,0 +1,91 @@
+"""The example provider package, installed by pip into a fresh venv, is found and conforms."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from providers.kit.venv import EXAMPLE_PROJECT, create_venv, install_example
+
+DISCOVER = """
+import json, pluggy
+from api.plugins import hookspecs
+pm = pluggy.PluginManager(hookspecs.PROJECT)
+pm.add_hookspecs(hookspecs)
+pm.load_setuptools_entrypoints("branchpay.providers", name="example")
+providers = [cls for result in pm.hook.register_providers() for cls in result]
+module = pm.get_plugin("example")
+print(json.dumps({
+    "distributions": [dist.project_name for _, dist in pm.list_plugin_distinfo()],
+    "providers": [[c.name, c.display_name, [m.value for m in c.methods]] for c in providers],
+    "module_file": module.__file__,
+    "plugin_api": module.BRANCHPAY_PLUGIN_API,
+}))
+"""
+
+
+@pytest.fixture(scope="module")
+def example_venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+    root = tmp_path_factory.mktemp("example-venv") / "venv"
+    python = create_venv(root)
+    yield root, python
+
+
+def _run(python: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(python), *args], capture_output=True, text=True, timeout=240, cwd=cwd
+    )
+
+
+def test_pip_installs_it_and_a_fresh_process_finds_it_by_entry_point(
+    example_venv: tuple[Path, Path],
+) -> None:
+    root, python = example_venv
+    before = _run(python, "-c", "import branchpay_example_provider")
+    assert before.returncode != 0, "the example must not be importable before pip installs it"
+
+    install_example(python)
+
+    found = _run(python, "-c", DISCOVER)
+    assert found.returncode == 0, found.stderr
+    report = json.loads(found.stdout)
+    assert report["distributions"] == ["branchpay-example-provider"]
+    assert report["providers"] == [["example", "Example Pay", ["QR_CODE", "PAGE"]]]
+    assert report["plugin_api"] == 1
+    installed_at = Path(report["module_file"]).resolve()
+    assert installed_at.is_relative_to(root.resolve()), "imported from outside the venv"
+    assert not installed_at.is_relative_to(EXAMPLE_PROJECT), "imported from the source tree"
+    assert not list(EXAMPLE_PROJECT.glob("src/*.egg-info")), "the build littered the source tree"
+
+
+def test_its_conformance_suite_passes_in_that_venv(example_venv: tuple[Path, Path]) -> None:
+    _, python = example_venv
+    installed = _run(python, "-m", "pip", "show", "branchpay-example-provider")
+    if installed.returncode != 0:
+        install_example(python)
+    result = _run(
+        python,
+        "-m",
+        "pytest",
+        str(EXAMPLE_PROJECT / "tests"),
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        cwd=EXAMPLE_PROJECT,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    passed = re.search(r"(\d+) passed", result.stdout)
+    assert passed and int(passed.group(1)) >= 19, result.stdout[-2000:]
+    assert "skipped" not in result.stdout
+
+
+def test_the_project_environment_does_not_have_it() -> None:
+    from importlib import metadata
+
+    with pytest.raises(metadata.PackageNotFoundError):
+        metadata.distribution("branchpay-example-provider")
