@@ -50,6 +50,10 @@ class Keys:
         return private_pem(self.merchant)
 
     @property
+    def stranger_pem(self) -> str:
+        return private_pem(self.stranger)
+
+    @property
     def platform_pem(self) -> str:
         return private_pem(self.platform)
 
