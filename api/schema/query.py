@@ -44,8 +44,34 @@ def _aware(value: datetime | None, name: str) -> datetime | None:
     return value
 
 
+@strawberry.type(
+    description="The plugins.toml in force, and why a newer file is not, if it is not."
+)
+class ConfigStatus:
+    ok: bool = strawberry.field(description="The file as it is on disk now is in force.")
+    path: str
+    loaded_at: datetime = strawberry.field(
+        description="When the configuration in force was loaded."
+    )
+    generation: int = strawberry.field(description="Counts successful loads since start-up.")
+    error: str | None = strawberry.field(
+        description="Why the file on disk was rejected; the last good configuration keeps serving."
+    )
+
+
 @strawberry.type
 class Query:
+    @strawberry.field(description="The state of plugins.toml: live reloads and rejected edits.")
+    def config_status(self, info: Info[Context, None]) -> ConfigStatus:
+        status = info.context.request.app.state.registry.status
+        return ConfigStatus(
+            ok=status.ok,
+            path=str(status.path),
+            loaded_at=status.loaded_at,
+            generation=status.generation,
+            error=status.error,
+        )
+
     @strawberry.field(description="Every branch, in plugins.toml order.")
     def branches(self, info: Info[Context, None]) -> list[Branch]:
         return [Branch.from_view(view) for view in info.context.services.branches().values()]
