@@ -48,7 +48,7 @@ def platform_key() -> rsa.RSAPrivateKey:
     return rsa_key("platform")
 
 
-def settings_for(gateway: str, **overrides: Any) -> AlipaySettings:
+def settings_for(gateway: str, /, **overrides: Any) -> AlipaySettings:
     values: dict[str, Any] = {
         "app_id": APP_ID,
         "private_key": private_key_pem(app_key()),
