@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 import shutil
 import tomllib
@@ -30,7 +31,7 @@ INTENDED = {
     "sc": [("wechatpay", True), ("sandbox", True)],
     "cq": [("sandbox", True), ("alipay", False)],
 }
-COMMENTED_OUT = re.compile(r"^# (\[branches\.[^\]]+\]|[a-z_]+ = .*)$", re.MULTILINE)
+COMMENTED_OUT = re.compile(r"^# (\[branches\.[^\]]+\]|[a-z0-9_]+ = .*)$", re.MULTILINE)
 
 
 def test_shipped_file_loads_with_the_sandbox(tmp_path: Path) -> None:
@@ -66,5 +67,23 @@ def test_commented_out_adapters_are_in_each_branchs_order() -> None:
     offered = {
         code: [(name, table["enabled"]) for name, table in branch["providers"].items()]
         for code, branch in document["branches"].items()
+    }
+    assert offered == INTENDED
+
+
+def test_commented_out_adapters_load_with_the_demo_keys(tmp_path: Path) -> None:
+    """Uncommented, the intended tables are valid settings for the installed adapters."""
+    path = tmp_path / "plugins.toml"
+    path.write_text(COMMENTED_OUT.sub(r"\1", SHIPPED.read_text()))
+    secrets = tmp_path / ".data" / "secrets"
+    for provider in ("sandbox", "alipay", "wechatpay", "unionpay"):
+        demo = importlib.import_module(f"providers.{provider}.demo")
+        demo.ensure_demo_keys(secrets)
+
+    config = load_config(path, installed_providers(load_plugin_manager()))
+
+    offered = {
+        code: [(name, provider.enabled) for name, provider in branch.providers.items()]
+        for code, branch in config.branches.items()
     }
     assert offered == INTENDED
