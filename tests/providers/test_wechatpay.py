@@ -48,6 +48,7 @@ from api.payments.provider import (
     RefundRequest,
     RefundState,
 )
+from api.plugins.config import ConfigError, load_config
 from providers.kit.loopback import LoopbackServer
 from providers.wechatpay import WechatpayProvider, WechatpaySettings, demo, signing
 from providers.wechatpay.driver import WechatpayDriver
@@ -854,21 +855,55 @@ async def test_demo_keys_and_simulator_work_end_to_end(
     assert before == {p.name: p.read_bytes() for p in secrets_dir.iterdir()}
 
     with LoopbackServer(demo.demo_simulator(secrets_dir)) as server:
-        branch_settings = WechatpaySettings(
-            mchid=demo.DEMO_MCHID,
-            appid=demo.DEMO_APPID,
-            private_key=(secrets_dir / demo.MERCHANT_KEY_FILE).read_text(),  # type: ignore[arg-type]
-            cert_serial_no=demo.DEMO_CERT_SERIAL_NO,
-            apiv3_key=(secrets_dir / demo.APIV3_KEY_FILE).read_text(),  # type: ignore[arg-type]
-            platform_public_key=(secrets_dir / demo.PLATFORM_PUBLIC_FILE).read_text(),
-            platform_public_key_id=demo.DEMO_PLATFORM_PUBLIC_KEY_ID,
-            gateway=server.url,
-        )
+        branch_settings = settings_from_plugins_toml(tmp_path, server.url)
         provider = WechatpayProvider(branch_settings, branch="zj", http=http)
-        request = order()
-        action = await provider.create_payment(request)
-        assert action.qr_code == f"{server.url}/pay/{request.out_trade_no}"
-        page = await http.get(action.qr_code)
-        assert "88.00" in page.text
-        await http.post(action.qr_code, data={"outcome": "success", "deliver": "0"})
+        notify = NotifyReceiver(provider, asyncio.get_running_loop())
+        with LoopbackServer(notify.app) as branchpay:
+            request = order(notify_url=f"{branchpay.url}/notify/wechatpay/zj")
+            action = await provider.create_payment(request)
+            assert action.qr_code == f"{server.url}/pay/{request.out_trade_no}"
+            page = await http.get(action.qr_code)
+            assert "88.00" in page.text
+            await http.post(action.qr_code, data={"outcome": "success"})
+            verdict = await notify.next()
+        assert verdict.event is not None and verdict.event.out_trade_no == request.out_trade_no
         assert (await provider.query(request.out_trade_no)).state is AttemptState.SUCCEEDED
+
+
+def settings_from_plugins_toml(root: Path, gateway: str) -> WechatpaySettings:
+    """The demo branch's table, read the way branchpay reads plugins.toml."""
+    path = root / "plugins.toml"
+    path.write_text(
+        f"""
+[branches.zj]
+name = "China Mobile Zhejiang"
+province = "Zhejiang"
+operator = "China Mobile"
+
+[branches.zj.providers.wechatpay]
+enabled = true
+mchid = "{demo.DEMO_MCHID}"
+appid = "{demo.DEMO_APPID}"
+private_key = {{ file = "secrets/{demo.MERCHANT_KEY_FILE}" }}
+cert_serial_no = "{demo.DEMO_CERT_SERIAL_NO}"
+apiv3_key = {{ file = "secrets/{demo.APIV3_KEY_FILE}" }}
+platform_public_key = {{ file = "secrets/{demo.PLATFORM_PUBLIC_FILE}" }}
+platform_public_key_id = "{demo.DEMO_PLATFORM_PUBLIC_KEY_ID}"
+gateway = "{gateway}"
+"""
+    )
+    config = load_config(path, {"wechatpay": WechatpayProvider})
+    loaded = config.branches["zj"].providers["wechatpay"].settings
+    assert isinstance(loaded, WechatpaySettings)
+    return loaded
+
+
+def test_plugins_toml_with_a_bad_apiv3_key_names_the_field_not_the_key(tmp_path: Path) -> None:
+    secrets_dir = tmp_path / "secrets"
+    demo.ensure_demo_keys(secrets_dir)
+    (secrets_dir / demo.APIV3_KEY_FILE).write_text("too-short-apiv3-key")
+    with pytest.raises(ConfigError) as caught:
+        settings_from_plugins_toml(tmp_path, "http://127.0.0.1:8011")
+    message = str(caught.value)
+    assert "apiv3_key" in message and "32 bytes" in message
+    assert "too-short-apiv3-key" not in message
