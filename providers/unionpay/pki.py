@@ -24,6 +24,7 @@ class Chain:
     """UnionPay's side (root, middle, signing key and certificate) and one merchant's."""
 
     root_cert: x509.Certificate
+    middle_key: rsa.RSAPrivateKey
     middle_cert: x509.Certificate
     platform_key: rsa.RSAPrivateKey
     platform_cert: x509.Certificate
@@ -69,6 +70,7 @@ def issue_chain(owner: str = message.UNIONPAY_CERT_OWNER) -> Chain:
     platform_key, merchant_key = new_key(), new_key()
     return Chain(
         root_cert=issue(root_cn, root_key, root_cn, root_key, ca=True),
+        middle_key=middle_key,
         middle_cert=issue(middle_cn, middle_key, root_cn, root_key, ca=True),
         platform_key=platform_key,
         platform_cert=issue(platform_cn(owner), platform_key, middle_cn, middle_key, ca=False),
