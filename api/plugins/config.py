@@ -83,14 +83,10 @@ class ConfigError(Exception):
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
-        super().__init__("\n".join(problems))
+        super().__init__(*problems)
 
     def __str__(self) -> str:
-        count = len(self.problems)
-        heading = "1 problem" if count == 1 else f"{count} problems"
-        return f"invalid plugins configuration ({heading}):\n" + "\n".join(
-            f"  {problem}" for problem in self.problems
-        )
+        return "\n".join(self.problems)
 
 
 @dataclass(frozen=True, slots=True)

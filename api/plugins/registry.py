@@ -49,6 +49,7 @@ SETTLE_SECONDS = 0.1
 # How often the watcher looks at the file even without an event (events can be
 # missed on network file systems and across some rename sequences).
 TICK_MILLISECONDS = 500
+RESTART_SECONDS = 1.0
 
 Subscriber = Callable[[PluginsConfig], None]
 # Content is part of it: timestamps are too coarse to tell two quick writes apart.
@@ -182,20 +183,23 @@ class ProviderRegistry:
         Watches the file's directory rather than the file, so editors that save
         by writing a new file and renaming it over the old one are followed.
         """
-        async for _changes in awatch(
-            self._path.parent,
-            watch_filter=self._is_config_file,
-            debounce=300,
-            step=50,
-            rust_timeout=TICK_MILLISECONDS,
-            yield_on_timeout=True,
-            recursive=False,
-        ):
-            self._watching.set()
+        while True:
             try:
-                await self._reload_if_changed()
+                async for _changes in awatch(
+                    self._path.parent,
+                    watch_filter=self._is_config_file,
+                    debounce=300,
+                    step=50,
+                    rust_timeout=TICK_MILLISECONDS,
+                    yield_on_timeout=True,
+                    recursive=False,
+                ):
+                    self._watching.set()
+                    await self._reload_if_changed()
             except Exception:
-                logger.exception("%s: reload failed; configuration in force kept", self._path)
+                # Live reload must outlive a vanished directory or a watcher fault.
+                logger.exception("%s: watching failed; starting again", self._path)
+                await asyncio.sleep(RESTART_SECONDS)
 
     def _is_config_file(self, _change: Change, changed: str) -> bool:
         return Path(changed).name == self._path.name
