@@ -4,7 +4,8 @@
 :class:`~api.payments.provider.Provider` instance for every provider a branch
 configures (enabled or not: a disabled provider still handles notifications,
 refunds and queries of payments it started). Reloading builds a complete new
-set first and then swaps it in with one assignment, so a reader sees either the
+set first (keeping the instances whose settings did not change) and then swaps
+it in with one assignment, so a reader sees either the
 old set or the new one, never a mixture, and a request never fails because a
 reload is under way. An invalid file is rejected: the last good set keeps
 serving and the problems stay in :attr:`ProviderRegistry.status` until a valid
@@ -242,10 +243,19 @@ class ProviderRegistry:
         problems: list[str] = []
         instances: dict[tuple[str, str], Provider] = {}
         enabled: dict[str, list[type[Provider]]] = {}
+        previous = self._current.instances if self._current else {}
         for code, branch in config.branches.items():
             enabled[code] = []
             for name, provider_config in branch.providers.items():
                 cls = self.installed[name]
+                kept = previous.get((code, name))
+                # An instance whose settings did not change is kept, with whatever
+                # it has cached (tokens, platform certificates).
+                if type(kept) is cls and kept.settings == provider_config.settings:
+                    instances[code, name] = kept
+                    if provider_config.enabled:
+                        enabled[code].append(cls)
+                    continue
                 try:
                     instances[code, name] = cls(
                         provider_config.settings, branch=code, http=self._http

@@ -109,15 +109,20 @@ async def test_valid_change_applies_within_two_seconds(
 ) -> None:
     seen: list[PluginsConfig] = []
     watched.subscribe(seen.append)
-    before = watched.provider("zj", "cardpay")
+    unchanged = watched.provider("zj", "cardpay")
+    changed = watched.provider("bj", "cardpay")
 
-    watched.path.write_text(valid_text.replace("enabled = false", "enabled = true"))
+    text = valid_text.replace("enabled = false", "enabled = true")
+    watched.path.write_text(text.replace('merchant_id = "100002"', 'merchant_id = "100003"'))
     await eventually(lambda: watched.status.generation == 2)
 
     assert names(watched.enabled("zj")) == ["cardpay", "wallet"]
     assert watched.status.ok
     assert [config.branches["zj"].enabled_providers() for config in seen] == [["cardpay", "wallet"]]
-    assert watched.provider("zj", "cardpay") is not before  # rebuilt from the new file
+    assert watched.provider("zj", "cardpay") is unchanged  # same settings: instance kept
+    rebuilt = watched.provider("bj", "cardpay")
+    assert rebuilt is not changed
+    assert rebuilt is not None and rebuilt.settings.merchant_id == "100003"  # type: ignore[attr-defined]
 
 
 async def test_editor_saving_through_rename_is_followed(
