@@ -24,6 +24,7 @@ from typing import Any, NoReturn
 from urllib.parse import quote
 
 import httpx
+from pydantic import BaseModel
 
 from api.payments.provider import (
     ActionKind,
@@ -166,10 +167,11 @@ class WechatpayProvider(Provider):
     methods = (PaymentMethod.QR_CODE, PaymentMethod.WAP, PaymentMethod.APP)
     Settings = WechatpaySettings
 
-    def __init__(self, settings: Any, *, branch: str, http: httpx.AsyncClient) -> None:
+    def __init__(self, settings: BaseModel, *, branch: str, http: httpx.AsyncClient) -> None:
         if not isinstance(settings, WechatpaySettings):
             raise TypeError("WechatpayProvider needs WechatpaySettings")
         super().__init__(settings, branch=branch, http=http)
+        # ``self.settings`` is typed as the base model; this is the same object, typed.
         self.config = settings
         self._merchant_key = load_merchant_key(settings.private_key.get_secret_value())
         self._platform_key = load_platform_key(settings.platform_public_key)
@@ -414,18 +416,21 @@ class WechatpayProvider(Provider):
     def _event(self, envelope: dict[str, Any], fact: dict[str, Any]) -> ProviderEvent | None:
         event_type = _text(envelope, "event_type")
         if event_type.startswith("TRANSACTION."):
-            return self._payment_event(event_type, fact)
+            return self._payment_event(event_type, envelope, fact)
         if event_type in _REFUND_EVENTS:
             return self._refund_event(event_type, envelope, fact)
         return None
 
-    def _payment_event(self, event_type: str, fact: dict[str, Any]) -> ProviderEvent | None:
+    def _payment_event(
+        self, event_type: str, envelope: dict[str, Any], fact: dict[str, Any]
+    ) -> ProviderEvent | None:
         if fact.get("appid") != self.config.appid:
             raise Malformed("appid is not this branch's app id")
         out_trade_no = _text(fact, "out_trade_no")
         amount = _object(fact, "amount")
         total = fen(amount.get("total"))
-        if amount.get("currency") != CURRENCY:
+        # Domestic WeChat Pay settles in CNY only: absent means CNY, anything else is wrong.
+        if amount.get("currency", CURRENCY) != CURRENCY:
             raise Malformed("currency is not CNY")
         if event_type != "TRANSACTION.SUCCESS" or fact.get("trade_state") != "SUCCESS":
             return None
@@ -436,7 +441,7 @@ class WechatpayProvider(Provider):
             out_trade_no=out_trade_no,
             amount_fen=total,
             currency=CURRENCY,
-            occurred_at=parse_time(fact.get("success_time")),
+            occurred_at=parse_time(fact.get("success_time") or envelope.get("create_time")),
             provider_trade_no=transaction_id,
             detail={"event_type": event_type, "trade_type": fact.get("trade_type")},
         )

@@ -14,11 +14,12 @@ import socket
 import stat
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -595,7 +596,32 @@ async def test_oversized_body_is_rejected_before_any_work(
     await assert_rejected(provider, driver.resign(huge), "larger", caplog, keys)
 
 
-@pytest.mark.parametrize("amount", [8800.0, "8800", True, -8800])
+def rewritten(
+    genuine: NotificationRequest,
+    driver: WechatpayDriver,
+    keys: Keys,
+    change: Callable[[dict[str, Any], dict[str, Any]], None],
+) -> NotificationRequest:
+    """The callback as the platform itself would sign and encrypt it, with ``change`` applied.
+
+    ``change`` gets the envelope and the decrypted resource and edits them in place.
+    """
+    envelope = json.loads(genuine.body)
+    resource = envelope["resource"]
+    key = keys.apiv3_key.encode()
+    plaintext = signing.decrypt_resource(
+        key, resource["ciphertext"], nonce=resource["nonce"], associated_data="transaction"
+    )
+    assert plaintext is not None
+    fact = json.loads(plaintext)
+    change(envelope, fact)
+    resource["ciphertext"] = signing.encrypt_resource(
+        key, json.dumps(fact).encode(), nonce=resource["nonce"], associated_data="transaction"
+    )
+    return driver.resign(replace(genuine, body=json.dumps(envelope).encode()))
+
+
+@pytest.mark.parametrize("amount", [8800.0, "8800", True, -8800, None])
 async def test_callback_amount_must_be_integer_fen(
     provider: WechatpayProvider,
     driver: WechatpayDriver,
@@ -603,28 +629,45 @@ async def test_callback_amount_must_be_integer_fen(
     keys: Keys,
     amount: object,
 ) -> None:
-    """Signed and encrypted by the platform's own keys, yet not an amount WeChat Pay sends."""
+    """Signed and encrypted with the platform's own keys, yet not an amount WeChat Pay sends."""
     _, genuine = await paid(provider, driver)
-    envelope = json.loads(genuine.body)
-    resource = envelope["resource"]
-    fact = json.loads(
-        signing.decrypt_resource(
-            keys.apiv3_key.encode(),
-            resource["ciphertext"],
-            nonce=resource["nonce"],
-            associated_data=resource["associated_data"],
-        )
-        or b""
-    )
-    fact["amount"]["total"] = amount
-    resource["ciphertext"] = signing.encrypt_resource(
-        keys.apiv3_key.encode(),
-        json.dumps(fact).encode(),
-        nonce=resource["nonce"],
-        associated_data=resource["associated_data"],
-    )
-    odd = driver.resign(replace(genuine, body=json.dumps(envelope).encode()))
+
+    def set_amount(envelope: dict[str, Any], fact: dict[str, Any]) -> None:
+        fact["amount"]["total"] = amount
+
+    odd = rewritten(genuine, driver, keys, set_amount)
     await assert_rejected(provider, odd, "integer count of fen", caplog, keys)
+
+
+async def test_callback_in_another_currency_is_rejected(
+    provider: WechatpayProvider,
+    driver: WechatpayDriver,
+    caplog: pytest.LogCaptureFixture,
+    keys: Keys,
+) -> None:
+    _, genuine = await paid(provider, driver)
+
+    def in_dollars(envelope: dict[str, Any], fact: dict[str, Any]) -> None:
+        fact["amount"]["currency"] = "USD"
+
+    await assert_rejected(
+        provider, rewritten(genuine, driver, keys, in_dollars), "CNY", caplog, keys
+    )
+
+
+async def test_genuine_callbacks_with_nothing_to_apply_give_no_event(
+    provider: WechatpayProvider, driver: WechatpayDriver, keys: Keys
+) -> None:
+    _, genuine = await paid(provider, driver)
+
+    def not_paid(envelope: dict[str, Any], fact: dict[str, Any]) -> None:
+        fact["trade_state"] = "NOTPAY"
+
+    def other_event(envelope: dict[str, Any], fact: dict[str, Any]) -> None:
+        envelope["event_type"] = "MARKETING.COUPON.USED"
+
+    for change in (not_paid, other_event):
+        assert await provider.parse_notification(rewritten(genuine, driver, keys, change)) is None
 
 
 def test_accepting_reply_is_wechat_json(provider: WechatpayProvider) -> None:
