@@ -295,3 +295,33 @@ async def test_provider_that_cannot_start_rejects_the_file(
         f"{registry.path}: [branches.bj.providers.fragile] provider could not start with these"
         " settings: ValueError: invalid value (details withheld: they would reveal a secret)"
     )
+
+
+async def test_symlink_swap_without_an_event_for_the_file_is_seen(
+    config_dir: Path,
+    valid_text: str,
+    pm: pluggy.PluginManager,
+    http: httpx.AsyncClient,
+) -> None:
+    """A Kubernetes ConfigMap volume swaps a ``..data`` link; no event names plugins.toml."""
+    for version, name in (("v1", "China Mobile Zhejiang"), ("v2", "Zhejiang v2")):
+        (config_dir / version).mkdir()
+        text = valid_text.replace('name = "China Mobile Zhejiang"', f'name = "{name}"')
+        (config_dir / version / "plugins.toml").write_text(text)
+    (config_dir / "..data").symlink_to("v1")
+    path = config_dir / "plugins.toml"
+    path.symlink_to("..data/plugins.toml")
+    registry = ProviderRegistry(path, pm, http)
+    registry.load()
+    task = asyncio.create_task(registry.watch())
+    try:
+        await asyncio.wait_for(registry.wait_until_watching(), timeout=5)
+        (config_dir / "..data_tmp").symlink_to("v2")
+        os.replace(config_dir / "..data_tmp", config_dir / "..data")
+        await eventually(lambda: registry.status.generation == 2)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    branch = registry.branch("zj")
+    assert branch is not None and branch.name == "Zhejiang v2"
