@@ -49,7 +49,7 @@ class AlipaySettings(BaseModel):
         try:
             load_private_key(value.get_secret_value())
         except KeyFormatError as exc:
-            raise ValueError(f"private_key: {exc}") from None
+            raise ValueError(str(exc)) from None
         return value
 
     @field_validator("alipay_public_key")
@@ -58,7 +58,7 @@ class AlipaySettings(BaseModel):
         try:
             load_public_key(value)
         except KeyFormatError as exc:
-            raise ValueError(f"alipay_public_key: {exc}") from None
+            raise ValueError(str(exc)) from None
         return value
 
     @field_validator("gateway")
