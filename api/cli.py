@@ -28,10 +28,17 @@ def export_schema(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def store_uri(settings: Settings) -> Iterator[str]:
-    """The configured MongoDB, or the embedded store started for as long as we run."""
+def store_uri(settings: Settings, *, reuse_running: bool = False) -> Iterator[str]:
+    """The configured MongoDB, or the embedded store started for as long as we run.
+
+    With ``reuse_running`` an admin command talks to the embedded store that a
+    running ``make run`` already serves on the port, instead of starting one.
+    """
     if settings.mongodb_uri:
         yield settings.mongodb_uri
+        return
+    if reuse_running and devdb.port_in_use(settings.db_port):
+        yield f"mongodb://127.0.0.1:{settings.db_port}/?directConnection=true"
         return
     storage = settings.data_dir / "db"
     console.print(
@@ -140,6 +147,12 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return admin.config_check(args)
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    from api.security import admin
+
+    return admin.keys(args)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="branchpay", description=__doc__)
     commands = top.add_subparsers(dest="command", required=True)
@@ -179,6 +192,18 @@ def parser() -> argparse.ArgumentParser:
     config_sub = config.add_subparsers(dest="config_command", required=True)
     check = config_sub.add_parser("check", help="validate plugins.toml and exit non-zero on errors")
     check.set_defaults(run=cmd_config_check)
+    keys = commands.add_parser("keys", help="partner API keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser(
+        "create", help="create a key; it is printed once, on the last line"
+    )
+    create.add_argument("--role", required=True, choices=["partner", "branch_admin", "ops"])
+    create.add_argument("--branch", action="append", default=[], help="a branch code; repeatable")
+    create.add_argument("--name", required=True, help="unique name, shown in the audit log")
+    create.set_defaults(run=cmd_keys)
+    revoke = keys_sub.add_parser("revoke", help="revoke a key at once")
+    revoke.add_argument("name")
+    revoke.set_defaults(run=cmd_keys)
     return top
 
 

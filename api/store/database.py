@@ -8,6 +8,8 @@ from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
+from api.security.audit import AuditLog
+from api.security.keys import KeyRing
 from api.store.catalog import CatalogRepository
 from api.store.orders import OrderRepository
 
@@ -41,6 +43,7 @@ INDEXES: dict[str, list[IndexModel]] = {
         ),
         IndexModel([("status", ASCENDING), ("expiresAt", ASCENDING)], name="status_expires"),
     ],
+    "api_keys": [IndexModel([("name", ASCENDING)], unique=True, name="name")],
     "offerings": [
         IndexModel(
             [("branch", ASCENDING), ("kind", ASCENDING), ("sort", ASCENDING)], name="branch_kind"
@@ -57,6 +60,8 @@ class Store:
         self.db: AsyncDatabase[Document] = client[database]
         self.orders = OrderRepository(self.db["orders"])
         self.catalog = CatalogRepository(self.db["offerings"])
+        self.keys = KeyRing(self.db["api_keys"])
+        self.audit = AuditLog(self.db["audit_log"])
 
     @classmethod
     def connect(cls, uri: str, database: str, **client_options: Any) -> Store:
