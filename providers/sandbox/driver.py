@@ -8,11 +8,11 @@ import secrets
 import httpx
 
 from api.payments.provider import NotificationRequest
-from providers.kit.driver import SettleOutcome
+from providers.kit.driver import GatewayDriver, SettleOutcome
 from providers.sandbox import signing
 
 
-class SandboxDriver:
+class SandboxDriver(GatewayDriver):
     """Settles attempts through ``/control`` and spoils notifications for the kit."""
 
     def __init__(self, base_url: str, http: httpx.AsyncClient) -> None:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import secrets
-from typing import Literal
 from urllib.parse import parse_qsl, urlencode
 
 import httpx
 
 from api.payments.provider import NotificationRequest
 from branchpay_example_provider import signing
+from providers.kit.driver import GatewayDriver, SettleOutcome
 
 
 def _request(fields: dict[str, str]) -> NotificationRequest:
@@ -25,14 +25,12 @@ def _fields(notification: NotificationRequest) -> dict[str, str]:
     return dict(parse_qsl(notification.body.decode()))
 
 
-class ExamplePayDriver:
+class ExamplePayDriver(GatewayDriver):
     def __init__(self, base_url: str, http: httpx.AsyncClient) -> None:
         self.base_url = base_url.rstrip("/")
         self.http = http
 
-    async def settle(
-        self, out_trade_no: str, outcome: Literal["success", "fail", "close"]
-    ) -> NotificationRequest | None:
+    async def settle(self, out_trade_no: str, outcome: SettleOutcome) -> NotificationRequest | None:
         response = await self.http.post(
             f"{self.base_url}/control/settle/{out_trade_no}", json={"outcome": outcome}
         )
