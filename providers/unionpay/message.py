@@ -20,7 +20,7 @@ import base64
 import binascii
 import hashlib
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -190,6 +190,12 @@ def parse_beijing_time(text: str) -> datetime:
     if len(text) != 14 or not text.isdigit():
         raise ValueError("not a YYYYMMDDhhmmss time")
     return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=BEIJING).astimezone(UTC)
+
+
+def settlement_day(txn_time: str) -> date:
+    """The settlement day a txnTime falls in: UnionPay's day runs from 23:00 to 23:00 Beijing."""
+    local = parse_beijing_time(txn_time).astimezone(BEIJING)
+    return (local + timedelta(hours=1)).date()
 
 
 def parse_fen(text: str) -> int:

@@ -4,7 +4,10 @@ Methods: PAGE and WAP are front consumes (the payer's browser posts a signed
 form to ``frontTransReq.do``), APP asks ``appTransReq.do`` for a ``tn`` the
 UnionPay app SDK takes, QR_CODE asks ``backTransReq.do`` for a merchant-
 presented code (bizType 000000, txnSubType 07). Query is ``queryTrans.do``
-(txnType 00), refund is a 退货 (txnType 04) on ``backTransReq.do``.
+(txnType 00). A refund is a 退货 (txnType 04) on ``backTransReq.do``, or a
+消费撤销 (void, txnType 31) when it is for the full amount within the payment's
+settlement day (23:00 to 23:00 Beijing time), which the gateway settles at once
+and without a fee.
 
 UnionPay names a transaction by ``merId`` + ``orderId`` + ``txnTime``, and the
 contract hands query, refund and close only ``out_trade_no`` (which is our
@@ -67,6 +70,7 @@ QUERY_PATH = "/gateway/api/queryTrans.do"
 TXN_QUERY = "00"
 TXN_CONSUME = "01"
 TXN_REFUND = "04"
+TXN_VOID = "31"
 TXN_SUB_QR = "07"
 BIZ_GATEWAY_PAY = "000201"
 BIZ_QR = "000000"
@@ -361,7 +365,7 @@ class UnionpayProvider(Provider):
     def _event(self, fields: dict[str, str]) -> ProviderEvent | None:
         """The fact a verified notification or query answer reports, if any."""
         txn_type = fields["txnType"]
-        if txn_type not in (TXN_CONSUME, TXN_REFUND):
+        if txn_type not in (TXN_CONSUME, TXN_REFUND, TXN_VOID):
             return None
         code = fields.get("origRespCode") or fields["respCode"]
         if code in RESP_IN_DOUBT:
@@ -457,13 +461,27 @@ class UnionpayProvider(Provider):
             return RefundResult(state=RefundState.FAILED, message="refund exceeds the paid amount")
         if not (8 <= len(request.out_refund_no) <= 40 and request.out_refund_no.isalnum()):
             raise GatewayError("the refund orderId must be 8..40 letters and digits")
+        mer_id = self.settings.mer_id
+        paid_txn_time = ATTEMPTS.txn_times.get((mer_id, request.out_trade_no))
+        if paid_txn_time is None:
+            raise GatewayError(
+                "UnionPay names an attempt by its txnTime, which this process does not know "
+                "(the attempt was opened before a restart); refund it in the merchant console"
+            )
         paid = await self.query(request.out_trade_no)
         if paid.state is not AttemptState.SUCCEEDED or not paid.provider_trade_no:
             return RefundResult(
                 state=RefundState.FAILED, message=f"the attempt is {paid.state.value}, not paid"
             )
-        txn_time = ATTEMPTS.open(self.settings.mer_id, request.out_refund_no, datetime.now(UTC))
-        fields = self._base_fields(TXN_REFUND, "00", BIZ_GATEWAY_PAY, CHANNEL_PC)
+        txn_time = ATTEMPTS.open(mer_id, request.out_refund_no, datetime.now(UTC))
+        # A full refund inside the payment's settlement day is a void (消费撤销):
+        # instant and free of fees. The choice rests on the refund's first
+        # txnTime, so a repeat sends the same transaction again.
+        same_day = message.settlement_day(txn_time) == message.settlement_day(paid_txn_time)
+        void = same_day and request.refund_fen == paid.amount_fen
+        fields = self._base_fields(
+            TXN_VOID if void else TXN_REFUND, "00", BIZ_GATEWAY_PAY, CHANNEL_PC
+        )
         fields |= {
             "orderId": request.out_refund_no,
             "txnTime": txn_time,

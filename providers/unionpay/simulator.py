@@ -2,7 +2,8 @@
 
 It checks requests the way the gateway does (merchant signature against the
 certificate named by ``certId``, required fields, ``txnAmt`` in fen, currency
-156, one ``orderId`` per merchant, refunds within the paid amount), answers in
+156, one ``orderId`` per merchant, refunds within the paid amount, voids only
+in full and on the payment's settlement day), answers in
 the gateway's ``k=v&k=v`` format signed with the platform's key and carrying
 ``signPubKeyCert``, and sends signed back notifications to ``backUrl``.
 
@@ -246,6 +247,7 @@ class Gateway:
         return {"respCode": "00", "respMsg": "成功", "qrCode": f"{base_url}/pay/{txn.tn}"}
 
     def refund(self, fields: dict[str, str]) -> Transaction:
+        """A 退货 (txnType 04) or, same settlement day and in full, a 消费撤销 (txnType 31)."""
         self.check(
             fields,
             (
@@ -276,6 +278,14 @@ class Gateway:
         if original is None or original.txn_type != "01" or original.status != "success":
             raise Refused("35", "原交易不存在或状态不正确")
         amount = int(fields["txnAmt"])
+        if fields["txnType"] == "31":
+            if amount != original.amount_fen:
+                raise Refused("36", "消费撤销金额必须等于原交易金额")
+            if original.refunded_fen:
+                raise Refused("35", "原交易已退货或已撤销")
+            today = message.beijing_time(datetime.now(UTC))
+            if message.settlement_day(today) != message.settlement_day(original.txn_time):
+                raise Refused("39", "交易不在受理时间范围内")
         if original.refunded_fen + amount > original.amount_fen:
             raise Refused("36", "退货金额超过原交易可退金额")
         txn = self.register(fields, original=original)
@@ -417,7 +427,7 @@ def create_app(
     gateway = Gateway(sign_key, sign_cert, merchants, delivery_backoff)
 
     def answer(fields: dict[str, str], request_fields: dict[str, str], endpoint: str) -> Response:
-        echo = {
+        echo: dict[str, str] = {
             k: request_fields[k] for k in ("merId", "orderId", "txnTime") if k in request_fields
         }
         body = message.format_response(gateway.signed({**echo, **fields}))
@@ -467,7 +477,7 @@ def create_app(
         try:
             if fields.get("txnType") == "01":
                 result = gateway.qr_consume(fields, str(request.base_url).rstrip("/"))
-            elif fields.get("txnType") == "04":
+            elif fields.get("txnType") in ("04", "31"):
                 txn = gateway.refund(fields)
                 gateway.deliver_later(txn, txn.notifications[-1], 0)
                 result = {"respCode": "00", "respMsg": "成功[0000000]", "queryId": txn.query_id}
@@ -587,6 +597,7 @@ def create_app(
                 "txnAmt": txn.amount_fen,
                 "refundedFen": txn.refunded_fen,
                 "queryId": txn.query_id,
+                "txnType": txn.txn_type,
                 "tn": txn.tn,
                 "deliveries": txn.deliveries,
                 "notifications": len(txn.notifications),

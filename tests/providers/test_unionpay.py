@@ -8,6 +8,7 @@ each way of being bad), query, refund, close, the retry policy and the demo.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import logging
@@ -75,8 +76,6 @@ def provider(simulator: LoopbackServer, http: httpx.AsyncClient) -> UnionpayProv
 
 @pytest.fixture(scope="module")
 async def receiver(simulator: LoopbackServer) -> AsyncIterator[tuple[NotifyReceiver, str]]:
-    import asyncio
-
     async with httpx.AsyncClient() as unused:
         parser = UnionpayProvider(settings(simulator.url), branch=BRANCH, http=unused)
         notify = NotifyReceiver(parser, asyncio.get_running_loop())
@@ -796,3 +795,66 @@ async def test_demo_keys_and_simulator(tmp_path: Path, http: httpx.AsyncClient) 
         assert notification is not None
         event = await demo_provider.parse_notification(notification)
         assert event is not None and event.kind is EventKind.PAYMENT_SUCCEEDED
+
+
+@pytest.mark.parametrize(
+    ("txn_time", "day"),
+    [
+        ("20261125000000", "2026-11-25"),
+        ("20261125225959", "2026-11-25"),
+        ("20261125230000", "2026-11-26"),
+        ("20261231233000", "2027-01-01"),
+    ],
+)
+def test_settlement_day_runs_from_23_to_23(txn_time: str, day: str) -> None:
+    assert message.settlement_day(txn_time).isoformat() == day
+
+
+async def test_full_refund_on_the_payment_day_is_a_void(
+    provider: UnionpayProvider,
+    driver: UnionpayDriver,
+    receiver: tuple[NotifyReceiver, str],
+    http: httpx.AsyncClient,
+    simulator: LoopbackServer,
+) -> None:
+    notify, notify_url = receiver
+    out_trade_no, _ = await paid(provider, driver, 900)
+    refund_no = new_no("rf")
+    result = await provider.refund(
+        RefundRequest(out_trade_no, refund_no, 900, 900, "CNY", notify_url=notify_url)
+    )
+    assert result.state is RefundState.PENDING
+    assert (await sim_state(http, simulator, refund_no))["txnType"] == "31"
+    voided = (await notify.next()).event
+    assert (voided.kind, voided.out_trade_no, voided.out_refund_no, voided.amount_fen) == (
+        EventKind.REFUND_SUCCEEDED,
+        out_trade_no,
+        refund_no,
+        900,
+    )
+    again = await provider.refund(
+        RefundRequest(out_trade_no, refund_no, 900, 900, "CNY", notify_url=notify_url)
+    )
+    assert again.state is RefundState.SUCCEEDED
+    assert (await sim_state(http, simulator, out_trade_no))["refundedFen"] == 900
+
+
+async def test_partial_refund_is_a_return_not_a_void(
+    provider: UnionpayProvider,
+    driver: UnionpayDriver,
+    http: httpx.AsyncClient,
+    simulator: LoopbackServer,
+) -> None:
+    out_trade_no, _ = await paid(provider, driver, 900)
+    refund_no = new_no("rf")
+    await provider.refund(
+        RefundRequest(out_trade_no, refund_no, 899, 900, "CNY", notify_url="http://127.0.0.1:9/n")
+    )
+    assert (await sim_state(http, simulator, refund_no))["txnType"] == "04"
+
+
+async def test_refund_of_an_attempt_opened_before_a_restart_says_so(
+    provider: UnionpayProvider,
+) -> None:
+    with pytest.raises(GatewayError, match="txnTime"):
+        await provider.refund(RefundRequest(new_no(), new_no("rf"), 100, 100, "CNY"))
