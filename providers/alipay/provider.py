@@ -583,24 +583,26 @@ class AlipayProvider(Provider):
             raise _TransientFailure(f"HTTP {response.status_code}", may_have_reached=True)
         if response.status_code != 200:
             raise GatewayError(
-                f"Alipay {api_method} answered HTTP {response.status_code}", outcome_unknown=True
+                f"Alipay {api_method} answered HTTP {response.status_code}",
+                outcome_unknown=api_method not in _READ_ONLY,
             )
-        reply = self._verified_reply(api_method, response.text)
+        reply = self._verified_reply(api_method, response.text, acts=api_method not in _READ_ONLY)
         if reply.code in _RETRY_CODES or reply.sub_code in _RETRY_SUB_CODES:
             raise _TransientFailure(reply.describe(), may_have_reached=True)
         return reply
 
-    def _verified_reply(self, api_method: str, text: str) -> GatewayReply:
+    def _verified_reply(self, api_method: str, text: str, *, acts: bool) -> GatewayReply:
+        """The response member, once its signature verifies; ``acts``: the call may change state."""
         member = api_method.replace(".", "_") + "_response"
         try:
             members = response_members(text)
         except ValueError:
             raise GatewayError(
-                f"Alipay {api_method} answered something that is not JSON", outcome_unknown=True
+                f"Alipay {api_method} answered something that is not JSON", outcome_unknown=acts
             ) from None
         raw = members.get(member) or members.get("error_response")
         if raw is None:
-            raise GatewayError(f"Alipay {api_method} answer has no {member}", outcome_unknown=True)
+            raise GatewayError(f"Alipay {api_method} answer has no {member}", outcome_unknown=acts)
         signature_json = members.get("sign")
         signature = json.loads(signature_json) if signature_json else None
         if not isinstance(signature, str) or not signature:
@@ -608,15 +610,15 @@ class AlipayProvider(Provider):
             # unsigned; nothing in them can be trusted beyond "it did not work".
             raise GatewayError(
                 f"Alipay {api_method} answer is unsigned; check app_id and keys",
-                outcome_unknown=True,
+                outcome_unknown=acts,
             )
         if not verify(self._alipay_key, raw, signature):
             raise GatewayError(
-                f"Alipay {api_method} answer failed signature verification", outcome_unknown=True
+                f"Alipay {api_method} answer failed signature verification", outcome_unknown=acts
             )
         body = json.loads(raw)
         if not isinstance(body, dict):
-            raise GatewayError(f"Alipay {api_method} answer is malformed", outcome_unknown=True)
+            raise GatewayError(f"Alipay {api_method} answer is malformed", outcome_unknown=acts)
         return GatewayReply(
             code=str(body.get("code", "")),
             sub_code=_str_or_none(body.get("sub_code")),

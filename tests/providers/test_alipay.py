@@ -150,6 +150,12 @@ async def test_page_pay_url_is_signed_for_the_gateway_and_opens_the_cashier(
     assert cashier.status_code == 200 and "88.88" in cashier.text
     state = await trade_state(alipay_http, alipay_simulator, request.out_trade_no)
     assert state["status"] == "WAIT_BUYER_PAY" and state["total_fen"] == 8888
+    # The cashier's pay button posts the outcome back to the same signed URL.
+    paid = await alipay_http.post(action.url, data={"outcome": "success"})
+    assert paid.status_code == 200
+    state = await trade_state(alipay_http, alipay_simulator, request.out_trade_no)
+    assert state["status"] == "TRADE_SUCCESS" and state["notifications"] == 1
+    assert (await alipay_provider.query(request.out_trade_no)).state is AttemptState.SUCCEEDED
 
 
 async def test_wap_pay_url_uses_quick_wap_way_and_is_accepted(

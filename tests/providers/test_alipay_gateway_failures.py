@@ -243,3 +243,15 @@ async def test_untrusted_answers_are_never_believed_nor_repeated(
     assert (await calls(alipay_http, sim))["alipay.trade.close"] == before + 1
     # The simulator did close it; the adapter learnt that only from a trusted query.
     assert (await provider.query(request.out_trade_no)).state is AttemptState.CLOSED
+
+
+async def test_untrusted_query_answer_is_an_error_but_changes_nothing(
+    provider: AlipayProvider, sim: RunningSimulator, alipay_http: httpx.AsyncClient
+) -> None:
+    request = payment()
+    await provider.create_payment(request)
+    await inject(alipay_http, sim, "bad_signature", "alipay.trade.query")
+    with pytest.raises(GatewayError, match="signature") as caught:
+        await provider.query(request.out_trade_no)
+    # A query acts on nothing, so there is no outcome in doubt.
+    assert not caught.value.outcome_unknown
