@@ -180,9 +180,13 @@ def redact(message: str, secrets: list[str]) -> str:
     """``message``, or a neutral one when it would reveal any part of ``secrets``.
 
     A validator may quote the start of a bad key in its message, so any run of
-    :data:`_REDACTED_RUN` characters of a secret counts, not only the whole.
+    :data:`_REDACTED_RUN` characters of a secret counts, not only the whole. PEM
+    armour lines ("-----BEGIN PRIVATE KEY-----") are public and do not count.
     """
-    for secret in secrets:
+    for whole in secrets:
+        secret = "\n".join(
+            line for line in whole.splitlines() if not line.startswith("-----")
+        ).strip()
         run = min(len(secret), _REDACTED_RUN)
         if run < _MIN_REDACTED_LENGTH:
             continue

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from api.payments.provider import Provider
-from api.plugins.config import ConfigError, default_path, load_config
+from api.plugins.config import ConfigError, default_path, load_config, redact
 
 Write = Callable[[str], Path]
 Providers = dict[str, type[Provider]]
@@ -266,3 +266,12 @@ def test_path_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
     assert default_path() == Path("plugins.toml")
     monkeypatch.setenv("BRANCHPAY_PLUGINS_TOML", "/etc/branchpay/plugins.toml")
     assert default_path() == Path("/etc/branchpay/plugins.toml")
+
+
+def test_redaction_spares_pem_armour_but_not_key_material(pem_key: str) -> None:
+    body_line = pem_key.splitlines()[1]
+    withheld = "invalid value (details withheld: they would reveal a secret)"
+    header = "expected -----BEGIN PRIVATE KEY----- at the start"
+    assert redact(header, [pem_key]) == header
+    assert redact(f"unexpected data after {body_line[5:17]}", [pem_key]) == withheld
+    assert redact("Field required", ["hunter2-hunter2"]) == "Field required"
