@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from starlette.applications import Starlette
 
 from providers.wechatpay.settings import load_merchant_key, load_platform_key
-from providers.wechatpay.simulator import Merchant, create_app
+from providers.wechatpay.simulator import WECHAT_REDELIVERY_DELAYS, Merchant, create_app
 
 DEMO_PORT = 8011
 DEMO_MCHID = "1900000109"
@@ -87,4 +87,5 @@ def demo_simulator(secrets_dir: Path) -> Starlette:
         merchants=[merchant],
         platform_private_key=load_merchant_key((secrets_dir / PLATFORM_KEY_FILE).read_text()),
         platform_public_key_id=DEMO_PLATFORM_PUBLIC_KEY_ID,
+        redelivery_delays=WECHAT_REDELIVERY_DELAYS,
     )

@@ -51,6 +51,9 @@ from starlette.routing import Route
 from providers.wechatpay import signing
 
 _CST = timezone(timedelta(hours=8))
+# WeChat Pay's own re-delivery pauses for an unanswered callback, in seconds
+# (it goes on to 30 min, 1 h, 3 h and 6 h pauses, about 24 h in all).
+WECHAT_REDELIVERY_DELAYS = (15.0, 15.0, 30.0, 180.0, 600.0, 1200.0, 1800.0)
 _OUT_TRADE_NO = re.compile(r"^[0-9A-Za-z_\-*|]{6,32}$")
 _OUT_REFUND_NO = re.compile(r"^[0-9A-Za-z_\-|*@]{1,64}$")
 _URL = re.compile(r"^https?://[^\s?#]+$")
@@ -154,8 +157,10 @@ class Gateway:
         merchants: Sequence[Merchant],
         platform_private_key: RSAPrivateKey,
         platform_public_key_id: str,
+        redelivery_delays: Sequence[float] = (),
     ) -> None:
         self.merchants = {m.mchid: m for m in merchants}
+        self.redelivery_delays = tuple(redelivery_delays)
         self.platform_private_key = platform_private_key
         self.platform_public_key_id = platform_public_key_id
         self.attempts: dict[str, Attempt] = {}
@@ -508,15 +513,35 @@ class Gateway:
         attempt.deliveries.append(status)
         return status
 
+    async def redeliver_until_accepted(self, attempt: Attempt, body: bytes, url: str) -> None:
+        """Send again after each pause of ``redelivery_delays`` until branchpay answers 2xx."""
+        for pause in self.redelivery_delays:
+            await asyncio.sleep(pause)
+            status = await self.deliver(attempt, body, url)
+            if status is not None and 200 <= status < 300:
+                return
+
+    async def notify(self, attempt: Attempt, body: bytes, url: str) -> None:
+        """Deliver a callback, re-delivering it as WeChat Pay does when it is not accepted."""
+        status = await self.deliver(attempt, body, url)
+        if status is None or not 200 <= status < 300:
+            await self.redeliver_until_accepted(attempt, body, url)
+
 
 def create_app(
     *,
     merchants: Sequence[Merchant],
     platform_private_key: RSAPrivateKey,
     platform_public_key_id: str,
+    redelivery_delays: Sequence[float] = (),
 ) -> Starlette:
-    """The simulator for the given merchants; ``app.state.gateway`` is its memory."""
-    gateway = Gateway(merchants, platform_private_key, platform_public_key_id)
+    """The simulator for the given merchants; ``app.state.gateway`` is its memory.
+
+    A callback branchpay does not answer with 2xx is sent again after each pause
+    of ``redelivery_delays`` (none by default; the demo uses
+    :data:`WECHAT_REDELIVERY_DELAYS`).
+    """
+    gateway = Gateway(merchants, platform_private_key, platform_public_key_id, redelivery_delays)
 
     async def api(request: Request) -> Response:
         fault = gateway.take_fault(request.url.path)
@@ -565,7 +590,7 @@ def create_app(
             after = None
             if created and refund.notify_url:
                 after = BackgroundTask(
-                    gateway.deliver, attempt, attempt.notifications[-1], refund.notify_url
+                    gateway.notify, attempt, attempt.notifications[-1], refund.notify_url
                 )
             return 200, view, after
         out_refund_no = params["out_refund_no"]
@@ -602,14 +627,20 @@ def create_app(
                 return JSONResponse({"code": error.code, "message": error.message}, error.status)
             return HTMLResponse(f"<p>{html.escape(error.message)}</p>", status_code=error.status)
         delivered = None
+        later = None
         if deliver and outcome == "success":
-            delivered = await gateway.deliver(
-                attempt, attempt.notifications[-1], attempt.notify_url
-            )
+            body = attempt.notifications[-1]
+            delivered = await gateway.deliver(attempt, body, attempt.notify_url)
+            if delivered is None or not 200 <= delivered < 300:
+                later = BackgroundTask(
+                    gateway.redeliver_until_accepted, attempt, body, attempt.notify_url
+                )
         result = {"trade_state": attempt.state, "delivered": delivered}
         if wants_json:
-            return JSONResponse(result)
-        return HTMLResponse(f"<p>Order {html.escape(attempt.out_trade_no)}: {attempt.state}</p>")
+            return JSONResponse(result, background=later)
+        return HTMLResponse(
+            f"<p>Order {html.escape(attempt.out_trade_no)}: {attempt.state}</p>", background=later
+        )
 
     async def notifications(request: Request) -> Response:
         attempt = gateway.attempts.get(request.path_params["out_trade_no"])

@@ -135,9 +135,12 @@ class Verdict:
 class NotifyReceiver:
     """branchpay's /notify/wechatpay/{branch} in miniature, on a loopback thread."""
 
-    def __init__(self, provider: Provider, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, provider: Provider, loop: asyncio.AbstractEventLoop, *, unavailable_for: int = 0
+    ) -> None:
         self.provider = provider
         self.loop = loop
+        self.unavailable_for = unavailable_for  # first deliveries answered 503, unparsed
         self.verdicts: asyncio.Queue[Verdict] = asyncio.Queue()
         self.app = Starlette(
             routes=[Route("/notify/wechatpay/{branch}", self.notify, methods=["POST"])]
@@ -150,6 +153,11 @@ class NotifyReceiver:
             query=dict(request.query_params),
             body=await request.body(),
         )
+        if self.unavailable_for > 0:
+            self.unavailable_for -= 1
+            unavailable = Verdict(notification, None, "branchpay unavailable")
+            self.loop.call_soon_threadsafe(self.verdicts.put_nowait, unavailable)
+            return Response(status_code=503)
         try:
             event = await self.provider.parse_notification(notification)
         except NotificationRejected as exc:

@@ -422,6 +422,35 @@ async def test_duplicate_late_and_out_of_order_callbacks(
     assert late[0].event is not None and late[0].event.event_id == refunded.event.event_id
 
 
+async def test_an_unanswered_callback_is_delivered_again(
+    keys: Keys, http: httpx.AsyncClient
+) -> None:
+    app = create_app(
+        merchants=[merchant(keys)],
+        platform_private_key=keys.platform,
+        platform_public_key_id=PLATFORM_KEY_ID,
+        redelivery_delays=(0.05, 0.05, 0.05),
+    )
+    with LoopbackServer(app) as simulator:
+        provider = WechatpayProvider(settings(keys, simulator.url), branch=BRANCH, http=http)
+        notify = NotifyReceiver(provider, asyncio.get_running_loop(), unavailable_for=2)
+        with LoopbackServer(notify.app) as branchpay:
+            request = order(notify_url=f"{branchpay.url}/notify/wechatpay/{BRANCH}")
+            await provider.create_payment(request)
+            answer = await http.post(
+                f"{simulator.url}/pay/{request.out_trade_no}",
+                data={"outcome": "success"},
+                headers={"Accept": "application/json"},
+            )
+            assert answer.json()["delivered"] == 503
+            verdicts = [await notify.next() for _ in range(3)]
+        assert [v.rejected for v in verdicts[:2]] == ["branchpay unavailable"] * 2
+        accepted = verdicts[2].event
+        assert accepted is not None and accepted.out_trade_no == request.out_trade_no
+        attempt = app.state.gateway.attempts[request.out_trade_no]
+        assert attempt.deliveries == [503, 503, 200]
+
+
 async def test_a_failed_or_closed_attempt_sends_no_callback(
     provider: WechatpayProvider, driver: WechatpayDriver
 ) -> None:
