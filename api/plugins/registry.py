@@ -110,7 +110,11 @@ class ProviderRegistry:
         return self._installed
 
     def load(self) -> ConfigStatus:
-        """Load plugins.toml for the first time; raises ConfigError so start-up stops."""
+        """Load plugins.toml for the first time.
+
+        Raises ConfigError for an invalid file (and PluginError for plugins that
+        cannot be used, e.g. two claiming one provider name) so start-up stops.
+        """
         signature = self._signature()
         try:
             provider_set = self._build()
