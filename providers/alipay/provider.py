@@ -344,7 +344,11 @@ class AlipayProvider(Provider):
         # refund's amount; the refund query names the amount of out_biz_no itself.
         self._amount(params, "refund_fee")
         occurred = self._time(params, "gmt_refund", "notify_time")
-        refund = await self._query_refund(out_trade_no, out_biz_no)
+        try:
+            refund = await self._query_refund(out_trade_no, out_biz_no)
+        except GatewayError as exc:
+            # Not an answer we can store yet; refusing makes Alipay deliver it again.
+            self._reject(f"refund {out_biz_no} could not be confirmed with Alipay ({exc})")
         if refund is None:
             return None
         return ProviderEvent(
@@ -383,7 +387,9 @@ class AlipayProvider(Provider):
             raise GatewayError(
                 "Alipay's query answer has no valid total_amount", retryable=True
             ) from None
-        if status in _PAID:
+        if status in _PAID or (status == "TRADE_CLOSED" and body.get("send_pay_date")):
+            # A trade closed after payment was refunded in full: it was paid, and
+            # the refunds are facts of their own, so it reports as paid.
             paid_at = _parse_beijing_or_now(body.get("send_pay_date"))
             event = self._paid_event(
                 out_trade_no, amount_fen, paid_at, trade_no, {"trade_status": status}
@@ -392,9 +398,6 @@ class AlipayProvider(Provider):
         if status == "WAIT_BUYER_PAY":
             return QueryResult(AttemptState.PENDING, trade_no, amount_fen)
         if status == "TRADE_CLOSED":
-            if body.get("send_pay_date"):
-                # Paid, then refunded in full: the refunds are the facts, not a close.
-                return QueryResult(AttemptState.CLOSED, trade_no, amount_fen)
             closed = ProviderEvent(
                 kind=EventKind.PAYMENT_CLOSED,
                 event_id=f"alipay:{out_trade_no}:closed",

@@ -288,9 +288,10 @@ async def test_partial_refunds_then_the_rest_closes_the_trade(
     assert rest.state is RefundState.SUCCEEDED
     state = await trade_state(alipay_http, alipay_simulator, out_trade_no)
     assert (state["status"], state["refunded_fen"]) == ("TRADE_CLOSED", 10000)
-    closed = await alipay_provider.query(out_trade_no)
-    # Paid then refunded in full: closed, but never reported as a closed (unpaid) attempt.
-    assert closed.state is AttemptState.CLOSED and closed.events == ()
+    refunded = await alipay_provider.query(out_trade_no)
+    # Alipay closes a trade refunded in full; it was still paid, never an unpaid close.
+    assert refunded.state is AttemptState.SUCCEEDED
+    assert [e.kind for e in refunded.events] == [EventKind.PAYMENT_SUCCEEDED]
 
 
 async def test_repeated_refund_number_refunds_once(

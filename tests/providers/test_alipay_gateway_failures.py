@@ -29,13 +29,14 @@ from conftest_alipay import (
 from api.payments.provider import (
     AttemptState,
     GatewayError,
+    NotificationRejected,
     PaymentMethod,
     PaymentRequest,
     RefundRequest,
     RefundState,
 )
 from providers.alipay import AlipayProvider
-from providers.alipay.driver import AlipayGatewayDriver
+from providers.alipay.driver import AlipayGatewayDriver, notification_request
 
 __all__ = ["alipay_http", "alipay_simulator"]
 
@@ -255,3 +256,21 @@ async def test_untrusted_query_answer_is_an_error_but_changes_nothing(
         await provider.query(request.out_trade_no)
     # A query acts on nothing, so there is no outcome in doubt.
     assert not caught.value.outcome_unknown
+
+
+async def test_refund_notification_unconfirmable_now_is_refused_for_redelivery(
+    provider: AlipayProvider, sim: RunningSimulator, alipay_http: httpx.AsyncClient
+) -> None:
+    out_trade_no = await paid(provider, alipay_http, sim)
+    result = await provider.refund(
+        RefundRequest(out_trade_no, "rf" + uuid.uuid4().hex[:22], 1000, 5000, "CNY")
+    )
+    assert result.state is RefundState.SUCCEEDED
+    listed = await alipay_http.get(f"{sim.url}/_control/notifications/{out_trade_no}")
+    refund_notification = notification_request(listed.json()["notifications"][-1])
+    await inject(alipay_http, sim, "http_500", "alipay.trade.fastpay.refund.query", times=3)
+    with pytest.raises(NotificationRejected, match="could not be confirmed"):
+        await provider.parse_notification(refund_notification)
+    # Delivered again once Alipay answers, it is accepted.
+    event = await provider.parse_notification(refund_notification)
+    assert event is not None and event.amount_fen == 1000
