@@ -338,6 +338,113 @@ async def test_create_refuses_amounts_that_are_not_positive_fen(
         await provider.create_payment(order(amount_fen=amount_fen))
 
 
+# -- the simulator's own request checks -------------------------------------------------
+
+
+async def signed_call(
+    keys: Keys,
+    url: str,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    *,
+    timestamp: int | None = None,
+    serial: str = CERT_SERIAL_NO,
+    sent_body: bytes | None = None,
+) -> httpx.Response:
+    """A request signed by hand, so each part of it can be spoiled on purpose."""
+    stamp = str(int(time.time()) if timestamp is None else timestamp)
+    nonce = signing.new_nonce()
+    signature = signing.sign(
+        keys.merchant, signing.request_message(method, path, stamp, nonce, body)
+    )
+    headers = {
+        "Authorization": signing.authorization(MCHID, serial, stamp, nonce, signature),
+        "Content-Type": "application/json",
+    }
+    async with httpx.AsyncClient() as client:
+        return await client.request(
+            method, url + path, content=body if sent_body is None else sent_body, headers=headers
+        )
+
+
+def native_body(**changes: object) -> bytes:
+    body: dict[str, object] = {
+        "appid": APPID,
+        "mchid": MCHID,
+        "description": "Plan",
+        "out_trade_no": new_no(),
+        "notify_url": "https://branchpay.example/notify/wechatpay/zj",
+        "amount": {"total": 100, "currency": "CNY"},
+    }
+    body.update(changes)
+    return json.dumps({k: v for k, v in body.items() if v is not None}).encode()
+
+
+async def test_simulator_accepts_a_correctly_signed_order(keys: Keys, simulator_url: str) -> None:
+    answer = await signed_call(
+        keys, simulator_url, "POST", "/v3/pay/transactions/native", native_body()
+    )
+    assert answer.status_code == 200 and "code_url" in answer.json()
+    assert answer.headers["Wechatpay-Serial"] == PLATFORM_KEY_ID
+
+
+@pytest.mark.parametrize(
+    ("spoil", "status", "code"),
+    [
+        ({"timestamp": int(time.time()) - 600}, 401, "SIGN_ERROR"),
+        ({"serial": "0123456789ABCDEF"}, 401, "SIGN_ERROR"),
+        ({"sent_body": native_body(description="Changed after signing")}, 401, "SIGN_ERROR"),
+    ],
+)
+async def test_simulator_refuses_a_spoiled_signature(
+    keys: Keys, simulator_url: str, spoil: dict[str, object], status: int, code: str
+) -> None:
+    answer = await signed_call(
+        keys,
+        simulator_url,
+        "POST",
+        "/v3/pay/transactions/native",
+        native_body(),
+        **spoil,  # type: ignore[arg-type]
+    )
+    assert (answer.status_code, answer.json()["code"]) == (status, code)
+
+
+@pytest.mark.parametrize(
+    ("changes", "code"),
+    [
+        ({"description": None}, "PARAM_ERROR"),
+        ({"amount": {"total": 1.5, "currency": "CNY"}}, "PARAM_ERROR"),
+        ({"amount": {"total": "100", "currency": "CNY"}}, "PARAM_ERROR"),
+        ({"amount": {"total": 100, "currency": "USD"}}, "PARAM_ERROR"),
+        ({"out_trade_no": "short"}, "PARAM_ERROR"),
+        ({"notify_url": "https://branchpay.example/notify?branch=zj"}, "PARAM_ERROR"),
+        ({"mchid": "1900000110"}, "PARAM_ERROR"),
+        ({"appid": "wx0000000000000110"}, "APPID_MCHID_NOT_MATCH"),
+    ],
+)
+async def test_simulator_refuses_bad_order_parameters(
+    keys: Keys, simulator_url: str, changes: dict[str, object], code: str
+) -> None:
+    answer = await signed_call(
+        keys, simulator_url, "POST", "/v3/pay/transactions/native", native_body(**changes)
+    )
+    assert (answer.status_code, answer.json()["code"]) == (400, code)
+
+
+async def test_simulator_query_needs_the_signers_mchid(keys: Keys, simulator_url: str) -> None:
+    created = json.loads(native_body())
+    await signed_call(
+        keys, simulator_url, "POST", "/v3/pay/transactions/native", json.dumps(created).encode()
+    )
+    path = f"/v3/pay/transactions/out-trade-no/{created['out_trade_no']}"
+    mine = await signed_call(keys, simulator_url, "GET", f"{path}?mchid={MCHID}")
+    assert mine.status_code == 200 and mine.json()["trade_state"] == "NOTPAY"
+    other = await signed_call(keys, simulator_url, "GET", f"{path}?mchid=1900000110")
+    assert (other.status_code, other.json()["code"]) == (400, "PARAM_ERROR")
+
+
 # -- amounts ------------------------------------------------------------------------
 
 
