@@ -27,6 +27,8 @@ from strawberry.types import ExecutionResult
 
 from api.branches import BranchView, ProviderView, provider_view
 from api.orders import OrderService
+from api.payments.provider import NotificationRejected, NotificationReply, NotificationRequest
+from api.payments.service import PaymentService
 from api.plugins.manager import load_plugin_manager, notify
 from api.plugins.registry import ProviderRegistry
 from api.schema import schema
@@ -134,6 +136,10 @@ async def _every(interval: float, job: Callable[[], Awaitable[Any]], name: str) 
         await asyncio.sleep(interval)
 
 
+def _reply(reply: NotificationReply) -> Response:
+    return Response(reply.body, status_code=reply.status_code, media_type=reply.media_type)
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -158,11 +164,15 @@ def create_app(
             registry.load()
             store = Store.connect(uri, settings.database, **(client_options or {}))
             await store.ensure_indexes()
+            payments = PaymentService(
+                store, registry, base_url=lambda: settings.base_url, plugins=plugins
+            )
             orders = OrderService(
                 store,
                 branch_exists=lambda code: registry.branch(code) is not None,
                 ttl=timedelta(seconds=settings.order_ttl_seconds),
                 on_event=lambda hook, order: notify(plugins, hook, order=order),
+                close_attempts=payments.close_open_attempts,
             )
             views: dict[str, Any] = {"generation": None, "views": {}}
 
@@ -174,15 +184,29 @@ def create_app(
                 return views["views"]  # type: ignore[no-any-return]
 
             state["services"] = Services(
-                settings=settings, store=store, orders=orders, branches=current_branches
+                settings=settings,
+                store=store,
+                orders=orders,
+                branches=current_branches,
+                payments=payments,
             )
             app.state.registry = registry
             app.state.store = store
+            app.state.payments = payments
+            reconcile_min_age = timedelta(seconds=settings.reconcile_min_age_seconds)
             tasks = [
                 asyncio.create_task(registry.watch(), name="config-watch"),
                 asyncio.create_task(
                     _every(settings.expiry_interval_seconds, orders.expire_due, "expiry"),
                     name="expiry",
+                ),
+                asyncio.create_task(
+                    _every(
+                        settings.reconcile_interval_seconds,
+                        lambda: payments.reconcile_due(reconcile_min_age),
+                        "reconcile",
+                    ),
+                    name="reconcile",
                 ),
             ]
             try:
@@ -219,6 +243,38 @@ def create_app(
             status_code=200 if ready else 503,
         )
 
+    async def notification(request: Request) -> Response:
+        """A platform's notification: the provider verifies it, the service applies it once."""
+        name = request.path_params["provider"]
+        branch = request.path_params["branch"]
+        provider = request.app.state.registry.provider(branch, name)
+        if provider is None:
+            return Response("not found", status_code=404, media_type="text/plain")
+        incoming = NotificationRequest(
+            method=request.method,
+            headers={k.lower(): v for k, v in request.headers.items()},
+            query=dict(request.query_params),
+            body=await request.body(),
+        )
+        try:
+            event = await provider.parse_notification(incoming)
+        except NotificationRejected as rejected:
+            log.warning("notification for %s/%s rejected: %s", name, branch, rejected)
+            return _reply(provider.notification_reply(accepted=False))
+        if event is None:
+            return _reply(provider.notification_reply(accepted=True))
+        try:
+            result = await request.app.state.payments.apply_event(name, branch, event)
+        except Exception:
+            # Not stored or not applied: the platform must deliver it again.
+            log.exception("notification %s for %s/%s not applied", event.event_id, name, branch)
+            return _reply(provider.notification_reply(accepted=False))
+        if not result.accepted:
+            log.warning(
+                "notification %s for %s/%s refused: %s", event.event_id, name, branch, result.note
+            )
+        return _reply(provider.notification_reply(accepted=result.accepted))
+
     graphql = GraphQLApp(
         services,
         graphql_ide="graphiql" if settings.graphiql else None,
@@ -230,6 +286,7 @@ def create_app(
             WebSocketRoute("/graphql", graphql),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
+            Route("/notify/{provider}/{branch}", notification, methods=["POST"]),
         ],
         lifespan=lifespan,
     )

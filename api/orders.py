@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,6 +30,11 @@ Document = dict[str, Any]
 log = logging.getLogger("branchpay.orders")
 
 OrderHook = Callable[[str, Mapping[str, Any]], None]
+# Closes the order's open payment attempts at their platforms; True when none stays open.
+CloseAttempts = Callable[[Mapping[str, Any]], Awaitable[bool]]
+# An order whose attempts cannot be closed (platform down) waits this long past
+# expiresAt before it expires anyway; a success that arrives later is refunded.
+CLOSE_GRACE = timedelta(hours=1)
 
 
 def _request_hash(branch: str, items: Sequence[RequestedItem], customer: Mapping[str, str]) -> str:
@@ -55,12 +60,14 @@ class OrderService:
         branch_exists: Callable[[str], bool],
         ttl: timedelta,
         on_event: OrderHook | None = None,
+        close_attempts: CloseAttempts | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.store = store
         self.branch_exists = branch_exists
         self.ttl = ttl
         self.on_event = on_event
+        self.close_attempts = close_attempts
         self.clock = clock
 
     async def create(
@@ -132,6 +139,9 @@ class OrderService:
         """Cancel an unpaid order; cancelling a cancelled order returns it unchanged."""
         if order["status"] == OrderStatus.CANCELLED.value:
             return order, []
+        if self.close_attempts is not None and order["status"] == OrderStatus.PENDING_PAYMENT.value:
+            # Best effort: an attempt paid in spite of this is refunded automatically.
+            await self.close_attempts(order)
         moved = await self.store.orders.move(
             order["_id"], OrderStatus.CANCELLED, self.clock(), reason=reason or "cancelled"
         )
@@ -154,6 +164,13 @@ class OrderService:
         now = self.clock()
         moved = 0
         for due in await self.store.orders.due_for_expiry(now, batch):
+            if (
+                self.close_attempts is not None
+                and not await self.close_attempts(due)
+                and now < due["expiresAt"] + CLOSE_GRACE
+            ):
+                log.warning("order %s: open attempts not closed yet; expiry retried", due["_id"])
+                continue
             order = await self.store.orders.move(
                 due["_id"],
                 OrderStatus.EXPIRED,

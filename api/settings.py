@@ -31,6 +31,14 @@ class Settings(BaseSettings):
     )
     order_ttl_seconds: int = Field(default=30 * 60, ge=60)
     expiry_interval_seconds: float = Field(default=5.0, gt=0)
+    reconcile_interval_seconds: float = Field(
+        default=60.0, gt=0, description="How often to ask the platforms about PENDING attempts."
+    )
+    reconcile_min_age_seconds: float = Field(
+        default=120.0,
+        ge=0,
+        description="Attempts younger than this are left to their notifications.",
+    )
     max_body_bytes: int = MIB
     max_page_size: int = 100
     default_page_size: int = 20

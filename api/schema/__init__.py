@@ -7,12 +7,16 @@ from typing import Any
 import strawberry
 from graphql import GraphQLError
 from strawberry.extensions import ParserCache, ValidationCache
+from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
 
 from api.schema.errors import ErrorShaping
-from api.schema.mutation import Mutation
+from api.schema.mutation import Mutation as OrderMutation
+from api.schema.payments import PaymentMutation, Subscription
 from api.schema.query import Query
 from api.schema.types import Offering, Order, Payment
+
+Mutation = merge_types("Mutation", (OrderMutation, PaymentMutation))
 
 
 class BranchpaySchema(strawberry.Schema):
@@ -26,6 +30,7 @@ def build_schema(**options: Any) -> strawberry.Schema:
     return BranchpaySchema(
         query=Query,
         mutation=Mutation,
+        subscription=Subscription,
         types=[Order, Offering, Payment],
         extensions=[
             ErrorShaping,

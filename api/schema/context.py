@@ -13,6 +13,7 @@ from strawberry.dataloader import DataLoader
 
 from api.branches import BranchView
 from api.orders import OrderService
+from api.payments.service import PaymentService
 from api.settings import Settings
 from api.store import Store
 
@@ -27,6 +28,7 @@ class Services:
     store: Store
     orders: OrderService
     branches: Callable[[], Mapping[str, BranchView]]
+    payments: PaymentService | None = None
 
 
 def _payments_loader(store: Store) -> DataLoader[ObjectId, list[Document]]:

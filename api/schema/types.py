@@ -219,6 +219,10 @@ class Payment(Node):
     refunds: list[Refund]
     created_at: datetime
     updated_at: datetime
+    flagged: str | None = strawberry.field(
+        default=None,
+        description="Why the payment awaits review (e.g. the platform reported another amount).",
+    )
 
     @classmethod
     def from_doc(cls, doc: Document) -> Payment:
@@ -234,6 +238,7 @@ class Payment(Node):
             refunds=[Refund.from_doc(r, currency) for r in doc.get("refunds", [])],
             created_at=doc["createdAt"],
             updated_at=doc.get("updatedAt", doc["createdAt"]),
+            flagged=doc["flagged"]["reason"] if doc.get("flagged") else None,
         )
 
 

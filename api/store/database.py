@@ -12,6 +12,7 @@ from api.security.audit import AuditLog
 from api.security.keys import KeyRing
 from api.store.catalog import CatalogRepository
 from api.store.orders import OrderRepository
+from api.store.payments import PaymentRepository
 
 Document = dict[str, Any]
 
@@ -43,6 +44,29 @@ INDEXES: dict[str, list[IndexModel]] = {
         ),
         IndexModel([("status", ASCENDING), ("expiresAt", ASCENDING)], name="status_expires"),
     ],
+    "payments": [
+        IndexModel([("outTradeNo", ASCENDING)], unique=True, name="out_trade_no"),
+        IndexModel([("orderId", ASCENDING), ("createdAt", ASCENDING)], name="order_created"),
+        # Reconciliation walks PENDING attempts (and reserved refunds) by age.
+        IndexModel(
+            [("branch", ASCENDING), ("status", ASCENDING), ("createdAt", ASCENDING)],
+            name="branch_status_created",
+        ),
+        IndexModel([("status", ASCENDING), ("createdAt", ASCENDING)], name="status_created"),
+        IndexModel([("reservedFen", ASCENDING), ("createdAt", ASCENDING)], name="reserved_created"),
+    ],
+    # _id is "{provider}:{branch}:{event_id}": its unique index is the exactly-once gate.
+    "payment_events": [
+        IndexModel([("paymentId", ASCENDING), ("receivedAt", ASCENDING)], name="payment"),
+    ],
+    # _id is the outRefundNo; (branch, idempotencyKey) makes refundPayment idempotent.
+    "refunds": [
+        IndexModel(
+            [("branch", ASCENDING), ("idempotencyKey", ASCENDING)],
+            unique=True,
+            name="branch_idempotency_key",
+        ),
+    ],
     "api_keys": [IndexModel([("name", ASCENDING)], unique=True, name="name")],
     "offerings": [
         IndexModel(
@@ -62,6 +86,9 @@ class Store:
         self.catalog = CatalogRepository(self.db["offerings"])
         self.keys = KeyRing(self.db["api_keys"])
         self.audit = AuditLog(self.db["audit_log"])
+        self.payments = PaymentRepository(
+            self.db["payments"], self.db["payment_events"], self.db["refunds"]
+        )
 
     @classmethod
     def connect(cls, uri: str, database: str, **client_options: Any) -> Store:

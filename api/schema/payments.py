@@ -1,0 +1,173 @@
+"""startPayment, refundPayment and the orderEvents subscription: thin wrappers over the service."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from datetime import datetime
+
+import strawberry
+from strawberry.types import Info
+
+from api.domain.order import OrderStatus as DomainOrderStatus
+from api.payments.live import order_changes
+from api.payments.provider import PaymentAction as DomainPaymentAction
+from api.payments.provider import PaymentMethod as DomainPaymentMethod
+from api.payments.service import PaymentService
+from api.schema.context import Context
+from api.schema.errors import ApiError, ErrorCode
+from api.schema.ids import object_id_of
+from api.schema.mutation import user_errors
+from api.schema.types import (
+    ActionKind,
+    Order,
+    OrderStatus,
+    Payment,
+    PaymentMethod,
+    Refund,
+    UserError,
+)
+
+
+@strawberry.type(description="What the partner frontend must do next so the payer can pay.")
+class PaymentAction:
+    kind: ActionKind  # type: ignore[valid-type]
+    url: str | None = strawberry.field(description="REDIRECT: open it; QR_CODE: the same URL.")
+    qr_code: str | None = strawberry.field(description="QR_CODE: the content to render.")
+    form_html: str | None = strawberry.field(description="FORM_POST: HTML that auto-submits.")
+    app_payload: str | None = strawberry.field(description="APP_SDK: hand it to the app SDK.")
+
+    @classmethod
+    def from_domain(cls, action: DomainPaymentAction) -> PaymentAction:
+        return cls(
+            kind=action.kind,
+            url=action.url,
+            qr_code=action.qr_code,
+            form_html=action.form_html,
+            app_payload=action.app_payload,
+        )
+
+
+@strawberry.input
+class StartPaymentInput:
+    order_id: strawberry.ID
+    provider: str = strawberry.field(description="A provider the order's branch enables.")
+    method: PaymentMethod  # type: ignore[valid-type]
+    return_url: str | None = strawberry.field(
+        default=None, description="Where the platform sends the payer back (PAGE, WAP)."
+    )
+
+
+@strawberry.type
+class StartPaymentPayload:
+    payment: Payment | None
+    action: PaymentAction | None
+    user_errors: list[UserError]
+
+
+@strawberry.input
+class RefundPaymentInput:
+    payment_id: strawberry.ID
+    amount_fen: int = strawberry.field(description="Up to what is left to refund of the payment.")
+    reason: str | None = None
+    idempotency_key: str = strawberry.field(
+        description="Unique per branch; repeating it returns the first refund instead of a new one."
+    )
+
+
+@strawberry.type
+class RefundPaymentPayload:
+    refund: Refund | None
+    payment: Payment | None
+    user_errors: list[UserError]
+
+
+@strawberry.type(description="A status of an order: its state when subscribed, then each change.")
+class OrderEvent:
+    status: OrderStatus  # type: ignore[valid-type]
+    at: datetime
+    reason: str | None
+    order: Order
+
+
+def _payments(info: Info[Context, None]) -> PaymentService:
+    service = info.context.services.payments
+    if service is None:
+        raise RuntimeError("the payment service is not wired into this app")
+    return service
+
+
+def _invalid_id(field: str, error: ApiError) -> list[UserError]:
+    return [UserError(field=[field], message=error.message, code="INVALID_ID")]
+
+
+@strawberry.type
+class PaymentMutation:
+    @strawberry.mutation(
+        description="Open a payment attempt for an order awaiting payment; each call is a new one."
+    )
+    async def start_payment(
+        self, info: Info[Context, None], input: StartPaymentInput
+    ) -> StartPaymentPayload:
+        try:
+            order_id = object_id_of(input.order_id, "Order")
+        except ApiError as error:
+            return StartPaymentPayload(
+                payment=None, action=None, user_errors=_invalid_id("orderId", error)
+            )
+        client = info.context.request.client
+        result = await _payments(info).start(
+            order_id,
+            input.provider,
+            DomainPaymentMethod(input.method),
+            input.return_url,
+            client_ip=client.host if client else None,
+        )
+        return StartPaymentPayload(
+            payment=Payment.from_doc(result.payment) if result.payment else None,
+            action=PaymentAction.from_domain(result.action) if result.action else None,
+            user_errors=user_errors(result.problems),
+        )
+
+    @strawberry.mutation(description="Refund part or all of a paid payment.")
+    async def refund_payment(
+        self, info: Info[Context, None], input: RefundPaymentInput
+    ) -> RefundPaymentPayload:
+        try:
+            payment_id = object_id_of(input.payment_id, "Payment")
+        except ApiError as error:
+            return RefundPaymentPayload(
+                refund=None, payment=None, user_errors=_invalid_id("paymentId", error)
+            )
+        result = await _payments(info).refund(
+            payment_id, input.amount_fen, input.reason, input.idempotency_key
+        )
+        payment = result.payment
+        return RefundPaymentPayload(
+            refund=Refund.from_doc(result.refund, payment.get("currency", "CNY"))
+            if result.refund and payment
+            else None,
+            payment=Payment.from_doc(payment) if payment else None,
+            user_errors=user_errors(result.problems),
+        )
+
+
+@strawberry.type
+class Subscription:
+    @strawberry.subscription(
+        description="The order's current status, then every status change until a final one."
+    )
+    async def order_events(
+        self, info: Info[Context, None], order_id: strawberry.ID
+    ) -> AsyncGenerator[OrderEvent, None]:
+        object_id = object_id_of(order_id, "Order")
+        found = False
+        async for order, entry in order_changes(info.context.store, object_id):
+            found = True
+            yield OrderEvent(
+                status=DomainOrderStatus(entry["status"]),
+                at=entry["at"],
+                reason=entry.get("reason"),
+                order=Order.from_doc(order),
+            )
+        if not found:
+            raise ApiError(ErrorCode.NOT_FOUND, "no such order")

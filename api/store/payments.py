@@ -1,0 +1,206 @@
+"""Payment attempts, the provider events applied to them, and refund requests.
+
+A payment document (one attempt to pay an order through one provider)::
+
+    {_id: ObjectId, orderId, branch, provider, method, status, amountFen, currency,
+     outTradeNo, providerTradeNo, returnUrl, refunds: [{outRefundNo, amountFen, status,
+     reason, providerRefundNo, createdAt, updatedAt}], refundedFen, reservedFen,
+     flagged: {reason, at} | null, eventIds: [...], version, createdAt, updatedAt}
+
+Every change of a payment is written with ``find_one_and_update`` guarded on
+``version``: a writer that lost a race reads again and re-decides, so the
+domain's rules always see the document they change.
+
+A ``payment_events`` document stores one verified provider fact under
+``_id = "{provider}:{branch}:{event_id}"``; inserting it is the exactly-once
+gate. A ``refunds`` document is one ``refundPayment`` request, unique per
+(branch, idempotencyKey), with ``_id`` = its ``outRefundNo``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from bson import ObjectId
+from pymongo import ReturnDocument
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import DuplicateKeyError
+
+from api.domain.payment import Attempt, PaymentStatus, RefundLine, RefundStatus
+
+Document = dict[str, Any]
+
+
+def attempt_of(doc: Document) -> Attempt:
+    """The domain's view of a stored payment."""
+    flagged = doc.get("flagged")
+    return Attempt(
+        status=PaymentStatus(doc["status"]),
+        amount_fen=int(doc["amountFen"]),
+        currency=doc["currency"],
+        refunds=tuple(
+            RefundLine(
+                out_refund_no=r["outRefundNo"],
+                amount_fen=int(r["amountFen"]),
+                status=RefundStatus(r["status"]),
+                created_at=r["createdAt"],
+                updated_at=r.get("updatedAt", r["createdAt"]),
+                reason=r.get("reason"),
+                provider_refund_no=r.get("providerRefundNo"),
+            )
+            for r in doc.get("refunds", [])
+        ),
+        flagged=flagged["reason"] if flagged else None,
+    )
+
+
+def attempt_fields(attempt: Attempt, previous: Document, now: datetime) -> Document:
+    """The stored fields that carry ``attempt``."""
+    flagged = previous.get("flagged")
+    if attempt.flagged and not flagged:
+        flagged = {"reason": attempt.flagged, "at": now}
+    return {
+        "status": attempt.status.value,
+        "refunds": [
+            {
+                "outRefundNo": r.out_refund_no,
+                "amountFen": r.amount_fen,
+                "status": r.status.value,
+                "reason": r.reason,
+                "providerRefundNo": r.provider_refund_no,
+                "createdAt": r.created_at,
+                "updatedAt": r.updated_at,
+            }
+            for r in attempt.refunds
+        ],
+        "refundedFen": attempt.refunded_fen,
+        "reservedFen": attempt.reserved_fen,
+        "flagged": flagged,
+    }
+
+
+class PaymentRepository:
+    def __init__(
+        self,
+        payments: AsyncCollection[Document],
+        events: AsyncCollection[Document],
+        refunds: AsyncCollection[Document],
+    ) -> None:
+        self.collection = payments
+        self.events = events
+        self.refunds = refunds
+
+    async def insert(self, payment: Document) -> None:
+        await self.collection.insert_one(payment)
+
+    async def get(self, payment_id: ObjectId) -> Document | None:
+        return await self.collection.find_one({"_id": payment_id})
+
+    async def by_out_trade_no(self, out_trade_no: str) -> Document | None:
+        return await self.collection.find_one({"outTradeNo": out_trade_no})
+
+    async def of_order(self, order_id: ObjectId) -> list[Document]:
+        return await self.collection.find({"orderId": order_id}).sort("createdAt", 1).to_list()
+
+    async def write(
+        self,
+        previous: Document,
+        fields: Document,
+        now: datetime,
+        *,
+        event_key: str | None = None,
+    ) -> Document | None:
+        """Write ``fields`` if the payment is still at ``previous``'s version; None if not.
+
+        With ``event_key`` the write also records that event as applied, and
+        does nothing when it was applied already.
+        """
+        guard: Document = {"_id": previous["_id"], "version": previous["version"]}
+        update: Document = {
+            "$set": {**fields, "updatedAt": now},
+            "$inc": {"version": 1},
+        }
+        if event_key is not None:
+            guard["eventIds"] = {"$ne": event_key}
+            update["$push"] = {"eventIds": event_key}
+        return await self.collection.find_one_and_update(
+            guard, update, return_document=ReturnDocument.AFTER
+        )
+
+    async def pending(
+        self,
+        *,
+        created_after: datetime | None,
+        created_before: datetime,
+        branch: str | None,
+    ) -> list[Document]:
+        """Attempts still PENDING, or with a refund still PENDING, oldest first."""
+        query: Document = {
+            "$or": [
+                {"status": PaymentStatus.PENDING.value},
+                {"reservedFen": {"$gt": 0}},
+            ],
+            "createdAt": {"$lte": created_before},
+        }
+        if created_after is not None:
+            query["createdAt"]["$gte"] = created_after
+        if branch is not None:
+            query["branch"] = branch
+        return await self.collection.find(query).sort("createdAt", 1).to_list()
+
+    async def open_of_order(self, order_id: ObjectId) -> list[Document]:
+        return await self.collection.find(
+            {"orderId": order_id, "status": PaymentStatus.PENDING.value}
+        ).to_list()
+
+    # --- provider events --------------------------------------------------------------
+
+    async def record_event(self, event: Document) -> bool:
+        """Store the event; False when an event with its ``_id`` exists (a re-delivery)."""
+        try:
+            await self.events.insert_one(event)
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def event(self, key: str) -> Document | None:
+        return await self.events.find_one({"_id": key})
+
+    async def mark_event_applied(self, key: str, note: str, now: datetime) -> None:
+        await self.events.update_one(
+            {"_id": key, "applied": False},
+            {"$set": {"applied": True, "outcome": note, "appliedAt": now}},
+        )
+
+    async def events_of(self, payment_id: ObjectId) -> list[Document]:
+        return await self.events.find({"paymentId": payment_id}).sort("receivedAt", 1).to_list()
+
+    # --- refund requests ----------------------------------------------------------------
+
+    async def insert_refund_once(self, refund: Document) -> tuple[Document, bool]:
+        """Insert the request unless its (branch, idempotencyKey) exists; (stored, created)."""
+        try:
+            await self.refunds.insert_one(refund)
+        except DuplicateKeyError:
+            existing = await self.refunds.find_one(
+                {"branch": refund["branch"], "idempotencyKey": refund["idempotencyKey"]}
+            )
+            if existing is None:
+                raise
+            return existing, False
+        return refund, True
+
+    async def finish_refund(self, out_refund_no: str, fields: Document) -> Document | None:
+        return await self.refunds.find_one_and_update(
+            {"_id": out_refund_no},
+            {"$set": fields},
+            return_document=ReturnDocument.AFTER,
+        )
+
+    async def refund_request(self, out_refund_no: str) -> Document | None:
+        return await self.refunds.find_one({"_id": out_refund_no})
+
+    async def forget_refund_request(self, out_refund_no: str) -> None:
+        """Drop a request that was refused before anything was reserved for it."""
+        await self.refunds.delete_one({"_id": out_refund_no})
