@@ -73,6 +73,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from api.app import create_app
     from api.plugins.config import ConfigError
+    from api.plugins.manager import PluginError
 
     settings = Settings()
     if args.port is not None:
@@ -104,8 +105,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except devdb.EmbeddedStoreError as error:
         console.print(f"[red]error:[/red] {error}")
         return 1
-    except ConfigError as error:
-        console.print(f"[red]invalid plugins configuration:[/red]\n{error}")
+    except (ConfigError, PluginError) as error:
+        console.print("[red]invalid plugins configuration:[/red]")
+        console.print(str(error), markup=False, highlight=False)
         return 1
     return 0
 

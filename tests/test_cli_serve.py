@@ -108,3 +108,21 @@ def test_a_taken_store_port_is_named(workdir: Path, ports: tuple[int, int]) -> N
         output, _ = process.communicate(timeout=60)
     assert process.returncode == 1
     assert f"port {db_port}" in output and "already in use" in output
+
+
+def test_an_invalid_plugins_toml_stops_start_up_with_its_table_path(
+    workdir: Path, ports: tuple[int, int]
+) -> None:
+    config = workdir / "plugins.toml"
+    config.write_text(
+        config.read_text().replace(
+            "[branches.zj.providers.sandbox]", "[branches.zj.providers.nosuch]"
+        )
+    )
+    api_port, db_port = ports
+    process = serve(workdir, api_port, db_port)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 1
+    assert "[branches.zj.providers.nosuch]" in output
+    assert "sandbox" in output  # the installed providers are listed
+    assert not port_in_use(db_port)
