@@ -262,7 +262,7 @@ class AlipayProvider(Provider):
                 errors="strict",
             )
         except (UnicodeDecodeError, ValueError):
-            self._reject("body is not a UTF-8 form")
+            self._reject("body is not a UTF-8 urlencoded form")
         params = dict(pairs)
         if len(params) != len(pairs):
             self._reject("body repeats a parameter")
