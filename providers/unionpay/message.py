@@ -124,12 +124,6 @@ def verify_platform_cert(
         middle.verify_directly_issued_by(root)
     except (ValueError, TypeError, InvalidSignature):
         raise SignatureInvalid("signPubKeyCert does not chain to the configured root") from None
-    try:
-        constraints = middle.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        raise SignatureInvalid("middle certificate is not a CA") from None
-    if not constraints.ca:
-        raise SignatureInvalid("middle certificate is not a CA")
     owner = cert_owner(cert)
     allowed = {UNIONPAY_CERT_OWNER} if validate_owner else {UNIONPAY_CERT_OWNER, TEST_CERT_OWNER}
     if owner not in allowed:

@@ -51,7 +51,7 @@ class UnionpaySettings(BaseModel):
     sign_cert_private_key: SecretStr = Field(
         description="the private key of the signing certificate, PEM without a password"
     )
-    middle_cert: str = Field(description="UnionPay's middle certificate, PEM (acp_prod_mid.cer)")
+    middle_cert: str = Field(description="UnionPay's middle certificate, PEM (acp_prod_middle.cer)")
     root_cert: str = Field(description="UnionPay's root certificate, PEM (acp_prod_root.cer)")
     validate_cn_name: bool = Field(
         default=True,

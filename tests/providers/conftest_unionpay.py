@@ -39,6 +39,12 @@ def other_chain() -> pki.Chain:
 
 
 def settings(gateway: str, **overrides: Any) -> UnionpaySettings:
+    return _settings(gateway, tuple(sorted(overrides.items())))
+
+
+@cache
+def _settings(gateway: str, overrides: tuple[tuple[str, Any], ...]) -> UnionpaySettings:
+    # Validation parses and checks every key; the model is frozen, so share it.
     c = chain()
     values: dict[str, Any] = {
         "mer_id": MER_ID,

@@ -45,6 +45,7 @@ from api.payments.provider import (
 from providers.kit.loopback import LoopbackServer
 from providers.unionpay import UnionpayProvider, demo, message, pki
 from providers.unionpay.driver import UnionpayDriver, read_form
+from providers.unionpay.settings import UnionpaySettings
 from providers.unionpay.simulator import create_app
 
 LOGGER = "branchpay.providers.unionpay"
@@ -271,9 +272,12 @@ def test_settings_hide_the_signing_key() -> None:
     secret = s.sign_cert_private_key.get_secret_value()
     body = secret.splitlines()[1]
     assert body not in repr(s) and body not in str(s) and body not in s.model_dump_json()
-    assert s.gateway == "http://127.0.0.1:1"
-    defaults = settings("http://127.0.0.1:1").model_copy()
-    assert "gateway.95516.com" in type(defaults).model_fields["gateway"].default
+
+
+def test_settings_default_to_the_production_gateway() -> None:
+    given = settings("http://127.0.0.1:1").model_dump(exclude={"gateway"})
+    given["sign_cert_private_key"] = pki.key_pem(chain().merchant_key)
+    assert UnionpaySettings.model_validate(given).gateway == "https://gateway.95516.com"
 
 
 def test_settings_errors_name_the_field_not_the_key() -> None:
