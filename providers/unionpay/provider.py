@@ -12,8 +12,9 @@ and without a fee.
 UnionPay names a transaction by ``merId`` + ``orderId`` + ``txnTime``, and the
 contract hands query, refund and close only ``out_trade_no`` (which is our
 ``orderId``). The ``txnTime`` each attempt and refund was opened with is kept
-in :data:`ATTEMPTS` for the life of the process; an attempt opened before a
-restart cannot be queried and reports UNKNOWN (see the README).
+in :data:`ATTEMPTS` for the life of the process, and learnt from every genuine
+notification; an attempt opened before a restart that has not been notified
+since cannot be queried and reports UNKNOWN (see the README).
 
 UnionPay has no call that closes an unpaid online consume: it stops taking
 payment at ``payTimeout`` (set from ``expires_at``). ``close`` therefore checks
@@ -332,6 +333,9 @@ class UnionpayProvider(Provider):
         except ValueError as exc:
             logger.warning("unionpay notification for branch %s rejected: %s", self.branch, exc)
             raise NotificationRejected(str(exc)) from None
+        # UnionPay's own word on the txnTime: lets an attempt opened before a
+        # restart be queried and refunded again.
+        ATTEMPTS.txn_times.setdefault((fields["merId"], fields["orderId"]), fields["txnTime"])
         if event is None:
             logger.info(
                 "unionpay notification for branch %s: txnType %s respCode %s, nothing to apply",

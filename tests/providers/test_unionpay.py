@@ -45,6 +45,7 @@ from api.payments.provider import (
 from providers.kit.loopback import LoopbackServer
 from providers.unionpay import UnionpayProvider, demo, message, pki
 from providers.unionpay.driver import UnionpayDriver, read_form
+from providers.unionpay.provider import ATTEMPTS
 from providers.unionpay.settings import UnionpaySettings
 from providers.unionpay.simulator import create_app
 
@@ -862,3 +863,19 @@ async def test_refund_of_an_attempt_opened_before_a_restart_says_so(
 ) -> None:
     with pytest.raises(GatewayError, match="txnTime"):
         await provider.refund(RefundRequest(new_no(), new_no("rf"), 100, 100, "CNY"))
+
+
+async def test_a_notification_teaches_the_txn_time_lost_in_a_restart(
+    provider: UnionpayProvider, driver: UnionpayDriver
+) -> None:
+    out_trade_no, notification = await paid(provider, driver, 700)
+    del ATTEMPTS.txn_times[(MER_ID, out_trade_no)]
+    assert (await provider.query(out_trade_no)).state is AttemptState.UNKNOWN
+    await provider.parse_notification(notification)
+    assert (await provider.query(out_trade_no)).state is AttemptState.SUCCEEDED
+    result = await provider.refund(
+        RefundRequest(
+            out_trade_no, new_no("rf"), 100, 700, "CNY", notify_url="http://127.0.0.1:9/n"
+        )
+    )
+    assert result.state is RefundState.PENDING
