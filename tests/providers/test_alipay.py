@@ -523,13 +523,12 @@ async def test_duplicate_delayed_and_out_of_order_deliveries(
     received = await receiver.wait_for(7)
 
     events = [await alipay_provider.parse_notification(n) for n in received]
-    assert all(e is not None for e in events)
-    kinds = [e.kind for e in events if e is not None]
-    assert kinds[4:6] == [EventKind.REFUND_SUCCEEDED, EventKind.PAYMENT_SUCCEEDED]
-    ids = {e.kind: set() for e in events if e is not None}
-    for e in events:
-        assert e is not None
-        ids[e.kind].add(e.event_id)
+    facts = [e for e in events if e is not None]
+    assert len(facts) == len(events) == 7
+    assert [e.kind for e in facts][4:6] == [EventKind.REFUND_SUCCEEDED, EventKind.PAYMENT_SUCCEEDED]
+    ids: dict[EventKind, set[str]] = {}
+    for e in facts:
+        ids.setdefault(e.kind, set()).add(e.event_id)
     # However often and in whatever order they arrive: one fact each.
     assert {k: len(v) for k, v in ids.items()} == {
         EventKind.PAYMENT_SUCCEEDED: 1,

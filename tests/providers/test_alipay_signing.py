@@ -305,10 +305,12 @@ def test_yuan_to_fen_refuses_malformed(yuan: str) -> None:
 
 def test_settings_default_to_production_and_hide_the_private_key() -> None:
     pem = private_key_pem(app_key())
-    settings = AlipaySettings(
-        app_id=APP_ID,
-        private_key=pem,
-        alipay_public_key=public_key_pem(platform_key().public_key()),
+    settings = AlipaySettings.model_validate(
+        {
+            "app_id": APP_ID,
+            "private_key": pem,
+            "alipay_public_key": public_key_pem(platform_key().public_key()),
+        }
     )
     assert settings.gateway == PRODUCTION_GATEWAY
     body = "".join(pem.splitlines()[1:-1])
