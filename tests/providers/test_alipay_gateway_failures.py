@@ -40,8 +40,8 @@ from providers.alipay.driver import AlipayGatewayDriver, notification_request
 
 __all__ = ["alipay_http", "alipay_simulator"]
 
-STALL_SECONDS = 1.5
-CLIENT_TIMEOUT = 0.3
+STALL_SECONDS = 3.0
+CLIENT_TIMEOUT = 1.0
 BACKOFF = 0.05
 
 
