@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
@@ -155,6 +156,72 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return admin.keys(args)
 
 
+DURATION = re.compile(r"(\d+)([smhd])")
+DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``90s``, ``30m``, ``2h``, ``1d`` or combinations such as ``1h30m``."""
+    parts = DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 30m, 2h or 1d")
+    return sum(
+        (timedelta(**{DURATION_UNITS[unit]: int(number)}) for number, unit in parts), timedelta()
+    )
+
+
+async def _reconcile(settings: Settings, uri: str, args: argparse.Namespace) -> int:
+    import httpx
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from api.payments.service import PaymentService
+    from api.plugins.manager import load_plugin_manager
+    from api.plugins.registry import ProviderRegistry
+    from api.store import Store
+
+    plugins = load_plugin_manager()
+    store = Store.connect(uri, settings.database)
+    try:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(15.0)) as http:
+            registry = ProviderRegistry(settings.plugins_toml, plugins, http)
+            registry.load()
+            if args.branch is not None and registry.branch(args.branch) is None:
+                console.print(f"[red]error:[/red] no branch {args.branch!r} in {registry.path}")
+                return 2
+            payments = PaymentService(
+                store, registry, base_url=lambda: settings.base_url, plugins=plugins
+            )
+            with Progress(console=console, transient=True) as progress:
+                task = progress.add_task("querying the platforms", total=None)
+                report = await payments.reconcile(
+                    since=args.since,
+                    branch=args.branch,
+                    progress=lambda done, total: progress.update(task, completed=done, total=total),
+                )
+    finally:
+        await store.close()
+    table = Table(title=f"reconciled {len(report.rows)} attempts, {report.changed} changed")
+    for column in ("outTradeNo", "branch", "provider", "before", "after", "note"):
+        table.add_column(column)
+    for row in report.rows:
+        table.add_row(row.out_trade_no, row.branch, row.provider, row.before, row.after, row.note)
+    Console().print(table)
+    return 0
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from api.plugins.config import ConfigError
+
+    settings = Settings()
+    try:
+        with store_uri(settings, reuse_running=True) as uri:
+            return asyncio.run(_reconcile(settings, uri, args))
+    except ConfigError as error:
+        console.print(f"[red]invalid plugins configuration:[/red]\n{error}")
+        return 1
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="branchpay", description=__doc__)
     commands = top.add_subparsers(dest="command", required=True)
@@ -206,6 +273,17 @@ def parser() -> argparse.ArgumentParser:
     revoke = keys_sub.add_parser("revoke", help="revoke a key at once")
     revoke.add_argument("name")
     revoke.set_defaults(run=cmd_keys)
+
+    reconcile = commands.add_parser(
+        "reconcile", help="ask the platforms about PENDING attempts and apply what they report"
+    )
+    reconcile.add_argument(
+        "--since",
+        type=parse_duration,
+        help="only attempts created this long ago or later (30m, 2h)",
+    )
+    reconcile.add_argument("--branch", help="only attempts of this branch")
+    reconcile.set_defaults(run=cmd_reconcile)
     return top
 
 

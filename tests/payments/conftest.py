@@ -1,0 +1,283 @@
+"""A running branchpay wired to a running sandbox simulator, both on loopback.
+
+The simulator and the service share a secret the fixture generates; the
+service's ``public_url`` is set to its own loopback address once it listens, so
+the notify URL it hands the simulator reaches it. Helpers create orders, start
+payments and send signed notifications the way the simulator does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import secrets
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import tomlkit
+from bson import ObjectId
+from pymongo import MongoClient
+from pymongo.synchronous.database import Database
+
+from api.settings import Settings
+from providers.kit.loopback import LoopbackServer
+from providers.sandbox import signing
+from providers.sandbox.simulator import SandboxGateway
+from providers.sandbox.simulator import create_app as create_simulator
+from tests.conftest import DEMO_BRANCHES_TOML, GraphQLClient
+
+CREATE_ORDER = """
+mutation($input: CreateOrderInput!) {
+  createOrder(input: $input) { order { id status total { amountFen } } userErrors { code } }
+}
+"""
+START = """
+mutation($input: StartPaymentInput!) {
+  startPayment(input: $input) {
+    payment { id status outTradeNo provider method amount { amountFen currency } }
+    action { kind url qrCode formHtml appPayload }
+    userErrors { field message code }
+  }
+}
+"""
+REFUND = """
+mutation($input: RefundPaymentInput!) {
+  refundPayment(input: $input) {
+    refund { id outRefundNo status amount { amountFen } }
+    payment { id status refunds { outRefundNo status amount { amountFen } } }
+    userErrors { field message code }
+  }
+}
+"""
+ORDER = """
+query($id: ID!) {
+  order(id: $id) {
+    status
+    payments { id status outTradeNo providerTradeNo flagged amount { amountFen }
+               refunds { outRefundNo status amount { amountFen } } }
+  }
+}
+"""
+
+
+def object_id(global_id: str) -> ObjectId:
+    decoded = base64.urlsafe_b64decode(global_id + "=" * (-len(global_id) % 4)).decode()
+    return ObjectId(decoded.split(":", 1)[1])
+
+
+def offering_id(key: str) -> str:
+    return base64.urlsafe_b64encode(f"Offering:{key}".encode()).decode().rstrip("=")
+
+
+@dataclass
+class PayService:
+    """branchpay plus its sandbox gateway, with helpers for the payment flow."""
+
+    url: str
+    client: GraphQLClient
+    db: Database[dict[str, Any]]
+    settings: Settings
+    gateway_url: str
+    gateway: SandboxGateway
+    secret: bytes
+    plugins_toml: Path
+    mongo_uri: str
+    db_name: str
+
+    def create_order(self, branch: str = "zj", offering: str = "zj-plan-59") -> dict[str, Any]:
+        payload = self.client.data(
+            CREATE_ORDER,
+            {
+                "input": {
+                    "branch": branch,
+                    "items": [{"offeringId": offering_id(offering), "quantity": 1}],
+                    "customer": {"name": "Li Lei", "phone": "13912345678"},
+                    "idempotencyKey": f"order-{uuid.uuid4().hex}",
+                }
+            },
+        )["createOrder"]
+        assert payload["userErrors"] == [], payload
+        order: dict[str, Any] = payload["order"]
+        return order
+
+    def start_payment(
+        self, order_id: str, provider: str = "sandbox", method: str = "PAGE"
+    ) -> dict[str, Any]:
+        payload: dict[str, Any] = self.client.data(
+            START,
+            {"input": {"orderId": order_id, "provider": provider, "method": method}},
+        )["startPayment"]
+        return payload
+
+    def refund(
+        self, payment_id: str, amount_fen: int, key: str | None = None
+    ) -> dict[str, Any]:
+        payload: dict[str, Any] = self.client.data(
+            REFUND,
+            {
+                "input": {
+                    "paymentId": payment_id,
+                    "amountFen": amount_fen,
+                    "reason": "customer asked",
+                    "idempotencyKey": key or f"refund-{uuid.uuid4().hex}",
+                }
+            },
+        )["refundPayment"]
+        return payload
+
+    def order(self, order_id: str) -> dict[str, Any]:
+        order: dict[str, Any] = self.client.data(ORDER, {"id": order_id})["order"]
+        return order
+
+    def settle(self, out_trade_no: str, outcome: str = "success") -> dict[str, Any]:
+        """Settle at the simulator without delivering; returns its signed notification."""
+        response = httpx.post(
+            f"{self.gateway_url}/control/payments/{out_trade_no}/settle",
+            json={"outcome": outcome, "deliver": False},
+        )
+        response.raise_for_status()
+        notification: dict[str, Any] = response.json()["notification"]
+        return notification
+
+    def sign(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """A notification signed with the branch's secret, as the simulator makes them."""
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        headers = {k.lower(): v for k, v in signing.signed_headers(self.secret, body).items()}
+        return {"headers": {"content-type": "application/json", **headers}, "body": body.decode()}
+
+    def event(
+        self,
+        out_trade_no: str,
+        kind: str,
+        amount_fen: int,
+        *,
+        event_id: str | None = None,
+        out_refund_no: str | None = None,
+        currency: str = "CNY",
+    ) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "id": event_id or f"ntf_{uuid.uuid4().hex}",
+            "type": kind,
+            "out_trade_no": out_trade_no,
+            "trade_no": "sbxtest" + out_trade_no[-8:],
+            "amount_fen": amount_fen,
+            "currency": currency,
+            "occurred_at": datetime.now(UTC).isoformat(),
+        }
+        if out_refund_no:
+            payload["out_refund_no"] = out_refund_no
+        return self.sign(payload)
+
+    def deliver(self, notification: dict[str, Any], branch: str = "zj") -> httpx.Response:
+        return self.deliver_to(f"/notify/sandbox/{branch}", notification)
+
+    def deliver_to(self, path: str, notification: dict[str, Any]) -> httpx.Response:
+        return httpx.post(
+            self.url + path,
+            content=notification["body"].encode(),
+            headers=notification["headers"],
+        )
+
+    def order_doc(self, order_id: str) -> dict[str, Any]:
+        doc = self.db.orders.find_one({"_id": object_id(order_id)})
+        assert doc is not None
+        return doc
+
+    def set_enabled(self, branch: str, *, enabled: bool) -> None:
+        """Edit plugins.toml and wait until the running service has reloaded it."""
+        document = tomlkit.parse(self.plugins_toml.read_text())
+        document["branches"][branch]["providers"]["sandbox"]["enabled"] = enabled  # type: ignore[index]
+        self.plugins_toml.write_text(tomlkit.dumps(document))
+        query = "query($code: String!) { branch(code: $code) { providers { name } } }"
+        deadline = time.monotonic() + 15
+        # The reload happens in the server's watcher; its only outward sign is the branch view.
+        while time.monotonic() < deadline:
+            providers = self.client.data(query, {"code": branch})["branch"]["providers"]
+            if bool(providers) is enabled:
+                return
+            time.sleep(0.1)
+        raise AssertionError("the service did not reload plugins.toml")
+
+    async def deliver_many(
+        self, notification: dict[str, Any], count: int, branch: str = "zj"
+    ) -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30.0) as http:
+            return list(
+                await asyncio.gather(
+                    *(
+                        http.post(
+                            f"{self.url}/notify/sandbox/{branch}",
+                            content=notification["body"].encode(),
+                            headers=notification["headers"],
+                        )
+                        for _ in range(count)
+                    )
+                )
+            )
+
+
+@pytest.fixture
+def start_payments(
+    tmp_path: Path, mongo_uri: str, db_name: str
+) -> Iterator[Callable[..., PayService]]:
+    """Start the simulator and branchpay (real app, uvicorn, store); both stop after the test."""
+    from api.app import create_app
+    from api.seed import seed
+    from api.store import Store
+
+    servers: list[LoopbackServer] = []
+    sync_client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri, tz_aware=True)
+
+    def start(**settings: Any) -> PayService:
+        secret = secrets.token_urlsafe(32).encode()
+        simulator = create_simulator(secret, retry_delays=(0.2, 0.5))
+        gateway = LoopbackServer(simulator).start()
+        servers.append(gateway)
+        (tmp_path / "sandbox.key").write_bytes(secret)
+        config = tmp_path / "plugins.toml"
+        config.write_text(DEMO_BRANCHES_TOML.format(gateway=gateway.url))
+        settings.setdefault("reconcile_interval_seconds", 3600)
+        options = Settings(
+            plugins_toml=config, database=db_name, data_dir=tmp_path / "data", **settings
+        )
+
+        async def load_demo() -> None:
+            store = Store.connect(mongo_uri, db_name)
+            await store.ensure_indexes()
+            await seed(store, branches=["zj", "bj", "yn"], orders=0, ttl=timedelta(minutes=30))
+            await store.close()
+
+        # In a thread of its own: async tests call this from inside their event loop.
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, load_demo()).result()
+        server = LoopbackServer(create_app(options, mongodb_uri=mongo_uri)).start()
+        servers.append(server)
+        # Known only once it listens; read per request by the app, so set before any request.
+        options.public_url = server.url
+        return PayService(
+            url=server.url,
+            client=GraphQLClient(server.url),
+            db=sync_client[db_name],
+            settings=options,
+            gateway_url=gateway.url,
+            gateway=simulator.state.gateway,
+            secret=secret,
+            plugins_toml=config,
+            mongo_uri=mongo_uri,
+            db_name=db_name,
+        )
+
+    yield start
+    for server in reversed(servers):
+        server.stop()
+    sync_client.drop_database(db_name)
+    sync_client.close()
