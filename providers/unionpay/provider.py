@@ -12,9 +12,11 @@ and without a fee.
 UnionPay names a transaction by ``merId`` + ``orderId`` + ``txnTime``, and the
 contract hands query, refund and close only ``out_trade_no`` (which is our
 ``orderId``). The ``txnTime`` each attempt and refund was opened with is kept
-in :data:`ATTEMPTS` for the life of the process, and learnt from every genuine
-notification; an attempt opened before a restart that has not been notified
-since cannot be queried and reports UNKNOWN (see the README).
+in :data:`ATTEMPTS` for the life of the process and learnt from every genuine
+notification. Numbers made by branchpay start with the UTC second they were
+made (YYMMDDhhmmss); an attempt opened within minutes of that second takes it
+as ``txnTime``, so after a restart the ``txnTime`` is read back from the number.
+An attempt that is neither known nor stamped reports UNKNOWN (see the README).
 
 UnionPay has no call that closes an unpaid online consume: it stops taking
 payment at ``payTimeout`` (set from ``expires_at``). ``close`` therefore checks
@@ -99,6 +101,24 @@ _REQUIRED_NOTIFICATION_FIELDS = (
 )
 
 
+# A number made by branchpay starts with the UTC second it was made
+# (YYMMDDhhmmss); an attempt opened within this window of that second takes it
+# as its txnTime, so the txnTime can be read back from the number alone.
+_STAMP_BEFORE = timedelta(minutes=5)
+_STAMP_AFTER = timedelta(minutes=1)
+
+
+def stamped_time(number: str) -> datetime | None:
+    """The UTC second a number starts with, if it starts with one (YYMMDDhhmmss)."""
+    head = number[:12]
+    if len(head) < 12 or not head.isascii() or not head.isdigit():
+        return None
+    try:
+        return datetime.strptime(head, "%y%m%d%H%M%S").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
 @dataclass
 class AttemptBook:
     """The ``txnTime`` of every attempt and refund this process opened, and closed attempts."""
@@ -107,8 +127,28 @@ class AttemptBook:
     closed: set[tuple[str, str]] = field(default_factory=set)
 
     def open(self, mer_id: str, order_id: str, now: datetime) -> str:
-        """The txnTime of ``order_id``: the first one given to it, so a repeat is a duplicate."""
-        return self.txn_times.setdefault((mer_id, order_id), message.beijing_time(now))
+        """The txnTime of ``order_id``: the first one given to it, so a repeat is a duplicate.
+
+        A new one is the number's own stamp when that is this moment, else now.
+        """
+        key = (mer_id, order_id)
+        if key not in self.txn_times:
+            stamp = stamped_time(order_id)
+            fresh = stamp is not None and now - _STAMP_BEFORE <= stamp <= now + _STAMP_AFTER
+            self.txn_times[key] = message.beijing_time(stamp if fresh and stamp else now)
+        return self.txn_times[key]
+
+    def txn_time(self, mer_id: str, order_id: str) -> str | None:
+        """The txnTime ``order_id`` was opened with: known here, or read from its stamp.
+
+        A stamp is only a likely answer: a query with it finds nothing when the
+        number was opened outside the stamp's window.
+        """
+        known = self.txn_times.get((mer_id, order_id))
+        if known is not None:
+            return known
+        stamp = stamped_time(order_id)
+        return message.beijing_time(stamp) if stamp else None
 
 
 # Shared by every provider instance in the process, so a config reload that
@@ -432,7 +472,7 @@ class UnionpayProvider(Provider):
 
     async def query(self, out_trade_no: str) -> QueryResult:
         key = (self.settings.mer_id, out_trade_no)
-        txn_time = ATTEMPTS.txn_times.get(key)
+        txn_time = ATTEMPTS.txn_time(*key)
         if txn_time is None:
             logger.warning("unionpay query of %s: no txnTime known in this process", out_trade_no)
             return QueryResult(state=AttemptState.UNKNOWN)
@@ -466,12 +506,17 @@ class UnionpayProvider(Provider):
         if not (8 <= len(request.out_refund_no) <= 40 and request.out_refund_no.isalnum()):
             raise GatewayError("the refund orderId must be 8..40 letters and digits")
         mer_id = self.settings.mer_id
-        paid_txn_time = ATTEMPTS.txn_times.get((mer_id, request.out_trade_no))
+        paid_txn_time = ATTEMPTS.txn_time(mer_id, request.out_trade_no)
         if paid_txn_time is None:
             raise GatewayError(
                 "UnionPay names an attempt by its txnTime, which this process does not know "
-                "(the attempt was opened before a restart); refund it in the merchant console"
+                "(opened before a restart, no stamp in its number); refund it in the merchant "
+                "console"
             )
+        if (mer_id, request.out_refund_no) not in ATTEMPTS.txn_times:
+            earlier = await self._refund_made_before(request.out_refund_no)
+            if earlier is not None:
+                return earlier
         paid = await self.query(request.out_trade_no)
         if paid.state is not AttemptState.SUCCEEDED or not paid.provider_trade_no:
             return RefundResult(
@@ -507,6 +552,18 @@ class UnionpayProvider(Provider):
             state=RefundState.FAILED, message=f"{code} {answer.get('respMsg', '')}".strip()
         )
 
+    async def _refund_made_before(self, out_refund_no: str) -> RefundResult | None:
+        """The refund this number already made (before a restart), found through its stamp."""
+        mer_id = self.settings.mer_id
+        guess = ATTEMPTS.txn_time(mer_id, out_refund_no)
+        if guess is None:
+            return None
+        answer = await self._query(out_refund_no, guess)
+        if answer.get("respCode") != RESP_OK:
+            return None
+        ATTEMPTS.txn_times[(mer_id, out_refund_no)] = guess
+        return _refund_result(answer)
+
     async def _refund_state(self, out_refund_no: str, txn_time: str) -> RefundResult:
         answer = await self._query(out_refund_no, txn_time)
         code = answer.get("respCode", "")
@@ -514,25 +571,30 @@ class UnionpayProvider(Provider):
             return RefundResult(state=RefundState.PENDING, message="submitted; not visible yet")
         if code != RESP_OK:
             raise GatewayError(f"UnionPay could not query the refund: {code}")
-        orig = answer.get("origRespCode", "")
-        query_id = answer.get("queryId") or None
-        if orig == RESP_OK:
-            return RefundResult(state=RefundState.SUCCEEDED, provider_refund_no=query_id)
-        if orig in RESP_IN_DOUBT:
-            return RefundResult(state=RefundState.PENDING, provider_refund_no=query_id)
-        return RefundResult(
-            state=RefundState.FAILED, message=f"{orig} {answer.get('origRespMsg', '')}".strip()
-        )
+        return _refund_result(answer)
 
     async def close(self, out_trade_no: str) -> None:
         key = (self.settings.mer_id, out_trade_no)
-        if key not in ATTEMPTS.txn_times:
+        if ATTEMPTS.txn_time(*key) is None:
             logger.info("unionpay close of %s: never opened here, nothing to close", out_trade_no)
             return
         result = await self.query(out_trade_no)
         if result.state is AttemptState.SUCCEEDED:
             raise GatewayError("the attempt is paid; refund it instead of closing it")
         ATTEMPTS.closed.add(key)
+
+
+def _refund_result(answer: dict[str, str]) -> RefundResult:
+    """A refund's state from a successful query of it."""
+    orig = answer.get("origRespCode", "")
+    query_id = answer.get("queryId") or None
+    if orig == RESP_OK:
+        return RefundResult(state=RefundState.SUCCEEDED, provider_refund_no=query_id)
+    if orig in RESP_IN_DOUBT:
+        return RefundResult(state=RefundState.PENDING, provider_refund_no=query_id)
+    return RefundResult(
+        state=RefundState.FAILED, message=f"{orig} {answer.get('origRespMsg', '')}".strip()
+    )
 
 
 def _occurred_at(trace_time: str, txn_time: datetime) -> datetime:

@@ -879,3 +879,54 @@ async def test_a_notification_teaches_the_txn_time_lost_in_a_restart(
         )
     )
     assert result.state is RefundState.PENDING
+
+
+def stamped_no(at: datetime) -> str:
+    """A number as branchpay's payment service makes them: the UTC second, then random."""
+    return f"{at:%y%m%d%H%M%S}" + uuid.uuid4().hex[:12]
+
+
+async def test_stamped_numbers_are_queried_after_a_restart(
+    provider: UnionpayProvider, driver: UnionpayDriver
+) -> None:
+    request = payment(PaymentMethod.QR_CODE, out_trade_no=stamped_no(datetime.now(UTC)))
+    await provider.create_payment(request)
+    assert await driver.settle(request.out_trade_no, "success") is not None
+    del ATTEMPTS.txn_times[(MER_ID, request.out_trade_no)]
+    result = await provider.query(request.out_trade_no)
+    assert result.state is AttemptState.SUCCEEDED and result.amount_fen == 8800
+
+
+async def test_stamped_refund_repeated_after_a_restart_refunds_once(
+    provider: UnionpayProvider,
+    driver: UnionpayDriver,
+    http: httpx.AsyncClient,
+    simulator: LoopbackServer,
+) -> None:
+    out_trade_no, _ = await paid(provider, driver, 1000)
+    refund = RefundRequest(
+        out_trade_no,
+        stamped_no(datetime.now(UTC)),
+        300,
+        1000,
+        "CNY",
+        notify_url="http://127.0.0.1:9/n",
+    )
+    assert (await provider.refund(refund)).state is RefundState.PENDING
+    del ATTEMPTS.txn_times[(MER_ID, refund.out_refund_no)]
+    again = await provider.refund(refund)
+    assert again.state is RefundState.SUCCEEDED
+    assert (await sim_state(http, simulator, out_trade_no))["refundedFen"] == 300
+
+
+async def test_a_stale_stamp_is_not_taken_as_txn_time(provider: UnionpayProvider) -> None:
+    stale = datetime.now(UTC) - timedelta(minutes=10)
+    fresh = stamped_no(datetime.now(UTC))
+    for number, expected in ((stamped_no(stale), None), (fresh, fresh[:12])):
+        action = await provider.create_payment(payment(PaymentMethod.PAGE, out_trade_no=number))
+        assert action.form_html
+        sent = message.parse_beijing_time(read_form(action.form_html)[1]["txnTime"])
+        if expected is None:
+            assert abs(sent - datetime.now(UTC)) < timedelta(minutes=1)
+        else:
+            assert f"{sent:%y%m%d%H%M%S}" == expected
