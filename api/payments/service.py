@@ -425,16 +425,29 @@ class PaymentService:
         await self._refund_second_success(payment, order)
 
     async def _sync_order(self, order: Document, attempt: Attempt) -> None:
-        target = order_status_for(attempt)
-        current = OrderStatus(order["status"])
-        if target is current or not can_transition(current, target):
-            return
-        await self.store.orders.move(
-            order["_id"],
-            target,
-            self._now(),
-            reason=f"{attempt.refunded_fen} of {attempt.amount_fen} fen refunded",
-        )
+        """Move the order to the refund status of the attempt that paid it.
+
+        Each move is guarded on the status just read; a writer that loses reads
+        the order and the payment again, so the last writer never leaves a stale status.
+        """
+        payment_id = order.get("paidPaymentId")
+        for _ in range(MAX_WRITE_RACES):
+            target = order_status_for(attempt)
+            current = OrderStatus(order["status"])
+            if target is current or not can_transition(current, target):
+                return
+            await self.store.orders.move(
+                order["_id"],
+                target,
+                self._now(),
+                reason=f"{attempt.refunded_fen} of {attempt.amount_fen} fen refunded",
+                extra_guard={"status": current.value},
+            )
+            fresh_order = await self.store.orders.get(order["_id"])
+            fresh_payment = await self.store.payments.get(payment_id) if payment_id else None
+            if fresh_order is None or fresh_payment is None:
+                return
+            order, attempt = fresh_order, attempt_of(fresh_payment)
 
     async def _refund_second_success(self, payment: Document, order: Document) -> None:
         """Refund an attempt paid when its order was paid by another or no longer payable."""

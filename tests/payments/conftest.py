@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
+import os
 import secrets
+import socket
+import subprocess
+import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,6 +30,7 @@ import httpx
 import pytest
 import tomlkit
 from bson import ObjectId
+from httpx_ws import AsyncWebSocketSession, aconnect_ws
 from pymongo import MongoClient
 from pymongo.synchronous.database import Database
 
@@ -35,6 +41,7 @@ from providers.sandbox.simulator import SandboxGateway
 from providers.sandbox.simulator import create_app as create_simulator
 from tests.conftest import DEMO_BRANCHES_TOML, GraphQLClient
 
+ROOT = Path(__file__).resolve().parents[2]
 CREATE_ORDER = """
 mutation($input: CreateOrderInput!) {
   createOrder(input: $input) { order { id status total { amountFen } } userErrors { code } }
@@ -118,9 +125,7 @@ class PayService:
         )["startPayment"]
         return payload
 
-    def refund(
-        self, payment_id: str, amount_fen: int, key: str | None = None
-    ) -> dict[str, Any]:
+    def refund(self, payment_id: str, amount_fen: int, key: str | None = None) -> dict[str, Any]:
         payload: dict[str, Any] = self.client.data(
             REFUND,
             {
@@ -146,6 +151,13 @@ class PayService:
         )
         response.raise_for_status()
         notification: dict[str, Any] = response.json()["notification"]
+        return notification
+
+    def settle_latest(self, out_trade_no: str) -> dict[str, Any]:
+        """The simulator's latest notification for the attempt, signed afresh."""
+        response = httpx.get(f"{self.gateway_url}/control/notifications/{out_trade_no}/latest")
+        response.raise_for_status()
+        notification: dict[str, Any] = response.json()
         return notification
 
     def sign(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -223,6 +235,113 @@ class PayService:
                     )
                 )
             )
+
+
+ORDER_EVENTS = """
+subscription($orderId: ID!) {
+  orderEvents(orderId: $orderId) { status reason at order { id status } }
+}
+"""
+
+
+class OrderFeed:
+    """One orderEvents subscription over graphql-transport-ws."""
+
+    def __init__(self, ws: AsyncWebSocketSession) -> None:
+        self.ws = ws
+
+    async def next(self, timeout: float = 15.0) -> dict[str, Any] | None:
+        """The next event, or None when the server completed the subscription."""
+        message = await self.ws.receive_json(timeout=timeout)
+        if message["type"] == "complete":
+            return None
+        assert message["type"] == "next", message
+        assert not message["payload"].get("errors"), message
+        event: dict[str, Any] = message["payload"]["data"]["orderEvents"]
+        return event
+
+    async def statuses_until(self, status: str, timeout: float = 15.0) -> list[str]:
+        seen: list[str] = []
+        while status not in seen:
+            event = await self.next(timeout)
+            assert event is not None, f"completed after {seen}, before {status}"
+            seen.append(event["status"])
+        return seen
+
+
+@contextlib.asynccontextmanager
+async def order_feed(base_url: str, order_id: str) -> AsyncIterator[OrderFeed]:
+    async with (
+        httpx.AsyncClient(timeout=30.0) as http,
+        aconnect_ws(f"{base_url}/graphql", http, subprotocols=["graphql-transport-ws"]) as ws,
+    ):
+        await ws.send_json({"type": "connection_init"})
+        ack = await ws.receive_json(timeout=10)
+        assert ack["type"] == "connection_ack", ack
+        await ws.send_json(
+            {
+                "id": "1",
+                "type": "subscribe",
+                "payload": {"query": ORDER_EVENTS, "variables": {"orderId": order_id}},
+            }
+        )
+        yield OrderFeed(ws)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class SecondProcess:
+    url: str
+    client: GraphQLClient
+
+
+@pytest.fixture
+def second_process(tmp_path: Path) -> Iterator[Callable[[PayService], SecondProcess]]:
+    """Another `branchpay serve` process on the same store and plugins.toml as a PayService."""
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start(service: PayService) -> SecondProcess:
+        port = free_port()
+        env = {
+            **os.environ,
+            "BRANCHPAY_MONGODB_URI": service.mongo_uri,
+            "BRANCHPAY_DATABASE": service.db_name,
+            "BRANCHPAY_PLUGINS_TOML": str(service.plugins_toml),
+            "BRANCHPAY_DATA_DIR": str(tmp_path / "second"),
+            "BRANCHPAY_RECONCILE_INTERVAL_SECONDS": "3600",
+        }
+        log = (tmp_path / f"serve-{port}.log").open("wb")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "api", "serve", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        processes.append(process)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        # Another process: its readiness is only observable from outside.
+        while time.monotonic() < deadline:
+            assert process.poll() is None, (tmp_path / f"serve-{port}.log").read_text()
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    return SecondProcess(url, GraphQLClient(url))
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError("the second server did not become ready")
+
+    yield start
+    for process in processes:
+        process.terminate()
+        process.wait(timeout=20)
 
 
 @pytest.fixture
