@@ -89,7 +89,7 @@ class UnionpayDriver:
             raise LookupError(f"the simulator has no attempt {out_trade_no}")
         paid = await self.http.post(
             f"{self.base_url}/pay/{tn}",
-            data={"outcome": outcome},
+            data={"outcome": outcome, "deliver": "0"},
             headers={"accept": "application/json"},
         )
         paid.raise_for_status()

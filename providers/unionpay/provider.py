@@ -419,8 +419,8 @@ class UnionpayProvider(Provider):
         amount_fen = message.parse_fen(fields["txnAmt"])
         txn_time = message.parse_beijing_time(fields["txnTime"])
         query_id = fields.get("queryId") or ""
-        event_id = f"unionpay:{txn_type}:" + (
-            query_id or f"{fields['merId']}:{fields['orderId']}:{fields['txnTime']}"
+        event_id = f"unionpay:{fields['merId']}:{txn_type}:" + (
+            query_id or f"{fields['orderId']}:{fields['txnTime']}"
         )
         detail = {
             name: fields[name]

@@ -10,8 +10,8 @@ the gateway's ``k=v&k=v`` format signed with the platform's key and carrying
 Endpoints the adapter calls: ``/gateway/api/{frontTransReq,appTransReq,
 backTransReq,queryTrans}.do``. The payer's side: ``GET /pay/{tn}`` shows a pay
 page, ``POST /pay/{tn}`` with ``outcome=success|fail|close`` settles it
-(success sends the back notification and, for a browser, posts the front
-notification to ``frontUrl``). UnionPay notifies successes only.
+(success sends the back notification, unless ``deliver=0``, and, for a
+browser, posts the front notification to ``frontUrl``). UnionPay notifies successes only.
 
 Controls for tests and the demo:
 
@@ -30,6 +30,7 @@ import contextlib
 import html
 import itertools
 import logging
+import secrets
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -128,9 +129,10 @@ class Gateway:
         out["signature"] = message.sign(out, self.sign_key)
         return out
 
-    def next_number(self, width: int) -> str:
-        stamp = datetime.now(message.BEIJING).strftime("%m%d%H%M%S")
-        return (stamp + str(next(self._serial)).zfill(width))[-width:].zfill(width)
+    def next_number(self) -> str:
+        """A 21-digit tn or queryId: the Beijing second, then digits no restart repeats."""
+        stamp = datetime.now(message.BEIJING).strftime("%y%m%d%H%M%S")
+        return f"{stamp}{next(self._serial) % 1000:03d}{secrets.randbelow(10**6):06d}"
 
     # --- request validation ----------------------------------------------------------
 
@@ -221,7 +223,7 @@ class Gateway:
                 message.parse_beijing_time(fields["payTimeout"])
             except ValueError:
                 raise Refused("10", "payTimeout must be YYYYMMDDhhmmss") from None
-        txn = self.register(fields, tn=self.next_number(21))
+        txn = self.register(fields, tn=self.next_number())
         self.by_tn[txn.tn] = txn
         return txn
 
@@ -242,7 +244,7 @@ class Gateway:
         )
         if (fields["txnSubType"], fields["bizType"]) != ("07", "000000"):
             raise Refused("10", "a QR consume is txnSubType 07, bizType 000000")
-        txn = self.register(fields, tn=self.next_number(21))
+        txn = self.register(fields, tn=self.next_number())
         self.by_tn[txn.tn] = txn
         return {"respCode": "00", "respMsg": "成功", "qrCode": f"{base_url}/pay/{txn.tn}"}
 
@@ -298,8 +300,8 @@ class Gateway:
     def succeed(self, txn: Transaction) -> None:
         now = datetime.now(message.BEIJING)
         txn.status = "success"
-        txn.query_id = self.next_number(21)
-        txn.trace_no = self.next_number(6)
+        txn.query_id = self.next_number()
+        txn.trace_no = f"{secrets.randbelow(10**6):06d}"
         txn.trace_time = now.strftime("%m%d%H%M%S")
         txn.settle_date = now.strftime("%m%d")
         txn.notifications.append(self.signed(self.result_fields(txn)))
@@ -507,7 +509,8 @@ def create_app(
         txn = gateway.by_tn.get(request.path_params["tn"])
         if txn is None:
             return JSONResponse({"error": "unknown tn"}, status_code=404)
-        outcome = (await read_form(request)).get("outcome", "")
+        form = await read_form(request)
+        outcome = form.get("outcome", "")
         if outcome not in ("success", "fail", "close"):
             return JSONResponse({"error": "outcome must be success, fail or close"}, 400)
         if txn.status != "pending":
@@ -517,7 +520,8 @@ def create_app(
         delivered: int | None = None
         if outcome == "success":
             gateway.succeed(txn)
-            delivered = await gateway.deliver(txn, txn.notifications[-1])
+            if form.get("deliver", "1") != "0":
+                delivered = await gateway.deliver(txn, txn.notifications[-1])
         else:
             txn.status = "failed" if outcome == "fail" else "abandoned"
         result = {"orderId": txn.order_id, "status": txn.status, "delivered": delivered}

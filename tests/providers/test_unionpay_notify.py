@@ -1,0 +1,219 @@
+"""UnionPay notifications through a running branchpay: POST /notify/unionpay/{branch}.
+
+branchpay (real app, uvicorn, store) is configured through plugins.toml with
+two branches on different UnionPay merchants, both pointing at the simulator.
+A QR-code attempt is started with GraphQL; every kind of bad notification is
+posted and must get UnionPay's rejection reply (HTTP 400), a log line without
+secrets, and change nothing, before the genuine one is accepted with HTTP 200
+and pays the order once.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+import httpx
+import pytest
+from conftest_unionpay import MER_ID, chain, other_chain
+
+from providers.kit.loopback import LoopbackServer
+from providers.unionpay import message, pki
+from providers.unionpay.simulator import create_app
+
+BJ_MER_ID = "898111111111111"
+
+PLUGINS_TOML = """
+[branches.zj]
+name = "China Mobile Zhejiang"
+province = "Zhejiang"
+operator = "China Mobile"
+
+[branches.zj.providers.unionpay]
+enabled = true
+mer_id = "777290058110048"
+sign_cert = {{ file = "unionpay-sign-cert.pem" }}
+sign_cert_private_key = {{ file = "unionpay-sign-key.pem" }}
+middle_cert = {{ file = "unionpay-middle.pem" }}
+root_cert = {{ file = "unionpay-root.pem" }}
+gateway = "{gateway}"
+
+[branches.bj]
+name = "China Telecom Beijing"
+province = "Beijing"
+operator = "China Telecom"
+
+[branches.bj.providers.unionpay]
+enabled = true
+mer_id = "898111111111111"
+sign_cert = {{ file = "unionpay-sign-cert.pem" }}
+sign_cert_private_key = {{ file = "unionpay-sign-key.pem" }}
+middle_cert = {{ file = "unionpay-middle.pem" }}
+root_cert = {{ file = "unionpay-root.pem" }}
+gateway = "{gateway}"
+
+[branches.yn]
+name = "China Telecom Yunnan"
+province = "Yunnan"
+operator = "China Telecom"
+"""
+
+CREATE_ORDER = """
+mutation($input: CreateOrderInput!) {
+  createOrder(input: $input) { order { id status total { amountFen } } userErrors { code } }
+}
+"""
+START = """
+mutation($input: StartPaymentInput!) {
+  startPayment(input: $input) {
+    payment { id status outTradeNo }
+    action { kind qrCode }
+    userErrors { code message }
+  }
+}
+"""
+ORDER = """
+query($id: ID!) {
+  order(id: $id) { status payments { status outTradeNo providerTradeNo flagged } }
+}
+"""
+
+
+@pytest.fixture
+def gateway_url() -> Iterator[str]:
+    c = chain()
+    app = create_app(
+        sign_key=c.platform_key,
+        sign_cert=c.platform_cert,
+        merchants={MER_ID: c.merchant_cert, BJ_MER_ID: c.merchant_cert},
+        delivery_backoff=0.01,
+    )
+    with LoopbackServer(app) as server:
+        yield server.url
+
+
+@pytest.fixture
+def branchpay(tmp_path: Path, start_service: Callable[..., Any], gateway_url: str) -> Any:
+    c = chain()
+    (tmp_path / "unionpay-sign-cert.pem").write_text(pki.cert_pem(c.merchant_cert))
+    key_file = tmp_path / "unionpay-sign-key.pem"
+    key_file.write_text(pki.key_pem(c.merchant_key))
+    key_file.chmod(0o600)
+    (tmp_path / "unionpay-middle.pem").write_text(pki.cert_pem(c.middle_cert))
+    (tmp_path / "unionpay-root.pem").write_text(pki.cert_pem(c.root_cert))
+    # Refund notifications the simulator sends on its own go to the discard port.
+    return start_service(PLUGINS_TOML, gateway=gateway_url, public_url="http://127.0.0.1:9")
+
+
+def offering_id(key: str) -> str:
+    return base64.urlsafe_b64encode(f"Offering:{key}".encode()).decode().rstrip("=")
+
+
+def started_attempt(service: Any) -> tuple[str, str, str]:
+    order = service.client.data(
+        CREATE_ORDER,
+        {
+            "input": {
+                "branch": "zj",
+                "items": [{"offeringId": offering_id("zj-plan-59"), "quantity": 1}],
+                "customer": {"name": "Li Lei", "phone": "13912345678"},
+                "idempotencyKey": f"order-{uuid.uuid4().hex}",
+            }
+        },
+    )["createOrder"]["order"]
+    started = service.client.data(
+        START, {"input": {"orderId": order["id"], "provider": "unionpay", "method": "QR_CODE"}}
+    )["startPayment"]
+    assert started["userErrors"] == [], started
+    assert started["action"]["kind"] == "QR_CODE" and started["action"]["qrCode"]
+    return order["id"], started["payment"]["outTradeNo"], started["action"]["qrCode"]
+
+
+def settled(gateway_url: str, qr_code: str, out_trade_no: str) -> dict[str, str]:
+    """Pay at the simulator without delivering; the signed back notification it made."""
+    paid = httpx.post(
+        qr_code, data={"outcome": "success", "deliver": "0"}, headers={"accept": "application/json"}
+    )
+    assert paid.json()["status"] == "success", paid.text
+    body = httpx.get(f"{gateway_url}/control/notifications/{out_trade_no}").text
+    return dict(parse_qsl(body, keep_blank_values=True))
+
+
+def resigned(fields: dict[str, str], c: pki.Chain | None = None) -> str:
+    """Signed by a stand-in UnionPay (ours unless another chain is given)."""
+    c = c or chain()
+    out = {k: v for k, v in fields.items() if k != "signature"}
+    out["signPubKeyCert"] = pki.cert_pem(c.platform_cert)
+    out["signature"] = message.sign(out, c.platform_key)
+    return urlencode(out)
+
+
+def post(service: Any, body: str | bytes, branch: str = "zj") -> httpx.Response:
+    return httpx.post(
+        f"{service.url}/notify/unionpay/{branch}",
+        content=body.encode() if isinstance(body, str) else body,
+        headers={"content-type": "application/x-www-form-urlencoded;charset=UTF-8"},
+    )
+
+
+def test_bad_notifications_are_refused_and_change_nothing_then_the_genuine_one_pays(
+    branchpay: Any, gateway_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    order_id, out_trade_no, qr_code = started_attempt(branchpay)
+    genuine = settled(gateway_url, qr_code, out_trade_no)
+    genuine_body = urlencode(genuine)
+    assert genuine["txnAmt"] == "5900" and genuine["merId"] == MER_ID
+
+    bad: dict[str, str | bytes] = {
+        "unsigned": urlencode({k: v for k, v in genuine.items() if k != "signature"}),
+        "forged": urlencode(
+            genuine | {"signature": message.sign(genuine, other_chain().platform_key)}
+        ),
+        "signed under another CA": resigned(genuine, other_chain()),
+        "tampered": urlencode(genuine | {"txnAmt": "1"}),
+        "other merId": resigned(genuine | {"merId": BJ_MER_ID}),
+        "unknown orderId": resigned(genuine | {"orderId": "zz" + uuid.uuid4().hex[:20]}),
+        "malformed": "%%%&&==",
+        "oversized": genuine_body + "&pad=" + "x" * 64 * 1024,
+    }
+    caplog.set_level(logging.INFO)
+    for case, body in bad.items():
+        response = post(branchpay, body)
+        assert response.status_code == 400, (case, response.text)
+        order = branchpay.client.data(ORDER, {"id": order_id})["order"]
+        assert order["status"] == "PENDING_PAYMENT", case
+        assert [p["status"] for p in order["payments"]] == ["PENDING"], case
+    logged = caplog.text
+    assert logged.count("unionpay") >= len(bad)
+    key_body = "".join(pki.key_pem(chain().merchant_key).splitlines()[1:-1])
+    assert key_body[:40] not in logged and genuine["signature"][:40] not in logged
+    assert branchpay.db["payment_events"].count_documents({"outTradeNo": out_trade_no}) == 0
+
+    # This branch's genuine notification, sent to the other branch (another merId).
+    assert post(branchpay, genuine_body, branch="bj").status_code == 400
+
+    accepted = post(branchpay, genuine_body)
+    assert (accepted.status_code, accepted.text) == (200, "ok")
+    replayed = post(branchpay, genuine_body)
+    assert replayed.status_code == 200
+    order = branchpay.client.data(ORDER, {"id": order_id})["order"]
+    assert order["status"] == "PAID"
+    (payment,) = order["payments"]
+    assert payment["status"] == "SUCCEEDED" and payment["providerTradeNo"] == genuine["queryId"]
+    assert not payment["flagged"]
+    assert branchpay.db["payment_events"].count_documents({"outTradeNo": out_trade_no}) == 1
+
+
+def test_wrong_amount_is_flagged_not_paid(branchpay: Any, gateway_url: str) -> None:
+    order_id, out_trade_no, qr_code = started_attempt(branchpay)
+    genuine = settled(gateway_url, qr_code, out_trade_no)
+    post(branchpay, resigned(genuine | {"txnAmt": "59"}))
+    order = branchpay.client.data(ORDER, {"id": order_id})["order"]
+    assert order["status"] == "PENDING_PAYMENT"
+    (payment,) = order["payments"]
+    assert payment["status"] == "PENDING" and payment["flagged"]
