@@ -151,6 +151,15 @@ class AttemptBook:
         return message.beijing_time(stamp) if stamp else None
 
 
+class _Transient(Exception):
+    """A try that failed in a way a repeat may cure."""
+
+    def __init__(self, failure: str, *, reached: bool) -> None:
+        super().__init__(failure)
+        self.failure = failure
+        self.reached = reached
+
+
 # Shared by every provider instance in the process, so a config reload that
 # builds new instances still finds the attempts the old ones opened.
 ATTEMPTS = AttemptBook()
@@ -232,8 +241,7 @@ class UnionpayProvider(Provider):
         Repeats (with backoff) only when ``repeatable``: on transport errors,
         HTTP 5xx and the answer codes in ``retry_codes``.
         """
-        url = self.settings.gateway + path
-        body = urlencode(self._signed(fields))
+        body = urlencode(self._signed(fields)).encode("utf-8")
         tries = self.settings.max_attempts if repeatable else 1
         reached = False
         failure = "no answer"
@@ -241,43 +249,43 @@ class UnionpayProvider(Provider):
             if attempt:
                 await asyncio.sleep(self.settings.backoff_seconds * 2 ** (attempt - 1))
             try:
-                response = await self.http.post(
-                    url,
-                    content=body.encode("utf-8"),
-                    headers={"content-type": "application/x-www-form-urlencoded;charset=UTF-8"},
-                    timeout=self.settings.timeout_seconds,
-                )
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                failure = f"cannot connect ({type(exc).__name__})"
+                return await self._send(path, body, fields, retry_codes)
+            except _Transient as transient:
+                failure = transient.failure
+                reached = reached or transient.reached
                 logger.warning("unionpay %s: %s, try %d of %d", path, failure, attempt + 1, tries)
-                continue
-            except httpx.HTTPError as exc:
-                reached = True
-                failure = f"no answer ({type(exc).__name__})"
-                logger.warning("unionpay %s: %s, try %d of %d", path, failure, attempt + 1, tries)
-                continue
-            reached = True
-            if response.status_code >= 500:
-                failure = f"HTTP {response.status_code}"
-                logger.warning("unionpay %s: %s, try %d of %d", path, failure, attempt + 1, tries)
-                continue
-            if response.status_code != 200:
-                raise GatewayError(
-                    f"UnionPay answered HTTP {response.status_code}", outcome_unknown=True
-                )
-            answer = self._trusted_answer(path, response.text, fields)
-            code = answer.get("respCode", "")
-            if code in retry_codes:
-                failure = f"respCode {code}"
-                logger.warning("unionpay %s: %s, try %d of %d", path, failure, attempt + 1, tries)
-                continue
-            return answer
         raise GatewayError(
             f"UnionPay {path.rsplit('/', 1)[-1]} failed after {tries} "
             f"{'tries' if tries > 1 else 'try'}: {failure}",
             retryable=repeatable,
             outcome_unknown=reached,
         )
+
+    async def _send(
+        self, path: str, body: bytes, fields: dict[str, str], retry_codes: frozenset[str]
+    ) -> dict[str, str]:
+        """One try; raises :class:`_Transient` for what a repeat may cure."""
+        try:
+            response = await self.http.post(
+                self.settings.gateway + path,
+                content=body,
+                headers={"content-type": "application/x-www-form-urlencoded;charset=UTF-8"},
+                timeout=self.settings.timeout_seconds,
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise _Transient(f"cannot connect ({type(exc).__name__})", reached=False) from None
+        except httpx.HTTPError as exc:
+            raise _Transient(f"no answer ({type(exc).__name__})", reached=True) from None
+        if response.status_code >= 500:
+            raise _Transient(f"HTTP {response.status_code}", reached=True)
+        if response.status_code != 200:
+            # The gateway turned the HTTP request away before reading the transaction.
+            raise GatewayError(f"UnionPay answered HTTP {response.status_code}")
+        answer = self._trusted_answer(path, response.text, fields)
+        code = answer.get("respCode", "")
+        if code in retry_codes:
+            raise _Transient(f"respCode {code}", reached=True)
+        return answer
 
     def _trusted_answer(self, path: str, text: str, sent: dict[str, str]) -> dict[str, str]:
         try:
@@ -299,7 +307,7 @@ class UnionpayProvider(Provider):
     async def create_payment(self, request: PaymentRequest) -> PaymentAction:
         if request.currency != "CNY":
             raise GatewayError("UnionPay online payments are in CNY only")
-        if not (8 <= len(request.out_trade_no) <= 40 and request.out_trade_no.isalnum()):
+        if not _valid_order_id(request.out_trade_no):
             raise GatewayError("orderId must be 8..40 letters and digits")
         mer_id = self.settings.mer_id
         txn_time = ATTEMPTS.open(mer_id, request.out_trade_no, datetime.now(UTC))
@@ -503,7 +511,7 @@ class UnionpayProvider(Provider):
             raise GatewayError("UnionPay refunds are in CNY only")
         if not 1 <= request.refund_fen <= request.total_fen:
             return RefundResult(state=RefundState.FAILED, message="refund exceeds the paid amount")
-        if not (8 <= len(request.out_refund_no) <= 40 and request.out_refund_no.isalnum()):
+        if not _valid_order_id(request.out_refund_no):
             raise GatewayError("the refund orderId must be 8..40 letters and digits")
         mer_id = self.settings.mer_id
         paid_txn_time = ATTEMPTS.txn_time(mer_id, request.out_trade_no)
@@ -582,6 +590,11 @@ class UnionpayProvider(Provider):
         if result.state is AttemptState.SUCCEEDED:
             raise GatewayError("the attempt is paid; refund it instead of closing it")
         ATTEMPTS.closed.add(key)
+
+
+def _valid_order_id(number: str) -> bool:
+    """UnionPay's orderId: 8 to 40 ASCII letters and digits."""
+    return 8 <= len(number) <= 40 and number.isascii() and number.isalnum()
 
 
 def _refund_result(answer: dict[str, str]) -> RefundResult:

@@ -930,3 +930,11 @@ async def test_a_stale_stamp_is_not_taken_as_txn_time(provider: UnionpayProvider
             assert abs(sent - datetime.now(UTC)) < timedelta(minutes=1)
         else:
             assert f"{sent:%y%m%d%H%M%S}" == expected
+
+
+@pytest.mark.parametrize("number", ["short12", "订单号12345678", "ut-12345678", "u" * 41])
+async def test_order_ids_the_gateway_would_refuse_are_not_sent(
+    provider: UnionpayProvider, number: str
+) -> None:
+    with pytest.raises(GatewayError, match="orderId"):
+        await provider.create_payment(payment(PaymentMethod.QR_CODE, out_trade_no=number))
