@@ -65,6 +65,11 @@ mutation($input: RefundPaymentInput!) {
   }
 }
 """
+CANCEL_ORDER = """
+mutation($input: CancelOrderInput!) {
+  cancelOrder(input: $input) { order { status } userErrors { code } }
+}
+"""
 ORDER = """
 query($id: ID!) {
   order(id: $id) {
@@ -152,6 +157,25 @@ class PayService:
         response.raise_for_status()
         notification: dict[str, Any] = response.json()["notification"]
         return notification
+
+    def reconcile(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run `branchpay reconcile` in a process of its own against this service's store."""
+        env = {
+            **os.environ,
+            "BRANCHPAY_MONGODB_URI": self.mongo_uri,
+            "BRANCHPAY_DATABASE": self.db_name,
+            "BRANCHPAY_PLUGINS_TOML": str(self.plugins_toml),
+            "BRANCHPAY_PUBLIC_URL": self.url,
+            "COLUMNS": "220",
+        }
+        return subprocess.run(
+            [sys.executable, "-m", "api", "reconcile", *args],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     def settle_latest(self, out_trade_no: str) -> dict[str, Any]:
         """The simulator's latest notification for the attempt, signed afresh."""
