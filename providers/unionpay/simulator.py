@@ -52,6 +52,18 @@ logger = logging.getLogger("branchpay.providers.unionpay.simulator")
 
 ENDPOINTS = ("frontTransReq.do", "appTransReq.do", "backTransReq.do", "queryTrans.do")
 DELIVERY_TRIES = 3
+# Required in every consume, refund and void.
+TRANSACTION_FIELDS = (
+    "txnType",
+    "txnSubType",
+    "bizType",
+    "channelType",
+    "orderId",
+    "txnTime",
+    "txnAmt",
+    "currencyCode",
+    "backUrl",
+)
 
 
 class Refused(Exception):
@@ -200,20 +212,7 @@ class Gateway:
         return txn
 
     def consume(self, fields: dict[str, str], channels: tuple[str, ...]) -> Transaction:
-        self.check(
-            fields,
-            (
-                "txnType",
-                "txnSubType",
-                "bizType",
-                "channelType",
-                "orderId",
-                "txnTime",
-                "txnAmt",
-                "currencyCode",
-                "backUrl",
-            ),
-        )
+        self.check(fields, TRANSACTION_FIELDS)
         if (fields["txnType"], fields["txnSubType"], fields["bizType"]) != ("01", "01", "000201"):
             raise Refused("10", "not a consume (txnType 01, txnSubType 01, bizType 000201)")
         if fields["channelType"] not in channels:
@@ -228,20 +227,7 @@ class Gateway:
         return txn
 
     def qr_consume(self, fields: dict[str, str], base_url: str) -> dict[str, str]:
-        self.check(
-            fields,
-            (
-                "txnType",
-                "txnSubType",
-                "bizType",
-                "channelType",
-                "orderId",
-                "txnTime",
-                "txnAmt",
-                "currencyCode",
-                "backUrl",
-            ),
-        )
+        self.check(fields, TRANSACTION_FIELDS)
         if (fields["txnSubType"], fields["bizType"]) != ("07", "000000"):
             raise Refused("10", "a QR consume is txnSubType 07, bizType 000000")
         txn = self.register(fields, tn=self.next_number())
@@ -250,21 +236,7 @@ class Gateway:
 
     def refund(self, fields: dict[str, str]) -> Transaction:
         """A 退货 (txnType 04) or, same settlement day and in full, a 消费撤销 (txnType 31)."""
-        self.check(
-            fields,
-            (
-                "txnType",
-                "txnSubType",
-                "bizType",
-                "channelType",
-                "orderId",
-                "txnTime",
-                "txnAmt",
-                "currencyCode",
-                "origQryId",
-                "backUrl",
-            ),
-        )
+        self.check(fields, (*TRANSACTION_FIELDS, "origQryId"))
         if fields["txnSubType"] != "00":
             raise Refused("10", "a refund is txnSubType 00")
         if (fields["merId"], fields["orderId"]) in self.transactions:
