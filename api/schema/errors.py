@@ -7,7 +7,15 @@ Two families (see ARCHITECTURE.md):
   UNKNOWN_BRANCH, UNKNOWN_OFFERING, OFFERING_OF_OTHER_BRANCH, INVALID_QUANTITY,
   DUPLICATE_NUMBER, EMPTY_ORDER, TOO_MANY_ITEMS, MISSING_OPTION, UNKNOWN_OPTION,
   INVALID_CUSTOMER, INVALID_PHONE, INVALID_IDEMPOTENCY_KEY,
-  IDEMPOTENCY_KEY_REUSED, INVALID_ID, ORDER_NOT_FOUND, ORDER_NOT_CANCELLABLE.
+  IDEMPOTENCY_KEY_REUSED, INVALID_ID, ORDER_NOT_FOUND, ORDER_NOT_CANCELLABLE;
+  startPayment: ORDER_NOT_PAYABLE, ORDER_EXPIRED, PROVIDER_NOT_ENABLED (the
+  message names the providers the branch enables), METHOD_NOT_SUPPORTED,
+  INVALID_RETURN_URL, PROVIDER_UNAVAILABLE (the platform failed; the attempt is
+  stored FAILED, or left PENDING for reconciliation when it may have opened);
+  refundPayment: PAYMENT_NOT_FOUND, INVALID_AMOUNT, INVALID_REASON,
+  PAYMENT_NOT_REFUNDABLE (not paid, or flagged for review), REFUND_EXCEEDS_PAID,
+  REFUND_FAILED (the platform refused; the refund is kept as FAILED and its
+  amount released).
 - top-level ``errors`` with ``extensions.code``::
 
       BAD_USER_INPUT    malformed query, variables, ID or cursor; a limit exceeded
