@@ -18,8 +18,9 @@ Controls for tests and the demo:
 - ``GET /control/notifications/{orderId}?index=-1``: a notification's body, not sent;
 - ``POST /control/notifications/{orderId}/redeliver`` (form ``count``, ``delay``,
   ``index``): send it again, several times, later, or an older one (out of order);
-- ``POST /control/faults`` (JSON ``endpoint``, ``mode`` error|stall|bad_signature,
-  ``count``): make the next calls of an endpoint fail;
+- ``POST /control/faults`` (JSON ``endpoint``, ``mode``
+  error|stall|lost_answer|bad_signature, ``count``): make the next calls of an
+  endpoint fail;
 - ``GET /control/transactions/{orderId}``: the simulator's view, as JSON.
 """
 
@@ -52,6 +53,11 @@ logger = logging.getLogger("branchpay.providers.unionpay.simulator")
 
 ENDPOINTS = ("frontTransReq.do", "appTransReq.do", "backTransReq.do", "queryTrans.do")
 DELIVERY_TRIES = 3
+# error: HTTP 500 before doing anything; stall: the same, after stall_seconds;
+# lost_answer: the request is carried out, then HTTP 500 instead of its answer;
+# bad_signature: the answer is altered after signing.
+FAULT_MODES = frozenset({"error", "stall", "lost_answer", "bad_signature"})
+AFTER_PROCESSING = frozenset({"lost_answer", "bad_signature"})
 # Required in every consume, refund and void.
 TRANSACTION_FIELDS = (
     "txnType",
@@ -406,8 +412,10 @@ def create_app(
         }
         body = message.format_response(gateway.signed({**echo, **fields}))
         fault = gateway.faults.get(endpoint)
-        if fault is not None and fault.mode == "bad_signature":
+        if fault is not None and fault.mode in AFTER_PROCESSING:
             gateway.take_fault(endpoint)
+            if fault.mode == "lost_answer":
+                return PlainTextResponse("system busy", status_code=500)
             body = body.replace("respMsg=", "respMsg=x", 1)
         return PlainTextResponse(body, media_type="text/plain;charset=UTF-8")
 
@@ -417,7 +425,7 @@ def create_app(
 
     async def injected(endpoint: str) -> Response | None:
         fault = gateway.faults.get(endpoint)
-        if fault is None or fault.mode == "bad_signature":
+        if fault is None or fault.mode in AFTER_PROCESSING:
             return None
         gateway.take_fault(endpoint)
         if fault.mode == "stall":
@@ -546,7 +554,7 @@ def create_app(
     async def faults(request: Request) -> Response:
         spec = await request.json()
         endpoint, mode = spec.get("endpoint"), spec.get("mode")
-        if endpoint not in ENDPOINTS or mode not in ("error", "stall", "bad_signature"):
+        if endpoint not in ENDPOINTS or mode not in FAULT_MODES:
             return JSONResponse({"error": "endpoint or mode unknown"}, 400)
         gateway.faults[endpoint] = Fault(
             mode=mode,

@@ -938,3 +938,74 @@ async def test_order_ids_the_gateway_would_refuse_are_not_sent(
 ) -> None:
     with pytest.raises(GatewayError, match="orderId"):
         await provider.create_payment(payment(PaymentMethod.QR_CODE, out_trade_no=number))
+
+
+def test_certificate_chain_agrees_with_openssl(tmp_path: Path) -> None:
+    """openssl and the adapter accept the same chain and refuse the same stranger."""
+    c, o = chain(), other_chain()
+    root, middle = tmp_path / "root.pem", tmp_path / "middle.pem"
+    root.write_text(pki.cert_pem(c.root_cert))
+    middle.write_text(pki.cert_pem(c.middle_cert))
+    for signer, trusted in ((c.platform_cert, True), (o.platform_cert, False)):
+        leaf = tmp_path / "leaf.pem"
+        leaf.write_text(pki.cert_pem(signer))
+        verdict = subprocess.run(
+            ["openssl", "verify", "-CAfile", root, "-untrusted", middle, leaf],
+            capture_output=True,
+            check=False,
+        )
+        assert (verdict.returncode == 0) is trusted, verdict.stdout + verdict.stderr
+        try:
+            message.verify_platform_cert(
+                signer, middle=c.middle_cert, root=c.root_cert, validate_owner=True
+            )
+        except message.SignatureInvalid:
+            assert not trusted
+        else:
+            assert trusted
+
+
+async def test_refund_whose_answer_was_lost_is_not_made_twice(
+    provider: UnionpayProvider,
+    driver: UnionpayDriver,
+    simulator: LoopbackServer,
+    http: httpx.AsyncClient,
+) -> None:
+    out_trade_no, _ = await paid(provider, driver, 800)
+    await fault(http, simulator, "backTransReq.do", "lost_answer", count=1)
+    refund = RefundRequest(
+        out_trade_no, new_no("rf"), 200, 800, "CNY", notify_url="http://127.0.0.1:9/n"
+    )
+    # The gateway made the refund; the repeat is refused as a duplicate and the refund queried.
+    assert (await provider.refund(refund)).state is RefundState.SUCCEEDED
+    assert (await sim_state(http, simulator, out_trade_no))["refundedFen"] == 200
+
+
+async def test_refund_that_keeps_failing_leaves_the_outcome_open(
+    provider: UnionpayProvider,
+    driver: UnionpayDriver,
+    simulator: LoopbackServer,
+    http: httpx.AsyncClient,
+) -> None:
+    out_trade_no, _ = await paid(provider, driver, 800)
+    refund = RefundRequest(
+        out_trade_no, new_no("rf"), 200, 800, "CNY", notify_url="http://127.0.0.1:9/n"
+    )
+    await fault(http, simulator, "backTransReq.do", "lost_answer", count=3)
+    with pytest.raises(GatewayError) as caught:
+        await provider.refund(refund)
+    assert caught.value.retryable and caught.value.outcome_unknown
+    # Asked again later with the same number, it reports the one refund made.
+    assert (await provider.refund(refund)).state is RefundState.SUCCEEDED
+    assert (await sim_state(http, simulator, out_trade_no))["refundedFen"] == 200
+
+
+async def test_close_that_cannot_query_changes_nothing(
+    provider: UnionpayProvider, simulator: LoopbackServer, http: httpx.AsyncClient
+) -> None:
+    request = payment(PaymentMethod.QR_CODE)
+    await provider.create_payment(request)
+    await fault(http, simulator, "queryTrans.do", "error", count=3)
+    with pytest.raises(GatewayError):
+        await provider.close(request.out_trade_no)
+    assert (await provider.query(request.out_trade_no)).state is AttemptState.PENDING
