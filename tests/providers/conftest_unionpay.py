@@ -20,8 +20,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from api.payments.provider import NotificationRejected, NotificationRequest, Provider
-from providers.unionpay import pki
+from providers.unionpay import message, pki
 from providers.unionpay.settings import UnionpaySettings
+from providers.unionpay.simulator import create_app
 
 MER_ID = "777290058110048"
 BRANCH = "zj-mobile"
@@ -36,6 +37,26 @@ def chain() -> pki.Chain:
 def other_chain() -> pki.Chain:
     """Someone else's CA, signing key and merchant: what a forger has."""
     return pki.issue_chain()
+
+
+def simulator_app(*mer_ids: str) -> Starlette:
+    """The simulator signing as the stand-in UnionPay, knowing the merchant under each merId."""
+    c = chain()
+    return create_app(
+        sign_key=c.platform_key,
+        sign_cert=c.platform_cert,
+        merchants={mer_id: c.merchant_cert for mer_id in mer_ids or (MER_ID,)},
+        delivery_backoff=0.01,
+    )
+
+
+def platform_signed(fields: dict[str, str], c: pki.Chain | None = None) -> dict[str, str]:
+    """Fields signed by a stand-in UnionPay (ours unless another chain is given)."""
+    c = c or chain()
+    out = {k: v for k, v in fields.items() if k != "signature"}
+    out["signPubKeyCert"] = pki.cert_pem(c.platform_cert)
+    out["signature"] = message.sign(out, c.platform_key)
+    return out
 
 
 def settings(gateway: str, **overrides: Any) -> UnionpaySettings:

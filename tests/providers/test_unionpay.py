@@ -26,7 +26,16 @@ from urllib.parse import parse_qsl, urlencode
 
 import httpx
 import pytest
-from conftest_unionpay import BRANCH, MER_ID, NotifyReceiver, chain, other_chain, settings
+from conftest_unionpay import (
+    BRANCH,
+    MER_ID,
+    NotifyReceiver,
+    chain,
+    other_chain,
+    platform_signed,
+    settings,
+    simulator_app,
+)
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from pydantic import ValidationError
 
@@ -47,21 +56,13 @@ from providers.unionpay import UnionpayProvider, demo, message, pki
 from providers.unionpay.driver import UnionpayDriver, read_form
 from providers.unionpay.provider import ATTEMPTS
 from providers.unionpay.settings import UnionpaySettings
-from providers.unionpay.simulator import create_app
 
 LOGGER = "branchpay.providers.unionpay"
 
 
 @pytest.fixture(scope="module")
 def simulator() -> Iterator[LoopbackServer]:
-    c = chain()
-    app = create_app(
-        sign_key=c.platform_key,
-        sign_cert=c.platform_cert,
-        merchants={MER_ID: c.merchant_cert},
-        delivery_backoff=0.01,
-    )
-    with LoopbackServer(app) as server:
+    with LoopbackServer(simulator_app()) as server:
         yield server
 
 
@@ -124,15 +125,6 @@ def form_request(fields: dict[str, str]) -> NotificationRequest:
 
 def fields_of(notification: NotificationRequest) -> dict[str, str]:
     return dict(parse_qsl(notification.body.decode("utf-8"), keep_blank_values=True))
-
-
-def platform_signed(fields: dict[str, str], c: pki.Chain | None = None) -> dict[str, str]:
-    """Fields signed by a stand-in UnionPay, the way the gateway signs its messages."""
-    c = c or chain()
-    out = {k: v for k, v in fields.items() if k != "signature"}
-    out["signPubKeyCert"] = pki.cert_pem(c.platform_cert)
-    out["signature"] = message.sign(out, c.platform_key)
-    return out
 
 
 async def paid(

@@ -11,14 +11,13 @@ from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
-from conftest_unionpay import BRANCH, MER_ID, chain, other_chain, settings
+from conftest_unionpay import BRANCH, other_chain, settings, simulator_app
 
 from api.payments.provider import ActionKind, PaymentAction, PaymentRequest
 from providers.kit.conformance import ProviderConformance
 from providers.kit.loopback import LoopbackServer
 from providers.unionpay import UnionpayProvider
 from providers.unionpay.driver import UnionpayDriver
-from providers.unionpay.simulator import create_app
 
 
 class PayerFacingProvider(UnionpayProvider):
@@ -35,14 +34,7 @@ class PayerFacingProvider(UnionpayProvider):
 
 @pytest.fixture(scope="module")
 def simulator() -> Iterator[LoopbackServer]:
-    c = chain()
-    app = create_app(
-        sign_key=c.platform_key,
-        sign_cert=c.platform_cert,
-        merchants={MER_ID: c.merchant_cert},
-        delivery_backoff=0.01,
-    )
-    with LoopbackServer(app) as server:
+    with LoopbackServer(simulator_app()) as server:
         yield server
 
 

@@ -20,11 +20,10 @@ from urllib.parse import parse_qsl, urlencode
 
 import httpx
 import pytest
-from conftest_unionpay import MER_ID, chain, other_chain
+from conftest_unionpay import MER_ID, chain, other_chain, platform_signed, simulator_app
 
 from providers.kit.loopback import LoopbackServer
 from providers.unionpay import message, pki
-from providers.unionpay.simulator import create_app
 
 BJ_MER_ID = "898111111111111"
 
@@ -86,14 +85,7 @@ query($id: ID!) {
 
 @pytest.fixture
 def gateway_url() -> Iterator[str]:
-    c = chain()
-    app = create_app(
-        sign_key=c.platform_key,
-        sign_cert=c.platform_cert,
-        merchants={MER_ID: c.merchant_cert, BJ_MER_ID: c.merchant_cert},
-        delivery_backoff=0.01,
-    )
-    with LoopbackServer(app) as server:
+    with LoopbackServer(simulator_app(MER_ID, BJ_MER_ID)) as server:
         yield server.url
 
 
@@ -144,15 +136,6 @@ def settled(gateway_url: str, qr_code: str, out_trade_no: str) -> dict[str, str]
     return dict(parse_qsl(body, keep_blank_values=True))
 
 
-def resigned(fields: dict[str, str], c: pki.Chain | None = None) -> str:
-    """Signed by a stand-in UnionPay (ours unless another chain is given)."""
-    c = c or chain()
-    out = {k: v for k, v in fields.items() if k != "signature"}
-    out["signPubKeyCert"] = pki.cert_pem(c.platform_cert)
-    out["signature"] = message.sign(out, c.platform_key)
-    return urlencode(out)
-
-
 def post(service: Any, body: str | bytes, branch: str = "zj") -> httpx.Response:
     return httpx.post(
         f"{service.url}/notify/unionpay/{branch}",
@@ -174,10 +157,12 @@ def test_bad_notifications_are_refused_and_change_nothing_then_the_genuine_one_p
         "forged": urlencode(
             genuine | {"signature": message.sign(genuine, other_chain().platform_key)}
         ),
-        "signed under another CA": resigned(genuine, other_chain()),
+        "signed under another CA": urlencode(platform_signed(genuine, other_chain())),
         "tampered": urlencode(genuine | {"txnAmt": "1"}),
-        "other merId": resigned(genuine | {"merId": BJ_MER_ID}),
-        "unknown orderId": resigned(genuine | {"orderId": "zz" + uuid.uuid4().hex[:20]}),
+        "other merId": urlencode(platform_signed(genuine | {"merId": BJ_MER_ID})),
+        "unknown orderId": urlencode(
+            platform_signed(genuine | {"orderId": "zz" + uuid.uuid4().hex[:20]})
+        ),
         "malformed": "%%%&&==",
         "oversized": genuine_body + "&pad=" + "x" * 64 * 1024,
     }
@@ -212,7 +197,7 @@ def test_bad_notifications_are_refused_and_change_nothing_then_the_genuine_one_p
 def test_wrong_amount_is_flagged_not_paid(branchpay: Any, gateway_url: str) -> None:
     order_id, out_trade_no, qr_code = started_attempt(branchpay)
     genuine = settled(gateway_url, qr_code, out_trade_no)
-    post(branchpay, resigned(genuine | {"txnAmt": "59"}))
+    post(branchpay, urlencode(platform_signed(genuine | {"txnAmt": "59"})))
     order = branchpay.client.data(ORDER, {"id": order_id})["order"]
     assert order["status"] == "PENDING_PAYMENT"
     (payment,) = order["payments"]
