@@ -380,14 +380,14 @@ def start_payments(
     servers: list[LoopbackServer] = []
     sync_client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri, tz_aware=True)
 
-    def start(**settings: Any) -> PayService:
+    def start(extra_toml: str = "", **settings: Any) -> PayService:
         secret = secrets.token_urlsafe(32).encode()
         simulator = create_simulator(secret, retry_delays=(0.2, 0.5))
         gateway = LoopbackServer(simulator).start()
         servers.append(gateway)
         (tmp_path / "sandbox.key").write_bytes(secret)
         config = tmp_path / "plugins.toml"
-        config.write_text(DEMO_BRANCHES_TOML.format(gateway=gateway.url))
+        config.write_text(DEMO_BRANCHES_TOML.format(gateway=gateway.url) + extra_toml)
         settings.setdefault("reconcile_interval_seconds", 3600)
         options = Settings(
             plugins_toml=config, database=db_name, data_dir=tmp_path / "data", **settings

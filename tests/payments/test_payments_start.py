@@ -3,10 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 
+from providers.wechatpay import demo as wechatpay_demo
 from tests.payments.conftest import CANCEL_ORDER, PayService
+
+# WeChat Pay has no desktop PAGE method; its keys are made per test by the demo module.
+WECHATPAY_TOML = f"""
+[branches.zj.providers.wechatpay]
+enabled = true
+mchid = "{wechatpay_demo.DEMO_MCHID}"
+appid = "{wechatpay_demo.DEMO_APPID}"
+private_key = {{ file = "secrets/{wechatpay_demo.MERCHANT_KEY_FILE}" }}
+cert_serial_no = "{wechatpay_demo.DEMO_CERT_SERIAL_NO}"
+apiv3_key = {{ file = "secrets/{wechatpay_demo.APIV3_KEY_FILE}" }}
+platform_public_key = {{ file = "secrets/{wechatpay_demo.PLATFORM_PUBLIC_FILE}" }}
+platform_public_key_id = "{wechatpay_demo.DEMO_PLATFORM_PUBLIC_KEY_ID}"
+gateway = "http://127.0.0.1:9"
+"""
 
 
 def codes(payload: dict[str, object]) -> list[str]:
@@ -27,6 +43,20 @@ def test_a_provider_the_branch_does_not_enable_is_refused_naming_the_enabled_one
     refused = service.start_payment(yn_order["id"])
     assert codes(refused) == ["PROVIDER_NOT_ENABLED"]
     assert "enabled: none" in refused["userErrors"][0]["message"]
+    assert service.db.payments.count_documents({}) == 0
+
+
+def test_a_method_the_provider_does_not_support_is_refused(
+    start_payments: Callable[..., PayService], tmp_path: Path
+) -> None:
+    wechatpay_demo.ensure_demo_keys(tmp_path / "secrets")
+    service = start_payments(extra_toml=WECHATPAY_TOML)
+    order = service.create_order()
+
+    refused = service.start_payment(order["id"], provider="wechatpay", method="PAGE")
+
+    assert codes(refused) == ["METHOD_NOT_SUPPORTED"]
+    assert "QR_CODE, WAP, APP" in refused["userErrors"][0]["message"]
     assert service.db.payments.count_documents({}) == 0
 
 
