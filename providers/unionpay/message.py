@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import html
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta, timezone
 
@@ -172,6 +173,21 @@ def parse_response(text: str) -> dict[str, str]:
 def format_response(fields: Mapping[str, str]) -> str:
     """The gateway's answer format, the inverse of :func:`parse_response`."""
     return "&".join(f"{k}={v}" for k, v in fields.items())
+
+
+def auto_submit_form(action: str, fields: Mapping[str, str]) -> str:
+    """An HTML page that posts ``fields`` to ``action`` as soon as a browser opens it."""
+    inputs = "".join(
+        f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
+        for k, v in fields.items()
+    )
+    return (
+        '<!DOCTYPE html><html><head><meta charset="utf-8"><title>UnionPay</title></head>'
+        '<body onload="document.forms[0].submit()">'
+        f'<form method="post" action="{html.escape(action)}">{inputs}'
+        '<noscript><button type="submit">Continue</button></noscript>'
+        "</form></body></html>"
+    )
 
 
 def beijing_time(moment: datetime) -> str:

@@ -32,7 +32,6 @@ backoff; opening APP and QR_CODE attempts is tried once.
 from __future__ import annotations
 
 import asyncio
-import html
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -326,7 +325,10 @@ class UnionpayProvider(Provider):
         }
         if request.method in (PaymentMethod.PAGE, PaymentMethod.WAP):
             fields["frontUrl"] = request.return_url or ""
-            return PaymentAction(kind=ActionKind.FORM_POST, form_html=self._front_form(fields))
+            form = message.auto_submit_form(
+                self.settings.gateway + FRONT_PATH, self._signed(fields)
+            )
+            return PaymentAction(kind=ActionKind.FORM_POST, form_html=form)
         path = BACK_PATH if request.method is PaymentMethod.QR_CODE else APP_PATH
         answer = await self._call(path, fields, repeatable=False)
         code = answer.get("respCode", "")
@@ -345,21 +347,6 @@ class UnionpayProvider(Provider):
         if not tn:
             raise GatewayError("UnionPay's answer has no tn", outcome_unknown=True)
         return PaymentAction(kind=ActionKind.APP_SDK, app_payload=tn)
-
-    def _front_form(self, fields: dict[str, str]) -> str:
-        signed = self._signed(fields)
-        inputs = "".join(
-            f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
-            for k, v in signed.items()
-        )
-        action = html.escape(self.settings.gateway + FRONT_PATH)
-        return (
-            '<!DOCTYPE html><html><head><meta charset="utf-8"><title>UnionPay</title></head>'
-            '<body onload="document.forms[0].submit()">'
-            f'<form method="post" action="{action}">{inputs}'
-            '<noscript><button type="submit">Pay with UnionPay</button></noscript>'
-            "</form></body></html>"
-        )
 
     # --- notifications ------------------------------------------------------------
 

@@ -508,7 +508,7 @@ def create_app(
         if "application/json" in request.headers.get("accept", ""):
             return JSONResponse(result)
         if outcome == "success" and txn.front_url:
-            return HTMLResponse(_front_notification(txn.front_url, txn.notifications[-1]))
+            return HTMLResponse(message.auto_submit_form(txn.front_url, txn.notifications[-1]))
         return HTMLResponse(_page("支付结果", f"{txn.order_id}: {txn.status}"))
 
     def _notification_of(request: Request) -> tuple[Transaction, dict[str, str]] | Response:
@@ -636,16 +636,4 @@ def _pay_page(txn: Transaction) -> str:
         f"</head><body><h1>UnionPay simulator</h1><p>Order {html.escape(txn.order_id)}: "
         f'¥{yuan}</p><form method="post" action="/pay/{html.escape(txn.tn)}">{buttons}'
         "</form></body></html>"
-    )
-
-
-def _front_notification(front_url: str, fields: dict[str, str]) -> str:
-    inputs = "".join(
-        f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
-        for k, v in fields.items()
-    )
-    return (
-        '<!DOCTYPE html><html><head><meta charset="utf-8"><title>UnionPay</title></head>'
-        '<body onload="document.forms[0].submit()">'
-        f'<form method="post" action="{html.escape(front_url)}">{inputs}</form></body></html>'
     )
