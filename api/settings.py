@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     default_page_size: int = 20
     graphiql: bool = True
     seed_demo_orders: int = Field(default=300, ge=0)
+    bench_mode: bool = Field(
+        default=False,
+        description="Mount the plain JSON endpoints under /bench that `make bench` compares with.",
+    )
 
     @property
     def base_url(self) -> str:

@@ -1,0 +1,162 @@
+"""The plain JSON ceiling that `make bench` measures GraphQL against, and the bench app factory.
+
+With ``BRANCHPAY_BENCH_MODE=true`` the app mounts two read endpoints that run
+the same store queries as the ``orders`` and ``order`` resolvers and answer
+with the same JSON document GraphQL gives for the bench's selection
+(``bench/scenarios.py``), built by hand with no schema in between:
+
+    GET /bench/orders?branch=zj&status=PAID&first=50
+    GET /bench/order/{global id}
+
+The difference between the two is then the cost of GraphQL itself (parsing,
+validation, execution, type construction), which is what the targets bound.
+Never enabled in production: the endpoints bypass every schema extension.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from bson import ObjectId
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from api.branches import BranchView
+from api.domain.order import OrderStatus
+from api.schema.context import Services
+from api.schema.errors import ApiError
+from api.schema.ids import encode_cursor, object_id_of, to_global_id
+from api.settings import Settings
+from api.store import Store
+from api.store.orders import ORDER_FIELDS, OrderQuery, Position
+
+Document = dict[str, Any]
+
+
+def _money(amount_fen: int, currency: str) -> Document:
+    return {"amountFen": amount_fen, "currency": currency}
+
+
+def _payment(doc: Document) -> Document:
+    return {
+        "id": to_global_id("Payment", str(doc["_id"])),
+        "provider": doc["provider"],
+        "status": doc["status"],
+        "amount": {"amountFen": doc["amountFen"]},
+        "outTradeNo": doc["outTradeNo"],
+    }
+
+
+def _order(doc: Document, payments: list[Document], branches: Mapping[str, BranchView]) -> Document:
+    currency = doc.get("currency", "CNY")
+    view = branches.get(doc["branch"])
+    return {
+        "id": to_global_id("Order", str(doc["_id"])),
+        "status": doc["status"],
+        "createdAt": doc["createdAt"].isoformat(),
+        "updatedAt": doc["updatedAt"].isoformat(),
+        "expiresAt": doc["expiresAt"].isoformat(),
+        "branch": {"code": doc["branch"], "name": view.name if view else doc["branch"]},
+        "total": _money(doc["totalFen"], currency),
+        "customer": {"name": doc["customer"]["name"], "phone": doc["customer"]["phone"]},
+        "items": [
+            {
+                "offeringId": to_global_id("Offering", item["offeringId"]),
+                "kind": item["kind"],
+                "title": item["title"],
+                "quantity": item["quantity"],
+                "unitPrice": {"amountFen": item["unitPriceFen"]},
+                "subtotal": {"amountFen": item["subtotalFen"]},
+            }
+            for item in doc["items"]
+        ],
+        "payments": [_payment(payment) for payment in payments],
+    }
+
+
+async def payments_of(store: Store, order_ids: list[ObjectId]) -> dict[Any, list[Document]]:
+    """The query the ``payments_by_order`` DataLoader sends for one page, by order."""
+    found: dict[Any, list[Document]] = {order_id: [] for order_id in order_ids}
+    if not order_ids:
+        return found
+    cursor = store.collection("payments").find({"orderId": {"$in": order_ids}}).sort("createdAt", 1)
+    for payment in await cursor.to_list():
+        found[payment["orderId"]].append(payment)
+    return found
+
+
+def _bad_request(message: str) -> Response:
+    return JSONResponse({"error": message}, status_code=400)
+
+
+def bench_routes(services: Callable[[], Services]) -> list[Route]:
+    """The plain endpoints, reading through the app's own store and branch directory."""
+
+    async def orders(request: Request) -> Response:
+        current = services()
+        params = request.query_params
+        try:
+            limit = int(params.get("first", "50"))
+            statuses = [OrderStatus(s) for s in params.getlist("status")] or None
+        except ValueError as error:
+            return _bad_request(str(error))
+        if not 0 < limit <= current.settings.max_page_size:
+            return _bad_request(f"first must be between 1 and {current.settings.max_page_size}")
+        branches = params.getlist("branch") or None
+        query = OrderQuery(branches=branches, statuses=statuses)
+        docs = await current.store.orders.page(query, None, limit + 1, ORDER_FIELDS)
+        page = docs[:limit]
+        payments = await payments_of(current.store, [doc["_id"] for doc in page])
+        directory = current.branches()
+        edges = [
+            {
+                "cursor": encode_cursor(Position(doc["createdAt"], doc["_id"])),
+                "node": _order(doc, payments[doc["_id"]], directory),
+            }
+            for doc in page
+        ]
+        return JSONResponse(
+            {
+                "data": {
+                    "orders": {
+                        "edges": edges,
+                        "pageInfo": {
+                            "hasNextPage": len(docs) > limit,
+                            "endCursor": edges[-1]["cursor"] if edges else None,
+                        },
+                    }
+                }
+            }
+        )
+
+    async def order(request: Request) -> Response:
+        current = services()
+        try:
+            order_id = object_id_of(request.path_params["id"], "Order")
+        except ApiError as error:
+            return _bad_request(error.message)
+        doc = await current.store.orders.get(order_id, ORDER_FIELDS)
+        if doc is None:
+            return JSONResponse({"data": {"order": None}})
+        payments = await payments_of(current.store, [order_id])
+        return JSONResponse(
+            {"data": {"order": _order(doc, payments[order_id], current.branches())}}
+        )
+
+    return [
+        Route("/bench/orders", orders, methods=["GET"]),
+        Route("/bench/order/{id}", order, methods=["GET"]),
+    ]
+
+
+def app_factory() -> Starlette:
+    """The app for ``uvicorn api.bench:app_factory --factory``, configured from the environment.
+
+    uvicorn's ``--workers`` needs an import string, not an app object; this is it.
+    """
+    from api.app import create_app
+
+    return create_app(Settings())

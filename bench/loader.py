@@ -1,0 +1,100 @@
+"""Writes a synthetic order set into its own database once; later runs reuse it.
+
+Each set lives in a database of its own (``branchpay_bench_<count>``) with the
+API's indexes, the demo catalogs and a ``bench_meta`` document that records
+how many orders are in and the set's base time. A set cut short (Ctrl-C, a
+crash) resumes where it stopped: orders are written in index order and the
+meta document is advanced after each batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pymongo import ASCENDING, IndexModel
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import BulkWriteError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from api.seed import seed
+from api.store import Store
+from api.store.database import INDEXES
+from bench.synthetic import BRANCHES, MAX_ORDERS, OrderSet, batches
+
+Document = dict[str, Any]
+META = "bench_meta"
+BATCH = 1000
+DUPLICATE_KEY = 11000
+# The API reads an order's payments by orderId; when the store module does not
+# index that yet, the set gets the index a production deployment needs, so a
+# bench never measures a collection scan that no deployment would run.
+PAYMENTS_BY_ORDER = IndexModel(
+    [("orderId", ASCENDING), ("createdAt", ASCENDING)], name="order_created"
+)
+
+
+async def _insert_new(collection: AsyncCollection[Document], documents: list[Document]) -> None:
+    """Insert, tolerating documents a run cut short had already written."""
+    if not documents:
+        return
+    try:
+        await collection.insert_many(documents, ordered=False)
+    except BulkWriteError as error:
+        if any(e.get("code") != DUPLICATE_KEY for e in error.details.get("writeErrors", [])):
+            raise
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedSet:
+    database: str
+    count: int
+    base: datetime
+    reused: bool
+
+
+def database_for(count: int) -> str:
+    return f"branchpay_bench_{count}"
+
+
+async def ensure_loaded(uri: str, count: int, console: Console) -> LoadedSet:
+    """The set of ``count`` orders, loaded now with a progress bar unless it is complete."""
+    if not 0 < count <= MAX_ORDERS:
+        raise ValueError(f"--orders must be between 1 and {MAX_ORDERS}")
+    name = database_for(count)
+    store = Store.connect(uri, name)
+    try:
+        meta_collection = store.collection(META)
+        meta = await meta_collection.find_one({"_id": "orders"})
+        if meta is not None and meta["loaded"] >= count:
+            return LoadedSet(name, count, meta["base"], reused=True)
+        await store.ensure_indexes()
+        if "payments" not in INDEXES:
+            await store.collection("payments").create_indexes([PAYMENTS_BY_ORDER])
+        await seed(store, branches=BRANCHES, orders=0, ttl=timedelta(minutes=30))
+        if meta is None:
+            base = datetime.now(UTC).replace(microsecond=0)
+            meta = {"_id": "orders", "count": count, "loaded": 0, "base": base}
+            await meta_collection.insert_one(meta)
+        orders = OrderSet(meta["base"])
+        start = meta["loaded"]
+        with Progress(
+            TextColumn(f"loading {name}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("orders"),
+            TimeRemainingColumn(),
+            console=console,
+        ) as progress:
+            task = progress.add_task("orders", total=count, completed=start)
+            for first, stop in batches(count, start, BATCH):
+                order_docs, payment_docs = orders.batch(first, stop)
+                await _insert_new(store.orders.collection, order_docs)
+                await _insert_new(store.collection("payments"), payment_docs)
+                await meta_collection.update_one({"_id": "orders"}, {"$set": {"loaded": stop}})
+                progress.update(task, completed=stop)
+        return LoadedSet(name, count, meta["base"], reused=False)
+    finally:
+        await store.close()

@@ -1,0 +1,210 @@
+"""The load generator: a separate process keeping a fixed number of requests in flight.
+
+``measure(spec, api_pid)`` starts a fresh process that runs ``concurrency``
+workers for ``warmup`` then ``duration`` seconds over one keep-alive
+HTTP/1.1 connection each (httpx), or straight against the store for the
+driver target. Only requests started after the warm-up are counted; their
+latencies are kept whole and sorted for exact percentiles. The process tells
+the parent when the measured window opens, so the parent reads the API's
+CPU seconds at that moment and again when the generator is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import multiprocessing
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+import httpx
+
+from bench.procstat import cpu_seconds, rss_bytes
+from bench.scenarios import Spec, Target, http_request, store_call, succeeded
+
+# Longest a single measurement may take beyond its planned time before the
+# parent gives up on the generator process.
+GRACE_SECONDS = 120.0
+WINDOW_OPEN = "window open"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What the generator saw in the measured window."""
+
+    requests: int
+    errors: int
+    seconds: float
+    p50: float
+    p90: float
+    p99: float
+    max: float
+    generator_cpu: float
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    spec: Spec
+    outcome: Outcome
+    # CPU seconds charged to the process serving the requests during the window:
+    # the API's tree for HTTP targets, the generator itself for the driver target.
+    server_cpu: float
+    rss_before: int | None
+    rss_after: int | None
+
+    @property
+    def throughput(self) -> float:
+        return self.outcome.requests / self.outcome.seconds if self.outcome.seconds else 0.0
+
+    @property
+    def cpu_per_request(self) -> float:
+        return self.server_cpu / self.outcome.requests if self.outcome.requests else math.nan
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "scenario": self.spec.scenario.value,
+            "target": self.spec.target.value,
+            "orders": self.spec.orders,
+            "database": self.spec.database,
+            "concurrency": self.spec.concurrency,
+            "durationSeconds": self.spec.duration,
+            "requests": self.outcome.requests,
+            "errors": self.outcome.errors,
+            "throughputPerSecond": self.throughput,
+            "p50Ms": self.outcome.p50 * 1000,
+            "p90Ms": self.outcome.p90 * 1000,
+            "p99Ms": self.outcome.p99 * 1000,
+            "maxMs": self.outcome.max * 1000,
+            "cpuMsPerRequest": self.cpu_per_request * 1000,
+            "generatorCpuMsPerRequest": (
+                self.outcome.generator_cpu / self.outcome.requests * 1000
+                if self.outcome.requests
+                else None
+            ),
+            "rssBeforeBytes": self.rss_before,
+            "rssAfterBytes": self.rss_after,
+        }
+
+
+def percentile(ordered: list[float], fraction: float) -> float:
+    """Nearest-rank percentile of an ascending list."""
+    if not ordered:
+        return math.nan
+    rank = max(1, math.ceil(fraction * len(ordered)))
+    return ordered[rank - 1]
+
+
+async def _drive(spec: Spec, parent: Connection) -> Outcome:
+    async with contextlib.AsyncExitStack() as stack:
+        call: Callable[[random.Random], Awaitable[bool]]
+        if spec.target is Target.DRIVER:
+            from api.store import Store
+
+            store = Store.connect(spec.mongodb_uri, spec.database)
+            stack.push_async_callback(store.close)
+            call = store_call(spec, store)
+        else:
+            client = await stack.enter_async_context(
+                httpx.AsyncClient(
+                    base_url=spec.base_url,
+                    headers=dict(spec.headers),
+                    limits=httpx.Limits(
+                        max_connections=spec.concurrency,
+                        max_keepalive_connections=spec.concurrency,
+                    ),
+                    timeout=httpx.Timeout(30.0),
+                )
+            )
+
+            async def call(rng: random.Random) -> bool:
+                request = http_request(spec, rng)
+                response = await client.request(request.method, request.path, json=request.json)
+                return succeeded(spec, response.status_code, response.content)
+
+        started = time.perf_counter()
+        window_from = started + spec.warmup
+        window_to = window_from + spec.duration
+        latencies: list[float] = []
+        errors = 0
+        last_done = window_from
+
+        async def worker(index: int) -> None:
+            nonlocal errors, last_done
+            rng = random.Random(spec.seed * 10_000 + index)
+            while (began := time.perf_counter()) < window_to:
+                try:
+                    ok = await call(rng)
+                except (httpx.HTTPError, OSError):
+                    ok = False
+                done = time.perf_counter()
+                if began >= window_from:
+                    latencies.append(done - began)
+                    errors += not ok
+                    last_done = max(last_done, done)
+
+        async def open_window() -> float:
+            await asyncio.sleep(spec.warmup)
+            parent.send(WINDOW_OPEN)
+            return time.process_time()
+
+        opener = asyncio.create_task(open_window())
+        await asyncio.gather(*(worker(i) for i in range(spec.concurrency)))
+        cpu_from = await opener
+        generator_cpu = time.process_time() - cpu_from
+    latencies.sort()
+    return Outcome(
+        requests=len(latencies),
+        errors=errors,
+        seconds=last_done - window_from,
+        p50=percentile(latencies, 0.50),
+        p90=percentile(latencies, 0.90),
+        p99=percentile(latencies, 0.99),
+        max=latencies[-1] if latencies else math.nan,
+        generator_cpu=generator_cpu,
+    )
+
+
+def _generator_main(spec: Spec, parent: Connection) -> None:
+    parent.send(asyncio.run(_drive(spec, parent)))
+    parent.close()
+
+
+def _receive(
+    generator: multiprocessing.process.BaseProcess, pipe: Connection, within: float
+) -> Any:
+    """The generator's next message; an error as soon as it dies or goes quiet too long."""
+    if pipe not in wait([pipe, generator.sentinel], timeout=within) or not pipe.poll():
+        raise RuntimeError(
+            f"the load generator stopped without reporting (exit code {generator.exitcode})"
+        )
+    return pipe.recv()
+
+
+def measure(spec: Spec, api_pid: int | None) -> Measurement:
+    """Run ``spec`` in a new process; ``api_pid`` is the API's (None for the driver target)."""
+    context = multiprocessing.get_context("spawn")
+    pipe, child_end = context.Pipe(duplex=False)
+    generator = context.Process(
+        target=_generator_main, args=(spec, child_end), name="bench-loadgen"
+    )
+    generator.start()
+    child_end.close()
+    try:
+        if _receive(generator, pipe, spec.warmup + GRACE_SECONDS) != WINDOW_OPEN:
+            raise RuntimeError("the load generator did not start its measured window")
+        cpu_from = cpu_seconds(api_pid) if api_pid else 0.0
+        rss_before = rss_bytes(api_pid) if api_pid else None
+        outcome: Outcome = _receive(generator, pipe, spec.duration + GRACE_SECONDS)
+        server_cpu = cpu_seconds(api_pid) - cpu_from if api_pid else outcome.generator_cpu
+        rss_after = rss_bytes(api_pid) if api_pid else None
+    finally:
+        generator.join(timeout=GRACE_SECONDS)
+        if generator.is_alive():
+            generator.terminate()
+            generator.join()
+    return Measurement(spec, outcome, server_cpu, rss_before, rss_after)

@@ -1,0 +1,136 @@
+"""The result of a run: one rich table on the terminal and ``bench/results/<timestamp>.json``.
+
+Targets are ratios measured in the same run (GraphQL against the plain
+endpoint, 1 M orders against 10 k), so a busy machine shifts both sides.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from bench.loadgen import Measurement
+from bench.scenarios import DESCRIPTIONS
+
+
+@dataclass(frozen=True, slots=True)
+class Ratio:
+    name: str
+    value: float
+    target: float | None = None
+    # True when smaller is better, so the target is an upper bound.
+    at_most: bool = True
+    unit: str = "x"
+
+    @property
+    def met(self) -> bool | None:
+        if self.target is None or math.isnan(self.value):
+            return None
+        return self.value <= self.target if self.at_most else self.value >= self.target
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "value": self.value, "target": self.target, "met": self.met}
+
+
+@dataclass
+class Run:
+    """Everything one ``make bench`` measured."""
+
+    started: datetime
+    store: str
+    arguments: dict[str, Any]
+    measurements: list[tuple[str, Measurement]] = field(default_factory=list)
+    ratios: list[Ratio] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    not_measured: list[str] = field(default_factory=list)
+
+    def add(self, label: str, measurement: Measurement) -> Measurement:
+        self.measurements.append((label, measurement))
+        return measurement
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpus": os.cpu_count(),
+        "cpuModel": model,
+        "loadAverage": os.getloadavg(),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
+
+
+def _ms(seconds: float) -> str:
+    return "-" if math.isnan(seconds) else f"{seconds * 1000:.2f}"
+
+
+def _verdict(ratio: Ratio) -> str:
+    if ratio.met is None:
+        return ""
+    return "[green]met[/green]" if ratio.met else "[red]missed[/red]"
+
+
+def print_run(run: Run, console: Console) -> None:
+    table = Table(title=f"branchpay bench, {run.started:%Y-%m-%d %H:%M} UTC, store: {run.store}")
+    for column in ("scenario", "target", "orders", "req/s", "p50 ms", "p99 ms", "CPU ms/req"):
+        table.add_column(column, justify="left" if column in ("scenario", "target") else "right")
+    table.add_column("errors", justify="right")
+    for label, m in run.measurements:
+        table.add_row(
+            DESCRIPTIONS[m.spec.scenario],
+            label,
+            f"{m.spec.orders:,}",
+            f"{m.throughput:,.0f}",
+            _ms(m.outcome.p50),
+            _ms(m.outcome.p99),
+            _ms(m.cpu_per_request),
+            str(m.outcome.errors),
+        )
+    console.print(table)
+    ratios = Table(title="ratios (same run)")
+    ratios.add_column("ratio")
+    ratios.add_column("value", justify="right")
+    ratios.add_column("target", justify="right")
+    ratios.add_column("")
+    for ratio in run.ratios:
+        target = "" if ratio.target is None else f"{'≤' if ratio.at_most else '≥'} {ratio.target}"
+        ratios.add_row(ratio.name, f"{ratio.value:.2f} {ratio.unit}", target, _verdict(ratio))
+    console.print(ratios)
+    for reason in run.not_measured:
+        console.print(f"[yellow]not measured:[/yellow] {reason}")
+
+
+def write_run(run: Run, directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{run.started:%Y%m%dT%H%M%SZ}.json"
+    document = {
+        "startedAt": run.started.isoformat(),
+        "finishedAt": datetime.now(UTC).isoformat(),
+        "store": run.store,
+        "machine": machine(),
+        "arguments": run.arguments,
+        "measurements": [
+            {"label": label, **measurement.as_json()} for label, measurement in run.measurements
+        ],
+        "ratios": [ratio.as_json() for ratio in run.ratios],
+        "notMeasured": run.not_measured,
+        **run.extra,
+    }
+    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,388 @@
+"""The order of a ``make bench`` run and its command line.
+
+1. Start the embedded store under ``.data/bench`` (or use ``--mongodb-uri``)
+   and load one synthetic set per scale, reusing sets already loaded.
+2. On the largest set, with the API under ``uvicorn --workers 1``: (a) and
+   (b) over GraphQL, over the plain endpoint and as a bare driver loop; (c)
+   over GraphQL. Then (a) under ``--workers N`` for the scaling ratio.
+3. (a) over GraphQL on every smaller set, for the scale ratio.
+4. The pluggy hook overhead (pytest-benchmark), and with ``--soak`` the API's
+   RSS over a long run of (a).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from api import devdb
+from api.settings import Settings
+from api.simulators import ensure_demo_keys
+from api.store import Store
+from bench.loader import LoadedSet, ensure_loaded
+from bench.loadgen import Measurement, measure
+from bench.procstat import rss_bytes
+from bench.report import Ratio, Run, print_run, write_run
+from bench.scenarios import CREATED_KEY_PREFIX, Scenario, Spec, Target
+from bench.server import ApiProcess, running_api
+from bench.synthetic import BRANCHES
+
+SCALES = (10_000, 100_000, 1_000_000)
+RESULTS = Path("bench/results")
+BENCH_DATA = Path(".data/bench")
+HOOK_TESTS = "tests/test_bench_hooks.py"
+SOAK_SAMPLE_SECONDS = 10.0
+
+console = Console()
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    top.add_argument("--orders", type=int, default=100_000, help="size of the largest set")
+    top.add_argument("--duration", type=float, default=10.0, help="measured seconds per scenario")
+    top.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
+    top.add_argument("--concurrency", type=int, default=32, help="requests kept in flight")
+    top.add_argument("--workers", type=int, default=2, help="uvicorn workers for the scaling run")
+    top.add_argument(
+        "--soak", type=float, default=0.0, help="seconds of (a) while sampling RSS (e.g. 600)"
+    )
+    top.add_argument("--mongodb-uri", help="a running MongoDB instead of the embedded store")
+    top.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="NAME: VALUE",
+        help="sent with every request, e.g. 'Authorization: Bearer KEY'",
+    )
+    top.add_argument("--no-hooks", action="store_true", help="skip the pluggy hook benchmark")
+    top.add_argument(
+        "--profile",
+        action="store_true",
+        help="also run (a) over GraphQL and plain under pyinstrument; reports in bench/results",
+    )
+    return top
+
+
+def scales_for(largest: int) -> list[int]:
+    return sorted({scale for scale in SCALES if scale < largest} | {largest})
+
+
+@contextlib.contextmanager
+def store_uri(configured: str | None) -> Iterator[tuple[str, str]]:
+    """(URI, description of the store) for the whole run."""
+    if configured:
+        yield configured, "MongoDB at --mongodb-uri"
+        return
+    with devdb.running(BENCH_DATA / "db") as store:
+        yield store.uri, f"SecantusDB {version('SecantusDB')} (Python server, embedded)"
+
+
+def _headers(raw: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    headers = []
+    for header in raw:
+        name, _, value = header.partition(":")
+        if not name.strip() or not value.strip():
+            raise SystemExit(f"--header needs NAME: VALUE, got {header!r}")
+        headers.append((name.strip(), value.strip()))
+    return tuple(headers)
+
+
+def _ratio(name: str, top: float, bottom: float, target: float | None = None) -> Ratio:
+    return Ratio(name, top / bottom if bottom else math.nan, target)
+
+
+async def _remove_created(uri: str, database: str) -> int:
+    """Drop the orders scenario (c) created, so the set stays as loaded."""
+    store = Store.connect(uri, database)
+    try:
+        removed = 0
+        for branch in BRANCHES:
+            result = await store.orders.collection.delete_many(
+                {"branch": branch, "idempotencyKey": {"$regex": f"^{CREATED_KEY_PREFIX}"}}
+            )
+            removed += result.deleted_count
+        return removed
+    finally:
+        await store.close()
+
+
+def _log(message: str) -> None:
+    console.print(f"[dim]{datetime.now(UTC):%H:%M:%S}[/dim] {message}")
+
+
+def _measure(run: Run, label: str, spec: Spec, api: ApiProcess | None) -> Measurement:
+    _log(f"{spec.scenario.value}/{label} on {spec.orders:,} orders for {spec.duration:.0f} s")
+    measured = run.add(label, measure(spec, api.pid if api else None))
+    if measured.outcome.errors:
+        console.print(f"[red]{measured.outcome.errors} failed requests[/red]")
+    return measured
+
+
+def main_set(run: Run, uri: str, loaded: LoadedSet, spec: Spec, workers: int) -> dict[str, Any]:
+    """Every scenario on the largest set; returns the figures the ratios need."""
+    logs = BENCH_DATA / "logs"
+    base = replace(spec, mongodb_uri=uri, database=loaded.database)
+    found: dict[str, Measurement] = {}
+    with running_api(uri, loaded.database, workers=1, log_path=logs / "api.log") as api:
+        on_api = replace(base, base_url=api.url)
+        for scenario in (Scenario.ORDERS, Scenario.ORDER):
+            for target in (Target.GRAPHQL, Target.PLAIN):
+                found[f"{scenario}/{target}"] = _measure(
+                    run, target.value, replace(on_api, scenario=scenario, target=target), api
+                )
+            found[f"{scenario}/driver"] = _measure(
+                run, "driver", replace(base, scenario=scenario, target=Target.DRIVER), None
+            )
+        found["c/graphql"] = _measure(
+            run, "graphql", replace(on_api, scenario=Scenario.CREATE, target=Target.GRAPHQL), api
+        )
+    removed = asyncio.run(_remove_created(uri, loaded.database))
+    _log(f"removed the {removed} orders scenario (c) created")
+    if workers > 1:
+        with running_api(
+            uri, loaded.database, workers=workers, log_path=logs / "api-workers.log"
+        ) as api:
+            found["a/workers"] = _measure(
+                run,
+                f"graphql, {workers} workers",
+                replace(base, base_url=api.url, scenario=Scenario.ORDERS, target=Target.GRAPHQL),
+                api,
+            )
+    return found
+
+
+def smaller_sets(run: Run, uri: str, sets: list[LoadedSet], spec: Spec) -> dict[int, Measurement]:
+    found: dict[int, Measurement] = {}
+    for loaded in sets:
+        with running_api(
+            uri, loaded.database, workers=1, log_path=BENCH_DATA / "logs" / "api-scale.log"
+        ) as api:
+            found[loaded.count] = _measure(
+                run,
+                "graphql",
+                replace(
+                    spec,
+                    base_url=api.url,
+                    database=loaded.database,
+                    orders=loaded.count,
+                    base=loaded.base,
+                    scenario=Scenario.ORDERS,
+                    target=Target.GRAPHQL,
+                ),
+                api,
+            )
+    return found
+
+
+def soak(uri: str, loaded: LoadedSet, spec: Spec, seconds: float) -> dict[str, Any]:
+    """(a) for ``seconds`` after a warm-up, sampling the API's RSS as it runs."""
+    samples: list[tuple[float, int]] = []
+    with running_api(
+        uri, loaded.database, workers=1, log_path=BENCH_DATA / "logs" / "soak.log"
+    ) as api:
+        done = threading.Event()
+
+        def sample() -> None:
+            started = datetime.now(UTC)
+            while not done.wait(SOAK_SAMPLE_SECONDS):
+                elapsed = (datetime.now(UTC) - started).total_seconds()
+                samples.append((elapsed, rss_bytes(api.pid)))
+
+        sampler = threading.Thread(target=sample, name="rss-sampler")
+        _log(
+            f"soak: (a) over GraphQL for {seconds:.0f} s, "
+            f"RSS sampled every {SOAK_SAMPLE_SECONDS:.0f} s"
+        )
+        sampler.start()
+        try:
+            measured = measure(
+                replace(
+                    spec,
+                    base_url=api.url,
+                    scenario=Scenario.ORDERS,
+                    target=Target.GRAPHQL,
+                    duration=seconds,
+                ),
+                api.pid,
+            )
+        finally:
+            done.set()
+            sampler.join()
+    after_warmup = [rss for elapsed, rss in samples if elapsed >= spec.warmup] or [0]
+    first = measured.rss_before or after_warmup[0]
+    return {
+        "seconds": seconds,
+        "requests": measured.outcome.requests,
+        "rssAfterWarmupBytes": first,
+        "rssEndBytes": measured.rss_after,
+        "rssMaxBytes": max(after_warmup),
+        "growth": (max(after_warmup) - first) / first if first else math.nan,
+        "samples": samples,
+    }
+
+
+def profile(uri: str, loaded: LoadedSet, spec: Spec, started: datetime) -> list[Path]:
+    """Text profiles of the API serving (a) over GraphQL and over the plain endpoint."""
+    reports = []
+    for target in (Target.GRAPHQL, Target.PLAIN):
+        report = RESULTS / f"{started:%Y%m%dT%H%M%SZ}-profile-a-{target}.txt"
+        _log(f"profiling (a)/{target} for {spec.duration:.0f} s")
+        with running_api(
+            uri,
+            loaded.database,
+            workers=1,
+            log_path=BENCH_DATA / "logs" / "profile.log",
+            profile_to=report.resolve(),
+        ) as api:
+            measure(
+                replace(spec, base_url=api.url, scenario=Scenario.ORDERS, target=target), api.pid
+            )
+        reports.append(report)
+    return reports
+
+
+def hook_overhead() -> dict[str, float] | None:
+    """Mean seconds per call (direct, pluggy hook, branchpay's notify) from pytest-benchmark."""
+    output = RESULTS / "hooks.json"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    _log("pluggy hook overhead (pytest-benchmark)")
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            HOOK_TESTS,
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"--benchmark-json={output}",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if completed.returncode != 0:
+        console.print(f"[red]hook benchmark failed[/red]\n{completed.stdout[-2000:]}")
+        return None
+    benchmarks = json.loads(output.read_text())["benchmarks"]
+    return {entry["name"].removeprefix("test_"): entry["stats"]["mean"] for entry in benchmarks}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.orders < 1 or args.concurrency < 1 or args.duration <= 0:
+        raise SystemExit("--orders, --concurrency and --duration must be positive")
+    started = datetime.now(UTC)
+    ensure_demo_keys(Settings().data_dir / "secrets")
+    with store_uri(args.mongodb_uri) as (uri, store_name):
+        run = Run(started=started, store=store_name, arguments=vars(args))
+        sets = [
+            asyncio.run(ensure_loaded(uri, count, console)) for count in scales_for(args.orders)
+        ]
+        largest = sets[-1]
+        for loaded in sets:
+            how = "reused" if loaded.reused else "loaded now"
+            _log(f"{loaded.database}: {loaded.count:,} orders ({how})")
+        spec = Spec(
+            scenario=Scenario.ORDERS,
+            target=Target.GRAPHQL,
+            concurrency=args.concurrency,
+            duration=args.duration,
+            warmup=args.warmup,
+            orders=largest.count,
+            base=largest.base,
+            mongodb_uri=uri,
+            database=largest.database,
+            headers=_headers(args.header),
+        )
+        figures = main_set(run, uri, largest, spec, args.workers)
+        by_scale = smaller_sets(run, uri, sets[:-1], spec)
+        by_scale[largest.count] = figures["a/graphql"]
+        soaked = soak(uri, largest, spec, args.soak) if args.soak > 0 else None
+        if args.profile:
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            run.extra["profiles"] = [str(p) for p in profile(uri, largest, spec, started)]
+    for scenario in ("a", "b"):
+        graphql, plain = figures[f"{scenario}/graphql"], figures[f"{scenario}/plain"]
+        driver = figures[f"{scenario}/driver"]
+        is_a = scenario == "a"
+        run.ratios += [
+            _ratio(
+                f"({scenario}) CPU/request GraphQL / plain",
+                graphql.cpu_per_request,
+                plain.cpu_per_request,
+                1.5 if is_a else None,
+            ),
+            _ratio(
+                f"({scenario}) p99 GraphQL / plain",
+                graphql.outcome.p99,
+                plain.outcome.p99,
+                2.0 if is_a else None,
+            ),
+            _ratio(f"({scenario}) p50 GraphQL / driver", graphql.outcome.p50, driver.outcome.p50),
+        ]
+    smallest = min(by_scale)
+    if smallest != largest.count:
+        run.ratios.append(
+            _ratio(
+                f"(a) p50 at {largest.count:,} / at {smallest:,} orders",
+                by_scale[largest.count].outcome.p50,
+                by_scale[smallest].outcome.p50,
+                1.5 if (smallest, largest.count) == (10_000, 1_000_000) else None,
+            )
+        )
+    if "a/workers" in figures:
+        run.ratios.append(
+            Ratio(
+                f"(a) throughput {args.workers} workers / 1 worker",
+                figures["a/workers"].throughput / figures["a/graphql"].throughput,
+                None,
+            )
+        )
+    hooks = None if args.no_hooks else hook_overhead()
+    if hooks:
+        run.extra["hooks"] = hooks
+        for name in ("hook_call", "notify_call"):
+            if name in hooks and "direct_call" in hooks:
+                run.ratios.append(
+                    Ratio(
+                        f"{name.replace('_', ' ')} minus direct call",
+                        (hooks[name] - hooks["direct_call"]) * 1e6,
+                        5.0,
+                        unit="µs",
+                    )
+                )
+    if soaked:
+        run.extra["soak"] = soaked
+        run.ratios.append(
+            Ratio(f"RSS growth over {args.soak:.0f} s", soaked["growth"] * 100, 10.0, unit="%")
+        )
+    else:
+        run.not_measured.append("RSS over a long run: pass --soak 600 (10 minutes)")
+    if not _has_start_payment():
+        run.not_measured.append(
+            "(d) startPayment + sandbox notification: startPayment is not in the schema yet"
+        )
+    print_run(run, console)
+    console.print(f"written: {write_run(run, RESULTS)}")
+    return 0
+
+
+def _has_start_payment() -> bool:
+    from api.schema import schema
+
+    return "startPayment" in schema.as_str()

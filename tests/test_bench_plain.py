@@ -1,0 +1,77 @@
+"""The bench's plain endpoint is a fair ceiling: same data as GraphQL, and only in bench mode."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from bson import ObjectId
+
+from api.schema.ids import to_global_id
+from bench.scenarios import ORDER_QUERY, ORDERS_QUERY
+from tests.conftest import RunningService
+
+
+def _add_payment(service: RunningService, order: dict[str, Any]) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    service.db.payments.insert_one(
+        {
+            "_id": ObjectId(),
+            "orderId": order["_id"],
+            "branch": order["branch"],
+            "provider": "sandbox",
+            "method": "QR_CODE",
+            "status": "SUCCEEDED",
+            "amountFen": order["totalFen"],
+            "currency": "CNY",
+            "outTradeNo": f"BP{order['_id']}",
+            "providerTradeNo": "SBX1",
+            "refunds": [],
+            "createdAt": now,
+            "updatedAt": now,
+        }
+    )
+
+
+def test_plain_orders_answer_what_graphql_answers(start_service: Any) -> None:
+    service: RunningService = start_service(orders=120, bench_mode=True)
+    newest = service.db.orders.find_one(
+        {"branch": "zj", "status": "EXPIRED"}, sort=[("createdAt", -1), ("_id", -1)]
+    )
+    assert newest is not None
+    _add_payment(service, newest)
+    for branch, statuses in (("zj", ["EXPIRED"]), ("bj", ["EXPIRED", "CANCELLED"]), ("zj", None)):
+        filter_: dict[str, Any] = {"branches": [branch]}
+        params: list[tuple[str, str]] = [("branch", branch), ("first", "7")]
+        if statuses is not None:
+            filter_["status"] = statuses
+            params += [("status", status) for status in statuses]
+        graphql = service.client.post(ORDERS_QUERY, {"filter": filter_, "first": 7})
+        plain = service.client.http.get("/bench/orders", params=params)
+        assert plain.status_code == 200
+        assert plain.json() == graphql
+        assert len(graphql["data"]["orders"]["edges"]) == 7
+    paid_page = service.client.data(ORDERS_QUERY, {"filter": {"branches": ["zj"]}, "first": 100})
+    payments = [edge["node"]["payments"] for edge in paid_page["orders"]["edges"]]
+    assert sum(len(p) for p in payments) == 1
+
+
+def test_plain_order_by_id_answers_what_graphql_answers(start_service: Any) -> None:
+    service: RunningService = start_service(orders=12, bench_mode=True)
+    order = service.db.orders.find_one({})
+    assert order is not None
+    _add_payment(service, order)
+    known = to_global_id("Order", str(order["_id"]))
+    missing = to_global_id("Order", str(ObjectId()))
+    for order_id in (known, missing):
+        graphql = service.client.post(ORDER_QUERY, {"id": order_id})
+        plain = service.client.http.get(f"/bench/order/{order_id}")
+        assert plain.status_code == 200
+        assert plain.json() == graphql
+    assert service.client.http.get("/bench/order/not-an-id").status_code == 400
+    assert service.client.http.get("/bench/orders?status=LOST").status_code == 400
+
+
+def test_plain_endpoints_exist_only_in_bench_mode(start_service: Any) -> None:
+    service: RunningService = start_service(orders=3)
+    assert service.client.http.get("/bench/orders?branch=zj").status_code == 404
