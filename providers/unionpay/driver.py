@@ -39,7 +39,8 @@ def read_form(form_html: str) -> tuple[str, dict[str, str]]:
     return reader.action, reader.fields
 
 
-def _notification(fields: dict[str, str]) -> NotificationRequest:
+def form_notification(fields: dict[str, str]) -> NotificationRequest:
+    """A notification as UnionPay posts it: the fields as a UTF-8 form."""
     return NotificationRequest(
         method="POST",
         headers={"content-type": "application/x-www-form-urlencoded;charset=UTF-8"},
@@ -113,14 +114,14 @@ class UnionpayDriver:
     def forge(self, notification: NotificationRequest) -> NotificationRequest:
         fields = _fields(notification)
         fields["signature"] = message.sign(fields, self.forger_key)
-        return _notification(fields)
+        return form_notification(fields)
 
     def tamper(self, notification: NotificationRequest) -> NotificationRequest:
         fields = _fields(notification)
         fields["txnAmt"] = str(int(fields["txnAmt"]) + 1)
-        return _notification(fields)
+        return form_notification(fields)
 
     def unsigned(self, notification: NotificationRequest) -> NotificationRequest:
         fields = _fields(notification)
         del fields["signature"]
-        return _notification(fields)
+        return form_notification(fields)

@@ -53,7 +53,7 @@ from api.payments.provider import (
 )
 from providers.kit.loopback import LoopbackServer
 from providers.unionpay import UnionpayProvider, demo, message, pki
-from providers.unionpay.driver import UnionpayDriver, read_form
+from providers.unionpay.driver import UnionpayDriver, form_notification, read_form
 from providers.unionpay.provider import ATTEMPTS
 from providers.unionpay.settings import UnionpaySettings
 
@@ -111,15 +111,6 @@ def payment(
         notify_url=notify_url,
         expires_at=datetime.now(UTC) + timedelta(minutes=30),
         return_url="https://partner.example/orders/return",
-    )
-
-
-def form_request(fields: dict[str, str]) -> NotificationRequest:
-    return NotificationRequest(
-        method="POST",
-        headers={"content-type": "application/x-www-form-urlencoded"},
-        query={},
-        body=urlencode(fields).encode("utf-8"),
     )
 
 
@@ -479,13 +470,13 @@ async def test_front_notification_is_verified_like_the_back_one(
     browser = await http.post(f"{driver.base_url}/pay/{tn}", data={"outcome": "success"})
     front_url, front_fields = read_form(browser.text)
     assert page.status_code == 200 and front_url == request.return_url
-    front_event = await provider.parse_notification(form_request(front_fields))
+    front_event = await provider.parse_notification(form_notification(front_fields))
     back_event = await provider.parse_notification(await driver.notification(request.out_trade_no))
     assert front_event is not None and back_event is not None
     assert front_event.event_id == back_event.event_id
     assert front_event.kind is EventKind.PAYMENT_SUCCEEDED
     with pytest.raises(NotificationRejected):
-        await provider.parse_notification(form_request({**front_fields, "txnAmt": "1"}))
+        await provider.parse_notification(form_notification({**front_fields, "txnAmt": "1"}))
 
 
 def _rejections(genuine: dict[str, str]) -> dict[str, NotificationRequest]:
@@ -500,11 +491,11 @@ def _rejections(genuine: dict[str, str]) -> dict[str, NotificationRequest]:
     no_sig = {k: v for k, v in genuine.items() if k != "signature"}
     no_cert = {k: v for k, v in genuine.items() if k != "signPubKeyCert"}
     return {
-        "forged with another key": form_request(
+        "forged with another key": form_notification(
             {**genuine, "signature": message.sign(genuine, o.platform_key)}
         ),
-        "signed under another CA": form_request(platform_signed(genuine, o)),
-        "certificate of another owner": form_request(
+        "signed under another CA": form_notification(platform_signed(genuine, o)),
+        "certificate of another owner": form_notification(
             {
                 **genuine,
                 "signPubKeyCert": pki.cert_pem(wrong_owner),
@@ -513,14 +504,14 @@ def _rejections(genuine: dict[str, str]) -> dict[str, NotificationRequest]:
                 ),
             }
         ),
-        "tampered amount": form_request({**genuine, "txnAmt": "1"}),
-        "tampered orderId": form_request({**genuine, "orderId": "ut00000000000"}),
-        "unsigned": form_request(no_sig),
-        "no certificate": form_request(no_cert),
-        "wrong merId": form_request(platform_signed({**genuine, "merId": "898111111111111"})),
-        "other currency": form_request(platform_signed({**genuine, "currencyCode": "840"})),
-        "amount not fen": form_request(platform_signed({**genuine, "txnAmt": "88.00"})),
-        "wrong version": form_request(platform_signed({**genuine, "version": "5.0.0"})),
+        "tampered amount": form_notification({**genuine, "txnAmt": "1"}),
+        "tampered orderId": form_notification({**genuine, "orderId": "ut00000000000"}),
+        "unsigned": form_notification(no_sig),
+        "no certificate": form_notification(no_cert),
+        "wrong merId": form_notification(platform_signed({**genuine, "merId": "898111111111111"})),
+        "other currency": form_notification(platform_signed({**genuine, "currencyCode": "840"})),
+        "amount not fen": form_notification(platform_signed({**genuine, "txnAmt": "88.00"})),
+        "wrong version": form_notification(platform_signed({**genuine, "version": "5.0.0"})),
         "malformed body": NotificationRequest("POST", {}, {}, b"\xff\xfe not a form"),
         "json body": NotificationRequest("POST", {}, {}, b'{"respCode": "00"}'),
         "field twice": NotificationRequest(
@@ -577,13 +568,13 @@ async def test_test_environment_owner_needs_validate_cn_name_off(
         settings(simulator.url, **trusting_test_env), branch=BRANCH, http=http
     )
     with pytest.raises(NotificationRejected, match="not owned by UnionPay"):
-        await strict.parse_notification(form_request(fields))
+        await strict.parse_notification(form_notification(fields))
     lenient = UnionpayProvider(
         settings(simulator.url, validate_cn_name=False, **trusting_test_env),
         branch=BRANCH,
         http=http,
     )
-    assert await lenient.parse_notification(form_request(fields)) is not None
+    assert await lenient.parse_notification(form_notification(fields)) is not None
 
 
 @cache
