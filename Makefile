@@ -23,6 +23,12 @@ run: install
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Load the synthetic order sets (reused once loaded), drive the API over loopback,
+# print the table and write bench/results/<timestamp>.json. Options: BENCH_ARGS,
+# e.g. BENCH_ARGS="--orders 1000000 --duration 30 --concurrency 64" (see docs/performance.md).
+bench: install
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
 lint: install
 	$(BIN)/ruff check api providers tests
 
