@@ -461,7 +461,8 @@ class UnionpayProvider(Provider):
     # --- query, refund, close -------------------------------------------------------
 
     async def _query(self, order_id: str, txn_time: str) -> dict[str, str]:
-        fields = self._base_fields(TXN_QUERY, "00", BIZ_GATEWAY_PAY, CHANNEL_PC)
+        # A query names no channel; empty fields are left out of the request.
+        fields = self._base_fields(TXN_QUERY, "00", BIZ_GATEWAY_PAY, "")
         fields |= {"orderId": order_id, "txnTime": txn_time}
         return await self._call(QUERY_PATH, fields, repeatable=True, retry_codes=RESP_IN_DOUBT)
 
