@@ -6,6 +6,7 @@ from collections.abc import AsyncGenerator
 from datetime import datetime
 
 import strawberry
+from graphql import GraphQLError
 from strawberry.types import Info
 
 from api.domain.order import OrderStatus as DomainOrderStatus
@@ -96,6 +97,12 @@ def _payments(info: Info[Context, None]) -> PaymentService:
     return service
 
 
+def _subscription_error(error: ApiError) -> GraphQLError:
+    # Subscription results bypass the ErrorShaping extension; graphql-core keeps
+    # the extensions of a GraphQLError raised by the resolver.
+    return GraphQLError(error.message, extensions={"code": error.code.value})
+
+
 def _invalid_id(field: str, error: ApiError) -> list[UserError]:
     return [UserError(field=[field], message=error.message, code="INVALID_ID")]
 
@@ -159,7 +166,10 @@ class Subscription:
     async def order_events(
         self, info: Info[Context, None], order_id: strawberry.ID
     ) -> AsyncGenerator[OrderEvent, None]:
-        object_id = object_id_of(order_id, "Order")
+        try:
+            object_id = object_id_of(order_id, "Order")
+        except ApiError as error:
+            raise _subscription_error(error) from None
         found = False
         async for order, entry in order_changes(info.context.store, object_id):
             found = True
@@ -170,4 +180,4 @@ class Subscription:
                 order=Order.from_doc(order),
             )
         if not found:
-            raise ApiError(ErrorCode.NOT_FOUND, "no such order")
+            raise _subscription_error(ApiError(ErrorCode.NOT_FOUND, "no such order"))

@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import Callable
 
 import httpx
+import pytest
 
 from tests.payments.conftest import (
     PayService,
@@ -109,12 +110,19 @@ async def test_the_same_notification_to_two_processes_at_once_is_applied_once(
     assert [entry["status"] for entry in history] == ["PENDING_PAYMENT", "PAID"]
 
 
-async def test_an_unknown_order_ends_the_subscription_with_an_error(
-    start_payments: Callable[..., PayService],
+@pytest.mark.parametrize(
+    ("order_id", "message", "code"),
+    [
+        # Order:000000000000000000000000
+        ("T3JkZXI6MDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAw", "no such order", "NOT_FOUND"),
+        ("not-an-id", "malformed ID 'not-an-id'", "BAD_USER_INPUT"),
+    ],
+)
+async def test_a_subscription_to_a_missing_order_ends_with_a_coded_error(
+    start_payments: Callable[..., PayService], order_id: str, message: str, code: str
 ) -> None:
     a = start_payments()
-    missing = "T3JkZXI6MDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAw"  # Order:000000000000000000000000
-    async with order_feed(a.url, missing) as feed:
-        message = await feed.ws.receive_json(timeout=10)
-    assert message["type"] == "next"
-    assert message["payload"]["errors"] == [{"message": "no such order"}]
+    async with order_feed(a.url, order_id) as feed:
+        reply = await feed.ws.receive_json(timeout=10)
+    assert reply["type"] == "next"
+    assert reply["payload"]["errors"] == [{"message": message, "extensions": {"code": code}}]
