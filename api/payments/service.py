@@ -277,7 +277,7 @@ class PaymentService:
                     error,
                 )
             else:
-                await self._change(payment["_id"], lambda a: fail_unpaid(a))
+                await self._change(payment["_id"], fail_unpaid)
             return StartResult(None, None, _unavailable(provider_name))
         except Exception:
             # A provider bug may strike after the platform accepted: do not guess.
@@ -387,7 +387,7 @@ class PaymentService:
         raise RuntimeError(f"payment {payment_id}: too many concurrent writers")
 
     async def _follow_up(self, payment: Document, outcome: Outcome | None) -> None:
-        """Bring the order in line with the attempt; fire hooks for what this write did."""
+        """Bring the order in line with the attempt; fire hooks for what ``outcome`` did."""
         attempt = attempt_of(payment)
         order = await self.store.orders.get(payment["orderId"])
         if order is None:
@@ -395,13 +395,17 @@ class PaymentService:
                 "payment %s: its order %s is missing", payment["outTradeNo"], payment["orderId"]
             )
             return
+        await self._settle_order(payment, attempt, order)
         if outcome is not None and outcome.refund_succeeded is not None:
             self._hook(
                 "refund_succeeded",
-                order=order,
+                order=await self.store.orders.get(payment["orderId"]) or order,
                 payment=payment,
                 refund=_refund_doc(payment, outcome.refund_succeeded.out_refund_no) or {},
             )
+
+    async def _settle_order(self, payment: Document, attempt: Attempt, order: Document) -> None:
+        """Mark the order paid by this attempt, follow its refunds, or refund a second success."""
         if not attempt.paid or attempt.flagged:
             return
         if order.get("paidPaymentId") == payment["_id"]:
@@ -669,12 +673,67 @@ class PaymentService:
             created_before=now - min_age,
             branch=branch,
         )
+        # Events stored but never applied (the process stopped in between, and the
+        # platform gave up re-sending) are finished here.
+        unapplied = await self.store.payments.unapplied_events(received_before=now - min_age)
+        if branch is not None:
+            unapplied = [event for event in unapplied if event["branch"] == branch]
         report = ReconcileReport()
+        total = len(pending) + len(unapplied)
         for index, payment in enumerate(pending):
-            report.rows.append(await self._reconcile_one(payment))
+            report.rows.append(await self._reconcile_safely(payment))
             if progress is not None:
-                progress(index + 1, len(pending))
+                progress(index + 1, total)
+        for index, stored in enumerate(unapplied, start=len(pending)):
+            report.rows.append(await self._finish_event(stored))
+            if progress is not None:
+                progress(index + 1, total)
         return report
+
+    async def _reconcile_safely(self, payment: Document) -> ReconcileRow:
+        try:
+            return await self._reconcile_one(payment)
+        except Exception as error:
+            # One attempt's trouble must not stop the others from being reconciled.
+            log.exception("reconciliation of %s failed", payment["outTradeNo"])
+            return ReconcileRow(
+                payment["outTradeNo"],
+                payment["branch"],
+                payment["provider"],
+                payment["status"],
+                payment["status"],
+                f"failed: {type(error).__name__}",
+            )
+
+    async def _finish_event(self, stored: Document) -> ReconcileRow:
+        payment = await self.store.payments.get(stored["paymentId"]) or {}
+        before = str(payment.get("status", "?"))
+        event = ProviderEvent(
+            kind=EventKind(stored["kind"]),
+            event_id=stored["eventId"],
+            out_trade_no=stored["outTradeNo"],
+            amount_fen=int(stored["amountFen"]),
+            currency=stored["currency"],
+            occurred_at=stored["occurredAt"],
+            provider_trade_no=stored.get("providerTradeNo"),
+            out_refund_no=stored.get("outRefundNo"),
+            detail=stored.get("detail") or {},
+        )
+        try:
+            result = await self.apply_event(stored["provider"], stored["branch"], event)
+            note = f"stored event {stored['eventId']} applied: {result.note}"
+        except Exception as error:
+            log.exception("stored event %s could not be applied", stored["_id"])
+            note = f"stored event {stored['eventId']} failed: {type(error).__name__}"
+        after = await self.store.payments.get(stored["paymentId"]) or {}
+        return ReconcileRow(
+            stored["outTradeNo"],
+            stored["branch"],
+            stored["provider"],
+            before,
+            str(after.get("status", "?")),
+            note,
+        )
 
     async def reconcile_due(self, min_age: timedelta) -> ReconcileReport:
         report = await self.reconcile(min_age=min_age)

@@ -173,6 +173,13 @@ class PaymentRepository:
             {"$set": {"applied": True, "outcome": note, "appliedAt": now}},
         )
 
+    async def unapplied_events(self, *, received_before: datetime) -> list[Document]:
+        return (
+            await self.events.find({"applied": False, "receivedAt": {"$lte": received_before}})
+            .sort("receivedAt", 1)
+            .to_list()
+        )
+
     async def events_of(self, payment_id: ObjectId) -> list[Document]:
         return await self.events.find({"paymentId": payment_id}).sort("receivedAt", 1).to_list()
 
