@@ -10,7 +10,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tests.payments.conftest import PayService, object_id, order_feed
+from tests.payments.conftest import CANCEL_ORDER, PayService, object_id, order_feed
 
 
 def expire_now(service: PayService, order: dict[str, Any]) -> None:
@@ -78,3 +78,23 @@ async def test_a_success_that_arrives_after_expiry_is_recorded_and_refunded(
     assert seen["payments"][0]["status"] == "REFUNDED"
     assert [r["outRefundNo"] for r in seen["payments"][0]["refunds"]] == [no + "AR"]
     assert service.gateway.attempts[no].refunded_fen == 5900
+
+
+def test_cancelling_closes_open_attempts_and_a_later_success_is_refunded(
+    start_payments: Callable[..., PayService],
+) -> None:
+    service = start_payments()
+    order = service.create_order()
+    payment = service.start_payment(order["id"])["payment"]
+    no = payment["outTradeNo"]
+
+    cancelled = service.client.data(CANCEL_ORDER, {"input": {"orderId": order["id"]}})
+
+    assert cancelled["cancelOrder"]["order"]["status"] == "CANCELLED"
+    assert service.gateway.attempts[no].status == "CLOSED"
+    assert service.order(order["id"])["payments"][0]["status"] == "CLOSED"
+    service.gateway.attempts[no].status = "SUCCEEDED"
+    assert service.deliver(service.event(no, "payment.succeeded", 5900)).status_code == 200
+    seen = service.order(order["id"])
+    assert seen["status"] == "CANCELLED"
+    assert seen["payments"][0]["status"] == "REFUNDED"
