@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from bson import ObjectId
-from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo import DESCENDING, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
@@ -58,21 +58,6 @@ class Position:
 
     created_at: datetime
     order_id: ObjectId
-
-
-def page_index(query: OrderQuery) -> list[tuple[str, int]]:
-    """The key pattern of the index (api/store/database.py) made for this filter's shape.
-
-    Named as a hint because SecantusDB's planner, given the keyset condition
-    of a later page or a status list, scans the whole collection instead; a
-    hint is a documented query option, so MongoDB takes it the same way.
-    """
-    keys: list[tuple[str, int]] = []
-    if query.branches is not None:
-        keys.append(("branch", ASCENDING))
-    if query.statuses is not None:
-        keys.append(("status", ASCENDING))
-    return [*keys, *NEWEST_FIRST]
 
 
 def _one_or_in(values: list[Any]) -> Any:
@@ -158,15 +143,12 @@ class OrderRepository:
         conditions = query.to_filter()
         if after is not None:
             # One flat document with a plain range on createdAt beside the
-            # tie-break, so the range bounds the index scan.
+            # tie-break, so the range bounds the index scan. No hint: MongoDB
+            # picks the branch index itself, and SecantusDB 0.7.0b3 runs a
+            # hinted scan several times slower than its own plan (docs/performance.md).
             created = {**conditions.get("createdAt", {}), "$lte": after.created_at}
             conditions = {**conditions, "createdAt": created, **after_position(after)}
-        cursor = (
-            self.collection.find(conditions, projection)
-            .sort(NEWEST_FIRST)
-            .limit(limit)
-            .hint(page_index(query))
-        )
+        cursor = self.collection.find(conditions, projection).sort(NEWEST_FIRST).limit(limit)
         return await cursor.to_list()
 
     async def count(self, query: OrderQuery) -> int:
