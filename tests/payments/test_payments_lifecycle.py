@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import httpx
@@ -90,3 +91,34 @@ def test_a_second_attempt_is_allowed_and_a_second_success_is_refunded_automatica
     assert service.gateway.attempts[second["outTradeNo"]].refunded_fen == 5900
     assert service.gateway.attempts[first["outTradeNo"]].refunded_fen == 0
     assert service.order_doc(order["id"])["paidPaymentId"] is not None
+
+
+async def test_two_attempts_paid_at_the_same_moment_leave_one_paid_and_one_refunded(
+    start_payments: Callable[..., PayService],
+) -> None:
+    service = start_payments()
+    order = service.create_order()
+    attempts = [service.start_payment(order["id"])["payment"] for _ in range(2)]
+    notifications = [service.settle(a["outTradeNo"]) for a in attempts]
+
+    async with httpx.AsyncClient(timeout=30.0) as http:
+        replies = await asyncio.gather(
+            *(
+                http.post(
+                    f"{service.url}/notify/sandbox/zj",
+                    content=n["body"].encode(),
+                    headers=n["headers"],
+                )
+                for _ in range(10)
+                for n in notifications
+            )
+        )
+
+    assert [r.status_code for r in replies] == [200] * 20
+    seen = service.order(order["id"])
+    assert seen["status"] == "PAID"
+    assert sorted(p["status"] for p in seen["payments"]) == ["REFUNDED", "SUCCEEDED"]
+    refunded = [service.gateway.attempts[a["outTradeNo"]].refunded_fen for a in attempts]
+    assert sorted(refunded) == [0, 5900]
+    history = [e["status"] for e in service.order_doc(order["id"])["statusHistory"]]
+    assert history == ["PENDING_PAYMENT", "PAID"]
