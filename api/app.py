@@ -261,6 +261,10 @@ def create_app(
         except NotificationRejected as rejected:
             log.warning("notification for %s/%s rejected: %s", name, branch, rejected)
             return _reply(provider.notification_reply(accepted=False))
+        except Exception:
+            # A provider bug: nothing was applied, so the platform must deliver it again.
+            log.exception("notification for %s/%s could not be parsed", name, branch)
+            return _reply(provider.notification_reply(accepted=False))
         if event is None:
             return _reply(provider.notification_reply(accepted=True))
         try:
