@@ -27,7 +27,7 @@ from api.schema.types import (
     PageInfo,
     Payment,
 )
-from api.store.orders import OrderQuery, Position
+from api.store.orders import ORDER_FIELDS, OrderQuery, Position
 
 
 @strawberry.input(description="All given conditions must hold; an empty list matches nothing.")
@@ -121,7 +121,7 @@ class Query:
                 created_before=_aware(filter.created_before, "createdBefore"),
             )
         store = info.context.store
-        docs = await store.orders.page(query, position, limit + 1) if limit else []
+        docs = await store.orders.page(query, position, limit + 1, ORDER_FIELDS) if limit else []
         edges = [
             OrderEdge(
                 cursor=encode_cursor(Position(doc["createdAt"], doc["_id"])),
@@ -142,7 +142,7 @@ class Query:
 
     @strawberry.field
     async def order(self, info: Info[Context, None], id: strawberry.ID) -> Order | None:
-        doc = await info.context.store.orders.get(object_id_of(id, "Order"))
+        doc = await info.context.store.orders.get(object_id_of(id, "Order"), ORDER_FIELDS)
         return Order.from_doc(doc) if doc else None
 
     @strawberry.field(description="Any object by its global ID, or null when it does not exist.")
