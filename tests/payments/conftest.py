@@ -39,7 +39,7 @@ from providers.kit.loopback import LoopbackServer
 from providers.sandbox import signing
 from providers.sandbox.simulator import SandboxGateway
 from providers.sandbox.simulator import create_app as create_simulator
-from tests.conftest import DEMO_BRANCHES_TOML, GraphQLClient
+from tests.conftest import DEMO_BRANCHES_TOML, CommandLog, GraphQLClient
 
 ROOT = Path(__file__).resolve().parents[2]
 CREATE_ORDER = """
@@ -104,6 +104,7 @@ class PayService:
     plugins_toml: Path
     mongo_uri: str
     db_name: str
+    commands: list[str]
 
     def create_order(self, branch: str = "zj", offering: str = "zj-plan-59") -> dict[str, Any]:
         payload = self.client.data(
@@ -402,7 +403,9 @@ def start_payments(
         # In a thread of its own: async tests call this from inside their event loop.
         with ThreadPoolExecutor(1) as pool:
             pool.submit(asyncio.run, load_demo()).result()
-        server = LoopbackServer(create_app(options, mongodb_uri=mongo_uri)).start()
+        log = CommandLog()
+        app = create_app(options, mongodb_uri=mongo_uri, client_options={"event_listeners": [log]})
+        server = LoopbackServer(app).start()
         servers.append(server)
         # Known only once it listens; read per request by the app, so set before any request.
         options.public_url = server.url
@@ -417,6 +420,7 @@ def start_payments(
             plugins_toml=config,
             mongo_uri=mongo_uri,
             db_name=db_name,
+            commands=log.commands,
         )
 
     yield start

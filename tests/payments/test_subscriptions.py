@@ -126,3 +126,18 @@ async def test_a_subscription_to_a_missing_order_ends_with_a_coded_error(
         reply = await feed.ws.receive_json(timeout=10)
     assert reply["type"] == "next"
     assert reply["payload"]["errors"] == [{"message": message, "extensions": {"code": code}}]
+
+
+async def test_a_disconnect_closes_the_change_stream(
+    start_payments: Callable[..., PayService],
+) -> None:
+    a = start_payments()
+    order = a.create_order()
+    async with order_feed(a.url, order["id"]) as feed:
+        assert (await feed.next() or {}).get("status") == "PENDING_PAYMENT"
+        assert "killCursors" not in a.commands
+    deadline = asyncio.get_running_loop().time() + 10
+    # The server closes the stream in its own thread; its only trace is the killCursors command.
+    while "killCursors" not in a.commands:
+        assert asyncio.get_running_loop().time() < deadline, "the change stream stayed open"
+        await asyncio.sleep(0.05)
