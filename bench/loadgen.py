@@ -23,9 +23,19 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import httpx
+from httpx_ws import HTTPXWSException as WebSocketException
 
 from bench.procstat import cpu_seconds, rss_bytes
-from bench.scenarios import Spec, Target, http_request, store_call, succeeded
+from bench.scenarios import (
+    RoundTripFailed,
+    Scenario,
+    Spec,
+    Target,
+    http_request,
+    pay_round_trip,
+    store_call,
+    succeeded,
+)
 
 # Longest a single measurement may take beyond its planned time before the
 # parent gives up on the generator process.
@@ -109,19 +119,24 @@ async def _drive(spec: Spec, parent: Connection) -> Outcome:
             stack.push_async_callback(store.close)
             call = store_call(spec, store)
         else:
+            # A round trip (d) holds its subscription's connection while it
+            # posts to the API and to the simulator: three per worker.
+            connections = 3 if spec.scenario is Scenario.PAY else 1
             client = await stack.enter_async_context(
                 httpx.AsyncClient(
                     base_url=spec.base_url,
                     headers=dict(spec.headers),
                     limits=httpx.Limits(
-                        max_connections=spec.concurrency,
-                        max_keepalive_connections=spec.concurrency,
+                        max_connections=spec.concurrency * connections,
+                        max_keepalive_connections=spec.concurrency * connections,
                     ),
                     timeout=httpx.Timeout(30.0),
                 )
             )
 
             async def call(rng: random.Random) -> bool:
+                if spec.scenario is Scenario.PAY:
+                    return await pay_round_trip(client, rng)
                 request = http_request(spec, rng)
                 response = await client.request(request.method, request.path, json=request.json)
                 return succeeded(spec, response.status_code, response.content)
@@ -139,7 +154,16 @@ async def _drive(spec: Spec, parent: Connection) -> Outcome:
             while (began := time.perf_counter()) < window_to:
                 try:
                     ok = await call(rng)
-                except (httpx.HTTPError, OSError):
+                except (
+                    httpx.HTTPError,
+                    OSError,
+                    TimeoutError,
+                    ValueError,
+                    RoundTripFailed,
+                    WebSocketException,
+                    # httpx-ws runs the socket in a task group, which wraps what it raises.
+                    ExceptionGroup,
+                ):
                     ok = False
                 done = time.perf_counter()
                 if began >= window_from:
@@ -182,7 +206,13 @@ def _receive(
         raise RuntimeError(
             f"the load generator stopped without reporting (exit code {generator.exitcode})"
         )
-    return pipe.recv()
+    try:
+        return pipe.recv()
+    except EOFError:
+        generator.join()
+        raise RuntimeError(
+            f"the load generator died (exit code {generator.exitcode}); its error is above"
+        ) from None
 
 
 def measure(spec: Spec, api_pid: int | None) -> Measurement:

@@ -38,7 +38,7 @@ from bench.loadgen import Measurement, measure
 from bench.procstat import rss_bytes
 from bench.report import Ratio, Run, print_run, write_run
 from bench.scenarios import CREATED_KEY_PREFIX, Scenario, Spec, Target
-from bench.server import ApiProcess, running_api
+from bench.server import ApiProcess, running_api, running_gateway, write_plugins_toml
 from bench.synthetic import BRANCHES
 
 SCALES = (10_000, 100_000, 1_000_000)
@@ -48,6 +48,9 @@ HOOK_TESTS = "tests/test_bench_hooks.py"
 SOAK_SAMPLE_SECONDS = 10.0
 
 console = Console()
+if not console.is_terminal:
+    # Piped or logged: wide enough that the table keeps one line per row.
+    console.width = 132
 
 
 def parser() -> argparse.ArgumentParser:
@@ -106,15 +109,32 @@ def _ratio(name: str, top: float, bottom: float, target: float | None = None) ->
 
 
 async def _remove_created(uri: str, database: str) -> int:
-    """Drop the orders scenario (c) created, so the set stays as loaded."""
+    """Drop the orders (c) and (d) created, and their payments: the set stays as loaded."""
     store = Store.connect(uri, database)
+    payments = store.collection("payments")
     try:
         removed = 0
         for branch in BRANCHES:
-            result = await store.orders.collection.delete_many(
-                {"branch": branch, "idempotencyKey": {"$regex": f"^{CREATED_KEY_PREFIX}"}}
+            created = {"branch": branch, "idempotencyKey": {"$regex": f"^{CREATED_KEY_PREFIX}"}}
+            order_ids = [
+                doc["_id"]
+                for doc in await store.orders.collection.find(created, {"_id": 1}).to_list()
+            ]
+            if not order_ids:
+                continue
+            payment_ids = [
+                doc["_id"]
+                for doc in await payments.find(
+                    {"orderId": {"$in": order_ids}}, {"_id": 1}
+                ).to_list()
+            ]
+            await store.collection("payment_events").delete_many(
+                {"paymentId": {"$in": payment_ids}}
             )
-            removed += result.deleted_count
+            await payments.delete_many({"_id": {"$in": payment_ids}})
+            removed += (
+                await store.orders.collection.delete_many({"_id": {"$in": order_ids}})
+            ).deleted_count
         return removed
     finally:
         await store.close()
@@ -132,12 +152,16 @@ def _measure(run: Run, label: str, spec: Spec, api: ApiProcess | None) -> Measur
     return measured
 
 
-def main_set(run: Run, uri: str, loaded: LoadedSet, spec: Spec, workers: int) -> dict[str, Any]:
+def main_set(
+    run: Run, uri: str, loaded: LoadedSet, spec: Spec, workers: int, plugins: Path
+) -> dict[str, Any]:
     """Every scenario on the largest set; returns the figures the ratios need."""
     logs = BENCH_DATA / "logs"
     base = replace(spec, mongodb_uri=uri, database=loaded.database)
     found: dict[str, Measurement] = {}
-    with running_api(uri, loaded.database, workers=1, log_path=logs / "api.log") as api:
+    with running_api(
+        uri, loaded.database, workers=1, log_path=logs / "api.log", plugins_toml=plugins
+    ) as api:
         on_api = replace(base, base_url=api.url)
         for scenario in (Scenario.ORDERS, Scenario.ORDER):
             for target in (Target.GRAPHQL, Target.PLAIN):
@@ -150,11 +174,26 @@ def main_set(run: Run, uri: str, loaded: LoadedSet, spec: Spec, workers: int) ->
         found["c/graphql"] = _measure(
             run, "graphql", replace(on_api, scenario=Scenario.CREATE, target=Target.GRAPHQL), api
         )
+        if _has_start_payment():
+            found["d/graphql"] = _measure(
+                run,
+                "graphql+ws",
+                replace(on_api, scenario=Scenario.PAY, target=Target.GRAPHQL),
+                api,
+            )
+        else:
+            run.not_measured.append(
+                "(d) startPayment + sandbox notification: startPayment is not in the schema"
+            )
     removed = asyncio.run(_remove_created(uri, loaded.database))
-    _log(f"removed the {removed} orders scenario (c) created")
+    _log(f"removed the {removed} orders scenarios (c) and (d) created")
     if workers > 1:
         with running_api(
-            uri, loaded.database, workers=workers, log_path=logs / "api-workers.log"
+            uri,
+            loaded.database,
+            workers=workers,
+            log_path=logs / "api-workers.log",
+            plugins_toml=plugins,
         ) as api:
             found["a/workers"] = _measure(
                 run,
@@ -165,11 +204,17 @@ def main_set(run: Run, uri: str, loaded: LoadedSet, spec: Spec, workers: int) ->
     return found
 
 
-def smaller_sets(run: Run, uri: str, sets: list[LoadedSet], spec: Spec) -> dict[int, Measurement]:
+def smaller_sets(
+    run: Run, uri: str, sets: list[LoadedSet], spec: Spec, plugins: Path
+) -> dict[int, Measurement]:
     found: dict[int, Measurement] = {}
     for loaded in sets:
         with running_api(
-            uri, loaded.database, workers=1, log_path=BENCH_DATA / "logs" / "api-scale.log"
+            uri,
+            loaded.database,
+            workers=1,
+            log_path=BENCH_DATA / "logs" / "api-scale.log",
+            plugins_toml=plugins,
         ) as api:
             found[loaded.count] = _measure(
                 run,
@@ -188,11 +233,15 @@ def smaller_sets(run: Run, uri: str, sets: list[LoadedSet], spec: Spec) -> dict[
     return found
 
 
-def soak(uri: str, loaded: LoadedSet, spec: Spec, seconds: float) -> dict[str, Any]:
+def soak(uri: str, loaded: LoadedSet, spec: Spec, seconds: float, plugins: Path) -> dict[str, Any]:
     """(a) for ``seconds`` after a warm-up, sampling the API's RSS as it runs."""
     samples: list[tuple[float, int]] = []
     with running_api(
-        uri, loaded.database, workers=1, log_path=BENCH_DATA / "logs" / "soak.log"
+        uri,
+        loaded.database,
+        workers=1,
+        log_path=BENCH_DATA / "logs" / "soak.log",
+        plugins_toml=plugins,
     ) as api:
         done = threading.Event()
 
@@ -235,7 +284,9 @@ def soak(uri: str, loaded: LoadedSet, spec: Spec, seconds: float) -> dict[str, A
     }
 
 
-def profile(uri: str, loaded: LoadedSet, spec: Spec, started: datetime) -> list[Path]:
+def profile(
+    uri: str, loaded: LoadedSet, spec: Spec, started: datetime, plugins: Path
+) -> list[Path]:
     """Text profiles of the API serving (a) over GraphQL and over the plain endpoint."""
     reports = []
     for target in (Target.GRAPHQL, Target.PLAIN):
@@ -246,6 +297,7 @@ def profile(uri: str, loaded: LoadedSet, spec: Spec, started: datetime) -> list[
             loaded.database,
             workers=1,
             log_path=BENCH_DATA / "logs" / "profile.log",
+            plugins_toml=plugins,
             profile_to=report.resolve(),
         ) as api:
             measure(
@@ -289,7 +341,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("--orders, --concurrency and --duration must be positive")
     started = datetime.now(UTC)
     ensure_demo_keys(Settings().data_dir / "secrets")
-    with store_uri(args.mongodb_uri) as (uri, store_name):
+    with (
+        store_uri(args.mongodb_uri) as (uri, store_name),
+        running_gateway(BENCH_DATA, BENCH_DATA / "logs" / "sandbox.log") as gateway,
+    ):
+        plugins = write_plugins_toml(BENCH_DATA, gateway)
         run = Run(started=started, store=store_name, arguments=vars(args))
         sets = [
             asyncio.run(ensure_loaded(uri, count, console)) for count in scales_for(args.orders)
@@ -310,13 +366,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             database=largest.database,
             headers=_headers(args.header),
         )
-        figures = main_set(run, uri, largest, spec, args.workers)
-        by_scale = smaller_sets(run, uri, sets[:-1], spec)
+        figures = main_set(run, uri, largest, spec, args.workers, plugins)
+        by_scale = smaller_sets(run, uri, sets[:-1], spec, plugins)
         by_scale[largest.count] = figures["a/graphql"]
-        soaked = soak(uri, largest, spec, args.soak) if args.soak > 0 else None
+        soaked = soak(uri, largest, spec, args.soak, plugins) if args.soak > 0 else None
         if args.profile:
             RESULTS.mkdir(parents=True, exist_ok=True)
-            run.extra["profiles"] = [str(p) for p in profile(uri, largest, spec, started)]
+            run.extra["profiles"] = [str(p) for p in profile(uri, largest, spec, started, plugins)]
     for scenario in ("a", "b"):
         graphql, plain = figures[f"{scenario}/graphql"], figures[f"{scenario}/plain"]
         driver = figures[f"{scenario}/driver"]
@@ -374,10 +430,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     else:
         run.not_measured.append("RSS over a long run: pass --soak 600 (10 minutes)")
-    if not _has_start_payment():
-        run.not_measured.append(
-            "(d) startPayment + sandbox notification: startPayment is not in the schema yet"
-        )
     print_run(run, console)
     console.print(f"written: {write_run(run, RESULTS)}")
     return 0

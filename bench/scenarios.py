@@ -2,7 +2,10 @@
 
 (a) ``orders(first: 50)`` of one branch and one status, selecting about 15
 fields including items and payments; (b) ``order(id)`` of a random existing
-order; (c) ``createOrder`` with a fresh idempotency key. The plain endpoint
+order; (c) ``createOrder`` with a fresh idempotency key; (d) one payment round
+trip: create an order, subscribe to its ``orderEvents``, ``startPayment``
+with the sandbox, pay at the sandbox simulator, and receive PAID once the
+simulator's signed notification reached ``/notify``. The plain endpoint
 (``api/bench.py``) answers (a) and (b) with the same JSON body; the driver
 target runs the same store queries with no HTTP at all.
 """
@@ -19,11 +22,15 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
+import httpx
+from httpx_ws import AsyncWebSocketSession, aconnect_ws
+
 from api.schema.ids import to_global_id
 from api.store import Store
 from bench.synthetic import BRANCHES, order_id
 
 PAGE_SIZE = 50
+ROUND_TRIP_TIMEOUT = 30.0
 # Statuses every branch has well over a page of, even in the 10 k set.
 PAGE_STATUSES = ("PAID", "EXPIRED", "CANCELLED", "PENDING_PAYMENT")
 
@@ -51,10 +58,19 @@ CREATE_ORDER = (
 CREATED_KEY_PREFIX = "bench-created-"
 
 
+START_PAYMENT = (
+    "mutation BenchPay($input: StartPaymentInput!) {"
+    " startPayment(input: $input) { payment { id status } action { kind url }"
+    " userErrors { code message } } }"
+)
+ORDER_EVENTS = "subscription BenchEvents($id: ID!) { orderEvents(orderId: $id) { status } }"
+
+
 class Scenario(enum.StrEnum):
     ORDERS = "a"
     ORDER = "b"
     CREATE = "c"
+    PAY = "d"
 
 
 class Target(enum.StrEnum):
@@ -64,9 +80,10 @@ class Target(enum.StrEnum):
 
 
 DESCRIPTIONS = {
-    Scenario.ORDERS: "(a) orders(first: 50) by branch+status",
-    Scenario.ORDER: "(b) order(id), random id",
-    Scenario.CREATE: "(c) createOrder, fresh keys",
+    Scenario.ORDERS: "(a) orders(first: 50)",
+    Scenario.ORDER: "(b) order(id)",
+    Scenario.CREATE: "(c) createOrder",
+    Scenario.PAY: "(d) pay round trip",
 }
 
 
@@ -99,6 +116,18 @@ def _random_global_id(spec: Spec, rng: random.Random) -> str:
     return to_global_id("Order", str(order_id(spec.base, rng.randrange(spec.orders))))
 
 
+def _create_order(rng: random.Random) -> dict[str, Any]:
+    branch = rng.choice(BRANCHES)
+    return {
+        "input": {
+            "branch": branch,
+            "items": [{"offeringId": to_global_id("Offering", f"{branch}-plan-59")}],
+            "customer": {"name": "Bench Li", "phone": f"139{rng.randrange(10**8):08d}"},
+            "idempotencyKey": f"{CREATED_KEY_PREFIX}{uuid.uuid4().hex}",
+        }
+    }
+
+
 def http_request(spec: Spec, rng: random.Random) -> HttpRequest:
     if spec.scenario is Scenario.ORDERS:
         branch, status = rng.choice(BRANCHES), rng.choice(PAGE_STATUSES)
@@ -112,16 +141,7 @@ def http_request(spec: Spec, rng: random.Random) -> HttpRequest:
         if spec.target is Target.PLAIN:
             return HttpRequest("GET", f"/bench/order/{order}")
         return HttpRequest("POST", "/graphql", {"query": ORDER_QUERY, "variables": {"id": order}})
-    branch = rng.choice(BRANCHES)
-    variables = {
-        "input": {
-            "branch": branch,
-            "items": [{"offeringId": to_global_id("Offering", f"{branch}-plan-59")}],
-            "customer": {"name": "Bench Li", "phone": f"139{rng.randrange(10**8):08d}"},
-            "idempotencyKey": f"{CREATED_KEY_PREFIX}{uuid.uuid4().hex}",
-        }
-    }
-    return HttpRequest("POST", "/graphql", {"query": CREATE_ORDER, "variables": variables})
+    return HttpRequest("POST", "/graphql", {"query": CREATE_ORDER, "variables": _create_order(rng)})
 
 
 def succeeded(spec: Spec, status_code: int, body: bytes) -> bool:
@@ -163,3 +183,61 @@ def store_call(spec: Spec, store: Store) -> Callable[[random.Random], Awaitable[
     if spec.scenario is Scenario.ORDER:
         return one_order
     raise ValueError("createOrder has no driver-only ceiling")
+
+
+class RoundTripFailed(Exception):
+    """A step of the payment round trip did not give what a partner expects."""
+
+
+def _data(response: httpx.Response, field: str) -> dict[str, Any]:
+    payload = response.json()
+    result = (payload.get("data") or {}).get(field)
+    if response.status_code != 200 or payload.get("errors") or not result:
+        raise RoundTripFailed(f"{field}: {response.status_code} {payload.get('errors')}")
+    if result.get("userErrors"):
+        raise RoundTripFailed(f"{field}: {result['userErrors']}")
+    return dict(result)
+
+
+async def _next_status(ws: AsyncWebSocketSession) -> str:
+    message = await ws.receive_json(timeout=ROUND_TRIP_TIMEOUT)
+    if message.get("type") != "next" or message["payload"].get("errors"):
+        raise RoundTripFailed(f"orderEvents: {message}")
+    return str(message["payload"]["data"]["orderEvents"]["status"])
+
+
+async def pay_round_trip(client: httpx.AsyncClient, rng: random.Random) -> bool:
+    """Scenario (d): from a new order to its PAID event, as a partner frontend sees it."""
+    created = await client.post(
+        "/graphql", json={"query": CREATE_ORDER, "variables": _create_order(rng)}
+    )
+    order = _data(created, "createOrder")["order"]["id"]
+    ws: AsyncWebSocketSession
+    async with aconnect_ws("/graphql", client, subprotocols=["graphql-transport-ws"]) as ws:
+        await ws.send_json({"type": "connection_init"})
+        if (await ws.receive_json(timeout=ROUND_TRIP_TIMEOUT)).get("type") != "connection_ack":
+            raise RoundTripFailed("orderEvents: no connection_ack")
+        await ws.send_json(
+            {
+                "id": "1",
+                "type": "subscribe",
+                "payload": {"query": ORDER_EVENTS, "variables": {"id": order}},
+            }
+        )
+        if await _next_status(ws) != "PENDING_PAYMENT":
+            raise RoundTripFailed("orderEvents: a new order is not PENDING_PAYMENT")
+        started = await client.post(
+            "/graphql",
+            json={
+                "query": START_PAYMENT,
+                "variables": {
+                    "input": {"orderId": order, "provider": "sandbox", "method": "QR_CODE"}
+                },
+            },
+        )
+        action = _data(started, "startPayment")["action"]
+        # The payer's "pay" at the platform; the simulator notifies the API on its own.
+        paid = await client.post(action["url"], data={"outcome": "success"})
+        if paid.status_code != 200:
+            raise RoundTripFailed(f"sandbox pay page: {paid.status_code}")
+        return await _next_status(ws) == "PAID"

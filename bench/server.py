@@ -1,4 +1,10 @@
-"""The API under test: uvicorn in a process of its own, in bench mode, on a loopback port."""
+"""The processes under test, each on a loopback port: the API and the sandbox gateway.
+
+The API runs under uvicorn in bench mode with a plugins.toml of its own
+(``.data/bench/plugins.toml``): the six demo branches, each offering only the
+sandbox provider, whose simulator runs as a separate process so its work is
+not charged to the API.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import tomlkit
 
-from api.devdb import free_port
+from api.devdb import free_port, port_in_use
+from providers.sandbox.demo import demo_secret_file
 
 READY_TIMEOUT = 60.0
 
@@ -33,6 +41,7 @@ def running_api(
     *,
     workers: int,
     log_path: Path,
+    plugins_toml: Path,
     profile_to: Path | None = None,
 ) -> Iterator[ApiProcess]:
     """Start ``uvicorn api.bench:app_factory`` and yield once /readyz answers 200.
@@ -46,6 +55,9 @@ def running_api(
         "BRANCHPAY_DATABASE": database,
         "BRANCHPAY_BENCH_MODE": "true",
         "BRANCHPAY_GRAPHIQL": "false",
+        "BRANCHPAY_PLUGINS_TOML": str(plugins_toml),
+        # The simulator notifies the API at the address it was started on.
+        "BRANCHPAY_PUBLIC_URL": f"http://127.0.0.1:{port}",
     }
     profiler = (
         []
@@ -112,3 +124,65 @@ def _wait_ready(process: subprocess.Popen[bytes], url: str, log_path: Path) -> N
             # Nothing to await across processes: poll the port until uvicorn listens.
             time.sleep(0.1)
     raise RuntimeError(f"the API was not ready within {READY_TIMEOUT:.0f} s; see {log_path}")
+
+
+def write_plugins_toml(
+    directory: Path, gateway: str, branches: Path = Path("plugins.toml")
+) -> Path:
+    """The bench's plugins.toml: the shipped branches, each offering the sandbox at ``gateway``."""
+    shipped = tomlkit.parse(branches.read_text(encoding="utf-8"))
+    document = tomlkit.document()
+    document.add(tomlkit.comment("written by `make bench`; the shipped branches, sandbox only"))
+    tables = tomlkit.table(is_super_table=True)
+    for code, branch in shipped["branches"].items():
+        table = tomlkit.table()
+        for key in ("name", "province", "operator"):
+            table[key] = branch[key]
+        sandbox = tomlkit.table()
+        sandbox["enabled"] = True
+        sandbox["gateway"] = gateway
+        sandbox["secret"] = tomlkit.inline_table()
+        sandbox["secret"]["file"] = "secrets/sandbox.key"
+        providers = tomlkit.table(is_super_table=True)
+        providers["sandbox"] = sandbox
+        table["providers"] = providers
+        tables[code] = table
+    document["branches"] = tables
+    path = directory / "plugins.toml"
+    path.write_text(tomlkit.dumps(document), encoding="utf-8")
+    return path
+
+
+@contextlib.contextmanager
+def running_gateway(directory: Path, log_path: Path) -> Iterator[str]:
+    """The sandbox simulator in its own process; yields its base URL once it listens."""
+    secret = demo_secret_file(directory / "secrets")
+    port = free_port()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable,
+        "-m",
+        "providers.sandbox.simulator",
+        "--port",
+        str(port),
+        "--secret-file",
+        str(secret),
+    ]
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not port_in_use(port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the sandbox simulator did not start; see {log_path}")
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
