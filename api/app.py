@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
+import strawberry
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -21,9 +22,11 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
 from strawberry.http import GraphQLHTTPResponse
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types import ExecutionResult
+from strawberry.types.unset import UNSET, UnsetType
 
 from api.branches import BranchView, ProviderView, provider_view
 from api.orders import OrderService
@@ -31,9 +34,13 @@ from api.payments.provider import NotificationRejected, NotificationReply, Notif
 from api.payments.service import PaymentService
 from api.plugins.manager import load_plugin_manager, notify
 from api.plugins.registry import ProviderRegistry
-from api.schema import schema
+from api.schema import build_schema
 from api.schema.context import Context, Services
 from api.schema.errors import shape
+from api.security.gate import ApiKeyGate
+from api.security.keys import bearer_token
+from api.security.pii import PiiVault
+from api.security.ratelimit import RateLimiter
 from api.settings import Settings
 from api.store import Store
 
@@ -92,12 +99,27 @@ class BodyLimit:
 
 
 class GraphQLApp(GraphQL[Context, None]):
-    def __init__(self, services: Callable[[], Services], **options: Any) -> None:
+    def __init__(
+        self, schema: strawberry.Schema, services: Callable[[], Services], **options: Any
+    ) -> None:
         super().__init__(schema, **options)
         self._services = services
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
-        return Context(request=request, services=self._services())
+        # HTTP requests were authenticated by ApiKeyGate; WebSockets are on connect.
+        principal = request.scope.get("state", {}).get("principal")
+        return Context(request=request, services=self._services(), principal=principal)
+
+    async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
+        params = context.connection_params or {}
+        header = params.get("Authorization") or params.get("authorization")
+        token = bearer_token(header if isinstance(header, str) else None)
+        token = token or bearer_token(context.request.headers.get("authorization"))
+        principal = await context.store.keys.authenticate(token) if token else None
+        if principal is None:
+            raise ConnectionRejectionError({"code": "UNAUTHENTICATED"})
+        context.principal = principal
+        return UNSET
 
     async def process_result(
         self, request: Request, result: ExecutionResult
@@ -151,6 +173,7 @@ def create_app(
     uri = mongodb_uri or settings.mongodb_uri
     if uri is None:
         raise RuntimeError("no MongoDB URI: set BRANCHPAY_MONGODB_URI or use `branchpay serve`")
+    vault = PiiVault(settings.pii_master_key())
     state: dict[str, Services] = {}
 
     def services() -> Services:
@@ -169,6 +192,7 @@ def create_app(
             )
             orders = OrderService(
                 store,
+                vault=vault,
                 branch_exists=lambda code: registry.branch(code) is not None,
                 ttl=timedelta(seconds=settings.order_ttl_seconds),
                 on_event=lambda hook, order: notify(plugins, hook, order=order),
@@ -188,6 +212,7 @@ def create_app(
                 store=store,
                 orders=orders,
                 branches=current_branches,
+                vault=vault,
                 payments=payments,
             )
             app.state.registry = registry
@@ -280,6 +305,7 @@ def create_app(
         return _reply(provider.notification_reply(accepted=result.accepted))
 
     graphql = GraphQLApp(
+        build_schema(settings),
         services,
         graphql_ide="graphiql" if settings.graphiql else None,
         subscription_protocols=[GRAPHQL_TRANSPORT_WS_PROTOCOL],
@@ -296,5 +322,11 @@ def create_app(
 
         routes.extend(bench_routes(services))
     app = Starlette(routes=routes, lifespan=lifespan)
+    app.add_middleware(
+        ApiKeyGate,
+        keys=lambda: app.state.store.keys,
+        limiter=RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
+    )
+    # Added last, so it runs first: an oversized body is refused before anything else.
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app

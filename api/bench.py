@@ -61,7 +61,7 @@ def _order(doc: Document, payments: list[Document], branches: Mapping[str, Branc
         "expiresAt": doc["expiresAt"].isoformat(),
         "branch": {"code": doc["branch"], "name": view.name if view else doc["branch"]},
         "total": _money(doc["totalFen"], currency),
-        "customer": {"name": doc["customer"]["name"], "phone": doc["customer"]["phone"]},
+        "customer": {"name": doc["customer"]["name"], "phone": doc["customer"]["phoneMasked"]},
         "items": [
             {
                 "offeringId": to_global_id("Offering", item["offeringId"]),

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import logging
 import os
 import re
+import secrets
 import sys
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
@@ -28,6 +30,21 @@ def export_schema(path: Path) -> None:
     path.write_text(schema.as_str() + "\n", encoding="utf-8")
 
 
+def prepare_demo(settings: Settings) -> None:
+    """The demo's keys: each built-in provider's, and a PII key unless one is configured."""
+    from api.simulators import ensure_demo_keys
+
+    secrets_dir = settings.data_dir / "secrets"
+    ensure_demo_keys(secrets_dir)
+    if settings.pii_key is None and settings.pii_key_file is None:
+        path = secrets_dir / "pii.key"
+        if not path.exists():
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(base64.b64encode(secrets.token_bytes(32)).decode())
+        settings.pii_key_file = path
+
+
 @contextlib.contextmanager
 def store_uri(settings: Settings, *, reuse_running: bool = False) -> Iterator[str]:
     """The configured MongoDB, or the embedded store started for as long as we run.
@@ -43,7 +60,8 @@ def store_uri(settings: Settings, *, reuse_running: bool = False) -> Iterator[st
         return
     storage = settings.data_dir / "db"
     console.print(
-        f"starting the embedded store (SecantusDB) on 127.0.0.1:{settings.db_port}, data in {storage}"
+        f"starting the embedded store (SecantusDB) on 127.0.0.1:{settings.db_port}, "
+        f"data in {storage}"
     )
     with devdb.running(storage, settings.db_port) as store:
         yield store.uri
@@ -52,6 +70,7 @@ def store_uri(settings: Settings, *, reuse_running: bool = False) -> Iterator[st
 async def _seed(settings: Settings, uri: str) -> bool:
     from api.plugins.config import load_config
     from api.plugins.manager import installed_providers, load_plugin_manager
+    from api.security.pii import PiiVault
     from api.seed import seed
     from api.store import Store
 
@@ -64,6 +83,7 @@ async def _seed(settings: Settings, uri: str) -> bool:
             branches=list(config.branches),
             orders=settings.seed_demo_orders,
             ttl=timedelta(seconds=settings.order_ttl_seconds),
+            vault=PiiVault(settings.pii_master_key()),
         )
     finally:
         await store.close()
@@ -80,9 +100,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.port is not None:
         settings.port = args.port
     if args.demo:
-        from api.simulators import ensure_demo_keys
-
-        ensure_demo_keys(settings.data_dir / "secrets")
+        prepare_demo(settings)
+    try:
+        settings.pii_master_key()
+    except ValueError as error:
+        console.print(f"[red]error:[/red] {error}")
+        return 1
     try:
         with store_uri(settings) as uri:
             if args.demo and asyncio.run(_seed(settings, uri)):
@@ -94,7 +117,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     start_demo_simulators(settings.data_dir / "secrets", simulators, console)
                 console.print(
                     f"branchpay on http://{settings.host}:{settings.port}/graphql "
-                    "(GraphiQL in a browser); Ctrl-C stops it"
+                    "(GraphiQL in a browser); Ctrl-C stops it\n"
+                    "every request needs an API key; create one in another terminal with\n"
+                    "  .venv/bin/branchpay keys create --role ops --name me\n"
+                    "and send it as `Authorization: Bearer <key>` (GraphiQL: the Headers tab)"
                 )
                 uvicorn.run(
                     create_app(settings, mongodb_uri=uri),
@@ -120,10 +146,8 @@ def cmd_schema_export(args: argparse.Namespace) -> int:
 
 
 def cmd_seed(args: argparse.Namespace) -> int:
-    from api.simulators import ensure_demo_keys
-
     settings = Settings()
-    ensure_demo_keys(settings.data_dir / "secrets")
+    prepare_demo(settings)
     with store_uri(settings) as uri:
         seeded = asyncio.run(_seed(settings, uri))
     console.print(
@@ -140,8 +164,12 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 def cmd_providers(args: argparse.Namespace) -> int:
     from api.plugins import admin
+    from api.security.admin import audit_provider_change
 
-    return admin.providers(args)
+    code = admin.providers(args)
+    if code == 0:
+        audit_provider_change(args.action == "enable", args.branch, args.provider)
+    return code
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:

@@ -6,7 +6,6 @@ through the store. Nothing is written when a request is refused.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -24,6 +23,7 @@ from api.domain.order import (
     check_idempotency_key,
     price_order,
 )
+from api.security.pii import PiiVault, protect_customer
 from api.store import Store
 
 Document = dict[str, Any]
@@ -37,7 +37,10 @@ CloseAttempts = Callable[[Mapping[str, Any]], Awaitable[bool]]
 CLOSE_GRACE = timedelta(hours=1)
 
 
-def _request_hash(branch: str, items: Sequence[RequestedItem], customer: Mapping[str, str]) -> str:
+def _request_hash(
+    vault: PiiVault, branch: str, items: Sequence[RequestedItem], customer: Mapping[str, str | None]
+) -> str:
+    # Keyed, because the request holds personal data a plain hash would let anyone guess.
     canonical = json.dumps(
         {
             "branch": branch,
@@ -49,7 +52,7 @@ def _request_hash(branch: str, items: Sequence[RequestedItem], customer: Mapping
         sort_keys=True,
         separators=(",", ":"),
     )
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return vault.fingerprint(canonical, "order request")
 
 
 class OrderService:
@@ -57,6 +60,7 @@ class OrderService:
         self,
         store: Store,
         *,
+        vault: PiiVault,
         branch_exists: Callable[[str], bool],
         ttl: timedelta,
         on_event: OrderHook | None = None,
@@ -64,6 +68,7 @@ class OrderService:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.store = store
+        self.vault = vault
         self.branch_exists = branch_exists
         self.ttl = ttl
         self.on_event = on_event
@@ -77,17 +82,29 @@ class OrderService:
         customer_name: str,
         customer_phone: str,
         idempotency_key: str,
+        *,
+        customer_id_card: str | None = None,
+        visible: Callable[[str], bool] = lambda branch: True,
     ) -> tuple[Document | None, list[Problem]]:
-        """Create the order, or return the one already created with this key."""
+        """Create the order, or return the one already created with this key.
+
+        A branch the caller may not see is refused exactly like one that does not exist.
+        """
         problems = check_idempotency_key(idempotency_key)
-        if not self.branch_exists(branch):
+        if not (self.branch_exists(branch) and visible(branch)):
             problems.append(Problem(("branch",), f"no branch {branch!r}", "UNKNOWN_BRANCH"))
-        customer, customer_problems = check_customer(customer_name, customer_phone)
+        customer, customer_problems = check_customer(
+            customer_name, customer_phone, customer_id_card
+        )
         problems.extend(customer_problems)
         if problems or customer is None:
             return None, problems
-        customer_doc = {"name": customer.name, "phone": customer.phone}
-        request_hash = _request_hash(branch, items, customer_doc)
+        request_hash = _request_hash(
+            self.vault,
+            branch,
+            items,
+            {"name": customer.name, "phone": customer.phone, "idCard": customer.id_card},
+        )
         existing = await self.store.orders.by_idempotency_key(branch, idempotency_key)
         if existing is not None:
             return self._repeat(existing, request_hash)
@@ -105,7 +122,9 @@ class OrderService:
             "totalFen": priced.total_fen,
             "currency": priced.currency,
             "items": priced.items,
-            "customer": customer_doc,
+            "customer": protect_customer(
+                self.vault, customer.name, customer.phone, customer.id_card
+            ),
             "idempotencyKey": idempotency_key,
             "requestHash": request_hash,
             "createdAt": now,

@@ -15,6 +15,7 @@ from typing import Any
 from bson import ObjectId
 
 from api.domain.order import OfferingKind, OrderStatus, RequestedItem, price_order
+from api.security.pii import PiiVault, protect_customer
 from api.store import Store
 
 Document = dict[str, Any]
@@ -120,7 +121,11 @@ def demo_catalog(branch: str) -> list[Document]:
 
 
 def demo_orders(
-    catalogs: dict[str, list[Document]], count: int, now: datetime, ttl: timedelta
+    catalogs: dict[str, list[Document]],
+    count: int,
+    now: datetime,
+    ttl: timedelta,
+    vault: PiiVault,
 ) -> list[Document]:
     """``count`` orders spread over the last 30 days; older unpaid ones are expired or cancelled."""
     rng = random.Random("orders")
@@ -157,10 +162,12 @@ def demo_orders(
                 "totalFen": priced.total_fen,
                 "currency": priced.currency,
                 "items": priced.items,
-                "customer": {
-                    "name": f"{rng.choice(surnames)} {chr(65 + index % 26)}.",
-                    "phone": f"13{rng.randrange(10**9):09d}",
-                },
+                "customer": protect_customer(
+                    vault,
+                    f"{rng.choice(surnames)} {chr(65 + index % 26)}.",
+                    f"13{rng.randrange(10**9):09d}",
+                    None,
+                ),
                 "idempotencyKey": key,
                 "requestHash": hashlib.sha256(key.encode()).hexdigest(),
                 "createdAt": created,
@@ -172,13 +179,15 @@ def demo_orders(
     return orders
 
 
-async def seed(store: Store, *, branches: Iterable[str], orders: int, ttl: timedelta) -> bool:
+async def seed(
+    store: Store, *, branches: Iterable[str], orders: int, ttl: timedelta, vault: PiiVault
+) -> bool:
     """Load the demo catalogs and orders if the store has no catalog yet; True when it did."""
     if not await store.catalog.is_empty():
         return False
     catalogs = {code: demo_catalog(code) for code in branches if code in DEMO_BRANCHES}
     await store.catalog.upsert_all(o for catalog in catalogs.values() for o in catalog)
-    documents = demo_orders(catalogs, orders, datetime.now(UTC), ttl)
+    documents = demo_orders(catalogs, orders, datetime.now(UTC), ttl, vault)
     if documents:
         await store.orders.collection.insert_many(documents, ordered=False)
     return True

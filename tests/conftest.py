@@ -8,10 +8,11 @@ Each test that needs storage gets a database of its own.
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import secrets
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -74,11 +75,13 @@ secret = {{ file = "sandbox.key" }}
 
 
 class GraphQLClient:
-    """Talks to a running branchpay over real HTTP."""
+    """Talks to a running branchpay over real HTTP, with an API key unless ``key`` is None."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, key: str | None = None) -> None:
         self.base_url = base_url
-        self.http = httpx.Client(base_url=base_url, timeout=30.0)
+        self.key = key
+        headers = {"authorization": f"Bearer {key}"} if key else {}
+        self.http = httpx.Client(base_url=base_url, timeout=30.0, headers=headers)
 
     def post(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
         response = self.http.post("/graphql", json={"query": query, "variables": variables or {}})
@@ -99,13 +102,29 @@ class GraphQLClient:
         return [error["extensions"]["code"] for error in body["errors"]]
 
 
+def issue_key(
+    db: Database[dict[str, Any]], role: str, branches: Sequence[str] = (), name: str | None = None
+) -> str:
+    """An API key stored the way `branchpay keys create` stores it."""
+    from api.security.keys import new_key
+    from api.security.principal import Role
+
+    record, key = new_key(name or f"test-{uuid.uuid4().hex[:8]}", Role(role), branches, by="tests")
+    db.api_keys.insert_one(record)
+    return key
+
+
 @dataclass
 class RunningService:
     url: str
-    client: GraphQLClient
+    client: GraphQLClient  # an ops key: sees everything
     db: Database[dict[str, Any]]
     plugins_toml: Path
     commands: list[str]
+    pii_key: bytes
+
+    def client_for(self, role: str, *branches: str) -> GraphQLClient:
+        return GraphQLClient(self.url, issue_key(self.db, role, branches))
 
 
 class CommandLog(monitoring.CommandListener):
@@ -130,6 +149,7 @@ def start_service(
 ) -> Iterator[Callable[..., RunningService]]:
     """Start branchpay (real app, real uvicorn, real store) with demo catalogs; stops after the test."""
     from api.app import create_app
+    from api.security.pii import PiiVault
     from api.seed import seed
     from api.settings import Settings
     from api.store import Store
@@ -148,14 +168,29 @@ def start_service(
         (tmp_path / "sandbox.key").write_text(secrets.token_urlsafe(32))
         config = tmp_path / "plugins.toml"
         config.write_text((plugins_toml or DEMO_BRANCHES_TOML).format(gateway=gateway))
+        pii_key = secrets.token_bytes(32)
+        # Tests hammer the service; the rate limit has tests of its own that set it.
+        settings.setdefault("rate_limit_per_second", 1_000_000.0)
+        settings.setdefault("rate_limit_burst", 1_000_000)
         options = Settings(
-            plugins_toml=config, database=db_name, data_dir=tmp_path / "data", **settings
+            plugins_toml=config,
+            database=db_name,
+            data_dir=tmp_path / "data",
+            pii_key=base64.b64encode(pii_key).decode(),
+            **settings,
         )
+        vault = PiiVault(options.pii_master_key())
 
         async def load_demo() -> None:
             store = Store.connect(mongo_uri, db_name)
             await store.ensure_indexes()
-            await seed(store, branches=["zj", "bj", "yn"], orders=orders, ttl=timedelta(minutes=30))
+            await seed(
+                store,
+                branches=["zj", "bj", "yn"],
+                orders=orders,
+                ttl=timedelta(minutes=30),
+                vault=vault,
+            )
             await store.close()
 
         asyncio.run(load_demo())
@@ -163,9 +198,9 @@ def start_service(
         app = create_app(options, mongodb_uri=mongo_uri, client_options={"event_listeners": [log]})
         server = LoopbackServer(app).start()
         servers.append(server)
-        return RunningService(
-            server.url, GraphQLClient(server.url), sync_client[db_name], config, log.commands
-        )
+        db = sync_client[db_name]
+        ops = GraphQLClient(server.url, issue_key(db, "ops"))
+        return RunningService(server.url, ops, db, config, log.commands, options.pii_master_key())
 
     yield start
     for server in servers:

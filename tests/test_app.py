@@ -67,8 +67,8 @@ def test_malformed_graphql_is_bad_user_input(start_service: Any) -> None:
         "query($first: Int) { orders(first: $first) { edges { cursor } } }", {"first": "ten"}
     )
     assert [e["extensions"]["code"] for e in wrong_type["errors"]] == ["BAD_USER_INPUT"]
-    not_json = httpx.post(
-        f"{service.url}/graphql", content=b"{not json", headers={"content-type": "application/json"}
+    not_json = service.client.http.post(
+        "/graphql", content=b"{not json", headers={"content-type": "application/json"}
     )
     assert not_json.status_code == 400
 

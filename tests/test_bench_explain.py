@@ -21,11 +21,12 @@ from pymongo import MongoClient, monitoring
 from pymongo.errors import OperationFailure
 
 from api.app import create_app
+from api.security.pii import PiiVault
 from api.seed import seed
 from api.settings import Settings
 from api.store import Store
 from providers.kit.loopback import LoopbackServer
-from tests.conftest import DEMO_BRANCHES_TOML, GraphQLClient
+from tests.conftest import DEMO_BRANCHES_TOML, GraphQLClient, issue_key
 
 PAGE = "query($f: OrderFilter, $after: String) { orders(filter: $f, first: 5, after: $after) {"
 PAGE += " edges { node { id status } } pageInfo { endCursor } } }"
@@ -55,21 +56,34 @@ def api(tmp_path: Path, mongo_uri: str, db_name: str) -> Iterator[tuple[GraphQLC
     config = tmp_path / "plugins.toml"
     config.write_text(DEMO_BRANCHES_TOML.format(gateway="http://127.0.0.1:9"))
 
+    settings = Settings(
+        plugins_toml=config,
+        database=db_name,
+        data_dir=tmp_path / "data",
+        pii_key=secrets.token_urlsafe(32),
+    )
+
     async def load() -> None:
         store = Store.connect(mongo_uri, db_name)
         await store.ensure_indexes()
-        await seed(store, branches=["zj", "bj", "yn"], orders=600, ttl=timedelta(minutes=30))
+        await seed(
+            store,
+            branches=["zj", "bj", "yn"],
+            orders=600,
+            ttl=timedelta(minutes=30),
+            vault=PiiVault(settings.pii_master_key()),
+        )
         await store.close()
 
     asyncio.run(load())
     finds = FindLog()
     app = create_app(
-        Settings(plugins_toml=config, database=db_name, data_dir=tmp_path / "data"),
+        settings,
         mongodb_uri=mongo_uri,
         client_options={"event_listeners": [finds]},
     )
-    with LoopbackServer(app) as server:
-        yield GraphQLClient(server.url), finds
+    with LoopbackServer(app) as server, MongoClient(mongo_uri) as client:
+        yield GraphQLClient(server.url, issue_key(client[db_name], "ops")), finds
     with MongoClient(mongo_uri) as client:
         client.drop_database(db_name)
 

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -27,7 +28,7 @@ def workdir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def serve(workdir: Path, api_port: int, db_port: int) -> subprocess.Popen[str]:
+def environment(workdir: Path, db_port: int) -> dict[str, str]:
     env = {
         **os.environ,
         "BRANCHPAY_DATA_DIR": str(workdir / ".data"),
@@ -36,10 +37,14 @@ def serve(workdir: Path, api_port: int, db_port: int) -> subprocess.Popen[str]:
         "BRANCHPAY_SEED_DEMO_ORDERS": "40",
     }
     env.pop("BRANCHPAY_MONGODB_URI", None)
+    return env
+
+
+def serve(workdir: Path, api_port: int, db_port: int) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "api", "serve", "--demo", "--port", str(api_port)],
         cwd=workdir,
-        env=env,
+        env=environment(workdir, db_port),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -57,6 +62,27 @@ def wait_ready(process: subprocess.Popen[str], url: str) -> None:
             pass
         time.sleep(0.2)
     raise AssertionError("the service did not become ready within 60 s")
+
+
+def create_key(workdir: Path, db_port: int) -> str:
+    """`branchpay keys create` beside a running `make run`: it uses that store."""
+    created = subprocess.run(
+        [sys.executable, "-m", "api", "keys", "create", "--role", "ops", "--name", "me"],
+        cwd=workdir,
+        env=environment(workdir, db_port),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return created.stdout.strip().splitlines()[-1]
+
+
+def ask(url: str, key: str) -> dict[str, Any]:
+    response = httpx.post(
+        f"{url}/graphql", json={"query": COUNT}, headers={"authorization": f"Bearer {key}"}
+    )
+    data: dict[str, Any] = response.json()["data"]
+    return data
 
 
 def interrupt(process: subprocess.Popen[str]) -> str:
@@ -79,20 +105,25 @@ def test_serve_seeds_once_stops_on_ctrl_c_and_reuses_its_data(
     first = serve(workdir, api_port, db_port)
     try:
         wait_ready(first, url)
-        body = httpx.post(f"{url}/graphql", json={"query": COUNT}).json()["data"]
+        anonymous = httpx.post(f"{url}/graphql", json={"query": COUNT})
+        assert anonymous.status_code == 401
+        key = create_key(workdir, db_port)
+        body = ask(url, key)
         assert [b["code"] for b in body["branches"]] == ["zj", "bj", "yn", "he", "sc", "cq"]
         assert body["orders"]["totalCount"] == 40
     finally:
         output = interrupt(first)
     assert "seeded the demo" in output
+    assert "keys create" in output  # how to create a first key
     assert not port_in_use(db_port), "the embedded store outlived Ctrl-C"
     assert (workdir / ".data" / "db").is_dir()
-    assert (workdir / ".data" / "secrets" / "sandbox.key").stat().st_mode & 0o077 == 0
+    for secret in ("sandbox.key", "pii.key"):
+        assert (workdir / ".data" / "secrets" / secret).stat().st_mode & 0o077 == 0
 
     second = serve(workdir, api_port, db_port)
     try:
         wait_ready(second, url)
-        body = httpx.post(f"{url}/graphql", json={"query": COUNT}).json()["data"]
+        body = ask(url, key)
         assert body["orders"]["totalCount"] == 40
     finally:
         output = interrupt(second)

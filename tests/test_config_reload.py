@@ -38,7 +38,7 @@ def test_an_edit_takes_effect_within_two_seconds_without_failed_requests(
     stop = threading.Event()
 
     def keep_asking() -> None:
-        with httpx.Client(base_url=service.url) as http:
+        with httpx.Client(base_url=service.url, headers=service.client.http.headers) as http:
             while not stop.is_set():
                 response = http.post("/graphql", json={"query": PROVIDERS})
                 if response.status_code != 200 or response.json().get("errors"):

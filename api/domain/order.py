@@ -18,6 +18,8 @@ MAX_QUANTITY = 99
 MAX_ITEMS = 20
 IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_\-:.]{8,64}$")
 MOBILE_NUMBER = re.compile(r"^1[3-9]\d{9}$")
+ID_CARD_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+ID_CARD_CHECK = "10X98765432"
 
 
 class OrderStatus(enum.StrEnum):
@@ -93,6 +95,7 @@ class RequestedItem:
 class Customer:
     name: str
     phone: str
+    id_card: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +118,18 @@ def normalise_phone(raw: str) -> str | None:
     return digits if MOBILE_NUMBER.fullmatch(digits) else None
 
 
-def check_customer(name: str, phone: str) -> tuple[Customer | None, list[Problem]]:
+def check_customer(
+    name: str, phone: str, id_card: str | None = None
+) -> tuple[Customer | None, list[Problem]]:
     problems: list[Problem] = []
+    if id_card is not None and not valid_id_card(id_card.strip().upper()):
+        problems.append(
+            Problem(
+                ("customer", "idCardNumber"),
+                "idCardNumber must be an 18-character resident ID card number",
+                "INVALID_ID_CARD",
+            )
+        )
     clean_name = name.strip()
     if not clean_name or len(clean_name) > 64:
         problems.append(
@@ -133,7 +146,15 @@ def check_customer(name: str, phone: str) -> tuple[Customer | None, list[Problem
         )
     if problems or number is None:
         return None, problems
-    return Customer(clean_name, number), []
+    return Customer(clean_name, number, id_card.strip().upper() if id_card else None), []
+
+
+def valid_id_card(number: str) -> bool:
+    """A mainland resident ID card number: 17 digits and the ISO 7064 MOD 11-2 check character."""
+    if len(number) != 18 or not number[:17].isdigit():
+        return False
+    total = sum(int(d) * w for d, w in zip(number[:17], ID_CARD_WEIGHTS, strict=True))
+    return ID_CARD_CHECK[total % 11] == number[17]
 
 
 def check_idempotency_key(key: str) -> list[Problem]:

@@ -9,7 +9,7 @@ never sent twice.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from bson import ObjectId
@@ -24,11 +24,12 @@ FINAL = frozenset({OrderStatus.REFUNDED, OrderStatus.CANCELLED, OrderStatus.EXPI
 
 
 async def order_changes(
-    store: Store, order_id: ObjectId
+    store: Store, order_id: ObjectId, visible: Callable[[str], bool] = lambda branch: True
 ) -> AsyncIterator[tuple[Document, Document]]:
     """Yield (order, history entry): the current state first, then every later status change.
 
-    Returns nothing for an unknown order; ends after a final status.
+    Returns nothing for an unknown order or one of a branch the caller may not
+    see; ends after a final status.
     """
     orders = store.collection("orders")
     pipeline = [
@@ -37,7 +38,7 @@ async def order_changes(
     # Open the stream before reading the current state, so no change falls between the two.
     async with await orders.watch(pipeline, full_document="updateLookup") as stream:
         order = await store.orders.get(order_id)
-        if order is None:
+        if order is None or not visible(order["branch"]):
             return
         history: list[Document] = order.get("statusHistory", [])
         sent = len(history)

@@ -61,6 +61,7 @@ from api.payments.provider import (
 )
 from api.plugins.manager import notify
 from api.plugins.registry import ProviderRegistry
+from api.security.audit import AuditAction
 from api.store import Store
 from api.store.payments import attempt_fields, attempt_of
 
@@ -170,10 +171,14 @@ class PaymentService:
         method: PaymentMethod,
         return_url: str | None = None,
         client_ip: str | None = None,
+        visible: Callable[[str], bool] = lambda branch: True,
     ) -> StartResult:
-        """Open a new attempt for the order at the provider; each call is a new attempt."""
+        """Open a new attempt for the order at the provider; each call is a new attempt.
+
+        An order of a branch the caller may not see is refused like a missing one.
+        """
         order = await self.store.orders.get(order_id)
-        if order is None:
+        if order is None or not visible(order["branch"]):
             return StartResult(None, None, _problem("orderId", "no such order", "ORDER_NOT_FOUND"))
         now = self._now()
         if order["status"] != OrderStatus.PENDING_PAYMENT.value:
@@ -545,8 +550,15 @@ class PaymentService:
         amount_fen: int,
         reason: str | None,
         idempotency_key: str,
+        *,
+        actor: str = "system",
+        visible: Callable[[str], bool] = lambda branch: True,
     ) -> RefundResult:
-        """Refund part or all of a paid attempt; a repeated key returns the first refund."""
+        """Refund part or all of a paid attempt; a repeated key returns the first refund.
+
+        ``actor`` (the API key's name) goes to the audit log with the refund; a
+        payment of a branch the caller may not see is refused like a missing one.
+        """
         problems = check_idempotency_key(idempotency_key)
         if amount_fen <= 0:
             problems.append(
@@ -561,7 +573,7 @@ class PaymentService:
         if problems:
             return RefundResult(None, None, problems)
         payment = await self.store.payments.get(payment_id)
-        if payment is None:
+        if payment is None or not visible(payment["branch"]):
             return RefundResult(
                 None, None, _problem("paymentId", "no such payment", "PAYMENT_NOT_FOUND")
             )
@@ -603,6 +615,14 @@ class PaymentService:
             # Nothing of this request may stay written: the same key may be retried.
             await self.store.payments.forget_refund_request(out_refund_no)
             return RefundResult(None, None, _problem("amountFen", refused.message, refused.code))
+        if created:
+            await self.store.audit.record(
+                actor,
+                AuditAction.REFUND_ISSUED,
+                out_refund_no,
+                {"paymentId": str(payment_id), "amountFen": amount_fen, "reason": reason},
+                branch=payment["branch"],
+            )
         await self._submit_refund(payment_id, out_refund_no)
         payment = await self.store.payments.get(payment_id)
         assert payment is not None

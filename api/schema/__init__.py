@@ -6,7 +6,15 @@ from typing import Any
 
 import strawberry
 from graphql import GraphQLError
-from strawberry.extensions import ParserCache, ValidationCache
+from strawberry.extensions import (
+    DisableIntrospection,
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    ParserCache,
+    QueryDepthLimiter,
+    SchemaExtension,
+    ValidationCache,
+)
 from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
 
@@ -15,6 +23,7 @@ from api.schema.mutation import Mutation as OrderMutation
 from api.schema.payments import PaymentMutation, Subscription
 from api.schema.query import Query
 from api.schema.types import Offering, Order, Payment
+from api.settings import Settings
 
 Mutation = merge_types("Mutation", (OrderMutation, PaymentMutation))
 
@@ -26,17 +35,25 @@ class BranchpaySchema(strawberry.Schema):
         """Errors are logged by ErrorShaping, once, without client noise."""
 
 
-def build_schema(**options: Any) -> strawberry.Schema:
+def build_schema(settings: Settings | None = None, **options: Any) -> strawberry.Schema:
+    """The schema with the request limits of ``settings`` (defaults when None)."""
+    settings = settings or Settings()
+    extensions: list[type[SchemaExtension] | Any] = [
+        ErrorShaping,
+        lambda: MaxTokensLimiter(max_token_count=settings.max_tokens),
+        lambda: ParserCache(maxsize=256),
+        lambda: QueryDepthLimiter(max_depth=settings.max_query_depth),
+        lambda: MaxAliasesLimiter(max_alias_count=settings.max_aliases),
+        lambda: ValidationCache(maxsize=256),
+    ]
+    if not settings.introspection:
+        extensions.append(DisableIntrospection)
     return BranchpaySchema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
         types=[Order, Offering, Payment],
-        extensions=[
-            ErrorShaping,
-            lambda: ParserCache(maxsize=256),
-            lambda: ValidationCache(maxsize=256),
-        ],
+        extensions=extensions,
         **options,
     )
 

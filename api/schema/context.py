@@ -14,6 +14,9 @@ from strawberry.dataloader import DataLoader
 from api.branches import BranchView
 from api.orders import OrderService
 from api.payments.service import PaymentService
+from api.schema.errors import ApiError, ErrorCode
+from api.security.pii import PiiVault
+from api.security.principal import Permission, Principal
 from api.settings import Settings
 from api.store import Store
 
@@ -28,6 +31,7 @@ class Services:
     store: Store
     orders: OrderService
     branches: Callable[[], Mapping[str, BranchView]]
+    vault: PiiVault
     payments: PaymentService | None = None
 
 
@@ -48,6 +52,8 @@ def _payments_loader(store: Store) -> DataLoader[ObjectId, list[Document]]:
 class Context:
     request: Request | WebSocket
     services: Services
+    principal: Principal | None = None  # the caller's API key; set by the gate or on WS connect
+    connection_params: dict[str, Any] | None = None  # graphql-transport-ws connection_init payload
     payments_by_order: DataLoader[ObjectId, list[Document]] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -58,4 +64,20 @@ class Context:
         return self.services.store
 
     def branch(self, code: str) -> BranchView | None:
+        """The branch, if it exists and the caller's key may see it."""
+        if self.principal is None or not self.principal.sees_branch(code):
+            return None
         return self.services.branches().get(code)
+
+    def sees(self, branch: str) -> bool:
+        return self.principal is not None and self.principal.sees_branch(branch)
+
+    def require(self, permission: Permission) -> Principal:
+        """The caller, if its role has ``permission``; FORBIDDEN otherwise."""
+        if self.principal is None:
+            raise ApiError(ErrorCode.UNAUTHENTICATED, "send a valid API key")
+        if not self.principal.may(permission):
+            raise ApiError(
+                ErrorCode.FORBIDDEN, f"a {self.principal.role.value} key may not do this"
+            )
+        return self.principal

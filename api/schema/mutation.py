@@ -12,6 +12,7 @@ from api.schema.context import Context
 from api.schema.errors import ApiError
 from api.schema.ids import from_global_id, object_id_of
 from api.schema.types import Order, UserError
+from api.security.principal import Permission
 
 
 @strawberry.input
@@ -31,6 +32,9 @@ class OrderItemInput:
 class CustomerInput:
     name: str
     phone: str = strawberry.field(description="A mainland China mobile number, e.g. 13812345678.")
+    id_card_number: str | None = strawberry.field(
+        default=None, description="Resident ID card number, for real-name registration of a number."
+    )
 
 
 @strawberry.input
@@ -94,6 +98,7 @@ class Mutation:
     async def create_order(
         self, info: Info[Context, None], input: CreateOrderInput
     ) -> CreateOrderPayload:
+        info.context.require(Permission.ORDER)
         requested, problems = _requested_items(input.items)
         if problems:
             return CreateOrderPayload(order=None, user_errors=user_errors(problems))
@@ -103,6 +108,8 @@ class Mutation:
             input.customer.name,
             input.customer.phone,
             input.idempotency_key,
+            customer_id_card=input.customer.id_card_number,
+            visible=info.context.sees,
         )
         return CreateOrderPayload(
             order=Order.from_doc(order) if order else None, user_errors=user_errors(problems)
@@ -112,6 +119,7 @@ class Mutation:
     async def cancel_order(
         self, info: Info[Context, None], input: CancelOrderInput
     ) -> CancelOrderPayload:
+        info.context.require(Permission.ORDER)
         try:
             order_id = object_id_of(input.order_id, "Order")
         except ApiError as error:
@@ -122,7 +130,7 @@ class Mutation:
                 ],
             )
         order = await info.context.store.orders.get(order_id)
-        if order is None:
+        if order is None or not info.context.sees(order["branch"]):
             return CancelOrderPayload(
                 order=None,
                 user_errors=[

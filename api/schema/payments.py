@@ -27,6 +27,7 @@ from api.schema.types import (
     Refund,
     UserError,
 )
+from api.security.principal import Permission
 
 
 @strawberry.type(description="What the partner frontend must do next so the payer can pay.")
@@ -115,6 +116,7 @@ class PaymentMutation:
     async def start_payment(
         self, info: Info[Context, None], input: StartPaymentInput
     ) -> StartPaymentPayload:
+        info.context.require(Permission.ORDER)
         try:
             order_id = object_id_of(input.order_id, "Order")
         except ApiError as error:
@@ -128,6 +130,7 @@ class PaymentMutation:
             DomainPaymentMethod(input.method),
             input.return_url,
             client_ip=client.host if client else None,
+            visible=info.context.sees,
         )
         return StartPaymentPayload(
             payment=Payment.from_doc(result.payment) if result.payment else None,
@@ -139,6 +142,7 @@ class PaymentMutation:
     async def refund_payment(
         self, info: Info[Context, None], input: RefundPaymentInput
     ) -> RefundPaymentPayload:
+        principal = info.context.require(Permission.REFUND)
         try:
             payment_id = object_id_of(input.payment_id, "Payment")
         except ApiError as error:
@@ -146,7 +150,12 @@ class PaymentMutation:
                 refund=None, payment=None, user_errors=_invalid_id("paymentId", error)
             )
         result = await _payments(info).refund(
-            payment_id, input.amount_fen, input.reason, input.idempotency_key
+            payment_id,
+            input.amount_fen,
+            input.reason,
+            input.idempotency_key,
+            actor=principal.name,
+            visible=lambda branch: principal.may_on(Permission.REFUND, branch),
         )
         payment = result.payment
         return RefundPaymentPayload(
@@ -171,7 +180,8 @@ class Subscription:
         except ApiError as error:
             raise _subscription_error(error) from None
         found = False
-        async for order, entry in order_changes(info.context.store, object_id):
+        changes = order_changes(info.context.store, object_id, info.context.sees)
+        async for order, entry in changes:
             found = True
             yield OrderEvent(
                 status=DomainOrderStatus(entry["status"]),

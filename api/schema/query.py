@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from datetime import datetime
 from functools import partial
+from typing import Any
 
 import strawberry
 from bson import ObjectId
 from bson.errors import InvalidId
+from strawberry.scalars import JSON
 from strawberry.types import Info
 
 from api.domain.order import OfferingKind as DomainOfferingKind
 from api.domain.order import OrderStatus as DomainOrderStatus
+from api.domain.order import normalise_phone
 from api.schema.context import Context
 from api.schema.errors import bad_input
 from api.schema.ids import decode_cursor, encode_cursor, from_global_id, object_id_of
@@ -27,6 +30,7 @@ from api.schema.types import (
     PageInfo,
     Payment,
 )
+from api.security.principal import Permission
 from api.store.orders import ORDER_FIELDS, OrderQuery, Position
 
 
@@ -36,6 +40,29 @@ class OrderFilter:
     status: list[OrderStatus] | None = None  # type: ignore[valid-type]
     created_after: datetime | None = None
     created_before: datetime | None = None
+    customer_phone: str | None = strawberry.field(
+        default=None,
+        description="Orders of this mobile number (found without storing it in clear).",
+    )
+
+
+def _scope(info: Info[Context, None], requested: list[str] | None) -> list[str] | None:
+    """The branches the caller asked for (None: all) narrowed to those its key may see."""
+    principal = info.context.principal
+    if principal is None:
+        return []
+    if principal.may(Permission.ALL_BRANCHES):
+        return requested
+    return principal.visible(requested, principal.branches)
+
+
+def _phone_digest(info: Info[Context, None], phone: str | None) -> str | None:
+    if phone is None:
+        return None
+    number = normalise_phone(phone)
+    if number is None:
+        raise bad_input("customerPhone must be a mainland China mobile number")
+    return info.context.services.vault.fingerprint(number, "phone")
 
 
 def _aware(value: datetime | None, name: str) -> datetime | None:
@@ -59,10 +86,67 @@ class ConfigStatus:
     )
 
 
+@strawberry.type(description="One admin action: who did what, when.")
+class AuditEntry:
+    id: strawberry.ID
+    at: datetime
+    actor: str = strawberry.field(description="The API key's name, or the OS user of a CLI call.")
+    action: str = strawberry.field(
+        description="KEY_CREATED, KEY_REVOKED, PROVIDER_ENABLED, PROVIDER_DISABLED, REFUND_ISSUED."
+    )
+    target: str
+    branch: str | None
+    detail: JSON
+
+
+@strawberry.type
+class AuditLogPage:
+    entries: list[AuditEntry]
+    has_next_page: bool
+    end_cursor: str | None
+
+
 @strawberry.type
 class Query:
-    @strawberry.field(description="The state of plugins.toml: live reloads and rejected edits.")
+    @strawberry.field(description="The append-only log of admin actions, newest first (ops).")
+    async def audit_log(
+        self, info: Info[Context, None], first: int = 50, after: str | None = None
+    ) -> AuditLogPage:
+        info.context.require(Permission.AUDIT)
+        if not 0 <= first <= info.context.services.settings.max_page_size:
+            raise bad_input(
+                f"first must be between 0 and {info.context.services.settings.max_page_size}"
+            )
+        before = None
+        if after is not None:
+            try:
+                before = ObjectId(after)
+            except InvalidId:
+                raise bad_input("malformed cursor: pass endCursor from auditLog") from None
+        docs = await info.context.store.audit.page(first + 1, before) if first else []
+        entries = [
+            AuditEntry(
+                id=strawberry.ID(str(doc["_id"])),
+                at=doc["at"],
+                actor=doc["actor"],
+                action=doc["action"],
+                target=doc["target"],
+                branch=doc.get("branch"),
+                detail=doc.get("detail", {}),
+            )
+            for doc in docs[:first]
+        ]
+        return AuditLogPage(
+            entries=entries,
+            has_next_page=len(docs) > first,
+            end_cursor=entries[-1].id if entries else after,
+        )
+
+    @strawberry.field(
+        description="The state of plugins.toml: live reloads and rejected edits (admins)."
+    )
     def config_status(self, info: Info[Context, None]) -> ConfigStatus:
+        info.context.require(Permission.ADMIN)
         status = info.context.request.app.state.registry.status
         return ConfigStatus(
             ok=status.ok,
@@ -74,7 +158,11 @@ class Query:
 
     @strawberry.field(description="Every branch, in plugins.toml order.")
     def branches(self, info: Info[Context, None]) -> list[Branch]:
-        return [Branch.from_view(view) for view in info.context.services.branches().values()]
+        return [
+            Branch.from_view(view)
+            for code, view in info.context.services.branches().items()
+            if info.context.sees(code)
+        ]
 
     @strawberry.field
     def branch(self, info: Info[Context, None], code: str) -> Branch | None:
@@ -110,15 +198,16 @@ class Query:
         if not 0 <= limit <= settings.max_page_size:
             raise bad_input(f"first must be between 0 and {settings.max_page_size}")
         position = decode_cursor(after) if after is not None else None
-        query = OrderQuery()
+        query = OrderQuery(branches=_scope(info, None))
         if filter is not None:
             query = OrderQuery(
-                branches=filter.branches,
+                branches=_scope(info, filter.branches),
                 statuses=[DomainOrderStatus(s) for s in filter.status]
                 if filter.status is not None
                 else None,
                 created_after=_aware(filter.created_after, "createdAfter"),
                 created_before=_aware(filter.created_before, "createdBefore"),
+                customer_phone_digest=_phone_digest(info, filter.customer_phone),
             )
         store = info.context.store
         docs = await store.orders.page(query, position, limit + 1, ORDER_FIELDS) if limit else []
@@ -143,21 +232,28 @@ class Query:
     @strawberry.field
     async def order(self, info: Info[Context, None], id: strawberry.ID) -> Order | None:
         doc = await info.context.store.orders.get(object_id_of(id, "Order"), ORDER_FIELDS)
-        return Order.from_doc(doc) if doc else None
+        return Order.from_doc(doc) if doc and info.context.sees(doc["branch"]) else None
 
     @strawberry.field(description="Any object by its global ID, or null when it does not exist.")
     async def node(self, info: Info[Context, None], id: strawberry.ID) -> Node | None:
         type_name, key = from_global_id(id)
         store = info.context.store
+        node: Node | None = None
+        doc: dict[str, Any] | None
         if type_name == "Offering":
             found = await store.catalog.get_many([key])
-            return Offering.from_doc(found[0]) if found else None
-        try:
-            object_id = ObjectId(key)
-        except InvalidId:
-            raise bad_input(f"malformed ID {id[:80]!r}") from None
-        if type_name == "Order":
-            doc = await store.orders.get(object_id)
-            return Order.from_doc(doc) if doc else None
-        payment = await store.collection("payments").find_one({"_id": object_id})
-        return Payment.from_doc(payment) if payment else None
+            doc = found[0] if found else None
+            node = Offering.from_doc(doc) if doc else None
+        else:
+            try:
+                object_id = ObjectId(key)
+            except InvalidId:
+                raise bad_input(f"malformed ID {id[:80]!r}") from None
+            if type_name == "Order":
+                doc = await store.orders.get(object_id)
+                node = Order.from_doc(doc) if doc else None
+            else:
+                doc = await store.collection("payments").find_one({"_id": object_id})
+                node = Payment.from_doc(doc) if doc else None
+        # Another branch's object is indistinguishable from one that does not exist.
+        return node if doc is not None and info.context.sees(doc["branch"]) else None

@@ -20,6 +20,7 @@ from api.payments.provider import ActionKind as DomainActionKind
 from api.payments.provider import PaymentMethod as DomainPaymentMethod
 from api.schema.context import Context
 from api.schema.ids import to_global_id
+from api.security.pii import reveal_customer
 
 Document = dict[str, Any]
 
@@ -34,7 +35,8 @@ PaymentStatus = strawberry.enum(DomainPaymentStatus, name="PaymentStatus")
 PaymentMethod = strawberry.enum(
     DomainPaymentMethod,
     name="PaymentMethod",
-    description="PAGE: desktop redirect; WAP: mobile H5; QR_CODE: payer scans; APP: platform app SDK.",
+    description="PAGE: desktop redirect; WAP: mobile H5; QR_CODE: payer scans; "
+    "APP: platform app SDK.",
 )
 ActionKind = strawberry.enum(DomainActionKind, name="ActionKind")
 
@@ -186,7 +188,12 @@ class OrderItem:
 @strawberry.type
 class Customer:
     name: str
-    phone: str
+    phone: str = strawberry.field(
+        description="Masked (138****5678) unless the key is ops or the branch's admin."
+    )
+    id_card_number: str | None = strawberry.field(
+        description="Masked like the phone; null when none was given."
+    )
 
 
 @strawberry.type
@@ -247,7 +254,6 @@ class Order(Node):
     status: OrderStatus  # type: ignore[valid-type]
     total: Money
     items: list[OrderItem]
-    customer: Customer
     created_at: datetime
     updated_at: datetime
     expires_at: datetime = strawberry.field(
@@ -258,6 +264,14 @@ class Order(Node):
     @strawberry.field
     def branch(self, info: Info[Context, None]) -> Branch:
         return branch_of(info, self.doc["branch"])
+
+    @strawberry.field(description="Who ordered; personal data is masked for most keys.")
+    def customer(self, info: Info[Context, None]) -> Customer:
+        stored = self.doc["customer"]
+        principal = info.context.principal
+        reveal = principal is not None and principal.sees_pii_of(self.doc["branch"])
+        phone, id_card = reveal_customer(info.context.services.vault, stored, reveal=reveal)
+        return Customer(name=stored["name"], phone=phone, id_card_number=id_card)
 
     @strawberry.field(description="Every payment attempt of the order, oldest first.")
     async def payments(self, info: Info[Context, None]) -> list[Payment]:
@@ -272,7 +286,6 @@ class Order(Node):
             status=DomainOrderStatus(doc["status"]),
             total=money(doc["totalFen"], currency),
             items=[OrderItem.from_doc(item, currency) for item in doc["items"]],
-            customer=Customer(name=doc["customer"]["name"], phone=doc["customer"]["phone"]),
             created_at=doc["createdAt"],
             updated_at=doc["updatedAt"],
             expires_at=doc["expiresAt"],

@@ -34,6 +34,34 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+def new_key(name: str, role: Role, branches: Sequence[str], *, by: str) -> tuple[Document, str]:
+    """A fresh key and the record to store for it (which holds only the secret's hash)."""
+    if not NAME_FORMAT.fullmatch(name):
+        raise KeyAdminError("a key name is 1 to 64 of letters, digits, '_', '.', '-'")
+    if role is not Role.OPS and not branches:
+        raise KeyAdminError(f"a {role.value} key needs at least one --branch")
+    key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
+    record: Document = {
+        "_id": key_id,
+        "name": name,
+        "role": role.value,
+        "branches": sorted(set(branches)),
+        "secretHash": _digest(secret),
+        "createdAt": datetime.now(UTC),
+        "createdBy": by,
+        "revokedAt": None,
+    }
+    return record, f"bp_{key_id}_{secret}"
+
+
+def bearer_token(header: str | None) -> str | None:
+    """The key of an ``Authorization: Bearer <key>`` header value."""
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
 class KeyRing:
     def __init__(self, collection: AsyncCollection[Document]) -> None:
         self.collection = collection
@@ -42,26 +70,12 @@ class KeyRing:
         self, name: str, role: Role, branches: Sequence[str], *, by: str
     ) -> tuple[Document, str]:
         """Store a new key; returns the record and the key itself (shown once, never stored)."""
-        if not NAME_FORMAT.fullmatch(name):
-            raise KeyAdminError("a key name is 1 to 64 of letters, digits, '_', '.', '-'")
-        if role is not Role.OPS and not branches:
-            raise KeyAdminError(f"a {role.value} key needs at least one --branch")
-        key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
-        record: Document = {
-            "_id": key_id,
-            "name": name,
-            "role": role.value,
-            "branches": sorted(set(branches)),
-            "secretHash": _digest(secret),
-            "createdAt": datetime.now(UTC),
-            "createdBy": by,
-            "revokedAt": None,
-        }
+        record, key = new_key(name, role, branches, by=by)
         try:
             await self.collection.insert_one(record)
         except DuplicateKeyError:
             raise KeyAdminError(f"a key named {name!r} exists already") from None
-        return record, f"bp_{key_id}_{secret}"
+        return record, key
 
     async def revoke(self, name: str) -> Document:
         record = await self.collection.find_one_and_update(

@@ -66,13 +66,31 @@ def mask_id_card(number: str) -> str:
     )
 
 
-ID_CARD_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
-ID_CARD_CHECK = "10X98765432"
+def protect_customer(vault: PiiVault, name: str, phone: str, id_card: str | None) -> dict[str, str]:
+    """The stored form of a customer: masks for display, ciphertexts, lookup fingerprints."""
+    stored = {
+        "name": name,
+        "phoneMasked": mask_phone(phone),
+        "phoneCipher": vault.encrypt(phone, "phone"),
+        "phoneDigest": vault.fingerprint(phone, "phone"),
+    }
+    if id_card is not None:
+        stored |= {
+            "idCardMasked": mask_id_card(id_card),
+            "idCardCipher": vault.encrypt(id_card, "idCard"),
+            "idCardDigest": vault.fingerprint(id_card, "idCard"),
+        }
+    return stored
 
 
-def valid_id_card(number: str) -> bool:
-    """A mainland resident ID card number: 17 digits and the ISO 7064 MOD 11-2 check character."""
-    if len(number) != 18 or not number[:17].isdigit():
-        return False
-    total = sum(int(d) * w for d, w in zip(number[:17], ID_CARD_WEIGHTS, strict=True))
-    return ID_CARD_CHECK[total % 11] == number[17].upper()
+def reveal_customer(
+    vault: PiiVault, stored: dict[str, str], *, reveal: bool
+) -> tuple[str, str | None]:
+    """(phone, ID card number) as the caller may see them: clear, or masked."""
+    if not reveal:
+        return stored["phoneMasked"], stored.get("idCardMasked")
+    id_card = stored.get("idCardCipher")
+    return (
+        vault.decrypt(stored["phoneCipher"], "phone"),
+        vault.decrypt(id_card, "idCard") if id_card else None,
+    )

@@ -43,6 +43,11 @@ INDEXES: dict[str, list[IndexModel]] = {
             name="status_created",
         ),
         IndexModel([("status", ASCENDING), ("expiresAt", ASCENDING)], name="status_expires"),
+        # Orders of one mobile number, found by its keyed fingerprint (never stored in clear).
+        IndexModel(
+            [("customer.phoneDigest", ASCENDING), ("createdAt", DESCENDING), ("_id", DESCENDING)],
+            name="phone_created",
+        ),
     ],
     "payments": [
         IndexModel([("outTradeNo", ASCENDING)], unique=True, name="out_trade_no"),

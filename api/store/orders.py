@@ -35,6 +35,7 @@ class OrderQuery:
     statuses: Sequence[OrderStatus] | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
+    customer_phone_digest: str | None = None
 
     def to_filter(self) -> Document:
         query: Document = {}
@@ -49,6 +50,8 @@ class OrderQuery:
             created["$lt"] = self.created_before
         if created:
             query["createdAt"] = created
+        if self.customer_phone_digest is not None:
+            query["customer.phoneDigest"] = self.customer_phone_digest
         return query
 
 

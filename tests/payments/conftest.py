@@ -34,12 +34,13 @@ from httpx_ws import AsyncWebSocketSession, aconnect_ws
 from pymongo import MongoClient
 from pymongo.synchronous.database import Database
 
+from api.security.pii import PiiVault
 from api.settings import Settings
 from providers.kit.loopback import LoopbackServer
 from providers.sandbox import signing
 from providers.sandbox.simulator import SandboxGateway
 from providers.sandbox.simulator import create_app as create_simulator
-from tests.conftest import DEMO_BRANCHES_TOML, CommandLog, GraphQLClient
+from tests.conftest import DEMO_BRANCHES_TOML, CommandLog, GraphQLClient, issue_key
 
 ROOT = Path(__file__).resolve().parents[2]
 CREATE_ORDER = """
@@ -105,6 +106,17 @@ class PayService:
     mongo_uri: str
     db_name: str
     commands: list[str]
+    pii_key: str  # base64, for other processes of the same service
+
+    def client_for(self, role: str, *branches: str) -> GraphQLClient:
+        return GraphQLClient(self.url, issue_key(self.db, role, branches))
+
+    def key_name(self, client: GraphQLClient) -> str:
+        """The name the audit log shows for the client's key."""
+        assert client.key is not None
+        record = self.db.api_keys.find_one({"_id": client.key.split("_")[1]})
+        assert record is not None
+        return str(record["name"])
 
     def create_order(self, branch: str = "zj", offering: str = "zj-plan-59") -> dict[str, Any]:
         payload = self.client.data(
@@ -295,12 +307,17 @@ class OrderFeed:
 
 
 @contextlib.asynccontextmanager
-async def order_feed(base_url: str, order_id: str) -> AsyncIterator[OrderFeed]:
+async def order_feed(client: GraphQLClient, order_id: str) -> AsyncIterator[OrderFeed]:
+    """Subscribe to orderEvents with the client's API key in the connection_init payload."""
     async with (
         httpx.AsyncClient(timeout=30.0) as http,
-        aconnect_ws(f"{base_url}/graphql", http, subprotocols=["graphql-transport-ws"]) as ws,
+        aconnect_ws(
+            f"{client.base_url}/graphql", http, subprotocols=["graphql-transport-ws"]
+        ) as ws,
     ):
-        await ws.send_json({"type": "connection_init"})
+        await ws.send_json(
+            {"type": "connection_init", "payload": {"Authorization": f"Bearer {client.key}"}}
+        )
         ack = await ws.receive_json(timeout=10)
         assert ack["type"] == "connection_ack", ack
         await ws.send_json(
@@ -339,6 +356,7 @@ def second_process(tmp_path: Path) -> Iterator[Callable[[PayService], SecondProc
             "BRANCHPAY_DATABASE": service.db_name,
             "BRANCHPAY_PLUGINS_TOML": str(service.plugins_toml),
             "BRANCHPAY_DATA_DIR": str(tmp_path / "second"),
+            "BRANCHPAY_PII_KEY": service.pii_key,
             "BRANCHPAY_RECONCILE_INTERVAL_SECONDS": "3600",
         }
         log = (tmp_path / f"serve-{port}.log").open("wb")
@@ -357,7 +375,7 @@ def second_process(tmp_path: Path) -> Iterator[Callable[[PayService], SecondProc
             assert process.poll() is None, (tmp_path / f"serve-{port}.log").read_text()
             try:
                 if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    return SecondProcess(url, GraphQLClient(url))
+                    return SecondProcess(url, GraphQLClient(url, service.client.key))
             except httpx.TransportError:
                 pass
             time.sleep(0.2)
@@ -390,14 +408,27 @@ def start_payments(
         config = tmp_path / "plugins.toml"
         config.write_text(DEMO_BRANCHES_TOML.format(gateway=gateway.url) + extra_toml)
         settings.setdefault("reconcile_interval_seconds", 3600)
+        settings.setdefault("rate_limit_per_second", 1_000_000.0)
+        settings.setdefault("rate_limit_burst", 1_000_000)
+        pii_key = base64.b64encode(secrets.token_bytes(32)).decode()
         options = Settings(
-            plugins_toml=config, database=db_name, data_dir=tmp_path / "data", **settings
+            plugins_toml=config,
+            database=db_name,
+            data_dir=tmp_path / "data",
+            pii_key=pii_key,
+            **settings,
         )
 
         async def load_demo() -> None:
             store = Store.connect(mongo_uri, db_name)
             await store.ensure_indexes()
-            await seed(store, branches=["zj", "bj", "yn"], orders=0, ttl=timedelta(minutes=30))
+            await seed(
+                store,
+                branches=["zj", "bj", "yn"],
+                orders=0,
+                ttl=timedelta(minutes=30),
+                vault=PiiVault(options.pii_master_key()),
+            )
             await store.close()
 
         # In a thread of its own: async tests call this from inside their event loop.
@@ -411,7 +442,7 @@ def start_payments(
         options.public_url = server.url
         return PayService(
             url=server.url,
-            client=GraphQLClient(server.url),
+            client=GraphQLClient(server.url, issue_key(sync_client[db_name], "ops")),
             db=sync_client[db_name],
             settings=options,
             gateway_url=gateway.url,
@@ -421,6 +452,7 @@ def start_payments(
             mongo_uri=mongo_uri,
             db_name=db_name,
             commands=log.commands,
+            pii_key=pii_key,
         )
 
     yield start

@@ -27,7 +27,7 @@ async def test_open_attempts_are_closed_at_the_platform_before_the_order_expires
     order = service.create_order()
     payment = service.start_payment(order["id"])["payment"]
 
-    async with order_feed(service.url, order["id"]) as feed:
+    async with order_feed(service.client, order["id"]) as feed:
         await feed.next()
         expire_now(service, order)
         assert await feed.statuses_until("EXPIRED") == ["EXPIRED"]
@@ -45,7 +45,7 @@ async def test_an_attempt_paid_while_its_notification_is_missing_pays_the_order_
     payment = service.start_payment(order["id"])["payment"]
     service.settle(payment["outTradeNo"])  # paid at the platform, not delivered
 
-    async with order_feed(service.url, order["id"]) as feed:
+    async with order_feed(service.client, order["id"]) as feed:
         await feed.next()
         expire_now(service, order)
         # The close is refused (already paid); the query finds the success.
@@ -62,7 +62,7 @@ async def test_a_success_that_arrives_after_expiry_is_recorded_and_refunded(
     order = service.create_order()
     payment = service.start_payment(order["id"])["payment"]
     no = payment["outTradeNo"]
-    async with order_feed(service.url, order["id"]) as feed:
+    async with order_feed(service.client, order["id"]) as feed:
         await feed.next()
         expire_now(service, order)
         await feed.statuses_until("EXPIRED")

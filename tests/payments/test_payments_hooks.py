@@ -88,7 +88,7 @@ async def test_hooks_see_the_lifecycle_and_a_raising_one_breaks_nothing(
     assert service.refund(payment["id"], 900)["userErrors"] == []
 
     unpaid = service.create_order()
-    async with order_feed(service.url, unpaid["id"]) as feed:
+    async with order_feed(service.client, unpaid["id"]) as feed:
         await feed.next()
         expire_now(service, unpaid)
         await feed.statuses_until("EXPIRED")
@@ -110,7 +110,7 @@ async def test_periodic_reconciliation_settles_an_attempt_whose_notification_was
     order = service.create_order()
     payment = service.start_payment(order["id"])["payment"]
 
-    async with order_feed(service.url, order["id"]) as feed:
+    async with order_feed(service.client, order["id"]) as feed:
         await feed.next()
         service.settle(payment["outTradeNo"])  # the platform never delivers its notification
         assert await feed.statuses_until("PAID") == ["PAID"]

@@ -17,7 +17,7 @@ async def test_order_is_paid_through_the_simulator_seen_live_then_refunded_in_tw
     order = service.create_order()
     assert order["total"] == {"amountFen": 5900}
 
-    async with order_feed(service.url, order["id"]) as feed:
+    async with order_feed(service.client, order["id"]) as feed:
         first = await feed.next()
         assert first is not None and first["status"] == "PENDING_PAYMENT"
 

@@ -77,7 +77,7 @@ async def test_concurrent_refunds_never_exceed_the_paid_amount(
     service = start_payments()
     order, payment = paid_payment(service)
 
-    async with httpx.AsyncClient(timeout=60.0) as http:
+    async with httpx.AsyncClient(timeout=60.0, headers=service.client.http.headers) as http:
         responses = await asyncio.gather(
             *(
                 http.post(
@@ -111,7 +111,7 @@ async def test_concurrent_repeats_of_one_key_refund_once(
     service = start_payments()
     _, payment = paid_payment(service)
 
-    async with httpx.AsyncClient(timeout=60.0) as http:
+    async with httpx.AsyncClient(timeout=60.0, headers=service.client.http.headers) as http:
         responses = await asyncio.gather(
             *(
                 http.post(

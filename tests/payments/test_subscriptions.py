@@ -40,7 +40,7 @@ async def test_a_change_written_by_another_process_reaches_the_subscriber(
     b = second_process(a)
     order = a.create_order()
 
-    async with order_feed(a.url, order["id"]) as feed:
+    async with order_feed(a.client, order["id"]) as feed:
         first = await feed.next()
         assert first is not None and first["status"] == "PENDING_PAYMENT"
         cancelled = b.client.data(
@@ -61,7 +61,7 @@ async def test_a_payment_through_the_other_process_is_seen_live_and_late_subscri
     b = second_process(a)
     order = a.create_order()
 
-    async with order_feed(a.url, order["id"]) as feed:
+    async with order_feed(a.client, order["id"]) as feed:
         assert (await feed.next() or {}).get("status") == "PENDING_PAYMENT"
         # B opens the attempt, so the simulator notifies B, and B writes PAID.
         started = b.client.data(
@@ -75,7 +75,7 @@ async def test_a_payment_through_the_other_process_is_seen_live_and_late_subscri
         event = await feed.next()
         assert event is not None and event["status"] == "PAID"
 
-    async with order_feed(b.url, order["id"]) as late:
+    async with order_feed(b.client, order["id"]) as late:
         event = await late.next()
         assert event is not None and event["status"] == "PAID"
         assert event["order"]["status"] == "PAID"
@@ -122,7 +122,7 @@ async def test_a_subscription_to_a_missing_order_ends_with_a_coded_error(
     start_payments: Callable[..., PayService], order_id: str, message: str, code: str
 ) -> None:
     a = start_payments()
-    async with order_feed(a.url, order_id) as feed:
+    async with order_feed(a.client, order_id) as feed:
         reply = await feed.ws.receive_json(timeout=10)
     assert reply["type"] == "next"
     assert reply["payload"]["errors"] == [{"message": message, "extensions": {"code": code}}]
@@ -133,7 +133,7 @@ async def test_a_disconnect_closes_the_change_stream(
 ) -> None:
     a = start_payments()
     order = a.create_order()
-    async with order_feed(a.url, order["id"]) as feed:
+    async with order_feed(a.client, order["id"]) as feed:
         assert (await feed.next() or {}).get("status") == "PENDING_PAYMENT"
         assert "killCursors" not in a.commands
     deadline = asyncio.get_running_loop().time() + 10

@@ -1,0 +1,92 @@
+"""The API-key gate in front of /graphql: authentication and the per-key rate limit.
+
+It runs before any GraphQL work: a request without a valid key gets 401 and a
+key over its limit gets 429 with ``Retry-After``, both as GraphQL-shaped JSON
+errors with ``extensions.code``. GraphiQL's page (a GET without a query) opens
+without a key; the queries it sends need one like any other client's.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from urllib.parse import parse_qs
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from api.security.keys import KeyRing, bearer_token
+from api.security.ratelimit import RateLimiter
+
+
+def error_body(code: str, message: str) -> bytes:
+    return json.dumps(
+        {"data": None, "errors": [{"message": message, "extensions": {"code": code}}]}
+    ).encode()
+
+
+async def _answer(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), *headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class ApiKeyGate:
+    def __init__(
+        self,
+        app: ASGIApp,
+        keys: Callable[[], KeyRing],
+        limiter: RateLimiter,
+        path: str = "/graphql",
+    ) -> None:
+        self.app = app
+        self.keys = keys
+        self.limiter = limiter
+        self.path = path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != self.path or self._ide_page(scope):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        token = bearer_token(headers.get(b"authorization", b"").decode("latin-1"))
+        principal = await self.keys().authenticate(token) if token else None
+        if principal is None:
+            # Failed attempts count against the caller's address, so keys can't be guessed fast.
+            client = scope.get("client") or ("unknown", 0)
+            if wait := self.limiter.take(f"address:{client[0]}"):
+                await self._too_many(send, wait)
+                return
+            await _answer(
+                send,
+                401,
+                error_body(
+                    "UNAUTHENTICATED", "send a valid API key as `Authorization: Bearer <key>`"
+                ),
+                [(b"www-authenticate", b"Bearer")],
+            )
+            return
+        if wait := self.limiter.take(f"key:{principal.name}"):
+            await self._too_many(send, wait)
+            return
+        scope.setdefault("state", {})["principal"] = principal
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    def _ide_page(scope: Scope) -> bool:
+        if scope["method"] != "GET":
+            return False
+        return "query" not in parse_qs(scope.get("query_string", b"").decode("latin-1"))
+
+    @staticmethod
+    async def _too_many(send: Send, wait: int) -> None:
+        await _answer(
+            send,
+            429,
+            error_body("RATE_LIMITED", f"too many requests for this key; retry after {wait} s"),
+            [(b"retry-after", str(wait).encode())],
+        )
