@@ -32,7 +32,7 @@ from api.branches import BranchView, ProviderView, provider_view
 from api.orders import OrderService
 from api.payments.provider import NotificationRejected, NotificationReply, NotificationRequest
 from api.payments.service import PaymentService
-from api.plugins.manager import load_plugin_manager, notify
+from api.plugins.manager import ENTRY_POINT_GROUP, load_plugin_manager, notify
 from api.plugins.registry import ProviderRegistry
 from api.schema import build_schema
 from api.schema.context import Context, Services
@@ -183,7 +183,9 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         plugins = load_plugin_manager()
         async with httpx.AsyncClient(timeout=httpx.Timeout(15.0)) as http:
-            registry = ProviderRegistry(settings.plugins_toml, plugins, http)
+            registry = ProviderRegistry(
+                settings.plugins_toml, plugins, http, entry_point_group=ENTRY_POINT_GROUP
+            )
             registry.load()
             store = Store.connect(uri, settings.database, **(client_options or {}))
             await store.ensure_indexes()

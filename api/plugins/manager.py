@@ -13,6 +13,7 @@ error naming the plugin, rather than failing later in the middle of a payment.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import logging
 import re
@@ -69,6 +70,24 @@ def load_plugin_manager(group: str = ENTRY_POINT_GROUP) -> pluggy.PluginManager:
         ) from exc
     check_plugin_api(pm)
     return pm
+
+
+def discover_new_plugins(pm: pluggy.PluginManager, group: str = ENTRY_POINT_GROUP) -> int:
+    """Register plugins installed since ``pm`` was loaded; returns how many were new.
+
+    Lets a running service pick up a provider package pip-installed after it
+    started, once plugins.toml names the provider.
+    """
+    importlib.invalidate_caches()
+    try:
+        added = pm.load_setuptools_entrypoints(group)
+    except Exception as exc:
+        raise PluginError(
+            [f"entry-point group {group}: a plugin failed to load: {type(exc).__name__}: {exc}"]
+        ) from exc
+    if added:
+        check_plugin_api(pm)
+    return added
 
 
 def check_plugin_api(pm: pluggy.PluginManager) -> None:

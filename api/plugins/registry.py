@@ -38,7 +38,7 @@ from api.plugins.config import (
     secret_values,
     table_path,
 )
-from api.plugins.manager import installed_providers
+from api.plugins.manager import PluginError, discover_new_plugins, installed_providers
 
 logger = logging.getLogger("branchpay.config")
 
@@ -79,9 +79,18 @@ class _ProviderSet:
 class ProviderRegistry:
     """plugins.toml with live reload, and the provider instances it configures."""
 
-    def __init__(self, path: Path, pm: pluggy.PluginManager, http: httpx.AsyncClient) -> None:
+    def __init__(
+        self,
+        path: Path,
+        pm: pluggy.PluginManager,
+        http: httpx.AsyncClient,
+        *,
+        entry_point_group: str | None = None,
+    ) -> None:
+        """``entry_point_group``: look there for newly installed plugins on each reload."""
         self._path = Path(path)
         self._pm = pm
+        self._entry_point_group = entry_point_group
         self._http = http
         self._installed: dict[str, type[Provider]] | None = None
         self._current: _ProviderSet | None = None
@@ -131,8 +140,12 @@ class ProviderRegistry:
             signature = self._signature()
             self._seen = signature
             try:
+                if self._entry_point_group and discover_new_plugins(
+                    self._pm, self._entry_point_group
+                ):
+                    self._installed = None
                 provider_set = self._build()
-            except ConfigError as exc:
+            except (ConfigError, PluginError) as exc:
                 logger.error(
                     "%s rejected, configuration generation %d keeps serving: %s",
                     self._path,
