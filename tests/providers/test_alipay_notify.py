@@ -9,7 +9,6 @@ genuine one is accepted with exactly ``success`` and pays the order once.
 
 from __future__ import annotations
 
-import base64
 import logging
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,12 +17,15 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import httpx
+import notify_support
 import pytest
 from conftest_alipay import app_key, platform_key, rsa_key
+from notify_support import order_state
 
 from providers.alipay.signing import notification_string, private_key_pem, public_key_pem, sign
 from providers.alipay.simulator import create_app
 from providers.kit.loopback import LoopbackServer
+from tests.conftest import RunningService
 
 ZJ_APP_ID = "2021000000000101"
 BJ_APP_ID = "2021000000000202"
@@ -66,26 +68,6 @@ alipay_public_key = {{ file = "alipay-public.pem" }}
 gateway = "{gateway}"
 """
 
-CREATE_ORDER = """
-mutation($input: CreateOrderInput!) {
-  createOrder(input: $input) { order { id status total { amountFen } } userErrors { code } }
-}
-"""
-START = """
-mutation($input: StartPaymentInput!) {
-  startPayment(input: $input) {
-    payment { id status outTradeNo }
-    action { kind qrCode }
-    userErrors { code message }
-  }
-}
-"""
-ORDER = """
-query($id: ID!) {
-  order(id: $id) { status payments { status outTradeNo providerTradeNo flagged } }
-}
-"""
-
 
 @pytest.fixture
 def gateway_url() -> Iterator[str]:
@@ -98,34 +80,18 @@ def gateway_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def branchpay(tmp_path: Path, start_service: Callable[..., Any], gateway_url: str) -> Any:
+def branchpay(
+    tmp_path: Path, start_service: Callable[..., RunningService], gateway_url: str
+) -> RunningService:
     (tmp_path / "alipay-app.pem").write_text(private_key_pem(app_key()))
     (tmp_path / "alipay-public.pem").write_text(public_key_pem(platform_key().public_key()))
     return start_service(PLUGINS_TOML, gateway=f"{gateway_url}/gateway.do")
 
 
-def offering_id(key: str) -> str:
-    return base64.urlsafe_b64encode(f"Offering:{key}".encode()).decode().rstrip("=")
-
-
-def started_attempt(service: Any) -> tuple[str, str]:
-    order = service.client.data(
-        CREATE_ORDER,
-        {
-            "input": {
-                "branch": "zj",
-                "items": [{"offeringId": offering_id("zj-plan-59"), "quantity": 1}],
-                "customer": {"name": "Li Lei", "phone": "13912345678"},
-                "idempotencyKey": f"order-{uuid.uuid4().hex}",
-            }
-        },
-    )["createOrder"]["order"]
-    started = service.client.data(
-        START, {"input": {"orderId": order["id"], "provider": "alipay", "method": "QR_CODE"}}
-    )["startPayment"]
-    assert started["userErrors"] == [], started
-    assert started["action"]["kind"] == "QR_CODE" and started["action"]["qrCode"]
-    return order["id"], started["payment"]["outTradeNo"]
+def started_attempt(service: RunningService) -> tuple[str, str]:
+    order_id, out_trade_no, action = notify_support.started_attempt(service, "alipay")
+    assert action["kind"] == "QR_CODE" and action["qrCode"]
+    return order_id, out_trade_no
 
 
 def resigned(params: dict[str, str], key: Any = None) -> str:
@@ -134,16 +100,12 @@ def resigned(params: dict[str, str], key: Any = None) -> str:
     return urlencode(params)
 
 
-def post(service: Any, body: str | bytes, branch: str = "zj", **headers: str) -> httpx.Response:
-    return httpx.post(
-        f"{service.url}/notify/alipay/{branch}",
-        content=body.encode() if isinstance(body, str) else body,
-        headers={"content-type": "application/x-www-form-urlencoded; charset=utf-8", **headers},
-    )
+def post(service: RunningService, body: str | bytes, branch: str = "zj") -> httpx.Response:
+    return notify_support.post_notification(service, "alipay", body, branch=branch)
 
 
 def test_bad_notifications_are_refused_and_change_nothing_then_the_genuine_one_pays(
-    branchpay: Any, gateway_url: str, caplog: pytest.LogCaptureFixture
+    branchpay: RunningService, gateway_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     order_id, out_trade_no = started_attempt(branchpay)
     settled = httpx.post(
@@ -166,7 +128,7 @@ def test_bad_notifications_are_refused_and_change_nothing_then_the_genuine_one_p
     for case, body in bad.items():
         response = post(branchpay, body)
         assert response.status_code == 400 and response.text == "fail", (case, response.text)
-        order = branchpay.client.data(ORDER, {"id": order_id})["order"]
+        order = order_state(branchpay, order_id)
         assert order["status"] == "PENDING_PAYMENT", case
         assert [p["status"] for p in order["payments"]] == ["PENDING"], case
     logged = caplog.text
@@ -182,7 +144,7 @@ def test_bad_notifications_are_refused_and_change_nothing_then_the_genuine_one_p
     assert (accepted.status_code, accepted.text) == (200, "success")
     replayed = post(branchpay, genuine_body)
     assert (replayed.status_code, replayed.text) == (200, "success")
-    order = branchpay.client.data(ORDER, {"id": order_id})["order"]
+    order = order_state(branchpay, order_id)
     assert order["status"] == "PAID"
     (payment,) = order["payments"]
     assert payment["status"] == "SUCCEEDED" and payment["providerTradeNo"] == genuine["trade_no"]
@@ -190,14 +152,14 @@ def test_bad_notifications_are_refused_and_change_nothing_then_the_genuine_one_p
     assert branchpay.db["payment_events"].count_documents({"outTradeNo": out_trade_no}) == 1
 
 
-def test_wrong_amount_is_flagged_not_paid(branchpay: Any, gateway_url: str) -> None:
+def test_wrong_amount_is_flagged_not_paid(branchpay: RunningService, gateway_url: str) -> None:
     order_id, out_trade_no = started_attempt(branchpay)
     settled = httpx.post(
         f"{gateway_url}/_control/settle/{out_trade_no}", data={"outcome": "success", "deliver": "0"}
     )
     genuine = dict(parse_qsl(settled.json()["notification"]))
     post(branchpay, resigned(genuine | {"total_amount": "0.59"}))
-    order = branchpay.client.data(ORDER, {"id": order_id})["order"]
+    order = order_state(branchpay, order_id)
     assert order["status"] == "PENDING_PAYMENT"
     (payment,) = order["payments"]
     assert payment["status"] == "PENDING" and payment["flagged"]

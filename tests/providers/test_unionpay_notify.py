@@ -10,20 +10,21 @@ and pays the order once.
 
 from __future__ import annotations
 
-import base64
 import logging
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import httpx
+import notify_support
 import pytest
 from conftest_unionpay import MER_ID, chain, other_chain, platform_signed, simulator_app
+from notify_support import order_state
 
 from providers.kit.loopback import LoopbackServer
 from providers.unionpay import message, pki
+from tests.conftest import RunningService
 
 BJ_MER_ID = "898111111111111"
 
@@ -62,26 +63,6 @@ province = "Yunnan"
 operator = "China Telecom"
 """
 
-CREATE_ORDER = """
-mutation($input: CreateOrderInput!) {
-  createOrder(input: $input) { order { id status total { amountFen } } userErrors { code } }
-}
-"""
-START = """
-mutation($input: StartPaymentInput!) {
-  startPayment(input: $input) {
-    payment { id status outTradeNo }
-    action { kind qrCode }
-    userErrors { code message }
-  }
-}
-"""
-ORDER = """
-query($id: ID!) {
-  order(id: $id) { status payments { status outTradeNo providerTradeNo flagged } }
-}
-"""
-
 
 @pytest.fixture
 def gateway_url() -> Iterator[str]:
@@ -90,7 +71,9 @@ def gateway_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def branchpay(tmp_path: Path, start_service: Callable[..., Any], gateway_url: str) -> Any:
+def branchpay(
+    tmp_path: Path, start_service: Callable[..., RunningService], gateway_url: str
+) -> RunningService:
     c = chain()
     (tmp_path / "unionpay-sign-cert.pem").write_text(pki.cert_pem(c.merchant_cert))
     key_file = tmp_path / "unionpay-sign-key.pem"
@@ -102,28 +85,10 @@ def branchpay(tmp_path: Path, start_service: Callable[..., Any], gateway_url: st
     return start_service(PLUGINS_TOML, gateway=gateway_url, public_url="http://127.0.0.1:9")
 
 
-def offering_id(key: str) -> str:
-    return base64.urlsafe_b64encode(f"Offering:{key}".encode()).decode().rstrip("=")
-
-
-def started_attempt(service: Any) -> tuple[str, str, str]:
-    order = service.client.data(
-        CREATE_ORDER,
-        {
-            "input": {
-                "branch": "zj",
-                "items": [{"offeringId": offering_id("zj-plan-59"), "quantity": 1}],
-                "customer": {"name": "Li Lei", "phone": "13912345678"},
-                "idempotencyKey": f"order-{uuid.uuid4().hex}",
-            }
-        },
-    )["createOrder"]["order"]
-    started = service.client.data(
-        START, {"input": {"orderId": order["id"], "provider": "unionpay", "method": "QR_CODE"}}
-    )["startPayment"]
-    assert started["userErrors"] == [], started
-    assert started["action"]["kind"] == "QR_CODE" and started["action"]["qrCode"]
-    return order["id"], started["payment"]["outTradeNo"], started["action"]["qrCode"]
+def started_attempt(service: RunningService) -> tuple[str, str, str]:
+    order_id, out_trade_no, action = notify_support.started_attempt(service, "unionpay")
+    assert action["kind"] == "QR_CODE" and action["qrCode"]
+    return order_id, out_trade_no, action["qrCode"]
 
 
 def settled(gateway_url: str, qr_code: str, out_trade_no: str) -> dict[str, str]:
@@ -136,16 +101,12 @@ def settled(gateway_url: str, qr_code: str, out_trade_no: str) -> dict[str, str]
     return dict(parse_qsl(body, keep_blank_values=True))
 
 
-def post(service: Any, body: str | bytes, branch: str = "zj") -> httpx.Response:
-    return httpx.post(
-        f"{service.url}/notify/unionpay/{branch}",
-        content=body.encode() if isinstance(body, str) else body,
-        headers={"content-type": "application/x-www-form-urlencoded;charset=UTF-8"},
-    )
+def post(service: RunningService, body: str | bytes, branch: str = "zj") -> httpx.Response:
+    return notify_support.post_notification(service, "unionpay", body, branch=branch)
 
 
 def test_bad_notifications_are_refused_and_change_nothing_then_the_genuine_one_pays(
-    branchpay: Any, gateway_url: str, caplog: pytest.LogCaptureFixture
+    branchpay: RunningService, gateway_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     order_id, out_trade_no, qr_code = started_attempt(branchpay)
     genuine = settled(gateway_url, qr_code, out_trade_no)
@@ -170,7 +131,7 @@ def test_bad_notifications_are_refused_and_change_nothing_then_the_genuine_one_p
     for case, body in bad.items():
         response = post(branchpay, body)
         assert response.status_code == 400, (case, response.text)
-        order = branchpay.client.data(ORDER, {"id": order_id})["order"]
+        order = order_state(branchpay, order_id)
         assert order["status"] == "PENDING_PAYMENT", case
         assert [p["status"] for p in order["payments"]] == ["PENDING"], case
     logged = caplog.text
@@ -186,7 +147,7 @@ def test_bad_notifications_are_refused_and_change_nothing_then_the_genuine_one_p
     assert (accepted.status_code, accepted.text) == (200, "ok")
     replayed = post(branchpay, genuine_body)
     assert replayed.status_code == 200
-    order = branchpay.client.data(ORDER, {"id": order_id})["order"]
+    order = order_state(branchpay, order_id)
     assert order["status"] == "PAID"
     (payment,) = order["payments"]
     assert payment["status"] == "SUCCEEDED" and payment["providerTradeNo"] == genuine["queryId"]
@@ -194,11 +155,11 @@ def test_bad_notifications_are_refused_and_change_nothing_then_the_genuine_one_p
     assert branchpay.db["payment_events"].count_documents({"outTradeNo": out_trade_no}) == 1
 
 
-def test_wrong_amount_is_flagged_not_paid(branchpay: Any, gateway_url: str) -> None:
+def test_wrong_amount_is_flagged_not_paid(branchpay: RunningService, gateway_url: str) -> None:
     order_id, out_trade_no, qr_code = started_attempt(branchpay)
     genuine = settled(gateway_url, qr_code, out_trade_no)
     post(branchpay, urlencode(platform_signed(genuine | {"txnAmt": "59"})))
-    order = branchpay.client.data(ORDER, {"id": order_id})["order"]
+    order = order_state(branchpay, order_id)
     assert order["status"] == "PENDING_PAYMENT"
     (payment,) = order["payments"]
     assert payment["status"] == "PENDING" and payment["flagged"]
