@@ -41,6 +41,10 @@ from bench.scenarios import (
 # parent gives up on the generator process.
 GRACE_SECONDS = 120.0
 WINDOW_OPEN = "window open"
+# Generous: with a slow store and many requests in flight, queueing alone takes
+# tens of seconds; a request is only abandoned when something is truly stuck.
+REQUEST_TIMEOUT = 300.0
+IDLE_SAMPLE_SECONDS = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +53,8 @@ class Outcome:
 
     requests: int
     errors: int
+    # What went wrong, by exception name or "unexpected answer", with counts.
+    failures: dict[str, int]
     seconds: float
     p50: float
     p90: float
@@ -61,9 +67,11 @@ class Outcome:
 class Measurement:
     spec: Spec
     outcome: Outcome
-    # CPU seconds charged to the process serving the requests during the window:
-    # the API's tree for HTTP targets, the generator itself for the driver target.
+    # CPU seconds charged to the process serving the requests during the window,
+    # less its idle background rate: the API's tree for HTTP targets, the
+    # generator itself for the driver target.
     server_cpu: float
+    idle_cpu_rate: float
     rss_before: int | None
     rss_after: int | None
 
@@ -85,12 +93,14 @@ class Measurement:
             "durationSeconds": self.spec.duration,
             "requests": self.outcome.requests,
             "errors": self.outcome.errors,
+            "failures": self.outcome.failures,
             "throughputPerSecond": self.throughput,
             "p50Ms": self.outcome.p50 * 1000,
             "p90Ms": self.outcome.p90 * 1000,
             "p99Ms": self.outcome.p99 * 1000,
             "maxMs": self.outcome.max * 1000,
             "cpuMsPerRequest": self.cpu_per_request * 1000,
+            "idleCpuPerSecond": self.idle_cpu_rate,
             "generatorCpuMsPerRequest": (
                 self.outcome.generator_cpu / self.outcome.requests * 1000
                 if self.outcome.requests
@@ -130,7 +140,7 @@ async def _drive(spec: Spec, parent: Connection) -> Outcome:
                         max_connections=spec.concurrency * connections,
                         max_keepalive_connections=spec.concurrency * connections,
                     ),
-                    timeout=httpx.Timeout(30.0),
+                    timeout=httpx.Timeout(REQUEST_TIMEOUT),
                 )
             )
 
@@ -145,15 +155,17 @@ async def _drive(spec: Spec, parent: Connection) -> Outcome:
         window_from = started + spec.warmup
         window_to = window_from + spec.duration
         latencies: list[float] = []
-        errors = 0
+        failures: dict[str, int] = {}
         last_done = window_from
 
         async def worker(index: int) -> None:
-            nonlocal errors, last_done
+            nonlocal last_done
             rng = random.Random(spec.seed * 10_000 + index)
             while (began := time.perf_counter()) < window_to:
+                failure = None
                 try:
-                    ok = await call(rng)
+                    if not await call(rng):
+                        failure = "unexpected answer"
                 except (
                     httpx.HTTPError,
                     OSError,
@@ -163,12 +175,13 @@ async def _drive(spec: Spec, parent: Connection) -> Outcome:
                     WebSocketException,
                     # httpx-ws runs the socket in a task group, which wraps what it raises.
                     ExceptionGroup,
-                ):
-                    ok = False
+                ) as error:
+                    failure = type(error).__name__
                 done = time.perf_counter()
                 if began >= window_from:
                     latencies.append(done - began)
-                    errors += not ok
+                    if failure is not None:
+                        failures[failure] = failures.get(failure, 0) + 1
                     last_done = max(last_done, done)
 
         async def open_window() -> float:
@@ -183,7 +196,8 @@ async def _drive(spec: Spec, parent: Connection) -> Outcome:
     latencies.sort()
     return Outcome(
         requests=len(latencies),
-        errors=errors,
+        errors=sum(failures.values()),
+        failures=failures,
         seconds=last_done - window_from,
         p50=percentile(latencies, 0.50),
         p90=percentile(latencies, 0.90),
@@ -215,8 +229,21 @@ def _receive(
         ) from None
 
 
+def idle_cpu_rate(api_pid: int, seconds: float = IDLE_SAMPLE_SECONDS) -> float:
+    """CPU seconds per second the API spends with no request: its background work.
+
+    The expiry job, the config watcher and the driver's monitors cost a little
+    every second; at a few requests per second that would swamp the figure per
+    request, so it is subtracted over the measured window.
+    """
+    started, cpu_from = time.perf_counter(), cpu_seconds(api_pid)
+    time.sleep(seconds)
+    return (cpu_seconds(api_pid) - cpu_from) / (time.perf_counter() - started)
+
+
 def measure(spec: Spec, api_pid: int | None) -> Measurement:
     """Run ``spec`` in a new process; ``api_pid`` is the API's (None for the driver target)."""
+    idle_rate = idle_cpu_rate(api_pid) if api_pid else 0.0
     context = multiprocessing.get_context("spawn")
     pipe, child_end = context.Pipe(duplex=False)
     generator = context.Process(
@@ -227,14 +254,18 @@ def measure(spec: Spec, api_pid: int | None) -> Measurement:
     try:
         if _receive(generator, pipe, spec.warmup + GRACE_SECONDS) != WINDOW_OPEN:
             raise RuntimeError("the load generator did not start its measured window")
-        cpu_from = cpu_seconds(api_pid) if api_pid else 0.0
+        window_from, cpu_from = time.perf_counter(), cpu_seconds(api_pid) if api_pid else 0.0
         rss_before = rss_bytes(api_pid) if api_pid else None
         outcome: Outcome = _receive(generator, pipe, spec.duration + GRACE_SECONDS)
-        server_cpu = cpu_seconds(api_pid) - cpu_from if api_pid else outcome.generator_cpu
+        if api_pid:
+            window = time.perf_counter() - window_from
+            server_cpu = max(0.0, cpu_seconds(api_pid) - cpu_from - idle_rate * window)
+        else:
+            server_cpu = outcome.generator_cpu
         rss_after = rss_bytes(api_pid) if api_pid else None
     finally:
         generator.join(timeout=GRACE_SECONDS)
         if generator.is_alive():
             generator.terminate()
             generator.join()
-    return Measurement(spec, outcome, server_cpu, rss_before, rss_after)
+    return Measurement(spec, outcome, server_cpu, idle_rate, rss_before, rss_after)

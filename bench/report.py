@@ -112,6 +112,20 @@ def print_run(run: Run, console: Console) -> None:
         target = "" if ratio.target is None else f"{'≤' if ratio.at_most else '≥'} {ratio.target}"
         ratios.add_row(ratio.name, f"{ratio.value:.2f} {ratio.unit}", target, _verdict(ratio))
     console.print(ratios)
+    for target, figures in run.extra.get("wrk", {}).items():
+        ours = next(
+            (m for label, m in run.measurements if label == target and m.spec.scenario == "a"),
+            None,
+        )
+        if ours is None or "p50Ms" not in figures:
+            console.print(f"wrk (a)/{target}: {figures}")
+            continue
+        console.print(
+            f"wrk cross-check (a)/{target}: {figures['throughputPerSecond']:,.1f} req/s, "
+            f"p50 {figures['p50Ms']:.1f} ms, p99 {figures['p99Ms']:.1f} ms, "
+            f"non-2xx {figures['non2xx']}; ours: {ours.throughput:,.1f} req/s, "
+            f"p50 {ours.outcome.p50 * 1000:.1f} ms, p99 {ours.outcome.p99 * 1000:.1f} ms"
+        )
     for reason in run.not_measured:
         console.print(f"[yellow]not measured:[/yellow] {reason}")
 

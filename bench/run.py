@@ -1,13 +1,16 @@
 """The order of a ``make bench`` run and its command line.
 
 1. Start the embedded store under ``.data/bench`` (or use ``--mongodb-uri``)
-   and load one synthetic set per scale, reusing sets already loaded.
-2. On the largest set, with the API under ``uvicorn --workers 1``: (a) and
-   (b) over GraphQL, over the plain endpoint and as a bare driver loop; (c)
-   over GraphQL. Then (a) under ``--workers N`` for the scaling ratio.
-3. (a) over GraphQL on every smaller set, for the scale ratio.
-4. The pluggy hook overhead (pytest-benchmark), and with ``--soak`` the API's
-   RSS over a long run of (a).
+   and the sandbox simulator, and load one synthetic set per scale, reusing
+   sets already loaded.
+2. On the smallest set, with the API under ``uvicorn --workers 1``: (a) and
+   (b) over GraphQL, over the plain endpoint and as a bare driver loop; then
+   (c) and (d) over GraphQL against a scratch database; then (a) under
+   ``--workers N`` for the scaling ratio.
+3. (a) over GraphQL on every larger set, for the scale ratio.
+4. The pluggy hook overhead (pytest-benchmark); with ``--soak`` the API's RSS
+   over a long run of (a); with ``--profile`` pyinstrument reports of (a);
+   with ``--wrk`` wrk's own figures for (a).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from api.seed import seed
 from api.settings import Settings
 from api.simulators import ensure_demo_keys
 from api.store import Store
+from bench import crosscheck
 from bench.loader import LoadedSet, ensure_loaded
 from bench.loadgen import Measurement, measure
 from bench.procstat import rss_bytes
@@ -74,6 +78,11 @@ def parser() -> argparse.ArgumentParser:
         help="sent with every request, e.g. 'Authorization: Bearer KEY'",
     )
     top.add_argument("--no-hooks", action="store_true", help="skip the pluggy hook benchmark")
+    top.add_argument(
+        "--wrk",
+        action="store_true",
+        help="cross-check (a) with wrk (when on PATH) against the same API process",
+    )
     top.add_argument(
         "--profile",
         action="store_true",
@@ -137,12 +146,19 @@ def _measure(run: Run, label: str, spec: Spec, api: ApiProcess | None) -> Measur
     _log(f"{spec.scenario.value}/{label} on {spec.orders:,} orders for {spec.duration:.0f} s")
     measured = run.add(label, measure(spec, api.pid if api else None))
     if measured.outcome.errors:
-        console.print(f"[red]{measured.outcome.errors} failed requests[/red]")
+        console.print(f"[red]failed requests: {measured.outcome.failures}[/red]")
     return measured
 
 
 def main_set(
-    run: Run, uri: str, loaded: LoadedSet, spec: Spec, workers: int, plugins: Path
+    run: Run,
+    uri: str,
+    loaded: LoadedSet,
+    spec: Spec,
+    workers: int,
+    plugins: Path,
+    *,
+    wrk: bool = False,
 ) -> dict[str, Any]:
     """Every scenario on the largest set; returns the figures the ratios need."""
     logs = BENCH_DATA / "logs"
@@ -157,6 +173,11 @@ def main_set(
                 found[f"{scenario}/{target}"] = _measure(
                     run, target.value, replace(on_api, scenario=scenario, target=target), api
                 )
+                if wrk and scenario is Scenario.ORDERS:
+                    _log(f"a/{target} with wrk for {spec.duration:.0f} s")
+                    run.extra.setdefault("wrk", {})[target.value] = crosscheck.run_wrk(
+                        replace(on_api, scenario=scenario, target=target), BENCH_DATA
+                    )
             found[f"{scenario}/driver"] = _measure(
                 run, "driver", replace(base, scenario=scenario, target=Target.DRIVER), None
             )
@@ -199,7 +220,7 @@ def main_set(
     return found
 
 
-def smaller_sets(
+def other_sets(
     run: Run, uri: str, sets: list[LoadedSet], spec: Spec, plugins: Path
 ) -> dict[int, Measurement]:
     found: dict[int, Measurement] = {}
@@ -361,13 +382,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             database=largest.database,
             headers=_headers(args.header),
         )
-        figures = main_set(run, uri, largest, spec, args.workers, plugins)
-        by_scale = smaller_sets(run, uri, sets[:-1], spec, plugins)
-        by_scale[largest.count] = figures["a/graphql"]
-        soaked = soak(uri, largest, spec, args.soak, plugins) if args.soak > 0 else None
+        if args.wrk and not crosscheck.available():
+            run.not_measured.append("wrk cross-check: wrk is not on PATH (apt-get install wrk)")
+        wrk = args.wrk and crosscheck.available()
+        # Every scenario on the smallest set, where the store answers fastest and the
+        # API's own cost shows most; (a) again on each larger set for the scale ratio.
+        smallest = sets[0]
+        main = replace(spec, orders=smallest.count, base=smallest.base, database=smallest.database)
+        figures = main_set(run, uri, smallest, main, args.workers, plugins, wrk=wrk)
+        by_scale = other_sets(run, uri, sets[1:], spec, plugins)
+        by_scale[smallest.count] = figures["a/graphql"]
+        soaked = soak(uri, smallest, main, args.soak, plugins) if args.soak > 0 else None
         if args.profile:
             RESULTS.mkdir(parents=True, exist_ok=True)
-            run.extra["profiles"] = [str(p) for p in profile(uri, largest, spec, started, plugins)]
+            run.extra["profiles"] = [str(p) for p in profile(uri, smallest, main, started, plugins)]
     for scenario in ("a", "b"):
         graphql, plain = figures[f"{scenario}/graphql"], figures[f"{scenario}/plain"]
         driver = figures[f"{scenario}/driver"]
@@ -387,14 +415,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             ),
             _ratio(f"({scenario}) p50 GraphQL / driver", graphql.outcome.p50, driver.outcome.p50),
         ]
-    smallest = min(by_scale)
-    if smallest != largest.count:
+    if smallest.count != largest.count:
         run.ratios.append(
             _ratio(
-                f"(a) p50 at {largest.count:,} / at {smallest:,} orders",
+                f"(a) p50 at {largest.count:,} / at {smallest.count:,} orders",
                 by_scale[largest.count].outcome.p50,
-                by_scale[smallest].outcome.p50,
-                1.5 if (smallest, largest.count) == (10_000, 1_000_000) else None,
+                by_scale[smallest.count].outcome.p50,
+                1.5 if (smallest.count, largest.count) == (10_000, 1_000_000) else None,
             )
         )
     if "a/workers" in figures:
