@@ -64,7 +64,11 @@ class PaymentAction:
 class PaymentRequest:
     """One payment attempt to open at the platform."""
 
-    out_trade_no: str  # ours, unique across all attempts, 8..32 chars [0-9A-Za-z]
+    # Ours, unique across all attempts, 8..32 chars [0-9A-Za-z]. It starts with
+    # the attempt's creation time in UTC as 12 digits, YYMMDDHHMMSS; a provider
+    # may rely on the 12-digit UTC creation-time prefix (UnionPay derives its
+    # txnTime from it, so query, refund and close need nothing but the number).
+    out_trade_no: str
     amount_fen: int
     currency: str  # "CNY"
     subject: str  # short human description of the order
@@ -145,7 +149,11 @@ class QueryResult:
 @dataclass(frozen=True, slots=True)
 class RefundRequest:
     out_trade_no: str
-    out_refund_no: str  # ours, unique; the platform refunds each number once
+    # Ours, unique; the platform refunds each number once. Like out_trade_no it
+    # starts with a 12-digit UTC creation time, YYMMDDHHMMSS, and a provider may
+    # rely on the 12-digit UTC creation-time prefix; an automatic refund (of a
+    # second success) is numbered after its attempt and carries the attempt's.
+    out_refund_no: str
     refund_fen: int
     total_fen: int  # the attempt's paid amount
     currency: str

@@ -11,12 +11,12 @@ and without a fee.
 
 UnionPay names a transaction by ``merId`` + ``orderId`` + ``txnTime``, and the
 contract hands query, refund and close only ``out_trade_no`` (which is our
-``orderId``). The ``txnTime`` each attempt and refund was opened with is kept
-in :data:`ATTEMPTS` for the life of the process and learnt from every genuine
-notification. Numbers made by branchpay start with the UTC second they were
-made (YYMMDDhhmmss); an attempt opened within minutes of that second takes it
-as ``txnTime``, so after a restart the ``txnTime`` is read back from the number.
-An attempt that is neither known nor stamped reports UNKNOWN (see the README).
+``orderId``). The contract also promises that every ``out_trade_no`` and
+``out_refund_no`` starts with its 12-digit UTC creation time (YYMMDDhhmmss),
+so the ``txnTime`` is that moment in Beijing time: derived from the number
+alone, the same when the attempt is opened and whenever (and in whichever
+process) it is queried, refunded or closed. A number without that prefix is
+refused before anything is sent.
 
 UnionPay has no call that closes an unpaid online consume: it stops taking
 payment at ``payTimeout`` (set from ``expires_at``). ``close`` therefore checks
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import ClassVar
 from urllib.parse import parse_qsl, urlencode
@@ -100,54 +99,19 @@ _REQUIRED_NOTIFICATION_FIELDS = (
 )
 
 
-# A number made by branchpay starts with the UTC second it was made
-# (YYMMDDhhmmss); an attempt opened within this window of that second takes it
-# as its txnTime, so the txnTime can be read back from the number alone.
-_STAMP_BEFORE = timedelta(minutes=5)
-_STAMP_AFTER = timedelta(minutes=1)
+def txn_time_of(number: str) -> str | None:
+    """The txnTime a number names: its 12-digit UTC creation-time prefix, in Beijing time.
 
-
-def stamped_time(number: str) -> datetime | None:
-    """The UTC second a number starts with, if it starts with one (YYMMDDhhmmss)."""
+    None when the number does not start with a valid YYMMDDhhmmss.
+    """
     head = number[:12]
     if len(head) < 12 or not head.isascii() or not head.isdigit():
         return None
     try:
-        return datetime.strptime(head, "%y%m%d%H%M%S").replace(tzinfo=UTC)
+        made = datetime.strptime(head, "%y%m%d%H%M%S").replace(tzinfo=UTC)
     except ValueError:
         return None
-
-
-@dataclass
-class AttemptBook:
-    """The ``txnTime`` of every attempt and refund this process opened, and closed attempts."""
-
-    txn_times: dict[tuple[str, str], str] = field(default_factory=dict)
-    closed: set[tuple[str, str]] = field(default_factory=set)
-
-    def open(self, mer_id: str, order_id: str, now: datetime) -> str:
-        """The txnTime of ``order_id``: the first one given to it, so a repeat is a duplicate.
-
-        A new one is the number's own stamp when that is this moment, else now.
-        """
-        key = (mer_id, order_id)
-        if key not in self.txn_times:
-            stamp = stamped_time(order_id)
-            fresh = stamp is not None and now - _STAMP_BEFORE <= stamp <= now + _STAMP_AFTER
-            self.txn_times[key] = message.beijing_time(stamp if fresh and stamp else now)
-        return self.txn_times[key]
-
-    def txn_time(self, mer_id: str, order_id: str) -> str | None:
-        """The txnTime ``order_id`` was opened with: known here, or read from its stamp.
-
-        A stamp is only a likely answer: a query with it finds nothing when the
-        number was opened outside the stamp's window.
-        """
-        known = self.txn_times.get((mer_id, order_id))
-        if known is not None:
-            return known
-        stamp = stamped_time(order_id)
-        return message.beijing_time(stamp) if stamp else None
+    return message.beijing_time(made)
 
 
 class _Transient(Exception):
@@ -159,9 +123,10 @@ class _Transient(Exception):
         self.reached = reached
 
 
-# Shared by every provider instance in the process, so a config reload that
-# builds new instances still finds the attempts the old ones opened.
-ATTEMPTS = AttemptBook()
+# The attempts this process closed (UnionPay has no close call to ask about
+# later), keyed by (merId, orderId). Shared by every provider instance, so a
+# config reload that builds new instances still finds what the old ones closed.
+CLOSED: set[tuple[str, str]] = set()
 
 
 class UnionpayProvider(Provider):
@@ -308,8 +273,12 @@ class UnionpayProvider(Provider):
             raise GatewayError("UnionPay online payments are in CNY only")
         if not _valid_order_id(request.out_trade_no):
             raise GatewayError("orderId must be 8..40 letters and digits")
-        mer_id = self.settings.mer_id
-        txn_time = ATTEMPTS.open(mer_id, request.out_trade_no, datetime.now(UTC))
+        txn_time = txn_time_of(request.out_trade_no)
+        if txn_time is None:
+            raise GatewayError(
+                "UnionPay needs the out_trade_no to start with its 12-digit UTC creation time "
+                "(YYMMDDhhmmss): it is the transaction's txnTime"
+            )
         if request.method is PaymentMethod.QR_CODE:
             fields = self._base_fields(TXN_CONSUME, TXN_SUB_QR, BIZ_QR, CHANNEL_MOBILE)
         else:
@@ -368,9 +337,6 @@ class UnionpayProvider(Provider):
         except ValueError as exc:
             logger.warning("unionpay notification for branch %s rejected: %s", self.branch, exc)
             raise NotificationRejected(str(exc)) from None
-        # UnionPay's own word on the txnTime: lets an attempt opened before a
-        # restart be queried and refunded again.
-        ATTEMPTS.txn_times.setdefault((fields["merId"], fields["orderId"]), fields["txnTime"])
         if event is None:
             logger.info(
                 "unionpay notification for branch %s: txnType %s respCode %s, nothing to apply",
@@ -467,13 +433,12 @@ class UnionpayProvider(Provider):
         return await self._call(QUERY_PATH, fields, repeatable=True, retry_codes=RESP_IN_DOUBT)
 
     async def query(self, out_trade_no: str) -> QueryResult:
-        key = (self.settings.mer_id, out_trade_no)
-        txn_time = ATTEMPTS.txn_time(*key)
+        txn_time = txn_time_of(out_trade_no)
         if txn_time is None:
-            logger.warning("unionpay query of %s: no txnTime known in this process", out_trade_no)
+            # Such a number is refused at create, so the gateway cannot know it.
             return QueryResult(state=AttemptState.UNKNOWN)
         answer = await self._query(out_trade_no, txn_time)
-        closed = key in ATTEMPTS.closed
+        closed = (self.settings.mer_id, out_trade_no) in CLOSED
         code = answer.get("respCode", "")
         if code == RESP_NOT_FOUND:
             return QueryResult(state=AttemptState.CLOSED if closed else AttemptState.UNKNOWN)
@@ -501,29 +466,30 @@ class UnionpayProvider(Provider):
             return RefundResult(state=RefundState.FAILED, message="refund exceeds the paid amount")
         if not _valid_order_id(request.out_refund_no):
             raise GatewayError("the refund orderId must be 8..40 letters and digits")
-        mer_id = self.settings.mer_id
-        paid_txn_time = ATTEMPTS.txn_time(mer_id, request.out_trade_no)
-        if paid_txn_time is None:
+        paid_txn_time = txn_time_of(request.out_trade_no)
+        txn_time = txn_time_of(request.out_refund_no)
+        if paid_txn_time is None or txn_time is None:
             raise GatewayError(
-                "UnionPay names an attempt by its txnTime, which this process does not know "
-                "(opened before a restart, no stamp in its number); refund it in the merchant "
-                "console"
+                "UnionPay needs out_trade_no and out_refund_no to start with their 12-digit UTC "
+                "creation time (YYMMDDhhmmss): it is each transaction's txnTime"
             )
-        if (mer_id, request.out_refund_no) not in ATTEMPTS.txn_times:
-            earlier = await self._refund_made_before(request.out_refund_no)
-            if earlier is not None:
-                return earlier
         paid = await self.query(request.out_trade_no)
         if paid.state is not AttemptState.SUCCEEDED or not paid.provider_trade_no:
             return RefundResult(
                 state=RefundState.FAILED, message=f"the attempt is {paid.state.value}, not paid"
             )
-        txn_time = ATTEMPTS.open(mer_id, request.out_refund_no, datetime.now(UTC))
         # A full refund inside the payment's settlement day is a void (消费撤销):
-        # instant and free of fees. The choice rests on the refund's first
-        # txnTime, so a repeat sends the same transaction again.
-        same_day = message.settlement_day(txn_time) == message.settlement_day(paid_txn_time)
-        void = same_day and request.refund_fen == paid.amount_fen
+        # instant and free of fees. The gateway takes a void only on that day,
+        # and an automatic refund's number carries its attempt's time, so today
+        # must be that day too. A repeat on a later day sends a 退货 under the
+        # same orderId, which the gateway refuses as a duplicate (respCode 12);
+        # the refund already made is then queried, never made twice.
+        payment_day = message.settlement_day(paid_txn_time)
+        today = message.settlement_day(message.beijing_time(datetime.now(UTC)))
+        void = (
+            message.settlement_day(txn_time) == payment_day == today
+            and request.refund_fen == paid.amount_fen
+        )
         fields = self._base_fields(
             TXN_VOID if void else TXN_REFUND, "00", BIZ_GATEWAY_PAY, CHANNEL_PC
         )
@@ -548,18 +514,6 @@ class UnionpayProvider(Provider):
             state=RefundState.FAILED, message=f"{code} {answer.get('respMsg', '')}".strip()
         )
 
-    async def _refund_made_before(self, out_refund_no: str) -> RefundResult | None:
-        """The refund this number already made (before a restart), found through its stamp."""
-        mer_id = self.settings.mer_id
-        guess = ATTEMPTS.txn_time(mer_id, out_refund_no)
-        if guess is None:
-            return None
-        answer = await self._query(out_refund_no, guess)
-        if answer.get("respCode") != RESP_OK:
-            return None
-        ATTEMPTS.txn_times[(mer_id, out_refund_no)] = guess
-        return _refund_result(answer)
-
     async def _refund_state(self, out_refund_no: str, txn_time: str) -> RefundResult:
         answer = await self._query(out_refund_no, txn_time)
         code = answer.get("respCode", "")
@@ -570,14 +524,13 @@ class UnionpayProvider(Provider):
         return _refund_result(answer)
 
     async def close(self, out_trade_no: str) -> None:
-        key = (self.settings.mer_id, out_trade_no)
-        if ATTEMPTS.txn_time(*key) is None:
+        if txn_time_of(out_trade_no) is None:
             logger.info("unionpay close of %s: never opened here, nothing to close", out_trade_no)
             return
         result = await self.query(out_trade_no)
         if result.state is AttemptState.SUCCEEDED:
             raise GatewayError("the attempt is paid; refund it instead of closing it")
-        ATTEMPTS.closed.add(key)
+        CLOSED.add((self.settings.mer_id, out_trade_no))
 
 
 def _valid_order_id(number: str) -> bool:

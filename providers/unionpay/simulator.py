@@ -577,6 +577,7 @@ def create_app(
         return JSONResponse(
             {
                 "orderId": txn.order_id,
+                "txnTime": txn.txn_time,
                 "status": txn.status,
                 "txnAmt": txn.amount_fen,
                 "refundedFen": txn.refunded_fen,

@@ -54,7 +54,6 @@ from api.payments.provider import (
 from providers.kit.loopback import LoopbackServer
 from providers.unionpay import UnionpayProvider, demo, message, pki
 from providers.unionpay.driver import UnionpayDriver, form_notification, read_form
-from providers.unionpay.provider import ATTEMPTS
 from providers.unionpay.settings import UnionpaySettings
 
 LOGGER = "branchpay.providers.unionpay"
@@ -91,8 +90,13 @@ def driver(simulator: LoopbackServer, http: httpx.AsyncClient) -> UnionpayDriver
     return UnionpayDriver(simulator.url, http, forger_key=other_chain().platform_key)
 
 
-def new_no(prefix: str = "ut") -> str:
-    return prefix + uuid.uuid4().hex[:20]
+def new_no(label: str = "ut") -> str:
+    """A number as the contract promises: the UTC creation second, then anything unique."""
+    return stamped_no(datetime.now(UTC), label)
+
+
+def stamped_no(at: datetime, label: str = "ut") -> str:
+    return f"{at:%y%m%d%H%M%S}" + label + uuid.uuid4().hex[:16]
 
 
 def payment(
@@ -841,78 +845,58 @@ async def test_partial_refund_is_a_return_not_a_void(
     assert (await sim_state(http, simulator, refund_no))["txnType"] == "04"
 
 
-async def test_refund_of_an_attempt_opened_before_a_restart_says_so(
+@pytest.mark.parametrize("number", ["ut" + "0" * 20, "2613250000001234abcd", "26112512000"])
+async def test_a_number_without_the_time_prefix_is_refused_at_create(
+    provider: UnionpayProvider, number: str
+) -> None:
+    with pytest.raises(GatewayError, match="12-digit UTC creation time"):
+        await provider.create_payment(payment(PaymentMethod.QR_CODE, out_trade_no=number))
+    with pytest.raises(GatewayError, match="12-digit UTC creation time"):
+        await provider.refund(RefundRequest(new_no(), "rf" + uuid.uuid4().hex[:20], 1, 1, "CNY"))
+
+
+@pytest.mark.parametrize("method", [PaymentMethod.PAGE, PaymentMethod.QR_CODE])
+async def test_txn_time_is_the_number_prefix_in_beijing_time_however_old(
     provider: UnionpayProvider,
+    http: httpx.AsyncClient,
+    simulator: LoopbackServer,
+    method: PaymentMethod,
 ) -> None:
-    with pytest.raises(GatewayError, match="txnTime"):
-        await provider.refund(RefundRequest(new_no(), new_no("rf"), 100, 100, "CNY"))
+    made = datetime(2026, 11, 25, 15, 59, 30, tzinfo=UTC)
+    number = stamped_no(made)
+    action = await provider.create_payment(payment(method, out_trade_no=number))
+    if method is PaymentMethod.PAGE:
+        assert action.form_html
+        sent = read_form(action.form_html)[1]["txnTime"]
+    else:
+        sent = (await sim_state(http, simulator, number))["txnTime"]
+    # 15:59:30 UTC is 23:59:30 the same day in Beijing.
+    assert sent == "20261125235930"
 
 
-async def test_a_notification_teaches_the_txn_time_lost_in_a_restart(
-    provider: UnionpayProvider, driver: UnionpayDriver
-) -> None:
-    out_trade_no, notification = await paid(provider, driver, 700)
-    del ATTEMPTS.txn_times[(MER_ID, out_trade_no)]
-    assert (await provider.query(out_trade_no)).state is AttemptState.UNKNOWN
-    await provider.parse_notification(notification)
-    assert (await provider.query(out_trade_no)).state is AttemptState.SUCCEEDED
-    result = await provider.refund(
-        RefundRequest(
-            out_trade_no, new_no("rf"), 100, 700, "CNY", notify_url="http://127.0.0.1:9/n"
-        )
-    )
-    assert result.state is RefundState.PENDING
-
-
-def stamped_no(at: datetime) -> str:
-    """A number as branchpay's payment service makes them: the UTC second, then random."""
-    return f"{at:%y%m%d%H%M%S}" + uuid.uuid4().hex[:12]
-
-
-async def test_stamped_numbers_are_queried_after_a_restart(
-    provider: UnionpayProvider, driver: UnionpayDriver
-) -> None:
-    request = payment(PaymentMethod.QR_CODE, out_trade_no=stamped_no(datetime.now(UTC)))
-    await provider.create_payment(request)
-    assert await driver.settle(request.out_trade_no, "success") is not None
-    del ATTEMPTS.txn_times[(MER_ID, request.out_trade_no)]
-    result = await provider.query(request.out_trade_no)
-    assert result.state is AttemptState.SUCCEEDED and result.amount_fen == 8800
-
-
-async def test_stamped_refund_repeated_after_a_restart_refunds_once(
+async def test_a_new_process_queries_refunds_and_closes_by_the_number_alone(
     provider: UnionpayProvider,
     driver: UnionpayDriver,
     http: httpx.AsyncClient,
     simulator: LoopbackServer,
 ) -> None:
     out_trade_no, _ = await paid(provider, driver, 1000)
+    unpaid = payment(PaymentMethod.QR_CODE)
+    await provider.create_payment(unpaid)
+    # A restart: a provider built afresh, nothing kept from the first one.
+    restarted = UnionpayProvider(settings(simulator.url), branch=BRANCH, http=http)
+    result = await restarted.query(out_trade_no)
+    assert result.state is AttemptState.SUCCEEDED and result.amount_fen == 1000
+    assert (await restarted.query(unpaid.out_trade_no)).state is AttemptState.PENDING
+    await restarted.close(unpaid.out_trade_no)
+    assert (await restarted.query(unpaid.out_trade_no)).state is AttemptState.CLOSED
     refund = RefundRequest(
-        out_trade_no,
-        stamped_no(datetime.now(UTC)),
-        300,
-        1000,
-        "CNY",
-        notify_url="http://127.0.0.1:9/n",
+        out_trade_no, new_no("rf"), 300, 1000, "CNY", notify_url="http://127.0.0.1:9/n"
     )
-    assert (await provider.refund(refund)).state is RefundState.PENDING
-    del ATTEMPTS.txn_times[(MER_ID, refund.out_refund_no)]
-    again = await provider.refund(refund)
+    assert (await restarted.refund(refund)).state is RefundState.PENDING
+    again = await UnionpayProvider(settings(simulator.url), branch=BRANCH, http=http).refund(refund)
     assert again.state is RefundState.SUCCEEDED
     assert (await sim_state(http, simulator, out_trade_no))["refundedFen"] == 300
-
-
-async def test_a_stale_stamp_is_not_taken_as_txn_time(provider: UnionpayProvider) -> None:
-    stale = datetime.now(UTC) - timedelta(minutes=10)
-    fresh = stamped_no(datetime.now(UTC))
-    for number, expected in ((stamped_no(stale), None), (fresh, fresh[:12])):
-        action = await provider.create_payment(payment(PaymentMethod.PAGE, out_trade_no=number))
-        assert action.form_html
-        sent = message.parse_beijing_time(read_form(action.form_html)[1]["txnTime"])
-        if expected is None:
-            assert abs(sent - datetime.now(UTC)) < timedelta(minutes=1)
-        else:
-            assert f"{sent:%y%m%d%H%M%S}" == expected
 
 
 @pytest.mark.parametrize("number", ["short12", "订单号12345678", "ut-12345678", "u" * 41])
