@@ -30,6 +30,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from pymongo import MongoClient
 from rich.console import Console
 
 from api import devdb
@@ -99,10 +100,19 @@ def scales_for(largest: int) -> list[int]:
 def store_uri(configured: str | None) -> Iterator[tuple[str, str]]:
     """(URI, description of the store) for the whole run."""
     if configured:
-        yield configured, "MongoDB at --mongodb-uri"
+        yield configured, describe_store(configured)
         return
     with devdb.running(BENCH_DATA / "db") as store:
         yield store.uri, f"SecantusDB {version('SecantusDB')} (Python server, embedded)"
+
+
+def describe_store(uri: str) -> str:
+    """What answers at ``uri``, from its buildInfo, for the report."""
+    with MongoClient(uri, serverSelectionTimeoutMS=10_000) as client:
+        info = client.admin.command("buildInfo")
+    if "secantusVersion" in info:
+        return f"SecantusDB {info['secantusVersion']} at --mongodb-uri"
+    return f"MongoDB {info.get('version', '?')} at --mongodb-uri"
 
 
 def _headers(raw: Sequence[str]) -> tuple[tuple[str, str], ...]:
