@@ -4,8 +4,9 @@
 copy of the shipped plugins.toml, its own store port and no seeded orders. For
 each real provider the test creates an order with GraphQL, starts a QR-code
 payment, pays it at the demo simulator the way a payer's phone would (open the
-scanned page, press Pay), waits until the simulator's notification has paid
-the order, and refunds part of it with a branch_admin key of that branch.
+scanned page, press Pay), awaits the PAID event the simulator's notification
+causes (orderEvents over WebSocket), and refunds part of it with a
+branch_admin key of that branch, awaiting PARTIALLY_REFUNDED the same way.
 """
 
 from __future__ import annotations
@@ -15,17 +16,16 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from api.devdb import free_port, port_in_use
 from api.simulators import DEMO_PORTS
+from tests.conftest import GraphQLClient
+from tests.payments.conftest import order_feed
 from tests.test_cli_serve import ROOT, environment, interrupt, wait_ready
 from tests.test_schema_mutations import offering_id
 
@@ -67,21 +67,6 @@ mutation($input: RefundPaymentInput!) {
 _FORM_ACTION = re.compile(r"<form\b[^>]*\baction=\"([^\"]*)\"", re.IGNORECASE)
 
 
-class Partner:
-    """A GraphQL client of the running demo with one API key."""
-
-    def __init__(self, url: str, key: str) -> None:
-        self.http = httpx.Client(
-            base_url=url, headers={"authorization": f"Bearer {key}"}, timeout=30.0
-        )
-
-    def data(self, query: str, variables: dict[str, Any]) -> dict[str, Any]:
-        body = self.http.post("/graphql", json={"query": query, "variables": variables}).json()
-        assert not body.get("errors"), body["errors"]
-        result: dict[str, Any] = body["data"]
-        return result
-
-
 def create_key(workdir: Path, env: dict[str, str], *options: str) -> str:
     """`branchpay keys create` beside the running demo: it uses that store."""
     created = subprocess.run(
@@ -106,26 +91,15 @@ def pay_as_payer(qr_code: str) -> None:
         assert paid.status_code == 200, paid.text
 
 
-def eventually(
-    partner: Partner, order_id: str, done: Callable[[dict[str, Any]], bool]
-) -> dict[str, Any]:
-    """The order once ``done`` holds; the simulator notifies the service, another process."""
-    deadline = time.monotonic() + 30
-    while True:
-        state: dict[str, Any] = partner.data(ORDER, {"id": order_id})["order"]
-        if done(state):
-            return state
-        assert time.monotonic() < deadline, f"still {state} after 30 s"
-        time.sleep(0.1)
-
-
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     shutil.copy(ROOT / "plugins.toml", tmp_path / "plugins.toml")
     return tmp_path
 
 
-def test_make_run_pays_and_refunds_through_each_real_provider_simulator(workdir: Path) -> None:
+async def test_make_run_pays_and_refunds_through_each_real_provider_simulator(
+    workdir: Path,
+) -> None:
     taken = [port for port in DEMO_PORTS.values() if port_in_use(port)]
     assert not taken, f"demo simulator ports {taken} are taken (is `make run` running?)"
     api_port, db_port = free_port(), free_port()
@@ -142,7 +116,9 @@ def test_make_run_pays_and_refunds_through_each_real_provider_simulator(workdir:
     )
     try:
         wait_ready(process, url)
-        partner = Partner(url, create_key(workdir, env, "--role", "ops", "--name", "demo-ops"))
+        partner = GraphQLClient(
+            url, create_key(workdir, env, "--role", "ops", "--name", "demo-ops")
+        )
         for provider, branch in DEMO_BRANCHES.items():
             created = partner.data(
                 CREATE,
@@ -167,10 +143,11 @@ def test_make_run_pays_and_refunds_through_each_real_provider_simulator(workdir:
             qr_code = started["action"]["qrCode"]
             assert qr_code.startswith(f"http://127.0.0.1:{DEMO_PORTS[provider]}/"), qr_code
 
-            pay_as_payer(qr_code)
-
-            eventually(partner, order_id, lambda state: state["status"] == "PAID")
-            admin = Partner(
+            async with order_feed(partner, order_id) as feed:
+                assert await feed.statuses_until("PENDING_PAYMENT") == ["PENDING_PAYMENT"]
+                pay_as_payer(qr_code)
+                assert await feed.statuses_until("PAID") == ["PAID"], provider
+            admin = GraphQLClient(
                 url,
                 create_key(
                     workdir,
@@ -192,13 +169,12 @@ def test_make_run_pays_and_refunds_through_each_real_provider_simulator(workdir:
             assert refunded["userErrors"] == [], (provider, refunded)
             assert refunded["refund"]["amount"]["amountFen"] == REFUND_FEN
             assert refunded["refund"]["status"] != "FAILED", (provider, refunded)
-            final = eventually(
-                partner,
-                order_id,
-                lambda state: (
-                    [r["status"] for p in state["payments"] for r in p["refunds"]] == ["SUCCEEDED"]
-                ),
-            )
+            async with order_feed(partner, order_id) as feed:
+                # The current status first, then the one the refund notification brings.
+                await feed.statuses_until("PARTIALLY_REFUNDED")
+            final = partner.data(ORDER, {"id": order_id})["order"]
+            refunds = [r["status"] for p in final["payments"] for r in p["refunds"]]
+            assert refunds == ["SUCCEEDED"], (provider, final)
             assert final["status"] == "PARTIALLY_REFUNDED", (provider, final)
             (payment,) = final["payments"]
             assert payment["status"] == "PARTIALLY_REFUNDED", (provider, final)
