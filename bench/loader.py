@@ -4,7 +4,8 @@ Each set lives in a database of its own (``branchpay_bench_<count>``) with the
 API's indexes, the demo catalogs and a ``bench_meta`` document that records
 how many orders are in and the set's base time. A set cut short (Ctrl-C, a
 crash) resumes where it stopped: orders are written in index order and the
-meta document is advanced after each batch.
+meta document is advanced after each batch. A set written in an older
+synthetic format is dropped and loaded again.
 """
 
 from __future__ import annotations
@@ -13,27 +14,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from api.security.pii import PiiVault
 from api.seed import seed
 from api.store import Store
-from api.store.database import INDEXES
-from bench.synthetic import BRANCHES, MAX_ORDERS, OrderSet, batches
+from bench.synthetic import BRANCHES, FORMAT, MAX_ORDERS, OrderSet, batches
 
 Document = dict[str, Any]
 META = "bench_meta"
 BATCH = 1000
 DUPLICATE_KEY = 11000
-# The API reads an order's payments by orderId; when the store module does not
-# index that yet, the set gets the index a production deployment needs, so a
-# bench never measures a collection scan that no deployment would run.
-PAYMENTS_BY_ORDER = IndexModel(
-    [("orderId", ASCENDING), ("createdAt", ASCENDING)], name="order_created"
-)
 
 
 async def _insert_new(collection: AsyncCollection[Document], documents: list[Document]) -> None:
@@ -59,7 +53,7 @@ def database_for(count: int) -> str:
     return f"branchpay_bench_{count}"
 
 
-async def ensure_loaded(uri: str, count: int, console: Console) -> LoadedSet:
+async def ensure_loaded(uri: str, count: int, console: Console, vault: PiiVault) -> LoadedSet:
     """The set of ``count`` orders, loaded now with a progress bar unless it is complete."""
     if not 0 < count <= MAX_ORDERS:
         raise ValueError(f"--orders must be between 1 and {MAX_ORDERS}")
@@ -68,17 +62,19 @@ async def ensure_loaded(uri: str, count: int, console: Console) -> LoadedSet:
     try:
         meta_collection = store.collection(META)
         meta = await meta_collection.find_one({"_id": "orders"})
+        if meta is not None and meta.get("format") != FORMAT:
+            console.print(f"{name} holds an older synthetic format: loading it again")
+            await store.client.drop_database(name)
+            meta = None
         if meta is not None and meta["loaded"] >= count:
             return LoadedSet(name, count, meta["base"], reused=True)
         await store.ensure_indexes()
-        if "payments" not in INDEXES:
-            await store.collection("payments").create_indexes([PAYMENTS_BY_ORDER])
-        await seed(store, branches=BRANCHES, orders=0, ttl=timedelta(minutes=30))
+        await seed(store, branches=BRANCHES, orders=0, ttl=timedelta(minutes=30), vault=vault)
         if meta is None:
             base = datetime.now(UTC).replace(microsecond=0)
-            meta = {"_id": "orders", "count": count, "loaded": 0, "base": base}
+            meta = {"_id": "orders", "format": FORMAT, "count": count, "loaded": 0, "base": base}
             await meta_collection.insert_one(meta)
-        orders = OrderSet(meta["base"])
+        orders = OrderSet(meta["base"], vault)
         start = meta["loaded"]
         with Progress(
             TextColumn(f"loading {name}"),

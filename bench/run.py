@@ -7,7 +7,8 @@
    (b) over GraphQL, over the plain endpoint and as a bare driver loop; then
    (c) and (d) over GraphQL against a scratch database; then (a) under
    ``--workers N`` for the scaling ratio.
-3. (a) over GraphQL on every larger set, for the scale ratio.
+3. (a) over GraphQL on every set with ``--scale-concurrency`` requests in
+   flight, for the scale ratio.
 4. The pluggy hook overhead (pytest-benchmark); with ``--soak`` the API's RSS
    over a long run of (a); with ``--profile`` pyinstrument reports of (a);
    with ``--wrk`` wrk's own figures for (a).
@@ -34,9 +35,12 @@ from pymongo import MongoClient
 from rich.console import Console
 
 from api import devdb
+from api.cli import prepare_demo
+from api.security.keys import new_key
+from api.security.pii import PiiVault
+from api.security.principal import Role
 from api.seed import seed
 from api.settings import Settings
-from api.simulators import ensure_demo_keys
 from api.store import Store
 from bench import crosscheck
 from bench.loader import LoadedSet, ensure_loaded
@@ -44,7 +48,13 @@ from bench.loadgen import Measurement, measure
 from bench.procstat import rss_bytes
 from bench.report import Ratio, Run, print_run, write_run
 from bench.scenarios import Scenario, Spec, Target
-from bench.server import ApiProcess, running_api, running_gateway, write_plugins_toml
+from bench.server import (
+    ApiConfig,
+    ApiProcess,
+    running_api,
+    running_gateway,
+    write_plugins_toml,
+)
 from bench.synthetic import BRANCHES
 
 SCALES = (10_000, 100_000, 1_000_000)
@@ -52,6 +62,7 @@ RESULTS = Path("bench/results")
 BENCH_DATA = Path(".data/bench")
 HOOK_TESTS = "tests/test_bench_hooks.py"
 WRITES_DATABASE = "branchpay_bench_writes"
+BENCH_KEY_NAME = "make-bench"
 SOAK_SAMPLE_SECONDS = 10.0
 
 console = Console()
@@ -67,6 +78,12 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
     top.add_argument("--concurrency", type=int, default=32, help="requests kept in flight")
     top.add_argument("--workers", type=int, default=2, help="uvicorn workers for the scaling run")
+    top.add_argument(
+        "--scale-concurrency",
+        type=int,
+        default=4,
+        help="requests in flight for (a) on each set size (the scale ratio)",
+    )
     top.add_argument(
         "--soak", type=float, default=0.0, help="seconds of (a) while sampling RSS (e.g. 600)"
     )
@@ -108,7 +125,8 @@ def store_uri(configured: str | None) -> Iterator[tuple[str, str]]:
 
 def describe_store(uri: str) -> str:
     """What answers at ``uri``, from its buildInfo, for the report."""
-    with MongoClient(uri, serverSelectionTimeoutMS=10_000) as client:
+    client: MongoClient[dict[str, Any]] = MongoClient(uri, serverSelectionTimeoutMS=10_000)
+    with client:
         info = client.admin.command("buildInfo")
     if "secantusVersion" in info:
         return f"SecantusDB {info['secantusVersion']} at --mongodb-uri"
@@ -129,13 +147,27 @@ def _ratio(name: str, top: float, bottom: float, target: float | None = None) ->
     return Ratio(name, top / bottom if bottom else math.nan, target)
 
 
-async def _fresh_writes_database(uri: str) -> None:
+async def bench_key(uri: str, databases: list[str]) -> str:
+    """A fresh partner key for the six branches, stored in every database the run uses."""
+    record, key = new_key(BENCH_KEY_NAME, Role.PARTNER, BRANCHES, by="make bench")
+    store = Store.connect(uri, databases[0])
+    try:
+        for database in databases:
+            keys = store.client[database]["api_keys"]
+            await keys.delete_many({"name": BENCH_KEY_NAME})
+            await keys.insert_one(dict(record))
+    finally:
+        await store.close()
+    return key
+
+
+async def _fresh_writes_database(uri: str, vault: PiiVault) -> None:
     """An empty scratch database with the API's indexes and the demo catalogs."""
     await _drop_writes_database(uri)
     store = Store.connect(uri, WRITES_DATABASE)
     try:
         await store.ensure_indexes()
-        await seed(store, branches=BRANCHES, orders=0, ttl=timedelta(minutes=30))
+        await seed(store, branches=BRANCHES, orders=0, ttl=timedelta(minutes=30), vault=vault)
     finally:
         await store.close()
 
@@ -166,7 +198,7 @@ def main_set(
     loaded: LoadedSet,
     spec: Spec,
     workers: int,
-    plugins: Path,
+    config: ApiConfig,
     *,
     wrk: bool = False,
 ) -> dict[str, Any]:
@@ -175,7 +207,7 @@ def main_set(
     base = replace(spec, mongodb_uri=uri, database=loaded.database)
     found: dict[str, Measurement] = {}
     with running_api(
-        uri, loaded.database, workers=1, log_path=logs / "api.log", plugins_toml=plugins
+        uri, loaded.database, workers=1, log_path=logs / "api.log", config=config
     ) as api:
         on_api = replace(base, base_url=api.url)
         for scenario in (Scenario.ORDERS, Scenario.ORDER):
@@ -191,35 +223,31 @@ def main_set(
             found[f"{scenario}/driver"] = _measure(
                 run, "driver", replace(base, scenario=scenario, target=Target.DRIVER), None
             )
-    # Writes go to a scratch database dropped afterwards, so the read sets stay as
+    # Writes go to a scratch database dropped after the run, so the read sets stay as
     # loaded; deleting the written orders from a large set took SecantusDB minutes.
-    asyncio.run(_fresh_writes_database(uri))
     writes = replace(base, database=WRITES_DATABASE)
-    try:
-        with running_api(
-            uri, WRITES_DATABASE, workers=1, log_path=logs / "api-writes.log", plugins_toml=plugins
-        ) as api:
-            on_api = replace(writes, base_url=api.url)
-            found["c/graphql"] = _measure(
-                run, "graphql", replace(on_api, scenario=Scenario.CREATE), api
+    with running_api(
+        uri, WRITES_DATABASE, workers=1, log_path=logs / "api-writes.log", config=config
+    ) as api:
+        on_api = replace(writes, base_url=api.url)
+        found["c/graphql"] = _measure(
+            run, "graphql", replace(on_api, scenario=Scenario.CREATE), api
+        )
+        if _has_start_payment():
+            found["d/graphql"] = _measure(
+                run, "graphql+ws", replace(on_api, scenario=Scenario.PAY), api
             )
-            if _has_start_payment():
-                found["d/graphql"] = _measure(
-                    run, "graphql+ws", replace(on_api, scenario=Scenario.PAY), api
-                )
-            else:
-                run.not_measured.append(
-                    "(d) startPayment + sandbox notification: startPayment is not in the schema"
-                )
-    finally:
-        asyncio.run(_drop_writes_database(uri))
+        else:
+            run.not_measured.append(
+                "(d) startPayment + sandbox notification: startPayment is not in the schema"
+            )
     if workers > 1:
         with running_api(
             uri,
             loaded.database,
             workers=workers,
             log_path=logs / "api-workers.log",
-            plugins_toml=plugins,
+            config=config,
         ) as api:
             found["a/workers"] = _measure(
                 run,
@@ -230,8 +258,8 @@ def main_set(
     return found
 
 
-def other_sets(
-    run: Run, uri: str, sets: list[LoadedSet], spec: Spec, plugins: Path
+def each_set(
+    run: Run, uri: str, sets: list[LoadedSet], spec: Spec, config: ApiConfig
 ) -> dict[int, Measurement]:
     found: dict[int, Measurement] = {}
     for loaded in sets:
@@ -240,11 +268,11 @@ def other_sets(
             loaded.database,
             workers=1,
             log_path=BENCH_DATA / "logs" / "api-scale.log",
-            plugins_toml=plugins,
+            config=config,
         ) as api:
             found[loaded.count] = _measure(
                 run,
-                "graphql",
+                f"graphql, {spec.concurrency} in flight",
                 replace(
                     spec,
                     base_url=api.url,
@@ -259,7 +287,9 @@ def other_sets(
     return found
 
 
-def soak(uri: str, loaded: LoadedSet, spec: Spec, seconds: float, plugins: Path) -> dict[str, Any]:
+def soak(
+    uri: str, loaded: LoadedSet, spec: Spec, seconds: float, config: ApiConfig
+) -> dict[str, Any]:
     """(a) for ``seconds`` after a warm-up, sampling the API's RSS as it runs."""
     samples: list[tuple[float, int]] = []
     with running_api(
@@ -267,7 +297,7 @@ def soak(uri: str, loaded: LoadedSet, spec: Spec, seconds: float, plugins: Path)
         loaded.database,
         workers=1,
         log_path=BENCH_DATA / "logs" / "soak.log",
-        plugins_toml=plugins,
+        config=config,
     ) as api:
         done = threading.Event()
 
@@ -311,7 +341,7 @@ def soak(uri: str, loaded: LoadedSet, spec: Spec, seconds: float, plugins: Path)
 
 
 def profile(
-    uri: str, loaded: LoadedSet, spec: Spec, started: datetime, plugins: Path
+    uri: str, loaded: LoadedSet, spec: Spec, started: datetime, config: ApiConfig
 ) -> list[Path]:
     """Text profiles of the API serving (a) over GraphQL and over the plain endpoint."""
     reports = []
@@ -323,7 +353,7 @@ def profile(
             loaded.database,
             workers=1,
             log_path=BENCH_DATA / "logs" / "profile.log",
-            plugins_toml=plugins,
+            config=config,
             profile_to=report.resolve(),
         ) as api:
             measure(
@@ -366,20 +396,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.orders < 1 or args.concurrency < 1 or args.duration <= 0:
         raise SystemExit("--orders, --concurrency and --duration must be positive")
     started = datetime.now(UTC)
-    ensure_demo_keys(Settings().data_dir / "secrets")
+    # The bench's own secrets (sandbox, PII key) under .data/bench/secrets.
+    settings = Settings(data_dir=BENCH_DATA)
+    prepare_demo(settings)
+    vault = PiiVault(settings.pii_master_key())
     with (
         store_uri(args.mongodb_uri) as (uri, store_name),
         running_gateway(BENCH_DATA, BENCH_DATA / "logs" / "sandbox.log") as gateway,
+        contextlib.ExitStack() as stack,
     ):
-        plugins = write_plugins_toml(BENCH_DATA, gateway)
         run = Run(started=started, store=store_name, arguments=vars(args))
         sets = [
-            asyncio.run(ensure_loaded(uri, count, console)) for count in scales_for(args.orders)
+            asyncio.run(ensure_loaded(uri, count, console, vault))
+            for count in scales_for(args.orders)
         ]
         largest = sets[-1]
         for loaded in sets:
             how = "reused" if loaded.reused else "loaded now"
             _log(f"{loaded.database}: {loaded.count:,} orders ({how})")
+        asyncio.run(_fresh_writes_database(uri, vault))
+        stack.callback(lambda: asyncio.run(_drop_writes_database(uri)))
+        key = asyncio.run(bench_key(uri, [loaded.database for loaded in sets] + [WRITES_DATABASE]))
+        config = ApiConfig(
+            write_plugins_toml(BENCH_DATA, gateway),
+            {
+                **(
+                    {"BRANCHPAY_PII_KEY_FILE": str(settings.pii_key_file)}
+                    if settings.pii_key_file
+                    else {}
+                ),
+                # The bench measures the API, not its per-key rate limit.
+                "BRANCHPAY_RATE_LIMIT_PER_SECOND": "1000000",
+                "BRANCHPAY_RATE_LIMIT_BURST": "1000000",
+            },
+        )
         spec = Spec(
             scenario=Scenario.ORDERS,
             target=Target.GRAPHQL,
@@ -390,7 +440,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             base=largest.base,
             mongodb_uri=uri,
             database=largest.database,
-            headers=_headers(args.header),
+            # A partner's key for all six branches; --header may replace it.
+            headers=(("authorization", f"Bearer {key}"), *_headers(args.header)),
         )
         if args.wrk and not crosscheck.available():
             run.not_measured.append("wrk cross-check: wrk is not on PATH (apt-get install wrk)")
@@ -399,13 +450,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         # API's own cost shows most; (a) again on each larger set for the scale ratio.
         smallest = sets[0]
         main = replace(spec, orders=smallest.count, base=smallest.base, database=smallest.database)
-        figures = main_set(run, uri, smallest, main, args.workers, plugins, wrk=wrk)
-        by_scale = other_sets(run, uri, sets[1:], spec, plugins)
-        by_scale[smallest.count] = figures["a/graphql"]
-        soaked = soak(uri, smallest, main, args.soak, plugins) if args.soak > 0 else None
+        figures = main_set(run, uri, smallest, main, args.workers, config, wrk=wrk)
+        # The scale ratio compares latency, not queueing: a few requests in flight,
+        # the same on every set, so a slow store on the large set is not drowned
+        # by a queue in front of it.
+        by_scale = each_set(
+            run, uri, sets, replace(spec, concurrency=args.scale_concurrency), config
+        )
+        soaked = soak(uri, smallest, main, args.soak, config) if args.soak > 0 else None
         if args.profile:
             RESULTS.mkdir(parents=True, exist_ok=True)
-            run.extra["profiles"] = [str(p) for p in profile(uri, smallest, main, started, plugins)]
+            run.extra["profiles"] = [str(p) for p in profile(uri, smallest, main, started, config)]
     for scenario in ("a", "b"):
         graphql, plain = figures[f"{scenario}/graphql"], figures[f"{scenario}/plain"]
         driver = figures[f"{scenario}/driver"]
@@ -428,7 +483,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if smallest.count != largest.count:
         run.ratios.append(
             _ratio(
-                f"(a) p50 at {largest.count:,} / at {smallest.count:,} orders",
+                f"(a) p50 at {largest.count:,} / at {smallest.count:,} orders"
+                f" ({args.scale_concurrency} in flight)",
                 by_scale[largest.count].outcome.p50,
                 by_scale[smallest.count].outcome.p50,
                 1.5 if (smallest.count, largest.count) == (10_000, 1_000_000) else None,

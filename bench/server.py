@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +25,14 @@ from api.devdb import free_port, port_in_use
 from providers.sandbox.demo import demo_secret_file
 
 READY_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class ApiConfig:
+    """What every API process of a run shares: its plugins.toml and environment."""
+
+    plugins_toml: Path
+    environment: Mapping[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +49,7 @@ def running_api(
     *,
     workers: int,
     log_path: Path,
-    plugins_toml: Path,
+    config: ApiConfig,
     profile_to: Path | None = None,
 ) -> Iterator[ApiProcess]:
     """Start ``uvicorn api.bench:app_factory`` and yield once /readyz answers 200.
@@ -55,7 +63,8 @@ def running_api(
         "BRANCHPAY_DATABASE": database,
         "BRANCHPAY_BENCH_MODE": "true",
         "BRANCHPAY_GRAPHIQL": "false",
-        "BRANCHPAY_PLUGINS_TOML": str(plugins_toml),
+        **config.environment,
+        "BRANCHPAY_PLUGINS_TOML": str(config.plugins_toml),
         # The simulator notifies the API at the address it was started on.
         "BRANCHPAY_PUBLIC_URL": f"http://127.0.0.1:{port}",
     }

@@ -2,8 +2,10 @@
 
 Every order is a function of its index and the set's ``base`` time, so the
 load generator can name a random existing order (``order_id(base, i)``)
-without reading the store. Orders are spread over the 30 days before
-``base``; about half were paid and have one payment attempt.
+without reading the store. Customers are stored as the order service stores
+them (masked, encrypted and fingerprinted with the bench's PII key). Orders
+are spread over the 30 days before ``base``; about half were paid and have
+one payment attempt.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from bson import ObjectId
 
 from api.domain.order import OrderStatus, RequestedItem, price_order
+from api.security.pii import PiiVault, protect_customer
 from api.seed import DEMO_BRANCHES, demo_catalog
 
 Document = dict[str, Any]
@@ -25,6 +28,8 @@ BRANCHES: tuple[str, ...] = tuple(DEMO_BRANCHES)
 SPAN_MS = 30 * 24 * 3600 * 1000
 # Indices go into the last three bytes of an ObjectId.
 MAX_ORDERS = 2**24 - 1
+# Bumped whenever the stored shape changes: a set of another format is reloaded.
+FORMAT = 2
 ORDER_TAG = b"bench"
 PAYMENT_TAG = b"bpay"
 # Odd multiplier: spreads consecutive indices over the whole span without collisions
@@ -89,8 +94,9 @@ def _item_pool(branch: str, rng: random.Random, size: int = 64) -> list[Document
 class OrderSet:
     """Generates the orders (and their payments) of one synthetic set."""
 
-    def __init__(self, base: datetime, seed: str = "bench") -> None:
+    def __init__(self, base: datetime, vault: PiiVault, seed: str = "bench") -> None:
         self.base = base
+        self.vault = vault
         rng = random.Random(seed)
         self.pools = {branch: _item_pool(branch, rng) for branch in BRANCHES}
         self.statuses = [status for status, _ in STATUS_WEIGHTS]
@@ -124,10 +130,12 @@ class OrderSet:
             "totalFen": priced["totalFen"],
             "currency": "CNY",
             "items": priced["items"],
-            "customer": {
-                "name": f"{rng.choice(SURNAMES)} {chr(65 + index % 26)}.",
-                "phone": f"13{rng.randrange(10**9):09d}",
-            },
+            "customer": protect_customer(
+                self.vault,
+                f"{rng.choice(SURNAMES)} {chr(65 + index % 26)}.",
+                f"13{rng.randrange(10**9):09d}",
+                None,
+            ),
             "idempotencyKey": key,
             "requestHash": f"{index:064x}",
             "createdAt": created,
