@@ -101,7 +101,10 @@ def resigned(params: dict[str, str], key: Any = None) -> str:
 
 
 def post(service: RunningService, body: str | bytes, branch: str = "zj") -> httpx.Response:
-    return notify_support.post_notification(service, "alipay", body, branch=branch)
+    response: httpx.Response = notify_support.post_notification(
+        service, "alipay", body, branch=branch
+    )
+    return response
 
 
 def test_bad_notifications_are_refused_and_change_nothing_then_the_genuine_one_pays(

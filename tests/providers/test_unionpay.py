@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from functools import cache
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import httpx
@@ -36,6 +37,7 @@ from conftest_unionpay import (
     settings,
     simulator_app,
 )
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from pydantic import ValidationError
 
@@ -132,10 +134,13 @@ async def paid(
     return request.out_trade_no, notification
 
 
-async def sim_state(http: httpx.AsyncClient, simulator: LoopbackServer, order_id: str) -> dict:
+async def sim_state(
+    http: httpx.AsyncClient, simulator: LoopbackServer, order_id: str
+) -> dict[str, Any]:
     response = await http.get(f"{simulator.url}/control/transactions/{order_id}")
     response.raise_for_status()
-    return response.json()
+    state: dict[str, Any] = response.json()
+    return state
 
 
 async def fault(
@@ -185,7 +190,7 @@ def test_signature_agrees_with_openssl(tmp_path: Path) -> None:
     public_pem = tmp_path / "pub.pem"
     public_pem.write_bytes(
         c.merchant_cert.public_key().public_bytes(
-            pki.serialization.Encoding.PEM, pki.serialization.PublicFormat.SubjectPublicKeyInfo
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
     )
     sig = tmp_path / "sig.bin"

@@ -102,7 +102,10 @@ def settled(gateway_url: str, qr_code: str, out_trade_no: str) -> dict[str, str]
 
 
 def post(service: RunningService, body: str | bytes, branch: str = "zj") -> httpx.Response:
-    return notify_support.post_notification(service, "unionpay", body, branch=branch)
+    response: httpx.Response = notify_support.post_notification(
+        service, "unionpay", body, branch=branch
+    )
+    return response
 
 
 def test_bad_notifications_are_refused_and_change_nothing_then_the_genuine_one_pays(

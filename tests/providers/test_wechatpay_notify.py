@@ -28,6 +28,7 @@ from notify_support import order_state, post_notification, started_attempt
 
 from providers.kit.loopback import LoopbackServer
 from providers.wechatpay import signing
+from providers.wechatpay.provider import MAX_NOTIFICATION_BYTES
 from providers.wechatpay.simulator import create_app
 from tests.conftest import RunningService
 
@@ -120,19 +121,20 @@ def paid_at_simulator(
     return callback["headers"], callback["body"].encode()
 
 
-def signed(body: bytes, key: RSAPrivateKey | None = None, **changes: str) -> dict[str, str]:
+def signed(
+    body: bytes, key: RSAPrivateKey | None = None, *, serial: str = PLATFORM_KEY_ID
+) -> dict[str, str]:
     """Wechatpay-* headers for ``body``, signed now with the platform key unless ``key``."""
     timestamp = str(int(time.time()))
     nonce = signing.new_nonce()
     message = signing.response_message(timestamp, nonce, body)
-    headers = {
+    return {
         "Wechatpay-Timestamp": timestamp,
         "Wechatpay-Nonce": nonce,
-        "Wechatpay-Serial": PLATFORM_KEY_ID,
+        "Wechatpay-Serial": serial,
         "Wechatpay-Signature": signing.sign(key or session_keys().platform, message),
         "Wechatpay-Signature-Type": signing.SCHEMA,
     }
-    return headers | changes
 
 
 def transaction_of(body: bytes) -> dict[str, Any]:
@@ -171,14 +173,10 @@ def reencrypted(
 def post(
     service: RunningService, body: bytes, headers: dict[str, str], branch: str = "zj"
 ) -> httpx.Response:
-    return post_notification(
-        service,
-        "wechatpay",
-        body,
-        branch=branch,
-        content_type="application/json",
-        headers=headers,
+    response: httpx.Response = post_notification(
+        service, "wechatpay", body, branch=branch, content_type="application/json", headers=headers
     )
+    return response
 
 
 def padded(body: bytes, size: int) -> bytes:
@@ -195,8 +193,6 @@ def padded(body: bytes, size: int) -> bytes:
 def test_bad_callbacks_are_refused_and_change_nothing_then_the_genuine_one_pays(
     branchpay: RunningService, gateway_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from providers.wechatpay.provider import MAX_NOTIFICATION_BYTES
-
     order_id, out_trade_no, action = started_attempt(branchpay, "wechatpay")
     genuine_headers, genuine = paid_at_simulator(gateway_url, action["qrCode"], out_trade_no)
     transaction = transaction_of(genuine)
@@ -231,7 +227,7 @@ def test_bad_callbacks_are_refused_and_change_nothing_then_the_genuine_one_pays(
         (
             "another key id",
             genuine,
-            signed(genuine, **{"Wechatpay-Serial": "PUB_KEY_ID_0000000000000000000000000000"}),
+            signed(genuine, serial="PUB_KEY_ID_0000000000000000000000000000"),
             "zj",
             "not the configured platform public key id",
         ),
