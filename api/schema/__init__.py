@@ -7,6 +7,7 @@ from typing import Any
 import strawberry
 from graphql import GraphQLError
 from strawberry.extensions import (
+    AddValidationRules,
     DisableIntrospection,
     MaxAliasesLimiter,
     MaxTokensLimiter,
@@ -38,12 +39,19 @@ class BranchpaySchema(strawberry.Schema):
 def build_schema(settings: Settings | None = None, **options: Any) -> strawberry.Schema:
     """The schema with the request limits of ``settings`` (defaults when None)."""
     settings = settings or Settings()
+    # The limiters' rules are built once. Each QueryDepthLimiter or
+    # MaxAliasesLimiter makes a new rule class, and ValidationCache keys on the
+    # rule classes: built per request, every validation missed the cache
+    # (docs/performance.md).
+    limits = [
+        *QueryDepthLimiter(max_depth=settings.max_query_depth).validation_rules,
+        *MaxAliasesLimiter(max_alias_count=settings.max_aliases).validation_rules,
+    ]
     extensions: list[type[SchemaExtension] | Any] = [
         ErrorShaping,
         lambda: MaxTokensLimiter(max_token_count=settings.max_tokens),
         lambda: ParserCache(maxsize=256),
-        lambda: QueryDepthLimiter(max_depth=settings.max_query_depth),
-        lambda: MaxAliasesLimiter(max_alias_count=settings.max_aliases),
+        lambda: AddValidationRules(limits),
         lambda: ValidationCache(maxsize=256),
     ]
     if not settings.introspection:
