@@ -24,13 +24,27 @@ Errors a provider raises:
 from __future__ import annotations
 
 import enum
+import secrets
+import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import httpx
 from pydantic import BaseModel
+
+REFERENCE_ALPHABET = string.digits + string.ascii_letters
+
+
+def new_reference(now: datetime | None = None) -> str:
+    """A new out_trade_no / out_refund_no: the UTC creation time, then 71 random bits.
+
+    24 characters [0-9A-Za-z]: ``YYMMDDHHMMSS`` then 12 random characters; valid
+    for Alipay (<= 64), WeChat Pay (6..32) and UnionPay (8..40 alphanumeric).
+    """
+    moment = now or datetime.now(UTC)
+    return f"{moment:%y%m%d%H%M%S}" + "".join(secrets.choice(REFERENCE_ALPHABET) for _ in range(12))
 
 
 class PaymentMethod(enum.StrEnum):

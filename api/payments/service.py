@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import secrets
-import string
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -58,6 +56,7 @@ from api.payments.provider import (
     QueryResult,
     RefundRequest,
     RefundState,
+    new_reference,
 )
 from api.plugins.manager import notify
 from api.plugins.registry import ProviderRegistry
@@ -68,22 +67,12 @@ from api.store.payments import attempt_fields, attempt_of
 Document = dict[str, Any]
 log = logging.getLogger("branchpay.payments")
 
-_ALPHABET = string.digits + string.ascii_letters
 # A version-guarded write retries when another writer changed the payment first;
 # more losses in a row than this means something is wrong, not busy.
 MAX_WRITE_RACES = 64
 MAX_RETURN_URL = 1024
 MAX_REASON = 200
 AUTO_REFUND_SUFFIX = "AR"
-
-
-def new_reference(now: datetime) -> str:
-    """A 24-character [0-9A-Za-z] number: UTC time to the second, then 71 random bits.
-
-    Valid as out_trade_no / out_refund_no for Alipay (<= 64), WeChat Pay (6..32)
-    and UnionPay (8..40 alphanumeric); the time prefix keeps them roughly sortable.
-    """
-    return f"{now:%y%m%d%H%M%S}" + "".join(secrets.choice(_ALPHABET) for _ in range(12))
 
 
 def auto_refund_no(out_trade_no: str) -> str:

@@ -19,7 +19,6 @@ clause it checks in its assertion message.
 from __future__ import annotations
 
 import re
-import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -42,6 +41,7 @@ from api.payments.provider import (
     RefundRequest,
     RefundResult,
     RefundState,
+    new_reference,
 )
 from providers.kit.driver import GatewayDriver
 
@@ -67,12 +67,12 @@ _FIELD_OF_KIND = {
 
 
 def new_out_trade_no() -> str:
-    """A fresh attempt number within the contract's 8..32 characters [0-9A-Za-z]."""
-    return "ck" + uuid.uuid4().hex[:22]
+    """A fresh attempt number made the way branchpay makes them (see PaymentRequest)."""
+    return new_reference()
 
 
 def new_out_refund_no() -> str:
-    return "rf" + uuid.uuid4().hex[:22]
+    return new_reference()
 
 
 def secret_values(settings: BaseModel) -> dict[str, str]:

@@ -13,15 +13,12 @@ makes them.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
 
 import httpx
 import pytest
 from conftest_unionpay import BRANCH, other_chain, settings, simulator_app
 
 from api.payments.provider import ActionKind, PaymentAction, PaymentRequest
-from api.payments.service import new_reference
-from providers.kit import conformance
 from providers.kit.conformance import ProviderConformance
 from providers.kit.loopback import LoopbackServer
 from providers.unionpay import UnionpayProvider
@@ -38,12 +35,6 @@ class PayerFacingProvider(UnionpayProvider):
         if action.kind is ActionKind.FORM_POST and action.form_html:
             self.driver.remember(request.out_trade_no, action.form_html)
         return action
-
-
-@pytest.fixture(autouse=True)
-def contract_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(conformance, "new_out_trade_no", lambda: new_reference(datetime.now(UTC)))
-    monkeypatch.setattr(conformance, "new_out_refund_no", lambda: new_reference(datetime.now(UTC)))
 
 
 @pytest.fixture(scope="module")
