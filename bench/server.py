@@ -96,6 +96,10 @@ def running_api(
         "--workers",
         str(workers),
         "--no-access-log",
+        # Longer than uvicorn's 5 s: a pooled connection the generator left idle
+        # while the store was slow must not be closed just as it is reused.
+        "--timeout-keep-alive",
+        "75",
         "--log-level",
         "warning",
     ]
