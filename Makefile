@@ -31,6 +31,7 @@ bench: install
 
 lint: install
 	$(BIN)/ruff check api providers tests
+	$(BIN)/mypy api providers
 
 schema: install
 	$(BIN)/branchpay schema export --output schema.graphql

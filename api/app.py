@@ -11,9 +11,11 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import httpx
+import pluggy
 import strawberry
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -119,7 +121,8 @@ class GraphQLApp(GraphQL[Context, None]):
         if principal is None:
             raise ConnectionRejectionError({"code": "UNAUTHENTICATED"})
         context.principal = principal
-        return UNSET
+        acknowledged: UnsetType = UNSET
+        return acknowledged
 
     async def process_result(
         self, request: Request, result: ExecutionResult
@@ -156,6 +159,10 @@ async def _every(interval: float, job: Callable[[], Awaitable[Any]], name: str) 
         except Exception:
             log.exception("background job %s failed; retrying in %.0f s", name, interval)
         await asyncio.sleep(interval)
+
+
+def _emit(plugins: pluggy.PluginManager, hook: str, order: Mapping[str, Any]) -> None:
+    notify(plugins, hook, order=order)
 
 
 def _reply(reply: NotificationReply) -> Response:
@@ -197,7 +204,7 @@ def create_app(
                 vault=vault,
                 branch_exists=lambda code: registry.branch(code) is not None,
                 ttl=timedelta(seconds=settings.order_ttl_seconds),
-                on_event=lambda hook, order: notify(plugins, hook, order=order),
+                on_event=partial(_emit, plugins),
                 close_attempts=payments.close_open_attempts,
             )
             views: dict[str, Any] = {"generation": None, "views": {}}

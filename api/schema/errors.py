@@ -70,6 +70,7 @@ def bad_input(message: str) -> ApiError:
 def shape(error: GraphQLError) -> GraphQLError:
     """The error as the client sees it: a safe message and ``extensions.code``."""
     original = error.original_error
+    extra: dict[str, str]
     if isinstance(original, ApiError):
         message, code, extra = original.message, original.code, {}
     elif original is None or isinstance(original, GraphQLError):

@@ -244,7 +244,7 @@ class Payment(Node):
             provider_trade_no=doc.get("providerTradeNo"),
             refunds=[Refund.from_doc(r, currency) for r in doc.get("refunds", [])],
             created_at=doc["createdAt"],
-            updated_at=doc.get("updatedAt", doc["createdAt"]),
+            updated_at=doc["updatedAt"] if "updatedAt" in doc else doc["createdAt"],
             flagged=doc["flagged"]["reason"] if doc.get("flagged") else None,
         )
 
