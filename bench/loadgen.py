@@ -234,16 +234,19 @@ def idle_cpu_rate(api_pid: int, seconds: float = IDLE_SAMPLE_SECONDS) -> float:
 
     The expiry job, the config watcher and the driver's monitors cost a little
     every second; at a few requests per second that would swamp the figure per
-    request, so it is subtracted over the measured window.
+    request, so it is subtracted over the measured window. Sample it before
+    any load: a process still draining requests would look busy.
     """
     started, cpu_from = time.perf_counter(), cpu_seconds(api_pid)
     time.sleep(seconds)
     return (cpu_seconds(api_pid) - cpu_from) / (time.perf_counter() - started)
 
 
-def measure(spec: Spec, api_pid: int | None) -> Measurement:
-    """Run ``spec`` in a new process; ``api_pid`` is the API's (None for the driver target)."""
-    idle_rate = idle_cpu_rate(api_pid) if api_pid else 0.0
+def measure(spec: Spec, api_pid: int | None, idle_rate: float = 0.0) -> Measurement:
+    """Run ``spec`` in a new process; ``api_pid`` is the API's (None for the driver target).
+
+    ``idle_rate`` is the API's background CPU rate, taken off its CPU in the window.
+    """
     context = multiprocessing.get_context("spawn")
     pipe, child_end = context.Pipe(duplex=False)
     generator = context.Process(

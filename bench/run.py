@@ -187,7 +187,9 @@ def _log(message: str) -> None:
 
 def _measure(run: Run, label: str, spec: Spec, api: ApiProcess | None) -> Measurement:
     _log(f"{spec.scenario.value}/{label} on {spec.orders:,} orders for {spec.duration:.0f} s")
-    measured = run.add(label, measure(spec, api.pid if api else None))
+    measured = run.add(
+        label, measure(spec, api.pid, api.idle_cpu_rate) if api else measure(spec, None)
+    )
     if measured.outcome.errors:
         console.print(f"[red]failed requests: {measured.outcome.failures}[/red]")
     return measured
@@ -324,6 +326,7 @@ def soak(
                     duration=seconds,
                 ),
                 api.pid,
+                api.idle_cpu_rate,
             )
         finally:
             done.set()
@@ -362,7 +365,9 @@ def profile(
             profile_to=report.resolve(),
         ) as api:
             measure(
-                replace(spec, base_url=api.url, scenario=Scenario.ORDERS, target=target), api.pid
+                replace(spec, base_url=api.url, scenario=Scenario.ORDERS, target=target),
+                api.pid,
+                api.idle_cpu_rate,
             )
         reports.append(report)
     return reports

@@ -22,6 +22,7 @@ import httpx
 import tomlkit
 
 from api.devdb import free_port, port_in_use
+from bench.loadgen import idle_cpu_rate
 from providers.sandbox.demo import demo_secret_file
 
 READY_TIMEOUT = 60.0
@@ -40,6 +41,9 @@ class ApiProcess:
     pid: int
     url: str
     workers: int
+    # CPU seconds per second it spends with no request at all (background jobs),
+    # measured once when it is ready, before any load.
+    idle_cpu_rate: float
 
 
 @contextlib.contextmanager
@@ -108,10 +112,10 @@ def running_api(
         process = subprocess.Popen(
             command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
         )
-    api = ApiProcess(process.pid, f"http://127.0.0.1:{port}", workers)
+    url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(process, api.url, log_path)
-        yield api
+        _wait_ready(process, url, log_path)
+        yield ApiProcess(process.pid, url, workers, idle_cpu_rate(process.pid))
     finally:
         # uvicorn re-raises the signal it stopped on; pyinstrument writes its
         # report on KeyboardInterrupt but is killed outright by SIGTERM.
