@@ -95,3 +95,20 @@ async def test_revocation_takes_effect_at_once(
     assert await ring.authenticate(key) is None
     assert branchpay("keys", "revoke", "bj-admin").returncode == 1
     await client.close()
+
+
+def test_provider_changes_from_the_cli_are_audited(
+    branchpay: Run, mongo_uri: str, db_name: str
+) -> None:
+    disabled = branchpay("providers", "disable", "zj", "sandbox")
+    assert disabled.returncode == 0, disabled.stderr
+    enabled = branchpay("providers", "enable", "zj", "sandbox")
+    assert enabled.returncode == 0, enabled.stderr
+    refused = branchpay("providers", "enable", "zj", "nosuch")
+    assert refused.returncode != 0
+    entries = list(MongoClient(mongo_uri)[db_name].audit_log.find({}, sort=[("_id", 1)]))
+    assert [(e["action"], e["target"], e["branch"]) for e in entries] == [
+        ("PROVIDER_DISABLED", "sandbox", "zj"),
+        ("PROVIDER_ENABLED", "sandbox", "zj"),
+    ]
+    assert all(e["actor"] for e in entries)
