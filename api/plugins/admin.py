@@ -69,19 +69,6 @@ def providers(args: argparse.Namespace, *, pm: pluggy.PluginManager | None = Non
     return _set_enabled(args, args.action == "enable", pm)
 
 
-def providers_enable(args: argparse.Namespace, *, pm: pluggy.PluginManager | None = None) -> int:
-    """``providers enable BRANCH PROVIDER``: let new payments of the branch use the provider."""
-    return _set_enabled(args, True, pm)
-
-
-def providers_disable(args: argparse.Namespace, *, pm: pluggy.PluginManager | None = None) -> int:
-    """``providers disable BRANCH PROVIDER``: stop new payments using the provider.
-
-    Payments already started with it keep getting notifications, refunds and queries.
-    """
-    return _set_enabled(args, False, pm)
-
-
 def config_check(args: argparse.Namespace, *, pm: pluggy.PluginManager | None = None) -> int:
     """Validate plugins.toml against the installed plugins; non-zero exit when invalid."""
     out, err = _consoles()
