@@ -7,7 +7,7 @@ PORT ?= 8000
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: install run test bench lint schema
+.PHONY: install run test bench lint schema secantus-rs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,19 @@ test: install
 # e.g. BENCH_ARGS="--orders 1000000 --duration 30 --concurrency 64" (see docs/performance.md).
 bench: install
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# SecantusDB's Rust server, for BENCH_ARGS="--store-server $(SECANTUS_RS)". Built once
+# (about 10 minutes) with the toolchain it is tested with; kept while the binary exists.
+SECANTUS_RS_VERSION := 0.5.3-beta.196
+SECANTUS_RS_TOOLCHAIN := 1.99.1
+TOOLS := .data/tools
+SECANTUS_RS := $(TOOLS)/bin/secantusd-rs
+
+secantus-rs: $(SECANTUS_RS)
+
+$(SECANTUS_RS):
+	rustup toolchain install $(SECANTUS_RS_TOOLCHAIN) --profile minimal
+	cargo +$(SECANTUS_RS_TOOLCHAIN) install secantus-mdb --version $(SECANTUS_RS_VERSION) --root $(TOOLS)
 
 lint: install
 	$(BIN)/ruff check api providers tests

@@ -2,7 +2,9 @@
 
 Used by ``make run`` (data kept in ``.data/db``) and by the test suite (a
 throwaway server on a free port). Production never calls this: it points
-``BRANCHPAY_MONGODB_URI`` at a MongoDB replica set instead.
+``BRANCHPAY_MONGODB_URI`` at a MongoDB replica set instead. The server is
+SecantusDB's Python server unless the caller names another executable that
+takes the same flags (``make bench --store-server`` passes secantusd-rs).
 """
 
 from __future__ import annotations
@@ -72,12 +74,22 @@ class EmbeddedStore:
                 self.process.wait(timeout)
 
 
-def start(storage_path: Path, port: int | None = None, *, timeout: float = 30.0) -> EmbeddedStore:
+def start(
+    storage_path: Path,
+    port: int | None = None,
+    *,
+    timeout: float = 30.0,
+    server: Path | None = None,
+) -> EmbeddedStore:
     """Start the server and wait until it accepts connections.
 
-    Raises EmbeddedStoreError with a clear message when the port is taken or
-    the server exits early (its log is named in the message).
+    ``server`` is the SecantusDB executable to run (default: secantusd-py).
+    Raises EmbeddedStoreError with a clear message when the port is taken, the
+    executable is missing or the server exits early (its log is named in the
+    message).
     """
+    if server is not None and not server.is_file():
+        raise EmbeddedStoreError(f"the store server {server} does not exist")
     if port is None:
         port = free_port()
     elif port_in_use(port):
@@ -95,7 +107,7 @@ def start(storage_path: Path, port: int | None = None, *, timeout: float = 30.0)
     if not config_path.exists():
         config_path.write_text("# settings come from branchpay's command line\n")
     command = [
-        _server_executable(),
+        str(server) if server is not None else _server_executable(),
         "--config",
         str(config_path),
         "--host",
@@ -129,8 +141,14 @@ def start(storage_path: Path, port: int | None = None, *, timeout: float = 30.0)
 
 
 @contextlib.contextmanager
-def running(storage_path: Path, port: int | None = None) -> Iterator[EmbeddedStore]:
-    store = start(storage_path, port)
+def running(
+    storage_path: Path,
+    port: int | None = None,
+    *,
+    timeout: float = 30.0,
+    server: Path | None = None,
+) -> Iterator[EmbeddedStore]:
+    store = start(storage_path, port, timeout=timeout, server=server)
     try:
         yield store
     finally:

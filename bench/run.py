@@ -1,8 +1,9 @@
 """The order of a ``make bench`` run and its command line.
 
-1. Start the embedded store under ``.data/bench`` (or use ``--mongodb-uri``)
-   and the sandbox simulator, and load one synthetic set per scale, reusing
-   sets already loaded.
+1. Start the embedded store under ``.data/bench`` (SecantusDB's Python server,
+   or the executable ``--store-server`` names, in a directory of its own; or
+   use ``--mongodb-uri``) and the sandbox simulator, and load one synthetic
+   set per scale, reusing sets already loaded.
 2. On the smallest set, with the API under ``uvicorn --workers 1``: (a) and
    (b) over GraphQL, over the plain endpoint and as a bare driver loop; then
    (c) and (d) over GraphQL against a scratch database; then (a) under
@@ -90,6 +91,13 @@ def parser() -> argparse.ArgumentParser:
     )
     top.add_argument("--mongodb-uri", help="a running MongoDB instead of the embedded store")
     top.add_argument(
+        "--store-server",
+        type=Path,
+        metavar="PATH",
+        help="a SecantusDB server executable (e.g. .data/tools/bin/secantusd-rs, built by "
+        "make secantus-rs) to run as the embedded store instead of secantusd-py",
+    )
+    top.add_argument(
         "--header",
         action="append",
         default=[],
@@ -115,23 +123,42 @@ def scales_for(largest: int) -> list[int]:
 
 
 @contextlib.contextmanager
-def store_uri(configured: str | None) -> Iterator[tuple[str, str]]:
+def store_uri(configured: str | None, server: Path | None = None) -> Iterator[tuple[str, str]]:
     """(URI, description of the store) for the whole run."""
     if configured:
         yield configured, describe_store(configured)
         return
-    with devdb.running(BENCH_DATA / "db") as store:
-        yield store.uri, f"SecantusDB {version('SecantusDB')} (Python server, embedded)"
+    # Each server keeps its own files: one server's storage is not assumed to open in another.
+    storage = BENCH_DATA / ("db" if server is None else f"db-{server.name}")
+    # Opening a store that holds the 1 M set takes SecantusDB minutes on a busy machine.
+    with devdb.running(storage, timeout=900, server=server) as store:
+        if server is None:
+            yield store.uri, f"SecantusDB {version('SecantusDB')} (Python server, embedded)"
+        else:
+            yield store.uri, describe_server(store.uri, server)
+
+
+def _build_info(uri: str) -> dict[str, Any]:
+    client: MongoClient[dict[str, Any]] = MongoClient(uri, serverSelectionTimeoutMS=10_000)
+    with client:
+        return client.admin.command("buildInfo")
 
 
 def describe_store(uri: str) -> str:
     """What answers at ``uri``, from its buildInfo, for the report."""
-    client: MongoClient[dict[str, Any]] = MongoClient(uri, serverSelectionTimeoutMS=10_000)
-    with client:
-        info = client.admin.command("buildInfo")
+    info = _build_info(uri)
     if "secantusVersion" in info:
         return f"SecantusDB {info['secantusVersion']} at --mongodb-uri"
     return f"MongoDB {info.get('version', '?')} at --mongodb-uri"
+
+
+def describe_server(uri: str, server: Path) -> str:
+    """The ``--store-server`` executable by name, version and language, from its buildInfo."""
+    info = _build_info(uri)
+    compiler = info.get("buildEnvironment", {}).get("cc", "")
+    language = {"rustc": "Rust server, "}.get(compiler, "")
+    release = info.get("secantusVersion", info.get("version", "?"))
+    return f"SecantusDB {server.name} {release} ({language}embedded)"
 
 
 def _headers(raw: Sequence[str]) -> tuple[tuple[str, str], ...]:
@@ -405,13 +432,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.orders < 1 or args.concurrency < 1 or args.duration <= 0:
         raise SystemExit("--orders, --concurrency and --duration must be positive")
+    if args.mongodb_uri and args.store_server:
+        raise SystemExit("--mongodb-uri and --store-server exclude each other")
     started = datetime.now(UTC)
     # The bench's own secrets (sandbox, PII key) under .data/bench/secrets.
     settings = Settings(data_dir=BENCH_DATA)
     prepare_demo(settings)
     vault = PiiVault(settings.pii_master_key())
     with (
-        store_uri(args.mongodb_uri) as (uri, store_name),
+        store_uri(args.mongodb_uri, args.store_server) as (uri, store_name),
         running_gateway(BENCH_DATA, BENCH_DATA / "logs" / "sandbox.log") as gateway,
         contextlib.ExitStack() as stack,
     ):
