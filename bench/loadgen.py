@@ -3,10 +3,16 @@
 ``measure(spec, api_pid)`` starts a fresh process that runs ``concurrency``
 workers for ``warmup`` then ``duration`` seconds over one keep-alive
 HTTP/1.1 connection each (httpx), or straight against the store for the
-driver target. Only requests started after the warm-up are counted; their
-latencies are kept whole and sorted for exact percentiles. The process tells
-the parent when the measured window opens, so the parent reads the API's
-CPU seconds at that moment and again when the generator is done.
+driver target. Requests started in the window are counted, and so is a
+request that spans the whole window (started in the warm-up, still running
+at the close), which a store slower than the window would otherwise leave
+the window without. After the close, requests in flight get up to
+``min(duration, MAX_DRAIN_SECONDS)`` more to finish; those still running
+then are cancelled and counted with their elapsed time as a lower bound
+(see ``bench.percentiles``), so a slow store yields "> 15,012 ms", never
+nothing. Latencies are kept whole and sorted for exact percentiles. The
+process tells the parent when the measured window opens, so the parent reads
+the API's CPU seconds at that moment and again when the generator is done.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import Any
 import httpx
 from httpx_ws import HTTPXWSException as WebSocketException
 
+from bench.percentiles import Latencies, Percentile
 from bench.procstat import cpu_seconds, rss_bytes
 from bench.scenarios import (
     RoundTripFailed,
@@ -45,21 +52,25 @@ WINDOW_OPEN = "window open"
 # tens of seconds; a request is only abandoned when something is truly stuck.
 REQUEST_TIMEOUT = 300.0
 IDLE_SAMPLE_SECONDS = 2.0
+# How long requests in flight at the close may still finish; below GRACE_SECONDS.
+MAX_DRAIN_SECONDS = 60.0
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """What the generator saw in the measured window."""
 
+    # Completed in time; ``censored`` more were still running when the generator stopped.
     requests: int
+    censored: int
     errors: int
     # What went wrong, by exception name or "unexpected answer", with counts.
     failures: dict[str, int]
     seconds: float
-    p50: float
-    p90: float
-    p99: float
-    max: float
+    p50: Percentile
+    p90: Percentile
+    p99: Percentile
+    max: Percentile
     generator_cpu: float
 
 
@@ -92,13 +103,14 @@ class Measurement:
             "concurrency": self.spec.concurrency,
             "durationSeconds": self.spec.duration,
             "requests": self.outcome.requests,
+            "censored": self.outcome.censored,
             "errors": self.outcome.errors,
             "failures": self.outcome.failures,
             "throughputPerSecond": self.throughput,
-            "p50Ms": self.outcome.p50 * 1000,
-            "p90Ms": self.outcome.p90 * 1000,
-            "p99Ms": self.outcome.p99 * 1000,
-            "maxMs": self.outcome.max * 1000,
+            **_percentile_json("p50", self.outcome.p50),
+            **_percentile_json("p90", self.outcome.p90),
+            **_percentile_json("p99", self.outcome.p99),
+            **_percentile_json("max", self.outcome.max),
             "cpuMsPerRequest": self.cpu_per_request * 1000,
             "idleCpuPerSecond": self.idle_cpu_rate,
             "generatorCpuMsPerRequest": (
@@ -111,12 +123,8 @@ class Measurement:
         }
 
 
-def percentile(ordered: list[float], fraction: float) -> float:
-    """Nearest-rank percentile of an ascending list."""
-    if not ordered:
-        return math.nan
-    rank = max(1, math.ceil(fraction * len(ordered)))
-    return ordered[rank - 1]
+def _percentile_json(name: str, figure: Percentile) -> dict[str, Any]:
+    return {f"{name}Ms": figure.seconds * 1000, f"{name}LowerBound": figure.lower_bound}
 
 
 async def _drive(spec: Spec, parent: Connection) -> Outcome:
@@ -157,11 +165,14 @@ async def _drive(spec: Spec, parent: Connection) -> Outcome:
         latencies: list[float] = []
         failures: dict[str, int] = {}
         last_done = window_from
+        # When each worker's request in flight began.
+        in_flight: dict[int, float] = {}
 
         async def worker(index: int) -> None:
             nonlocal last_done
             rng = random.Random(spec.seed * 10_000 + index)
             while (began := time.perf_counter()) < window_to:
+                in_flight[index] = began
                 failure = None
                 try:
                     if not await call(rng):
@@ -178,7 +189,8 @@ async def _drive(spec: Spec, parent: Connection) -> Outcome:
                 ) as error:
                     failure = type(error).__name__
                 done = time.perf_counter()
-                if began >= window_from:
+                del in_flight[index]
+                if began >= window_from or done >= window_to:
                     latencies.append(done - began)
                     if failure is not None:
                         failures[failure] = failures.get(failure, 0) + 1
@@ -190,19 +202,33 @@ async def _drive(spec: Spec, parent: Connection) -> Outcome:
             return time.process_time()
 
         opener = asyncio.create_task(open_window())
-        await asyncio.gather(*(worker(i) for i in range(spec.concurrency)))
+        workers = [asyncio.create_task(worker(i)) for i in range(spec.concurrency)]
+        drain_until = window_to + min(spec.duration, MAX_DRAIN_SECONDS)
+        finished, running = await asyncio.wait(
+            workers,
+            timeout=max(0.0, drain_until - time.perf_counter()),
+            return_when=asyncio.FIRST_EXCEPTION,
+        )
+        stopped = time.perf_counter()
+        censored = [stopped - began for began in in_flight.values()]
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        for task in finished:
+            task.result()
         cpu_from = await opener
         generator_cpu = time.process_time() - cpu_from
-    latencies.sort()
+    measured = Latencies.of(latencies, censored)
     return Outcome(
         requests=len(latencies),
+        censored=len(censored),
         errors=sum(failures.values()),
         failures=failures,
         seconds=last_done - window_from,
-        p50=percentile(latencies, 0.50),
-        p90=percentile(latencies, 0.90),
-        p99=percentile(latencies, 0.99),
-        max=latencies[-1] if latencies else math.nan,
+        p50=measured.percentile(0.50),
+        p90=measured.percentile(0.90),
+        p99=measured.percentile(0.99),
+        max=measured.max,
         generator_cpu=generator_cpu,
     )
 

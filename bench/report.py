@@ -2,6 +2,9 @@
 
 Targets are ratios measured in the same run (GraphQL against the plain
 endpoint, 1 M orders against 10 k), so a busy machine shifts both sides.
+A percentile that rests on requests still running at the end is printed as
+a lower bound ("> 15,012"), and a ratio built from one says which way it
+bounds the truth ("≥ 44.2 x"); the JSON flags both.
 """
 
 from __future__ import annotations
@@ -19,7 +22,10 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.loadgen import Measurement
+from bench.percentiles import Bound, Percentile
 from bench.scenarios import DESCRIPTIONS
+
+BOUND_SIGNS = {Bound.EXACT: "", Bound.AT_LEAST: "≥ ", Bound.AT_MOST: "≤ ", Bound.UNKNOWN: "? "}
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,15 +36,32 @@ class Ratio:
     # True when smaller is better, so the target is an upper bound.
     at_most: bool = True
     unit: str = "x"
+    # What ``value`` says about the true ratio when a side is a lower bound.
+    bound: Bound = Bound.EXACT
 
     @property
     def met(self) -> bool | None:
+        """Whether the target is met; None when there is none or the figure cannot tell."""
         if self.target is None or math.isnan(self.value):
             return None
-        return self.value <= self.target if self.at_most else self.value >= self.target
+        within = self.value <= self.target if self.at_most else self.value >= self.target
+        if self.bound is Bound.EXACT:
+            return within
+        # A bound settles the verdict only on the side it bounds.
+        if self.bound is Bound.AT_LEAST:
+            return None if within == self.at_most else within
+        if self.bound is Bound.AT_MOST:
+            return None if within != self.at_most else within
+        return None
 
     def as_json(self) -> dict[str, Any]:
-        return {"name": self.name, "value": self.value, "target": self.target, "met": self.met}
+        return {
+            "name": self.name,
+            "value": self.value,
+            "bound": self.bound.value,
+            "target": self.target,
+            "met": self.met,
+        }
 
 
 @dataclass
@@ -80,6 +103,12 @@ def _ms(seconds: float) -> str:
     return "-" if math.isnan(seconds) else f"{seconds * 1000:.2f}"
 
 
+def _percentile_ms(figure: Percentile) -> str:
+    if figure.lower_bound:
+        return f"> {figure.seconds * 1000:,.0f}"
+    return _ms(figure.seconds)
+
+
 def _verdict(ratio: Ratio) -> str:
     if ratio.met is None:
         return ""
@@ -97,8 +126,8 @@ def print_run(run: Run, console: Console) -> None:
             label,
             f"{m.spec.orders:,}",
             f"{m.throughput:,.0f}",
-            _ms(m.outcome.p50),
-            _ms(m.outcome.p99),
+            _percentile_ms(m.outcome.p50),
+            _percentile_ms(m.outcome.p99),
             _ms(m.cpu_per_request),
             str(m.outcome.errors),
         )
@@ -110,7 +139,8 @@ def print_run(run: Run, console: Console) -> None:
     ratios.add_column("")
     for ratio in run.ratios:
         target = "" if ratio.target is None else f"{'≤' if ratio.at_most else '≥'} {ratio.target}"
-        ratios.add_row(ratio.name, f"{ratio.value:.2f} {ratio.unit}", target, _verdict(ratio))
+        value = "-" if math.isnan(ratio.value) else f"{ratio.value:.2f} {ratio.unit}"
+        ratios.add_row(ratio.name, f"{BOUND_SIGNS[ratio.bound]}{value}", target, _verdict(ratio))
     console.print(ratios)
     for target, figures in run.extra.get("wrk", {}).items():
         ours = next(
@@ -124,7 +154,7 @@ def print_run(run: Run, console: Console) -> None:
             f"wrk cross-check (a)/{target}: {figures['throughputPerSecond']:,.1f} req/s, "
             f"p50 {figures['p50Ms']:.1f} ms, p99 {figures['p99Ms']:.1f} ms, "
             f"non-2xx {figures['non2xx']}; ours: {ours.throughput:,.1f} req/s, "
-            f"p50 {ours.outcome.p50 * 1000:.1f} ms, p99 {ours.outcome.p99 * 1000:.1f} ms"
+            f"p50 {_percentile_ms(ours.outcome.p50)} ms, p99 {_percentile_ms(ours.outcome.p99)} ms"
         )
     for reason in run.not_measured:
         console.print(f"[yellow]not measured:[/yellow] {reason}")

@@ -43,9 +43,10 @@ from api.security.principal import Role
 from api.seed import seed
 from api.settings import Settings
 from api.store import Store
-from bench import crosscheck
+from bench import crosscheck, percentiles
 from bench.loader import LoadedSet, ensure_loaded
 from bench.loadgen import Measurement, measure
+from bench.percentiles import Percentile
 from bench.procstat import rss_bytes
 from bench.report import Ratio, Run, print_run, write_run
 from bench.scenarios import Scenario, Spec, Target
@@ -173,6 +174,13 @@ def _headers(raw: Sequence[str]) -> tuple[tuple[str, str], ...]:
 
 def _ratio(name: str, top: float, bottom: float, target: float | None = None) -> Ratio:
     return Ratio(name, top / bottom if bottom else math.nan, target)
+
+
+def _latency_ratio(
+    name: str, top: Percentile, bottom: Percentile, target: float | None = None
+) -> Ratio:
+    value, bound = percentiles.ratio(top, bottom)
+    return Ratio(name, value, target, bound=bound)
 
 
 async def bench_key(uri: str, databases: list[str]) -> str:
@@ -511,17 +519,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 plain.cpu_per_request,
                 1.5 if is_a else None,
             ),
-            _ratio(
+            _latency_ratio(
                 f"({scenario}) p99 GraphQL / plain",
                 graphql.outcome.p99,
                 plain.outcome.p99,
                 2.0 if is_a else None,
             ),
-            _ratio(f"({scenario}) p50 GraphQL / driver", graphql.outcome.p50, driver.outcome.p50),
+            _latency_ratio(
+                f"({scenario}) p50 GraphQL / driver", graphql.outcome.p50, driver.outcome.p50
+            ),
         ]
     if smallest.count != largest.count:
         run.ratios.append(
-            _ratio(
+            _latency_ratio(
                 f"(a) p50 at {largest.count:,} / at {smallest.count:,} orders"
                 f" ({args.scale_concurrency} in flight)",
                 by_scale[largest.count].outcome.p50,
