@@ -20,6 +20,7 @@ from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
 
 from api.schema.errors import ErrorShaping
+from api.schema.execution import LeafFastPathExecutionContext
 from api.schema.mutation import Mutation as OrderMutation
 from api.schema.payments import PaymentMutation, Subscription
 from api.schema.query import Query
@@ -56,6 +57,9 @@ def build_schema(settings: Settings | None = None, **options: Any) -> strawberry
     ]
     if not settings.introspection:
         extensions.append(DisableIntrospection)
+    # Plain leaf fields skip graphql-core's per-field machinery
+    # (api/schema/execution.py); tests pass Strawberry's own class to compare.
+    options.setdefault("execution_context_class", LeafFastPathExecutionContext)
     return BranchpaySchema(
         query=Query,
         mutation=Mutation,
