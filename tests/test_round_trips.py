@@ -19,6 +19,28 @@ query($first: Int) {
 """
 
 
+def add_payments(service: RunningService, prefix: str) -> None:
+    """One closed payment attempt for every order, numbered ``prefix`` + index."""
+    orders = service.db.orders.find({}, {"branch": 1, "totalFen": 1, "createdAt": 1})
+    service.db.payments.insert_many(
+        [
+            {
+                "orderId": order["_id"],
+                "branch": order["branch"],
+                "provider": "sandbox",
+                "method": "QR_CODE",
+                "status": "CLOSED",
+                "amountFen": order["totalFen"],
+                "currency": "CNY",
+                "outTradeNo": f"{prefix}{index:012d}",
+                "createdAt": order["createdAt"],
+                "refunds": [],
+            }
+            for index, order in enumerate(orders)
+        ]
+    )
+
+
 def commands_for(service: RunningService, first: int) -> list[str]:
     service.commands.clear()
     data = service.client.data(QUERY, {"first": first})
@@ -33,25 +55,37 @@ def commands_for(service: RunningService, first: int) -> list[str]:
 @pytest.mark.parametrize("first", [1, 10, 100])
 def test_a_page_of_orders_costs_four_commands(start_service: Any, first: int) -> None:
     service: RunningService = start_service(orders=150)
-    service.db.payments.insert_many(
-        [
-            {
-                "orderId": order["_id"],
-                "branch": order["branch"],
-                "provider": "sandbox",
-                "method": "QR_CODE",
-                "status": "CLOSED",
-                "amountFen": order["totalFen"],
-                "currency": "CNY",
-                "outTradeNo": f"T{index:012d}",
-                "createdAt": order["createdAt"],
-                "refunds": [],
-            }
-            for index, order in enumerate(
-                service.db.orders.find({}, {"branch": 1, "totalFen": 1, "createdAt": 1})
-            )
-        ]
-    )
+    add_payments(service, "T")
     # find of the API key, find for the page, find for the payments of all its orders
     # (one DataLoader batch), and the count: the same four whatever the page size
     assert sorted(commands_for(service, first)) == ["aggregate", "find", "find", "find"]
+
+
+FRAGMENT_QUERY = """
+query($first: Int) {
+  page: orders(first: $first) { edges { node { ...Paid } } }
+  again: orders(first: 2) { edges { node { id } } }
+}
+fragment Paid on Order { id bought: payments { outTradeNo } }
+"""
+
+
+def test_payments_are_fetched_with_the_page_only_when_selected(start_service: Any) -> None:
+    """Payments selected through an alias and a fragment come in one query; unselected, none."""
+    service: RunningService = start_service(orders=30)
+    add_payments(service, "F")
+    service.commands.clear()
+    data = service.client.data(FRAGMENT_QUERY, {"first": 20})
+    finds = [name for name in service.commands if name == "find"]
+    # the key, two pages, and one payments query for the page that selects them
+    assert len(finds) == 4
+    numbers = [p["outTradeNo"] for e in data["page"]["edges"] for p in e["node"]["bought"]]
+    assert len(numbers) == 20 and len(set(numbers)) == 20
+    assert all(set(edge["node"]) == {"id"} for edge in data["again"]["edges"])
+    # the lazy path (node) still answers payments, from the DataLoader
+    order_id = data["page"]["edges"][0]["node"]["id"]
+    node = service.client.data(
+        "query($id: ID!) { node(id: $id) { ... on Order { payments { outTradeNo } } } }",
+        {"id": order_id},
+    )
+    assert node["node"]["payments"] == data["page"]["edges"][0]["node"]["bought"]

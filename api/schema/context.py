@@ -55,6 +55,8 @@ class Context:
     principal: Principal | None = None  # the caller's API key; set by the gate or on WS connect
     connection_params: dict[str, Any] | None = None  # graphql-transport-ws connection_init payload
     payments_by_order: DataLoader[ObjectId, list[Document]] = field(init=False)
+    # Objects built once per request and shared by its resolvers (e.g. a Branch per code).
+    memo: dict[Any, Any] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.payments_by_order = _payments_loader(self.services.store)

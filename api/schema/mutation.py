@@ -112,7 +112,8 @@ class Mutation:
             visible=info.context.sees,
         )
         return CreateOrderPayload(
-            order=Order.from_doc(order) if order else None, user_errors=user_errors(problems)
+            order=Order.from_doc(order, info.context) if order else None,
+            user_errors=user_errors(problems),
         )
 
     @strawberry.mutation(description="Cancel an order that awaits payment.")
@@ -139,6 +140,6 @@ class Mutation:
             )
         cancelled, problems = await info.context.services.orders.cancel(order, input.reason)
         return CancelOrderPayload(
-            order=Order.from_doc(cancelled) if cancelled else None,
+            order=Order.from_doc(cancelled, info.context) if cancelled else None,
             user_errors=user_errors(problems),
         )

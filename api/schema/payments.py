@@ -187,7 +187,7 @@ class Subscription:
                 status=DomainOrderStatus(entry["status"]),
                 at=entry["at"],
                 reason=entry.get("reason"),
-                order=Order.from_doc(order),
+                order=Order.from_doc(order, info.context),
             )
         if not found:
             raise _subscription_error(ApiError(ErrorCode.NOT_FOUND, "no such order"))

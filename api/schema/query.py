@@ -29,6 +29,8 @@ from api.schema.types import (
     OrderStatus,
     PageInfo,
     Payment,
+    selects,
+    with_payments,
 )
 from api.security.principal import Permission
 from api.store.orders import ORDER_FIELDS, OrderQuery, Position
@@ -214,10 +216,12 @@ class Query:
         edges = [
             OrderEdge(
                 cursor=encode_cursor(Position(doc["createdAt"], doc["_id"])),
-                node=Order.from_doc(doc),
+                node=Order.from_doc(doc, info.context),
             )
             for doc in docs[:limit]
         ]
+        if selects(info, "edges", "node", "payments"):
+            await with_payments(info, [edge.node for edge in edges])
         return OrderConnection(
             edges=edges,
             page_info=PageInfo(
@@ -232,7 +236,12 @@ class Query:
     @strawberry.field
     async def order(self, info: Info[Context, None], id: strawberry.ID) -> Order | None:
         doc = await info.context.store.orders.get(object_id_of(id, "Order"), ORDER_FIELDS)
-        return Order.from_doc(doc) if doc and info.context.sees(doc["branch"]) else None
+        if not doc or not info.context.sees(doc["branch"]):
+            return None
+        order = Order.from_doc(doc, info.context)
+        if selects(info, "payments"):
+            await with_payments(info, [order])
+        return order
 
     @strawberry.field(description="Any object by its global ID, or null when it does not exist.")
     async def node(self, info: Info[Context, None], id: strawberry.ID) -> Node | None:
@@ -251,7 +260,7 @@ class Query:
                 raise bad_input(f"malformed ID {id[:80]!r}") from None
             if type_name == "Order":
                 doc = await store.orders.get(object_id)
-                node = Order.from_doc(doc) if doc else None
+                node = Order.from_doc(doc, info.context) if doc else None
             else:
                 doc = await store.collection("payments").find_one({"_id": object_id})
                 node = Payment.from_doc(doc) if doc else None

@@ -6,11 +6,13 @@ request's DataLoaders, so a page of orders costs a fixed number of round trips.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 import strawberry
 from strawberry.types import Info
+from strawberry.types.nodes import SelectedField, Selection
 
 from api.branches import BranchView
 from api.domain.order import OfferingKind as DomainOfferingKind
@@ -87,12 +89,25 @@ class Branch:
         )
 
 
-def branch_of(info: Info[Context, None], code: str) -> Branch:
-    view = info.context.branch(code)
+def branch_of(context: Context, code: str) -> Branch:
+    """The branch as the caller sees it, built once per configuration and context.
+
+    A page of orders repeats a few branches. The key holds the view itself, so
+    a reload of plugins.toml (new views) is seen by a context that lives on,
+    such as a subscription's.
+    """
+    view = context.branch(code)
+    key = ("branch", code, id(view))
+    memo = context.memo.get(key)
+    if memo is not None and memo[0] is view:
+        return memo[1]  # type: ignore[no-any-return]
     if view is None:
         # The branch was removed from plugins.toml; its orders stay readable.
-        return Branch(code=code, name=code, province="", operator="", providers=[])
-    return Branch.from_view(view)
+        branch = Branch(code=code, name=code, province="", operator="", providers=[])
+    else:
+        branch = Branch.from_view(view)
+    context.memo[key] = (view, branch)
+    return branch
 
 
 @strawberry.type
@@ -122,7 +137,7 @@ class Offering(Node):
 
     @strawberry.field
     def branch(self, info: Info[Context, None]) -> Branch:
-        return branch_of(info, self.branch_code)
+        return branch_of(info.context, self.branch_code)
 
     @classmethod
     def from_doc(cls, doc: Document) -> Offering:
@@ -259,28 +274,38 @@ class Order(Node):
     expires_at: datetime = strawberry.field(
         description="When an unpaid order turns EXPIRED; unchanged once paid."
     )
+    # Built with the order for the caller (from_doc), so that a page of orders
+    # completes them as plain fields rather than through a resolver each.
+    branch: Branch
+    customer: Customer = strawberry.field(
+        description="Who ordered; personal data is masked for most keys."
+    )
     doc: strawberry.Private[Document]
-
-    @strawberry.field
-    def branch(self, info: Info[Context, None]) -> Branch:
-        return branch_of(info, self.doc["branch"])
-
-    @strawberry.field(description="Who ordered; personal data is masked for most keys.")
-    def customer(self, info: Info[Context, None]) -> Customer:
-        stored = self.doc["customer"]
-        principal = info.context.principal
-        reveal = principal is not None and principal.sees_pii_of(self.doc["branch"])
-        phone, id_card = reveal_customer(info.context.services.vault, stored, reveal=reveal)
-        return Customer(name=stored["name"], phone=phone, id_card_number=id_card)
+    # The payments, when the query that built the order fetched them with its
+    # page (with_payments); None makes the field ask the DataLoader.
+    payment_docs: strawberry.Private[list[Document] | None] = None
 
     @strawberry.field(description="Every payment attempt of the order, oldest first.")
-    async def payments(self, info: Info[Context, None]) -> list[Payment]:
+    def payments(self, info: Info[Context, None]) -> list[Payment]:
+        if self.payment_docs is not None:
+            return [Payment.from_doc(doc) for doc in self.payment_docs]
+        # Not fetched with the order: an awaitable, which graphql-core awaits, so
+        # the orders of one response still share one DataLoader batch.
+        return self._load_payments(info)  # type: ignore[return-value]
+
+    async def _load_payments(self, info: Info[Context, None]) -> list[Payment]:
         docs = await info.context.payments_by_order.load(self.doc["_id"])
         return [Payment.from_doc(doc) for doc in docs]
 
     @classmethod
-    def from_doc(cls, doc: Document) -> Order:
+    def from_doc(cls, doc: Document, context: Context) -> Order:
+        """The order as the caller of ``context`` sees it (personal data masked or not)."""
         currency = doc.get("currency", "CNY")
+        branch = doc["branch"]
+        stored = doc["customer"]
+        principal = context.principal
+        reveal = principal is not None and principal.sees_pii_of(branch)
+        phone, id_card = reveal_customer(context.services.vault, stored, reveal=reveal)
         return cls(
             id=strawberry.ID(to_global_id("Order", str(doc["_id"]))),
             status=DomainOrderStatus(doc["status"]),
@@ -289,6 +314,8 @@ class Order(Node):
             created_at=doc["createdAt"],
             updated_at=doc["updatedAt"],
             expires_at=doc["expiresAt"],
+            branch=branch_of(context, branch),
+            customer=Customer(name=stored["name"], phone=phone, id_card_number=id_card),
             doc=doc,
         )
 
@@ -323,3 +350,39 @@ class UserError:
     field: list[str] | None
     message: str
     code: str
+
+
+def selects(info: Info[Context, None], *path: str) -> bool:
+    """Whether the current field's selection holds the field path, through fragments and aliases.
+
+    Directives are not evaluated: a field under ``@skip(if: true)`` counts as
+    selected, which costs a query at most.
+    """
+    # info.selected_fields holds the current field's own node(s).
+    return any(_holds(field.selections, path) for field in info.selected_fields)
+
+
+def _holds(selections: Sequence[Selection], path: Sequence[str]) -> bool:
+    if not path:
+        return True
+    for selection in selections:
+        if isinstance(selection, SelectedField):
+            if selection.name == path[0] and _holds(selection.selections, path[1:]):
+                return True
+        elif _holds(selection.selections, path):  # a fragment spread or an inline fragment
+            return True
+    return False
+
+
+async def with_payments(info: Info[Context, None], orders: Sequence[Order]) -> None:
+    """Fetch the payments of ``orders`` now, in one query, and attach them.
+
+    Resolved lazily, ``payments`` makes every order of a page an awaitable
+    field; fetched here with the page, the page completes synchronously
+    (docs/performance.md).
+    """
+    if not orders:
+        return
+    found = await info.context.payments_by_order.load_many([order.doc["_id"] for order in orders])
+    for order, docs in zip(orders, found, strict=True):
+        order.payment_docs = docs
