@@ -335,6 +335,7 @@ def create_app(
         ApiKeyGate,
         keys=lambda: app.state.store.keys,
         limiter=RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
+        prefixes=("/bench/",) if settings.bench_mode else (),
     )
     # Added last, so it runs first: an oversized body is refused before anything else.
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)

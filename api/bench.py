@@ -10,6 +10,8 @@ with the same JSON document GraphQL gives for the bench's selection
 
 The difference between the two is then the cost of GraphQL itself (parsing,
 validation, execution, type construction), which is what the targets bound.
+Both sit behind the same API-key gate and answer what the key may see: the
+branches of its scope, personal data masked unless its role reveals it.
 Never enabled in production: the endpoints bypass every schema extension.
 """
 
@@ -29,6 +31,8 @@ from api.domain.order import OrderStatus
 from api.schema.context import Services
 from api.schema.errors import ApiError
 from api.schema.ids import encode_cursor, object_id_of, to_global_id
+from api.security.pii import PiiVault, reveal_customer
+from api.security.principal import Permission, Principal
 from api.settings import Settings
 from api.store import Store
 from api.store.orders import ORDER_FIELDS, OrderQuery, Position
@@ -50,9 +54,17 @@ def _payment(doc: Document) -> Document:
     }
 
 
-def _order(doc: Document, payments: list[Document], branches: Mapping[str, BranchView]) -> Document:
+def _order(
+    doc: Document,
+    payments: list[Document],
+    branches: Mapping[str, BranchView],
+    principal: Principal,
+    vault: PiiVault,
+) -> Document:
     currency = doc.get("currency", "CNY")
     view = branches.get(doc["branch"])
+    stored = doc["customer"]
+    phone, _id_card = reveal_customer(vault, stored, reveal=principal.sees_pii_of(doc["branch"]))
     return {
         "id": to_global_id("Order", str(doc["_id"])),
         "status": doc["status"],
@@ -61,7 +73,7 @@ def _order(doc: Document, payments: list[Document], branches: Mapping[str, Branc
         "expiresAt": doc["expiresAt"].isoformat(),
         "branch": {"code": doc["branch"], "name": view.name if view else doc["branch"]},
         "total": _money(doc["totalFen"], currency),
-        "customer": {"name": doc["customer"]["name"], "phone": doc["customer"]["phoneMasked"]},
+        "customer": {"name": stored["name"], "phone": phone},
         "items": [
             {
                 "offeringId": to_global_id("Offering", item["offeringId"]),
@@ -97,6 +109,7 @@ def bench_routes(services: Callable[[], Services]) -> list[Route]:
 
     async def orders(request: Request) -> Response:
         current = services()
+        principal: Principal = request.state.principal  # set by ApiKeyGate
         params = request.query_params
         try:
             limit = int(params.get("first", "50"))
@@ -105,7 +118,13 @@ def bench_routes(services: Callable[[], Services]) -> list[Route]:
             return _bad_request(str(error))
         if not 0 < limit <= current.settings.max_page_size:
             return _bad_request(f"first must be between 1 and {current.settings.max_page_size}")
-        branches = params.getlist("branch") or None
+        requested = params.getlist("branch") or None
+        # The resolver's scoping: the requested branches the key may see.
+        branches = (
+            requested
+            if principal.may(Permission.ALL_BRANCHES)
+            else principal.visible(requested, principal.branches)
+        )
         query = OrderQuery(branches=branches, statuses=statuses)
         docs = await current.store.orders.page(query, None, limit + 1, ORDER_FIELDS)
         page = docs[:limit]
@@ -114,7 +133,7 @@ def bench_routes(services: Callable[[], Services]) -> list[Route]:
         edges = [
             {
                 "cursor": encode_cursor(Position(doc["createdAt"], doc["_id"])),
-                "node": _order(doc, payments[doc["_id"]], directory),
+                "node": _order(doc, payments[doc["_id"]], directory, principal, current.vault),
             }
             for doc in page
         ]
@@ -134,17 +153,17 @@ def bench_routes(services: Callable[[], Services]) -> list[Route]:
 
     async def order(request: Request) -> Response:
         current = services()
+        principal: Principal = request.state.principal  # set by ApiKeyGate
         try:
             order_id = object_id_of(request.path_params["id"], "Order")
         except ApiError as error:
             return _bad_request(error.message)
         doc = await current.store.orders.get(order_id, ORDER_FIELDS)
-        if doc is None:
+        if doc is None or not principal.sees_branch(doc["branch"]):
             return JSONResponse({"data": {"order": None}})
         payments = await payments_of(current.store, [order_id])
-        return JSONResponse(
-            {"data": {"order": _order(doc, payments[order_id], current.branches())}}
-        )
+        node = _order(doc, payments[order_id], current.branches(), principal, current.vault)
+        return JSONResponse({"data": {"order": node}})
 
     return [
         Route("/bench/orders", orders, methods=["GET"]),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 from bson import ObjectId
 
 from api.schema.ids import to_global_id
@@ -49,10 +50,20 @@ def test_plain_orders_answer_what_graphql_answers(start_service: Any) -> None:
             filter_["status"] = statuses
             params += [("status", status) for status in statuses]
         graphql = partner.post(ORDERS_QUERY, {"filter": filter_, "first": 7})
-        plain = service.client.http.get("/bench/orders", params=params)
+        plain = partner.http.get("/bench/orders", params=params)
         assert plain.status_code == 200
         assert plain.json() == graphql
         assert len(graphql["data"]["orders"]["edges"]) == 7
+    # Ops sees personal data in both; a branch outside the key's scope is empty in both.
+    ops_graphql = service.client.post(ORDERS_QUERY, {"filter": {"branches": ["bj"]}, "first": 5})
+    ops_plain = service.client.http.get("/bench/orders", params={"branch": "bj", "first": "5"})
+    assert ops_plain.json() == ops_graphql
+    assert "*" not in ops_graphql["data"]["orders"]["edges"][0]["node"]["customer"]["phone"]
+    outside = {"branch": "sc", "first": "5"}
+    assert partner.http.get("/bench/orders", params=outside).json() == partner.post(
+        ORDERS_QUERY, {"filter": {"branches": ["sc"]}, "first": 5}
+    )
+    assert partner.http.get("/bench/orders", params=outside).json()["data"]["orders"]["edges"] == []
     paid_page = service.client.data(ORDERS_QUERY, {"filter": {"branches": ["zj"]}, "first": 100})
     payments = [edge["node"]["payments"] for edge in paid_page["orders"]["edges"]]
     assert sum(len(p) for p in payments) == 1
@@ -66,13 +77,27 @@ def test_plain_order_by_id_answers_what_graphql_answers(start_service: Any) -> N
     partner = service.client_for("partner", "zj", "bj", "yn")
     known = to_global_id("Order", str(order["_id"]))
     missing = to_global_id("Order", str(ObjectId()))
-    for order_id in (known, missing):
-        graphql = partner.post(ORDER_QUERY, {"id": order_id})
-        plain = service.client.http.get(f"/bench/order/{order_id}")
-        assert plain.status_code == 200
-        assert plain.json() == graphql
-    assert service.client.http.get("/bench/order/not-an-id").status_code == 400
-    assert service.client.http.get("/bench/orders?status=LOST").status_code == 400
+    elsewhere = service.client_for("partner", "sc")
+    for client in (partner, elsewhere):
+        for order_id in (known, missing):
+            graphql = client.post(ORDER_QUERY, {"id": order_id})
+            plain = client.http.get(f"/bench/order/{order_id}")
+            assert plain.status_code == 200
+            assert plain.json() == graphql
+    assert elsewhere.http.get(f"/bench/order/{known}").json() == {"data": {"order": None}}
+    assert partner.http.get("/bench/order/not-an-id").status_code == 400
+    assert partner.http.get("/bench/orders?status=LOST").status_code == 400
+
+
+def test_plain_endpoints_sit_behind_the_api_key_gate(start_service: Any) -> None:
+    service: RunningService = start_service(orders=3, bench_mode=True)
+    anonymous = httpx.get(f"{service.url}/bench/orders", params={"branch": "zj"})
+    assert anonymous.status_code == 401
+    assert anonymous.json()["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+    forged = httpx.get(
+        f"{service.url}/bench/order/x", headers={"authorization": "Bearer bp_not_a_key"}
+    )
+    assert forged.status_code == 401
 
 
 def test_plain_endpoints_exist_only_in_bench_mode(start_service: Any) -> None:

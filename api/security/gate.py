@@ -1,5 +1,8 @@
 """The API-key gate in front of /graphql: authentication and the per-key rate limit.
 
+In bench mode the plain endpoints (/bench/...) sit behind it too, so that
+the ceiling GraphQL is measured against pays for the same authentication.
+
 It runs before any GraphQL work: a request without a valid key gets 401 and a
 key over its limit gets 429 with ``Retry-After``, both as GraphQL-shaped JSON
 errors with ``extensions.code``. GraphiQL's page (a GET without a query) opens
@@ -42,14 +45,20 @@ class ApiKeyGate:
         keys: Callable[[], KeyRing],
         limiter: RateLimiter,
         path: str = "/graphql",
+        prefixes: tuple[str, ...] = (),
     ) -> None:
         self.app = app
         self.keys = keys
         self.limiter = limiter
         self.path = path
+        # Further paths behind the same gate (the bench's plain endpoints).
+        self.prefixes = prefixes
+
+    def _guards(self, path: str) -> bool:
+        return path == self.path or any(path.startswith(prefix) for prefix in self.prefixes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != self.path or self._ide_page(scope):
+        if scope["type"] != "http" or not self._guards(scope["path"]) or self._ide_page(scope):
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
@@ -76,9 +85,8 @@ class ApiKeyGate:
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)
 
-    @staticmethod
-    def _ide_page(scope: Scope) -> bool:
-        if scope["method"] != "GET":
+    def _ide_page(self, scope: Scope) -> bool:
+        if scope["method"] != "GET" or scope["path"] != self.path:
             return False
         return "query" not in parse_qs(scope.get("query_string", b"").decode("latin-1"))
 
