@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import timedelta
@@ -169,6 +170,21 @@ def _reply(reply: NotificationReply) -> Response:
     return Response(reply.body, status_code=reply.status_code, media_type=reply.media_type)
 
 
+def tune_garbage_collector() -> None:
+    """Collect less often, and never rescan what start-up built (docs/performance.md).
+
+    A page of 50 orders allocates thousands of short-lived objects, so the
+    default threshold (700 allocations) ran the youngest generation many
+    times per request, and older generations rescanned every module, the
+    schema and the plugin registry. Frozen, those are left alone; cycles are
+    still collected, only in larger batches. Worth about a quarter of the CPU
+    of a page of orders; the bench's 10-minute soak checks that memory stays flat.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 10)
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -243,6 +259,8 @@ def create_app(
                     name="reconcile",
                 ),
             ]
+            if settings.gc_tuning:
+                tune_garbage_collector()
             try:
                 yield
             finally:

@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     )
     pii_key_file: Path | None = Field(default=None, description="A file holding the PII key.")
     seed_demo_orders: int = Field(default=300, ge=0)
+    gc_tuning: bool = Field(
+        default=True,
+        description="Freeze start-up objects and collect garbage in larger batches "
+        "(docs/performance.md); false keeps Python's defaults.",
+    )
     bench_mode: bool = Field(
         default=False,
         description="Mount the plain JSON endpoints under /bench that `make bench` compares with.",
