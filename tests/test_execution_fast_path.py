@@ -59,6 +59,11 @@ class Item(Named):
     first_line: Line | None
     owner: Owner
     broken_count: int  # holds a value an Int cannot carry
+    # Values of another Python type than the field's: coerced as graphql-core does.
+    flag_count: int  # a bool
+    label: str  # an int
+    code: strawberry.ID  # an int
+    raw_colour: Colour  # the enum's value, not a member
     missing: str  # non-null, but holds None
 
     @strawberry.field
@@ -90,6 +95,10 @@ def _items() -> list[Item]:
             first_line=None if n == 2 else Line(sku=f"F{n}", quantity=1, note="x"),
             owner=Owner(login=None if n == 5 else f"u{n}", email=None),  # type: ignore[arg-type]
             broken_count=2**40 if n == 3 else n,
+            flag_count=n % 2 == 0,  # type: ignore[arg-type]
+            label=n * 11,  # type: ignore[arg-type]
+            code=n * 7,  # type: ignore[arg-type]
+            raw_colour="red" if n % 2 else Colour.BLUE,  # type: ignore[arg-type]
             missing=None if n == 4 else f"m{n}",  # type: ignore[arg-type]
         )
         for n in range(1, 6)
@@ -161,6 +170,9 @@ QUERIES = {
         fragment Parts on Item { name count price }
     """,
     "a coercion that fails gives graphql-core's error": "{ items { id brokenCount } }",
+    "values of other types are coerced as graphql-core coerces them": """
+        { maybeItems { flagCount label code rawColour colour } }
+    """,
     "a null in a non-null field propagates to the nullable parent": "{ maybeItems { id missing name } }",
     "a null in a non-null field nulls the whole non-null chain": "{ items { id missing } }",
     "a failing resolver beside plain leaves": "{ items { id fails name } }",

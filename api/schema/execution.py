@@ -40,14 +40,19 @@ import enum
 from asyncio import iscoroutine
 from collections.abc import Awaitable, Callable
 from operator import attrgetter
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from graphql import (
+    GraphQLBoolean,
     GraphQLField,
+    GraphQLID,
+    GraphQLInt,
+    GraphQLLeafType,
     GraphQLList,
     GraphQLNonNull,
     GraphQLObjectType,
     GraphQLOutputType,
+    GraphQLString,
     Undefined,
     is_leaf_type,
 )
@@ -55,7 +60,7 @@ from graphql.execution.collect_fields import FieldDetailsList, GroupedFieldSet
 from graphql.pyutils import AwaitableOrValue, Path
 from graphql.pyutils.gather_with_cancel import gather_with_cancel
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
-from strawberry.schema.schema_converter import GraphQLCoreConverter
+from strawberry.schema.schema_converter import CustomGraphQLEnumType, GraphQLCoreConverter
 from strawberry.types.field import StrawberryField
 
 __all__ = ["LeafFastPathExecutionContext"]
@@ -134,7 +139,7 @@ def _fast_field(
             read,
             return_type,
             nullable,
-            inner.coerce_output_value,
+            _fast_coercion(inner),
             None,
         )
     if isinstance(inner, GraphQLObjectType):
@@ -156,6 +161,45 @@ def _fast_field(
                 field_def,
             )
     return None
+
+
+_INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
+_COERCIONS: dict[GraphQLLeafType, Callable[[Any], Any]] = {}
+
+
+def _fast_coercion(leaf: GraphQLLeafType) -> Callable[[Any], Any]:
+    """The type's output coercion with its commonest input answered first; the same results.
+
+    graphql-core returns a ``str`` as is for String and ID, an ``int`` within
+    32 bits for Int and a ``bool`` for Boolean; Strawberry names an enum member
+    by scanning the type's values. Anything else goes to the type's own coercion.
+    """
+    known = _COERCIONS.get(leaf)
+    if known is not None:
+        return known
+    coerce = leaf.coerce_output_value
+    fast: Callable[[Any], Any] = coerce
+    if leaf is GraphQLString or leaf is GraphQLID:
+        fast = lambda value: value if type(value) is str else coerce(value)  # noqa: E731
+    elif leaf is GraphQLInt:
+        fast = lambda value: (  # noqa: E731
+            value if type(value) is int and _INT_MIN <= value <= _INT_MAX else coerce(value)
+        )
+    elif leaf is GraphQLBoolean:
+        fast = lambda value: value if type(value) is bool else coerce(value)  # noqa: E731
+    elif isinstance(leaf, CustomGraphQLEnumType):
+        names: dict[Any, str] = {
+            member: name
+            for member in cast("type[enum.Enum]", leaf.wrapped_cls)
+            for name, value in reversed(leaf.values.items())
+            if member.value == value.value
+        }
+        members = leaf.wrapped_cls
+        fast = lambda value: (  # noqa: E731
+            names[value] if type(value) is members and value in names else coerce(value)
+        )
+    _COERCIONS[leaf] = fast
+    return fast
 
 
 class LeafFastPathExecutionContext(StrawberryGraphQLCoreExecutionContext):
@@ -214,18 +258,22 @@ class LeafFastPathExecutionContext(StrawberryGraphQLCoreExecutionContext):
             for fast in plan.fast:
                 try:
                     value = fast.read(source_value)
-                except Exception:
-                    value = Undefined
-                if value is None:
-                    if fast.nullable:
-                        done[fast.name] = None
-                        continue
-                elif value is not Undefined:
-                    if fast.kind is _Kind.LEAF:
-                        if self._leaf(fast, value, done):
+                    if value is None:
+                        if fast.nullable:
+                            done[fast.name] = None
                             continue
-                    elif self._object(fast, parent_type, source_value, path, value, done, pending):
-                        continue
+                    elif fast.coerce is not None:  # a leaf
+                        coerced = fast.coerce(value)
+                        if coerced is not None and coerced is not Undefined:
+                            done[fast.name] = coerced
+                            continue
+                        value = None
+                except Exception:  # graphql-core reads it again and reports
+                    value = None
+                if value is not None and self._object(
+                    fast, parent_type, path, value, done, pending
+                ):
+                    continue
                 # Not trivially complete: graphql-core runs this field, with its errors.
                 slow = dict(slow or {})
                 slow[fast.name] = fast.field_details_list
@@ -244,23 +292,10 @@ class LeafFastPathExecutionContext(StrawberryGraphQLCoreExecutionContext):
             return _merged(plan.order, done, others)  # type: ignore[arg-type]
         return self._merged_later(plan.order, done, pending, others)
 
-    @staticmethod
-    def _leaf(fast: _Fast, value: Any, done: dict[str, Any]) -> bool:
-        assert fast.coerce is not None
-        try:
-            coerced = fast.coerce(value)
-        except Exception:
-            return False
-        if coerced is None or coerced is Undefined:
-            return False
-        done[fast.name] = coerced
-        return True
-
     def _object(
         self,
         fast: _Fast,
         parent_type: GraphQLObjectType,
-        source_value: Any,
         path: Path | None,
         value: Any,
         done: dict[str, Any],
@@ -282,9 +317,7 @@ class LeafFastPathExecutionContext(StrawberryGraphQLCoreExecutionContext):
         completed: AwaitableOrValue[Any]
         try:
             if fast.kind is _Kind.OBJECT:
-                completed = self.collect_and_execute_subfields(
-                    object_type, fdl, field_path, value, None
-                )
+                completed = self._subfields(object_type, fdl, field_path, value)
             else:
                 completed = self._object_list(object_type, fdl, field_path, value)
         except Exception as error:
@@ -296,6 +329,17 @@ class LeafFastPathExecutionContext(StrawberryGraphQLCoreExecutionContext):
         else:
             done[fast.name] = completed
         return True
+
+    def _subfields(
+        self, object_type: GraphQLObjectType, fdl: FieldDetailsList, path: Path, value: Any
+    ) -> AwaitableOrValue[dict[str, Any]]:
+        """``collect_and_execute_subfields``, two calls shorter when nothing is deferred."""
+        grouped_field_set, new_defer_usages, _forbidden = self.collect_subfields(object_type, fdl)
+        if new_defer_usages:
+            return self.execute_collected_subfields(
+                object_type, value, path, grouped_field_set, new_defer_usages, None
+            )
+        return self.execute_fields(object_type, value, path, grouped_field_set, None)
 
     def _is_type_of(
         self, fast: _Fast, parent_type: GraphQLObjectType, path: Path, value: Any
@@ -330,9 +374,7 @@ class LeafFastPathExecutionContext(StrawberryGraphQLCoreExecutionContext):
         awaiting: list[int] = []
         try:
             for index, item in enumerate(items):
-                result = self.collect_and_execute_subfields(
-                    object_type, fdl, path.add_key(index, None), item, None
-                )
+                result = self._subfields(object_type, fdl, path.add_key(index, None), item)
                 if self.is_awaitable(result):
                     awaiting.append(index)
                 completed.append(result)
