@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from bson import ObjectId
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -28,13 +27,12 @@ from starlette.routing import Route
 
 from api.branches import BranchView
 from api.domain.order import OrderStatus
-from api.schema.context import Services
+from api.schema.context import Services, payments_of
 from api.schema.errors import ApiError
 from api.schema.ids import encode_cursor, object_id_of, to_global_id
 from api.security.pii import PiiVault, reveal_customer
 from api.security.principal import Permission, Principal
 from api.settings import Settings
-from api.store import Store
 from api.store.orders import ORDER_FIELDS, OrderQuery, Position
 
 Document = dict[str, Any]
@@ -87,17 +85,6 @@ def _order(
         ],
         "payments": [_payment(payment) for payment in payments],
     }
-
-
-async def payments_of(store: Store, order_ids: list[ObjectId]) -> dict[Any, list[Document]]:
-    """The query the ``payments_by_order`` DataLoader sends for one page, by order."""
-    found: dict[Any, list[Document]] = {order_id: [] for order_id in order_ids}
-    if not order_ids:
-        return found
-    cursor = store.collection("payments").find({"orderId": {"$in": order_ids}}).sort("createdAt", 1)
-    for payment in await cursor.to_list():
-        found[payment["orderId"]].append(payment)
-    return found
 
 
 def _bad_request(message: str) -> Response:

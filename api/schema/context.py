@@ -35,14 +35,20 @@ class Services:
     payments: PaymentService | None = None
 
 
+async def payments_of(store: Store, order_ids: list[ObjectId]) -> dict[ObjectId, list[Document]]:
+    """The payment attempts of the orders, oldest first, in one query (index order_created)."""
+    found: dict[ObjectId, list[Document]] = {order_id: [] for order_id in order_ids}
+    if not order_ids:
+        return found
+    cursor = store.collection("payments").find({"orderId": {"$in": order_ids}}).sort("createdAt", 1)
+    for payment in await cursor.to_list():
+        found[payment["orderId"]].append(payment)
+    return found
+
+
 def _payments_loader(store: Store) -> DataLoader[ObjectId, list[Document]]:
     async def load(order_ids: list[ObjectId]) -> list[list[Document]]:
-        found: dict[ObjectId, list[Document]] = {order_id: [] for order_id in order_ids}
-        cursor = (
-            store.collection("payments").find({"orderId": {"$in": order_ids}}).sort("createdAt", 1)
-        )
-        for payment in await cursor.to_list():
-            found[payment["orderId"]].append(payment)
+        found = await payments_of(store, order_ids)
         return [found[order_id] for order_id in order_ids]
 
     return DataLoader(load_fn=load)

@@ -93,7 +93,9 @@ class _Plan(NamedTuple):
     """One grouped field set, split into what the fast path completes and what it hands on."""
 
     order: tuple[str, ...]
-    fast: tuple[_Fast, ...]
+    # (response name, read, coerce, nullable, the whole entry): unpacked in the
+    # loop, which runs for every field of every object.
+    fast: tuple[tuple[str, Callable[[Any], Any], Callable[[Any], Any] | None, bool, _Fast], ...]
     # What graphql-core executes, in query order; None when everything is fast.
     rest: GroupedFieldSet | None
     # Kept so the id() the plan is cached under cannot be reused in this execution.
@@ -231,7 +233,8 @@ class LeafFastPathExecutionContext(StrawberryGraphQLCoreExecutionContext):
                 fast.append(entry)
         plan = None
         if fast:
-            plan = _Plan(tuple(grouped_field_set), tuple(fast), rest or None, grouped_field_set)
+            steps = tuple((f.name, f.read, f.coerce, f.nullable, f) for f in fast)
+            plan = _Plan(tuple(grouped_field_set), steps, rest or None, grouped_field_set)
         self._plans[key] = plan
         return plan
 
@@ -255,17 +258,17 @@ class LeafFastPathExecutionContext(StrawberryGraphQLCoreExecutionContext):
         pending: dict[str, Awaitable[Any]] = {}
         slow: GroupedFieldSet | None = plan.rest
         try:
-            for fast in plan.fast:
+            for name, read, coerce, nullable, fast in plan.fast:
                 try:
-                    value = fast.read(source_value)
+                    value = read(source_value)
                     if value is None:
-                        if fast.nullable:
-                            done[fast.name] = None
+                        if nullable:
+                            done[name] = None
                             continue
-                    elif fast.coerce is not None:  # a leaf
-                        coerced = fast.coerce(value)
+                    elif coerce is not None:  # a leaf
+                        coerced = coerce(value)
                         if coerced is not None and coerced is not Undefined:
-                            done[fast.name] = coerced
+                            done[name] = coerced
                             continue
                         value = None
                 except Exception:  # graphql-core reads it again and reports

@@ -26,6 +26,8 @@ from api.schema.types import (
     PaymentMethod,
     Refund,
     UserError,
+    selects,
+    with_payments,
 )
 from api.security.principal import Permission
 
@@ -180,14 +182,20 @@ class Subscription:
         except ApiError as error:
             raise _subscription_error(error) from None
         found = False
+        # A subscription's context (and its DataLoader cache) lives as long as the
+        # connection: payments are read afresh for every event instead.
+        fresh_payments = selects(info, "order", "payments")
         changes = order_changes(info.context.store, object_id, info.context.sees)
         async for order, entry in changes:
             found = True
+            event_order = Order.from_doc(order, info.context)
+            if fresh_payments:
+                await with_payments(info, [event_order])
             yield OrderEvent(
                 status=DomainOrderStatus(entry["status"]),
                 at=entry["at"],
                 reason=entry.get("reason"),
-                order=Order.from_doc(order, info.context),
+                order=event_order,
             )
         if not found:
             raise _subscription_error(ApiError(ErrorCode.NOT_FOUND, "no such order"))

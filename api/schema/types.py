@@ -6,9 +6,9 @@ request's DataLoaders, so a page of orders costs a fixed number of round trips.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import strawberry
 from strawberry.types import Info
@@ -20,7 +20,7 @@ from api.domain.order import OrderStatus as DomainOrderStatus
 from api.domain.payment import PaymentStatus as DomainPaymentStatus
 from api.payments.provider import ActionKind as DomainActionKind
 from api.payments.provider import PaymentMethod as DomainPaymentMethod
-from api.schema.context import Context
+from api.schema.context import Context, payments_of
 from api.schema.ids import to_global_id
 from api.security.pii import reveal_customer
 
@@ -264,6 +264,27 @@ class Payment(Node):
         )
 
 
+class _PaymentsLater:
+    """An order's payments, loaded through the request's DataLoader when awaited.
+
+    Not a coroutine: one that is never awaited (the field was not selected)
+    costs nothing and warns about nothing.
+    """
+
+    __slots__ = ("context", "order_id")
+
+    def __init__(self, context: Context, order_id: Any) -> None:
+        self.context = context
+        self.order_id = order_id
+
+    def __await__(self) -> Generator[Any, None, list[Payment]]:
+        return self._load().__await__()
+
+    async def _load(self) -> list[Payment]:
+        docs = await self.context.payments_by_order.load(self.order_id)
+        return [Payment.from_doc(doc) for doc in docs]
+
+
 @strawberry.type(description="An order of one branch, priced from its catalog.")
 class Order(Node):
     status: OrderStatus  # type: ignore[valid-type]
@@ -281,21 +302,12 @@ class Order(Node):
         description="Who ordered; personal data is masked for most keys."
     )
     doc: strawberry.Private[Document]
-    # The payments, when the query that built the order fetched them with its
-    # page (with_payments); None makes the field ask the DataLoader.
-    payment_docs: strawberry.Private[list[Document] | None] = None
-
-    @strawberry.field(description="Every payment attempt of the order, oldest first.")
-    def payments(self, info: Info[Context, None]) -> list[Payment]:
-        if self.payment_docs is not None:
-            return [Payment.from_doc(doc) for doc in self.payment_docs]
-        # Not fetched with the order: an awaitable, which graphql-core awaits, so
-        # the orders of one response still share one DataLoader batch.
-        return self._load_payments(info)  # type: ignore[return-value]
-
-    async def _load_payments(self, info: Info[Context, None]) -> list[Payment]:
-        docs = await info.context.payments_by_order.load(self.doc["_id"])
-        return [Payment.from_doc(doc) for doc in docs]
+    # A list when the query that built the order fetched them with its page
+    # (with_payments); otherwise an awaitable that asks the DataLoader when, and
+    # only if, the field is executed, so the orders of a response share one batch.
+    payments: list[Payment] = strawberry.field(
+        description="Every payment attempt of the order, oldest first."
+    )
 
     @classmethod
     def from_doc(cls, doc: Document, context: Context) -> Order:
@@ -316,6 +328,7 @@ class Order(Node):
             expires_at=doc["expiresAt"],
             branch=branch_of(context, branch),
             customer=Customer(name=stored["name"], phone=phone, id_card_number=id_card),
+            payments=cast("list[Payment]", _PaymentsLater(context, doc["_id"])),
             doc=doc,
         )
 
@@ -381,8 +394,6 @@ async def with_payments(info: Info[Context, None], orders: Sequence[Order]) -> N
     field; fetched here with the page, the page completes synchronously
     (docs/performance.md).
     """
-    if not orders:
-        return
-    found = await info.context.payments_by_order.load_many([order.doc["_id"] for order in orders])
-    for order, docs in zip(orders, found, strict=True):
-        order.payment_docs = docs
+    found = await payments_of(info.context.store, [order.doc["_id"] for order in orders])
+    for order in orders:
+        order.payments = [Payment.from_doc(payment) for payment in found[order.doc["_id"]]]
