@@ -276,7 +276,9 @@ class PayService:
 
 ORDER_EVENTS = """
 subscription($orderId: ID!) {
-  orderEvents(orderId: $orderId) { status reason at order { id status } }
+  orderEvents(orderId: $orderId) {
+    status reason at order { id status payments { status } }
+  }
 }
 """
 

@@ -62,7 +62,9 @@ async def test_a_payment_through_the_other_process_is_seen_live_and_late_subscri
     order = a.create_order()
 
     async with order_feed(a.client, order["id"]) as feed:
-        assert (await feed.next() or {}).get("status") == "PENDING_PAYMENT"
+        pending = await feed.next()
+        assert pending is not None and pending["status"] == "PENDING_PAYMENT"
+        assert pending["order"]["payments"] == []
         # B opens the attempt, so the simulator notifies B, and B writes PAID.
         started = b.client.data(
             START, {"input": {"orderId": order["id"], "provider": "sandbox", "method": "WAP"}}
@@ -74,6 +76,8 @@ async def test_a_payment_through_the_other_process_is_seen_live_and_late_subscri
         assert paid.status_code == 200
         event = await feed.next()
         assert event is not None and event["status"] == "PAID"
+        # Read afresh for the event, not from what the connection saw before.
+        assert event["order"]["payments"] == [{"status": "SUCCEEDED"}]
 
     async with order_feed(b.client, order["id"]) as late:
         event = await late.next()
