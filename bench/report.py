@@ -176,5 +176,6 @@ def write_run(run: Run, directory: Path) -> Path:
         "notMeasured": run.not_measured,
         **run.extra,
     }
-    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    # default=str: arguments such as --store-server are paths.
+    path.write_text(json.dumps(document, indent=2, default=str) + "\n", encoding="utf-8")
     return path
