@@ -159,8 +159,8 @@ def succeeded(spec: Spec, status_code: int, body: bytes) -> bool:
 
 def store_call(spec: Spec, store: Store) -> Callable[[random.Random], Awaitable[bool]]:
     """The driver target: the store queries of one request, with nothing around them."""
-    from api.bench import payments_of
     from api.domain.order import OrderStatus
+    from api.schema.context import payments_of
     from api.store.orders import ORDER_FIELDS as PROJECTION
     from api.store.orders import OrderQuery
 
