@@ -36,7 +36,11 @@ async def test_order_is_paid_through_the_simulator_seen_live_then_refunded_in_tw
 
         event = await feed.next()
         assert event is not None and event["status"] == "PAID"
-        assert event["order"] == {"id": order["id"], "status": "PAID"}
+        assert event["order"] == {
+            "id": order["id"],
+            "status": "PAID",
+            "payments": [{"status": "SUCCEEDED"}],
+        }
         seen = service.order(order["id"])
         assert seen["payments"][0]["status"] == "SUCCEEDED"
         assert seen["payments"][0]["providerTradeNo"] == paid.json()["trade_no"]
