@@ -57,9 +57,10 @@ class Settings(BaseSettings):
     pii_key_file: Path | None = Field(default=None, description="A file holding the PII key.")
     seed_demo_orders: int = Field(default=300, ge=0)
     gc_tuning: bool = Field(
-        default=True,
-        description="Freeze start-up objects and collect garbage in larger batches "
-        "(docs/performance.md); false keeps Python's defaults.",
+        default=False,
+        description="Freeze start-up objects and collect garbage in larger batches: "
+        "about 7 % less CPU per page of orders, but memory crept 8.8 % in a 10-minute "
+        "soak where the default stays flat (docs/performance.md).",
     )
     bench_mode: bool = Field(
         default=False,
