@@ -31,7 +31,7 @@ from api.schema.context import Services, payments_of
 from api.schema.errors import ApiError
 from api.schema.ids import encode_cursor, object_id_of, to_global_id
 from api.security.pii import PiiVault, reveal_customer
-from api.security.principal import Permission, Principal
+from api.security.principal import Principal
 from api.settings import Settings
 from api.store.orders import ORDER_FIELDS, OrderQuery, Position
 
@@ -105,13 +105,8 @@ def bench_routes(services: Callable[[], Services]) -> list[Route]:
             return _bad_request(str(error))
         if not 0 < limit <= current.settings.max_page_size:
             return _bad_request(f"first must be between 1 and {current.settings.max_page_size}")
-        requested = params.getlist("branch") or None
         # The resolver's scoping: the requested branches the key may see.
-        branches = (
-            requested
-            if principal.may(Permission.ALL_BRANCHES)
-            else principal.visible(requested, principal.branches)
-        )
+        branches = principal.scope(params.getlist("branch") or None)
         query = OrderQuery(branches=branches, statuses=statuses)
         docs = await current.store.orders.page(query, None, limit + 1, ORDER_FIELDS)
         page = docs[:limit]

@@ -59,5 +59,14 @@ class Principal:
         candidates = list(existing) if requested is None else list(requested)
         return [code for code in candidates if self.sees_branch(code)]
 
+    def scope(self, requested: Sequence[str] | None) -> list[str] | None:
+        """The branches an orders query may cover: the requested ones (None: all) within scope.
+
+        None means every branch, for roles that see all of them.
+        """
+        if self.may(Permission.ALL_BRANCHES):
+            return None if requested is None else list(requested)
+        return self.visible(requested, self.branches)
+
     def sees_pii_of(self, branch: str) -> bool:
         return self.may_on(Permission.SEE_PII, branch)

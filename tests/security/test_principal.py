@@ -31,3 +31,12 @@ def test_visible_branches_are_the_requested_ones_within_scope() -> None:
     assert ZJ_PARTNER.visible(["bj", "zj"], ["zj", "bj"]) == ["zj"]
     assert ZJ_PARTNER.visible(["bj"], ["zj", "bj"]) == []
     assert OPS.visible(None, ["zj", "bj"]) == ["zj", "bj"]
+
+
+def test_scope_narrows_a_query_to_the_keys_branches() -> None:
+    assert ZJ_PARTNER.scope(None) == ["zj"]
+    assert ZJ_PARTNER.scope(["bj", "zj"]) == ["zj"]
+    assert ZJ_PARTNER.scope(["bj"]) == []
+    # None: every branch, for a role that sees them all.
+    assert OPS.scope(None) is None
+    assert OPS.scope(["bj"]) == ["bj"]
