@@ -92,12 +92,12 @@ class Branch:
 def branch_of(context: Context, code: str) -> Branch:
     """The branch as the caller sees it, built once per configuration and context.
 
-    A page of orders repeats a few branches. The key holds the view itself, so
-    a reload of plugins.toml (new views) is seen by a context that lives on,
-    such as a subscription's.
+    A page of orders repeats a few branches. The memo keeps the view it was
+    built from, so a reload of plugins.toml (new views) is seen by a context
+    that lives on, such as a subscription's.
     """
     view = context.branch(code)
-    key = ("branch", code, id(view))
+    key = ("branch", code)
     memo = context.memo.get(key)
     if memo is not None and memo[0] is view:
         return memo[1]  # type: ignore[no-any-return]
