@@ -17,19 +17,11 @@ from typing import Any
 
 import httpx
 import pluggy
-import strawberry
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from starlette.websockets import WebSocket
-from strawberry.asgi import GraphQL
-from strawberry.exceptions import ConnectionRejectionError
-from strawberry.http import GraphQLHTTPResponse
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
-from strawberry.types import ExecutionResult
-from strawberry.types.unset import UNSET, UnsetType
 
 from api.branches import BranchView, ProviderView, provider_view
 from api.orders import OrderService
@@ -38,103 +30,16 @@ from api.payments.service import PaymentService
 from api.plugins.manager import ENTRY_POINT_GROUP, load_plugin_manager, notify
 from api.plugins.registry import ProviderRegistry
 from api.schema import build_schema
-from api.schema.context import Context, Services
-from api.schema.errors import shape
+from api.schema.context import Services
 from api.security.gate import ApiKeyGate
-from api.security.keys import bearer_token
 from api.security.pii import PiiVault
 from api.security.ratelimit import RateLimiter
 from api.settings import Settings
 from api.store import Store
+from api.web.body_limit import BodyLimit
+from api.web.graphql import GraphQLApp
 
 log = logging.getLogger("branchpay")
-
-
-class BodyLimit:
-    """Refuses request bodies over ``limit`` bytes with 413, before any work is done."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            await self._refuse(scope, receive, send)
-            return
-        # Bodies sent chunked carry no length: count them while they stream.
-        chunks: list[Message] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                chunks.append(message)
-                break
-            size += len(message.get("body", b""))
-            if size > self.limit:
-                await self._refuse(scope, receive, send)
-                return
-            chunks.append(message)
-            if not message.get("more_body", False):
-                break
-
-        async def replay() -> Message:
-            return chunks.pop(0) if chunks else await receive()
-
-        await self.app(scope, replay, send)
-
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = JSONResponse(
-            {
-                "errors": [
-                    {
-                        "message": f"request body exceeds {self.limit} bytes",
-                        "extensions": {"code": "BAD_USER_INPUT"},
-                    }
-                ]
-            },
-            status_code=413,
-        )
-        await response(scope, receive, send)
-
-
-class GraphQLApp(GraphQL[Context, None]):
-    def __init__(
-        self, schema: strawberry.Schema, services: Callable[[], Services], **options: Any
-    ) -> None:
-        super().__init__(schema, **options)
-        self._services = services
-
-    async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
-        # HTTP requests were authenticated by ApiKeyGate; WebSockets are on connect.
-        principal = request.scope.get("state", {}).get("principal")
-        return Context(request=request, services=self._services(), principal=principal)
-
-    async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
-        params = context.connection_params or {}
-        header = params.get("Authorization") or params.get("authorization")
-        token = bearer_token(header if isinstance(header, str) else None)
-        token = token or bearer_token(context.request.headers.get("authorization"))
-        principal = await context.store.keys.authenticate(token) if token else None
-        if principal is None:
-            raise ConnectionRejectionError({"code": "UNAUTHENTICATED"})
-        context.principal = principal
-        acknowledged: UnsetType = UNSET
-        return acknowledged
-
-    async def process_result(
-        self, request: Request, result: ExecutionResult
-    ) -> GraphQLHTTPResponse:
-        # Parse errors end the operation before ErrorShaping sees them.
-        if result.errors:
-            result.errors = [
-                error if error.extensions and "code" in error.extensions else shape(error)
-                for error in result.errors
-            ]
-        return await super().process_result(request, result)
 
 
 def branch_views(registry: ProviderRegistry) -> Mapping[str, BranchView]:

@@ -44,13 +44,80 @@ class Settings(BaseSettings):
     default_page_size: int = 20
     graphiql: bool = True
     introspection: bool = Field(default=True, description="Off hides the schema from clients.")
-    max_query_depth: int = Field(default=12, ge=1)
-    max_aliases: int = Field(default=15, ge=0)
-    max_tokens: int = Field(default=2000, ge=10)
-    rate_limit_per_second: float = Field(
-        default=20.0, gt=0, description="Average requests per second per API key."
+    max_query_depth: int = Field(default=12, ge=1, description="Nesting of fields in one document.")
+    max_aliases: int = Field(
+        default=15, ge=0, description="Aliased fields in one document, counted at every spread."
     )
-    rate_limit_burst: int = Field(default=40, ge=1, description="Requests a key may burst.")
+    max_directives: int = Field(
+        default=50, ge=0, description="Directives in one document, counted at every spread."
+    )
+    max_tokens: int = Field(default=2000, ge=10, description="Lexical tokens in one document.")
+    max_query_cost: int = Field(
+        default=5000,
+        ge=1,
+        description="Points one request may cost: 1 a field, a connection's children times "
+        "`first`, a list's children times list_cost_factor.",
+    )
+    list_cost_factor: int = Field(
+        default=10, ge=1, description="How many elements a list field is assumed to return."
+    )
+    max_variable_list_items: int = Field(
+        default=100, ge=1, description="Elements of any one list in the variables."
+    )
+    max_variable_values: int = Field(
+        default=2000, ge=1, description="Values in the variables, nested ones included."
+    )
+    max_variable_depth: int = Field(
+        default=8, ge=1, description="Nesting of objects and lists in the variables."
+    )
+    max_string_length: int = Field(
+        default=4096,
+        ge=1,
+        description="Characters of any one string argument (free-text inputs have lower limits).",
+    )
+    rate_limit_per_second: float = Field(
+        default=500.0, gt=0, description="Query-cost points a key regains per second."
+    )
+    rate_limit_burst: int = Field(
+        default=10_000, ge=1, description="Query-cost points a key may spend at once."
+    )
+    failed_auth_per_second: float = Field(
+        default=1.0, gt=0, description="Failed authentications an address may make per second."
+    )
+    failed_auth_burst: int = Field(
+        default=10, ge=1, description="Failed authentications an address may make at once."
+    )
+    ws_connection_init_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="A WebSocket must send connection_init within this (4408)."
+    )
+    ws_max_operations_per_connection: int = Field(
+        default=20, ge=1, description="Operations (subscriptions included) open on one socket."
+    )
+    ws_max_subscriptions_per_key: int = Field(
+        default=100, ge=1, description="Subscriptions one API key may hold open in one process."
+    )
+    key_recheck_interval_seconds: float = Field(
+        default=0.5,
+        gt=0,
+        description="How often open WebSockets' keys are checked for revocation (4403).",
+    )
+    store_timeout_seconds: float = Field(
+        default=4.0,
+        gt=0,
+        description="Time the store may take for one request's work before STORE_UNAVAILABLE.",
+    )
+    store_server_selection_timeout_seconds: float = Field(
+        default=3.0, gt=0, description="Time to find a usable store server."
+    )
+    store_connect_timeout_seconds: float = Field(
+        default=2.0, gt=0, description="Time to open a connection to the store."
+    )
+    store_socket_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="A store reply not received in this is an outage."
+    )
+    store_retry_after_seconds: int = Field(
+        default=5, ge=1, description="Retry-After sent with STORE_UNAVAILABLE."
+    )
     pii_key: SecretStr | None = Field(
         default=None, description="Key (32+ bytes, base64 or text) that protects personal data."
     )

@@ -24,7 +24,8 @@ Two families (see ARCHITECTURE.md):
       UNAUTHENTICATED   no or unknown API key
       FORBIDDEN         the key's role may not do this
       NOT_FOUND         the addressed resource does not exist (or is not yours)
-      RATE_LIMITED      too many requests; retry after the Retry-After seconds
+      RATE_LIMITED      the key's query-cost budget is spent; retry after the Retry-After seconds
+      STORE_UNAVAILABLE the store did not answer in time (HTTP 503, Retry-After, errorId)
       INTERNAL          our fault; the message carries only an ``errorId`` that is logged
 
 No stack trace or internal message ever reaches a client.
@@ -51,6 +52,7 @@ class ErrorCode(enum.StrEnum):
     FORBIDDEN = "FORBIDDEN"
     NOT_FOUND = "NOT_FOUND"
     RATE_LIMITED = "RATE_LIMITED"
+    STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
     INTERNAL = "INTERNAL"
 
 
