@@ -21,7 +21,6 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
-from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
 from api.branches import BranchView, ProviderView, provider_view
 from api.orders import OrderService
@@ -38,6 +37,7 @@ from api.settings import Settings
 from api.store import Store
 from api.web.body_limit import BodyLimit
 from api.web.graphql import GraphQLApp
+from api.web.websocket import OpenSockets
 
 log = logging.getLogger("branchpay")
 
@@ -104,6 +104,9 @@ def create_app(
         raise RuntimeError("no MongoDB URI: set BRANCHPAY_MONGODB_URI or use `branchpay serve`")
     vault = PiiVault(settings.pii_master_key())
     state: dict[str, Services] = {}
+    budget = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
+    failures = RateLimiter(settings.failed_auth_per_second, settings.failed_auth_burst)
+    sockets = OpenSockets(lambda: services().store.keys, settings.key_recheck_interval_seconds)
 
     def services() -> Services:
         return state["services"]
@@ -145,6 +148,7 @@ def create_app(
                 branches=current_branches,
                 vault=vault,
                 payments=payments,
+                budget=budget,
             )
             app.state.registry = registry
             app.state.store = store
@@ -152,6 +156,7 @@ def create_app(
             reconcile_min_age = timedelta(seconds=settings.reconcile_min_age_seconds)
             tasks = [
                 asyncio.create_task(registry.watch(), name="config-watch"),
+                asyncio.create_task(sockets.watch(), name="revocation-watch"),
                 asyncio.create_task(
                     _every(settings.expiry_interval_seconds, orders.expire_due, "expiry"),
                     name="expiry",
@@ -240,8 +245,10 @@ def create_app(
     graphql = GraphQLApp(
         build_schema(settings),
         services,
+        settings=settings,
+        failures=failures,
+        sockets=sockets,
         graphql_ide="graphiql" if settings.graphiql else None,
-        subscription_protocols=[GRAPHQL_TRANSPORT_WS_PROTOCOL],
     )
     routes: list[BaseRoute] = [
         Route("/graphql", graphql, methods=["GET", "POST"]),
@@ -258,7 +265,8 @@ def create_app(
     app.add_middleware(
         ApiKeyGate,
         keys=lambda: app.state.store.keys,
-        limiter=RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
+        budget=budget,
+        failures=failures,
         prefixes=("/bench/",) if settings.bench_mode else (),
     )
     # Added last, so it runs first: an oversized body is refused before anything else.

@@ -37,6 +37,7 @@ import enum
 import logging
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 from graphql import ExecutionResult as GraphQLExecutionResult
 from graphql.error import GraphQLError
@@ -59,10 +60,12 @@ class ErrorCode(enum.StrEnum):
 class ApiError(Exception):
     """An error meant for the client: its message is safe to show."""
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str, **extensions: Any) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        # More for the client beside the code, e.g. RATE_LIMITED's retryAfter seconds.
+        self.extensions = extensions
 
 
 def bad_input(message: str) -> ApiError:
@@ -72,9 +75,9 @@ def bad_input(message: str) -> ApiError:
 def shape(error: GraphQLError) -> GraphQLError:
     """The error as the client sees it: a safe message and ``extensions.code``."""
     original = error.original_error
-    extra: dict[str, str]
+    extra: dict[str, Any]
     if isinstance(original, ApiError):
-        message, code, extra = original.message, original.code, {}
+        message, code, extra = original.message, original.code, original.extensions
     elif original is None or isinstance(original, GraphQLError):
         # Syntax, validation and variable coercion errors: graphql-core's own
         # messages, which only repeat what the client sent.
@@ -93,6 +96,14 @@ def shape(error: GraphQLError) -> GraphQLError:
         original_error=None,
         extensions={"code": code.value, **extra},
     )
+
+
+def shaped(errors: list[GraphQLError]) -> list[GraphQLError]:
+    """The errors with a code; those ending an operation before ErrorShaping ran get one."""
+    return [
+        error if error.extensions and "code" in error.extensions else shape(error)
+        for error in errors
+    ]
 
 
 class ErrorShaping(SchemaExtension):
