@@ -161,6 +161,11 @@ class Settings(BaseSettings):
         "about 7 % less CPU per page of orders, but memory crept 8.8 % in a 10-minute "
         "soak where the default stays flat (docs/performance.md).",
     )
+    graphql_fast_path: bool = Field(
+        default=True,
+        description="Complete plain fields without graphql-core's per-field machinery "
+        "(api/schema/execution.py); false runs Strawberry's stock execution.",
+    )
     bench_mode: bool = Field(
         default=False,
         description="Mount the plain JSON endpoints under /bench that `make bench` compares with.",

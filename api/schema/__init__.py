@@ -50,8 +50,10 @@ def build_schema(settings: Settings | None = None, **options: Any) -> strawberry
     if not settings.introspection:
         extensions.append(DisableIntrospection)
     # Plain leaf fields skip graphql-core's per-field machinery
-    # (api/schema/execution.py); tests pass Strawberry's own class to compare.
-    options.setdefault("execution_context_class", LeafFastPathExecutionContext)
+    # (api/schema/execution.py); BRANCHPAY_GRAPHQL_FAST_PATH=false, or a test
+    # passing Strawberry's own class, runs the stock execution instead.
+    if settings.graphql_fast_path:
+        options.setdefault("execution_context_class", LeafFastPathExecutionContext)
     return BranchpaySchema(
         query=Query,
         mutation=Mutation,
