@@ -251,7 +251,8 @@ def create_app(
         graphql_ide="graphiql" if settings.graphiql else None,
     )
     routes: list[BaseRoute] = [
-        Route("/graphql", graphql, methods=["GET", "POST"]),
+        # Every method reaches the view, so that one it refuses gets a JSON 405 too.
+        Route("/graphql", graphql),
         WebSocketRoute("/graphql", graphql),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
