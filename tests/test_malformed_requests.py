@@ -168,7 +168,10 @@ def test_malformed_gets_and_other_methods_get_a_json_error_with_a_code(
 def test_without_a_valid_key_a_malformed_request_is_refused_before_it_is_read(
     start_service: Any, watch_errors: Callable[[], list[logging.LogRecord]]
 ) -> None:
-    service: RunningService = start_service()
+    # Dozens of failed logins from one address: the limit on them has tests of its own.
+    service: RunningService = start_service(
+        failed_auth_per_second=1_000_000.0, failed_auth_burst=1_000_000
+    )
     logged_errors = watch_errors()
     for headers in ({}, {"authorization": "Bearer bp_000000000000_" + "x" * 43}):
         with httpx.Client(base_url=service.url, headers=headers, timeout=30.0) as stranger:
