@@ -101,7 +101,8 @@ class ApiKeyGate:
     def _ide_page(self, scope: Scope) -> bool:
         if scope["method"] != "GET" or scope["path"] != self.path:
             return False
-        return "query" not in parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        return "query" not in query
 
     @staticmethod
     async def _too_many(send: Send, wait: int) -> None:

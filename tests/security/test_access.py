@@ -230,3 +230,10 @@ def test_introspection_and_graphiql_can_be_switched_off(start_service: Any) -> N
     assert set(service.client.error_codes("{ __schema { types { name } } }")) == {"BAD_USER_INPUT"}
     page = httpx.get(f"{service.url}/graphql", headers={"accept": "text/html"})
     assert "graphiql" not in page.text.lower()
+
+
+def test_a_get_with_an_empty_query_needs_a_key(start_service: Any) -> None:
+    service: RunningService = start_service()
+    answer = httpx.get(f"{service.url}/graphql?query=")
+    assert answer.status_code == 401
+    assert answer.json()["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
