@@ -64,6 +64,13 @@ async def _every(interval: float, job: Callable[[], Awaitable[Any]], name: str) 
             raise
         except Exception:
             log.exception("background job %s failed; retrying in %.0f s", name, interval)
+        # A cancellation can be lost inside the job: on Python 3.11 asyncio.wait_for
+        # returns the result when the awaited operation completes as the cancel arrives,
+        # as PyMongo's connection set-up did at a shutdown right after start-up. Honour
+        # it here, or the app's shutdown waits for this loop for ever.
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError
         await asyncio.sleep(interval)
 
 
