@@ -113,7 +113,7 @@ def create_app(
     state: dict[str, Services] = {}
     budget = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
     failures = RateLimiter(settings.failed_auth_per_second, settings.failed_auth_burst)
-    sockets = OpenSockets(lambda: services().store.keys, settings.key_recheck_interval_seconds)
+    sockets = OpenSockets(lambda: services().store.keys)
 
     def services() -> Services:
         return state["services"]
@@ -163,7 +163,10 @@ def create_app(
             reconcile_min_age = timedelta(seconds=settings.reconcile_min_age_seconds)
             tasks = [
                 asyncio.create_task(registry.watch(), name="config-watch"),
-                asyncio.create_task(sockets.watch(), name="revocation-watch"),
+                asyncio.create_task(
+                    _every(settings.key_recheck_interval_seconds, sockets.close_revoked, "revoked"),
+                    name="revocation-watch",
+                ),
                 asyncio.create_task(
                     _every(settings.expiry_interval_seconds, orders.expire_due, "expiry"),
                     name="expiry",

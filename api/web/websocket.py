@@ -18,9 +18,7 @@ same 1 point on arrival, and re-checks its API key first. Beyond that:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import logging
 from collections import defaultdict
 from collections.abc import AsyncGenerator, Callable
 from json import JSONDecodeError
@@ -48,8 +46,6 @@ from api.security.keys import KeyRing
 from api.security.ratelimit import RateLimiter
 from api.settings import Settings
 
-log = logging.getLogger("branchpay.websocket")
-
 CLOSE_BAD_MESSAGE = 4400
 CLOSE_FORBIDDEN = 4403
 CLOSE_TOO_LARGE = 4413
@@ -62,11 +58,10 @@ def _refusal(message: str, **extensions: Any) -> GraphQLFormattedError:
 
 
 class OpenSockets:
-    """The process's open sockets by API key name, and the watch that ends revoked keys'."""
+    """The process's open sockets by API key name; ``close_revoked`` ends revoked keys' sockets."""
 
-    def __init__(self, keys: Callable[[], KeyRing], interval: float) -> None:
+    def __init__(self, keys: Callable[[], KeyRing]) -> None:
         self._keys = keys
-        self._interval = interval
         self._by_key: dict[str, set[GuardedTransportWS]] = defaultdict(set)
 
     def add(self, name: str, handler: GuardedTransportWS) -> None:
@@ -93,16 +88,6 @@ class OpenSockets:
                 await handler.end(CLOSE_FORBIDDEN, "API key revoked")
                 closed += 1
         return closed
-
-    async def watch(self) -> None:
-        while True:
-            try:
-                await self.close_revoked()
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:  # the store may be away; look again next time
-                log.warning("revocation check failed: %s", type(error).__name__)
-            await asyncio.sleep(self._interval)
 
 
 class GuardedSocket(ASGIWebSocketAdapter):
