@@ -138,7 +138,7 @@ async def call_gateway(
                 pause,
             )
             await asyncio.sleep(pause)
-    logger.error("%s: try %d of %d was the last (%s)", operation, tries, tries, reason)
+    logger.error("%s failed: try %d of %d was the last (%s)", operation, tries, tries, reason)
     raise GatewayError(
         f"{operation} failed after {tries} {'try' if tries == 1 else 'tries'}: {reason}",
         retryable=repeatable,

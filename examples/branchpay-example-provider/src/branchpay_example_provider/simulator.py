@@ -192,7 +192,8 @@ def create_app(merchant_id: str, api_key: bytes) -> Starlette:
         attempt = attempts.get(request.path_params["out_trade_no"])
         if attempt is None or not attempt.latest:
             return PlainTextResponse("no notification for that attempt", status_code=404)
-        return JSONResponse({"body": signed_form({**attempt.latest, "time": int(time.time())})})
+        body = signed_form({**attempt.latest, "time": int(time.time())})
+        return JSONResponse({"body": body.decode()})
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
