@@ -13,12 +13,17 @@ validation, execution, type construction), which is what the targets bound.
 Both sit behind the same API-key gate and answer what the key may see: the
 branches of its scope, personal data masked unless its role reveals it.
 Never enabled in production: the endpoints bypass every schema extension.
+
+``BRANCHPAY_BENCH_UNLIMITED_KEYS`` names keys the per-key rate limit lets
+through (bench mode only): the hostile scenario runs the API with the real
+default budget, which its attacker's key faces, while the bench's own key
+drives ordinary traffic far beyond one partner's budget.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, cast
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -30,8 +35,10 @@ from api.domain.order import OrderStatus
 from api.schema.context import Services, payments_of
 from api.schema.errors import ApiError
 from api.schema.ids import encode_cursor, object_id_of, to_global_id
+from api.security.gate import ApiKeyGate
 from api.security.pii import PiiVault, reveal_customer
 from api.security.principal import Principal
+from api.security.ratelimit import RateLimiter
 from api.settings import Settings
 from api.store.orders import ORDER_FIELDS, OrderQuery, Position
 
@@ -153,6 +160,29 @@ def bench_routes(services: Callable[[], Services]) -> list[Route]:
     ]
 
 
+class UnlimitedFor:
+    """A rate limiter that lets the named keys through and hands every other caller to ``inner``."""
+
+    def __init__(self, inner: RateLimiter, names: Collection[str]) -> None:
+        self.inner = inner
+        # The gate's bucket names: `key:<name>` for keys, `address:<ip>` for failed logins.
+        self.buckets = frozenset(f"key:{name}" for name in names)
+
+    def take(self, key: str) -> int:
+        return 0 if key in self.buckets else self.inner.take(key)
+
+
+def lift_rate_limit(app: Starlette, names: Collection[str]) -> None:
+    """Let the keys ``names`` past the API-key gate's rate limit; everyone else keeps it."""
+    gates = [m for m in app.user_middleware if cast("object", m.cls) is ApiKeyGate]
+    if len(gates) != 1:
+        raise RuntimeError(f"expected one ApiKeyGate in the app, found {len(gates)}")
+    limiter = gates[0].kwargs.get("limiter")
+    if not isinstance(limiter, RateLimiter):
+        raise RuntimeError(f"the ApiKeyGate's limiter is {limiter!r}, not a RateLimiter")
+    gates[0].kwargs["limiter"] = UnlimitedFor(limiter, names)
+
+
 def app_factory() -> Starlette:
     """The app for ``uvicorn api.bench:app_factory --factory``, configured from the environment.
 
@@ -160,4 +190,8 @@ def app_factory() -> Starlette:
     """
     from api.app import create_app
 
-    return create_app(Settings())
+    settings = Settings()
+    app = create_app(settings)
+    if settings.bench_mode and settings.bench_unlimited_keys:
+        lift_rate_limit(app, settings.bench_unlimited_keys)
+    return app
