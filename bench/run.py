@@ -540,12 +540,15 @@ def hostile(
         scenario=Scenario.ORDERS,
         target=Target.GRAPHQL,
     )
+    logs = BENCH_DATA / "logs"
+    # Each document alone first, on an API of its own, so the one measured starts fresh.
     with running_api(
-        uri,
-        loaded.database,
-        workers=1,
-        log_path=BENCH_DATA / "logs" / "api-hostile.log",
-        config=config,
+        uri, loaded.database, workers=1, log_path=logs / "api-hostile-alone.log", config=config
+    ) as api:
+        _log("(h) (a) and each document once, alone")
+        checked = preflight(api.url, ordinary, documents)
+    with running_api(
+        uri, loaded.database, workers=1, log_path=logs / "api-hostile.log", config=config
     ) as api:
         ordinary = replace(ordinary, base_url=api.url)
         probe = replace(
@@ -564,7 +567,6 @@ def hostile(
             documents=documents,
             quiet_warmup=True,
         )
-        checked = preflight(api.url, ordinary, documents)
         _log(f"(h) (a) and the /healthz probe for {spec.duration:.0f} s, no attack")
         quiet, quiet_probe = measure_together([ordinary, probe], api.pid, api.idle_cpu_rate)
         _log(
