@@ -21,7 +21,9 @@ together; the API's CPU in the window is then shared and reported as a
 whole, not per request. A spec with an ``interval`` paces each worker (one
 request every ``interval`` seconds, latency counted from when it was due, so
 a stall counts against every probe it delays); ``quiet_warmup`` sends
-nothing before the window.
+nothing before the window. The ``/healthz`` probe is a bare HTTP/1.1 GET on
+a new connection (``scenarios.health_probe``), so a generator short of CPU
+does not make the API look slow.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from bench.scenarios import (
     Spec,
     Target,
     answer,
+    health_probe,
     http_request,
     pay_round_trip,
     store_call,
@@ -166,13 +169,12 @@ async def _drive(spec: Spec, parent: Connection, go: Event) -> Outcome:
                 ok = await query(rng)
                 return Answer(ok, "served" if ok else "unexpected answer")
 
+        elif spec.scenario is Scenario.HEALTH:
+            call = health_probe(spec.base_url)
         else:
             # A round trip (d) holds its subscription's connection while it
-            # posts to the API and to the simulator: three per worker. Probes
-            # overlap when answers are slow: enough for a second of them.
+            # posts to the API and to the simulator: three per worker.
             connections = 3 if spec.scenario is Scenario.PAY else 1
-            if spec.interval:
-                connections = max(1, math.ceil(1.0 / spec.interval))
             client = await stack.enter_async_context(
                 httpx.AsyncClient(
                     base_url=spec.base_url,

@@ -18,6 +18,7 @@ attacker's requests are counted served or refused by HTTP status and error code.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import json
 import random
@@ -26,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 from httpx_ws import AsyncWebSocketSession, aconnect_ws
@@ -281,6 +282,30 @@ def store_call(spec: Spec, store: Store) -> Callable[[random.Random], Awaitable[
     if spec.scenario is Scenario.ORDER:
         return one_order
     raise ValueError("createOrder has no driver-only ceiling")
+
+
+def health_probe(base_url: str) -> Callable[[random.Random], Awaitable[Answer]]:
+    """``GET /healthz`` on a new connection, as a load balancer checks: a few lines of asyncio.
+
+    httpx costs a client a millisecond or more of CPU a request; a probe must
+    not be slow because the generator that sends it is starved of CPU on a
+    shared machine, or its latency says nothing about the API.
+    """
+    address = urlsplit(base_url)
+    host, port = address.hostname or "127.0.0.1", address.port or 80
+    request = f"GET /healthz HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n"
+
+    async def probe(rng: random.Random) -> Answer:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            writer.write(request.encode())
+            answered = await reader.read()  # to the end: the server closes the connection
+        finally:
+            writer.close()
+        ok = answered.startswith((b"HTTP/1.1 200 ", b"HTTP/1.0 200 "))
+        return Answer(ok, "served" if ok else "unexpected answer")
+
+    return probe
 
 
 class RoundTripFailed(Exception):

@@ -7,6 +7,7 @@ exists, ``service_cost_of`` must hand out the service's own function instead.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import importlib.util
 import json
@@ -52,6 +53,7 @@ from bench.scenarios import (
     Spec,
     Target,
     answer,
+    health_probe,
     http_request,
 )
 from tests.conftest import DEMO_BRANCHES_TOML, issue_key
@@ -230,7 +232,7 @@ def test_unlimited_keys_pass_while_every_other_caller_keeps_the_limit() -> None:
     assert limiter.take("address:127.0.0.1") == 0
 
 
-def test_bench_app_lets_only_the_named_key_past_the_rate_limit(
+def test_bench_app_lets_only_the_named_key_past_the_rate_limit_and_probes_pass(
     tmp_path: Path, mongo_uri: str, db_name: str
 ) -> None:
     """Through real uvicorn and a real store: the bench's key is unlimited, the attacker's is not."""
@@ -266,6 +268,10 @@ def test_bench_app_lets_only_the_named_key_past_the_rate_limit(
 
         assert statuses(ordinary, 8) == [200] * 8
         assert statuses(attacker, 5) == [200, 200, 200, 429, 429]
+        # The /healthz probe needs no key and is not limited.
+        probe = health_probe(server.url)
+        answers = [asyncio.run(probe(random.Random())) for _ in range(3)]
+        assert answers == [Answer(True, "served")] * 3
     finally:
         server.stop()
         client.drop_database(db_name)
