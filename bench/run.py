@@ -520,8 +520,8 @@ def hostile(
     config: ApiConfig,
     attacker_key: str,
     concurrency: int,
-) -> None:
-    """(a) with a /healthz probe, then the same while a hostile partner attacks; ratios of both."""
+) -> list[Ratio]:
+    """(a) with a /healthz probe, then the same while a hostile partner attacks; their ratios."""
     # The limits the API runs with: its environment is this process's, plus the config's.
     limits = Settings()
     cost_of, cost_model = service_cost_of(limits)
@@ -585,7 +585,7 @@ def hostile(
     for measured in (quiet, attacked, quiet_probe, attacked_probe):
         if measured.outcome.errors:
             console.print(f"[red]failed requests: {measured.outcome.failures}[/red]")
-    run.ratios += [
+    ratios = [
         _latency_ratio(
             "(h) (a) p99 under attack / without", attacked.outcome.p99, quiet.outcome.p99, 1.5
         ),
@@ -628,6 +628,7 @@ def hostile(
         "attacker": _attacker_answers(attack),
         "apiCpuSeconds": {"withoutAttack": quiet.server_cpu, "underAttack": attacked.server_cpu},
     }
+    return ratios
 
 
 def hook_overhead() -> dict[str, float] | None:
@@ -751,13 +752,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 run.extra["profiles"] = [
                     str(p) for p in profile(uri, smallest, main, started, config)
                 ]
+        hostile_ratios = []
         if args.hostile:
             attacker_key = asyncio.run(bench_key(uri, databases, HOSTILE_KEY_NAME))
-            hostile(
+            hostile_ratios = hostile(
                 run, uri, smallest, main, hostile_config, attacker_key, args.hostile_concurrency
             )
     if not args.hostile_only:
         standard_ratios(run, args, figures, by_scale, smallest, largest)
+    run.ratios += hostile_ratios
     print_run(run, console)
     console.print(f"written: {write_run(run, RESULTS)}")
     return 0
