@@ -14,8 +14,8 @@ Both sit behind the same API-key gate and answer what the key may see: the
 branches of its scope, personal data masked unless its role reveals it.
 Never enabled in production: the endpoints bypass every schema extension.
 
-``BRANCHPAY_BENCH_UNLIMITED_KEYS`` names keys the per-key rate limit lets
-through (bench mode only): the hostile scenario runs the API with the real
+``BRANCHPAY_BENCH_UNLIMITED_KEYS`` names keys whose query-cost budget has no
+limit (bench mode only): the hostile scenario runs the API with the real
 default budget, which its attacker's key faces, while the bench's own key
 drives ordinary traffic far beyond one partner's budget.
 """
@@ -160,27 +160,30 @@ def bench_routes(services: Callable[[], Services]) -> list[Route]:
     ]
 
 
-class UnlimitedFor:
-    """A rate limiter that lets the named keys through and hands every other caller to ``inner``."""
+class BenchBudget(RateLimiter):
+    """The key budget of a bench API: the service's own, except for the buckets it names."""
 
-    def __init__(self, inner: RateLimiter, names: Collection[str]) -> None:
-        self.inner = inner
-        # The gate's bucket names: `key:<name>` for keys, `address:<ip>` for failed logins.
-        self.buckets = frozenset(f"key:{name}" for name in names)
+    unlimited: frozenset[str] = frozenset()
 
-    def take(self, key: str) -> int:
-        return 0 if key in self.buckets else self.inner.take(key)
+    def take(self, key: str, amount: int = 1) -> int:
+        return 0 if key in self.unlimited else super().take(key, amount)
+
+    def remaining(self, key: str) -> int:
+        return self.burst if key in self.unlimited else super().remaining(key)
 
 
 def lift_rate_limit(app: Starlette, names: Collection[str]) -> None:
-    """Let the keys ``names`` past the API-key gate's rate limit; everyone else keeps it."""
+    """Let the keys ``names`` spend without limit; every other key keeps the budget it has."""
     gates = [m for m in app.user_middleware if cast("object", m.cls) is ApiKeyGate]
     if len(gates) != 1:
         raise RuntimeError(f"expected one ApiKeyGate in the app, found {len(gates)}")
-    limiter = gates[0].kwargs.get("limiter")
-    if not isinstance(limiter, RateLimiter):
-        raise RuntimeError(f"the ApiKeyGate's limiter is {limiter!r}, not a RateLimiter")
-    gates[0].kwargs["limiter"] = UnlimitedFor(limiter, names)
+    budget = gates[0].kwargs.get("budget")
+    if type(budget) is not RateLimiter:
+        raise RuntimeError(f"the ApiKeyGate's budget is {budget!r}, not a RateLimiter")
+    # The gate (1 point on arrival) and the query cost (Services.budget) spend from this
+    # one object; changing its class in place reaches both, with its buckets as they are.
+    budget.__class__ = BenchBudget
+    cast("BenchBudget", budget).unlimited = frozenset(f"key:{name}" for name in names)
 
 
 def app_factory() -> Starlette:

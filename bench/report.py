@@ -172,7 +172,7 @@ def print_hostile(hostile: dict[str, Any], console: Console) -> None:
         f"{hostile['attackerConcurrency']} in flight: {attacker['requests']:,} requests, "
         f"{attacker['served']:,} served, refused: {refused or 'none'}"
     )
-    console.print(f"(h) documents, cost by {hostile['costModel']}; each alone on the idle API:")
+    console.print("(h) documents, measured by the service's limits; each alone on an idle API:")
     alone = {checked["label"]: checked for checked in hostile["preflight"]}
     for document in [{"shape": "(a)", "summary": "the ordinary request"}, *hostile["documents"]]:
         checked = alone.get(document["shape"], {})
@@ -185,7 +185,7 @@ def print_hostile(hostile: dict[str, Any], console: Console) -> None:
         console.print(
             f"    {document['shape']}: {document['summary']}; {cost}"
             f"{checked.get('answer', '?')} in {checked.get('ms', math.nan):,.0f} ms"
-            + (f"; service's cost {service}" if service is not None else "")
+            + (f"; extensions.cost {service}" if service is not None else "")
         )
 
 

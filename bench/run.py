@@ -54,7 +54,7 @@ from api.seed import seed
 from api.settings import Settings
 from api.store import Store
 from bench import crosscheck, percentiles
-from bench.hostile import service_cost_of, worst_documents
+from bench.hostile import worst_documents
 from bench.loader import LoadedSet, ensure_loaded
 from bench.loadgen import REQUEST_TIMEOUT, Measurement, measure, measure_together
 from bench.percentiles import Percentile
@@ -524,8 +524,7 @@ def hostile(
     """(a) with a /healthz probe, then the same while a hostile partner attacks; their ratios."""
     # The limits the API runs with: its environment is this process's, plus the config's.
     limits = Settings()
-    cost_of, cost_model = service_cost_of(limits)
-    documents = worst_documents(limits, cost_of)
+    documents = worst_documents(limits)
     for document in documents:
         _log(
             f"(h) {document.shape}: {document.summary}; cost {document.cost}, "
@@ -606,7 +605,6 @@ def hostile(
     ]
     budget = shipped_budget()
     run.extra["hostile"] = {
-        "costModel": cost_model,
         "limits": {
             name: getattr(limits, name)
             for name in (

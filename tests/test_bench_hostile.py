@@ -1,21 +1,20 @@
-"""The hostile scenario's parts: the worst-document generator, its cost stand-in, the answers.
+"""The hostile scenario's parts: the worst-document generator, the attacker's answers, the probe.
 
-The generator is tested against ``estimated_cost``, the bench's reading of the
-documented cost model, so it holds on any branch; once ``api.schema.limits``
-exists, ``service_cost_of`` must hand out the service's own function instead.
+The documents are checked against the service's own limits
+(``api.schema.limits``): each passes them, one step more is refused, and
+each is valid for the schema. The bench's exemption for its own key is
+checked through real uvicorn and a real store.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import importlib.util
 import json
 import random
 import secrets
 from dataclasses import replace
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,22 +23,16 @@ import pytest
 from graphql import GraphQLSyntaxError, build_schema, parse, validate
 from pymongo import MongoClient
 
-from api.bench import UnlimitedFor, lift_rate_limit
+from api.bench import BenchBudget, lift_rate_limit
 from api.schema import schema as service_schema
-from api.security.ratelimit import RateLimiter
+from api.schema.limits import LimitError, measure_request
 from api.settings import Settings
 from bench.hostile import (
-    ESTIMATED_COST,
-    SERVICE_COST,
-    Counts,
     Limits,
-    counts,
-    estimated_cost,
     fragments_document,
     largest,
     pages_document,
     repeats_document,
-    service_cost_of,
     token_count,
     wide_document,
     worst_documents,
@@ -55,14 +48,11 @@ from bench.scenarios import (
     answer,
     health_probe,
     http_request,
+    refusal_code,
 )
 from tests.conftest import DEMO_BRANCHES_TOML, issue_key
 
 DEFAULTS = Settings()
-
-
-def cost(document: str, variables: dict[str, Any] | None = None) -> int:
-    return estimated_cost(document, variables or {}, settings=DEFAULTS)
 
 
 def test_largest_finds_the_last_allowed_size() -> None:
@@ -72,38 +62,12 @@ def test_largest_finds_the_last_allowed_size() -> None:
     assert largest(lambda n: n <= 1, 1) == 1
 
 
-def test_estimated_cost_follows_the_documented_model() -> None:
-    # Each field 1; a list's children times list_cost_factor (10).
-    assert cost("{ branches { code } }") == 1 + 10 * 1
-    # A connection's edges children times `first`; its other fields once.
-    assert cost("{ orders(first: 3) { totalCount edges { cursor node { id } } } }") == 3 + 3 * 3
-    # No `first`: the default page size (20); `first` from the variables.
-    assert cost("{ orders { edges { cursor } } }") == 2 + DEFAULTS.default_page_size
-    query = "query Q($n: Int) { orders(first: $n) { edges { cursor } } }"
-    assert cost(query, {"n": 5}) == 2 + 5
-    # A fragment is costed once and added at every spread, also under a connection.
-    assert cost("{ ...F ...F } fragment F on Query { branches { code } }") == 2 * 11
-    fragment = "fragment C on OrderConnection { edges { cursor } }"
-    assert cost(f"{{ orders(first: 2) {{ ...C }} }} {fragment}") == 1 + 1 + 2
-    assert cost('{ node(id: "x") { ... on Order { id status } } }') == 3
-    assert cost("{ __typename }") == 1
-
-
-def test_ordinary_request_costs_more_than_the_default_maximum_by_the_documented_model() -> None:
-    # (a): per order 157 points (items 81, payments 61), 158 an edge, times 50.
-    assert cost(ORDERS_QUERY, {"first": 50}) == 7905
-    assert DEFAULTS.max_query_cost < 7905  # the lead's defaults would refuse (a) as modelled
-
-
-def test_counts_see_fragments_at_every_spread_in_one_pass() -> None:
-    document = (
-        "{ a: branches { code } ...F ...F }"
-        " fragment F on Query { b: branches { code @include(if: true) } }"
+def test_the_ordinary_request_is_within_the_default_limits() -> None:
+    # (a) must pass what the attacker is held to, or the baseline measures refusals.
+    measure = measure_request(
+        service_schema._schema, parse(ORDERS_QUERY), {"first": 50}, None, DEFAULTS
     )
-    assert counts(document) == Counts(depth=2, aliases=3, directives=2)
-    bomb = " ".join(f"fragment F{i} on Query {{ ...F{i + 1} ...F{i + 1} }}" for i in range(60))
-    # 2**60 expansions: counted at once, because each fragment is counted once.
-    assert counts(f"{{ ...F0 }} {bomb} fragment F60 on Query {{ x: __typename }}").aliases == 2**60
+    assert measure.cost <= DEFAULTS.max_query_cost
 
 
 def test_token_count_is_what_the_parser_limits() -> None:
@@ -114,13 +78,13 @@ def test_token_count_is_what_the_parser_limits() -> None:
         parse(document, max_tokens=tokens - 1)
 
 
-def _check_within(document: str, settings: Settings) -> None:
-    assert token_count(document) <= settings.max_tokens
-    assert estimated_cost(document, {}, settings=settings) <= settings.max_query_cost
-    seen = counts(document)
-    assert seen.depth <= settings.max_query_depth
-    assert seen.aliases <= settings.max_aliases
-    assert seen.directives <= settings.max_directives
+def _refused(document: str, settings: Settings) -> bool:
+    """Whether the service refuses ``document``: over the tokens, or a limit it names."""
+    if token_count(document) > settings.max_tokens:
+        return True
+    with pytest.raises(LimitError, match=r"\(max_\w+\)"):
+        measure_request(service_schema._schema, parse(document), {}, None, settings)
+    return True
 
 
 @pytest.mark.parametrize(
@@ -128,35 +92,35 @@ def _check_within(document: str, settings: Settings) -> None:
     [
         DEFAULTS,
         Settings(max_query_cost=600, max_aliases=3, max_tokens=300, max_page_size=50),
-        Settings(max_query_cost=20_000, list_cost_factor=2, max_aliases=4),
+        Settings(max_query_cost=40_000, list_cost_factor=2, max_aliases=4),
     ],
     ids=["defaults", "tight", "generous"],
 )
-def test_worst_documents_are_within_every_limit_and_one_step_short_of_one(
+def test_worst_documents_pass_the_service_limits_and_one_step_more_does_not(
     settings: Settings,
 ) -> None:
-    limits = Limits(settings, partial(estimated_cost, settings=settings))
-    documents = {d.shape: d for d in worst_documents(settings, limits.cost_of)}
+    limits = Limits(settings)
+    documents = {d.shape: d for d in worst_documents(settings)}
     assert set(documents) == {"pages", "wide", "fragments", "repeats"}
     for document in documents.values():
-        _check_within(document.query, settings)
-        assert document.cost == limits.cost_of(document.query, {})
-        assert document.tokens == token_count(document.query)
+        assert document.tokens == token_count(document.query) <= settings.max_tokens
+        measure = measure_request(limits.schema, parse(document.query), {}, None, settings)
+        assert document.cost == measure.cost <= settings.max_query_cost
         assert document.query.startswith("query Hostile {")
 
     pages, first = documents["pages"].parameters["pages"], documents["pages"].parameters["first"]
-    assert first == settings.max_page_size or not limits.allow(pages_document(pages, first + 1))
-    # One more page of that size would read more orders: it is over a limit.
-    assert not limits.allow(pages_document(pages + 1, first))
+    if first < settings.max_page_size:
+        assert _refused(pages_document(pages, first + 1), settings)
+    # One more page of that size would read more orders: the service refuses it.
+    assert _refused(pages_document(pages + 1, first), settings)
 
     wide = documents["wide"].parameters
     assert wide["pages"] == settings.max_aliases + 1  # every alias the limit allows
-    assert wide["first"] == settings.max_page_size or not limits.allow(
-        wide_document(wide["pages"], wide["first"] + 1)
-    )
+    if wide["first"] < settings.max_page_size:
+        assert _refused(wide_document(wide["pages"], wide["first"] + 1), settings)
+    assert _refused(wide_document(wide["pages"] + 1, 1), settings)  # aliases
     for shape, builder in (("fragments", fragments_document), ("repeats", repeats_document)):
-        count = documents[shape].parameters["count"]
-        assert not limits.allow(builder(count + 1)), shape
+        assert _refused(builder(documents[shape].parameters["count"] + 1), settings), shape
 
 
 def test_worst_documents_are_valid_for_the_schema(
@@ -171,19 +135,10 @@ def test_worst_documents_are_valid_for_the_schema(
     assert validate(schema, parse(repeats_document(10))) == []
 
 
-def test_service_cost_of_is_the_estimate_only_while_the_service_has_none() -> None:
-    function, name = service_cost_of(DEFAULTS)
-    if importlib.util.find_spec("api.schema.limits") is None:
-        assert name == ESTIMATED_COST
-    else:
-        assert name == SERVICE_COST
-    assert function("{ branches { code } }", {}) > 0
-
-
 @pytest.fixture(scope="module")
 def defaults() -> tuple[HostileDocument, ...]:
-    """The worst documents for the default settings, by the documented model."""
-    return worst_documents(DEFAULTS, partial(cost))
+    """The worst documents for the default settings."""
+    return worst_documents(DEFAULTS)
 
 
 HOSTILE = Spec(
@@ -224,12 +179,15 @@ def test_answers_of_the_attacker_are_labelled_by_shape_and_code() -> None:
     assert answer(probe, HttpRequest("GET", "/healthz"), 200, b"{}") == Answer(True, "served")
 
 
-def test_unlimited_keys_pass_while_every_other_caller_keeps_the_limit() -> None:
+def test_bench_budget_spends_nothing_of_its_named_keys() -> None:
     now = [0.0]
-    limiter = UnlimitedFor(RateLimiter(1.0, 2, clock=lambda: now[0]), ["make-bench"])
-    assert [limiter.take("key:make-bench") for _ in range(50)] == [0] * 50
-    assert [limiter.take("key:attacker") for _ in range(3)] == [0, 0, 1]
-    assert limiter.take("address:127.0.0.1") == 0
+    budget = BenchBudget(1.0, 10, clock=lambda: now[0])
+    budget.unlimited = frozenset({"key:make-bench"})
+    assert [budget.take("key:make-bench", 6) for _ in range(50)] == [0] * 50
+    assert budget.remaining("key:make-bench") == 10
+    # 4 points left, 6 wanted: 2 seconds at 1 point a second.
+    assert [budget.take("key:attacker", 6) for _ in range(2)] == [0, 2]
+    assert budget.remaining("key:attacker") == 4
 
 
 def test_bench_app_lets_only_the_named_key_past_the_rate_limit_and_probes_pass(
@@ -249,7 +207,8 @@ def test_bench_app_lets_only_the_named_key_past_the_rate_limit_and_probes_pass(
         pii_key=base64.b64encode(secrets.token_bytes(32)).decode(),
         bench_mode=True,
         rate_limit_per_second=0.01,
-        rate_limit_burst=3,
+        rate_limit_burst=20,
+        max_query_cost=20,
     )
     app = create_app(settings, mongodb_uri=mongo_uri)
     lift_rate_limit(app, ["make-bench"])
@@ -260,14 +219,22 @@ def test_bench_app_lets_only_the_named_key_past_the_rate_limit_and_probes_pass(
     server = LoopbackServer(app).start()
     try:
 
-        def statuses(key: str, count: int) -> list[int]:
+        def answers(key: str, count: int) -> list[str]:
             headers = {"authorization": f"Bearer {key}"}
             with httpx.Client(base_url=server.url, headers=headers, timeout=30) as http:
-                body = {"query": "{ branches { code } }"}
-                return [http.post("/graphql", json=body).status_code for _ in range(count)]
+                body = {"query": "{ branches { code } }"}  # 1 on arrival + 6 points
+                return [
+                    refusal_code(response.status_code, response.content)
+                    if b'"errors"' in (response := http.post("/graphql", json=body)).content
+                    else "served"
+                    for _ in range(count)
+                ]
 
-        assert statuses(ordinary, 8) == [200] * 8
-        assert statuses(attacker, 5) == [200, 200, 200, 429, 429]
+        assert answers(ordinary, 8) == ["served"] * 8
+        # 20 points: two requests of 7, then the cost no longer fits, then not even arrival.
+        refused = answers(attacker, 4)
+        assert refused[:2] == ["served", "served"]
+        assert all(answer.endswith(" RATE_LIMITED") for answer in refused[2:]), refused
         # The /healthz probe needs no key and is not limited.
         probe = health_probe(server.url)
         answers = [asyncio.run(probe(random.Random())) for _ in range(3)]
