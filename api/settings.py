@@ -17,6 +17,8 @@ LIMITS = (
     "max_aliases",
     "max_directives",
     "max_query_cost",
+    "count_cost",
+    "max_selection_width",
     "list_cost_factor",
     "default_page_size",
     "max_page_size",
@@ -90,6 +92,16 @@ class Settings(BaseSettings):
         description="Points one request may cost: 1 a field, a connection's children times "
         "`first`, a list's children times list_cost_factor.",
     )
+    count_cost: int = Field(
+        default=1000,
+        ge=1,
+        description="Points of a connection's totalCount (a count walks every match).",
+    )
+    max_selection_width: int = Field(
+        default=200,
+        ge=1,
+        description="Fields one selection set may hold, fragments spread into it included.",
+    )
     list_cost_factor: int = Field(
         default=5, ge=1, description="How many elements a list field is assumed to return."
     )
@@ -108,10 +120,10 @@ class Settings(BaseSettings):
         description="Characters of any one string argument (free-text inputs have lower limits).",
     )
     rate_limit_per_second: float = Field(
-        default=2_000.0, gt=0, description="Query-cost points a key regains per second."
+        default=500.0, gt=0, description="Query-cost points a key regains per second."
     )
     rate_limit_burst: int = Field(
-        default=40_000, ge=1, description="Query-cost points a key may spend at once."
+        default=20_000, ge=1, description="Query-cost points a key may spend at once."
     )
     failed_auth_per_second: float = Field(
         default=1.0, gt=0, description="Failed authentications an address may make per second."

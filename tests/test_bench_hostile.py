@@ -91,8 +91,10 @@ def _refused(document: str, settings: Settings) -> bool:
     "settings",
     [
         DEFAULTS,
-        Settings(max_query_cost=600, max_aliases=3, max_tokens=300, max_page_size=50),
-        Settings(max_query_cost=40_000, list_cost_factor=2, max_aliases=4),
+        Settings(
+            max_query_cost=600, max_aliases=3, max_tokens=300, max_page_size=50, count_cost=20
+        ),
+        Settings(max_query_cost=40_000, rate_limit_burst=40_000, list_cost_factor=2, max_aliases=4),
     ],
     ids=["defaults", "tight", "generous"],
 )

@@ -14,7 +14,12 @@ The cost of a request, in points:
 - a connection (a type named ``...Connection``) multiplies the cost of its
   ``edges`` and ``nodes`` by ``first`` (the default page size when absent,
   at most the maximum page size);
-- any other list multiplies the cost of its children by ``list_cost_factor``.
+- any other list multiplies the cost of its children by ``list_cost_factor``;
+- a connection's ``totalCount`` costs ``count_cost``: it walks every match.
+
+The width of a selection set (its fields, those of fragments spread into it
+included) is bounded too: graphql-core's validation compares fields of the
+same name pair by pair, quadratic in that width.
 
 ``QueryLimits`` refuses a request over any limit before graphql-core validates
 or executes it, with BAD_USER_INPUT naming the limit and, for the cost, the
@@ -70,6 +75,10 @@ class Measure:
     aliases: int = 0
     directives: int = 0
     cost: int = 0
+    # Fields this selection adds to the selection set it is in (through fragments too),
+    # and the most fields any selection set inside it holds.
+    fields: int = 0
+    widest: int = 0
 
 
 class LimitError(Exception):
@@ -121,6 +130,8 @@ class DocumentMeasure:
             inner.aliases,
             inner.directives + len(operation.directives or ()),
             inner.cost,
+            inner.fields,
+            max(inner.widest, inner.fields),
         )
 
     def _operation(self, name: str | None) -> OperationDefinitionNode | None:
@@ -149,7 +160,7 @@ class DocumentMeasure:
     def _selection_set(
         self, node: SelectionSetNode, parent: GraphQLNamedType | None, page: int
     ) -> Measure:
-        depth = aliases = directives = cost = 0
+        depth = aliases = directives = cost = fields = widest = 0
         for selection in node.selections:
             directives += self._directives(selection.directives)
             if isinstance(selection, FieldNode):
@@ -169,7 +180,9 @@ class DocumentMeasure:
             aliases += measure.aliases
             directives += measure.directives
             cost += measure.cost
-        return Measure(depth, aliases, directives, cost)
+            fields += measure.fields
+            widest = max(widest, measure.widest)
+        return Measure(depth, aliases, directives, cost, fields, widest)
 
     def _fragment(self, name: str, page: int) -> Measure:
         key = (name, page)
@@ -189,6 +202,8 @@ class DocumentMeasure:
                 measure.aliases,
                 measure.directives + self._directives(definition.directives),
                 measure.cost,
+                measure.fields,
+                measure.widest,
             )
         finally:
             self._active.discard(name)
@@ -201,7 +216,10 @@ class DocumentMeasure:
         for argument in node.arguments or ():
             self._check_literal(argument.value, f"argument `{argument.name.value}` of `{name}`")
         if node.selection_set is None:
-            return Measure(1, aliases, 0, 1)
+            counts = name == "totalCount" and getattr(parent, "name", "").endswith(
+                CONNECTION_SUFFIX
+            )
+            return Measure(1, aliases, 0, self.settings.count_cost if counts else 1, 1, 0)
         definition = (
             parent.fields.get(name)
             if isinstance(parent, GraphQLObjectType | GraphQLInterfaceType)
@@ -227,6 +245,8 @@ class DocumentMeasure:
             children.aliases + aliases,
             children.directives,
             1 + multiplier * children.cost,
+            1,
+            max(children.widest, children.fields),
         )
 
     def _first(self, node: FieldNode) -> int:
@@ -334,6 +354,11 @@ def measure_request(
         raise LimitError(
             f"the query costs {measure.cost} points; at most {settings.max_query_cost} "
             "per request (max_query_cost)"
+        )
+    if measure.widest > settings.max_selection_width:
+        raise LimitError(
+            f"a selection set holds {measure.widest} fields (fragments spread into it "
+            f"included); at most {settings.max_selection_width} (max_selection_width)"
         )
     return measure
 

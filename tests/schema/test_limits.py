@@ -77,8 +77,9 @@ def test_a_fragment_cycle_is_refused_not_followed() -> None:
 
 def test_a_connection_multiplies_its_page_by_first() -> None:
     page = "{ orders(first: 100) { totalCount edges { node { id items { title } } } } }"
-    # orders 1 + totalCount 1 + edges (1 + 100 x (node 1 + id 1 + items (1 + factor x 1)))
-    assert measure(page).cost == 1 + 1 + 1 + 100 * (1 + 1 + 1 + SETTINGS.list_cost_factor)
+    # orders 1 + totalCount + edges (1 + 100 x (node 1 + id 1 + items (1 + factor x 1)))
+    items = 1 + SETTINGS.list_cost_factor
+    assert measure(page).cost == 1 + SETTINGS.count_cost + 1 + 100 * (1 + 1 + items)
 
 
 def test_first_from_a_variable_and_the_default_page_size() -> None:
@@ -108,6 +109,14 @@ def test_measuring_a_sixty_level_bomb_walks_each_fragment_once() -> None:
     measured.operation(None)
     # The operation, 61 fragments and the one `branches` selection: linear, not 2**60.
     assert len(walked) == 1 + 61 + 1
+
+
+def test_a_wide_selection_is_refused_before_graphql_core_compares_its_fields() -> None:
+    repeats = "{ " + "branches { code } " * 201 + "}"
+    assert "holds 201 fields" in refusal(repeats)
+    spread = "query { ...A ...A ...A } fragment A on Query { " + "branches { code } " * 70 + "}"
+    assert "holds 210 fields" in refusal(spread)
+    assert measure("{ " + "branches { code } " * 200 + "}").widest == 200
 
 
 def test_a_huge_list_in_the_variables_is_refused_before_anything_else() -> None:
