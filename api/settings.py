@@ -133,6 +133,11 @@ class Settings(BaseSettings):
         default=False,
         description="Mount the plain JSON endpoints under /bench that `make bench` compares with.",
     )
+    store_journal: bool = Field(
+        default=True,
+        description="Acknowledge a write only once it is in the store's journal (j: true), so "
+        "a store killed right after an answer still has it (docs/security.md, Store outages).",
+    )
 
     def pii_master_key(self) -> bytes:
         """The PII key from BRANCHPAY_PII_KEY or BRANCHPAY_PII_KEY_FILE, never the repository."""
