@@ -7,6 +7,7 @@ from typing import Any
 
 import strawberry
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
@@ -15,7 +16,7 @@ from strawberry.types import ExecutionResult
 from strawberry.types.unset import UNSET, UnsetType
 
 from api.schema.context import Context, Services
-from api.schema.errors import shape
+from api.schema.errors import ErrorCode, shape
 from api.security.keys import bearer_token
 
 
@@ -53,3 +54,24 @@ class GraphQLApp(GraphQL[Context, None]):
                 for error in result.errors
             ]
         return await super().process_result(request, result)
+
+    def create_response(
+        self,
+        response_data: GraphQLHTTPResponse | list[GraphQLHTTPResponse],
+        sub_response: Response,
+    ) -> Response:
+        response = super().create_response(response_data, sub_response)
+        # A store outage is not the client's fault and passes: 503 with
+        # Retry-After tells clients and proxies to come back, not to give up.
+        responses = response_data if isinstance(response_data, list) else [response_data]
+        codes = {
+            error["extensions"].get("code")
+            for data in responses
+            for error in data.get("errors") or []
+            if isinstance(error, dict) and isinstance(error.get("extensions"), dict)
+        }
+        if response.status_code == 200 and ErrorCode.STORE_UNAVAILABLE in codes:
+            response.status_code = 503
+            retry_after = self._services().settings.store_retry_after_seconds
+            response.headers["retry-after"] = str(retry_after)
+        return response
