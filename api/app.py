@@ -21,7 +21,6 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
-from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
 from api.branches import BranchView, ProviderView, provider_view
 from api.orders import OrderService
@@ -43,6 +42,7 @@ from api.web.body_limit import BodyLimit
 from api.web.graphql import GraphQLApp
 from api.web.last_resort import LastResort
 from api.web.store_deadline import StoreDeadline
+from api.web.websocket import OpenSockets
 
 log = logging.getLogger("branchpay")
 
@@ -73,7 +73,9 @@ async def _every(interval: float, job: Callable[[], Awaitable[Any]], name: str) 
                 report_store_outage(error, f"background job {name}")
             else:
                 log.exception("background job %s failed; retrying in %.0f s", name, interval)
-        # The driver may have swallowed a shutdown's cancellation (api/store/cancellation.py).
+        # A cancellation can be lost inside the job (api/store/cancellation.py), as
+        # PyMongo's connection set-up did at a shutdown right after start-up. Honour
+        # it here, or the app's shutdown waits for this loop for ever.
         raise_if_cancelled()
         await asyncio.sleep(interval)
 
@@ -119,6 +121,9 @@ def create_app(
         raise RuntimeError("no MongoDB URI: set BRANCHPAY_MONGODB_URI or use `branchpay serve`")
     vault = PiiVault(settings.pii_master_key())
     state: dict[str, Services] = {}
+    budget = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
+    failures = RateLimiter(settings.failed_auth_per_second, settings.failed_auth_burst)
+    sockets = OpenSockets(lambda: services().store.keys)
 
     def services() -> Services:
         return state["services"]
@@ -168,6 +173,7 @@ def create_app(
                 branches=current_branches,
                 vault=vault,
                 payments=payments,
+                budget=budget,
             )
             app.state.registry = registry
             app.state.store = store
@@ -175,6 +181,10 @@ def create_app(
             reconcile_min_age = timedelta(seconds=settings.reconcile_min_age_seconds)
             tasks = [
                 asyncio.create_task(registry.watch(), name="config-watch"),
+                asyncio.create_task(
+                    _every(settings.key_recheck_interval_seconds, sockets.close_revoked, "revoked"),
+                    name="revocation-watch",
+                ),
                 asyncio.create_task(
                     _every(settings.expiry_interval_seconds, orders.expire_due, "expiry"),
                     name="expiry",
@@ -268,11 +278,14 @@ def create_app(
     graphql = GraphQLApp(
         build_schema(settings),
         services,
+        settings=settings,
+        failures=failures,
+        sockets=sockets,
         graphql_ide="graphiql" if settings.graphiql else None,
-        subscription_protocols=[GRAPHQL_TRANSPORT_WS_PROTOCOL],
     )
     routes: list[BaseRoute] = [
-        Route("/graphql", graphql, methods=["GET", "POST"]),
+        # Every method reaches the view, so that one it refuses gets a JSON 405 too.
+        Route("/graphql", graphql),
         WebSocketRoute("/graphql", graphql),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
@@ -286,7 +299,8 @@ def create_app(
     app.add_middleware(
         ApiKeyGate,
         keys=lambda: app.state.store.keys,
-        limiter=RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
+        budget=budget,
+        failures=failures,
         prefixes=("/bench/",) if settings.bench_mode else (),
     )
     # The gate reads the key from the store, so it runs under the deadline too.

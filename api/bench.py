@@ -13,12 +13,17 @@ validation, execution, type construction), which is what the targets bound.
 Both sit behind the same API-key gate and answer what the key may see: the
 branches of its scope, personal data masked unless its role reveals it.
 Never enabled in production: the endpoints bypass every schema extension.
+
+``BRANCHPAY_BENCH_UNLIMITED_KEYS`` names keys whose query-cost budget has no
+limit (bench mode only): the hostile scenario runs the API with the real
+default budget, which its attacker's key faces, while the bench's own key
+drives ordinary traffic far beyond one partner's budget.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, cast
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -30,8 +35,10 @@ from api.domain.order import OrderStatus
 from api.schema.context import Services, payments_of
 from api.schema.errors import ApiError
 from api.schema.ids import encode_cursor, object_id_of, to_global_id
+from api.security.gate import ApiKeyGate
 from api.security.pii import PiiVault, reveal_customer
 from api.security.principal import Principal
+from api.security.ratelimit import RateLimiter
 from api.settings import Settings
 from api.store.orders import ORDER_FIELDS, OrderQuery, Position
 
@@ -153,6 +160,32 @@ def bench_routes(services: Callable[[], Services]) -> list[Route]:
     ]
 
 
+class BenchBudget(RateLimiter):
+    """The key budget of a bench API: the service's own, except for the buckets it names."""
+
+    unlimited: frozenset[str] = frozenset()
+
+    def take(self, key: str, amount: int = 1) -> int:
+        return 0 if key in self.unlimited else super().take(key, amount)
+
+    def remaining(self, key: str) -> int:
+        return self.burst if key in self.unlimited else super().remaining(key)
+
+
+def lift_rate_limit(app: Starlette, names: Collection[str]) -> None:
+    """Let the keys ``names`` spend without limit; every other key keeps the budget it has."""
+    gates = [m for m in app.user_middleware if cast("object", m.cls) is ApiKeyGate]
+    if len(gates) != 1:
+        raise RuntimeError(f"expected one ApiKeyGate in the app, found {len(gates)}")
+    budget = gates[0].kwargs.get("budget")
+    if type(budget) is not RateLimiter:
+        raise RuntimeError(f"the ApiKeyGate's budget is {budget!r}, not a RateLimiter")
+    # The gate (1 point on arrival) and the query cost (Services.budget) spend from this
+    # one object; changing its class in place reaches both, with its buckets as they are.
+    budget.__class__ = BenchBudget
+    cast("BenchBudget", budget).unlimited = frozenset(f"key:{name}" for name in names)
+
+
 def app_factory() -> Starlette:
     """The app for ``uvicorn api.bench:app_factory --factory``, configured from the environment.
 
@@ -160,4 +193,8 @@ def app_factory() -> Starlette:
     """
     from api.app import create_app
 
-    return create_app(Settings())
+    settings = Settings()
+    app = create_app(settings)
+    if settings.bench_mode and settings.bench_unlimited_keys:
+        lift_rate_limit(app, settings.bench_unlimited_keys)
+    return app

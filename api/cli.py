@@ -1,4 +1,12 @@
-"""The ``branchpay`` command: serve, schema export, seed, plugins and config administration."""
+"""The ``branchpay`` command: serve, the embedded store, schema export, seed, plugins and config.
+
+``serve`` owns its folder while it runs: a lock file in the data directory
+(``.data/serve.lock``, holding its pid and URL) refuses a second ``serve`` there
+at once, and the API port is bound before anything starts, so a port taken by
+something else is named before a store or a simulator is started. SIGINT and
+SIGTERM stop it in every phase, start-up included; should the shutdown hang,
+a watchdog stops what it started and exits after ``STOP_GRACE_SECONDS``.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +14,40 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import dataclasses
+import errno
+import fcntl
+import json
 import logging
 import os
 import re
 import secrets
+import signal
+import socket
 import sys
-from collections.abc import Iterator, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from api import devdb
 from api.settings import Settings
 
+if TYPE_CHECKING:
+    import uvicorn
+
 console = Console(stderr=True)
 SCHEMA_FILE = Path("schema.graphql")
+SERVE_LOCK = "serve.lock"
+# From the first SIGINT or SIGTERM to the hard stop when the shutdown hangs.
+STOP_GRACE_SECONDS = 15.0
+# How long open connections (WebSockets, slow clients) may hold up a shutdown.
+CONNECTIONS_GRACE_SECONDS = 5
 
 
 def export_schema(path: Path) -> None:
@@ -47,24 +73,252 @@ def prepare_demo(settings: Settings) -> None:
 
 @contextlib.contextmanager
 def store_uri(settings: Settings, *, reuse_running: bool = False) -> Iterator[str]:
-    """The configured MongoDB, or the embedded store started for as long as we run.
+    """The configured MongoDB, the embedded store running in this folder, or one started for us.
 
-    With ``reuse_running`` an admin command talks to the embedded store that a
-    running ``make run`` already serves on the port, instead of starting one.
+    An embedded store found through its pid file (``branchpay store start``, or
+    a running ``branchpay serve``'s) is used and left running. With
+    ``reuse_running`` an admin command also talks to a store that merely
+    listens on the port, instead of starting one.
     """
     if settings.mongodb_uri:
         yield settings.mongodb_uri
         return
-    if reuse_running and devdb.port_in_use(settings.db_port):
-        yield f"mongodb://127.0.0.1:{settings.db_port}/?directConnection=true"
-        return
     storage = settings.data_dir / "db"
-    console.print(
-        f"starting the embedded store (SecantusDB) on 127.0.0.1:{settings.db_port}, "
-        f"data in {storage}"
-    )
+    record = devdb.find_running(storage)
+    if record is not None:
+        yield record.uri
+        return
+    if reuse_running and devdb.port_in_use(settings.db_port):
+        yield devdb.uri_of(settings.db_port)
+        return
+    _starting(settings)
     with devdb.running(storage, settings.db_port) as store:
         yield store.uri
+
+
+def _starting(settings: Settings) -> None:
+    console.print(
+        f"starting the embedded store (SecantusDB) on 127.0.0.1:{settings.db_port}, "
+        f"data in {settings.data_dir / 'db'}",
+        soft_wrap=True,
+    )
+
+
+@contextlib.contextmanager
+def serve_store(settings: Settings, stop: StopSignals) -> Iterator[str]:
+    """The store ``serve`` uses: stopped at exit only if ``serve`` started it.
+
+    A store that already runs in this folder is used and left running, so the
+    API can be stopped and started again while the store keeps its data warm.
+    One whose ``serve`` died without stopping it is taken over: stopped at exit.
+    """
+    if settings.mongodb_uri:
+        yield settings.mongodb_uri
+        return
+    storage = settings.data_dir / "db"
+    record = devdb.find_running(storage)
+    if record is not None and (record.owner is None or record.owner_alive):
+        console.print(
+            f"using the embedded store already running in this folder (pid {record.pid}, "
+            f"127.0.0.1:{record.port}); it keeps running when branchpay stops",
+            soft_wrap=True,
+        )
+        try:
+            yield record.uri
+        finally:
+            console.print(
+                f"the embedded store keeps running (pid {record.pid}); "
+                "`branchpay store stop` stops it",
+                soft_wrap=True,
+            )
+        return
+    if record is not None:
+        console.print(
+            f"taking over the embedded store (pid {record.pid}, 127.0.0.1:{record.port}) "
+            f"that branchpay pid {record.owner} left running; it stops when branchpay stops",
+            soft_wrap=True,
+        )
+        adopted = dataclasses.replace(record, owner=os.getpid())
+        devdb.write_record(adopted)
+        stop.on_overrun(lambda: devdb.stop_recorded(adopted, timeout=2.0))
+        try:
+            yield adopted.uri
+        finally:
+            devdb.stop_recorded(adopted)
+        return
+    _starting(settings)
+    with devdb.running(storage, settings.db_port) as store:
+        stop.on_overrun(lambda: store.stop(timeout=2.0))
+        yield store.uri
+
+
+class StopSignals:
+    """SIGINT and SIGTERM stop ``serve`` whatever it is doing, within a bounded time.
+
+    Outside uvicorn (start-up: the store, the seed, the simulators; and the
+    clean-up after it) the first signal raises KeyboardInterrupt, so every
+    ``with`` block stops what it started; later ones are ignored so that they
+    cannot break that clean-up in the middle. While uvicorn runs, its own
+    handler stops it (see :class:`ApiServer`). Either way the first signal
+    arms a watchdog: should stopping hang (a task that lost its cancellation,
+    a store that does not answer), it stops what was started and exits 1.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        self.grace = grace
+        self.requested = False
+        self._overrun_actions: list[Callable[[], object]] = []
+        self._timer: threading.Timer | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        for signum in self.SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def on_overrun(self, action: Callable[[], object]) -> None:
+        """Run ``action`` (stop a child process) if the watchdog has to end the process."""
+        self._overrun_actions.append(action)
+
+    def note(self, signum: int) -> bool:
+        """Record a stop request; True for the first one, which arms the watchdog."""
+        if self.requested:
+            return False
+        self.requested = True
+        self._timer = threading.Timer(self.grace, self._overrun)
+        self._timer.daemon = True
+        self._timer.start()
+        return True
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.note(signum):
+            raise KeyboardInterrupt
+
+    def _overrun(self) -> None:
+        console.print(
+            f"[red]branchpay did not stop within {self.grace:.0f} s of the signal; "
+            "stopping what it started and exiting[/red]",
+            soft_wrap=True,
+        )
+        for action in reversed(self._overrun_actions):
+            with contextlib.suppress(Exception):
+                action()
+        os._exit(1)
+
+
+class AlreadyServing(Exception):
+    """Another ``branchpay serve`` holds this folder's lock; the message names it."""
+
+
+class PortTaken(Exception):
+    """The API port cannot be bound; the message says why and what to do."""
+
+
+def _lock_holder(path: Path) -> dict[str, Any]:
+    # The holder writes its pid and URL right after locking; give it a moment.
+    deadline = time.monotonic() + 1.0
+    while True:
+        with contextlib.suppress(OSError, ValueError):
+            holder = json.loads(path.read_text())
+            if isinstance(holder, dict):
+                return holder
+        if time.monotonic() > deadline:
+            return {}
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def serve_lock(data_dir: Path, url: str) -> Iterator[None]:
+    """Hold ``data_dir/serve.lock`` (an flock, released by the OS even on SIGKILL) while serving."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / SERVE_LOCK
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(path)
+            pid = holder.get("pid", "unknown")
+            raise AlreadyServing(
+                f"branchpay is already serving from this folder (pid {pid}, "
+                f"{holder.get('url', 'URL unknown')}); use that one, or stop it first "
+                f"(Ctrl-C in its terminal, or kill {pid}); another instance needs a folder "
+                "or a BRANCHPAY_DATA_DIR of its own"
+            ) from None
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, json.dumps({"pid": os.getpid(), "url": url}).encode())
+        try:
+            yield
+        finally:
+            os.ftruncate(descriptor, 0)
+    finally:
+        os.close(descriptor)
+
+
+def bind_api(host: str, port: int) -> socket.socket:
+    """The API's listening socket, bound before anything else starts."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    # As uvicorn does: a restart must not wait for the old connections' TIME_WAIT.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        if error.errno == errno.EADDRINUSE:
+            raise PortTaken(
+                f"port {port} on {host} is already in use, so branchpay cannot serve there: "
+                "stop whatever listens on it, or choose another port with --port "
+                "(PORT=9000 make run)"
+            ) from None
+        raise PortTaken(f"cannot listen on {host}:{port}: {error.strerror}") from None
+    return sock
+
+
+def _api_server(config: uvicorn.Config, stop: StopSignals) -> uvicorn.Server:
+    import uvicorn
+
+    class ApiServer(uvicorn.Server):
+        """uvicorn, whose signal handler also arms the stop watchdog.
+
+        uvicorn's handler only sets a flag that its main loop reads; during a
+        start-up or a shutdown that hangs nobody reads it, which is how a
+        second ``make run`` used to ignore SIGINT and SIGTERM for good.
+        """
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            stop.note(sig)
+            super().handle_exit(sig, frame)
+
+    return ApiServer(config)
+
+
+def run_api(app: Any, sock: socket.socket, settings: Settings, stop: StopSignals) -> int:
+    import uvicorn
+
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        proxy_headers=False,
+        timeout_graceful_shutdown=CONNECTIONS_GRACE_SECONDS,
+    )
+    server = _api_server(config, stop)
+    with contextlib.suppress(SystemExit):  # uvicorn exits 3 when the app's start-up fails
+        server.run(sockets=[sock])
+    if not server.started and not stop.requested:
+        console.print("[red]error:[/red] the API did not start; see the log above")
+        return 1
+    return 0
 
 
 async def _seed(settings: Settings, uri: str) -> bool:
@@ -90,15 +344,43 @@ async def _seed(settings: Settings, uri: str) -> bool:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    settings = Settings()
+    if args.port is not None:
+        settings.port = args.port
+    with StopSignals() as stop:
+        try:
+            return _serve(args, settings, stop)
+        except KeyboardInterrupt:
+            console.print("stopped before serving")
+            return 0
 
+
+def _serve(args: argparse.Namespace, settings: Settings, stop: StopSignals) -> int:
+    url = f"http://{settings.host}:{settings.port}"
+    try:
+        with contextlib.ExitStack() as stack:
+            # The lock and the port first, before the app's (slow) imports: a second
+            # `make run` is refused within a second, and nothing was started.
+            stack.enter_context(serve_lock(settings.data_dir, url))
+            sock = stack.enter_context(contextlib.closing(bind_api(settings.host, settings.port)))
+            return _serve_bound(args, settings, stop, stack, sock, url)
+    except (AlreadyServing, PortTaken, devdb.EmbeddedStoreError) as error:
+        console.print(f"[red]error:[/red] {error}", soft_wrap=True)
+        return 1
+
+
+def _serve_bound(
+    args: argparse.Namespace,
+    settings: Settings,
+    stop: StopSignals,
+    stack: contextlib.ExitStack,
+    sock: socket.socket,
+    url: str,
+) -> int:
     from api.app import create_app
     from api.plugins.config import ConfigError
     from api.plugins.manager import PluginError
 
-    settings = Settings()
-    if args.port is not None:
-        settings.port = args.port
     if args.demo:
         prepare_demo(settings)
     try:
@@ -107,35 +389,106 @@ def cmd_serve(args: argparse.Namespace) -> int:
         console.print(f"[red]error:[/red] {error}")
         return 1
     try:
-        with store_uri(settings) as uri:
-            if args.demo and asyncio.run(_seed(settings, uri)):
-                console.print("seeded the demo branches, catalogs and orders")
-            with contextlib.ExitStack() as simulators:
-                if args.demo:
-                    from api.simulators import start_demo_simulators
+        uri = stack.enter_context(serve_store(settings, stop))
+        if args.demo and asyncio.run(_seed(settings, uri)):
+            console.print("seeded the demo branches, catalogs and orders")
+        if args.demo:
+            from api.simulators import start_demo_simulators
 
-                    start_demo_simulators(settings.data_dir / "secrets", simulators, console)
-                console.print(
-                    f"branchpay on http://{settings.host}:{settings.port}/graphql "
-                    "(GraphiQL in a browser); Ctrl-C stops it\n"
-                    "every request needs an API key; create one in another terminal with\n"
-                    "  .venv/bin/branchpay keys create --role ops --name me\n"
-                    "and send it as `Authorization: Bearer <key>` (GraphiQL: the Headers tab)"
-                )
-                uvicorn.run(
-                    create_app(settings, mongodb_uri=uri),
-                    host=settings.host,
-                    port=settings.port,
-                    log_level="info",
-                    proxy_headers=False,
-                )
-    except devdb.EmbeddedStoreError as error:
-        console.print(f"[red]error:[/red] {error}")
-        return 1
+            start_demo_simulators(settings.data_dir / "secrets", stack, console)
+        console.print(
+            f"branchpay on {url}/graphql (GraphiQL in a browser); Ctrl-C stops it\n"
+            "every request needs an API key; create one in another terminal with\n"
+            "  .venv/bin/branchpay keys create --role ops --name me\n"
+            "and send it as `Authorization: Bearer <key>` (GraphiQL: the Headers tab)"
+        )
+        return run_api(create_app(settings, mongodb_uri=uri), sock, settings, stop)
     except (ConfigError, PluginError) as error:
         console.print("[red]invalid plugins configuration:[/red]")
         console.print(str(error), markup=False, highlight=False)
         return 1
+
+
+def _store_status(record: devdb.StoreRecord | None, settings: Settings) -> int:
+    out = Console()
+    storage = settings.data_dir / "db"
+    if record is None:
+        out.print(
+            f"the embedded store is not running (it would use 127.0.0.1:{settings.db_port}, "
+            f"data in {storage})",
+            soft_wrap=True,
+        )
+        if devdb.port_in_use(settings.db_port):
+            out.print(
+                f"something not started from this folder listens on 127.0.0.1:{settings.db_port}",
+                soft_wrap=True,
+            )
+        return 3
+    listening = (
+        "accepting connections" if devdb.port_in_use(record.port) else "NOT accepting connections"
+    )
+    out.print(
+        f"the embedded store runs: pid {record.pid}, 127.0.0.1:{record.port} ({listening}), "
+        f"data in {record.storage_path}",
+        soft_wrap=True,
+    )
+    if record.owner is None:
+        out.print("started by `branchpay store start`; `branchpay store stop` stops it")
+    elif record.owner_alive:
+        out.print(f"started by branchpay pid {record.owner}, which stops it when it stops")
+    else:
+        out.print(
+            f"its branchpay (pid {record.owner}) is gone: the next `branchpay serve` takes it "
+            "over, `branchpay store stop` stops it",
+            soft_wrap=True,
+        )
+    return 0
+
+
+def cmd_store(args: argparse.Namespace) -> int:
+    settings = Settings()
+    action: str = args.store_command
+    if settings.mongodb_uri:
+        console.print(
+            "BRANCHPAY_MONGODB_URI is set, so branchpay uses that server and no embedded "
+            f"store: nothing to {action}",
+            soft_wrap=True,
+        )
+        return 0
+    storage = settings.data_dir / "db"
+    record = devdb.find_running(storage)
+    if action == "status":
+        return _store_status(record, settings)
+    if action == "start":
+        if record is not None:
+            console.print(
+                f"the embedded store already runs (pid {record.pid}, 127.0.0.1:{record.port})",
+                soft_wrap=True,
+            )
+            return 0
+        try:
+            store = devdb.start(storage, settings.db_port)
+        except devdb.EmbeddedStoreError as error:
+            console.print(f"[red]error:[/red] {error}", soft_wrap=True)
+            return 1
+        console.print(
+            f"the embedded store (SecantusDB) runs on 127.0.0.1:{store.port} (pid {store.pid}), "
+            f"data in {storage}, log in {store.log_path}; `branchpay serve` and `make run` "
+            "use it and leave it running; `branchpay store stop` stops it",
+            soft_wrap=True,
+        )
+        return 0
+    if record is None:
+        console.print("the embedded store is not running; nothing to stop")
+        return 0
+    if record.owner_alive:
+        console.print(
+            f"note: branchpay pid {record.owner} started this store and is still using it",
+            soft_wrap=True,
+        )
+    killed = devdb.stop_recorded(record, timeout=args.timeout)
+    how = f"killed after {args.timeout:g} s without stopping on SIGTERM" if killed else "stopped"
+    console.print(f"the embedded store (pid {record.pid}) {how}")
     return 0
 
 
@@ -273,6 +626,25 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--output", type=Path, default=SCHEMA_FILE)
     export.set_defaults(run=cmd_schema_export)
 
+    store = commands.add_parser(
+        "store", help="the embedded store (SecantusDB) on its own, for development"
+    )
+    store_sub = store.add_subparsers(dest="store_command", required=True)
+    store_sub.add_parser(
+        "start", help="start it detached on BRANCHPAY_DB_PORT (data in .data/db) and return"
+    ).set_defaults(run=cmd_store)
+    store_stop = store_sub.add_parser("stop", help="stop it: SIGTERM, then SIGKILL")
+    store_stop.add_argument(
+        "--timeout",
+        type=float,
+        default=devdb.STOP_TIMEOUT_SECONDS,
+        help="seconds to wait after SIGTERM before SIGKILL",
+    )
+    store_stop.set_defaults(run=cmd_store)
+    store_sub.add_parser(
+        "status", help="whether it runs, its pid and port; exit code 3 when it does not run"
+    ).set_defaults(run=cmd_store)
+
     seed = commands.add_parser("seed", help="load the demo data into an empty store")
     seed.set_defaults(run=cmd_seed)
 
@@ -320,4 +692,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     args = parser().parse_args(argv)
-    sys.exit(args.run(args))
+    # SIGTERM unwinds like Ctrl-C, so a store an admin command started is stopped too.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        code = args.run(args)
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        code = 130
+    sys.exit(code)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt

@@ -23,6 +23,7 @@ from api.domain.order import (
     check_idempotency_key,
     price_order,
 )
+from api.domain.text import BRANCH_CODE, CANCEL_REASON, quoted
 from api.security.pii import PiiVault, protect_customer
 from api.store import Store
 
@@ -92,7 +93,9 @@ class OrderService:
         """
         problems = check_idempotency_key(idempotency_key)
         if not (self.branch_exists(branch) and visible(branch)):
-            problems.append(Problem(("branch",), f"no branch {branch!r}", "UNKNOWN_BRANCH"))
+            problems.append(
+                Problem(("branch",), f"no branch {quoted(branch, BRANCH_CODE)}", "UNKNOWN_BRANCH")
+            )
         customer, customer_problems = check_customer(
             customer_name, customer_phone, customer_id_card
         )
@@ -156,6 +159,8 @@ class OrderService:
         self, order: Document, reason: str | None
     ) -> tuple[Document | None, list[Problem]]:
         """Cancel an unpaid order; cancelling a cancelled order returns it unchanged."""
+        if reason is not None and (why := CANCEL_REASON.problem(reason, "reason")) is not None:
+            return None, [Problem(("reason",), why, "INVALID_REASON")]
         if order["status"] == OrderStatus.CANCELLED.value:
             return order, []
         if self.close_attempts is not None and order["status"] == OrderStatus.PENDING_PAYMENT.value:

@@ -4,10 +4,40 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIB = 1024 * 1024
+
+# The request limits, in the order docs/security.md lists them (a test holds the two together).
+LIMITS = (
+    "max_body_bytes",
+    "max_tokens",
+    "max_query_depth",
+    "max_aliases",
+    "max_directives",
+    "max_query_cost",
+    "list_cost_factor",
+    "default_page_size",
+    "max_page_size",
+    "max_variable_list_items",
+    "max_variable_values",
+    "max_variable_depth",
+    "max_string_length",
+    "rate_limit_per_second",
+    "rate_limit_burst",
+    "failed_auth_per_second",
+    "failed_auth_burst",
+    "ws_connection_init_timeout_seconds",
+    "ws_max_operations_per_connection",
+    "ws_max_subscriptions_per_key",
+    "key_recheck_interval_seconds",
+    "store_timeout_seconds",
+    "store_server_selection_timeout_seconds",
+    "store_connect_timeout_seconds",
+    "store_socket_timeout_seconds",
+    "store_retry_after_seconds",
+)
 
 
 class Settings(BaseSettings):
@@ -39,9 +69,11 @@ class Settings(BaseSettings):
         ge=0,
         description="Attempts younger than this are left to their notifications.",
     )
-    max_body_bytes: int = MIB
-    max_page_size: int = 100
-    default_page_size: int = 20
+    max_body_bytes: int = Field(
+        default=MIB, ge=1024, description="Bytes of an HTTP body or a WebSocket message."
+    )
+    max_page_size: int = Field(default=100, ge=1, description="The largest `first` of a page.")
+    default_page_size: int = Field(default=20, ge=1, description="`first` when none is given.")
     graphiql: bool = True
     introspection: bool = Field(default=True, description="Off hides the schema from clients.")
     max_query_depth: int = Field(default=12, ge=1, description="Nesting of fields in one document.")
@@ -53,13 +85,13 @@ class Settings(BaseSettings):
     )
     max_tokens: int = Field(default=2000, ge=10, description="Lexical tokens in one document.")
     max_query_cost: int = Field(
-        default=5000,
+        default=20_000,
         ge=1,
         description="Points one request may cost: 1 a field, a connection's children times "
         "`first`, a list's children times list_cost_factor.",
     )
     list_cost_factor: int = Field(
-        default=10, ge=1, description="How many elements a list field is assumed to return."
+        default=5, ge=1, description="How many elements a list field is assumed to return."
     )
     max_variable_list_items: int = Field(
         default=100, ge=1, description="Elements of any one list in the variables."
@@ -76,10 +108,10 @@ class Settings(BaseSettings):
         description="Characters of any one string argument (free-text inputs have lower limits).",
     )
     rate_limit_per_second: float = Field(
-        default=500.0, gt=0, description="Query-cost points a key regains per second."
+        default=2_000.0, gt=0, description="Query-cost points a key regains per second."
     )
     rate_limit_burst: int = Field(
-        default=10_000, ge=1, description="Query-cost points a key may spend at once."
+        default=40_000, ge=1, description="Query-cost points a key may spend at once."
     )
     failed_auth_per_second: float = Field(
         default=1.0, gt=0, description="Failed authentications an address may make per second."
@@ -129,15 +161,35 @@ class Settings(BaseSettings):
         "about 7 % less CPU per page of orders, but memory crept 8.8 % in a 10-minute "
         "soak where the default stays flat (docs/performance.md).",
     )
+    graphql_fast_path: bool = Field(
+        default=True,
+        description="Complete plain fields without graphql-core's per-field machinery "
+        "(api/schema/execution.py); false runs Strawberry's stock execution.",
+    )
     bench_mode: bool = Field(
         default=False,
         description="Mount the plain JSON endpoints under /bench that `make bench` compares with.",
+    )
+    bench_unlimited_keys: list[str] = Field(
+        default_factory=list,
+        description="In bench mode only: names of API keys the per-key rate limit lets through "
+        "unlimited (`make bench`'s ordinary traffic in the hostile scenario, whose attacker "
+        "keeps the real budget). JSON list, e.g. '[\"make-bench\"]'.",
     )
     store_journal: bool = Field(
         default=True,
         description="Acknowledge a write only once it is in the store's journal (j: true), so "
         "a store killed right after an answer still has it (docs/security.md, Store outages).",
     )
+
+    @model_validator(mode="after")
+    def _one_request_fits_the_budget(self) -> Settings:
+        if self.max_query_cost > self.rate_limit_burst:
+            raise ValueError(
+                f"max_query_cost ({self.max_query_cost}) exceeds rate_limit_burst "
+                f"({self.rate_limit_burst}): a request that costs the maximum could never run"
+            )
+        return self
 
     def pii_master_key(self) -> bytes:
         """The PII key from BRANCHPAY_PII_KEY or BRANCHPAY_PII_KEY_FILE, never the repository."""

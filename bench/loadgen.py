@@ -13,19 +13,32 @@ then are cancelled and counted with their elapsed time as a lower bound
 nothing. Latencies are kept whole and sorted for exact percentiles. The
 process tells the parent when the measured window opens, so the parent reads
 the API's CPU seconds at that moment and again when the generator is done.
+
+``measure_together(specs, api_pid)`` runs several generators against one API
+at once (the hostile scenario: ordinary traffic, an attacker, a probe): each
+sets up its client, then all start on one signal, so their windows open
+together; the API's CPU in the window is then shared and reported as a
+whole, not per request. A spec with an ``interval`` paces each worker (one
+request every ``interval`` seconds, latency counted from when it was due, so
+a stall counts against every probe it delays); ``quiet_warmup`` sends
+nothing before the window. The ``/healthz`` probe is a bare HTTP/1.1 GET on
+a new connection (``scenarios.health_probe``), so a generator short of CPU
+does not make the API look slow.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import math
 import multiprocessing
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
+from multiprocessing.synchronize import Event
 from typing import Any
 
 import httpx
@@ -34,19 +47,22 @@ from httpx_ws import HTTPXWSException as WebSocketException
 from bench.percentiles import Latencies, Percentile
 from bench.procstat import cpu_seconds, rss_bytes
 from bench.scenarios import (
+    Answer,
     RoundTripFailed,
     Scenario,
     Spec,
     Target,
+    answer,
+    health_probe,
     http_request,
     pay_round_trip,
     store_call,
-    succeeded,
 )
 
 # Longest a single measurement may take beyond its planned time before the
 # parent gives up on the generator process.
 GRACE_SECONDS = 120.0
+READY = "ready"
 WINDOW_OPEN = "window open"
 # Generous: with a slow store and many requests in flight, queueing alone takes
 # tens of seconds; a request is only abandoned when something is truly stuck.
@@ -68,6 +84,8 @@ class Outcome:
     errors: int
     # What went wrong, by exception name or "unexpected answer", with counts.
     failures: dict[str, int]
+    # Every request counted, by its answer's label ("served", "pages: 429 RATE_LIMITED").
+    answers: dict[str, int]
     seconds: float
     p50: Percentile
     p90: Percentile
@@ -87,6 +105,9 @@ class Measurement:
     idle_cpu_rate: float
     rss_before: int | None
     rss_after: int | None
+    # The API served other generators in the same window: ``server_cpu`` is theirs
+    # together, so there is no figure per request.
+    cpu_shared: bool = False
 
     @property
     def throughput(self) -> float:
@@ -94,7 +115,9 @@ class Measurement:
 
     @property
     def cpu_per_request(self) -> float:
-        return self.server_cpu / self.outcome.requests if self.outcome.requests else math.nan
+        if self.cpu_shared or not self.outcome.requests:
+            return math.nan
+        return self.server_cpu / self.outcome.requests
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -108,12 +131,15 @@ class Measurement:
             "censored": self.outcome.censored,
             "errors": self.outcome.errors,
             "failures": self.outcome.failures,
+            "answers": self.outcome.answers,
             "throughputPerSecond": self.throughput,
             **_percentile_json("p50", self.outcome.p50),
             **_percentile_json("p90", self.outcome.p90),
             **_percentile_json("p99", self.outcome.p99),
             **_percentile_json("max", self.outcome.max),
             "cpuMsPerRequest": self.cpu_per_request * 1000,
+            "apiCpuSeconds": self.server_cpu,
+            "cpuShared": self.cpu_shared,
             "idleCpuPerSecond": self.idle_cpu_rate,
             "generatorCpuMsPerRequest": (
                 self.outcome.generator_cpu / self.outcome.requests * 1000
@@ -129,15 +155,22 @@ def _percentile_json(name: str, figure: Percentile) -> dict[str, Any]:
     return {f"{name}Ms": figure.seconds * 1000, f"{name}LowerBound": figure.lower_bound}
 
 
-async def _drive(spec: Spec, parent: Connection) -> Outcome:
+async def _drive(spec: Spec, parent: Connection, go: Event) -> Outcome:
     async with contextlib.AsyncExitStack() as stack:
-        call: Callable[[random.Random], Awaitable[bool]]
+        call: Callable[[random.Random], Awaitable[Answer]]
         if spec.target is Target.DRIVER:
             from api.store import Store
 
             store = Store.connect(spec.mongodb_uri, spec.database)
             stack.push_async_callback(store.close)
-            call = store_call(spec, store)
+            query = store_call(spec, store)
+
+            async def call(rng: random.Random) -> Answer:
+                ok = await query(rng)
+                return Answer(ok, "served" if ok else "unexpected answer")
+
+        elif spec.scenario is Scenario.HEALTH:
+            call = health_probe(spec.base_url)
         else:
             # A round trip (d) holds its subscription's connection while it
             # posts to the API and to the simulator: three per worker.
@@ -154,49 +187,89 @@ async def _drive(spec: Spec, parent: Connection) -> Outcome:
                 )
             )
 
-            async def call(rng: random.Random) -> bool:
+            async def call(rng: random.Random) -> Answer:
                 if spec.scenario is Scenario.PAY:
-                    return await pay_round_trip(client, rng)
+                    paid = await pay_round_trip(client, rng)
+                    return Answer(paid, "served" if paid else "unexpected answer")
                 request = http_request(spec, rng)
                 response = await client.request(request.method, request.path, json=request.json)
-                return succeeded(spec, response.status_code, response.content)
+                return answer(spec, request, response.status_code, response.content)
 
+        # Set up; then start with every other generator of the same measurement.
+        parent.send(READY)
+        if not await asyncio.to_thread(go.wait, GRACE_SECONDS):
+            raise RuntimeError("no start signal from the bench")
         started = time.perf_counter()
         window_from = started + spec.warmup
         window_to = window_from + spec.duration
         latencies: list[float] = []
         failures: dict[str, int] = {}
+        answers: dict[str, int] = {}
         last_done = window_from
-        # When each worker's request in flight began.
+        # When each request in flight began (was due, when paced), by a number of its own.
         in_flight: dict[int, float] = {}
+        numbers = itertools.count()
+
+        async def send(rng: random.Random, began: float) -> None:
+            nonlocal last_done
+            number = next(numbers)
+            in_flight[number] = began
+            failure = None
+            label = "served"
+            try:
+                answered = await call(rng)
+                label = answered.label
+                if not answered.ok:
+                    failure = answered.label
+            except (
+                httpx.HTTPError,
+                OSError,
+                TimeoutError,
+                ValueError,
+                RoundTripFailed,
+                WebSocketException,
+                # httpx-ws runs the socket in a task group, which wraps what it raises.
+                ExceptionGroup,
+            ) as error:
+                failure = label = type(error).__name__
+            done = time.perf_counter()
+            del in_flight[number]
+            if began >= window_from or done >= window_to:
+                latencies.append(done - began)
+                answers[label] = answers.get(label, 0) + 1
+                if failure is not None:
+                    failures[failure] = failures.get(failure, 0) + 1
+                last_done = max(last_done, done)
 
         async def worker(index: int) -> None:
-            nonlocal last_done
             rng = random.Random(spec.seed * 10_000 + index)
-            while (began := time.perf_counter()) < window_to:
-                in_flight[index] = began
-                failure = None
-                try:
-                    if not await call(rng):
-                        failure = "unexpected answer"
-                except (
-                    httpx.HTTPError,
-                    OSError,
-                    TimeoutError,
-                    ValueError,
-                    RoundTripFailed,
-                    WebSocketException,
-                    # httpx-ws runs the socket in a task group, which wraps what it raises.
-                    ExceptionGroup,
-                ) as error:
-                    failure = type(error).__name__
-                done = time.perf_counter()
-                del in_flight[index]
-                if began >= window_from or done >= window_to:
-                    latencies.append(done - began)
-                    if failure is not None:
-                        failures[failure] = failures.get(failure, 0) + 1
-                    last_done = max(last_done, done)
+            due = window_from if spec.quiet_warmup else started
+            while (began := max(due, time.perf_counter())) < window_to:
+                if (ahead := due - time.perf_counter()) > 0:
+                    await asyncio.sleep(ahead)
+                await send(rng, began)
+                due = time.perf_counter()
+
+        async def prober(index: int) -> None:
+            # A probe goes out when due, whether or not the ones before it came back, as a
+            # load balancer's do: a stall delays every probe due in it, and no queue builds
+            # behind a slow one. Its latency counts from when it was due.
+            rng = random.Random(spec.seed * 10_000 + index)
+            # Workers spread their probes evenly over the interval.
+            due = started + spec.interval * index / spec.concurrency
+            sent: set[asyncio.Task[None]] = set()
+            try:
+                while due < window_to:
+                    if (ahead := due - time.perf_counter()) > 0:
+                        await asyncio.sleep(ahead)
+                    probe = asyncio.create_task(send(rng, due))
+                    sent.add(probe)
+                    probe.add_done_callback(sent.discard)
+                    due += spec.interval
+                await asyncio.gather(*sent)
+            finally:
+                for probe in sent:
+                    probe.cancel()
 
         async def open_window() -> float:
             await asyncio.sleep(spec.warmup)
@@ -204,7 +277,8 @@ async def _drive(spec: Spec, parent: Connection) -> Outcome:
             return time.process_time()
 
         opener = asyncio.create_task(open_window())
-        workers = [asyncio.create_task(worker(i)) for i in range(spec.concurrency)]
+        loop = prober if spec.interval else worker
+        workers = [asyncio.create_task(loop(i)) for i in range(spec.concurrency)]
         drain_until = window_to + min(spec.duration, MAX_DRAIN_SECONDS)
         finished, running = await asyncio.wait(
             workers,
@@ -226,6 +300,7 @@ async def _drive(spec: Spec, parent: Connection) -> Outcome:
         censored=len(censored),
         errors=sum(failures.values()),
         failures=failures,
+        answers=answers,
         seconds=last_done - window_from,
         p50=measured.percentile(0.50),
         p90=measured.percentile(0.90),
@@ -235,8 +310,8 @@ async def _drive(spec: Spec, parent: Connection) -> Outcome:
     )
 
 
-def _generator_main(spec: Spec, parent: Connection) -> None:
-    parent.send(asyncio.run(_drive(spec, parent)))
+def _generator_main(spec: Spec, parent: Connection, go: Event) -> None:
+    parent.send(asyncio.run(_drive(spec, parent, go)))
     parent.close()
 
 
@@ -285,28 +360,68 @@ def measure(spec: Spec, api_pid: int | None, idle_rate: float = 0.0) -> Measurem
 
     ``idle_rate`` is the API's background CPU rate, taken off its CPU in the window.
     """
+    return measure_together([spec], api_pid, idle_rate)[0]
+
+
+def measure_together(
+    specs: Sequence[Spec], api_pid: int | None, idle_rate: float = 0.0
+) -> list[Measurement]:
+    """Run each spec in a process of its own, all starting together, against one API.
+
+    With more than one spec the API's CPU in the window is theirs together: each
+    measurement carries the whole figure, marked ``cpu_shared``.
+    """
     context = multiprocessing.get_context("spawn")
-    pipe, child_end = context.Pipe(duplex=False)
-    generator = context.Process(
-        target=_generator_main, args=(spec, child_end), name="bench-loadgen"
-    )
-    generator.start()
-    child_end.close()
+    go = context.Event()
+    generators: list[tuple[multiprocessing.process.BaseProcess, Connection]] = []
+    server_cpu = 0.0
     try:
-        if _receive(generator, pipe, spec.warmup + GRACE_SECONDS) != WINDOW_OPEN:
-            raise RuntimeError("the load generator did not start its measured window")
+        for spec in specs:
+            pipe, child_end = context.Pipe(duplex=False)
+            process: multiprocessing.process.BaseProcess = context.Process(
+                target=_generator_main, args=(spec, child_end, go), name="bench-loadgen"
+            )
+            process.start()
+            child_end.close()
+            generators.append((process, pipe))
+        for process, pipe in generators:
+            if _receive(process, pipe, GRACE_SECONDS) != READY:
+                raise RuntimeError("the load generator did not get ready")
+        go.set()
+        for (process, pipe), spec in zip(generators, specs, strict=True):
+            if _receive(process, pipe, spec.warmup + GRACE_SECONDS) != WINDOW_OPEN:
+                raise RuntimeError("the load generator did not start its measured window")
         window_from, cpu_from = time.perf_counter(), cpu_seconds(api_pid) if api_pid else 0.0
         rss_before = rss_bytes(api_pid) if api_pid else None
-        outcome: Outcome = _receive(generator, pipe, spec.duration + GRACE_SECONDS)
+        outcomes: list[Outcome] = [
+            _receive(process, pipe, spec.duration + GRACE_SECONDS)
+            for (process, pipe), spec in zip(generators, specs, strict=True)
+        ]
         if api_pid:
             window = time.perf_counter() - window_from
             server_cpu = max(0.0, cpu_seconds(api_pid) - cpu_from - idle_rate * window)
-        else:
-            server_cpu = outcome.generator_cpu
         rss_after = rss_bytes(api_pid) if api_pid else None
+    except BaseException:
+        # The others would wait for a start or run a whole window for nothing.
+        for process, _pipe in generators:
+            process.terminate()
+        raise
     finally:
-        generator.join(timeout=GRACE_SECONDS)
-        if generator.is_alive():
-            generator.terminate()
-            generator.join()
-    return Measurement(spec, outcome, server_cpu, idle_rate, rss_before, rss_after)
+        for process, _pipe in generators:
+            process.join(timeout=GRACE_SECONDS)
+            if process.is_alive():
+                process.terminate()
+                process.join()
+    shared = len(specs) > 1
+    return [
+        Measurement(
+            spec,
+            outcome,
+            server_cpu if api_pid else outcome.generator_cpu,
+            idle_rate,
+            rss_before,
+            rss_after,
+            cpu_shared=shared,
+        )
+        for spec, outcome in zip(specs, outcomes, strict=True)
+    ]

@@ -156,8 +156,37 @@ def print_run(run: Run, console: Console) -> None:
             f"non-2xx {figures['non2xx']}; ours: {ours.throughput:,.1f} req/s, "
             f"p50 {_percentile_ms(ours.outcome.p50)} ms, p99 {_percentile_ms(ours.outcome.p99)} ms"
         )
+    if "hostile" in run.extra:
+        print_hostile(run.extra["hostile"], console)
     for reason in run.not_measured:
         console.print(f"[yellow]not measured:[/yellow] {reason}")
+
+
+def print_hostile(hostile: dict[str, Any], console: Console) -> None:
+    """Who attacked with what, what the service made of it, and each document alone."""
+    key, attacker = hostile["attackerKey"], hostile["attacker"]
+    refused = ", ".join(f"{code} {count:,}" for code, count in attacker["refused"].items())
+    console.print(
+        f"(h) hostile partner: key {key['name']} ({key['role']}, "
+        f"{key['budget']['perSecond']:,.0f} points/s, burst {key['budget']['burst']:,}), "
+        f"{hostile['attackerConcurrency']} in flight: {attacker['requests']:,} requests, "
+        f"{attacker['served']:,} served, refused: {refused or 'none'}"
+    )
+    console.print("(h) documents, measured by the service's limits; each alone on an idle API:")
+    alone = {checked["label"]: checked for checked in hostile["preflight"]}
+    for document in [{"shape": "(a)", "summary": "the ordinary request"}, *hostile["documents"]]:
+        checked = alone.get(document["shape"], {})
+        cost = (
+            f"cost {document['cost']:,}, {document['tokens']:,} tokens; "
+            if "cost" in document
+            else ""
+        )
+        service = checked.get("serviceCost")
+        console.print(
+            f"    {document['shape']}: {document['summary']}; {cost}"
+            f"{checked.get('answer', '?')} in {checked.get('ms', math.nan):,.0f} ms"
+            + (f"; extensions.cost {service}" if service is not None else "")
+        )
 
 
 def write_run(run: Run, directory: Path) -> Path:

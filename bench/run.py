@@ -13,6 +13,13 @@
 4. The pluggy hook overhead (pytest-benchmark); with ``--soak`` the API's RSS
    over a long run of (a); with ``--profile`` pyinstrument reports of (a);
    with ``--wrk`` wrk's own figures for (a).
+5. Unless ``--no-hostile``, the hostile scenario (h) on the smallest set, on an
+   API with the shipped per-key budget: (a) with a ``/healthz`` probe, then
+   the same while a partner with a key of its own sends the worst documents
+   the limits allow (``bench.hostile``) at ``--hostile-concurrency``; the
+   bench's own key is let through the rate limit (``api.bench.lift_rate_limit``)
+   so that (a) measures the API and not the limiter, as everywhere else.
+   ``--hostile-only`` runs nothing else.
 """
 
 from __future__ import annotations
@@ -22,9 +29,11 @@ import asyncio
 import contextlib
 import json
 import math
+import random
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -32,6 +41,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import httpx
 from pymongo import MongoClient
 from rich.console import Console
 
@@ -44,12 +54,20 @@ from api.seed import seed
 from api.settings import Settings
 from api.store import Store
 from bench import crosscheck, percentiles
+from bench.hostile import worst_documents
 from bench.loader import LoadedSet, ensure_loaded
-from bench.loadgen import Measurement, measure
+from bench.loadgen import REQUEST_TIMEOUT, Measurement, measure, measure_together
 from bench.percentiles import Percentile
 from bench.procstat import rss_bytes
 from bench.report import Ratio, Run, print_run, write_run
-from bench.scenarios import Scenario, Spec, Target
+from bench.scenarios import (
+    HostileDocument,
+    Scenario,
+    Spec,
+    Target,
+    http_request,
+    refusal_code,
+)
 from bench.server import (
     ApiConfig,
     ApiProcess,
@@ -65,6 +83,10 @@ BENCH_DATA = Path(".data/bench")
 HOOK_TESTS = "tests/test_bench_hooks.py"
 WRITES_DATABASE = "branchpay_bench_writes"
 BENCH_KEY_NAME = "make-bench"
+HOSTILE_KEY_NAME = "make-bench-hostile"
+# The /healthz probe of the hostile scenario: 4 workers, each one probe every 100 ms.
+HEALTH_PROBES = 4
+HEALTH_INTERVAL_SECONDS = 0.1
 SOAK_SAMPLE_SECONDS = 10.0
 SOAK_SETTLE_SECONDS = 60.0
 
@@ -115,6 +137,22 @@ def parser() -> argparse.ArgumentParser:
         "--profile",
         action="store_true",
         help="also run (a) over GraphQL and plain under pyinstrument; reports in bench/results",
+    )
+    top.add_argument(
+        "--hostile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the hostile scenario (h): (a) alone, then (a) while another partner sends the "
+        "worst documents the limits allow",
+    )
+    top.add_argument(
+        "--hostile-only", action="store_true", help="run the hostile scenario and nothing else"
+    )
+    top.add_argument(
+        "--hostile-concurrency",
+        type=int,
+        default=8,
+        help="requests the hostile partner keeps in flight",
     )
     return top
 
@@ -183,14 +221,14 @@ def _latency_ratio(
     return Ratio(name, value, target, bound=bound)
 
 
-async def bench_key(uri: str, databases: list[str]) -> str:
+async def bench_key(uri: str, databases: list[str], name: str = BENCH_KEY_NAME) -> str:
     """A fresh partner key for the six branches, stored in every database the run uses."""
-    record, key = new_key(BENCH_KEY_NAME, Role.PARTNER, BRANCHES, by="make bench")
+    record, key = new_key(name, Role.PARTNER, BRANCHES, by="make bench")
     store = Store.connect(uri, databases[0])
     try:
         for database in databases:
             keys = store.client[database]["api_keys"]
-            await keys.delete_many({"name": BENCH_KEY_NAME})
+            await keys.delete_many({"name": name})
             await keys.insert_one(dict(record))
     finally:
         await store.close()
@@ -408,6 +446,189 @@ def profile(
     return reports
 
 
+def shipped_budget() -> dict[str, float]:
+    """The per-key budget the service ships with, whatever this shell's environment says."""
+    fields = Settings.model_fields
+    return {
+        "perSecond": float(fields["rate_limit_per_second"].default),
+        "burst": int(fields["rate_limit_burst"].default),
+    }
+
+
+def _preflight(
+    client: httpx.Client, label: str, request_json: dict[str, Any] | None
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    response = client.post("/graphql", json=request_json)
+    elapsed = time.perf_counter() - started
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    served = response.status_code == 200 and not body.get("errors")
+    return {
+        "label": label,
+        "answer": "served" if served else refusal_code(response.status_code, response.content),
+        "ms": elapsed * 1000,
+        # The service's own account, once it reports one (extensions.cost).
+        "serviceCost": (body.get("extensions") or {}).get("cost"),
+    }
+
+
+def preflight(
+    url: str, ordinary: Spec, documents: Sequence[HostileDocument]
+) -> list[dict[str, Any]]:
+    """(a) and each hostile document once, with the ordinary client's key, on the idle API.
+
+    Whether each is served shows the documents are what the limits allow (and
+    the service's own cost, once it reports one, checks the generator's).
+    """
+    with httpx.Client(
+        base_url=url, headers=dict(ordinary.headers), timeout=REQUEST_TIMEOUT
+    ) as client:
+        checked = [_preflight(client, "(a)", http_request(ordinary, random.Random(1)).json)]
+        for document in documents:
+            request = {"query": document.query, "variables": document.variables}
+            checked.append(_preflight(client, document.shape, request))
+    return checked
+
+
+def _attacker_answers(attack: Measurement) -> dict[str, Any]:
+    served = 0
+    refused: dict[str, int] = {}
+    for label, count in attack.outcome.answers.items():
+        shape, _, code = label.partition(": ")
+        if code == "served":
+            served += count
+        else:
+            # "pages: 429 RATE_LIMITED" by its code; an exception by its name.
+            refused[code or shape] = refused.get(code or shape, 0) + count
+    return {
+        "requests": attack.outcome.requests,
+        "served": served,
+        "refused": dict(sorted(refused.items(), key=lambda item: -item[1])),
+        "byShape": attack.outcome.answers,
+        "censored": attack.outcome.censored,
+    }
+
+
+def hostile(
+    run: Run,
+    uri: str,
+    loaded: LoadedSet,
+    spec: Spec,
+    config: ApiConfig,
+    attacker_key: str,
+    concurrency: int,
+) -> list[Ratio]:
+    """(a) with a /healthz probe, then the same while a hostile partner attacks; their ratios."""
+    # The limits the API runs with: its environment is this process's, plus the config's.
+    limits = Settings()
+    documents = worst_documents(limits)
+    for document in documents:
+        _log(
+            f"(h) {document.shape}: {document.summary}; cost {document.cost}, "
+            f"{document.tokens} tokens"
+        )
+    ordinary = replace(
+        spec,
+        mongodb_uri=uri,
+        database=loaded.database,
+        orders=loaded.count,
+        base=loaded.base,
+        scenario=Scenario.ORDERS,
+        target=Target.GRAPHQL,
+    )
+    logs = BENCH_DATA / "logs"
+    # Each document alone first, on an API of its own, so the one measured starts fresh.
+    with running_api(
+        uri, loaded.database, workers=1, log_path=logs / "api-hostile-alone.log", config=config
+    ) as api:
+        _log("(h) (a) and each document once, alone")
+        checked = preflight(api.url, ordinary, documents)
+    with running_api(
+        uri, loaded.database, workers=1, log_path=logs / "api-hostile.log", config=config
+    ) as api:
+        ordinary = replace(ordinary, base_url=api.url)
+        probe = replace(
+            ordinary,
+            scenario=Scenario.HEALTH,
+            target=Target.PLAIN,
+            concurrency=HEALTH_PROBES,
+            interval=HEALTH_INTERVAL_SECONDS,
+            headers=(),
+        )
+        attacker = replace(
+            ordinary,
+            scenario=Scenario.HOSTILE,
+            concurrency=concurrency,
+            headers=(("authorization", f"Bearer {attacker_key}"),),
+            documents=documents,
+            quiet_warmup=True,
+        )
+        _log(f"(h) (a) and the /healthz probe for {spec.duration:.0f} s, no attack")
+        quiet, quiet_probe = measure_together([ordinary, probe], api.pid, api.idle_cpu_rate)
+        _log(
+            f"(h) the same while the hostile partner keeps {concurrency} in flight "
+            f"for {spec.duration:.0f} s"
+        )
+        attacked, attacked_probe, attack = measure_together(
+            [ordinary, probe, attacker], api.pid, api.idle_cpu_rate
+        )
+    probe_label = f"{HEALTH_PROBES} every {HEALTH_INTERVAL_SECONDS * 1000:.0f} ms"
+    run.add("graphql, no attack", quiet)
+    run.add(f"{probe_label}, no attack", quiet_probe)
+    run.add("graphql, under attack", attacked)
+    run.add(f"{probe_label}, under attack", attacked_probe)
+    run.add(f"graphql, {concurrency} in flight, own key", attack)
+    for measured in (quiet, attacked, quiet_probe, attacked_probe):
+        if measured.outcome.errors:
+            console.print(f"[red]failed requests: {measured.outcome.failures}[/red]")
+    ratios = [
+        _latency_ratio(
+            "(h) (a) p99 under attack / without", attacked.outcome.p99, quiet.outcome.p99, 1.5
+        ),
+        _latency_ratio(
+            "(h) (a) p50 under attack / without", attacked.outcome.p50, quiet.outcome.p50
+        ),
+        Ratio(
+            "(h) /healthz p99 under attack",
+            attacked_probe.outcome.p99.seconds * 1000,
+            unit="ms",
+            bound=attacked_probe.outcome.p99.bound,
+        ),
+        _latency_ratio(
+            "(h) /healthz p99 under attack / without",
+            attacked_probe.outcome.p99,
+            quiet_probe.outcome.p99,
+        ),
+    ]
+    budget = shipped_budget()
+    run.extra["hostile"] = {
+        "limits": {
+            name: getattr(limits, name)
+            for name in (
+                "max_query_cost",
+                "max_aliases",
+                "max_query_depth",
+                "max_tokens",
+                "max_directives",
+                "max_page_size",
+                "default_page_size",
+                "list_cost_factor",
+            )
+        },
+        "attackerKey": {"name": HOSTILE_KEY_NAME, "role": Role.PARTNER.value, "budget": budget},
+        "attackerConcurrency": concurrency,
+        "healthProbe": {"workers": HEALTH_PROBES, "intervalSeconds": HEALTH_INTERVAL_SECONDS},
+        "documents": [document.as_json() for document in documents],
+        "preflight": checked,
+        "attacker": _attacker_answers(attack),
+        "apiCpuSeconds": {"withoutAttack": quiet.server_cpu, "underAttack": attacked.server_cpu},
+    }
+    return ratios
+
+
 def hook_overhead() -> dict[str, float] | None:
     """Median seconds per call (direct, pluggy hook, branchpay's notify) from pytest-benchmark."""
     output = RESULTS / "hooks.json"
@@ -442,6 +663,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("--orders, --concurrency and --duration must be positive")
     if args.mongodb_uri and args.store_server:
         raise SystemExit("--mongodb-uri and --store-server exclude each other")
+    if args.hostile_only and not args.hostile:
+        raise SystemExit("--hostile-only and --no-hostile exclude each other")
+    if args.hostile_concurrency < 1:
+        raise SystemExit("--hostile-concurrency must be positive")
     started = datetime.now(UTC)
     # The bench's own secrets (sandbox, PII key) under .data/bench/secrets.
     settings = Settings(data_dir=BENCH_DATA)
@@ -463,18 +688,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             _log(f"{loaded.database}: {loaded.count:,} orders ({how})")
         asyncio.run(_fresh_writes_database(uri, vault))
         stack.callback(lambda: asyncio.run(_drop_writes_database(uri)))
-        key = asyncio.run(bench_key(uri, [loaded.database for loaded in sets] + [WRITES_DATABASE]))
+        databases = [loaded.database for loaded in sets] + [WRITES_DATABASE]
+        key = asyncio.run(bench_key(uri, databases))
+        plugins_toml = write_plugins_toml(BENCH_DATA, gateway)
+        environment = (
+            {"BRANCHPAY_PII_KEY_FILE": str(settings.pii_key_file)} if settings.pii_key_file else {}
+        )
         config = ApiConfig(
-            write_plugins_toml(BENCH_DATA, gateway),
+            plugins_toml,
             {
-                **(
-                    {"BRANCHPAY_PII_KEY_FILE": str(settings.pii_key_file)}
-                    if settings.pii_key_file
-                    else {}
-                ),
+                **environment,
                 # The bench measures the API, not its per-key rate limit.
                 "BRANCHPAY_RATE_LIMIT_PER_SECOND": "1000000",
                 "BRANCHPAY_RATE_LIMIT_BURST": "1000000",
+            },
+        )
+        # The hostile scenario: the budget as shipped, which the attacker's key faces;
+        # only the bench's own key is let through (bench mode only, api/bench.py).
+        budget = shipped_budget()
+        hostile_config = ApiConfig(
+            plugins_toml,
+            {
+                **environment,
+                "BRANCHPAY_RATE_LIMIT_PER_SECOND": str(budget["perSecond"]),
+                "BRANCHPAY_RATE_LIMIT_BURST": str(int(budget["burst"])),
+                "BRANCHPAY_BENCH_UNLIMITED_KEYS": json.dumps([BENCH_KEY_NAME]),
             },
         )
         spec = Spec(
@@ -497,17 +735,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         # API's own cost shows most; (a) again on each larger set for the scale ratio.
         smallest = sets[0]
         main = replace(spec, orders=smallest.count, base=smallest.base, database=smallest.database)
-        figures = main_set(run, uri, smallest, main, args.workers, config, wrk=wrk)
-        # The scale ratio compares latency, not queueing: a few requests in flight,
-        # the same on every set, so a slow store on the large set is not drowned
-        # by a queue in front of it.
-        by_scale = each_set(
-            run, uri, sets, replace(spec, concurrency=args.scale_concurrency), config
-        )
-        soaked = soak(uri, smallest, main, args.soak, config) if args.soak > 0 else None
-        if args.profile:
-            RESULTS.mkdir(parents=True, exist_ok=True)
-            run.extra["profiles"] = [str(p) for p in profile(uri, smallest, main, started, config)]
+        if not args.hostile_only:
+            figures = main_set(run, uri, smallest, main, args.workers, config, wrk=wrk)
+            # The scale ratio compares latency, not queueing: a few requests in flight,
+            # the same on every set, so a slow store on the large set is not drowned
+            # by a queue in front of it.
+            by_scale = each_set(
+                run, uri, sets, replace(spec, concurrency=args.scale_concurrency), config
+            )
+            if args.soak > 0:
+                run.extra["soak"] = soak(uri, smallest, main, args.soak, config)
+            if args.profile:
+                RESULTS.mkdir(parents=True, exist_ok=True)
+                run.extra["profiles"] = [
+                    str(p) for p in profile(uri, smallest, main, started, config)
+                ]
+        hostile_ratios = []
+        if args.hostile:
+            attacker_key = asyncio.run(bench_key(uri, databases, HOSTILE_KEY_NAME))
+            hostile_ratios = hostile(
+                run, uri, smallest, main, hostile_config, attacker_key, args.hostile_concurrency
+            )
+    if not args.hostile_only:
+        standard_ratios(run, args, figures, by_scale, smallest, largest)
+    run.ratios += hostile_ratios
+    print_run(run, console)
+    console.print(f"written: {write_run(run, RESULTS)}")
+    return 0
+
+
+def standard_ratios(
+    run: Run,
+    args: argparse.Namespace,
+    figures: dict[str, Any],
+    by_scale: dict[int, Measurement],
+    smallest: LoadedSet,
+    largest: LoadedSet,
+) -> None:
+    """The targets of scenarios (a) to (d), the hooks and the soak, from their measurements."""
     for scenario in ("a", "b"):
         graphql, plain = figures[f"{scenario}/graphql"], figures[f"{scenario}/plain"]
         driver = figures[f"{scenario}/driver"]
@@ -560,16 +825,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         unit="µs",
                     )
                 )
+    soaked = run.extra.get("soak")
     if soaked:
-        run.extra["soak"] = soaked
         run.ratios.append(
             Ratio(f"RSS growth over {args.soak:.0f} s", soaked["growth"] * 100, 10.0, unit="%")
         )
     else:
         run.not_measured.append("RSS over a long run: pass --soak 600 (10 minutes)")
-    print_run(run, console)
-    console.print(f"written: {write_run(run, RESULTS)}")
-    return 0
 
 
 def _has_start_payment() -> bool:

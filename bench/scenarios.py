@@ -8,10 +8,17 @@ with the sandbox, pay at the sandbox simulator, and receive PAID once the
 simulator's signed notification reached ``/notify``. The plain endpoint
 (``api/bench.py``) answers (a) and (b) with the same JSON body; the driver
 target runs the same store queries with no HTTP at all.
+
+The hostile scenario adds two: (h) a partner sending one of the worst
+documents the limits allow (``bench/hostile.py`` generates them), each with a
+fresh operation name so no parser or validation cache spares the service its
+work; and a ``/healthz`` probe. Every answer is labelled (``Answer``), so the
+attacker's requests are counted served or refused by HTTP status and error code.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import json
 import random
@@ -20,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 from httpx_ws import AsyncWebSocketSession, aconnect_ws
@@ -71,6 +78,8 @@ class Scenario(enum.StrEnum):
     ORDER = "b"
     CREATE = "c"
     PAY = "d"
+    HOSTILE = "h"
+    HEALTH = "healthz"
 
 
 class Target(enum.StrEnum):
@@ -84,7 +93,42 @@ DESCRIPTIONS = {
     Scenario.ORDER: "(b) order(id)",
     Scenario.CREATE: "(c) createOrder",
     Scenario.PAY: "(d) pay round trip",
+    Scenario.HOSTILE: "(h) hostile partner",
+    Scenario.HEALTH: "(h) /healthz probe",
 }
+# The operation name of every hostile document; each request appends a nonce to it.
+HOSTILE_OPERATION = "Hostile"
+
+
+@dataclass(frozen=True, slots=True)
+class HostileDocument:
+    """One document the attacker sends, with what the service's limits see in it."""
+
+    shape: str
+    query: str
+    variables: dict[str, Any]
+    cost: int
+    tokens: int
+    depth: int
+    aliases: int
+    # In words, e.g. "16 x orders(first: 100) { totalCount edges { cursor } }".
+    summary: str
+    # What the generator sized, e.g. {"pages": 16, "first": 100}.
+    parameters: dict[str, int]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "shape": self.shape,
+            "summary": self.summary,
+            "parameters": self.parameters,
+            "cost": self.cost,
+            "tokens": self.tokens,
+            "depth": self.depth,
+            "aliases": self.aliases,
+            "bytes": len(self.query.encode()),
+            "query": self.query,
+            "variables": self.variables,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +147,13 @@ class Spec:
     database: str = ""
     headers: tuple[tuple[str, str], ...] = field(default=())
     seed: int = 7
+    # Scenario (h): the documents the attacker chooses from.
+    documents: tuple[HostileDocument, ...] = ()
+    # Above 0, each worker sends one request every `interval` seconds (a probe)
+    # instead of one right after the other, and latency counts from when it was due.
+    interval: float = 0.0
+    # Send nothing in the warm-up: the attacker's budget is spent in the window.
+    quiet_warmup: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +161,16 @@ class HttpRequest:
     method: str
     path: str
     json: dict[str, Any] | None = None
+    # What the answer is counted under (the hostile document's shape).
+    label: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """How one request ended: whether the caller got what it asked for, and under what label."""
+
+    ok: bool
+    label: str
 
 
 def _random_global_id(spec: Spec, rng: random.Random) -> str:
@@ -128,7 +189,24 @@ def _create_order(rng: random.Random) -> dict[str, Any]:
     }
 
 
+def _hostile_request(spec: Spec, rng: random.Random) -> HttpRequest:
+    document = rng.choice(spec.documents)
+    # Same tokens, new document: ParserCache and ValidationCache miss every time.
+    named = f"query {HOSTILE_OPERATION}_{rng.getrandbits(48):012x} "
+    query = document.query.replace(f"query {HOSTILE_OPERATION} ", named, 1)
+    return HttpRequest(
+        "POST",
+        "/graphql",
+        {"query": query, "variables": document.variables},
+        label=document.shape,
+    )
+
+
 def http_request(spec: Spec, rng: random.Random) -> HttpRequest:
+    if spec.scenario is Scenario.HOSTILE:
+        return _hostile_request(spec, rng)
+    if spec.scenario is Scenario.HEALTH:
+        return HttpRequest("GET", "/healthz")
     if spec.scenario is Scenario.ORDERS:
         branch, status = rng.choice(BRANCHES), rng.choice(PAGE_STATUSES)
         if spec.target is Target.PLAIN:
@@ -144,11 +222,32 @@ def http_request(spec: Spec, rng: random.Random) -> HttpRequest:
     return HttpRequest("POST", "/graphql", {"query": CREATE_ORDER, "variables": _create_order(rng)})
 
 
+def refusal_code(status_code: int, body: bytes) -> str:
+    """``429 RATE_LIMITED``: the status and the first error's code, as a partner reads them."""
+    try:
+        errors = json.loads(body).get("errors") or []
+        code = (errors[0].get("extensions") or {}).get("code") if errors else None
+    except (ValueError, AttributeError, IndexError):
+        return f"{status_code} non-JSON"
+    return f"{status_code} {code or 'no code'}"
+
+
+def answer(spec: Spec, request: HttpRequest, status_code: int, body: bytes) -> Answer:
+    """The answer's verdict and label: the attacker's by shape and code, the others' as before."""
+    if spec.scenario is Scenario.HOSTILE:
+        if status_code == 200 and b'"errors"' not in body:
+            return Answer(True, f"{request.label}: served")
+        return Answer(False, f"{request.label}: {refusal_code(status_code, body)}")
+    if succeeded(spec, status_code, body):
+        return Answer(True, "served")
+    return Answer(False, "unexpected answer")
+
+
 def succeeded(spec: Spec, status_code: int, body: bytes) -> bool:
     """A request counts only when the user would have got what they asked for."""
     if status_code != 200:
         return False
-    if spec.target is Target.PLAIN:
+    if spec.target is Target.PLAIN or spec.scenario is Scenario.HEALTH:
         return True
     if spec.scenario is Scenario.CREATE:
         payload = json.loads(body)
@@ -183,6 +282,30 @@ def store_call(spec: Spec, store: Store) -> Callable[[random.Random], Awaitable[
     if spec.scenario is Scenario.ORDER:
         return one_order
     raise ValueError("createOrder has no driver-only ceiling")
+
+
+def health_probe(base_url: str) -> Callable[[random.Random], Awaitable[Answer]]:
+    """``GET /healthz`` on a new connection, as a load balancer checks: a few lines of asyncio.
+
+    httpx costs a client a millisecond or more of CPU a request; a probe must
+    not be slow because the generator that sends it is starved of CPU on a
+    shared machine, or its latency says nothing about the API.
+    """
+    address = urlsplit(base_url)
+    host, port = address.hostname or "127.0.0.1", address.port or 80
+    request = f"GET /healthz HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n"
+
+    async def probe(rng: random.Random) -> Answer:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            writer.write(request.encode())
+            answered = await reader.read()  # to the end: the server closes the connection
+        finally:
+            writer.close()
+        ok = answered.startswith((b"HTTP/1.1 200 ", b"HTTP/1.0 200 "))
+        return Answer(ok, "served" if ok else "unexpected answer")
+
+    return probe
 
 
 class RoundTripFailed(Exception):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import os
 import secrets
 import uuid
@@ -207,3 +208,29 @@ def start_service(
         server.stop()
     sync_client.drop_database(db_name)
     sync_client.close()
+
+
+@pytest.fixture
+def watch_errors() -> Iterator[Callable[[], list[logging.LogRecord]]]:
+    """Call it once the service runs: it collects the ERROR records logged from then on.
+
+    uvicorn's loggers do not propagate, and uvicorn configures them afresh when
+    a server starts, so they are watched only after start_service().
+    """
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Keep(logging.ERROR)
+    loggers = [logging.getLogger(name) for name in ("", "uvicorn.error")]
+
+    def watch() -> list[logging.LogRecord]:
+        for logger in loggers:
+            logger.addHandler(handler)
+        return records
+
+    yield watch
+    for logger in loggers:
+        logger.removeHandler(handler)

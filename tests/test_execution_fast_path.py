@@ -14,6 +14,7 @@ from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
 from api.schema import build_schema
 from api.schema.execution import LeafFastPathExecutionContext
+from api.settings import Settings
 
 
 @strawberry.enum
@@ -245,8 +246,11 @@ def test_a_resolve_middleware_still_sees_every_field() -> None:
     assert seen_plain.count("sku") == 10
 
 
-def test_the_api_schema_runs_on_the_fast_path() -> None:
-    assert build_schema().execution_context_class is LeafFastPathExecutionContext
+def test_the_api_schema_runs_on_the_fast_path_unless_switched_off() -> None:
+    fast = build_schema(Settings(graphql_fast_path=True))
+    assert fast.execution_context_class is LeafFastPathExecutionContext
+    stock = build_schema(Settings(graphql_fast_path=False))
+    assert stock.execution_context_class is StrawberryGraphQLCoreExecutionContext
 
 
 class _CountingContext(LeafFastPathExecutionContext):

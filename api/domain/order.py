@@ -13,11 +13,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from api.domain.money import CURRENCY
+from api.domain.text import CUSTOMER_NAME, ID_CARD, IDEMPOTENCY_KEY, OPTION, PHONE
 
 MAX_QUANTITY = 99
 MAX_ITEMS = 20
-IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_\-:.]{8,64}$")
-MOBILE_NUMBER = re.compile(r"^1[3-9]\d{9}$")
+IDEMPOTENCY_KEY_FORM = re.compile(
+    rf"^[A-Za-z0-9_\-:.]{{{IDEMPOTENCY_KEY.min_chars},{IDEMPOTENCY_KEY.max_chars}}}$"
+)
+# ASCII digits only: \d alone also matches other scripts' digits (e.g. fullwidth).
+MOBILE_NUMBER = re.compile(r"^1[3-9][0-9]{9}$")
 ID_CARD_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 ID_CARD_CHECK = "10X98765432"
 
@@ -110,6 +114,8 @@ def normalise_phone(raw: str) -> str | None:
 
     Accepts the forms partners send: spaces or dashes, and a +86 / 0086 prefix.
     """
+    if PHONE.problem(raw, "phone") is not None:
+        return None
     digits = re.sub(r"[\s\-]", "", raw)
     for prefix in ("+86", "0086"):
         if digits.startswith(prefix):
@@ -122,7 +128,10 @@ def check_customer(
     name: str, phone: str, id_card: str | None = None
 ) -> tuple[Customer | None, list[Problem]]:
     problems: list[Problem] = []
-    if id_card is not None and not valid_id_card(id_card.strip().upper()):
+    if id_card is not None and (
+        ID_CARD.problem(id_card, "idCardNumber") is not None
+        or not valid_id_card(id_card.strip().upper())
+    ):
         problems.append(
             Problem(
                 ("customer", "idCardNumber"),
@@ -131,10 +140,8 @@ def check_customer(
             )
         )
     clean_name = name.strip()
-    if not clean_name or len(clean_name) > 64:
-        problems.append(
-            Problem(("customer", "name"), "name must be 1 to 64 characters", "INVALID_CUSTOMER")
-        )
+    if (why := CUSTOMER_NAME.problem(clean_name, "name")) is not None:
+        problems.append(Problem(("customer", "name"), why, "INVALID_CUSTOMER"))
     number = normalise_phone(phone)
     if number is None:
         problems.append(
@@ -151,19 +158,21 @@ def check_customer(
 
 def valid_id_card(number: str) -> bool:
     """A mainland resident ID card number: 17 digits and the ISO 7064 MOD 11-2 check character."""
-    if len(number) != 18 or not number[:17].isdigit():
+    # ASCII digits only: isdigit() and int() also take other scripts' digits.
+    if len(number) != 18 or not number[:17].isascii() or not number[:17].isdigit():
         return False
     total = sum(int(d) * w for d, w in zip(number[:17], ID_CARD_WEIGHTS, strict=True))
     return ID_CARD_CHECK[total % 11] == number[17]
 
 
 def check_idempotency_key(key: str) -> list[Problem]:
-    if IDEMPOTENCY_KEY.fullmatch(key):
+    if IDEMPOTENCY_KEY_FORM.fullmatch(key):
         return []
     return [
         Problem(
             ("idempotencyKey",),
-            "idempotencyKey must be 8 to 64 characters of letters, digits, '_', '-', ':' or '.'",
+            f"idempotencyKey must be {IDEMPOTENCY_KEY.summary} "
+            "of letters, digits, '_', '-', ':' or '.'",
             "INVALID_IDEMPOTENCY_KEY",
         )
     ]
@@ -191,6 +200,9 @@ def price_order(
     seen_numbers: set[str] = set()
     for index, item in enumerate(requested):
         path = ("items", str(index))
+        if option_problem := _option_text_problem(item.options):
+            problems.append(Problem((*path, "options"), option_problem, "UNKNOWN_OPTION"))
+            continue
         offering = offerings.get(item.offering_id)
         if offering is None or not offering.get("active", True):
             problems.append(Problem((*path, "offeringId"), "no such offering", "UNKNOWN_OFFERING"))
@@ -249,6 +261,15 @@ def price_order(
     if problems:
         return None, problems
     return PricedOrder(lines, sum(line["subtotalFen"] for line in lines)), []
+
+
+def _option_text_problem(options: Mapping[str, str]) -> str | None:
+    # Checked before any message repeats a name or value back to the client.
+    for name, value in options.items():
+        why = OPTION.problem(name, "an option name") or OPTION.problem(value, "an option value")
+        if why is not None:
+            return why
+    return None
 
 
 def _choose_options(

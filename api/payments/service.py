@@ -44,6 +44,7 @@ from api.domain.payment import (
     order_status_for,
     reserve_refund,
 )
+from api.domain.text import PROVIDER, REFUND_REASON, RETURN_URL, quoted
 from api.payments.provider import (
     AttemptState,
     EventKind,
@@ -70,8 +71,6 @@ log = logging.getLogger("branchpay.payments")
 # A version-guarded write retries when another writer changed the payment first;
 # more losses in a row than this means something is wrong, not busy.
 MAX_WRITE_RACES = 64
-MAX_RETURN_URL = 1024
-MAX_REASON = 200
 AUTO_REFUND_SUFFIX = "AR"
 
 
@@ -194,7 +193,8 @@ class PaymentService:
                 None,
                 _problem(
                     "provider",
-                    f"{provider_name!r} is not enabled for branch {branch}; enabled: {names}",
+                    f"{quoted(provider_name, PROVIDER)} is not enabled for branch {branch}; "
+                    f"enabled: {names}",
                     "PROVIDER_NOT_ENABLED",
                 ),
             )
@@ -209,16 +209,8 @@ class PaymentService:
                     "METHOD_NOT_SUPPORTED",
                 ),
             )
-        if return_url is not None and not _is_web_url(return_url):
-            return StartResult(
-                None,
-                None,
-                _problem(
-                    "returnUrl",
-                    f"returnUrl must be an http(s) URL of at most {MAX_RETURN_URL} characters",
-                    "INVALID_RETURN_URL",
-                ),
-            )
+        if return_url is not None and (why := _return_url_problem(return_url)) is not None:
+            return StartResult(None, None, _problem("returnUrl", why, "INVALID_RETURN_URL"))
         provider = self.registry.provider(branch, provider_name)
         if provider is None:
             return StartResult(
@@ -555,10 +547,8 @@ class PaymentService:
                     ("amountFen",), "amountFen must be a positive number of fen", "INVALID_AMOUNT"
                 )
             )
-        if reason is not None and len(reason) > MAX_REASON:
-            problems.append(
-                Problem(("reason",), f"reason is at most {MAX_REASON} characters", "INVALID_REASON")
-            )
+        if reason is not None and (why := REFUND_REASON.problem(reason, "reason")) is not None:
+            problems.append(Problem(("reason",), why, "INVALID_REASON"))
         if problems:
             return RefundResult(None, None, problems)
         payment = await self.store.payments.get(payment_id)
@@ -828,11 +818,16 @@ def _unavailable(provider: str) -> list[Problem]:
     )
 
 
-def _is_web_url(value: str) -> bool:
-    if len(value) > MAX_RETURN_URL:
-        return False
-    parts = urlsplit(value)
-    return parts.scheme in ("http", "https") and bool(parts.netloc)
+def _return_url_problem(value: str) -> str | None:
+    if (why := RETURN_URL.problem(value, "returnUrl")) is not None:
+        return why
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # e.g. an unclosed IPv6 bracket, or a host NFKC would change
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+        return f"returnUrl must be an http(s) URL with a host, of {RETURN_URL.summary}"
+    return None
 
 
 def _subject(order: Mapping[str, Any]) -> str:

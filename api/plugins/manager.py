@@ -28,7 +28,7 @@ from api.payments.provider import PaymentMethod, Provider
 from api.plugins import hookspecs
 
 ENTRY_POINT_GROUP = "branchpay.providers"
-PLUGIN_API_VERSION = 1
+PLUGIN_API_VERSION = 2
 PROVIDER_NAME = re.compile(r"^[a-z][a-z0-9_]{1,31}$")
 
 logger = logging.getLogger("branchpay.plugins")

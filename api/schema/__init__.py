@@ -7,20 +7,17 @@ from typing import Any
 import strawberry
 from graphql import GraphQLError
 from strawberry.extensions import (
-    AddValidationRules,
     DisableIntrospection,
-    MaxAliasesLimiter,
     MaxTokensLimiter,
     ParserCache,
-    QueryDepthLimiter,
     SchemaExtension,
-    ValidationCache,
 )
 from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
 
 from api.schema.errors import ErrorShaping
 from api.schema.execution import LeafFastPathExecutionContext
+from api.schema.limits import RequestLimits
 from api.schema.mutation import Mutation as OrderMutation
 from api.schema.payments import PaymentMutation, Subscription
 from api.schema.query import Query
@@ -40,26 +37,23 @@ class BranchpaySchema(strawberry.Schema):
 def build_schema(settings: Settings | None = None, **options: Any) -> strawberry.Schema:
     """The schema with the request limits of ``settings`` (defaults when None)."""
     settings = settings or Settings()
-    # The limiters' rules are built once. Each QueryDepthLimiter or
-    # MaxAliasesLimiter makes a new rule class, and ValidationCache keys on the
-    # rule classes: built per request, every validation missed the cache
-    # (docs/performance.md).
-    limits = [
-        *QueryDepthLimiter(max_depth=settings.max_query_depth).validation_rules,
-        *MaxAliasesLimiter(max_alias_count=settings.max_aliases).validation_rules,
-    ]
+    # Depth, aliases, directives, variables and cost are measured in one linear
+    # pass (api/schema/limits.py) before graphql-core's (cached) validation.
+    # Strawberry's QueryDepthLimiter and MaxAliasesLimiter re-walk a fragment
+    # at every spread, exponential in a fragment bomb, so they are not used.
     extensions: list[type[SchemaExtension] | Any] = [
         ErrorShaping,
         lambda: MaxTokensLimiter(max_token_count=settings.max_tokens),
         lambda: ParserCache(maxsize=256),
-        lambda: AddValidationRules(limits),
-        lambda: ValidationCache(maxsize=256),
+        lambda: RequestLimits(settings),
     ]
     if not settings.introspection:
         extensions.append(DisableIntrospection)
     # Plain leaf fields skip graphql-core's per-field machinery
-    # (api/schema/execution.py); tests pass Strawberry's own class to compare.
-    options.setdefault("execution_context_class", LeafFastPathExecutionContext)
+    # (api/schema/execution.py); BRANCHPAY_GRAPHQL_FAST_PATH=false, or a test
+    # passing Strawberry's own class, runs the stock execution instead.
+    if settings.graphql_fast_path:
+        options.setdefault("execution_context_class", LeafFastPathExecutionContext)
     return BranchpaySchema(
         query=Query,
         mutation=Mutation,

@@ -17,6 +17,7 @@ from api.payments.service import PaymentService
 from api.schema.errors import ApiError, ErrorCode
 from api.security.pii import PiiVault
 from api.security.principal import Permission, Principal
+from api.security.ratelimit import RateLimiter
 from api.settings import Settings
 from api.store import Store
 
@@ -33,6 +34,8 @@ class Services:
     branches: Callable[[], Mapping[str, BranchView]]
     vault: PiiVault
     payments: PaymentService | None = None
+    # The API keys' query-cost budgets (api/security/ratelimit.py), spent by RequestLimits.
+    budget: RateLimiter | None = None
 
 
 async def payments_of(store: Store, order_ids: list[ObjectId]) -> dict[ObjectId, list[Document]]:
@@ -60,6 +63,7 @@ class Context:
     services: Services
     principal: Principal | None = None  # the caller's API key; set by the gate or on WS connect
     connection_params: dict[str, Any] | None = None  # graphql-transport-ws connection_init payload
+    token: str | None = None  # a WebSocket's API key, checked again for every operation
     payments_by_order: DataLoader[ObjectId, list[Document]] = field(init=False)
     # Objects built once per request and shared by its resolvers (e.g. a Branch per code).
     memo: dict[Any, Any] = field(init=False, default_factory=dict)

@@ -7,7 +7,8 @@ Two families (see ARCHITECTURE.md):
   UNKNOWN_BRANCH, UNKNOWN_OFFERING, OFFERING_OF_OTHER_BRANCH, INVALID_QUANTITY,
   DUPLICATE_NUMBER, EMPTY_ORDER, TOO_MANY_ITEMS, MISSING_OPTION, UNKNOWN_OPTION,
   INVALID_CUSTOMER, INVALID_PHONE, INVALID_ID_CARD, INVALID_IDEMPOTENCY_KEY,
-  IDEMPOTENCY_KEY_REUSED, INVALID_ID, ORDER_NOT_FOUND, ORDER_NOT_CANCELLABLE
+  IDEMPOTENCY_KEY_REUSED, INVALID_ID, ORDER_NOT_FOUND, ORDER_NOT_CANCELLABLE,
+  INVALID_REASON (cancelOrder's reason; text limits in api/domain/text.py)
   (an order, payment or branch the API key may not see is reported exactly
   like one that does not exist: ORDER_NOT_FOUND, PAYMENT_NOT_FOUND, UNKNOWN_BRANCH);
   startPayment: ORDER_NOT_PAYABLE, ORDER_EXPIRED, PROVIDER_NOT_ENABLED (the
@@ -67,10 +68,12 @@ class ErrorCode(enum.StrEnum):
 class ApiError(Exception):
     """An error meant for the client: its message is safe to show."""
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str, **extensions: Any) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        # More for the client beside the code, e.g. RATE_LIMITED's retryAfter seconds.
+        self.extensions = extensions
 
 
 def bad_input(message: str) -> ApiError:
@@ -111,9 +114,9 @@ def error_document(code: ErrorCode, message: str, error_id: str) -> dict[str, An
 def shape(error: GraphQLError) -> GraphQLError:
     """The error as the client sees it: a safe message and ``extensions.code``."""
     original = error.original_error
-    extra: dict[str, str]
+    extra: dict[str, Any]
     if isinstance(original, ApiError):
-        message, code, extra = original.message, original.code, {}
+        message, code, extra = original.message, original.code, original.extensions
     elif original is None or isinstance(original, GraphQLError):
         # Syntax, validation and variable coercion errors: graphql-core's own
         # messages, which only repeat what the client sent.
@@ -138,8 +141,8 @@ def shape(error: GraphQLError) -> GraphQLError:
     )
 
 
-def shape_all(errors: Sequence[GraphQLError]) -> list[GraphQLError]:
-    """Shape the errors not shaped yet; one that carries a code already is kept as it is."""
+def shaped(errors: Sequence[GraphQLError]) -> list[GraphQLError]:
+    """The errors with a code: those without one are shaped, those with one kept as they are."""
     return [
         error if error.extensions and "code" in error.extensions else shape(error)
         for error in errors
@@ -151,12 +154,12 @@ class ErrorShaping(SchemaExtension):
         yield
         result = self.execution_context.result
         if isinstance(result, GraphQLExecutionResult | StrawberryExecutionResult) and result.errors:
-            result.errors = shape_all(result.errors)
+            result.errors = shaped(result.errors)
 
     def on_stream_result(self, result: StreamExecutionResult) -> Iterator[None]:
         # Results sent over WebSocket (each subscription event, and the answer
         # to a query or mutation) leave before on_operation ends: shape them here.
         # Incremental-delivery frames are not used by this schema.
         if isinstance(result, StrawberryExecutionResult) and result.errors:
-            result.errors = shape_all(result.errors)
+            result.errors = shaped(result.errors)
         yield

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from bson import ObjectId
 from bson.errors import InvalidId
 
+from api.domain.text import GLOBAL_ID, ORDERS_CURSOR
 from api.schema.errors import bad_input
 from api.store.orders import Position
 
@@ -35,7 +36,7 @@ def to_global_id(type_name: str, key: str) -> str:
 
 def from_global_id(value: str) -> tuple[str, str]:
     """The (type, key) of a global ID; BAD_USER_INPUT when it is not one of ours."""
-    decoded = _b64decode(value) if len(value) <= 200 else None
+    decoded = _b64decode(value) if len(value) <= GLOBAL_ID.max_chars else None
     if decoded is None or ":" not in decoded:
         raise bad_input(f"malformed ID {value[:80]!r}")
     type_name, key = decoded.split(":", 1)
@@ -60,7 +61,7 @@ def encode_cursor(position: Position) -> str:
 
 
 def decode_cursor(value: str) -> Position:
-    decoded = _b64decode(value) if len(value) <= 100 else None
+    decoded = _b64decode(value) if len(value) <= ORDERS_CURSOR.max_chars else None
     parts = decoded.split(":") if decoded else []
     if len(parts) != 3 or parts[0] != CURSOR_PREFIX or not parts[1].isdigit():
         raise bad_input("malformed cursor: pass an endCursor or edge cursor returned by orders")

@@ -8,6 +8,7 @@ import strawberry
 from strawberry.types import Info
 
 from api.domain.order import Problem, RequestedItem
+from api.domain.text import CANCEL_REASON, CUSTOMER_NAME, ID_CARD, IDEMPOTENCY_KEY, OPTION, PHONE
 from api.schema.context import Context
 from api.schema.errors import ApiError
 from api.schema.ids import from_global_id, object_id_of
@@ -17,8 +18,8 @@ from api.security.principal import Permission
 
 @strawberry.input
 class OptionChoiceInput:
-    name: str
-    value: str
+    name: str = strawberry.field(description=f"An option of the offering; {OPTION.summary}.")
+    value: str = strawberry.field(description=f"One of its choices; {OPTION.summary}.")
 
 
 @strawberry.input
@@ -30,10 +31,16 @@ class OrderItemInput:
 
 @strawberry.input
 class CustomerInput:
-    name: str
-    phone: str = strawberry.field(description="A mainland China mobile number, e.g. 13812345678.")
+    name: str = strawberry.field(
+        description=f"{CUSTOMER_NAME.summary} on one line, surrounding spaces stripped."
+    )
+    phone: str = strawberry.field(
+        description=f"A mainland China mobile number, e.g. 13812345678; {PHONE.summary}."
+    )
     id_card_number: str | None = strawberry.field(
-        default=None, description="Resident ID card number, for real-name registration of a number."
+        default=None,
+        description="Resident ID card number, for real-name registration of a number; "
+        f"{ID_CARD.summary}.",
     )
 
 
@@ -43,7 +50,8 @@ class CreateOrderInput:
     items: list[OrderItemInput]
     customer: CustomerInput
     idempotency_key: str = strawberry.field(
-        description="Unique per branch; repeating it returns the first order instead of a new one."
+        description="Unique per branch; repeating it returns the first order instead of a new one. "
+        f"{IDEMPOTENCY_KEY.summary}: {IDEMPOTENCY_KEY.rule}."
     )
 
 
@@ -56,7 +64,11 @@ class CreateOrderPayload:
 @strawberry.input
 class CancelOrderInput:
     order_id: strawberry.ID
-    reason: str | None = None
+    reason: str | None = strawberry.field(
+        default=None,
+        description=f"Kept in the order's history; {CANCEL_REASON.summary}, "
+        "no control characters but tab and line breaks.",
+    )
 
 
 @strawberry.type

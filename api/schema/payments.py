@@ -12,6 +12,7 @@ from graphql import GraphQLError
 from strawberry.types import Info
 
 from api.domain.order import OrderStatus as DomainOrderStatus
+from api.domain.text import IDEMPOTENCY_KEY, REFUND_REASON, RETURN_URL
 from api.payments.live import Backoff, StoreOutage, order_changes, when_stored
 from api.payments.provider import PaymentAction as DomainPaymentAction
 from api.payments.provider import PaymentMethod as DomainPaymentMethod
@@ -59,7 +60,9 @@ class StartPaymentInput:
     provider: str = strawberry.field(description="A provider the order's branch enables.")
     method: PaymentMethod  # type: ignore[valid-type]
     return_url: str | None = strawberry.field(
-        default=None, description="Where the platform sends the payer back (PAGE, WAP)."
+        default=None,
+        description="Where the platform sends the payer back (PAGE, WAP); "
+        f"{RETURN_URL.rule}, {RETURN_URL.summary}.",
     )
 
 
@@ -74,9 +77,14 @@ class StartPaymentPayload:
 class RefundPaymentInput:
     payment_id: strawberry.ID
     amount_fen: int = strawberry.field(description="Up to what is left to refund of the payment.")
-    reason: str | None = None
+    reason: str | None = strawberry.field(
+        default=None,
+        description=f"Kept with the refund and in the audit log; {REFUND_REASON.summary}, "
+        "no control characters but tab and line breaks.",
+    )
     idempotency_key: str = strawberry.field(
-        description="Unique per branch; repeating it returns the first refund instead of a new one."
+        description="Unique per branch; repeating it returns the first refund instead of a new "
+        f"one. {IDEMPOTENCY_KEY.summary}: {IDEMPOTENCY_KEY.rule}."
     )
 
 

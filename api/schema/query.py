@@ -15,6 +15,7 @@ from strawberry.types import Info
 from api.domain.order import OfferingKind as DomainOfferingKind
 from api.domain.order import OrderStatus as DomainOrderStatus
 from api.domain.order import normalise_phone
+from api.domain.text import AUDIT_CURSOR, BRANCH_CODE, PHONE, quoted
 from api.schema.context import Context
 from api.schema.errors import bad_input
 from api.schema.ids import decode_cursor, encode_cursor, from_global_id, object_id_of
@@ -38,18 +39,25 @@ from api.store.orders import ORDER_FIELDS, OrderQuery, Position
 
 @strawberry.input(description="All given conditions must hold; an empty list matches nothing.")
 class OrderFilter:
-    branches: list[str] | None = None
+    branches: list[str] | None = strawberry.field(
+        default=None, description=f"Branch codes, each of {BRANCH_CODE.summary}."
+    )
     status: list[OrderStatus] | None = None  # type: ignore[valid-type]
     created_after: datetime | None = None
     created_before: datetime | None = None
     customer_phone: str | None = strawberry.field(
         default=None,
-        description="Orders of this mobile number (found without storing it in clear).",
+        description="Orders of this mobile number (found without storing it in clear); "
+        f"{PHONE.summary}.",
     )
 
 
 def _scope(info: Info[Context, None], requested: list[str] | None) -> list[str] | None:
     """The branches the caller asked for (None: all) narrowed to those its key may see."""
+    for index, code in enumerate(requested or ()):
+        # Checked here, because the codes go into the store's query as they are.
+        if (why := BRANCH_CODE.problem(code, f"filter.branches[{index}]")) is not None:
+            raise bad_input(why)
     principal = info.context.principal
     return [] if principal is None else principal.scope(requested)
 
@@ -57,9 +65,11 @@ def _scope(info: Info[Context, None], requested: list[str] | None) -> list[str] 
 def _phone_digest(info: Info[Context, None], phone: str | None) -> str | None:
     if phone is None:
         return None
+    if (why := PHONE.problem(phone, "filter.customerPhone")) is not None:
+        raise bad_input(why)
     number = normalise_phone(phone)
     if number is None:
-        raise bad_input("customerPhone must be a mainland China mobile number")
+        raise bad_input("filter.customerPhone must be a mainland China mobile number")
     return info.context.services.vault.fingerprint(number, "phone")
 
 
@@ -118,6 +128,8 @@ class Query:
         before = None
         if after is not None:
             try:
+                if AUDIT_CURSOR.problem(after, "after") is not None:
+                    raise InvalidId(after)
                 before = ObjectId(after)
             except InvalidId:
                 raise bad_input("malformed cursor: pass endCursor from auditLog") from None
@@ -175,7 +187,7 @@ class Query:
         kind: OfferingKind | None = None,  # type: ignore[valid-type]
     ) -> list[Offering]:
         if info.context.branch(branch) is None:
-            raise bad_input(f"no branch {branch!r}")
+            raise bad_input(f"no branch {quoted(branch, BRANCH_CODE)}")
         docs = await info.context.store.catalog.for_branch(
             branch, DomainOfferingKind(kind) if kind else None
         )

@@ -3,9 +3,12 @@
 In bench mode the plain endpoints (/bench/...) sit behind it too, so that
 the ceiling GraphQL is measured against pays for the same authentication.
 
-It runs before any GraphQL work: a request without a valid key gets 401 and a
-key over its limit gets 429 with ``Retry-After``, both as GraphQL-shaped JSON
-errors with ``extensions.code``. GraphiQL's page (a GET without a query) opens
+It runs before any GraphQL work: a request without a valid key gets 401 (and
+an address that fails too often 429), and a key whose budget is spent gets 429
+with ``Retry-After``, all as GraphQL-shaped JSON errors with ``extensions.code``.
+Every request spends 1 point of its key's budget here, on arrival, so even
+requests that never parse are limited; its query cost is spent once validated
+(api/schema/limits.py). GraphiQL's page (a GET without a query) opens
 without a key; the queries it sends need one like any other client's.
 """
 
@@ -43,13 +46,15 @@ class ApiKeyGate:
         self,
         app: ASGIApp,
         keys: Callable[[], KeyRing],
-        limiter: RateLimiter,
+        budget: RateLimiter,
+        failures: RateLimiter,
         path: str = "/graphql",
         prefixes: tuple[str, ...] = (),
     ) -> None:
         self.app = app
         self.keys = keys
-        self.limiter = limiter
+        self.budget = budget
+        self.failures = failures
         self.path = path
         # Further paths behind the same gate (the bench's plain endpoints).
         self.prefixes = prefixes
@@ -67,8 +72,16 @@ class ApiKeyGate:
         if principal is None:
             # Failed attempts count against the caller's address, so keys can't be guessed fast.
             client = scope.get("client") or ("unknown", 0)
-            if wait := self.limiter.take(f"address:{client[0]}"):
-                await self._too_many(send, wait)
+            if wait := self.failures.take(f"address:{client[0]}"):
+                await _answer(
+                    send,
+                    429,
+                    error_body(
+                        "RATE_LIMITED",
+                        f"too many failed authentications from this address; retry after {wait} s",
+                    ),
+                    [(b"retry-after", str(wait).encode())],
+                )
                 return
             await _answer(
                 send,
@@ -79,7 +92,7 @@ class ApiKeyGate:
                 [(b"www-authenticate", b"Bearer")],
             )
             return
-        if wait := self.limiter.take(f"key:{principal.name}"):
+        if wait := self.budget.take(f"key:{principal.name}"):
             await self._too_many(send, wait)
             return
         scope.setdefault("state", {})["principal"] = principal
@@ -88,13 +101,16 @@ class ApiKeyGate:
     def _ide_page(self, scope: Scope) -> bool:
         if scope["method"] != "GET" or scope["path"] != self.path:
             return False
-        return "query" not in parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        return "query" not in query
 
     @staticmethod
     async def _too_many(send: Send, wait: int) -> None:
         await _answer(
             send,
             429,
-            error_body("RATE_LIMITED", f"too many requests for this key; retry after {wait} s"),
+            error_body(
+                "RATE_LIMITED", f"this key's query-cost budget is spent; retry after {wait} s"
+            ),
             [(b"retry-after", str(wait).encode())],
         )

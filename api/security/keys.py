@@ -85,6 +85,13 @@ class KeyRing:
             raise KeyAdminError(f"no active key named {name!r}")
         return record
 
+    async def revoked_among(self, names: Sequence[str]) -> set[str]:
+        """Which of these keys are revoked (or gone)."""
+        active = self.collection.find(
+            {"name": {"$in": list(names)}, "revokedAt": None}, projection={"name": 1}
+        )
+        return set(names) - {record["name"] async for record in active}
+
     async def authenticate(self, presented: str) -> Principal | None:
         match = KEY_FORMAT.fullmatch(presented)
         if match is None:

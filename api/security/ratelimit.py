@@ -1,4 +1,9 @@
-"""A token bucket per API key, shared by every request the process serves."""
+"""Token buckets: an API key's query-cost budget, and failed logins per address.
+
+One ``RateLimiter`` is shared by every request the process serves. A request
+spends 1 point when it arrives and its query cost once it is validated
+(api/schema/limits.py), so the budget counts work, not requests.
+"""
 
 from __future__ import annotations
 
@@ -15,11 +20,12 @@ class _Bucket:
 
 
 class RateLimiter:
-    """``rate`` requests per second on average, bursts of up to ``burst``.
+    """``rate`` points per second on average, bursts of up to ``burst`` points.
 
-    ``take(key)`` returns 0 when the request may go ahead, otherwise the whole
-    seconds to wait before the next token (the Retry-After value). Buckets of
-    keys idle long enough to be full again are dropped, so memory stays flat.
+    ``take(key, amount)`` spends ``amount`` points and returns 0 when the
+    bucket holds them; otherwise it spends nothing and returns the whole
+    seconds until it will (the Retry-After value). Buckets of keys idle long
+    enough to be full again are dropped, so memory stays flat.
     """
 
     def __init__(
@@ -33,7 +39,22 @@ class RateLimiter:
         self._buckets: dict[str, _Bucket] = {}
         self._last_sweep = clock()
 
-    def take(self, key: str) -> int:
+    def take(self, key: str, amount: int = 1) -> int:
+        if amount < 0:
+            raise ValueError("a request cannot cost less than nothing")
+        bucket = self._refilled(key)
+        if bucket.tokens >= amount:
+            bucket.tokens -= amount
+            return 0
+        # More than a full bucket is never granted; the wait is to a full bucket.
+        missing = min(amount, self.burst) - bucket.tokens
+        return max(1, math.ceil(missing / self.rate))
+
+    def remaining(self, key: str) -> int:
+        """The whole points the key may spend now."""
+        return int(self._refilled(key).tokens)
+
+    def _refilled(self, key: str) -> _Bucket:
         now = self.clock()
         self._sweep(now)
         bucket = self._buckets.get(key)
@@ -41,10 +62,7 @@ class RateLimiter:
             bucket = self._buckets[key] = _Bucket(float(self.burst), now)
         bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
         bucket.updated = now
-        if bucket.tokens >= 1:
-            bucket.tokens -= 1
-            return 0
-        return max(1, math.ceil((1 - bucket.tokens) / self.rate))
+        return bucket
 
     def _sweep(self, now: float) -> None:
         refill = self.burst / self.rate

@@ -6,12 +6,11 @@ third-party provider package.
 
 from __future__ import annotations
 
-from api.payments.provider import Provider
-from api.plugins import hookimpl
+from api.plugin import Provider, hookimpl
 from providers.alipay.provider import AlipayProvider
 from providers.alipay.settings import AlipaySettings
 
-BRANCHPAY_PLUGIN_API = 1
+BRANCHPAY_PLUGIN_API = 2
 
 __all__ = ["BRANCHPAY_PLUGIN_API", "AlipayProvider", "AlipaySettings", "register_providers"]
 

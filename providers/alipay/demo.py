@@ -15,7 +15,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric import rsa
 from starlette.applications import Starlette
 
-from providers.alipay.signing import load_private_key, private_key_pem, public_key_pem
+from api.plugin import load_private_key, private_key_pem, public_key_pem
 from providers.alipay.simulator import create_app
 
 DEMO_PORT = 8010

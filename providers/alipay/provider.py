@@ -17,20 +17,19 @@ are retried, with exponential back-off. Everything else fails at once with a
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime
 from typing import Any, ClassVar, NoReturn
 from urllib.parse import parse_qsl, urlencode
 
 import httpx
 from pydantic import BaseModel
 
-from api.payments.provider import (
+from api.plugin import (
     ActionKind,
     AttemptState,
     EventKind,
@@ -47,12 +46,16 @@ from api.payments.provider import (
     RefundRequest,
     RefundResult,
     RefundState,
+    TransientFailure,
+    call_gateway,
+    from_beijing,
+    load_private_key,
+    load_public_key,
+    to_beijing,
 )
 from providers.alipay.amounts import AmountError, fen_to_yuan, yuan_to_fen
 from providers.alipay.settings import AlipaySettings
 from providers.alipay.signing import (
-    load_private_key,
-    load_public_key,
     notification_string,
     request_string,
     response_members,
@@ -61,9 +64,6 @@ from providers.alipay.signing import (
 )
 
 logger = logging.getLogger("branchpay.providers.alipay")
-
-# Alipay writes every time as Beijing wall-clock time; China has no daylight saving.
-BEIJING = timezone(timedelta(hours=8), "Asia/Shanghai")
 
 # Real notifications are around 1-2 KB; anything far larger is not from Alipay.
 MAX_NOTIFICATION_BYTES = 16 * 1024
@@ -103,15 +103,6 @@ class GatewayReply:
         if isinstance(sub_msg, str) and sub_msg:
             text += f" ({sub_msg})"
         return text
-
-
-class _TransientFailure(Exception):
-    """A failed try that the call's retry policy may repeat."""
-
-    def __init__(self, reason: str, *, may_have_reached: bool) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.may_have_reached = may_have_reached
 
 
 class AlipayProvider(Provider):
@@ -154,7 +145,7 @@ class AlipayProvider(Provider):
             "total_amount": total_amount,
             "subject": request.subject[:_SUBJECT_MAX],
             "product_code": product_code,
-            "time_expire": _beijing(request.expires_at),
+            "time_expire": to_beijing(request.expires_at),
         }
         extra = {"notify_url": request.notify_url}
         if request.method in (PaymentMethod.PAGE, PaymentMethod.WAP) and request.return_url:
@@ -508,7 +499,7 @@ class AlipayProvider(Provider):
             "format": "JSON",
             "charset": "utf-8",
             "sign_type": "RSA2",
-            "timestamp": _beijing(datetime.now(UTC)),
+            "timestamp": to_beijing(datetime.now(UTC)),
             "version": "1.0",
             "biz_content": json.dumps(biz, ensure_ascii=False, separators=(",", ":")),
         }
@@ -526,64 +517,35 @@ class AlipayProvider(Provider):
         ref: str,
         extra: Mapping[str, str] | None = None,
     ) -> GatewayReply:
-        tries = self.config.max_attempts if repeatable else 1
-        may_have_reached = False
-        for attempt in range(1, tries + 1):
-            try:
-                reply = await self._call_once(api_method, biz, extra)
-            except _TransientFailure as failure:
-                may_have_reached = may_have_reached or failure.may_have_reached
-                logger.warning(
-                    "alipay %s for branch %s ref=%s try %d/%d failed: %s",
-                    api_method,
-                    self.branch,
-                    ref,
-                    attempt,
-                    tries,
-                    failure.reason,
-                )
-                if attempt == tries:
-                    # A query changes nothing, so its outcome is never in doubt.
-                    unknown = may_have_reached and api_method not in _READ_ONLY
-                    raise GatewayError(
-                        f"Alipay {api_method} failed after {tries} "
-                        f"{'try' if tries == 1 else 'tries'}: {failure.reason}",
-                        retryable=repeatable,
-                        outcome_unknown=unknown,
-                    ) from None
-                await asyncio.sleep(self.config.backoff_seconds * 2 ** (attempt - 1))
-                continue
-            logger.info(
-                "alipay %s for branch %s ref=%s: %s",
-                api_method,
-                self.branch,
-                ref,
-                reply.describe() if not reply.ok else "code 10000",
-            )
-            return reply
-        raise AssertionError("unreachable: the loop returns or raises")
+        reply = await call_gateway(
+            lambda: self._call_once(api_method, biz, extra),
+            settings=self.config,
+            operation=f"Alipay {api_method}",
+            repeatable=repeatable,
+            changes_state=api_method not in _READ_ONLY,
+            logger=logger,
+        )
+        logger.info(
+            "alipay %s for branch %s ref=%s: %s",
+            api_method,
+            self.branch,
+            ref,
+            reply.describe() if not reply.ok else "code 10000",
+        )
+        return reply
 
     async def _call_once(
         self, api_method: str, biz: Mapping[str, str], extra: Mapping[str, str] | None
     ) -> GatewayReply:
         params = self._signed_params(api_method, biz, extra)
-        try:
-            response = await self.http.post(
-                self.config.gateway,
-                content=urlencode(params).encode("ascii"),
-                headers={"content-type": "application/x-www-form-urlencoded;charset=utf-8"},
-                timeout=self.config.timeout_seconds,
-            )
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            raise _TransientFailure(
-                f"could not connect ({type(exc).__name__})", may_have_reached=False
-            ) from None
-        except httpx.TransportError as exc:
-            raise _TransientFailure(
-                f"no answer ({type(exc).__name__})", may_have_reached=True
-            ) from None
+        response = await self.http.post(
+            self.config.gateway,
+            content=urlencode(params).encode("ascii"),
+            headers={"content-type": "application/x-www-form-urlencoded;charset=utf-8"},
+            timeout=self.config.timeout_seconds,
+        )
         if response.status_code >= 500:
-            raise _TransientFailure(f"HTTP {response.status_code}", may_have_reached=True)
+            raise TransientFailure(f"HTTP {response.status_code}")
         if response.status_code != 200:
             raise GatewayError(
                 f"Alipay {api_method} answered HTTP {response.status_code}",
@@ -591,7 +553,7 @@ class AlipayProvider(Provider):
             )
         reply = self._verified_reply(api_method, response.text, acts=api_method not in _READ_ONLY)
         if reply.code in _RETRY_CODES or reply.sub_code in _RETRY_SUB_CODES:
-            raise _TransientFailure(reply.describe(), may_have_reached=True)
+            raise TransientFailure(reply.describe())
         return reply
 
     def _verified_reply(self, api_method: str, text: str, *, acts: bool) -> GatewayReply:
@@ -651,16 +613,9 @@ def _str_or_none(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _beijing(moment: datetime) -> str:
-    if moment.tzinfo is None:
-        raise ValueError("naive datetime: branchpay times are timezone-aware UTC")
-    return moment.astimezone(BEIJING).strftime("%Y-%m-%d %H:%M:%S")
-
-
 def _parse_beijing(text: str) -> datetime:
     """Alipay's ``yyyy-MM-dd HH:mm:ss`` (refunds add ``.SSS``) Beijing time, as UTC."""
-    fmt = "%Y-%m-%d %H:%M:%S.%f" if "." in text else "%Y-%m-%d %H:%M:%S"
-    return datetime.strptime(text, fmt).replace(tzinfo=BEIJING).astimezone(UTC)
+    return from_beijing(text, "%Y-%m-%d %H:%M:%S.%f" if "." in text else "%Y-%m-%d %H:%M:%S")
 
 
 def _parse_beijing_or_now(value: object) -> datetime:

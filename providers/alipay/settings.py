@@ -9,20 +9,16 @@ at config load, and validation errors never echo the input
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from pydantic import Field, SecretStr, field_validator
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
-
-from providers.alipay.signing import KeyFormatError, load_private_key, load_public_key
+from api.plugin import GatewaySettings, KeyFormatError, load_private_key, load_public_key
 
 PRODUCTION_GATEWAY = "https://openapi.alipay.com/gateway.do"
 SANDBOX_GATEWAY = "https://openapi-sandbox.dl.alipaydev.com/gateway.do"
 
 
-class AlipaySettings(BaseModel):
+class AlipaySettings(GatewaySettings):
     """Settings of the ``alipay`` provider for one branch."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     app_id: str = Field(pattern=r"^[0-9A-Za-z]{1,32}$", description="APPID of the Alipay app")
     private_key: SecretStr = Field(description="the app's RSA2 private key (application key)")
@@ -35,13 +31,6 @@ class AlipaySettings(BaseModel):
         description="the merchant PID; when set, notifications for another seller are rejected",
     )
     gateway: str = Field(default=PRODUCTION_GATEWAY, description="OpenAPI gateway URL")
-    timeout_seconds: float = Field(default=10.0, gt=0, le=60)
-    max_attempts: int = Field(
-        default=3, ge=1, le=6, description="tries of query, close and refund (safe to repeat)"
-    )
-    backoff_seconds: float = Field(
-        default=0.5, ge=0, le=10, description="first back-off; doubles after each failed try"
-    )
 
     @field_validator("private_key")
     @classmethod
@@ -59,12 +48,4 @@ class AlipaySettings(BaseModel):
             load_public_key(value)
         except KeyFormatError as exc:
             raise ValueError(str(exc)) from None
-        return value
-
-    @field_validator("gateway")
-    @classmethod
-    def _gateway_is_http_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("https", "http") or not parts.hostname:
-            raise ValueError("gateway must be an http(s) URL")
         return value

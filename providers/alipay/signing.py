@@ -1,4 +1,4 @@
-"""Alipay RSA2 signatures: the string to sign, SHA256withRSA, and key loading.
+"""Alipay RSA2 signatures: the string to sign and SHA256withRSA (keys load with api.plugin).
 
 One module shared by the adapter (signs requests, verifies responses and
 notifications) and the simulator (verifies requests, signs responses and
@@ -22,14 +22,8 @@ import json
 from collections.abc import Iterable, Mapping
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-
-MIN_KEY_BITS = 2048
-
-
-class KeyFormatError(ValueError):
-    """A key could not be loaded; the message never quotes the key."""
 
 
 def request_string(params: Mapping[str, str]) -> str:
@@ -63,63 +57,6 @@ def verify(public_key: rsa.RSAPublicKey, message: str, signature: str) -> bool:
     except InvalidSignature:
         return False
     return True
-
-
-def load_private_key(text: str) -> rsa.RSAPrivateKey:
-    """Load an RSA private key given as PEM or as the bare base64 Alipay's key tool prints."""
-    data = text.strip()
-    try:
-        if data.startswith("-----BEGIN"):
-            key = serialization.load_pem_private_key(data.encode("ascii"), password=None)
-        else:
-            key = serialization.load_der_private_key(_bare_base64(data), password=None)
-    except (ValueError, TypeError, UnicodeEncodeError) as exc:
-        raise KeyFormatError("not a readable unencrypted RSA private key") from exc
-    if not isinstance(key, rsa.RSAPrivateKey):
-        raise KeyFormatError("not an RSA private key (RSA2 needs RSA)")
-    if key.key_size < MIN_KEY_BITS:
-        raise KeyFormatError(f"RSA key shorter than {MIN_KEY_BITS} bits")
-    return key
-
-
-def load_public_key(text: str) -> rsa.RSAPublicKey:
-    """Load an RSA public key given as PEM or as the bare base64 the Alipay console shows."""
-    data = text.strip()
-    try:
-        if data.startswith("-----BEGIN"):
-            key = serialization.load_pem_public_key(data.encode("ascii"))
-        else:
-            key = serialization.load_der_public_key(_bare_base64(data))
-    except (ValueError, TypeError, UnicodeEncodeError) as exc:
-        raise KeyFormatError("not a readable RSA public key") from exc
-    if not isinstance(key, rsa.RSAPublicKey):
-        raise KeyFormatError("not an RSA public key (RSA2 needs RSA)")
-    if key.key_size < MIN_KEY_BITS:
-        raise KeyFormatError(f"RSA key shorter than {MIN_KEY_BITS} bits")
-    return key
-
-
-def _bare_base64(data: str) -> bytes:
-    try:
-        return base64.b64decode("".join(data.split()), validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ValueError("not base64") from exc
-
-
-def private_key_pem(key: rsa.RSAPrivateKey) -> str:
-    """PKCS#8 PEM text of ``key`` (for tests, the demo and the simulator's set-up)."""
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode("ascii")
-
-
-def public_key_pem(key: rsa.RSAPublicKey) -> str:
-    """SubjectPublicKeyInfo PEM text of ``key``."""
-    return key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode("ascii")
 
 
 def response_members(text: str) -> dict[str, str]:

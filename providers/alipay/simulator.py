@@ -38,7 +38,7 @@ import logging
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal, cast, get_args
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -49,19 +49,12 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from api.plugin import BEIJING, from_beijing, load_private_key, load_public_key, to_beijing
 from providers.alipay.amounts import MAX_FEN, AmountError, fen_to_yuan, yuan_to_fen
-from providers.alipay.signing import (
-    load_private_key,
-    load_public_key,
-    notification_string,
-    request_string,
-    sign,
-    verify,
-)
+from providers.alipay.signing import notification_string, request_string, sign, verify
 
 logger = logging.getLogger("branchpay.providers.alipay.simulator")
 
-BEIJING = timezone(timedelta(hours=8), "Asia/Shanghai")
 DEFAULT_SELLER_ID = "2088000000000001"
 MAX_BODY_BYTES = 64 * 1024
 _TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -822,7 +815,7 @@ def _check_time_expire(biz: Mapping[str, Any]) -> None:
     if value is None:
         return
     try:
-        expires = datetime.strptime(str(value), _TIME_FORMAT).replace(tzinfo=BEIJING)
+        expires = from_beijing(str(value))
     except ValueError:
         raise _business("ACQ.INVALID_PARAMETER", "参数无效: time_expire") from None
     if expires <= datetime.now(UTC):
@@ -830,7 +823,7 @@ def _check_time_expire(biz: Mapping[str, Any]) -> None:
 
 
 def _fmt(moment: datetime) -> str:
-    return moment.astimezone(BEIJING).strftime(_TIME_FORMAT)
+    return to_beijing(moment)
 
 
 def _is_loopback(url: str) -> bool:

@@ -7,9 +7,13 @@ fixtures (the ``branchpay_provider_kit`` pytest plugin supplies the rest):
   running simulator, with ``branch`` set;
 - ``gateway``: a :class:`~providers.kit.driver.GatewayDriver` over that simulator.
 
-Optional fixtures: ``amount_fen`` (default 8800), ``payment_method`` (the
-method used to open attempts that get paid, refunded and closed; default the
-first of QR_CODE, PAGE, WAP, APP the provider declares) and ``notify_url``.
+Optional fixtures: ``amount_fen`` (default 8800), ``payment_methods`` (the
+methods each lifecycle case opens attempts with, to pay, refund and close
+them; default every method the provider declares) and ``notify_url``.
+
+A driver that can re-deliver a notification signed anew (``redeliver``, see
+:class:`~providers.kit.driver.GatewayDriver`) also gets the re-signed
+duplicate case. No failure message ever shows a secret's value.
 
 Each case opens fresh attempts with their own ``out_trade_no``, so the suite
 runs against one long-lived simulator. A failing case names the contract
@@ -187,16 +191,17 @@ class ProviderConformance:
         for name in type(settings).model_fields:
             if _SECRET_NAME.search(name) and "public" not in name:
                 value = getattr(settings, name)
-                assert value is None or isinstance(value, SecretStr | SecretBytes), (
+                # A bare bool: the rewritten assertion must not show the value.
+                hidden = value is None or isinstance(value, SecretStr | SecretBytes)
+                assert hidden, (
                     f"settings field {name!r} looks like a secret but is "
                     f"{type(value).__name__}, not SecretStr/SecretBytes"
                 )
         shown = repr(settings) + str(settings) + settings.model_dump_json()
         for name, secret in secret_values(settings).items():
-            if secret:
-                assert secret not in shown, (
-                    f"the secret in settings field {name!r} shows in repr/str/json"
-                )
+            leaked = bool(secret) and secret in shown
+            if leaked:
+                assert not leaked, f"the secret in settings field {name!r} shows in repr/str/json"
 
     # --- create -------------------------------------------------------------------
 
@@ -222,18 +227,26 @@ class ProviderConformance:
             shown = " ".join(
                 v for v in (action.url, action.qr_code, action.form_html, action.app_payload) if v
             )
-            assert not any(s in shown for s in secrets), (
+            leaked = any(s in shown for s in secrets)
+            assert not leaked, (
                 f"create_payment({method}) put a secret setting into the PaymentAction"
             )
 
     async def test_query_before_payment_is_not_settled(
-        self, provider: Provider, amount_fen: int, notify_url: str, payment_method: PaymentMethod
+        self,
+        provider: Provider,
+        amount_fen: int,
+        notify_url: str,
+        payment_methods: tuple[PaymentMethod, ...],
     ) -> None:
-        out_trade_no, _ = await self.open_attempt(provider, amount_fen, notify_url, payment_method)
-        result = await provider.query(out_trade_no)
-        assert result.state in (AttemptState.PENDING, AttemptState.UNKNOWN), (
-            f"query of an attempt nobody paid gave {result.state}; expected PENDING or UNKNOWN"
-        )
+        for payment_method in payment_methods:
+            out_trade_no, _ = await self.open_attempt(
+                provider, amount_fen, notify_url, payment_method
+            )
+            result = await provider.query(out_trade_no)
+            assert result.state in (AttemptState.PENDING, AttemptState.UNKNOWN), (
+                f"query of an attempt nobody paid gave {result.state}; expected PENDING or UNKNOWN"
+            )
 
     async def test_query_unknown_attempt(self, provider: Provider) -> None:
         result = await provider.query(new_out_trade_no())
@@ -249,28 +262,32 @@ class ProviderConformance:
         gateway: GatewayDriver,
         amount_fen: int,
         notify_url: str,
-        payment_method: PaymentMethod,
+        payment_methods: tuple[PaymentMethod, ...],
     ) -> None:
-        out_trade_no, _, event = await self.paid_attempt(
-            provider, gateway, amount_fen, notify_url, payment_method
-        )
-        assert isinstance(event, ProviderEvent), "parse_notification must return a ProviderEvent"
-        assert event.kind is EventKind.PAYMENT_SUCCEEDED, (
-            f"a payment-success notification parsed as {event.kind}, not PAYMENT_SUCCEEDED"
-        )
-        assert event.out_trade_no == out_trade_no, (
-            f"event.out_trade_no is {event.out_trade_no!r}, the attempt was {out_trade_no!r}"
-        )
-        assert event.amount_fen == amount_fen and isinstance(event.amount_fen, int), (
-            f"event.amount_fen is {event.amount_fen!r}, the attempt was for {amount_fen} fen"
-        )
-        assert event.currency == "CNY", f"event.currency is {event.currency!r}, expected 'CNY'"
-        assert isinstance(event.event_id, str) and event.event_id, "event.event_id must be set"
-        assert event.occurred_at.tzinfo is not None and event.occurred_at.utcoffset() is not None, (
-            "event.occurred_at must be timezone-aware"
-        )
-        secrets = [s for s in secret_values(provider.settings).values() if len(s) >= 6]
-        assert not any(s in repr(event.detail) for s in secrets), "event.detail holds a secret"
+        for payment_method in payment_methods:
+            out_trade_no, _, event = await self.paid_attempt(
+                provider, gateway, amount_fen, notify_url, payment_method
+            )
+            assert isinstance(event, ProviderEvent), (
+                "parse_notification must return a ProviderEvent"
+            )
+            assert event.kind is EventKind.PAYMENT_SUCCEEDED, (
+                f"a payment-success notification parsed as {event.kind}, not PAYMENT_SUCCEEDED"
+            )
+            assert event.out_trade_no == out_trade_no, (
+                f"event.out_trade_no is {event.out_trade_no!r}, the attempt was {out_trade_no!r}"
+            )
+            assert event.amount_fen == amount_fen and isinstance(event.amount_fen, int), (
+                f"event.amount_fen is {event.amount_fen!r}, the attempt was for {amount_fen} fen"
+            )
+            assert event.currency == "CNY", f"event.currency is {event.currency!r}, expected 'CNY'"
+            assert isinstance(event.event_id, str) and event.event_id, "event.event_id must be set"
+            assert (
+                event.occurred_at.tzinfo is not None and event.occurred_at.utcoffset() is not None
+            ), "event.occurred_at must be timezone-aware"
+            secrets = [s for s in secret_values(provider.settings).values() if len(s) >= 6]
+            leaked = any(s in repr(event.detail) for s in secrets)
+            assert not leaked, "event.detail holds a secret"
 
     async def test_duplicate_notification_same_event_id(
         self,
@@ -278,18 +295,44 @@ class ProviderConformance:
         gateway: GatewayDriver,
         amount_fen: int,
         notify_url: str,
-        payment_method: PaymentMethod,
+        payment_methods: tuple[PaymentMethod, ...],
     ) -> None:
-        _, notification, first = await self.paid_attempt(
-            provider, gateway, amount_fen, notify_url, payment_method
-        )
-        again = await provider.parse_notification(notification)
-        assert again is not None, "parsing the same notification twice must not change its verdict"
-        assert again.event_id == first.event_id, (
-            f"the same notification parsed twice gave event ids {first.event_id!r} and "
-            f"{again.event_id!r}; re-deliveries must be recognisable as duplicates"
-        )
-        assert (again.kind, again.amount_fen) == (first.kind, first.amount_fen)
+        for payment_method in payment_methods:
+            _, notification, first = await self.paid_attempt(
+                provider, gateway, amount_fen, notify_url, payment_method
+            )
+            again = await provider.parse_notification(notification)
+            assert again is not None, (
+                "parsing the same notification twice must not change its verdict"
+            )
+            assert again.event_id == first.event_id, (
+                f"the same notification parsed twice gave event ids {first.event_id!r} and "
+                f"{again.event_id!r}; re-deliveries must be recognisable as duplicates"
+            )
+            assert (again.kind, again.amount_fen) == (first.kind, first.amount_fen)
+
+    async def test_resigned_redelivery_same_event_id(
+        self,
+        provider: Provider,
+        gateway: GatewayDriver,
+        amount_fen: int,
+        notify_url: str,
+        payment_methods: tuple[PaymentMethod, ...],
+    ) -> None:
+        redeliver = getattr(gateway, "redeliver", None)
+        if redeliver is None:
+            pytest.skip("the GatewayDriver has no redeliver(): re-signed duplicates not checked")
+        for payment_method in payment_methods:
+            out_trade_no, _, first = await self.paid_attempt(
+                provider, gateway, amount_fen, notify_url, payment_method
+            )
+            again = await provider.parse_notification(await redeliver(out_trade_no))
+            assert again is not None, "a re-signed re-delivery of a payment parsed to None"
+            assert again.event_id == first.event_id, (
+                f"a re-delivery signed anew gave event id {again.event_id!r}, the first delivery "
+                f"{first.event_id!r}: the id must name the fact, not the delivery"
+            )
+            assert (again.kind, again.amount_fen) == (first.kind, first.amount_fen)
 
     async def _assert_rejected(
         self, provider: Provider, notification: NotificationRequest, what: str
@@ -304,12 +347,13 @@ class ProviderConformance:
         gateway: GatewayDriver,
         amount_fen: int,
         notify_url: str,
-        payment_method: PaymentMethod,
+        payment_methods: tuple[PaymentMethod, ...],
     ) -> None:
-        _, notification, _ = await self.paid_attempt(
-            provider, gateway, amount_fen, notify_url, payment_method
-        )
-        await self._assert_rejected(provider, gateway.forge(notification), "forged")
+        for payment_method in payment_methods:
+            _, notification, _ = await self.paid_attempt(
+                provider, gateway, amount_fen, notify_url, payment_method
+            )
+            await self._assert_rejected(provider, gateway.forge(notification), "forged")
 
     async def test_tampered_notification_rejected(
         self,
@@ -317,12 +361,13 @@ class ProviderConformance:
         gateway: GatewayDriver,
         amount_fen: int,
         notify_url: str,
-        payment_method: PaymentMethod,
+        payment_methods: tuple[PaymentMethod, ...],
     ) -> None:
-        _, notification, _ = await self.paid_attempt(
-            provider, gateway, amount_fen, notify_url, payment_method
-        )
-        await self._assert_rejected(provider, gateway.tamper(notification), "tampered")
+        for payment_method in payment_methods:
+            _, notification, _ = await self.paid_attempt(
+                provider, gateway, amount_fen, notify_url, payment_method
+            )
+            await self._assert_rejected(provider, gateway.tamper(notification), "tampered")
 
     async def test_unsigned_notification_rejected(
         self,
@@ -330,12 +375,13 @@ class ProviderConformance:
         gateway: GatewayDriver,
         amount_fen: int,
         notify_url: str,
-        payment_method: PaymentMethod,
+        payment_methods: tuple[PaymentMethod, ...],
     ) -> None:
-        _, notification, _ = await self.paid_attempt(
-            provider, gateway, amount_fen, notify_url, payment_method
-        )
-        await self._assert_rejected(provider, gateway.unsigned(notification), "unsigned")
+        for payment_method in payment_methods:
+            _, notification, _ = await self.paid_attempt(
+                provider, gateway, amount_fen, notify_url, payment_method
+            )
+            await self._assert_rejected(provider, gateway.unsigned(notification), "unsigned")
 
     def test_notification_reply(self, provider: Provider) -> None:
         replies: dict[bool, Any] = {}
@@ -364,24 +410,25 @@ class ProviderConformance:
         gateway: GatewayDriver,
         amount_fen: int,
         notify_url: str,
-        payment_method: PaymentMethod,
+        payment_methods: tuple[PaymentMethod, ...],
     ) -> None:
-        out_trade_no, _, event = await self.paid_attempt(
-            provider, gateway, amount_fen, notify_url, payment_method
-        )
-        result = await provider.query(out_trade_no)
-        assert result.state is AttemptState.SUCCEEDED, (
-            f"query after a successful payment gave {result.state}, not SUCCEEDED"
-        )
-        assert result.amount_fen == amount_fen, (
-            f"query after payment gave amount_fen={result.amount_fen!r}, expected {amount_fen}"
-        )
-        for fact in result.events:
-            if fact.kind is EventKind.PAYMENT_SUCCEEDED:
-                assert fact.event_id == event.event_id, (
-                    "the payment fact from query must carry the notification's event_id "
-                    f"({fact.event_id!r} != {event.event_id!r}), or it is applied twice"
-                )
+        for payment_method in payment_methods:
+            out_trade_no, _, event = await self.paid_attempt(
+                provider, gateway, amount_fen, notify_url, payment_method
+            )
+            result = await provider.query(out_trade_no)
+            assert result.state is AttemptState.SUCCEEDED, (
+                f"query after a successful payment gave {result.state}, not SUCCEEDED"
+            )
+            assert result.amount_fen == amount_fen, (
+                f"query after payment gave amount_fen={result.amount_fen!r}, expected {amount_fen}"
+            )
+            for fact in result.events:
+                if fact.kind is EventKind.PAYMENT_SUCCEEDED:
+                    assert fact.event_id == event.event_id, (
+                        "the payment fact from query must carry the notification's event_id "
+                        f"({fact.event_id!r} != {event.event_id!r}), or it is applied twice"
+                    )
 
     async def test_partial_then_rest_refund(
         self,
@@ -389,22 +436,23 @@ class ProviderConformance:
         gateway: GatewayDriver,
         amount_fen: int,
         notify_url: str,
-        payment_method: PaymentMethod,
+        payment_methods: tuple[PaymentMethod, ...],
     ) -> None:
-        assert amount_fen >= 2, "the refund cases need an amount_fen of at least 2"
-        out_trade_no, _, _ = await self.paid_attempt(
-            provider, gateway, amount_fen, notify_url, payment_method
-        )
-        first_fen = amount_fen // 3 or 1
-        for part, fen in (("partial", first_fen), ("remaining", amount_fen - first_fen)):
-            result = await self.refund(
-                provider, out_trade_no, new_out_refund_no(), fen, amount_fen, notify_url
+        for payment_method in payment_methods:
+            assert amount_fen >= 2, "the refund cases need an amount_fen of at least 2"
+            out_trade_no, _, _ = await self.paid_attempt(
+                provider, gateway, amount_fen, notify_url, payment_method
             )
-            assert isinstance(result, RefundResult), "refund must return a RefundResult"
-            assert result.state in (RefundState.SUCCEEDED, RefundState.PENDING), (
-                f"the {part} refund of {fen} of {amount_fen} fen gave {result.state} "
-                f"({result.message})"
-            )
+            first_fen = amount_fen // 3 or 1
+            for part, fen in (("partial", first_fen), ("remaining", amount_fen - first_fen)):
+                result = await self.refund(
+                    provider, out_trade_no, new_out_refund_no(), fen, amount_fen, notify_url
+                )
+                assert isinstance(result, RefundResult), "refund must return a RefundResult"
+                assert result.state in (RefundState.SUCCEEDED, RefundState.PENDING), (
+                    f"the {part} refund of {fen} of {amount_fen} fen gave {result.state} "
+                    f"({result.message})"
+                )
 
     async def test_refund_same_number_refunds_once(
         self,
@@ -412,31 +460,32 @@ class ProviderConformance:
         gateway: GatewayDriver,
         amount_fen: int,
         notify_url: str,
-        payment_method: PaymentMethod,
+        payment_methods: tuple[PaymentMethod, ...],
     ) -> None:
-        out_trade_no, _, _ = await self.paid_attempt(
-            provider, gateway, amount_fen, notify_url, payment_method
-        )
-        half = amount_fen // 2 or 1
-        out_refund_no = new_out_refund_no()
-        for attempt in ("first", "repeated"):
-            result = await self.refund(
-                provider, out_trade_no, out_refund_no, half, amount_fen, notify_url
+        for payment_method in payment_methods:
+            out_trade_no, _, _ = await self.paid_attempt(
+                provider, gateway, amount_fen, notify_url, payment_method
             )
-            assert result.state in (RefundState.SUCCEEDED, RefundState.PENDING), (
-                f"the {attempt} refund with out_refund_no {out_refund_no} gave {result.state} "
-                f"({result.message}); a repeated number must answer like the first"
-            )
-        # Had the platform counted the repeat, the remainder would exceed what is left.
-        rest = amount_fen - half
-        if rest:
-            result = await self.refund(
-                provider, out_trade_no, new_out_refund_no(), rest, amount_fen, notify_url
-            )
-            assert result.state in (RefundState.SUCCEEDED, RefundState.PENDING), (
-                f"refunding the remaining {rest} fen after a repeated refund number gave "
-                f"{result.state} ({result.message}): the repeated number was refunded twice"
-            )
+            half = amount_fen // 2 or 1
+            out_refund_no = new_out_refund_no()
+            for attempt in ("first", "repeated"):
+                result = await self.refund(
+                    provider, out_trade_no, out_refund_no, half, amount_fen, notify_url
+                )
+                assert result.state in (RefundState.SUCCEEDED, RefundState.PENDING), (
+                    f"the {attempt} refund with out_refund_no {out_refund_no} gave {result.state} "
+                    f"({result.message}); a repeated number must answer like the first"
+                )
+            # Had the platform counted the repeat, the remainder would exceed what is left.
+            rest = amount_fen - half
+            if rest:
+                result = await self.refund(
+                    provider, out_trade_no, new_out_refund_no(), rest, amount_fen, notify_url
+                )
+                assert result.state in (RefundState.SUCCEEDED, RefundState.PENDING), (
+                    f"refunding the remaining {rest} fen after a repeated refund number gave "
+                    f"{result.state} ({result.message}): the repeated number was refunded twice"
+                )
 
     async def test_refund_beyond_paid_amount_refused(
         self,
@@ -444,31 +493,44 @@ class ProviderConformance:
         gateway: GatewayDriver,
         amount_fen: int,
         notify_url: str,
-        payment_method: PaymentMethod,
+        payment_methods: tuple[PaymentMethod, ...],
     ) -> None:
-        out_trade_no, _, _ = await self.paid_attempt(
-            provider, gateway, amount_fen, notify_url, payment_method
-        )
-        try:
-            result = await self.refund(
-                provider, out_trade_no, new_out_refund_no(), amount_fen + 1, amount_fen, notify_url
+        for payment_method in payment_methods:
+            out_trade_no, _, _ = await self.paid_attempt(
+                provider, gateway, amount_fen, notify_url, payment_method
             )
-        except GatewayError:
-            return
-        assert result.state is RefundState.FAILED, (
-            f"a refund of {amount_fen + 1} fen of a {amount_fen} fen payment gave {result.state}; "
-            "it must be refused (GatewayError or FAILED)"
-        )
+            try:
+                result = await self.refund(
+                    provider,
+                    out_trade_no,
+                    new_out_refund_no(),
+                    amount_fen + 1,
+                    amount_fen,
+                    notify_url,
+                )
+            except GatewayError:
+                continue
+            assert result.state is RefundState.FAILED, (
+                f"a refund of {amount_fen + 1} fen of a {amount_fen} fen payment gave "
+                f"{result.state}; it must be refused (GatewayError or FAILED)"
+            )
 
     async def test_close_unpaid_attempt(
-        self, provider: Provider, amount_fen: int, notify_url: str, payment_method: PaymentMethod
+        self,
+        provider: Provider,
+        amount_fen: int,
+        notify_url: str,
+        payment_methods: tuple[PaymentMethod, ...],
     ) -> None:
-        out_trade_no, _ = await self.open_attempt(provider, amount_fen, notify_url, payment_method)
-        await provider.close(out_trade_no)
-        result = await provider.query(out_trade_no)
-        assert result.state is AttemptState.CLOSED, (
-            f"query after closing an unpaid attempt gave {result.state}, not CLOSED"
-        )
+        for payment_method in payment_methods:
+            out_trade_no, _ = await self.open_attempt(
+                provider, amount_fen, notify_url, payment_method
+            )
+            await provider.close(out_trade_no)
+            result = await provider.query(out_trade_no)
+            assert result.state is AttemptState.CLOSED, (
+                f"query after closing an unpaid attempt gave {result.state}, not CLOSED"
+            )
 
     async def test_close_never_seen_attempt_is_not_an_error(self, provider: Provider) -> None:
         try:
@@ -483,22 +545,25 @@ class ProviderConformance:
         gateway: GatewayDriver,
         amount_fen: int,
         notify_url: str,
-        payment_method: PaymentMethod,
+        payment_methods: tuple[PaymentMethod, ...],
         outcome: str,
     ) -> None:
-        out_trade_no, _ = await self.open_attempt(provider, amount_fen, notify_url, payment_method)
-        notification = await gateway.settle(out_trade_no, outcome)  # type: ignore[arg-type]
-        if notification is not None:
-            event = await provider.parse_notification(notification)
-            if event is not None:
-                assert event.kind in (EventKind.PAYMENT_FAILED, EventKind.PAYMENT_CLOSED), (
-                    f"settle(outcome={outcome!r}) notified {event.kind}; expected "
-                    "PAYMENT_FAILED or PAYMENT_CLOSED"
-                )
-                assert event.out_trade_no == out_trade_no, (
-                    f"the {outcome} event names {event.out_trade_no!r}, not {out_trade_no!r}"
-                )
-        result = await provider.query(out_trade_no)
-        assert result.state is not AttemptState.SUCCEEDED, (
-            f"query after settle(outcome={outcome!r}) claims the attempt SUCCEEDED"
-        )
+        for payment_method in payment_methods:
+            out_trade_no, _ = await self.open_attempt(
+                provider, amount_fen, notify_url, payment_method
+            )
+            notification = await gateway.settle(out_trade_no, outcome)  # type: ignore[arg-type]
+            if notification is not None:
+                event = await provider.parse_notification(notification)
+                if event is not None:
+                    assert event.kind in (EventKind.PAYMENT_FAILED, EventKind.PAYMENT_CLOSED), (
+                        f"settle(outcome={outcome!r}) notified {event.kind}; expected "
+                        "PAYMENT_FAILED or PAYMENT_CLOSED"
+                    )
+                    assert event.out_trade_no == out_trade_no, (
+                        f"the {outcome} event names {event.out_trade_no!r}, not {out_trade_no!r}"
+                    )
+            result = await provider.query(out_trade_no)
+            assert result.state is not AttemptState.SUCCEEDED, (
+                f"query after settle(outcome={outcome!r}) claims the attempt SUCCEEDED"
+            )

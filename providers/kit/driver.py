@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal, Protocol, runtime_checkable
 
-from api.payments.provider import NotificationRequest
+from api.plugin import NotificationRequest
 
 SettleOutcome = Literal["success", "fail", "close"]
 
@@ -25,6 +25,12 @@ class GatewayDriver(Protocol):
         outcome.
         """
         ...
+
+    # Optional (plugin API 2): the conformance kit's re-signed duplicate case uses it.
+    #
+    #     async def redeliver(self, out_trade_no: str) -> NotificationRequest:
+    #         """The platform's next delivery of the attempt's latest notification,
+    #         signed anew (new timestamp, nonce, signature), not sent anywhere."""
 
     def forge(self, notification: NotificationRequest) -> NotificationRequest:
         """The same notification signed with a key that is not the platform's."""

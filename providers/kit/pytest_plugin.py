@@ -13,13 +13,6 @@ pytest.register_assert_rewrite("providers.kit.conformance")
 
 from api.payments.provider import PaymentMethod, Provider  # noqa: E402
 
-_PREFERRED_METHODS = (
-    PaymentMethod.QR_CODE,
-    PaymentMethod.PAGE,
-    PaymentMethod.WAP,
-    PaymentMethod.APP,
-)
-
 
 @pytest.fixture
 def provider() -> Provider:
@@ -43,9 +36,8 @@ def amount_fen() -> int:
 
 
 @pytest.fixture
-def payment_method(provider: Provider) -> PaymentMethod:
-    declared = type(provider).methods
-    return next((m for m in _PREFERRED_METHODS if m in declared), declared[0])
+def payment_methods(provider: Provider) -> tuple[PaymentMethod, ...]:
+    return type(provider).methods
 
 
 @pytest.fixture

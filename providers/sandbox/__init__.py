@@ -4,11 +4,10 @@ Registered under the entry-point group ``branchpay.providers`` like any
 third-party provider package.
 """
 
-from api.payments.provider import Provider
-from api.plugins import hookimpl
+from api.plugin import Provider, hookimpl
 from providers.sandbox.provider import SandboxProvider, SandboxSettings
 
-BRANCHPAY_PLUGIN_API = 1
+BRANCHPAY_PLUGIN_API = 2
 
 
 @hookimpl

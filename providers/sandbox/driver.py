@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import secrets
+from typing import Any
 
 import httpx
 
-from api.payments.provider import NotificationRequest
+from api.plugin import NotificationRequest
 from providers.kit.driver import GatewayDriver, SettleOutcome
 from providers.sandbox import signing
 
@@ -25,13 +26,24 @@ class SandboxDriver(GatewayDriver):
             json={"outcome": outcome, "deliver": False},
         )
         response.raise_for_status()
-        notification = response.json()["notification"]
+        return self._request(response.json()["notification"])
+
+    @staticmethod
+    def _request(notification: dict[str, Any]) -> NotificationRequest:
         return NotificationRequest(
             method="POST",
             headers={"content-type": "application/json", **notification["headers"]},
             query={},
             body=notification["body"].encode(),
         )
+
+    async def redeliver(self, out_trade_no: str) -> NotificationRequest:
+        # The control route signs the latest notification anew on every call.
+        response = await self.http.get(
+            f"{self.base_url}/control/notifications/{out_trade_no}/latest"
+        )
+        response.raise_for_status()
+        return self._request(response.json())
 
     def forge(self, notification: NotificationRequest) -> NotificationRequest:
         headers = dict(notification.headers)

@@ -10,7 +10,6 @@ to repeat and are retried with backoff before a retryable GatewayError.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -18,13 +17,14 @@ from datetime import datetime
 from typing import Any, ClassVar
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 
-from api.payments.provider import (
+from api.plugin import (
     ActionKind,
     AttemptState,
     EventKind,
     GatewayError,
+    GatewaySettings,
     NotificationRejected,
     NotificationReply,
     NotificationRequest,
@@ -37,6 +37,8 @@ from api.payments.provider import (
     RefundRequest,
     RefundResult,
     RefundState,
+    TransientFailure,
+    call_gateway,
 )
 from providers.sandbox import signing
 
@@ -58,18 +60,24 @@ _STATE_EVENTS = {
 _REFUND_REFUSALS = frozenset({"REFUND_EXCEEDS_PAID", "NOT_PAID", "NOT_FOUND", "REFUND_NO_REUSED"})
 
 
-class SandboxSettings(BaseModel):
+class SandboxSettings(GatewaySettings):
     """A branch's ``[branches.<code>.providers.sandbox]`` table."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
-
-    gateway: HttpUrl = Field(description="Base URL of the sandbox simulator")
     secret: SecretStr = Field(
         min_length=16, description="HMAC-SHA256 key shared with the simulator"
     )
-    timeout_seconds: float = Field(default=10.0, gt=0, le=120)
-    retries: int = Field(default=2, ge=0, le=5, description="extra tries of repeatable calls")
     backoff_seconds: float = Field(default=0.2, ge=0, le=10)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retries_is_max_attempts(cls, data: Any) -> Any:
+        # Before plugin API 2 the sandbox said `retries` (extra tries); keep reading it.
+        if isinstance(data, dict) and "retries" in data:
+            data = dict(data)
+            retries = data.pop("retries")
+            if "max_attempts" not in data and isinstance(retries, int):
+                data["max_attempts"] = retries + 1
+        return data
 
 
 class SandboxProvider(Provider):
@@ -98,14 +106,22 @@ class SandboxProvider(Provider):
     # --- calls to the simulator -------------------------------------------------------
 
     async def _call(
-        self, method: str, path: str, payload: dict[str, Any] | None = None
+        self,
+        method: str,
+        path: str,
+        payload: dict[str, Any] | None = None,
+        *,
+        repeatable: bool = True,
     ) -> httpx.Response:
-        """One signed request; transport failures become GatewayError."""
+        """A signed request; the simulator treats all but create idempotently."""
         body = json.dumps(payload, separators=(",", ":")).encode() if payload is not None else b""
-        headers = signing.signed_headers(self._secret, signing.request_payload(method, path, body))
-        if payload is not None:
-            headers["Content-Type"] = "application/json"
-        try:
+
+        async def send() -> httpx.Response:
+            headers = signing.signed_headers(
+                self._secret, signing.request_payload(method, path, body)
+            )
+            if payload is not None:
+                headers["Content-Type"] = "application/json"
             response = await self.http.request(
                 method,
                 self._url(path),
@@ -113,37 +129,20 @@ class SandboxProvider(Provider):
                 headers=headers,
                 timeout=self.settings.timeout_seconds,
             )
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            raise GatewayError(
-                f"sandbox unreachable: {type(exc).__name__}", retryable=True
-            ) from None
-        except httpx.TransportError as exc:
-            raise GatewayError(
-                f"sandbox call failed: {type(exc).__name__}", retryable=True, outcome_unknown=True
-            ) from None
-        if response.status_code >= 500:
-            raise GatewayError(
-                f"sandbox answered {response.status_code}", retryable=True, outcome_unknown=True
-            )
-        if response.status_code == 401:
-            raise GatewayError("sandbox refused the request signature (check the secret)")
-        return response
+            if response.status_code >= 500:
+                raise TransientFailure(f"HTTP {response.status_code}")
+            if response.status_code == 401:
+                raise GatewayError("sandbox refused the request signature (check the secret)")
+            return response
 
-    async def _call_repeatable(
-        self, method: str, path: str, payload: dict[str, Any] | None = None
-    ) -> httpx.Response:
-        """A call the simulator treats idempotently: retried with backoff, then raised."""
-        delay = self.settings.backoff_seconds
-        for attempt in range(self.settings.retries + 1):
-            try:
-                return await self._call(method, path, payload)
-            except GatewayError as exc:
-                if not exc.retryable or attempt == self.settings.retries:
-                    raise
-                logger.warning("sandbox %s %s failed (%s); retrying", method, path, exc)
-            await asyncio.sleep(delay)
-            delay *= 2
-        raise AssertionError("unreachable: the loop returns or raises")
+        return await call_gateway(
+            send,
+            settings=self.settings,
+            operation=f"sandbox {method} {path}",
+            repeatable=repeatable,
+            changes_state=method != "GET",
+            logger=logger,
+        )
 
     @staticmethod
     def _json(response: httpx.Response) -> dict[str, Any]:
@@ -168,13 +167,8 @@ class SandboxProvider(Provider):
             "return_url": request.return_url,
             "expires_at": request.expires_at.isoformat(),
         }
-        try:
-            response = await self._call("POST", "/api/payments", payload)
-        except GatewayError as exc:
-            # Creating is not retried here: the caller decides with the attempt in hand.
-            raise GatewayError(
-                str(exc), retryable=False, outcome_unknown=exc.outcome_unknown
-            ) from None
+        # Creating is not retried here: the caller decides with the attempt in hand.
+        response = await self._call("POST", "/api/payments", payload, repeatable=False)
         data = self._json(response)
         if response.status_code not in (200, 201):
             raise GatewayError(f"sandbox refused the payment: {data.get('message', '')}")
@@ -242,7 +236,7 @@ class SandboxProvider(Provider):
         )
 
     async def query(self, out_trade_no: str) -> QueryResult:
-        response = await self._call_repeatable("GET", f"/api/payments/{out_trade_no}")
+        response = await self._call("GET", f"/api/payments/{out_trade_no}")
         data = self._json(response)
         if response.status_code == 404:
             return QueryResult(state=AttemptState.UNKNOWN)
@@ -280,7 +274,7 @@ class SandboxProvider(Provider):
             "reason": request.reason,
             "notify_url": request.notify_url,
         }
-        response = await self._call_repeatable("POST", "/api/refunds", payload)
+        response = await self._call("POST", "/api/refunds", payload)
         data = self._json(response)
         if response.status_code == 200:
             return RefundResult(RefundState.SUCCEEDED, provider_refund_no=data.get("refund_no"))
@@ -289,7 +283,7 @@ class SandboxProvider(Provider):
         raise GatewayError(f"sandbox refund failed: {data.get('message', '')}")
 
     async def close(self, out_trade_no: str) -> None:
-        response = await self._call_repeatable("POST", f"/api/payments/{out_trade_no}/close")
+        response = await self._call("POST", f"/api/payments/{out_trade_no}/close")
         if response.status_code != 200:
             data = self._json(response)
             raise GatewayError(f"sandbox refused to close: {data.get('message', '')}")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 
+from api.plugin import load_private_key
 from providers.unionpay import message, pki
 from providers.unionpay.simulator import create_app
 
@@ -61,7 +62,7 @@ def demo_simulator(secrets_dir: Path) -> Starlette:
         return (secrets_dir / name).read_text(encoding="ascii")
 
     return create_app(
-        sign_key=message.load_private_key(read(PLATFORM_KEY)),
+        sign_key=load_private_key(read(PLATFORM_KEY)),
         sign_cert=message.load_certificate(read(PLATFORM_CERT)),
         merchants={DEMO_MER_ID: message.load_certificate(read(MERCHANT_CERT))},
     )

@@ -21,13 +21,15 @@ import binascii
 import hashlib
 import html
 from collections.abc import Mapping
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
+
+from api.plugin import BEIJING, from_beijing, to_beijing
 
 VERSION = "5.1.0"
 SIGN_METHOD_RSA = "01"
@@ -37,7 +39,6 @@ CURRENCY_CNY = "156"
 UNIONPAY_CERT_OWNER = "中国银联股份有限公司"
 TEST_CERT_OWNER = "00040000:SIGN"
 # Transaction times (txnTime, payTimeout) are Beijing time without a zone.
-BEIJING = timezone(timedelta(hours=8), "CST")
 TIME_FORMAT = "%Y%m%d%H%M%S"
 
 
@@ -85,17 +86,6 @@ def load_certificate(pem: str) -> x509.Certificate:
         return x509.load_pem_x509_certificate(pem.encode("ascii"))
     except (ValueError, UnicodeEncodeError):
         raise SignatureInvalid("not a PEM X.509 certificate") from None
-
-
-def load_private_key(pem: str) -> rsa.RSAPrivateKey:
-    """Load an RSA private key; the error never repeats the key text."""
-    try:
-        key = serialization.load_pem_private_key(pem.encode("ascii"), password=None)
-    except (ValueError, TypeError, UnicodeEncodeError):
-        raise ValueError("not an unencrypted PEM private key") from None
-    if not isinstance(key, rsa.RSAPrivateKey):
-        raise ValueError("not an RSA private key")
-    return key
 
 
 def cert_owner(cert: x509.Certificate) -> str:
@@ -192,14 +182,14 @@ def auto_submit_form(action: str, fields: Mapping[str, str]) -> str:
 
 def beijing_time(moment: datetime) -> str:
     """A UTC-aware moment as ``YYYYMMDDhhmmss`` Beijing time (txnTime, payTimeout)."""
-    return moment.astimezone(BEIJING).strftime(TIME_FORMAT)
+    return to_beijing(moment, TIME_FORMAT)
 
 
 def parse_beijing_time(text: str) -> datetime:
     """``YYYYMMDDhhmmss`` Beijing time as a UTC-aware datetime."""
     if len(text) != 14 or not text.isdigit():
         raise ValueError("not a YYYYMMDDhhmmss time")
-    return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=BEIJING).astimezone(UTC)
+    return from_beijing(text, TIME_FORMAT)
 
 
 def settlement_day(txn_time: str) -> date:

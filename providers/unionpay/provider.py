@@ -31,7 +31,6 @@ backoff; opening APP and QR_CODE attempts is tried once.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import ClassVar
@@ -40,7 +39,8 @@ from urllib.parse import parse_qsl, urlencode
 import httpx
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
-from api.payments.provider import (
+from api.plugin import (
+    BEIJING,
     ActionKind,
     AttemptState,
     EventKind,
@@ -57,9 +57,12 @@ from api.payments.provider import (
     RefundRequest,
     RefundResult,
     RefundState,
+    TransientFailure,
+    call_gateway,
+    load_private_key,
 )
 from providers.unionpay import message
-from providers.unionpay.settings import UnionpaySettings, load_cert, load_sign_key
+from providers.unionpay.settings import UnionpaySettings, load_cert
 
 logger = logging.getLogger("branchpay.providers.unionpay")
 
@@ -114,15 +117,6 @@ def txn_time_of(number: str) -> str | None:
     return message.beijing_time(made)
 
 
-class _Transient(Exception):
-    """A try that failed in a way a repeat may cure."""
-
-    def __init__(self, failure: str, *, reached: bool) -> None:
-        super().__init__(failure)
-        self.failure = failure
-        self.reached = reached
-
-
 # The attempts this process closed (UnionPay has no close call to ask about
 # later), keyed by (merId, orderId). Shared by every provider instance, so a
 # config reload that builds new instances still finds what the old ones closed.
@@ -144,7 +138,7 @@ class UnionpayProvider(Provider):
 
     def __init__(self, settings: UnionpaySettings, *, branch: str, http: httpx.AsyncClient) -> None:
         super().__init__(settings, branch=branch, http=http)
-        self._sign_key = load_sign_key(settings.sign_cert_private_key.get_secret_value())
+        self._sign_key = load_private_key(settings.sign_cert_private_key.get_secret_value())
         self._cert_id = message.cert_id(load_cert(settings.sign_cert))
         self._middle = load_cert(settings.middle_cert)
         self._root = load_cert(settings.root_cert)
@@ -206,49 +200,34 @@ class UnionpayProvider(Provider):
         HTTP 5xx and the answer codes in ``retry_codes``.
         """
         body = urlencode(self._signed(fields)).encode("utf-8")
-        tries = self.settings.max_attempts if repeatable else 1
-        reached = False
-        failure = "no answer"
-        for attempt in range(tries):
-            if attempt:
-                await asyncio.sleep(self.settings.backoff_seconds * 2 ** (attempt - 1))
-            try:
-                return await self._send(path, body, fields, retry_codes)
-            except _Transient as transient:
-                failure = transient.failure
-                reached = reached or transient.reached
-                logger.warning("unionpay %s: %s, try %d of %d", path, failure, attempt + 1, tries)
-        raise GatewayError(
-            f"UnionPay {path.rsplit('/', 1)[-1]} failed after {tries} "
-            f"{'tries' if tries > 1 else 'try'}: {failure}",
-            retryable=repeatable,
-            outcome_unknown=reached,
+        return await call_gateway(
+            lambda: self._send(path, body, fields, retry_codes),
+            settings=self.settings,
+            operation=f"UnionPay {path.rsplit('/', 1)[-1]}",
+            repeatable=repeatable,
+            changes_state=path != QUERY_PATH,
+            logger=logger,
         )
 
     async def _send(
         self, path: str, body: bytes, fields: dict[str, str], retry_codes: frozenset[str]
     ) -> dict[str, str]:
-        """One try; raises :class:`_Transient` for what a repeat may cure."""
-        try:
-            response = await self.http.post(
-                self.settings.gateway + path,
-                content=body,
-                headers={"content-type": "application/x-www-form-urlencoded;charset=UTF-8"},
-                timeout=self.settings.timeout_seconds,
-            )
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise _Transient(f"cannot connect ({type(exc).__name__})", reached=False) from None
-        except httpx.HTTPError as exc:
-            raise _Transient(f"no answer ({type(exc).__name__})", reached=True) from None
+        """One try; raises :class:`TransientFailure` for what a repeat may cure."""
+        response = await self.http.post(
+            self.settings.gateway + path,
+            content=body,
+            headers={"content-type": "application/x-www-form-urlencoded;charset=UTF-8"},
+            timeout=self.settings.timeout_seconds,
+        )
         if response.status_code >= 500:
-            raise _Transient(f"HTTP {response.status_code}", reached=True)
+            raise TransientFailure(f"HTTP {response.status_code}")
         if response.status_code != 200:
             # The gateway turned the HTTP request away before reading the transaction.
             raise GatewayError(f"UnionPay answered HTTP {response.status_code}")
         answer = self._trusted_answer(path, response.text, fields)
         code = answer.get("respCode", "")
         if code in retry_codes:
-            raise _Transient(f"respCode {code}", reached=True)
+            raise TransientFailure(f"respCode {code}")
         return answer
 
     def _trusted_answer(self, path: str, text: str, sent: dict[str, str]) -> dict[str, str]:
@@ -558,7 +537,7 @@ def _occurred_at(trace_time: str, txn_time: datetime) -> datetime:
     """
     if len(trace_time) != 10 or not trace_time.isdigit():
         return txn_time
-    local_year = txn_time.astimezone(message.BEIJING).year
+    local_year = txn_time.astimezone(BEIJING).year
     try:
         moment = message.parse_beijing_time(f"{local_year}{trace_time}")
     except ValueError:

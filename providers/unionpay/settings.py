@@ -13,20 +13,14 @@ from __future__ import annotations
 from typing import Self
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from pydantic import Field, SecretStr, field_validator, model_validator
 
+from api.plugin import GatewaySettings, load_private_key
 from providers.unionpay import message
 
 PRODUCTION_GATEWAY = "https://gateway.95516.com"
 TEST_GATEWAY = "https://gateway.test.95516.com"
-
-
-def load_sign_key(pem: str) -> RSAPrivateKey:
-    key = message.load_private_key(pem)
-    if key.key_size < 2048:
-        raise ValueError("must be an RSA private key of at least 2048 bits")
-    return key
 
 
 def load_cert(pem: str) -> x509.Certificate:
@@ -36,10 +30,8 @@ def load_cert(pem: str) -> x509.Certificate:
         raise ValueError("is not a PEM X.509 certificate") from None
 
 
-class UnionpaySettings(BaseModel):
+class UnionpaySettings(GatewaySettings):
     """One branch's UnionPay merchant (商户直连接入, accessType 0)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     mer_id: str = Field(
         pattern=r"^[0-9A-Za-z]{15}$", description="merId, the 15-character 商户代码"
@@ -63,10 +55,6 @@ class UnionpaySettings(BaseModel):
         pattern=r"^https?://[^\s/?#]+$",
         description="gateway origin, no path, no trailing slash",
     )
-    timeout_seconds: float = Field(default=10.0, gt=0, le=60)
-    max_attempts: int = Field(
-        default=3, ge=1, le=6, description="tries of a call UnionPay documents as repeatable"
-    )
     backoff_seconds: float = Field(
         default=0.5, ge=0, le=30, description="first pause between tries; doubles each time"
     )
@@ -74,7 +62,7 @@ class UnionpaySettings(BaseModel):
     @field_validator("sign_cert_private_key")
     @classmethod
     def _sign_key_parses(cls, value: SecretStr) -> SecretStr:
-        load_sign_key(value.get_secret_value())
+        load_private_key(value.get_secret_value())
         return value
 
     @field_validator("sign_cert", "middle_cert", "root_cert")
@@ -86,7 +74,7 @@ class UnionpaySettings(BaseModel):
     @model_validator(mode="after")
     def _key_belongs_to_cert(self) -> Self:
         public = load_cert(self.sign_cert).public_key()
-        key = load_sign_key(self.sign_cert_private_key.get_secret_value())
+        key = load_private_key(self.sign_cert_private_key.get_secret_value())
         if not isinstance(public, RSAPublicKey) or public.public_numbers() != (
             key.public_key().public_numbers()
         ):

@@ -47,6 +47,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from api.plugin import BEIJING
 from providers.unionpay import message
 
 logger = logging.getLogger("branchpay.providers.unionpay.simulator")
@@ -149,7 +150,7 @@ class Gateway:
 
     def next_number(self) -> str:
         """A 21-digit tn or queryId: the Beijing second, then digits no restart repeats."""
-        stamp = datetime.now(message.BEIJING).strftime("%y%m%d%H%M%S")
+        stamp = datetime.now(BEIJING).strftime("%y%m%d%H%M%S")
         return f"{stamp}{next(self._serial) % 1000:03d}{secrets.randbelow(10**6):06d}"
 
     # --- request validation ----------------------------------------------------------
@@ -276,7 +277,7 @@ class Gateway:
     # --- settling and notifying --------------------------------------------------------
 
     def succeed(self, txn: Transaction) -> None:
-        now = datetime.now(message.BEIJING)
+        now = datetime.now(BEIJING)
         txn.status = "success"
         txn.query_id = self.next_number()
         txn.trace_no = f"{secrets.randbelow(10**6):06d}"

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from api.payments.provider import Provider
-from api.plugins import hookimpl
+from api.plugin import Provider, hookimpl
 from providers.wechatpay.provider import WechatpayProvider
 from providers.wechatpay.settings import WechatpaySettings
 
-BRANCHPAY_PLUGIN_API = 1
+BRANCHPAY_PLUGIN_API = 2
 
 __all__ = ["BRANCHPAY_PLUGIN_API", "WechatpayProvider", "WechatpaySettings", "register_providers"]
 

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from starlette.applications import Starlette
 
-from providers.wechatpay.settings import load_merchant_key, load_platform_key
+from api.plugin import load_private_key, load_public_key
 from providers.wechatpay.simulator import WECHAT_REDELIVERY_DELAYS, Merchant, create_app
 
 DEMO_PORT = 8011
@@ -54,7 +54,7 @@ def _key_pair(secrets_dir: Path, private_name: str, public_name: str) -> None:
         )
     public_path = secrets_dir / public_name
     if not public_path.exists():
-        key = load_merchant_key(private_path.read_text())
+        key = load_private_key(private_path.read_text())
         _write_secret(
             public_path,
             key.public_key().public_bytes(
@@ -79,13 +79,13 @@ def demo_simulator(secrets_dir: Path) -> Starlette:
     merchant = Merchant(
         mchid=DEMO_MCHID,
         appid=DEMO_APPID,
-        public_key=load_platform_key((secrets_dir / MERCHANT_PUBLIC_FILE).read_text()),
+        public_key=load_public_key((secrets_dir / MERCHANT_PUBLIC_FILE).read_text()),
         cert_serial_no=DEMO_CERT_SERIAL_NO,
         apiv3_key=(secrets_dir / APIV3_KEY_FILE).read_text().strip().encode(),
     )
     return create_app(
         merchants=[merchant],
-        platform_private_key=load_merchant_key((secrets_dir / PLATFORM_KEY_FILE).read_text()),
+        platform_private_key=load_private_key((secrets_dir / PLATFORM_KEY_FILE).read_text()),
         platform_public_key_id=DEMO_PLATFORM_PUBLIC_KEY_ID,
         redelivery_delays=WECHAT_REDELIVERY_DELAYS,
     )

@@ -14,7 +14,6 @@ with doubling pauses on time-outs, connection failures, 429 and 5xx. An order
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -26,7 +25,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel
 
-from api.payments.provider import (
+from api.plugin import (
     ActionKind,
     AttemptState,
     EventKind,
@@ -43,9 +42,13 @@ from api.payments.provider import (
     RefundRequest,
     RefundResult,
     RefundState,
+    TransientFailure,
+    call_gateway,
+    load_private_key,
+    load_public_key,
 )
 from providers.wechatpay import signing
-from providers.wechatpay.settings import WechatpaySettings, load_merchant_key, load_platform_key
+from providers.wechatpay.settings import WechatpaySettings
 
 logger = logging.getLogger("branchpay.providers.wechatpay")
 
@@ -94,13 +97,6 @@ class PlatformRefusal(GatewayError):
         super().__init__(f"WeChat Pay refused the call: {code} ({message})")
         self.status = status
         self.code = code
-
-
-class _Transient(Exception):
-    def __init__(self, reason: str, *, may_have_reached: bool) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.may_have_reached = may_have_reached
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,8 +169,8 @@ class WechatpayProvider(Provider):
         super().__init__(settings, branch=branch, http=http)
         # ``self.settings`` is typed as the base model; this is the same object, typed.
         self.config = settings
-        self._merchant_key = load_merchant_key(settings.private_key.get_secret_value())
-        self._platform_key = load_platform_key(settings.platform_public_key)
+        self._merchant_key = load_private_key(settings.private_key.get_secret_value())
+        self._platform_key = load_public_key(settings.platform_public_key)
         self._apiv3_key = settings.apiv3_key.get_secret_value().encode()
 
     # -- payments -------------------------------------------------------------
@@ -478,39 +474,13 @@ class WechatpayProvider(Provider):
         operation: str,
         repeatable: bool,
     ) -> _Reply:
-        tries = self.config.max_attempts if repeatable else 1
-        pause = self.config.backoff_seconds
-        may_have_reached = False
-        reason = ""
-        for attempt in range(1, tries + 1):
-            try:
-                return await self._send(method, path, payload, operation)
-            except _Transient as failure:
-                may_have_reached = may_have_reached or failure.may_have_reached
-                reason = failure.reason
-            if attempt < tries:
-                logger.warning(
-                    "wechatpay %s for branch %s failed (%s); try %d of %d in %.2f s",
-                    operation,
-                    self.branch,
-                    reason,
-                    attempt + 1,
-                    tries,
-                    pause,
-                )
-                await asyncio.sleep(pause)
-                pause *= 2
-        logger.error(
-            "wechatpay %s for branch %s failed after %d tries: %s",
-            operation,
-            self.branch,
-            tries,
-            reason,
-        )
-        raise GatewayError(
-            f"WeChat Pay {operation} failed after {tries} tries: {reason}",
-            retryable=repeatable,
-            outcome_unknown=may_have_reached,
+        return await call_gateway(
+            lambda: self._send(method, path, payload, operation),
+            settings=self.config,
+            operation=f"WeChat Pay {operation} for branch {self.branch}",
+            repeatable=repeatable,
+            changes_state=method != "GET",
+            logger=logger,
         )
 
     async def _send(
@@ -534,29 +504,17 @@ class WechatpayProvider(Provider):
         }
         if payload is not None:
             headers["Content-Type"] = "application/json"
-        try:
-            response = await self.http.request(
-                method,
-                url,
-                content=body or None,
-                headers=headers,
-                timeout=self.config.timeout_seconds,
-            )
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise _Transient(
-                f"cannot connect ({type(exc).__name__})", may_have_reached=False
-            ) from None
-        except httpx.TimeoutException as exc:
-            raise _Transient(
-                f"no answer in time ({type(exc).__name__})", may_have_reached=True
-            ) from None
-        except httpx.TransportError as exc:
-            raise _Transient(
-                f"transport failed ({type(exc).__name__})", may_have_reached=True
-            ) from None
+        response = await self.http.request(
+            method,
+            url,
+            content=body or None,
+            headers=headers,
+            timeout=self.config.timeout_seconds,
+        )
         status = response.status_code
         if status == 429 or status >= 500:
-            raise _Transient(f"HTTP {status}", may_have_reached=status != 429)
+            # 429: WeChat Pay's rate limit turned the call away unread.
+            raise TransientFailure(f"HTTP {status}", may_have_reached=status != 429)
         if status >= 400:
             code, text = _error_of(response)
             logger.warning(

@@ -10,45 +10,17 @@ from __future__ import annotations
 
 import re
 
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
-from cryptography.hazmat.primitives.serialization import (
-    load_pem_private_key,
-    load_pem_public_key,
-)
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
+
+from api.plugin import GatewaySettings, load_private_key, load_public_key
 
 PRODUCTION_GATEWAY = "https://api.mch.weixin.qq.com"
 
 _URL = re.compile(r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
 
 
-def load_merchant_key(pem: str) -> RSAPrivateKey:
-    """Parse the merchant's API private key (apiclient_key.pem, PKCS#8 or PKCS#1)."""
-    try:
-        key = load_pem_private_key(pem.encode(), password=None)
-    except (ValueError, TypeError):
-        # The parser's own message may quote key material: never pass it on.
-        raise ValueError("is not a PEM private key without a password") from None
-    if not isinstance(key, RSAPrivateKey) or key.key_size < 2048:
-        raise ValueError("must be an RSA private key of at least 2048 bits")
-    return key
-
-
-def load_platform_key(pem: str) -> RSAPublicKey:
-    """Parse the WeChat Pay platform public key (pub_key.pem from the merchant console)."""
-    try:
-        key = load_pem_public_key(pem.encode())
-    except (ValueError, TypeError):
-        raise ValueError("is not a PEM public key") from None
-    if not isinstance(key, RSAPublicKey) or key.key_size < 2048:
-        raise ValueError("must be an RSA public key of at least 2048 bits")
-    return key
-
-
-class WechatpaySettings(BaseModel):
+class WechatpaySettings(GatewaySettings):
     """One branch's WeChat Pay merchant account (direct merchant mode)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     mchid: str = Field(pattern=r"^[0-9]{1,32}$", description="merchant id (商户号)")
     appid: str = Field(
@@ -65,10 +37,6 @@ class WechatpaySettings(BaseModel):
         pattern=r"^[0-9A-Za-z_]{1,64}$", description="its id, e.g. PUB_KEY_ID_0112..."
     )
     gateway: str = Field(default=PRODUCTION_GATEWAY, description="API host, no trailing slash")
-    timeout_seconds: float = Field(default=10.0, gt=0, le=60)
-    max_attempts: int = Field(
-        default=3, ge=1, le=6, description="tries of a call WeChat Pay documents as repeatable"
-    )
     backoff_seconds: float = Field(
         default=0.5, ge=0, le=30, description="first pause between tries; doubles each time"
     )
@@ -76,7 +44,7 @@ class WechatpaySettings(BaseModel):
     @field_validator("private_key")
     @classmethod
     def _private_key_parses(cls, value: SecretStr) -> SecretStr:
-        load_merchant_key(value.get_secret_value())
+        load_private_key(value.get_secret_value())
         return value
 
     @field_validator("apiv3_key")
@@ -91,7 +59,7 @@ class WechatpaySettings(BaseModel):
     @field_validator("platform_public_key")
     @classmethod
     def _platform_key_parses(cls, value: str) -> str:
-        load_platform_key(value)
+        load_public_key(value)
         return value
 
     @field_validator("gateway")

@@ -82,7 +82,7 @@ def _args(provider: SandboxProvider, gateway: SandboxDriver) -> dict[str, object
         "gateway": gateway,
         "amount_fen": 8800,
         "notify_url": "http://127.0.0.1:9/notify/sandbox/zj_mobile",
-        "payment_method": PaymentMethod.QR_CODE,
+        "payment_methods": (PaymentMethod.QR_CODE,),
     }
 
 

@@ -56,7 +56,7 @@ def test_pip_installs_it_and_a_fresh_process_finds_it_by_entry_point(
     report = json.loads(found.stdout)
     assert report["distributions"] == ["branchpay-example-provider"]
     assert report["providers"] == [["example", "Example Pay", ["QR_CODE", "PAGE"]]]
-    assert report["plugin_api"] == 1
+    assert report["plugin_api"] == 2
     installed_at = Path(report["module_file"]).resolve()
     assert installed_at.is_relative_to(root.resolve()), "imported from outside the venv"
     assert not installed_at.is_relative_to(EXAMPLE_PROJECT), "imported from the source tree"

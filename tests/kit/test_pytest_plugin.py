@@ -67,13 +67,13 @@ def amount_fen():
 
 
 @pytest.fixture
-def payment_method():
-    return PaymentMethod.APP
+def payment_methods():
+    return (PaymentMethod.APP,)
 
 
 class TestSandboxWithModuleDefaults(ProviderConformance):
-    def test_module_fixtures_win_over_the_plugin_defaults(self, amount_fen, payment_method):
-        assert (amount_fen, payment_method) == (4321, PaymentMethod.APP)
+    def test_module_fixtures_win_over_the_plugin_defaults(self, amount_fen, payment_methods):
+        assert (amount_fen, payment_methods) == (4321, (PaymentMethod.APP,))
 """
 
 

@@ -138,13 +138,13 @@ def test_clash_between_installed_distributions_names_both(site: Site) -> None:
 
 def test_plugin_for_a_newer_api_is_refused_by_name(site: Site) -> None:
     site.install("acme-pay", "1.0.0", "acmepay", api=1)
-    site.install("future-pay", "3.0.0", "futurepay", api=2)
+    site.install("future-pay", "3.0.0", "futurepay", api=3)
     with pytest.raises(PluginError) as caught:
         load_plugin_manager(site.group)
     [problem] = caught.value.problems
     assert problem.startswith(
-        "plugin 'futurepay' (distribution future-pay 3.0.0) needs branchpay plugin API 2,"
-        " this branchpay provides 1"
+        "plugin 'futurepay' (distribution future-pay 3.0.0) needs branchpay plugin API 3,"
+        " this branchpay provides 2"
     )
 
 
@@ -155,7 +155,7 @@ def test_minor_api_version_of_our_major_is_accepted(site: Site) -> None:
 
 def test_api_version_is_checked_for_plugins_registered_in_code() -> None:
     class FuturePlugin:
-        BRANCHPAY_PLUGIN_API = 2
+        BRANCHPAY_PLUGIN_API = 3
 
         @hookimpl
         def register_providers(self) -> list[Any]:
@@ -163,7 +163,7 @@ def test_api_version_is_checked_for_plugins_registered_in_code() -> None:
 
     pm = new_plugin_manager()
     pm.register(FuturePlugin(), name="future")
-    with pytest.raises(PluginError, match="plugin 'future' needs branchpay plugin API 2"):
+    with pytest.raises(PluginError, match="plugin 'future' needs branchpay plugin API 3"):
         installed_providers(pm)
 
 

@@ -23,8 +23,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from api.payments.provider import NotificationRequest
+from api.plugin import private_key_pem, public_key_pem
 from providers.alipay import AlipayProvider, AlipaySettings
-from providers.alipay.signing import private_key_pem, public_key_pem
 from providers.alipay.simulator import AlipaySimulator, create_app
 from providers.kit.loopback import LoopbackServer
 

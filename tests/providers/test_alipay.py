@@ -41,16 +41,11 @@ from api.payments.provider import (
     RefundRequest,
     RefundState,
 )
+from api.plugin import private_key_pem
 from providers.alipay import AlipayProvider
 from providers.alipay.driver import AlipayGatewayDriver, notification_request
 from providers.alipay.provider import MAX_NOTIFICATION_BYTES
-from providers.alipay.signing import (
-    notification_string,
-    private_key_pem,
-    request_string,
-    sign,
-    verify,
-)
+from providers.alipay.signing import notification_string, request_string, sign, verify
 
 __all__ = ["alipay_http", "alipay_provider", "alipay_simulator", "notify_receiver"]
 

@@ -113,7 +113,7 @@ def tries_logged(caplog: pytest.LogCaptureFixture, api_method: str) -> list[str]
         r.getMessage()
         for r in caplog.records
         if r.name == "branchpay.providers.alipay"
-        and f"alipay {api_method} " in r.getMessage()
+        and f"alipay {api_method} " in r.getMessage().lower()
         and " try " in r.getMessage()
     ]
 

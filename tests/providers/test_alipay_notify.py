@@ -22,7 +22,8 @@ import pytest
 from conftest_alipay import app_key, platform_key, rsa_key
 from notify_support import order_state
 
-from providers.alipay.signing import notification_string, private_key_pem, public_key_pem, sign
+from api.plugin import private_key_pem, public_key_pem
+from providers.alipay.signing import notification_string, sign
 from providers.alipay.simulator import create_app
 from providers.kit.loopback import LoopbackServer
 from tests.conftest import RunningService

@@ -41,17 +41,20 @@ from api.payments.provider import (
     PaymentMethod,
     PaymentRequest,
 )
+from api.plugin import (
+    PLUGIN_API_VERSION,
+    KeyFormatError,
+    load_private_key,
+    load_public_key,
+    private_key_pem,
+    public_key_pem,
+)
 from providers.alipay import AlipayProvider
 from providers.alipay.amounts import AmountError, fen_to_yuan, yuan_to_fen
 from providers.alipay.driver import AlipayGatewayDriver, notification_request
 from providers.alipay.settings import PRODUCTION_GATEWAY, AlipaySettings
 from providers.alipay.signing import (
-    KeyFormatError,
-    load_private_key,
-    load_public_key,
     notification_string,
-    private_key_pem,
-    public_key_pem,
     request_string,
     response_members,
     sign,
@@ -412,6 +415,6 @@ def test_plugin_registers_the_provider() -> None:
 
     (entry,) = [e for e in entry_points(group="branchpay.providers") if e.name == "alipay"]
     assert entry.load() is plugin
-    assert plugin.BRANCHPAY_PLUGIN_API == 1
+    assert plugin.BRANCHPAY_PLUGIN_API == PLUGIN_API_VERSION
     assert plugin.register_providers() == [AlipayProvider]
     assert AlipayProvider.name == "alipay" and AlipayProvider.Settings is AlipaySettings

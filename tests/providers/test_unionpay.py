@@ -53,6 +53,7 @@ from api.payments.provider import (
     RefundRequest,
     RefundState,
 )
+from api.plugin import PLUGIN_API_VERSION
 from providers.kit.loopback import LoopbackServer
 from providers.unionpay import UnionpayProvider, demo, message, pki
 from providers.unionpay.driver import UnionpayDriver, form_notification, read_form
@@ -762,7 +763,7 @@ async def test_refund_retried_with_the_same_order_refunds_once(
 def test_registered_as_a_plugin() -> None:
     found = {ep.name: ep for ep in entry_points(group="branchpay.providers")}
     module = found["unionpay"].load()
-    assert module.BRANCHPAY_PLUGIN_API == 1
+    assert module.BRANCHPAY_PLUGIN_API == PLUGIN_API_VERSION
     assert module.register_providers() == [UnionpayProvider]
 
 

@@ -207,14 +207,18 @@ def test_oversized_queries_are_refused_before_execution(start_service: Any, quer
     assert [e["extensions"]["code"] for e in body["errors"]] == ["BAD_USER_INPUT"]
 
 
-def test_a_burst_over_the_rate_limit_is_told_when_to_retry(start_service: Any) -> None:
-    service: RunningService = start_service(rate_limit_per_second=0.5, rate_limit_burst=3)
+def test_a_burst_over_the_budget_is_told_when_to_retry(start_service: Any) -> None:
+    # `{ branches { code } }` costs 6 points, plus 1 on arrival: three fit in 21.
+    service: RunningService = start_service(
+        rate_limit_per_second=0.5, rate_limit_burst=21, max_query_cost=21
+    )
     noisy = service.client_for("partner", "zj")
     quiet = service.client_for("partner", "zj")
     answers = [
         noisy.http.post("/graphql", json={"query": "{ branches { code } }"}) for _ in range(5)
     ]
     assert [a.status_code for a in answers] == [200, 200, 200, 429, 429]
+    assert [a.json()["extensions"]["cost"]["remaining"] for a in answers[:3]] == [14, 7, 0]
     limited = answers[3]
     assert limited.json()["errors"][0]["extensions"]["code"] == "RATE_LIMITED"
     assert int(limited.headers["retry-after"]) >= 1
@@ -226,3 +230,10 @@ def test_introspection_and_graphiql_can_be_switched_off(start_service: Any) -> N
     assert set(service.client.error_codes("{ __schema { types { name } } }")) == {"BAD_USER_INPUT"}
     page = httpx.get(f"{service.url}/graphql", headers={"accept": "text/html"})
     assert "graphiql" not in page.text.lower()
+
+
+def test_a_get_with_an_empty_query_needs_a_key(start_service: Any) -> None:
+    service: RunningService = start_service()
+    answer = httpx.get(f"{service.url}/graphql?query=")
+    assert answer.status_code == 401
+    assert answer.json()["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"

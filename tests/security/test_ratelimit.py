@@ -39,3 +39,23 @@ def test_idle_buckets_are_dropped() -> None:
     clock.now += 10
     limiter.take("x")
     assert len(limiter._buckets) == 1
+
+
+def test_a_cost_is_spent_whole_or_not_at_all() -> None:
+    clock = Clock()
+    limiter = RateLimiter(rate=10, burst=100, clock=clock)
+    assert limiter.take("a", 60) == 0
+    assert limiter.remaining("a") == 40
+    # 60 more do not fit: nothing is spent, and the wait is for the 20 missing points.
+    assert limiter.take("a", 60) == 2
+    assert limiter.remaining("a") == 40
+    clock.now += 2
+    assert limiter.take("a", 60) == 0
+    assert limiter.remaining("a") == 0
+
+
+def test_more_than_a_full_bucket_waits_for_a_full_bucket() -> None:
+    clock = Clock()
+    limiter = RateLimiter(rate=10, burst=100, clock=clock)
+    limiter.take("a", 100)
+    assert limiter.take("a", 500) == 10

@@ -11,8 +11,7 @@ from branchpay_example_provider import ExamplePayProvider, ExamplePaySettings
 from branchpay_example_provider.driver import ExamplePayDriver
 from branchpay_example_provider.simulator import create_app
 
-from providers.kit.conformance import ProviderConformance
-from providers.kit.loopback import LoopbackServer
+from providers.kit import LoopbackServer, ProviderConformance
 
 MERCHANT_ID = "M100200300"
 

@@ -1,10 +1,9 @@
 """Example Pay for branchpay: the plugin module named by the ``branchpay.providers`` entry point."""
 
-from api.payments.provider import Provider
-from api.plugins import hookimpl
+from api.plugin import Provider, hookimpl
 from branchpay_example_provider.provider import ExamplePayProvider, ExamplePaySettings
 
-BRANCHPAY_PLUGIN_API = 1
+BRANCHPAY_PLUGIN_API = 2
 
 
 @hookimpl

@@ -7,9 +7,9 @@ from urllib.parse import parse_qsl, urlencode
 
 import httpx
 
-from api.payments.provider import NotificationRequest
+from api.plugin import NotificationRequest
 from branchpay_example_provider import signing
-from providers.kit.driver import GatewayDriver, SettleOutcome
+from providers.kit import GatewayDriver, SettleOutcome
 
 
 def _request(fields: dict[str, str]) -> NotificationRequest:
@@ -34,6 +34,11 @@ class ExamplePayDriver(GatewayDriver):
         response = await self.http.post(
             f"{self.base_url}/control/settle/{out_trade_no}", json={"outcome": outcome}
         )
+        response.raise_for_status()
+        return _request(dict(parse_qsl(response.json()["body"])))
+
+    async def redeliver(self, out_trade_no: str) -> NotificationRequest:
+        response = await self.http.post(f"{self.base_url}/control/redeliver/{out_trade_no}")
         response.raise_for_status()
         return _request(dict(parse_qsl(response.json()["body"])))
 

@@ -7,18 +7,20 @@ Calls are JSON with a ``sign`` field; notifications are form posts with a
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, SecretStr
+from pydantic import BaseModel, Field, SecretStr
 
-from api.payments.provider import (
+from api.plugin import (
     ActionKind,
     AttemptState,
     EventKind,
     GatewayError,
+    GatewaySettings,
     NotificationRejected,
     NotificationReply,
     NotificationRequest,
@@ -31,8 +33,12 @@ from api.payments.provider import (
     RefundRequest,
     RefundResult,
     RefundState,
+    TransientFailure,
+    call_gateway,
 )
 from branchpay_example_provider import signing
+
+logger = logging.getLogger("branchpay_example_provider")
 
 _EVENTS = {
     "paid": EventKind.PAYMENT_SUCCEEDED,
@@ -48,15 +54,16 @@ _STATES = {
 }
 
 
-class ExamplePaySettings(BaseModel):
-    """A branch's ``[branches.<code>.providers.example]`` table."""
+class ExamplePaySettings(GatewaySettings):
+    """A branch's ``[branches.<code>.providers.example]`` table.
 
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+    ``gateway``, ``timeout_seconds``, ``max_attempts`` and ``backoff_seconds``
+    come from :class:`api.plugin.GatewaySettings`.
+    """
 
     merchant_id: str = Field(min_length=1)
     api_key: SecretStr = Field(min_length=16)
-    gateway: HttpUrl = HttpUrl("https://api.examplepay.invalid")
-    timeout_seconds: float = Field(default=10.0, gt=0)
+    gateway: str = "https://api.examplepay.invalid"
 
 
 class ExamplePayProvider(Provider):
@@ -74,21 +81,24 @@ class ExamplePayProvider(Provider):
     async def _call(self, path: str, fields: dict[str, Any]) -> dict[str, Any]:
         body = {"merchant_id": self.settings.merchant_id, **fields}
         body["sign"] = signing.sign(self._key, body)
-        url = str(self.settings.gateway).rstrip("/") + path
-        try:
+        url = self.settings.gateway.rstrip("/") + path
+
+        async def send() -> httpx.Response:
             response = await self.http.post(url, json=body, timeout=self.settings.timeout_seconds)
-        except httpx.ConnectError:
-            raise GatewayError("Example Pay unreachable", retryable=True) from None
-        except httpx.TransportError as exc:
-            raise GatewayError(
-                f"Example Pay call failed: {type(exc).__name__}",
-                retryable=True,
-                outcome_unknown=True,
-            ) from None
-        if response.status_code >= 500:
-            raise GatewayError(
-                f"Example Pay answered {response.status_code}", retryable=True, outcome_unknown=True
-            )
+            if response.status_code >= 500:
+                raise TransientFailure(f"HTTP {response.status_code}")
+            return response
+
+        # Example Pay opens an order once per out_trade_no but answers a repeat
+        # with an error, so only query, close and refund are repeated.
+        response = await call_gateway(
+            send,
+            settings=self.settings,
+            operation=f"Example Pay {path}",
+            repeatable=path != "/orders",
+            changes_state=path != "/orders/query",
+            logger=logger,
+        )
         answer: dict[str, Any] = response.json()
         # Trust nothing the gateway says unless it carries the gateway's signature.
         if not signing.is_genuine(self._key, answer):

@@ -40,6 +40,7 @@ class _Attempt:
     notify_url: str
     status: str = "WAITING"
     refunds: dict[str, int] = field(default_factory=dict)
+    latest: dict[str, Any] = field(default_factory=dict)  # the last notification's fields
 
 
 def create_app(merchant_id: str, api_key: bytes) -> Starlette:
@@ -60,6 +61,10 @@ def create_app(merchant_id: str, api_key: bytes) -> Starlette:
             "time": int(time.time()),
             **extra,
         }
+        attempt.latest = fields
+        return signed_form(fields)
+
+    def signed_form(fields: dict[str, Any]) -> bytes:
         return urlencode({**fields, "sign": signing.sign(api_key, fields)}).encode()
 
     async def deliver(url: str, body: bytes) -> None:
@@ -182,6 +187,14 @@ def create_app(merchant_id: str, api_key: bytes) -> Starlette:
             return settled
         return JSONResponse({"body": settled[1].decode()})
 
+    async def control_redeliver(request: Request) -> Response:
+        # A re-delivery keeps notify_id and is signed anew at the time it is sent.
+        attempt = attempts.get(request.path_params["out_trade_no"])
+        if attempt is None or not attempt.latest:
+            return PlainTextResponse("no notification for that attempt", status_code=404)
+        body = signed_form({**attempt.latest, "time": int(time.time())})
+        return JSONResponse({"body": body.decode()})
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with httpx.AsyncClient(timeout=5.0) as client:
@@ -200,6 +213,7 @@ def create_app(merchant_id: str, api_key: bytes) -> Starlette:
             Route("/pay/{out_trade_no}", pay_page, methods=["GET"]),
             Route("/pay/{out_trade_no}", pay, methods=["POST"]),
             Route("/control/settle/{out_trade_no}", control_settle, methods=["POST"]),
+            Route("/control/redeliver/{out_trade_no}", control_redeliver, methods=["POST"]),
         ],
         lifespan=lifespan,
     )

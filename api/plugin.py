@@ -1,0 +1,99 @@
+"""The one module a payment provider plugin imports: branchpay's plugin contract.
+
+Everything here is public and typed (branchpay ships ``py.typed``); the modules
+it comes from are not, and may move. A plugin package writes::
+
+    from api.plugin import GatewaySettings, Provider, hookimpl, ...
+
+    BRANCHPAY_PLUGIN_API = 2
+
+What is here:
+
+- the provider contract: :class:`Provider`, the values that cross it
+  (requests, actions, events, results and their enums) and the errors a
+  provider raises (:class:`NotificationRejected`, :class:`GatewayError`);
+- the hooks: :data:`hookimpl` and :data:`PLUGIN_API_VERSION`;
+- the gateway toolkit: :class:`GatewaySettings`, :func:`call_gateway`,
+  :class:`TransientFailure`, :func:`may_have_reached`;
+- RSA keys (:func:`load_private_key`, :func:`load_public_key`, ...) and Beijing
+  time (:data:`BEIJING`, :func:`to_beijing`, :func:`from_beijing`).
+
+The test and simulator toolkit for plugin authors is ``providers.kit``.
+"""
+
+from api.payments.beijing import BEIJING, beijing_now, from_beijing, to_beijing
+from api.payments.gateway import (
+    NOT_SENT,
+    GatewaySettings,
+    TransientFailure,
+    call_gateway,
+    may_have_reached,
+)
+from api.payments.provider import (
+    ActionKind,
+    AttemptState,
+    EventKind,
+    GatewayError,
+    NotificationRejected,
+    NotificationReply,
+    NotificationRequest,
+    PaymentAction,
+    PaymentMethod,
+    PaymentRequest,
+    Provider,
+    ProviderError,
+    ProviderEvent,
+    QueryResult,
+    RefundRequest,
+    RefundResult,
+    RefundState,
+    new_reference,
+)
+from api.payments.rsa import (
+    KeyFormatError,
+    load_private_key,
+    load_public_key,
+    new_private_key,
+    private_key_pem,
+    public_key_pem,
+)
+from api.plugins.hookspecs import hookimpl
+from api.plugins.manager import PLUGIN_API_VERSION
+
+__all__ = [
+    "BEIJING",
+    "NOT_SENT",
+    "PLUGIN_API_VERSION",
+    "ActionKind",
+    "AttemptState",
+    "EventKind",
+    "GatewayError",
+    "GatewaySettings",
+    "KeyFormatError",
+    "NotificationRejected",
+    "NotificationReply",
+    "NotificationRequest",
+    "PaymentAction",
+    "PaymentMethod",
+    "PaymentRequest",
+    "Provider",
+    "ProviderError",
+    "ProviderEvent",
+    "QueryResult",
+    "RefundRequest",
+    "RefundResult",
+    "RefundState",
+    "TransientFailure",
+    "beijing_now",
+    "call_gateway",
+    "from_beijing",
+    "hookimpl",
+    "load_private_key",
+    "load_public_key",
+    "may_have_reached",
+    "new_private_key",
+    "new_reference",
+    "private_key_pem",
+    "public_key_pem",
+    "to_beijing",
+]

@@ -1,0 +1,37 @@
+"""Settings: the limits documented in docs/security.md are the ones in force."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from api.settings import LIMITS, Settings
+from api.web import websocket
+
+SECURITY = (Path(__file__).parents[1] / "docs" / "security.md").read_text(encoding="utf-8")
+
+
+def shown(value: object) -> str:
+    return f"{value:,}" if isinstance(value, int) else f"{value:g}"
+
+
+def test_every_limit_is_documented_with_its_default_and_meaning() -> None:
+    for name in LIMITS:
+        field = Settings.model_fields[name]
+        row = f"| `BRANCHPAY_{name.upper()}` | {shown(field.default)} | {field.description} |"
+        assert row in SECURITY, f"docs/security.md lacks or misstates: {row}"
+
+
+def test_every_limit_setting_is_listed() -> None:
+    bounded = {
+        name
+        for name in Settings.model_fields
+        if name.startswith(("max_", "ws_", "store_", "rate_limit", "failed_auth"))
+    }
+    assert bounded <= set(LIMITS)
+
+
+def test_the_websocket_close_codes_are_documented() -> None:
+    codes = [value for name, value in vars(websocket).items() if name.startswith("CLOSE_")]
+    assert codes
+    for code in [*codes, 4401, 4408, 4409]:
+        assert f"| {code} |" in SECURITY
