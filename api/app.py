@@ -30,13 +30,18 @@ from api.plugins.manager import ENTRY_POINT_GROUP, load_plugin_manager, notify
 from api.plugins.registry import ProviderRegistry
 from api.schema import build_schema
 from api.schema.context import Services
+from api.schema.errors import report_store_outage
 from api.security.gate import ApiKeyGate
 from api.security.pii import PiiVault
 from api.security.ratelimit import RateLimiter
 from api.settings import Settings
-from api.store import Store
+from api.store import Store, StoreTimeouts
+from api.store.cancellation import raise_if_cancelled
+from api.store.outage import is_store_outage
 from api.web.body_limit import BodyLimit
 from api.web.graphql import GraphQLApp
+from api.web.last_resort import LastResort
+from api.web.store_deadline import StoreDeadline
 from api.web.websocket import OpenSockets
 
 log = logging.getLogger("branchpay")
@@ -62,15 +67,16 @@ async def _every(interval: float, job: Callable[[], Awaitable[Any]], name: str) 
             await job()
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("background job %s failed; retrying in %.0f s", name, interval)
-        # A cancellation can be lost inside the job: on Python 3.11 asyncio.wait_for
-        # returns the result when the awaited operation completes as the cancel arrives,
-        # as PyMongo's connection set-up did at a shutdown right after start-up. Honour
+        except Exception as error:
+            if is_store_outage(error):
+                # One line per run, not a traceback: the store is down, not the code.
+                report_store_outage(error, f"background job {name}")
+            else:
+                log.exception("background job %s failed; retrying in %.0f s", name, interval)
+        # A cancellation can be lost inside the job (api/store/cancellation.py), as
+        # PyMongo's connection set-up did at a shutdown right after start-up. Honour
         # it here, or the app's shutdown waits for this loop for ever.
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise asyncio.CancelledError
+        raise_if_cancelled()
         await asyncio.sleep(interval)
 
 
@@ -104,7 +110,11 @@ def create_app(
     mongodb_uri: str | None = None,
     client_options: Mapping[str, Any] | None = None,
 ) -> Starlette:
-    """The ASGI app; ``client_options`` go to PyMongo's client (tests add command listeners)."""
+    """The ASGI app; ``client_options`` go to PyMongo's client (tests add command listeners).
+
+    The client's timeouts come from the ``store_*`` settings; ``client_options``
+    win over them.
+    """
     settings = settings or Settings()
     uri = mongodb_uri or settings.mongodb_uri
     if uri is None:
@@ -126,7 +136,15 @@ def create_app(
                 settings.plugins_toml, plugins, http, entry_point_group=ENTRY_POINT_GROUP
             )
             registry.load()
-            store = Store.connect(uri, settings.database, **(client_options or {}))
+            timeouts = StoreTimeouts(
+                server_selection_seconds=settings.store_server_selection_timeout_seconds,
+                connect_seconds=settings.store_connect_timeout_seconds,
+                socket_seconds=settings.store_socket_timeout_seconds,
+            )
+            durability: dict[str, Any] = {"journal": True} if settings.store_journal else {}
+            store = Store.connect(
+                uri, settings.database, timeouts, **{**durability, **(client_options or {})}
+            )
             await store.ensure_indexes()
             payments = PaymentService(
                 store, registry, base_url=lambda: settings.base_url, plugins=plugins
@@ -242,9 +260,14 @@ def create_app(
             return _reply(provider.notification_reply(accepted=True))
         try:
             result = await request.app.state.payments.apply_event(name, branch, event)
-        except Exception:
-            # Not stored or not applied: the platform must deliver it again.
-            log.exception("notification %s for %s/%s not applied", event.event_id, name, branch)
+        except Exception as error:
+            # Not stored or not applied: the platform must deliver it again. In
+            # a store outage the request's store deadline makes this answer come
+            # within seconds, before the platform gives up waiting.
+            if is_store_outage(error):
+                report_store_outage(error, f"notification {event.event_id} for {name}/{branch}")
+            else:
+                log.exception("notification %s for %s/%s not applied", event.event_id, name, branch)
             return _reply(provider.notification_reply(accepted=False))
         if not result.accepted:
             log.warning(
@@ -280,6 +303,10 @@ def create_app(
         failures=failures,
         prefixes=("/bench/",) if settings.bench_mode else (),
     )
-    # Added last, so it runs first: an oversized body is refused before anything else.
+    # The gate reads the key from the store, so it runs under the deadline too.
+    app.add_middleware(StoreDeadline, seconds=settings.store_timeout_seconds)
+    # An oversized body is refused before anything else.
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    # Added last, so it runs first: whatever escapes is answered in JSON with a code.
+    app.add_middleware(LastResort, retry_after_seconds=settings.store_retry_after_seconds)
     return app

@@ -188,6 +188,11 @@ class Settings(BaseSettings):
         "unlimited (`make bench`'s ordinary traffic in the hostile scenario, whose attacker "
         "keeps the real budget). JSON list, e.g. '[\"make-bench\"]'.",
     )
+    store_journal: bool = Field(
+        default=True,
+        description="Acknowledge a write only once it is in the store's journal (j: true), so "
+        "a store killed right after an answer still has it (docs/security.md, Store outages).",
+    )
 
     @model_validator(mode="after")
     def _one_request_fits_the_budget(self) -> Settings:

@@ -26,10 +26,14 @@ Two families (see ARCHITECTURE.md):
       FORBIDDEN         the key's role may not do this
       NOT_FOUND         the addressed resource does not exist (or is not yours)
       RATE_LIMITED      the key's query-cost budget is spent; retry after the Retry-After seconds
-      STORE_UNAVAILABLE the store did not answer in time (HTTP 503, Retry-After, errorId)
+      STORE_UNAVAILABLE the store did not answer in time (HTTP 503, Retry-After, errorId);
+                        also sent, without ending it, to an orderEvents subscription,
+                        which resumes when the store is back
       INTERNAL          our fault; the message carries only an ``errorId`` that is logged
 
-No stack trace or internal message ever reaches a client.
+No stack trace or internal message ever reaches a client: a store outage is
+logged as one warning line with its errorId, an internal error with its
+traceback.
 """
 
 from __future__ import annotations
@@ -37,13 +41,16 @@ from __future__ import annotations
 import enum
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from graphql import ExecutionResult as GraphQLExecutionResult
 from graphql.error import GraphQLError
 from strawberry.extensions import SchemaExtension
+from strawberry.types import StreamExecutionResult
 from strawberry.types.execution import ExecutionResult as StrawberryExecutionResult
+
+from api.store.outage import is_store_outage
 
 log = logging.getLogger("branchpay.errors")
 
@@ -73,6 +80,37 @@ def bad_input(message: str) -> ApiError:
     return ApiError(ErrorCode.BAD_USER_INPUT, message)
 
 
+def report_store_outage(error: BaseException, where: object) -> str:
+    """Log one warning line for a store outage; returns the errorId the client is given.
+
+    No traceback: an outage is not a bug, and every request during one would
+    print the same one. The driver's message names the store's address, which
+    belongs in our logs but never in an answer.
+    """
+    error_id = uuid.uuid4().hex
+    summary = str(error).split(", Timeout:")[0][:200]
+    log.warning(
+        "store unavailable %s at %s: %s: %s", error_id, where, type(error).__name__, summary
+    )
+    return error_id
+
+
+def store_unavailable_message(error_id: str) -> str:
+    return f"the store is unavailable; retry later (errorId {error_id})"
+
+
+def internal_message(error_id: str) -> str:
+    return f"internal error; quote errorId {error_id} when reporting it"
+
+
+def error_document(code: ErrorCode, message: str, error_id: str) -> dict[str, Any]:
+    """A GraphQL response body with one top-level error, for answers made outside GraphQL."""
+    return {
+        "data": None,
+        "errors": [{"message": message, "extensions": {"code": code.value, "errorId": error_id}}],
+    }
+
+
 def shape(error: GraphQLError) -> GraphQLError:
     """The error as the client sees it: a safe message and ``extensions.code``."""
     original = error.original_error
@@ -83,10 +121,14 @@ def shape(error: GraphQLError) -> GraphQLError:
         # Syntax, validation and variable coercion errors: graphql-core's own
         # messages, which only repeat what the client sent.
         message, code, extra = error.message, ErrorCode.BAD_USER_INPUT, {}
+    elif is_store_outage(original):
+        error_id = report_store_outage(original, error.path)
+        message = store_unavailable_message(error_id)
+        code, extra = ErrorCode.STORE_UNAVAILABLE, {"errorId": error_id}
     else:
         error_id = uuid.uuid4().hex
         log.error("internal error %s at %s", error_id, error.path, exc_info=original)
-        message = f"internal error; quote errorId {error_id} when reporting it"
+        message = internal_message(error_id)
         code, extra = ErrorCode.INTERNAL, {"errorId": error_id}
     return GraphQLError(
         message,
@@ -99,8 +141,8 @@ def shape(error: GraphQLError) -> GraphQLError:
     )
 
 
-def shaped(errors: list[GraphQLError]) -> list[GraphQLError]:
-    """The errors with a code; those ending an operation before ErrorShaping ran get one."""
+def shaped(errors: Sequence[GraphQLError]) -> list[GraphQLError]:
+    """The errors with a code: those without one are shaped, those with one kept as they are."""
     return [
         error if error.extensions and "code" in error.extensions else shape(error)
         for error in errors
@@ -112,4 +154,12 @@ class ErrorShaping(SchemaExtension):
         yield
         result = self.execution_context.result
         if isinstance(result, GraphQLExecutionResult | StrawberryExecutionResult) and result.errors:
-            result.errors = [shape(error) for error in result.errors]
+            result.errors = shaped(result.errors)
+
+    def on_stream_result(self, result: StreamExecutionResult) -> Iterator[None]:
+        # Results sent over WebSocket (each subscription event, and the answer
+        # to a query or mutation) leave before on_operation ends: shape them here.
+        # Incremental-delivery frames are not used by this schema.
+        if isinstance(result, StrawberryExecutionResult) and result.errors:
+            result.errors = shaped(result.errors)
+        yield

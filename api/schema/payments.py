@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from datetime import datetime
+from functools import partial
+from typing import cast
 
 import strawberry
 from graphql import GraphQLError
@@ -11,7 +13,7 @@ from strawberry.types import Info
 
 from api.domain.order import OrderStatus as DomainOrderStatus
 from api.domain.text import IDEMPOTENCY_KEY, REFUND_REASON, RETURN_URL
-from api.payments.live import order_changes
+from api.payments.live import Backoff, StoreOutage, order_changes, when_stored
 from api.payments.provider import PaymentAction as DomainPaymentAction
 from api.payments.provider import PaymentMethod as DomainPaymentMethod
 from api.payments.service import PaymentService
@@ -180,7 +182,9 @@ class PaymentMutation:
 @strawberry.type
 class Subscription:
     @strawberry.subscription(
-        description="The order's current status, then every status change until a final one."
+        description="The order's current status, then every status change until a final one. "
+        "During a store outage it sends an error coded STORE_UNAVAILABLE and goes on: when the "
+        "store is back, it sends every change made meanwhile, none twice."
     )
     async def order_events(
         self, info: Info[Context, None], order_id: strawberry.ID
@@ -193,12 +197,21 @@ class Subscription:
         # A subscription's context (and its DataLoader cache) lives as long as the
         # connection: payments are read afresh for every event instead.
         fresh_payments = selects(info, "order", "payments")
-        changes = order_changes(info.context.store, object_id, info.context.sees)
-        async for order, entry in changes:
+        timeout = info.context.services.settings.store_timeout_seconds
+        changes = order_changes(info.context.store, object_id, info.context.sees, timeout=timeout)
+        async for change in changes:
+            if isinstance(change, StoreOutage):
+                yield _outage(change)
+                continue
+            order, entry = change
             found = True
             event_order = Order.from_doc(order, info.context)
             if fresh_payments:
-                await with_payments(info, [event_order])
+                # The feed counts this entry as sent: its payments are waited for, not skipped.
+                load = partial(with_payments, info, [event_order])
+                async for step in when_stored(load, timeout=timeout, backoff=Backoff()):
+                    if isinstance(step, StoreOutage):
+                        yield _outage(step)
             yield OrderEvent(
                 status=DomainOrderStatus(entry["status"]),
                 at=entry["at"],
@@ -207,3 +220,15 @@ class Subscription:
             )
         if not found:
             raise _subscription_error(ApiError(ErrorCode.NOT_FOUND, "no such order"))
+
+
+def _outage(outage: StoreOutage) -> OrderEvent:
+    """An event that graphql-core answers as an error, leaving the subscription open.
+
+    graphql-core completes an event that is an exception by raising it at the
+    field (``data: null`` plus the error), where a raised exception would end
+    the subscription. ErrorShaping's ``on_stream_result`` then turns the
+    driver's error into STORE_UNAVAILABLE with an errorId, so no address or
+    topology reaches the client.
+    """
+    return cast(OrderEvent, outage.error)

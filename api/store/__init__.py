@@ -5,6 +5,6 @@ MongoDB 7+ and on the embedded SecantusDB. Every hot index starts with
 ``branch`` (the shard key in production).
 """
 
-from api.store.database import Store
+from api.store.database import Store, StoreTimeouts
 
-__all__ = ["Store"]
+__all__ = ["Store", "StoreTimeouts"]

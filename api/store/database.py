@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
@@ -81,6 +82,28 @@ INDEXES: dict[str, list[IndexModel]] = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class StoreTimeouts:
+    """How long the driver waits for the store before it reports an outage.
+
+    Each maps to a documented PyMongo client option. Without them PyMongo waits
+    30 s to select a server and forever for a reply, which is how a stopped
+    store used to hang requests for 30-57 s. The per-request deadline
+    (api/web/store_deadline.py) bounds a whole request's store work on top.
+    """
+
+    server_selection_seconds: float
+    connect_seconds: float
+    socket_seconds: float
+
+    def client_options(self) -> dict[str, int]:
+        return {
+            "serverSelectionTimeoutMS": round(self.server_selection_seconds * 1000),
+            "connectTimeoutMS": round(self.connect_seconds * 1000),
+            "socketTimeoutMS": round(self.socket_seconds * 1000),
+        }
+
+
 class Store:
     """Owns the client; hands out repositories bound to one database."""
 
@@ -96,9 +119,22 @@ class Store:
         )
 
     @classmethod
-    def connect(cls, uri: str, database: str, **client_options: Any) -> Store:
+    def connect(
+        cls,
+        uri: str,
+        database: str,
+        timeouts: StoreTimeouts | None = None,
+        **client_options: Any,
+    ) -> Store:
+        """A store on ``uri``; ``client_options`` go to PyMongo and win over ``timeouts``.
+
+        Without ``timeouts`` the driver's own (long) defaults apply: the
+        command-line tools and the bench loader run long bulk operations that a
+        short socket timeout would cut; the service passes its settings.
+        """
+        options = {**(timeouts.client_options() if timeouts else {}), **client_options}
         client: AsyncMongoClient[Document] = AsyncMongoClient(
-            uri, tz_aware=True, connect=False, **client_options
+            uri, tz_aware=True, connect=False, **options
         )
         return cls(client, database)
 

@@ -283,7 +283,11 @@ class GraphQLApp(GraphQL[Context, None]):
         response_data: GraphQLHTTPResponse | list[GraphQLHTTPResponse],
         sub_response: Response,
     ) -> Response:
-        """A refused request keeps its HTTP meaning: 429 with Retry-After when over budget."""
+        """A refused request keeps its HTTP meaning: 429 with Retry-After when over budget.
+
+        A store outage is not the client's fault and passes: 503 with Retry-After
+        tells clients and proxies to come back, not to give up.
+        """
         response = super().create_response(response_data, sub_response)
         if isinstance(response_data, dict) and response_data.get("data") is None:
             errors: list[Any] = list(response_data.get("errors") or ())
@@ -293,4 +297,15 @@ class GraphQLApp(GraphQL[Context, None]):
                     response.status_code = 429
                     response.headers["retry-after"] = str(extensions.get("retryAfter", 1))
                     break
+        responses = response_data if isinstance(response_data, list) else [response_data]
+        codes = {
+            error["extensions"].get("code")
+            for data in responses
+            for error in data.get("errors") or []
+            if isinstance(error, dict) and isinstance(error.get("extensions"), dict)
+        }
+        if response.status_code == 200 and ErrorCode.STORE_UNAVAILABLE in codes:
+            response.status_code = 503
+            retry_after = self._services().settings.store_retry_after_seconds
+            response.headers["retry-after"] = str(retry_after)
         return response
