@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
 from functools import partial
 from typing import Any
@@ -22,20 +22,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
-from api.branches import BranchView, ProviderView, provider_view
-from api.orders import OrderService
-from api.payments.provider import NotificationRejected, NotificationReply, NotificationRequest
-from api.payments.service import PaymentService
+from api.config.branches import BranchView, ProviderView, provider_view
+from api.config.live import ProviderRegistry
+from api.domain.pii import PiiVault
+from api.plugins.contract import NotificationRejected, NotificationReply, NotificationRequest
 from api.plugins.manager import ENTRY_POINT_GROUP, load_plugin_manager, notify
-from api.plugins.registry import ProviderRegistry
 from api.schema import build_schema
 from api.schema.context import Services
-from api.security.gate import ApiKeyGate
-from api.security.pii import PiiVault
-from api.security.ratelimit import RateLimiter
+from api.services.budget import RateLimiter
+from api.services.orders import OrderService
+from api.services.payments import PaymentService
 from api.settings import Settings
 from api.store import Store
 from api.web.body_limit import BodyLimit
+from api.web.gate import ApiKeyGate
 from api.web.graphql import GraphQLApp
 from api.web.websocket import OpenSockets
 
@@ -103,15 +103,23 @@ def create_app(
     *,
     mongodb_uri: str | None = None,
     client_options: Mapping[str, Any] | None = None,
+    gated_routes: Callable[[Callable[[], Services]], Sequence[BaseRoute]] | None = None,
+    budget: RateLimiter | None = None,
 ) -> Starlette:
-    """The ASGI app; ``client_options`` go to PyMongo's client (tests add command listeners)."""
+    """The ASGI app.
+
+    ``client_options`` go to PyMongo's client (tests add command listeners).
+    A program embedding the app (``make bench``'s server) may add
+    ``gated_routes``, served behind the API-key gate like /graphql, and give
+    the keys' ``budget`` of its own.
+    """
     settings = settings or Settings()
     uri = mongodb_uri or settings.mongodb_uri
     if uri is None:
         raise RuntimeError("no MongoDB URI: set BRANCHPAY_MONGODB_URI or use `branchpay serve`")
     vault = PiiVault(settings.pii_master_key())
     state: dict[str, Services] = {}
-    budget = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
+    budget = budget or RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
     failures = RateLimiter(settings.failed_auth_per_second, settings.failed_auth_burst)
     sockets = OpenSockets(lambda: services().store.keys)
 
@@ -268,17 +276,16 @@ def create_app(
         Route("/readyz", readyz),
         Route("/notify/{provider}/{branch}", notification, methods=["POST"]),
     ]
-    if settings.bench_mode:
-        from api.bench import bench_routes
-
-        routes.extend(bench_routes(services))
+    extra = list(gated_routes(services)) if gated_routes is not None else []
+    routes.extend(extra)
     app = Starlette(routes=routes, lifespan=lifespan)
     app.add_middleware(
         ApiKeyGate,
         keys=lambda: app.state.store.keys,
         budget=budget,
         failures=failures,
-        prefixes=("/bench/",) if settings.bench_mode else (),
+        # A route's path up to its first parameter: /bench/order/{id} guards /bench/order/...
+        prefixes=tuple(route.path.split("{")[0] for route in extra if isinstance(route, Route)),
     )
     # Added last, so it runs first: an oversized body is refused before anything else.
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
