@@ -21,15 +21,8 @@ What is here:
 The test and simulator toolkit for plugin authors is ``providers.kit``.
 """
 
-from api.payments.beijing import BEIJING, beijing_now, from_beijing, to_beijing
-from api.payments.gateway import (
-    NOT_SENT,
-    GatewaySettings,
-    TransientFailure,
-    call_gateway,
-    may_have_reached,
-)
-from api.payments.provider import (
+from api.domain.beijing import BEIJING, beijing_now, from_beijing, to_beijing
+from api.plugins.contract import (
     ActionKind,
     AttemptState,
     EventKind,
@@ -49,7 +42,16 @@ from api.payments.provider import (
     RefundState,
     new_reference,
 )
-from api.payments.rsa import (
+from api.plugins.gateway import (
+    NOT_SENT,
+    GatewaySettings,
+    TransientFailure,
+    call_gateway,
+    may_have_reached,
+)
+from api.plugins.hookspecs import hookimpl
+from api.plugins.manager import PLUGIN_API_VERSION
+from api.plugins.rsa import (
     KeyFormatError,
     load_private_key,
     load_public_key,
@@ -57,8 +59,6 @@ from api.payments.rsa import (
     private_key_pem,
     public_key_pem,
 )
-from api.plugins.hookspecs import hookimpl
-from api.plugins.manager import PLUGIN_API_VERSION
 
 __all__ = [
     "BEIJING",

@@ -178,16 +178,6 @@ class Settings(BaseSettings):
         description="Complete plain fields without graphql-core's per-field machinery "
         "(api/schema/execution.py); false runs Strawberry's stock execution.",
     )
-    bench_mode: bool = Field(
-        default=False,
-        description="Mount the plain JSON endpoints under /bench that `make bench` compares with.",
-    )
-    bench_unlimited_keys: list[str] = Field(
-        default_factory=list,
-        description="In bench mode only: names of API keys the per-key rate limit lets through "
-        "unlimited (`make bench`'s ordinary traffic in the hostile scenario, whose attacker "
-        "keeps the real budget). JSON list, e.g. '[\"make-bench\"]'.",
-    )
     store_journal: bool = Field(
         default=True,
         description="Acknowledge a write only once it is in the store's journal (j: true), so "

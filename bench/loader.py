@@ -19,8 +19,8 @@ from pymongo.errors import BulkWriteError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from api.security.pii import PiiVault
-from api.seed import seed
+from api.dev.seed import seed
+from api.domain.pii import PiiVault
 from api.store import Store
 from bench.synthetic import BRANCHES, FORMAT, MAX_ORDERS, OrderSet, batches
 

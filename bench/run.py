@@ -17,7 +17,7 @@
    API with the shipped per-key budget: (a) with a ``/healthz`` probe, then
    the same while a partner with a key of its own sends the worst documents
    the limits allow (``bench.hostile``) at ``--hostile-concurrency``; the
-   bench's own key is let through the rate limit (``api.bench.lift_rate_limit``)
+   bench's own key is let through the rate limit (``bench.plain.BenchBudget``)
    so that (a) measures the API and not the limiter, as everywhere else.
    ``--hostile-only`` runs nothing else.
 """
@@ -45,19 +45,20 @@ import httpx
 from pymongo import MongoClient
 from rich.console import Console
 
-from api import devdb
 from api.cli import prepare_demo
-from api.security.keys import new_key
-from api.security.pii import PiiVault
-from api.security.principal import Role
-from api.seed import seed
+from api.dev import devdb
+from api.dev.seed import seed
+from api.domain.pii import PiiVault
+from api.domain.principal import Role
 from api.settings import Settings
 from api.store import Store
+from api.store.keys import new_key
 from bench import crosscheck, percentiles
 from bench.hostile import worst_documents
 from bench.loader import LoadedSet, ensure_loaded
 from bench.loadgen import REQUEST_TIMEOUT, Measurement, measure, measure_together
 from bench.percentiles import Percentile
+from bench.plain import UNLIMITED_KEYS
 from bench.procstat import rss_bytes
 from bench.report import Ratio, Run, print_run, write_run
 from bench.scenarios import (
@@ -704,7 +705,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             },
         )
         # The hostile scenario: the budget as shipped, which the attacker's key faces;
-        # only the bench's own key is let through (bench mode only, api/bench.py).
+        # only the bench's own key is let through (bench/plain.py).
         budget = shipped_budget()
         hostile_config = ApiConfig(
             plugins_toml,
@@ -712,7 +713,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 **environment,
                 "BRANCHPAY_RATE_LIMIT_PER_SECOND": str(budget["perSecond"]),
                 "BRANCHPAY_RATE_LIMIT_BURST": str(int(budget["burst"])),
-                "BRANCHPAY_BENCH_UNLIMITED_KEYS": json.dumps([BENCH_KEY_NAME]),
+                UNLIMITED_KEYS: BENCH_KEY_NAME,
             },
         )
         spec = Spec(

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import tomlkit
 
-from api.devdb import free_port, port_in_use
+from api.dev.devdb import free_port, port_in_use
 from bench.loadgen import idle_cpu_rate
 from providers.sandbox.demo import demo_secret_file
 
@@ -56,7 +56,7 @@ def running_api(
     config: ApiConfig,
     profile_to: Path | None = None,
 ) -> Iterator[ApiProcess]:
-    """Start ``uvicorn api.bench:app_factory`` and yield once /readyz answers 200.
+    """Start ``uvicorn bench.plain:app_factory`` and yield once /readyz answers 200.
 
     With ``profile_to`` the single worker runs under pyinstrument, whose text
     report is written there when the API stops.
@@ -65,7 +65,6 @@ def running_api(
     env = os.environ | {
         "BRANCHPAY_MONGODB_URI": mongodb_uri,
         "BRANCHPAY_DATABASE": database,
-        "BRANCHPAY_BENCH_MODE": "true",
         "BRANCHPAY_GRAPHIQL": "false",
         **config.environment,
         "BRANCHPAY_PLUGINS_TOML": str(config.plugins_toml),
@@ -91,7 +90,7 @@ def running_api(
         *profiler,
         "-m",
         "uvicorn",
-        "api.bench:app_factory",
+        "bench.plain:app_factory",
         "--factory",
         "--host",
         "127.0.0.1",

@@ -18,9 +18,9 @@ from typing import Any
 
 from bson import ObjectId
 
+from api.dev.seed import DEMO_BRANCHES, demo_catalog
 from api.domain.order import OrderStatus, RequestedItem, price_order
-from api.security.pii import PiiVault, protect_customer
-from api.seed import DEMO_BRANCHES, demo_catalog
+from api.domain.pii import PiiVault, protect_customer
 
 Document = dict[str, Any]
 

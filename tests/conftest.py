@@ -24,7 +24,7 @@ import pytest
 from pymongo import MongoClient, monitoring
 from pymongo.synchronous.database import Database
 
-from api import devdb
+from api.dev import devdb
 
 
 @pytest.fixture(scope="session")
@@ -107,8 +107,8 @@ def issue_key(
     db: Database[dict[str, Any]], role: str, branches: Sequence[str] = (), name: str | None = None
 ) -> str:
     """An API key stored the way `branchpay keys create` stores it."""
-    from api.security.keys import new_key
-    from api.security.principal import Role
+    from api.domain.principal import Role
+    from api.store.keys import new_key
 
     record, key = new_key(name or f"test-{uuid.uuid4().hex[:8]}", Role(role), branches, by="tests")
     db.api_keys.insert_one(record)
@@ -149,11 +149,11 @@ def start_service(
     tmp_path: Path, mongo_uri: str, db_name: str
 ) -> Iterator[Callable[..., RunningService]]:
     """Start branchpay (real app, real uvicorn, real store) with demo catalogs; stops after the test."""
-    from api.app import create_app
-    from api.security.pii import PiiVault
-    from api.seed import seed
+    from api.dev.seed import seed
+    from api.domain.pii import PiiVault
     from api.settings import Settings
     from api.store import Store
+    from api.web.app import create_app
     from providers.kit.loopback import LoopbackServer
 
     servers: list[LoopbackServer] = []
@@ -164,8 +164,10 @@ def start_service(
         *,
         gateway: str = "http://127.0.0.1:9",
         orders: int = 0,
+        app_factory: Callable[..., Any] | None = None,
         **settings: Any,
     ) -> RunningService:
+        """``app_factory`` builds the app instead of create_app (the bench's, with its endpoints)."""
         (tmp_path / "sandbox.key").write_text(secrets.token_urlsafe(32))
         config = tmp_path / "plugins.toml"
         config.write_text((plugins_toml or DEMO_BRANCHES_TOML).format(gateway=gateway))
@@ -196,7 +198,9 @@ def start_service(
 
         asyncio.run(load_demo())
         log = CommandLog()
-        app = create_app(options, mongodb_uri=mongo_uri, client_options={"event_listeners": [log]})
+        app = (app_factory or create_app)(
+            options, mongodb_uri=mongo_uri, client_options={"event_listeners": [log]}
+        )
         server = LoopbackServer(app).start()
         servers.append(server)
         db = sync_client[db_name]

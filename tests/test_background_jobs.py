@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
-from api.app import _every
+from api.web.app import _every
 
 
 async def test_a_job_that_loses_its_cancellation_still_ends_the_loop() -> None:

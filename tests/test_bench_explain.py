@@ -20,11 +20,11 @@ import pytest
 from pymongo import MongoClient, monitoring
 from pymongo.errors import OperationFailure
 
-from api.app import create_app
-from api.security.pii import PiiVault
-from api.seed import seed
+from api.dev.seed import seed
+from api.domain.pii import PiiVault
 from api.settings import Settings
 from api.store import Store
+from api.web.app import create_app
 from providers.kit.loopback import LoopbackServer
 from tests.conftest import DEMO_BRANCHES_TOML, GraphQLClient, issue_key
 

@@ -23,7 +23,6 @@ import pytest
 from graphql import GraphQLSyntaxError, build_schema, parse, validate
 from pymongo import MongoClient
 
-from api.bench import BenchBudget, lift_rate_limit
 from api.schema import schema as service_schema
 from api.schema.limits import LimitError, measure_request
 from api.settings import Settings
@@ -37,6 +36,7 @@ from bench.hostile import (
     wide_document,
     worst_documents,
 )
+from bench.plain import BenchBudget, bench_app
 from bench.scenarios import (
     ORDERS_QUERY,
     Answer,
@@ -183,8 +183,7 @@ def test_answers_of_the_attacker_are_labelled_by_shape_and_code() -> None:
 
 def test_bench_budget_spends_nothing_of_its_named_keys() -> None:
     now = [0.0]
-    budget = BenchBudget(1.0, 10, clock=lambda: now[0])
-    budget.unlimited = frozenset({"key:make-bench"})
+    budget = BenchBudget(1.0, 10, ["make-bench"], clock=lambda: now[0])
     assert [budget.take("key:make-bench", 6) for _ in range(50)] == [0] * 50
     assert budget.remaining("key:make-bench") == 10
     # 4 points left, 6 wanted: 2 seconds at 1 point a second.
@@ -196,7 +195,6 @@ def test_bench_app_lets_only_the_named_key_past_the_rate_limit_and_probes_pass(
     tmp_path: Path, mongo_uri: str, db_name: str
 ) -> None:
     """Through real uvicorn and a real store: the bench's key is unlimited, the attacker's is not."""
-    from api.app import create_app
     from providers.kit.loopback import LoopbackServer
 
     (tmp_path / "sandbox.key").write_text(secrets.token_urlsafe(32))
@@ -207,13 +205,11 @@ def test_bench_app_lets_only_the_named_key_past_the_rate_limit_and_probes_pass(
         database=db_name,
         data_dir=tmp_path / "data",
         pii_key=base64.b64encode(secrets.token_bytes(32)).decode(),
-        bench_mode=True,
         rate_limit_per_second=0.01,
         rate_limit_burst=20,
         max_query_cost=20,
     )
-    app = create_app(settings, mongodb_uri=mongo_uri)
-    lift_rate_limit(app, ["make-bench"])
+    app = bench_app(settings, ["make-bench"], mongodb_uri=mongo_uri)
     client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri)
     db = client[db_name]
     ordinary = issue_key(db, "partner", ["zj"], name="make-bench")
@@ -245,10 +241,3 @@ def test_bench_app_lets_only_the_named_key_past_the_rate_limit_and_probes_pass(
         server.stop()
         client.drop_database(db_name)
         client.close()
-
-
-def test_lift_rate_limit_refuses_an_app_without_one_gate() -> None:
-    from starlette.applications import Starlette
-
-    with pytest.raises(RuntimeError, match="one ApiKeyGate"):
-        lift_rate_limit(Starlette(), ["make-bench"])

@@ -9,6 +9,7 @@ import httpx
 from bson import ObjectId
 
 from api.schema.ids import to_global_id
+from bench.plain import bench_app
 from bench.scenarios import ORDER_QUERY, ORDERS_QUERY
 from tests.conftest import RunningService
 
@@ -40,7 +41,7 @@ def answer(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_plain_orders_answer_what_graphql_answers(start_service: Any) -> None:
-    service: RunningService = start_service(orders=120, bench_mode=True)
+    service: RunningService = start_service(orders=120, app_factory=bench_app)
     newest = service.db.orders.find_one(
         {"branch": "zj", "status": "EXPIRED"}, sort=[("createdAt", -1), ("_id", -1)]
     )
@@ -75,7 +76,7 @@ def test_plain_orders_answer_what_graphql_answers(start_service: Any) -> None:
 
 
 def test_plain_order_by_id_answers_what_graphql_answers(start_service: Any) -> None:
-    service: RunningService = start_service(orders=12, bench_mode=True)
+    service: RunningService = start_service(orders=12, app_factory=bench_app)
     order = service.db.orders.find_one({})
     assert order is not None
     _add_payment(service, order)
@@ -95,7 +96,7 @@ def test_plain_order_by_id_answers_what_graphql_answers(start_service: Any) -> N
 
 
 def test_plain_endpoints_sit_behind_the_api_key_gate(start_service: Any) -> None:
-    service: RunningService = start_service(orders=3, bench_mode=True)
+    service: RunningService = start_service(orders=3, app_factory=bench_app)
     anonymous = httpx.get(f"{service.url}/bench/orders", params={"branch": "zj"})
     assert anonymous.status_code == 401
     assert anonymous.json()["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
@@ -105,6 +106,6 @@ def test_plain_endpoints_sit_behind_the_api_key_gate(start_service: Any) -> None
     assert forged.status_code == 401
 
 
-def test_plain_endpoints_exist_only_in_bench_mode(start_service: Any) -> None:
+def test_the_product_never_mounts_the_plain_endpoints(start_service: Any) -> None:
     service: RunningService = start_service(orders=3)
     assert service.client.http.get("/bench/orders?branch=zj").status_code == 404

@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from api.cli import STOP_GRACE_SECONDS
-from api.devdb import free_port, port_in_use
+from api.dev.devdb import free_port, port_in_use
 
 ROOT = Path(__file__).resolve().parent.parent
 COUNT = "{ branches { code } orders(first: 1) { totalCount } }"

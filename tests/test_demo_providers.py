@@ -22,8 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api.devdb import free_port, port_in_use
-from api.simulators import DEMO_PORTS
+from api.dev.demo import DEMO_PORTS
+from api.dev.devdb import free_port, port_in_use
 from tests.conftest import GraphQLClient
 from tests.payments.conftest import order_feed
 from tests.test_cli_serve import ROOT, environment, interrupt, wait_ready

@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 
+from api.dev.seed import demo_catalog
 from api.domain.money import Money
 from api.domain.order import (
     ORDER_TRANSITIONS,
@@ -18,7 +19,6 @@ from api.domain.order import (
     normalise_phone,
     price_order,
 )
-from api.seed import demo_catalog
 
 ALLOWED = {
     (OrderStatus.PENDING_PAYMENT, OrderStatus.PAID),

@@ -27,8 +27,8 @@ from api.domain.payment import (
     order_status_for,
     reserve_refund,
 )
-from api.payments.provider import EventKind, new_reference
-from api.payments.service import auto_refund_no
+from api.plugins.contract import EventKind, new_reference
+from api.services.payments import auto_refund_no
 
 NOW = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
 P = PaymentStatus

@@ -45,7 +45,7 @@ class RefundStatus(enum.StrEnum):
 
 
 class FactKind(enum.StrEnum):
-    """What a platform reported; mirrors api.payments.provider.EventKind."""
+    """What a platform reported; mirrors api.plugins.contract.EventKind."""
 
     PAYMENT_SUCCEEDED = "PAYMENT_SUCCEEDED"
     PAYMENT_FAILED = "PAYMENT_FAILED"

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from api.payments.provider import Provider
+    from api.plugins.contract import Provider
 
 PROJECT = "branchpay"
 
@@ -38,7 +38,7 @@ def register_providers() -> list[type[Provider]]:  # type: ignore[empty-body]
     """Return the provider classes this plugin ships.
 
     Called once when plugins are loaded. Each class is a subclass of
-    ``api.payments.provider.Provider`` with a unique ``name``.
+    ``api.plugins.contract.Provider`` with a unique ``name``.
 
     Example::
 

@@ -24,8 +24,8 @@ from typing import Any
 import pluggy
 from pydantic import BaseModel
 
-from api.payments.provider import PaymentMethod, Provider
 from api.plugins import hookspecs
+from api.plugins.contract import PaymentMethod, Provider
 
 ENTRY_POINT_GROUP = "branchpay.providers"
 PLUGIN_API_VERSION = 2
@@ -222,7 +222,7 @@ def _providers_by_plugin(
 
 def _provider_class_fault(cls: Any) -> str | None:
     if not (isinstance(cls, type) and issubclass(cls, Provider)):
-        return f"{cls!r} is not a subclass of api.payments.provider.Provider"
+        return f"{cls!r} is not a subclass of api.plugins.contract.Provider"
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not PROVIDER_NAME.match(name):
         return f"{cls.__qualname__}.name must match {PROVIDER_NAME.pattern}"

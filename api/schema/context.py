@@ -11,13 +11,13 @@ from starlette.requests import Request
 from starlette.websockets import WebSocket
 from strawberry.dataloader import DataLoader
 
-from api.branches import BranchView
-from api.orders import OrderService
-from api.payments.service import PaymentService
+from api.config.branches import BranchView
+from api.domain.pii import PiiVault
+from api.domain.principal import Permission, Principal
 from api.schema.errors import ApiError, ErrorCode
-from api.security.pii import PiiVault
-from api.security.principal import Permission, Principal
-from api.security.ratelimit import RateLimiter
+from api.services.budget import RateLimiter
+from api.services.orders import OrderService
+from api.services.payments import PaymentService
 from api.settings import Settings
 from api.store import Store
 
@@ -34,7 +34,7 @@ class Services:
     branches: Callable[[], Mapping[str, BranchView]]
     vault: PiiVault
     payments: PaymentService | None = None
-    # The API keys' query-cost budgets (api/security/ratelimit.py), spent by RequestLimits.
+    # The API keys' query-cost budgets (api/services/budget.py), spent by RequestLimits.
     budget: RateLimiter | None = None
 
 

@@ -8,12 +8,12 @@ import strawberry
 from strawberry.types import Info
 
 from api.domain.order import Problem, RequestedItem
+from api.domain.principal import Permission
 from api.domain.text import CANCEL_REASON, CUSTOMER_NAME, ID_CARD, IDEMPOTENCY_KEY, OPTION, PHONE
 from api.schema.context import Context
 from api.schema.errors import ApiError
 from api.schema.ids import from_global_id, object_id_of
 from api.schema.types import Order, UserError
-from api.security.principal import Permission
 
 
 @strawberry.input

@@ -12,11 +12,10 @@ from graphql import GraphQLError
 from strawberry.types import Info
 
 from api.domain.order import OrderStatus as DomainOrderStatus
+from api.domain.principal import Permission
 from api.domain.text import IDEMPOTENCY_KEY, REFUND_REASON, RETURN_URL
-from api.payments.live import Backoff, StoreOutage, order_changes, when_stored
-from api.payments.provider import PaymentAction as DomainPaymentAction
-from api.payments.provider import PaymentMethod as DomainPaymentMethod
-from api.payments.service import PaymentService
+from api.plugins.contract import PaymentAction as DomainPaymentAction
+from api.plugins.contract import PaymentMethod as DomainPaymentMethod
 from api.schema.context import Context
 from api.schema.errors import ApiError, ErrorCode
 from api.schema.ids import object_id_of
@@ -32,7 +31,8 @@ from api.schema.types import (
     selects,
     with_payments,
 )
-from api.security.principal import Permission
+from api.services.live import Backoff, StoreOutage, order_changes, when_stored
+from api.services.payments import PaymentService
 
 
 @strawberry.type(description="What the partner frontend must do next so the payer can pay.")

@@ -15,6 +15,7 @@ from strawberry.types import Info
 from api.domain.order import OfferingKind as DomainOfferingKind
 from api.domain.order import OrderStatus as DomainOrderStatus
 from api.domain.order import normalise_phone
+from api.domain.principal import Permission
 from api.domain.text import AUDIT_CURSOR, BRANCH_CODE, PHONE, quoted
 from api.schema.context import Context
 from api.schema.errors import bad_input
@@ -33,7 +34,6 @@ from api.schema.types import (
     selects,
     with_payments,
 )
-from api.security.principal import Permission
 from api.store.orders import ORDER_FIELDS, OrderQuery, Position
 
 

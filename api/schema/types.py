@@ -14,15 +14,15 @@ import strawberry
 from strawberry.types import Info
 from strawberry.types.nodes import SelectedField, Selection
 
-from api.branches import BranchView
+from api.config.branches import BranchView
 from api.domain.order import OfferingKind as DomainOfferingKind
 from api.domain.order import OrderStatus as DomainOrderStatus
 from api.domain.payment import PaymentStatus as DomainPaymentStatus
-from api.payments.provider import ActionKind as DomainActionKind
-from api.payments.provider import PaymentMethod as DomainPaymentMethod
+from api.domain.pii import reveal_customer
+from api.plugins.contract import ActionKind as DomainActionKind
+from api.plugins.contract import PaymentMethod as DomainPaymentMethod
 from api.schema.context import Context, payments_of
 from api.schema.ids import to_global_id
-from api.security.pii import reveal_customer
 
 Document = dict[str, Any]
 

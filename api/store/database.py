@@ -9,9 +9,9 @@ from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
-from api.security.audit import AuditLog
-from api.security.keys import KeyRing
+from api.store.audit import AuditLog
 from api.store.catalog import CatalogRepository
+from api.store.keys import KeyRing
 from api.store.orders import OrderRepository
 from api.store.payments import PaymentRepository
 

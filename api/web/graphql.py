@@ -47,9 +47,9 @@ from strawberry.types.unset import UNSET, UnsetType
 
 from api.schema.context import Context, Services
 from api.schema.errors import ErrorCode, shaped
-from api.security.keys import bearer_token
-from api.security.ratelimit import RateLimiter
+from api.services.budget import RateLimiter
 from api.settings import Settings
+from api.store.keys import bearer_token
 from api.web.websocket import GuardedSocket, GuardedTransportWS, OpenSockets
 
 # The members of a GraphQL request, over POST (JSON) and GET (query parameters).

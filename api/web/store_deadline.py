@@ -9,7 +9,7 @@ api/schema/errors.py answers as STORE_UNAVAILABLE. The deadline is a context
 variable, so tasks started inside the request (DataLoader batches) inherit it.
 
 WebSocket scopes are left alone: a subscription lives for hours, so its store
-calls carry deadlines of their own (api/payments/live.py).
+calls carry deadlines of their own (api/services/live.py).
 
 The deadline is wall-clock time from the request's start, not the sum of its
 store calls: a request that waits on a payment platform (startPayment,

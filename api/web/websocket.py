@@ -42,9 +42,9 @@ from strawberry.types.execution import PreExecutionError
 
 from api.schema.context import Context
 from api.schema.errors import shaped
-from api.security.keys import KeyRing
-from api.security.ratelimit import RateLimiter
+from api.services.budget import RateLimiter
 from api.settings import Settings
+from api.store.keys import KeyRing
 
 CLOSE_BAD_MESSAGE = 4400
 CLOSE_FORBIDDEN = 4403

@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl, urlencode
 import httpx
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from api.payments.provider import NotificationRequest
+from api.plugins.contract import NotificationRequest
 from providers.alipay.amounts import fen_to_yuan, yuan_to_fen
 from providers.alipay.signing import notification_string, sign
 from providers.kit.driver import SettleOutcome

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, SecretBytes, SecretStr
 
-from api.payments.provider import (
+from api.plugins.contract import (
     ActionKind,
     AttemptState,
     EventKind,

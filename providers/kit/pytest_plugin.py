@@ -11,7 +11,7 @@ import pytest
 
 pytest.register_assert_rewrite("providers.kit.conformance")
 
-from api.payments.provider import PaymentMethod, Provider  # noqa: E402
+from api.plugins.contract import PaymentMethod, Provider  # noqa: E402
 
 
 @pytest.fixture

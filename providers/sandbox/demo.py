@@ -1,6 +1,6 @@
 """The sandbox's demo set-up for ``make run``: a shared secret file and the simulator.
 
-``api.simulators`` calls :func:`ensure_demo_keys` and :func:`demo_simulator`.
+``api.dev.demo`` calls :func:`ensure_demo_keys` and :func:`demo_simulator`.
 
 A demo branch refers to the secret in plugins.toml as
 ``secret = { file = ".data/secrets/sandbox.key" }`` and to the simulator as

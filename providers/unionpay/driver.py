@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl, urlencode
 import httpx
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
-from api.payments.provider import NotificationRequest
+from api.plugins.contract import NotificationRequest
 from providers.kit.driver import SettleOutcome
 from providers.unionpay import message, pki
 

@@ -18,7 +18,7 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
-from api.payments.provider import NotificationRequest
+from api.plugins.contract import NotificationRequest
 from providers.wechatpay import signing
 
 

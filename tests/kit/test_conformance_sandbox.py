@@ -10,7 +10,7 @@ import httpx
 import pytest
 from pydantic import BaseModel
 
-from api.payments.provider import (
+from api.plugins.contract import (
     NotificationRequest,
     PaymentMethod,
     ProviderEvent,

@@ -22,9 +22,9 @@ import httpx
 import pytest
 from pymongo import MongoClient
 
-from api.devdb import free_port
-from api.security.pii import PiiVault
-from api.seed import seed
+from api.dev.devdb import free_port
+from api.dev.seed import seed
+from api.domain.pii import PiiVault
 from api.store import Store
 from providers.kit.venv import create_venv, install_example
 from tests.conftest import GraphQLClient, issue_key

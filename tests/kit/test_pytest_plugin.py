@@ -28,7 +28,7 @@ import secrets
 import httpx
 import pytest
 
-from api.payments.provider import PaymentMethod
+from api.plugins.contract import PaymentMethod
 from providers.kit.conformance import ProviderConformance
 from providers.kit.loopback import LoopbackServer
 from providers.sandbox import SandboxProvider, SandboxSettings

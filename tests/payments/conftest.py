@@ -34,7 +34,7 @@ from httpx_ws import AsyncWebSocketSession, aconnect_ws
 from pymongo import MongoClient
 from pymongo.synchronous.database import Database
 
-from api.security.pii import PiiVault
+from api.domain.pii import PiiVault
 from api.settings import Settings
 from providers.kit.loopback import LoopbackServer
 from providers.sandbox import signing
@@ -394,9 +394,9 @@ def start_payments(
     tmp_path: Path, mongo_uri: str, db_name: str
 ) -> Iterator[Callable[..., PayService]]:
     """Start the simulator and branchpay (real app, uvicorn, store); both stop after the test."""
-    from api.app import create_app
-    from api.seed import seed
+    from api.dev.seed import seed
     from api.store import Store
+    from api.web.app import create_app
 
     servers: list[LoopbackServer] = []
     sync_client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri, tz_aware=True)

@@ -1,4 +1,4 @@
-"""api/payments/gateway.py: every httpx exception classified once, and the bounded retries."""
+"""api/plugins/gateway.py: every httpx exception classified once, and the bounded retries."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import logging
 import httpx
 import pytest
 
-from api.payments.gateway import (
+from api.plugins.contract import GatewayError
+from api.plugins.gateway import (
     GatewaySettings,
     TransientFailure,
     call_gateway,
     may_have_reached,
 )
-from api.payments.provider import GatewayError
 
 # Every exception class httpx exports, and whether the request may have reached
 # the platform when it is raised. A new httpx class fails the completeness test.

@@ -73,7 +73,7 @@ def recorder(monkeypatch: pytest.MonkeyPatch) -> Recorder:
         pm.register(recording, name="recorder")
         return pm
 
-    monkeypatch.setattr("api.app.load_plugin_manager", plugins)
+    monkeypatch.setattr("api.web.app.load_plugin_manager", plugins)
     return recording
 
 

@@ -33,8 +33,8 @@ import httpx
 import pytest
 from pymongo import MongoClient, monitoring
 
-from api import devdb
-from api.security.pii import PiiVault
+from api.dev import devdb
+from api.domain.pii import PiiVault
 from api.settings import Settings
 from providers.kit.loopback import LoopbackServer
 from providers.sandbox.simulator import create_app as create_simulator
@@ -196,9 +196,9 @@ def start_outage_service(
     own_store: OwnStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> Iterator[Callable[..., OutageService]]:
     """The sandbox simulator and branchpay (real app, uvicorn) on the test's own store."""
-    from api.app import create_app
-    from api.seed import seed
+    from api.dev.seed import seed
     from api.store import Store
+    from api.web.app import create_app
 
     caplog.set_level(logging.INFO)
     servers: list[LoopbackServer] = []

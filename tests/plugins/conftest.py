@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import BaseModel, Field, SecretBytes, SecretStr, field_validator
 
-from api.payments.provider import PaymentMethod, Provider
 from api.plugins import hookimpl
+from api.plugins.contract import PaymentMethod, Provider
 from api.plugins.manager import installed_providers, new_plugin_manager
 
 

@@ -13,8 +13,8 @@ import httpx
 import pluggy
 import pytest
 
-from api.plugins import admin
-from api.plugins.registry import ProviderRegistry
+from api.cli import plugins
+from api.config.live import ProviderRegistry
 
 Write = Callable[[str], Path]
 Capture = pytest.CaptureFixture[str]
@@ -35,7 +35,7 @@ def test_disable_changes_only_that_value_and_replaces_the_file_atomically(
     path.chmod(0o640)
     inode = path.stat().st_ino
 
-    assert admin.providers(edit("disable", "zj", "cardpay", path), pm=pm) == 0
+    assert plugins.providers(edit("disable", "zj", "cardpay", path), pm=pm) == 0
 
     expected = valid_text.replace(FIRST_CHOICE, FIRST_CHOICE.replace("true", "false"))
     assert path.read_bytes() == expected.encode()
@@ -52,7 +52,7 @@ def test_enable_keeps_layout_of_a_crlf_file(
     path = write_config("")
     path.write_bytes(crlf.encode())
 
-    assert admin.providers(edit("enable", "zj", "wallet", path), pm=pm) == 0
+    assert plugins.providers(edit("enable", "zj", "wallet", path), pm=pm) == 0
 
     expected = crlf.replace("enabled = false", "enabled = true", 1)
     assert path.read_bytes() == expected.encode()
@@ -66,7 +66,7 @@ def test_already_in_that_state_leaves_the_file_alone(
 ) -> None:
     path = write_config(valid_text)
     before = path.stat()
-    assert admin.providers(edit("enable", "bj", "wallet", path), pm=pm) == 0
+    assert plugins.providers(edit("enable", "bj", "wallet", path), pm=pm) == 0
     assert (path.stat().st_ino, path.stat().st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     assert "bj: wallet is already enabled" in capsys.readouterr().out
 
@@ -95,7 +95,7 @@ def test_unknown_branch_or_provider_or_missing_table(
 ) -> None:
     text = valid_text[: valid_text.index("[branches.bj.providers.cardpay]")]
     path = write_config(text)
-    assert admin.providers(edit("disable", branch, provider, path), pm=pm) == 1
+    assert plugins.providers(edit("disable", branch, provider, path), pm=pm) == 1
     assert message.format(path=path) in capsys.readouterr().err
     assert path.read_text() == text
 
@@ -110,7 +110,7 @@ def test_edit_that_leaves_the_file_invalid_is_refused(
     path = write_config(valid_text)
     monkeypatch.delenv("BP_TEST_WALLET_KEY")
 
-    assert admin.providers(edit("disable", "zj", "cardpay", path), pm=pm) == 1
+    assert plugins.providers(edit("disable", "zj", "cardpay", path), pm=pm) == 1
 
     err = capsys.readouterr().err
     assert f"refused: {path} would be invalid after this change; nothing written:" in err
@@ -128,7 +128,7 @@ def test_disabling_the_last_enabled_provider_warns(
     capsys: Capture,
 ) -> None:
     path = write_config(valid_text)
-    assert admin.providers(edit("disable", "zj", "cardpay", path), pm=pm) == 0
+    assert plugins.providers(edit("disable", "zj", "cardpay", path), pm=pm) == 0
     assert "warning: branch zj now has no enabled provider" in capsys.readouterr().err
     assert FIRST_CHOICE.replace("true", "false") in path.read_text()
 
@@ -140,7 +140,7 @@ def test_config_check_summarises_a_valid_file(
     capsys: Capture,
 ) -> None:
     path = write_config(valid_text)
-    assert admin.config_check(argparse.Namespace(plugins_toml=path), pm=pm) == 0
+    assert plugins.config_check(argparse.Namespace(plugins_toml=path), pm=pm) == 0
     assert capsys.readouterr().out.splitlines() == [
         "OK: 2 branches, providers per branch:",
         "  zj  China Mobile Zhejiang: cardpay, wallet (disabled)",
@@ -155,7 +155,7 @@ def test_config_check_lists_problems_and_fails(
     capsys: Capture,
 ) -> None:
     path = write_config(valid_text.replace("secrets/card.pem", "secrets/x.pem"))
-    assert admin.config_check(argparse.Namespace(plugins_toml=path), pm=pm) == 1
+    assert plugins.config_check(argparse.Namespace(plugins_toml=path), pm=pm) == 1
     err = capsys.readouterr().err.splitlines()
     assert err == [
         f"{path} is invalid:",
@@ -174,7 +174,7 @@ def test_config_check_uses_the_environment_path(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("BRANCHPAY_PLUGINS_TOML", str(write_config(valid_text)))
-    assert admin.config_check(argparse.Namespace(), pm=pm) == 0
+    assert plugins.config_check(argparse.Namespace(), pm=pm) == 0
     assert capsys.readouterr().out.startswith("OK: 2 branches")
 
 
@@ -182,7 +182,7 @@ def test_plugins_lists_providers_with_their_methods(
     pm: pluggy.PluginManager, capsys: Capture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("COLUMNS", "200")
-    assert admin.plugins(argparse.Namespace(), pm=pm) == 0
+    assert plugins.plugins(argparse.Namespace(), pm=pm) == 0
     out = capsys.readouterr().out
     assert "(registered in code)" in out
     assert "cardpay (Card Pay): PAGE, QR_CODE" in out
@@ -199,7 +199,7 @@ async def test_a_running_server_applies_an_admin_edit(
         watcher = asyncio.create_task(registry.watch())
         try:
             await asyncio.wait_for(registry.wait_until_watching(), timeout=5)
-            assert admin.providers(edit("disable", "bj", "wallet", path), pm=pm) == 0
+            assert plugins.providers(edit("disable", "bj", "wallet", path), pm=pm) == 0
             loop = asyncio.get_running_loop()
             deadline = loop.time() + 2.0
             while registry.status.generation < 2:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from api.payments.provider import Provider
-from api.plugins.config import ConfigError, default_path, load_config, redact
+from api.config.model import ConfigError, default_path, load_config, redact
+from api.plugins.contract import Provider
 
 Write = Callable[[str], Path]
 Providers = dict[str, type[Provider]]

@@ -31,7 +31,7 @@ from api.plugins.manager import (
 PLUGIN_SOURCE = """\
 from pydantic import BaseModel
 
-from api.payments.provider import PaymentMethod, Provider
+from api.plugins.contract import PaymentMethod, Provider
 from api.plugins import hookimpl
 
 {api_line}
@@ -190,7 +190,7 @@ def test_malformed_provider_class_is_reported(pm: pluggy.PluginManager) -> None:
     with pytest.raises(PluginError) as caught:
         installed_providers(pm)
     assert caught.value.problems == [
-        f"plugin 'bad': {Nameless!r} is not a subclass of api.payments.provider.Provider"
+        f"plugin 'bad': {Nameless!r} is not a subclass of api.plugins.contract.Provider"
     ]
 
 

@@ -16,10 +16,10 @@ import pluggy
 import pytest
 from pydantic import BaseModel, SecretStr
 
-from api.payments.provider import PaymentMethod, Provider
+from api.config.live import ProviderRegistry
+from api.config.model import ConfigError, PluginsConfig
 from api.plugins import hookimpl
-from api.plugins.config import ConfigError, PluginsConfig
-from api.plugins.registry import ProviderRegistry
+from api.plugins.contract import PaymentMethod, Provider
 
 Write = Callable[[str], Path]
 APPLIED_WITHIN = 2.0

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from api.plugins.config import ConfigError, load_config
+from api.config.model import ConfigError, load_config
 from api.plugins.manager import installed_providers, load_plugin_manager
 
 SHIPPED = Path(__file__).resolve().parents[2] / "plugins.toml"

@@ -22,8 +22,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from api.payments.provider import NotificationRequest
 from api.plugin import private_key_pem, public_key_pem
+from api.plugins.contract import NotificationRequest
 from providers.alipay import AlipayProvider, AlipaySettings
 from providers.alipay.simulator import AlipaySimulator, create_app
 from providers.kit.loopback import LoopbackServer

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from api.payments.provider import NotificationRejected, NotificationRequest, Provider
+from api.plugins.contract import NotificationRejected, NotificationRequest, Provider
 from providers.unionpay import message, pki
 from providers.unionpay.settings import UnionpaySettings
 from providers.unionpay.simulator import create_app

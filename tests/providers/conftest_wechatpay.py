@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from api.payments.provider import (
+from api.plugins.contract import (
     NotificationRejected,
     NotificationRequest,
     Provider,

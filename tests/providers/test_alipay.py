@@ -29,7 +29,8 @@ from conftest_alipay import (
     settings_for,
 )
 
-from api.payments.provider import (
+from api.plugin import private_key_pem
+from api.plugins.contract import (
     ActionKind,
     AttemptState,
     EventKind,
@@ -41,7 +42,6 @@ from api.payments.provider import (
     RefundRequest,
     RefundState,
 )
-from api.plugin import private_key_pem
 from providers.alipay import AlipayProvider
 from providers.alipay.driver import AlipayGatewayDriver, notification_request
 from providers.alipay.provider import MAX_NOTIFICATION_BYTES

@@ -19,14 +19,14 @@ import pytest
 from alipay import AliPay
 from conftest_alipay import alipay_http
 
-from api.payments.provider import (
+from api.config.model import ConfigError, load_config
+from api.plugins.contract import (
     AttemptState,
     EventKind,
     NotificationRejected,
     PaymentMethod,
     PaymentRequest,
 )
-from api.plugins.config import ConfigError, load_config
 from providers.alipay import AlipayProvider
 from providers.alipay.demo import (
     APP_PRIVATE_KEY_FILE,

@@ -26,7 +26,7 @@ from conftest_alipay import (
     settings_for,
 )
 
-from api.payments.provider import (
+from api.plugins.contract import (
     AttemptState,
     GatewayError,
     NotificationRejected,

@@ -35,12 +35,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pydantic import ValidationError
 
-from api.payments.provider import (
-    EventKind,
-    NotificationRejected,
-    PaymentMethod,
-    PaymentRequest,
-)
 from api.plugin import (
     PLUGIN_API_VERSION,
     KeyFormatError,
@@ -48,6 +42,12 @@ from api.plugin import (
     load_public_key,
     private_key_pem,
     public_key_pem,
+)
+from api.plugins.contract import (
+    EventKind,
+    NotificationRejected,
+    PaymentMethod,
+    PaymentRequest,
 )
 from providers.alipay import AlipayProvider
 from providers.alipay.amounts import AmountError, fen_to_yuan, yuan_to_fen

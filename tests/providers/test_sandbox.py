@@ -21,7 +21,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from api.payments.provider import (
+from api.plugins import hookspecs
+from api.plugins.contract import (
     ActionKind,
     AttemptState,
     EventKind,
@@ -33,7 +34,6 @@ from api.payments.provider import (
     RefundRequest,
     RefundState,
 )
-from api.plugins import hookspecs
 from providers.kit.loopback import LoopbackServer
 from providers.sandbox import SandboxProvider, SandboxSettings, signing
 from providers.sandbox.demo import demo_secret_file, demo_simulator, ensure_demo_keys

@@ -41,7 +41,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from pydantic import ValidationError
 
-from api.payments.provider import (
+from api.plugin import PLUGIN_API_VERSION
+from api.plugins.contract import (
     ActionKind,
     AttemptState,
     EventKind,
@@ -53,7 +54,6 @@ from api.payments.provider import (
     RefundRequest,
     RefundState,
 )
-from api.plugin import PLUGIN_API_VERSION
 from providers.kit.loopback import LoopbackServer
 from providers.unionpay import UnionpayProvider, demo, message, pki
 from providers.unionpay.driver import UnionpayDriver, form_notification, read_form

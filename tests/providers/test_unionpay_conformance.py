@@ -18,7 +18,7 @@ import httpx
 import pytest
 from conftest_unionpay import BRANCH, other_chain, settings, simulator_app
 
-from api.payments.provider import ActionKind, PaymentAction, PaymentRequest
+from api.plugins.contract import ActionKind, PaymentAction, PaymentRequest
 from providers.kit.conformance import ProviderConformance
 from providers.kit.loopback import LoopbackServer
 from providers.unionpay import UnionpayProvider

@@ -37,7 +37,9 @@ from conftest_wechatpay import (
 )
 from pydantic import ValidationError
 
-from api.payments.provider import (
+from api.config.model import ConfigError, load_config
+from api.plugin import PLUGIN_API_VERSION
+from api.plugins.contract import (
     ActionKind,
     AttemptState,
     EventKind,
@@ -49,8 +51,6 @@ from api.payments.provider import (
     RefundRequest,
     RefundState,
 )
-from api.plugin import PLUGIN_API_VERSION
-from api.plugins.config import ConfigError, load_config
 from providers.kit.loopback import LoopbackServer
 from providers.wechatpay import WechatpayProvider, WechatpaySettings, demo, signing
 from providers.wechatpay.driver import WechatpayDriver

@@ -34,7 +34,7 @@ from conftest_wechatpay import (
 from wechatpayv3 import WeChatPay, WeChatPayType
 from wechatpayv3.utils import build_authorization, load_private_key, rsa_sign, rsa_verify
 
-from api.payments.provider import (
+from api.plugins.contract import (
     AttemptState,
     EventKind,
     NotificationRejected,

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from pymongo import AsyncMongoClient, MongoClient
 
-from api.security.keys import KeyRing
-from api.security.principal import Role
+from api.domain.principal import Role
+from api.store.keys import KeyRing
 from tests.conftest import DEMO_BRANCHES_TOML
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ import pytest
 from cryptography.exceptions import InvalidTag
 
 from api.domain.order import valid_id_card
-from api.security.pii import PiiVault, mask_id_card, mask_phone
+from api.domain.pii import PiiVault, mask_id_card, mask_phone
 
 
 def test_encryption_round_trips_and_binds_the_context() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from api.security.principal import Permission, Principal, Role
+from api.domain.principal import Permission, Principal, Role
 
 ZJ_PARTNER = Principal("zj-partner", Role.PARTNER, frozenset({"zj"}))
 ZJ_ADMIN = Principal("zj-admin", Role.BRANCH_ADMIN, frozenset({"zj"}))

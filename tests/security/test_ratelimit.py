@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from api.security.ratelimit import RateLimiter
+from api.services.budget import RateLimiter
 
 
 class Clock:

@@ -1,6 +1,7 @@
 """The plain JSON ceiling that `make bench` measures GraphQL against, and the bench app factory.
 
-With ``BRANCHPAY_BENCH_MODE=true`` the app mounts two read endpoints that run
+The bench's API process (``app_factory``) mounts, behind the service's own
+API-key gate, two read endpoints that run
 the same store queries as the ``orders`` and ``order`` resolvers and answer
 with the same JSON document GraphQL gives for the bench's selection
 (``bench/scenarios.py``), built by hand with no schema in between:
@@ -12,37 +13,39 @@ The difference between the two is then the cost of GraphQL itself (parsing,
 validation, execution, type construction), which is what the targets bound.
 Both sit behind the same API-key gate and answer what the key may see: the
 branches of its scope, personal data masked unless its role reveals it.
-Never enabled in production: the endpoints bypass every schema extension.
+The product never mounts them: they bypass every schema extension.
 
-``BRANCHPAY_BENCH_UNLIMITED_KEYS`` names keys whose query-cost budget has no
-limit (bench mode only): the hostile scenario runs the API with the real
-default budget, which its attacker's key faces, while the bench's own key
-drives ordinary traffic far beyond one partner's budget.
+``BENCH_UNLIMITED_KEYS`` names keys whose query-cost budget has no limit: the
+hostile scenario runs the API with the real default budget, which its
+attacker's key faces, while the bench's own key drives ordinary traffic far
+beyond one partner's budget.
 """
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Callable, Collection, Mapping
-from typing import Any, cast
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from api.branches import BranchView
+from api.config.branches import BranchView
 from api.domain.order import OrderStatus
+from api.domain.pii import PiiVault, reveal_customer
+from api.domain.principal import Principal
 from api.schema.context import Services, payments_of
 from api.schema.errors import ApiError
 from api.schema.ids import encode_cursor, object_id_of, to_global_id
-from api.security.gate import ApiKeyGate
-from api.security.pii import PiiVault, reveal_customer
-from api.security.principal import Principal
-from api.security.ratelimit import RateLimiter
+from api.services.budget import RateLimiter
 from api.settings import Settings
 from api.store.orders import ORDER_FIELDS, OrderQuery, Position
 
 Document = dict[str, Any]
+UNLIMITED_KEYS = "BENCH_UNLIMITED_KEYS"
 
 
 def _money(amount_fen: int, currency: str) -> Document:
@@ -161,9 +164,17 @@ def bench_routes(services: Callable[[], Services]) -> list[Route]:
 
 
 class BenchBudget(RateLimiter):
-    """The key budget of a bench API: the service's own, except for the buckets it names."""
+    """The keys' budget of a bench API: the service's own, except for the keys it names."""
 
-    unlimited: frozenset[str] = frozenset()
+    def __init__(
+        self,
+        rate: float,
+        burst: int,
+        unlimited: Collection[str] = (),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(rate, burst, clock)
+        self.unlimited = frozenset(f"key:{name}" for name in unlimited)
 
     def take(self, key: str, amount: int = 1) -> int:
         return 0 if key in self.unlimited else super().take(key, amount)
@@ -172,29 +183,20 @@ class BenchBudget(RateLimiter):
         return self.burst if key in self.unlimited else super().remaining(key)
 
 
-def lift_rate_limit(app: Starlette, names: Collection[str]) -> None:
-    """Let the keys ``names`` spend without limit; every other key keeps the budget it has."""
-    gates = [m for m in app.user_middleware if cast("object", m.cls) is ApiKeyGate]
-    if len(gates) != 1:
-        raise RuntimeError(f"expected one ApiKeyGate in the app, found {len(gates)}")
-    budget = gates[0].kwargs.get("budget")
-    if type(budget) is not RateLimiter:
-        raise RuntimeError(f"the ApiKeyGate's budget is {budget!r}, not a RateLimiter")
-    # The gate (1 point on arrival) and the query cost (Services.budget) spend from this
-    # one object; changing its class in place reaches both, with its buckets as they are.
-    budget.__class__ = BenchBudget
-    cast("BenchBudget", budget).unlimited = frozenset(f"key:{name}" for name in names)
+def bench_app(settings: Settings, unlimited: Collection[str] = (), **options: Any) -> Starlette:
+    """The service's app with the plain endpoints behind its gate, and the keys ``unlimited``."""
+    from api.web.app import create_app
+
+    budget = BenchBudget(settings.rate_limit_per_second, settings.rate_limit_burst, unlimited)
+    return create_app(settings, gated_routes=bench_routes, budget=budget, **options)
 
 
 def app_factory() -> Starlette:
-    """The app for ``uvicorn api.bench:app_factory --factory``, configured from the environment.
+    """The app for ``uvicorn bench.plain:app_factory --factory``, configured from the environment.
 
-    uvicorn's ``--workers`` needs an import string, not an app object; this is it.
+    uvicorn's ``--workers`` needs an import string, not an app object; this is
+    it. ``BENCH_UNLIMITED_KEYS`` (comma-separated) names the keys let past the
+    budget.
     """
-    from api.app import create_app
-
-    settings = Settings()
-    app = create_app(settings)
-    if settings.bench_mode and settings.bench_unlimited_keys:
-        lift_rate_limit(app, settings.bench_unlimited_keys)
-    return app
+    names = [name for name in os.environ.get(UNLIMITED_KEYS, "").split(",") if name]
+    return bench_app(Settings(), names)

@@ -12,10 +12,10 @@ import getpass
 
 from rich.console import Console
 
-from api.security.audit import AuditAction
-from api.security.keys import KeyAdminError
-from api.security.principal import Role
+from api.domain.principal import Role
 from api.settings import Settings
+from api.store.audit import AuditAction
+from api.store.keys import KeyAdminError
 
 err = Console(stderr=True)
 
@@ -35,7 +35,7 @@ def keys(args: argparse.Namespace) -> int:
 
 
 async def _create(settings: Settings, uri: str, args: argparse.Namespace) -> int:
-    from api.plugins.config import load_config
+    from api.config.model import load_config
     from api.plugins.manager import installed_providers, load_plugin_manager
     from api.store import Store
 

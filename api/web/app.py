@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
 from functools import partial
 from typing import Any
@@ -22,23 +22,23 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
-from api.branches import BranchView, ProviderView, provider_view
-from api.orders import OrderService
-from api.payments.provider import NotificationRejected, NotificationReply, NotificationRequest
-from api.payments.service import PaymentService
+from api.config.branches import BranchView, ProviderView, provider_view
+from api.config.live import ProviderRegistry
+from api.domain.pii import PiiVault
+from api.plugins.contract import NotificationRejected, NotificationReply, NotificationRequest
 from api.plugins.manager import ENTRY_POINT_GROUP, load_plugin_manager, notify
-from api.plugins.registry import ProviderRegistry
 from api.schema import build_schema
 from api.schema.context import Services
 from api.schema.errors import report_store_outage
-from api.security.gate import ApiKeyGate
-from api.security.pii import PiiVault
-from api.security.ratelimit import RateLimiter
+from api.services.budget import RateLimiter
+from api.services.orders import OrderService
+from api.services.payments import PaymentService
 from api.settings import Settings
 from api.store import Store, StoreTimeouts
 from api.store.cancellation import raise_if_cancelled
 from api.store.outage import is_store_outage
 from api.web.body_limit import BodyLimit
+from api.web.gate import ApiKeyGate
 from api.web.graphql import GraphQLApp
 from api.web.last_resort import LastResort
 from api.web.store_deadline import StoreDeadline
@@ -109,11 +109,16 @@ def create_app(
     *,
     mongodb_uri: str | None = None,
     client_options: Mapping[str, Any] | None = None,
+    gated_routes: Callable[[Callable[[], Services]], Sequence[BaseRoute]] | None = None,
+    budget: RateLimiter | None = None,
 ) -> Starlette:
-    """The ASGI app; ``client_options`` go to PyMongo's client (tests add command listeners).
+    """The ASGI app.
 
-    The client's timeouts come from the ``store_*`` settings; ``client_options``
-    win over them.
+    ``client_options`` go to PyMongo's client (tests add command listeners); the
+    client's timeouts come from the ``store_*`` settings, and ``client_options``
+    win over them. A program embedding the app (``make bench``'s server) may
+    add ``gated_routes``, served behind the API-key gate like /graphql, and
+    give the keys' ``budget`` of its own.
     """
     settings = settings or Settings()
     uri = mongodb_uri or settings.mongodb_uri
@@ -121,7 +126,7 @@ def create_app(
         raise RuntimeError("no MongoDB URI: set BRANCHPAY_MONGODB_URI or use `branchpay serve`")
     vault = PiiVault(settings.pii_master_key())
     state: dict[str, Services] = {}
-    budget = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
+    budget = budget or RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
     failures = RateLimiter(settings.failed_auth_per_second, settings.failed_auth_burst)
     sockets = OpenSockets(lambda: services().store.keys)
 
@@ -291,17 +296,16 @@ def create_app(
         Route("/readyz", readyz),
         Route("/notify/{provider}/{branch}", notification, methods=["POST"]),
     ]
-    if settings.bench_mode:
-        from api.bench import bench_routes
-
-        routes.extend(bench_routes(services))
+    extra = list(gated_routes(services)) if gated_routes is not None else []
+    routes.extend(extra)
     app = Starlette(routes=routes, lifespan=lifespan)
     app.add_middleware(
         ApiKeyGate,
         keys=lambda: app.state.store.keys,
         budget=budget,
         failures=failures,
-        prefixes=("/bench/",) if settings.bench_mode else (),
+        # A route's path up to its first parameter: /bench/order/{id} guards /bench/order/...
+        prefixes=tuple(route.path.split("{")[0] for route in extra if isinstance(route, Route)),
     )
     # The gate reads the key from the store, so it runs under the deadline too.
     app.add_middleware(StoreDeadline, seconds=settings.store_timeout_seconds)

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from api import devdb
+from api.dev import devdb
 from api.settings import Settings
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ def export_schema(path: Path) -> None:
 
 def prepare_demo(settings: Settings) -> None:
     """The demo's keys: each built-in provider's, and a PII key unless one is configured."""
-    from api.simulators import ensure_demo_keys
+    from api.dev.demo import ensure_demo_keys
 
     secrets_dir = settings.data_dir / "secrets"
     ensure_demo_keys(secrets_dir)
@@ -322,10 +322,10 @@ def run_api(app: Any, sock: socket.socket, settings: Settings, stop: StopSignals
 
 
 async def _seed(settings: Settings, uri: str) -> bool:
-    from api.plugins.config import load_config
+    from api.config.model import load_config
+    from api.dev.seed import seed
+    from api.domain.pii import PiiVault
     from api.plugins.manager import installed_providers, load_plugin_manager
-    from api.security.pii import PiiVault
-    from api.seed import seed
     from api.store import Store
 
     config = load_config(settings.plugins_toml, installed_providers(load_plugin_manager()))
@@ -377,9 +377,9 @@ def _serve_bound(
     sock: socket.socket,
     url: str,
 ) -> int:
-    from api.app import create_app
-    from api.plugins.config import ConfigError
+    from api.config.model import ConfigError
     from api.plugins.manager import PluginError
+    from api.web.app import create_app
 
     if args.demo:
         prepare_demo(settings)
@@ -393,7 +393,7 @@ def _serve_bound(
         if args.demo and asyncio.run(_seed(settings, uri)):
             console.print("seeded the demo branches, catalogs and orders")
         if args.demo:
-            from api.simulators import start_demo_simulators
+            from api.dev.demo import start_demo_simulators
 
             start_demo_simulators(settings.data_dir / "secrets", stack, console)
         console.print(
@@ -510,31 +510,31 @@ def cmd_seed(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from api.plugins import admin
+    from api.cli import plugins
 
-    return admin.plugins(args)
+    return plugins.plugins(args)
 
 
 def cmd_providers(args: argparse.Namespace) -> int:
-    from api.plugins import admin
-    from api.security.admin import audit_provider_change
+    from api.cli import plugins
+    from api.cli.keys import audit_provider_change
 
-    code = admin.providers(args)
+    code = plugins.providers(args)
     if code == 0:
         audit_provider_change(args.action == "enable", args.branch, args.provider)
     return code
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    from api.plugins import admin
+    from api.cli import plugins
 
-    return admin.config_check(args)
+    return plugins.config_check(args)
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from api.security import admin
+    from api.cli import keys
 
-    return admin.keys(args)
+    return keys.keys(args)
 
 
 DURATION = re.compile(r"(\d+)([smhd])")
@@ -556,9 +556,9 @@ async def _reconcile(settings: Settings, uri: str, args: argparse.Namespace) -> 
     from rich.progress import Progress
     from rich.table import Table
 
-    from api.payments.service import PaymentService
+    from api.config.live import ProviderRegistry
     from api.plugins.manager import load_plugin_manager
-    from api.plugins.registry import ProviderRegistry
+    from api.services.payments import PaymentService
     from api.store import Store
 
     plugins = load_plugin_manager()
@@ -592,7 +592,7 @@ async def _reconcile(settings: Settings, uri: str, args: argparse.Namespace) -> 
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
-    from api.plugins.config import ConfigError
+    from api.config.model import ConfigError
 
     settings = Settings()
     try:

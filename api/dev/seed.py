@@ -15,7 +15,7 @@ from typing import Any
 from bson import ObjectId
 
 from api.domain.order import OfferingKind, OrderStatus, RequestedItem, price_order
-from api.security.pii import PiiVault, protect_customer
+from api.domain.pii import PiiVault, protect_customer
 from api.store import Store
 
 Document = dict[str, Any]

@@ -23,8 +23,8 @@ from api.domain.order import (
     check_idempotency_key,
     price_order,
 )
+from api.domain.pii import PiiVault, protect_customer
 from api.domain.text import BRANCH_CODE, CANCEL_REASON, quoted
-from api.security.pii import PiiVault, protect_customer
 from api.store import Store
 
 Document = dict[str, Any]

@@ -1,7 +1,8 @@
 """The API-key gate in front of /graphql: authentication and the per-key rate limit.
 
-In bench mode the plain endpoints (/bench/...) sit behind it too, so that
-the ceiling GraphQL is measured against pays for the same authentication.
+Routes an embedding program adds (``create_app(gated_routes=...)``, the
+bench's plain endpoints) sit behind it too, so that the ceiling GraphQL is
+measured against pays for the same authentication.
 
 It runs before any GraphQL work: a request without a valid key gets 401 (and
 an address that fails too often 429), and a key whose budget is spent gets 429
@@ -20,8 +21,8 @@ from urllib.parse import parse_qs
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.security.keys import KeyRing, bearer_token
-from api.security.ratelimit import RateLimiter
+from api.services.budget import RateLimiter
+from api.store.keys import KeyRing, bearer_token
 
 
 def error_body(code: str, message: str) -> bytes:
@@ -56,7 +57,7 @@ class ApiKeyGate:
         self.budget = budget
         self.failures = failures
         self.path = path
-        # Further paths behind the same gate (the bench's plain endpoints).
+        # Further paths behind the same gate (routes an embedding program adds).
         self.prefixes = prefixes
 
     def _guards(self, path: str) -> bool:

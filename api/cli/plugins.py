@@ -24,8 +24,7 @@ from rich.console import Console
 from rich.table import Table
 from tomlkit.exceptions import TOMLKitError
 
-from api.payments.provider import Provider
-from api.plugins.config import (
+from api.config.model import (
     ConfigError,
     PluginsConfig,
     default_path,
@@ -33,6 +32,7 @@ from api.plugins.config import (
     parse_config,
     table_path,
 )
+from api.plugins.contract import Provider
 from api.plugins.manager import (
     PluginError,
     installed_plugins,

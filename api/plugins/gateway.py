@@ -3,7 +3,7 @@
 Every provider has the same four settings (:class:`GatewaySettings`) and calls
 its platform through :func:`call_gateway`, which repeats what is safe to repeat
 with bounded exponential back-off and turns every failure into one
-:class:`~api.payments.provider.GatewayError`.
+:class:`~api.plugins.contract.GatewayError`.
 
 A transport failure is classified once, here, by :func:`may_have_reached`:
 
@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from api.payments.provider import GatewayError
+from api.plugins.contract import GatewayError
 
 T = TypeVar("T")
 

@@ -1,7 +1,7 @@
 """The live provider set: plugins.toml as last loaded, and one provider per branch.
 
 :class:`ProviderRegistry` keeps the last good configuration together with a
-:class:`~api.payments.provider.Provider` instance for every provider a branch
+:class:`~api.plugins.contract.Provider` instance for every provider a branch
 configures (enabled or not: a disabled provider still handles notifications,
 refunds and queries of payments it started). Reloading builds a complete new
 set first (keeping the instances whose settings did not change) and then swaps
@@ -28,8 +28,7 @@ import httpx
 import pluggy
 from watchfiles import Change, awatch
 
-from api.payments.provider import Provider
-from api.plugins.config import (
+from api.config.model import (
     BranchConfig,
     ConfigError,
     PluginsConfig,
@@ -38,6 +37,7 @@ from api.plugins.config import (
     secret_values,
     table_path,
 )
+from api.plugins.contract import Provider
 from api.plugins.manager import PluginError, discover_new_plugins, installed_providers
 
 logger = logging.getLogger("branchpay.config")

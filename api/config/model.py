@@ -60,7 +60,7 @@ from typing import Any
 from pydantic import BaseModel, SecretBytes, SecretStr, ValidationError
 from pydantic.fields import FieldInfo
 
-from api.payments.provider import Provider
+from api.plugins.contract import Provider
 
 PATH_ENV = "BRANCHPAY_PLUGINS_TOML"
 DEFAULT_PATH = Path("plugins.toml")

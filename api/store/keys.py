@@ -19,7 +19,7 @@ from typing import Any
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
-from api.security.principal import Principal, Role
+from api.domain.principal import Principal, Role
 
 Document = dict[str, Any]
 KEY_FORMAT = re.compile(r"^bp_([a-f0-9]{12})_([A-Za-z0-9_\-]{43})$")

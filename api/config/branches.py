@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from api.payments.provider import PaymentMethod, Provider
+from api.plugins.contract import PaymentMethod, Provider
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 import pluggy
 from bson import ObjectId
 
+from api.config.live import ProviderRegistry
 from api.domain.order import OrderStatus, Problem, can_transition, check_idempotency_key
 from api.domain.payment import (
     Attempt,
@@ -45,7 +46,7 @@ from api.domain.payment import (
     reserve_refund,
 )
 from api.domain.text import PROVIDER, REFUND_REASON, RETURN_URL, quoted
-from api.payments.provider import (
+from api.plugins.contract import (
     AttemptState,
     EventKind,
     GatewayError,
@@ -60,9 +61,8 @@ from api.payments.provider import (
     new_reference,
 )
 from api.plugins.manager import notify
-from api.plugins.registry import ProviderRegistry
-from api.security.audit import AuditAction
 from api.store import Store
+from api.store.audit import AuditAction
 from api.store.payments import attempt_fields, attempt_of
 
 Document = dict[str, Any]

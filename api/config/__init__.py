@@ -1,0 +1,1 @@
+"""plugins.toml: its model, its validation, and the configuration in force."""
