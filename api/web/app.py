@@ -62,15 +62,22 @@ def branch_views(registry: ProviderRegistry) -> Mapping[str, BranchView]:
 
 
 async def _every(interval: float, job: Callable[[], Awaitable[Any]], name: str) -> None:
+    store_down = False
     while True:
         try:
             await job()
+            if store_down:
+                log.warning("background job %s: the store answers again", name)
+                store_down = False
         except asyncio.CancelledError:
             raise
         except Exception as error:
             if is_store_outage(error):
-                # One line per run, not a traceback: the store is down, not the code.
-                report_store_outage(error, f"background job {name}")
+                # One line when the outage starts, not one a run (the revocation
+                # check runs twice a second), and no traceback: the store is down.
+                if not store_down:
+                    report_store_outage(error, f"background job {name}")
+                store_down = True
             else:
                 log.exception("background job %s failed; retrying in %.0f s", name, interval)
         # A cancellation can be lost inside the job (api/store/cancellation.py), as

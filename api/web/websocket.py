@@ -11,6 +11,9 @@ same 1 point on arrival, and re-checks its API key first. Beyond that:
   an address over that limit is closed with 4429;
 - at most ``ws_max_operations_per_connection`` operations per socket and
   ``ws_max_subscriptions_per_key`` per API key (in this process) are open;
+- a store that does not answer within ``store_timeout_seconds`` gets
+  ``connection_init`` a close with 1013 (try again later) and a
+  ``subscribe`` an ``error`` with STORE_UNAVAILABLE;
 - a key revoked while its sockets are open is noticed within
   ``key_recheck_interval_seconds``: its sockets are closed with 4403 and
   their subscriptions end.
@@ -24,6 +27,7 @@ from collections.abc import AsyncGenerator, Callable
 from json import JSONDecodeError
 from typing import Any
 
+import pymongo
 from graphql import GraphQLError, GraphQLFormattedError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 from strawberry.asgi import ASGIWebSocketAdapter
@@ -41,15 +45,17 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
 from strawberry.types.execution import PreExecutionError
 
 from api.schema.context import Context
-from api.schema.errors import shaped
+from api.schema.errors import report_store_outage, shaped
 from api.services.budget import RateLimiter
 from api.settings import Settings
 from api.store.keys import KeyRing
+from api.store.outage import is_store_outage
 
 CLOSE_BAD_MESSAGE = 4400
 CLOSE_FORBIDDEN = 4403
 CLOSE_TOO_LARGE = 4413
 CLOSE_TOO_MANY_FAILURES = 4429
+CLOSE_TRY_AGAIN = 1013
 MAX_OPERATION_ID = 128
 
 
@@ -177,7 +183,15 @@ class GuardedTransportWS(BaseGraphQLTransportWSHandler[Context, None]):
                 CLOSE_TOO_MANY_FAILURES, "too many failed authentications from this address"
             )
             return
-        await super().handle_connection_init(message)
+        try:
+            with pymongo.timeout(self._settings.store_timeout_seconds):
+                await super().handle_connection_init(message)
+        except Exception as error:
+            if not is_store_outage(error):
+                raise
+            report_store_outage(error, "WebSocket connection_init")
+            await self.websocket.close(CLOSE_TRY_AGAIN, "STORE_UNAVAILABLE: try again later")
+            return
         principal = self.context.principal
         if self.connection_acknowledged and principal is not None:
             self._sockets.add(principal.name, self)
@@ -188,7 +202,21 @@ class GuardedTransportWS(BaseGraphQLTransportWSHandler[Context, None]):
             await super().handle_subscribe(message)  # closes with 4401
             return
         # The key is read again for every operation: a revoked key is refused at once.
-        principal = await context.store.keys.authenticate(context.token or "")
+        try:
+            with pymongo.timeout(self._settings.store_timeout_seconds):
+                principal = await context.store.keys.authenticate(context.token or "")
+        except Exception as error:
+            if not is_store_outage(error):
+                raise
+            report_store_outage(error, "WebSocket subscribe")
+            await self._refuse(
+                message,
+                GraphQLError(
+                    "the store is unavailable; try again later",
+                    extensions={"code": "STORE_UNAVAILABLE"},
+                ).formatted,
+            )
+            return
         if principal is None:
             await self.end(CLOSE_FORBIDDEN, "API key revoked")
             return

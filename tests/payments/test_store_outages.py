@@ -672,3 +672,51 @@ def test_an_exception_escaping_the_app_is_answered_in_json_with_a_code(
     assert len(logged) == 1 and logged[0].levelno == logging.WARNING and not logged[0].exc_info
     # A failure after the response started is logged; the answer cannot be changed any more.
     assert any("after the response started" in r.getMessage() for r in caplog.records)
+
+
+async def test_websocket_logins_and_new_operations_during_an_outage_answer_fast_with_a_code(
+    start_outage_service: Callable[..., OutageService],
+) -> None:
+    from httpx_ws import WebSocketDisconnect, aconnect_ws
+
+    running = start_outage_service()
+    service = running.service
+    login = {
+        "type": "connection_init",
+        "payload": {"Authorization": f"Bearer {service.client.key}"},
+    }
+    async with (
+        httpx.AsyncClient(timeout=30.0) as http,
+        aconnect_ws(
+            f"{service.url}/graphql", http, subprotocols=["graphql-transport-ws"]
+        ) as open_ws,
+    ):
+        await open_ws.send_json(login)
+        assert (await open_ws.receive_json(timeout=10))["type"] == "connection_ack"
+        running.store.pause()
+        try:
+            started = time.monotonic()
+            await open_ws.send_json(
+                {"id": "1", "type": "subscribe", "payload": {"query": "{ branches { code } }"}}
+            )
+            refused = await open_ws.receive_json(timeout=15)
+            assert refused["type"] == "error"
+            assert refused["payload"][0]["extensions"]["code"] == "STORE_UNAVAILABLE"
+            async with aconnect_ws(
+                f"{service.url}/graphql", http, subprotocols=["graphql-transport-ws"]
+            ) as new_ws:
+                await new_ws.send_json(login)
+                with pytest.raises(WebSocketDisconnect) as closed:
+                    await new_ws.receive_json(timeout=15)
+                assert closed.value.code == 1013
+            # Bounded by the store deadline (4 s) twice, not by the driver's 30 s.
+            assert time.monotonic() - started < 15
+        finally:
+            running.store.resume()
+        # The open socket still works once the store is back.
+        await open_ws.send_json(
+            {"id": "2", "type": "subscribe", "payload": {"query": "{ branches { code } }"}}
+        )
+        answer = await open_ws.receive_json(timeout=15)
+        assert answer["type"] == "next" and answer["payload"]["data"]["branches"]
+    assert_no_tracebacks(running.records)
