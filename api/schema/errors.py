@@ -50,7 +50,7 @@ from strawberry.extensions import SchemaExtension
 from strawberry.types import StreamExecutionResult
 from strawberry.types.execution import ExecutionResult as StrawberryExecutionResult
 
-from api.store.outage import is_store_outage
+from api.store.outage import is_store_outage, report_store_outage
 
 log = logging.getLogger("branchpay.errors")
 
@@ -78,21 +78,6 @@ class ApiError(Exception):
 
 def bad_input(message: str) -> ApiError:
     return ApiError(ErrorCode.BAD_USER_INPUT, message)
-
-
-def report_store_outage(error: BaseException, where: object) -> str:
-    """Log one warning line for a store outage; returns the errorId the client is given.
-
-    No traceback: an outage is not a bug, and every request during one would
-    print the same one. The driver's message names the store's address, which
-    belongs in our logs but never in an answer.
-    """
-    error_id = uuid.uuid4().hex
-    summary = str(error).split(", Timeout:")[0][:200]
-    log.warning(
-        "store unavailable %s at %s: %s: %s", error_id, where, type(error).__name__, summary
-    )
-    return error_id
 
 
 def store_unavailable_message(error_id: str) -> str:

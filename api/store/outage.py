@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import uuid
+
 from pymongo.errors import ConnectionFailure, ExecutionTimeout, PyMongoError
+
+log = logging.getLogger("branchpay.store")
 
 
 def is_store_outage(error: BaseException | None) -> bool:
@@ -22,3 +27,18 @@ def is_store_outage(error: BaseException | None) -> bool:
             return True
         error = error.__cause__
     return False
+
+
+def report_store_outage(error: BaseException, where: object) -> str:
+    """Log one warning line for a store outage; returns the errorId the client is given.
+
+    No traceback: an outage is not a bug, and every request during one would
+    print the same one. The driver's message names the store's address, which
+    belongs in our logs but never in an answer.
+    """
+    error_id = uuid.uuid4().hex
+    summary = str(error).split(", Timeout:")[0][:200]
+    log.warning(
+        "store unavailable %s at %s: %s: %s", error_id, where, type(error).__name__, summary
+    )
+    return error_id

@@ -25,18 +25,18 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from api.config.branches import BranchView, ProviderView, provider_view
 from api.config.live import ProviderRegistry
 from api.domain.pii import PiiVault
-from api.plugins.contract import NotificationRejected, NotificationReply, NotificationRequest
+from api.plugins.contract import NotificationReply, NotificationRequest
 from api.plugins.manager import ENTRY_POINT_GROUP, load_plugin_manager, notify
 from api.schema import build_schema
 from api.schema.context import Services
-from api.schema.errors import report_store_outage
 from api.services.budget import RateLimiter
+from api.services.notifications import Notifications
 from api.services.orders import OrderService
 from api.services.payments import PaymentService
 from api.settings import Settings
 from api.store import Store, StoreTimeouts
 from api.store.cancellation import raise_if_cancelled
-from api.store.outage import is_store_outage
+from api.store.outage import is_store_outage, report_store_outage
 from api.web.body_limit import BodyLimit
 from api.web.gate import ApiKeyGate
 from api.web.graphql import GraphQLApp
@@ -190,6 +190,7 @@ def create_app(
             app.state.registry = registry
             app.state.store = store
             app.state.payments = payments
+            app.state.notifications = Notifications(registry, payments)
             reconcile_min_age = timedelta(seconds=settings.reconcile_min_age_seconds)
             tasks = [
                 asyncio.create_task(registry.watch(), name="config-watch"),
@@ -247,45 +248,17 @@ def create_app(
         )
 
     async def notification(request: Request) -> Response:
-        """A platform's notification: the provider verifies it, the service applies it once."""
-        name = request.path_params["provider"]
-        branch = request.path_params["branch"]
-        provider = request.app.state.registry.provider(branch, name)
-        if provider is None:
-            return Response("not found", status_code=404, media_type="text/plain")
+        """A platform's notification, translated to and from the notifications service."""
         incoming = NotificationRequest(
             method=request.method,
             headers={k.lower(): v for k, v in request.headers.items()},
             query=dict(request.query_params),
             body=await request.body(),
         )
-        try:
-            event = await provider.parse_notification(incoming)
-        except NotificationRejected as rejected:
-            log.warning("notification for %s/%s rejected: %s", name, branch, rejected)
-            return _reply(provider.notification_reply(accepted=False))
-        except Exception:
-            # A provider bug: nothing was applied, so the platform must deliver it again.
-            log.exception("notification for %s/%s could not be parsed", name, branch)
-            return _reply(provider.notification_reply(accepted=False))
-        if event is None:
-            return _reply(provider.notification_reply(accepted=True))
-        try:
-            result = await request.app.state.payments.apply_event(name, branch, event)
-        except Exception as error:
-            # Not stored or not applied: the platform must deliver it again. In
-            # a store outage the request's store deadline makes this answer come
-            # within seconds, before the platform gives up waiting.
-            if is_store_outage(error):
-                report_store_outage(error, f"notification {event.event_id} for {name}/{branch}")
-            else:
-                log.exception("notification %s for %s/%s not applied", event.event_id, name, branch)
-            return _reply(provider.notification_reply(accepted=False))
-        if not result.accepted:
-            log.warning(
-                "notification %s for %s/%s refused: %s", event.event_id, name, branch, result.note
-            )
-        return _reply(provider.notification_reply(accepted=result.accepted))
+        reply = await request.app.state.notifications.receive(
+            request.path_params["provider"], request.path_params["branch"], incoming
+        )
+        return Response(reply.body, status_code=reply.status_code, media_type=reply.media_type)
 
     graphql = GraphQLApp(
         build_schema(settings),

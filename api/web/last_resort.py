@@ -26,10 +26,9 @@ from api.schema.errors import (
     ErrorCode,
     error_document,
     internal_message,
-    report_store_outage,
     store_unavailable_message,
 )
-from api.store.outage import is_store_outage
+from api.store.outage import is_store_outage, report_store_outage
 
 log = logging.getLogger("branchpay.errors")
 

@@ -45,11 +45,11 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
 from strawberry.types.execution import PreExecutionError
 
 from api.schema.context import Context
-from api.schema.errors import report_store_outage, shaped
+from api.schema.errors import shaped
 from api.services.budget import RateLimiter
 from api.settings import Settings
 from api.store.keys import KeyRing
-from api.store.outage import is_store_outage
+from api.store.outage import is_store_outage, report_store_outage
 
 CLOSE_BAD_MESSAGE = 4400
 CLOSE_FORBIDDEN = 4403
