@@ -12,7 +12,9 @@ What is here:
 - the provider contract: :class:`Provider`, the values that cross it
   (requests, actions, events, results and their enums) and the errors a
   provider raises (:class:`NotificationRejected`, :class:`GatewayError`);
-- the hooks: :data:`hookimpl` and :data:`PLUGIN_API_VERSION`;
+- the hooks: :data:`hookimpl` and :data:`PLUGIN_API_VERSION`; the demo's
+  :class:`DemoGateway` (the ``demo_gateways`` hook) and :func:`write_secret`
+  (a 0600 file that is never overwritten, for demo keys);
 - the gateway toolkit: :class:`GatewaySettings`, :func:`call_gateway`,
   :class:`TransientFailure`, :func:`may_have_reached`;
 - RSA keys (:func:`load_private_key`, :func:`load_public_key`, ...) and Beijing
@@ -57,6 +59,7 @@ from api.payments.rsa import (
     private_key_pem,
     public_key_pem,
 )
+from api.plugins.demo import DemoGateway, write_secret
 from api.plugins.hookspecs import hookimpl
 from api.plugins.manager import PLUGIN_API_VERSION
 
@@ -66,6 +69,7 @@ __all__ = [
     "PLUGIN_API_VERSION",
     "ActionKind",
     "AttemptState",
+    "DemoGateway",
     "EventKind",
     "GatewayError",
     "GatewaySettings",
@@ -96,4 +100,5 @@ __all__ = [
     "private_key_pem",
     "public_key_pem",
     "to_beijing",
+    "write_secret",
 ]
