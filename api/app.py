@@ -35,6 +35,8 @@ from api.security.pii import PiiVault
 from api.security.ratelimit import RateLimiter
 from api.settings import Settings
 from api.store import Store
+from api.store.marks import COLLECTION as MARKS_COLLECTION
+from api.store.marks import StoreMarks
 from api.web.body_limit import BodyLimit
 from api.web.graphql import GraphQLApp
 from api.web.websocket import OpenSockets
@@ -122,12 +124,17 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         plugins = load_plugin_manager()
         async with httpx.AsyncClient(timeout=httpx.Timeout(15.0)) as http:
-            registry = ProviderRegistry(
-                settings.plugins_toml, plugins, http, entry_point_group=ENTRY_POINT_GROUP
-            )
-            registry.load()
             store = Store.connect(uri, settings.database, **(client_options or {}))
             await store.ensure_indexes()
+            marks = store.collection(MARKS_COLLECTION)
+            registry = ProviderRegistry(
+                settings.plugins_toml,
+                plugins,
+                http,
+                entry_point_group=ENTRY_POINT_GROUP,
+                marks=lambda provider: StoreMarks(marks, provider),
+            )
+            registry.load()
             payments = PaymentService(
                 store, registry, base_url=lambda: settings.base_url, plugins=plugins
             )

@@ -9,7 +9,8 @@ it comes from are not, and may move. A plugin package writes::
 
 What is here:
 
-- the provider contract: :class:`Provider`, the values that cross it
+- the provider contract: :class:`Provider` (with its durable :class:`Marks`),
+  the values that cross it
   (requests, actions, events, results and their enums) and the errors a
   provider raises (:class:`NotificationRejected`, :class:`GatewayError`);
 - the hooks: :data:`hookimpl` and :data:`PLUGIN_API_VERSION`; the demo's
@@ -36,6 +37,8 @@ from api.payments.provider import (
     AttemptState,
     EventKind,
     GatewayError,
+    Marks,
+    MemoryMarks,
     NotificationRejected,
     NotificationReply,
     NotificationRequest,
@@ -74,6 +77,8 @@ __all__ = [
     "GatewayError",
     "GatewaySettings",
     "KeyFormatError",
+    "Marks",
+    "MemoryMarks",
     "NotificationRejected",
     "NotificationReply",
     "NotificationRequest",
