@@ -9,10 +9,13 @@ it comes from are not, and may move. A plugin package writes::
 
 What is here:
 
-- the provider contract: :class:`Provider`, the values that cross it
+- the provider contract: :class:`Provider` (with its durable :class:`Marks`),
+  the values that cross it
   (requests, actions, events, results and their enums) and the errors a
   provider raises (:class:`NotificationRejected`, :class:`GatewayError`);
-- the hooks: :data:`hookimpl` and :data:`PLUGIN_API_VERSION`;
+- the hooks: :data:`hookimpl` and :data:`PLUGIN_API_VERSION`; the demo's
+  :class:`DemoGateway` (the ``demo_gateways`` hook) and :func:`write_secret`
+  (a 0600 file that is never overwritten, for demo keys);
 - the gateway toolkit: :class:`GatewaySettings`, :func:`call_gateway`,
   :class:`TransientFailure`, :func:`may_have_reached`;
 - RSA keys (:func:`load_private_key`, :func:`load_public_key`, ...) and Beijing
@@ -27,6 +30,8 @@ from api.plugins.contract import (
     AttemptState,
     EventKind,
     GatewayError,
+    Marks,
+    MemoryMarks,
     NotificationRejected,
     NotificationReply,
     NotificationRequest,
@@ -42,6 +47,7 @@ from api.plugins.contract import (
     RefundState,
     new_reference,
 )
+from api.plugins.demo import DemoGateway, write_secret
 from api.plugins.gateway import (
     NOT_SENT,
     GatewaySettings,
@@ -66,10 +72,13 @@ __all__ = [
     "PLUGIN_API_VERSION",
     "ActionKind",
     "AttemptState",
+    "DemoGateway",
     "EventKind",
     "GatewayError",
     "GatewaySettings",
     "KeyFormatError",
+    "Marks",
+    "MemoryMarks",
     "NotificationRejected",
     "NotificationReply",
     "NotificationRequest",
@@ -96,4 +105,5 @@ __all__ = [
     "private_key_pem",
     "public_key_pem",
     "to_beijing",
+    "write_secret",
 ]

@@ -55,6 +55,15 @@ class Settings(BaseSettings):
     db_port: int = Field(
         default=27117, description="Port of the embedded store started by `serve`."
     )
+    simulator_port: int = Field(
+        default=8009,
+        ge=0,
+        le=65535,
+        description=(
+            "`serve --demo`: the first gateway simulator's loopback port, the others follow"
+            " in provider-name order; 0: free ports."
+        ),
+    )
     host: str = "127.0.0.1"
     port: int = 8000
     public_url: str | None = Field(

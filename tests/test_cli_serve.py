@@ -42,6 +42,8 @@ def environment(workdir: Path, db_port: int) -> dict[str, str]:
         "BRANCHPAY_PLUGINS_TOML": str(workdir / "plugins.toml"),
         "BRANCHPAY_DB_PORT": str(db_port),
         "BRANCHPAY_SEED_DEMO_ORDERS": "40",
+        # Free ports: a `make run` beside the tests keeps its simulators, and so do we.
+        "BRANCHPAY_SIMULATOR_PORT": "0",
     }
     env.pop("BRANCHPAY_MONGODB_URI", None)
     return env

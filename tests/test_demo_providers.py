@@ -1,7 +1,9 @@
 """`make run` pays for real: Alipay, WeChat Pay and UnionPay through their demo simulators.
 
 `branchpay serve --demo` runs as its own process in a scratch directory with a
-copy of the shipped plugins.toml, its own store port and no seeded orders. For
+copy of the shipped plugins.toml, its own store port, simulators on free ports
+(``BRANCHPAY_SIMULATOR_PORT=0``; the demo configuration follows them through
+``.data/secrets/<provider>.gateway``) and no seeded orders. For
 each real provider the test creates an order with GraphQL, starts a QR-code
 payment, pays it at the demo simulator the way a payer's phone would (open the
 scanned page, press Pay), awaits the PAID event the simulator's notification
@@ -22,8 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api.dev.demo import DEMO_PORTS
-from api.dev.devdb import free_port, port_in_use
+from api.dev.devdb import free_port
 from tests.conftest import GraphQLClient
 from tests.payments.conftest import order_feed
 from tests.test_cli_serve import ROOT, environment, interrupt, wait_ready
@@ -91,6 +92,12 @@ def pay_as_payer(qr_code: str) -> None:
         assert paid.status_code == 200, paid.text
 
 
+def simulator_url(workdir: Path, provider: str) -> str:
+    """Where the demo serves the provider's simulator, from the gateway file it wrote."""
+    gateway = (workdir / ".data" / "secrets" / f"{provider}.gateway").read_text().strip()
+    return str(httpx.URL(gateway).copy_with(path="/")).rstrip("/")
+
+
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     shutil.copy(ROOT / "plugins.toml", tmp_path / "plugins.toml")
@@ -100,8 +107,6 @@ def workdir(tmp_path: Path) -> Path:
 async def test_make_run_pays_and_refunds_through_each_real_provider_simulator(
     workdir: Path,
 ) -> None:
-    taken = [port for port in DEMO_PORTS.values() if port_in_use(port)]
-    assert not taken, f"demo simulator ports {taken} are taken (is `make run` running?)"
     api_port, db_port = free_port(), free_port()
     url = f"http://127.0.0.1:{api_port}"
     env = environment(workdir, db_port) | {"BRANCHPAY_SEED_DEMO_ORDERS": "0"}
@@ -141,7 +146,7 @@ async def test_make_run_pays_and_refunds_through_each_real_provider_simulator(
             assert started["userErrors"] == [], (provider, started)
             assert started["action"]["kind"] == "QR_CODE"
             qr_code = started["action"]["qrCode"]
-            assert qr_code.startswith(f"http://127.0.0.1:{DEMO_PORTS[provider]}/"), qr_code
+            assert qr_code.startswith(simulator_url(workdir, provider) + "/"), qr_code
 
             async with order_feed(partner, order_id) as feed:
                 assert await feed.statuses_until("PENDING_PAYMENT") == ["PENDING_PAYMENT"]
@@ -181,4 +186,4 @@ async def test_make_run_pays_and_refunds_through_each_real_provider_simulator(
     finally:
         output = interrupt(process)
     for provider in DEMO_BRANCHES:
-        assert f"{provider} gateway simulator on http://127.0.0.1:{DEMO_PORTS[provider]}" in output
+        assert f"{provider} gateway simulator on {simulator_url(workdir, provider)}" in output

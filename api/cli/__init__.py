@@ -57,17 +57,16 @@ def export_schema(path: Path) -> None:
 
 
 def prepare_demo(settings: Settings) -> None:
-    """The demo's keys: each built-in provider's, and a PII key unless one is configured."""
+    """The demo's keys: each installed demo gateway's, and a PII key unless one is configured."""
     from api.dev.demo import ensure_demo_keys
+    from api.plugins.demo import write_secret
+    from api.plugins.manager import load_plugin_manager
 
     secrets_dir = settings.data_dir / "secrets"
-    ensure_demo_keys(secrets_dir)
+    ensure_demo_keys(load_plugin_manager(), secrets_dir, settings.simulator_port)
     if settings.pii_key is None and settings.pii_key_file is None:
         path = secrets_dir / "pii.key"
-        if not path.exists():
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(descriptor, "w") as handle:
-                handle.write(base64.b64encode(secrets.token_bytes(32)).decode())
+        write_secret(path, base64.b64encode(secrets.token_bytes(32)).decode())
         settings.pii_key_file = path
 
 
@@ -394,8 +393,15 @@ def _serve_bound(
             console.print("seeded the demo branches, catalogs and orders")
         if args.demo:
             from api.dev.demo import start_demo_simulators
+            from api.plugins.manager import load_plugin_manager
 
-            start_demo_simulators(settings.data_dir / "secrets", stack, console)
+            start_demo_simulators(
+                load_plugin_manager(),
+                settings.data_dir / "secrets",
+                settings.simulator_port,
+                stack,
+                console,
+            )
         console.print(
             f"branchpay on {url}/graphql (GraphiQL in a browser); Ctrl-C stops it\n"
             "every request needs an API key; create one in another terminal with\n"

@@ -37,7 +37,7 @@ from api.config.model import (
     secret_values,
     table_path,
 )
-from api.plugins.contract import Provider
+from api.plugins.contract import Marks, Provider
 from api.plugins.manager import PluginError, discover_new_plugins, installed_providers
 
 logger = logging.getLogger("branchpay.config")
@@ -86,8 +86,14 @@ class ProviderRegistry:
         http: httpx.AsyncClient,
         *,
         entry_point_group: str | None = None,
+        marks: Callable[[str], Marks] | None = None,
     ) -> None:
-        """``entry_point_group``: look there for newly installed plugins on each reload."""
+        """``entry_point_group``: look there for newly installed plugins on each reload.
+
+        ``marks``: provider name -> its durable marks, bound to every instance made
+        (without it, instances keep the in-process default).
+        """
+        self._marks = marks
         self._path = Path(path)
         self._pm = pm
         self._entry_point_group = entry_point_group
@@ -274,9 +280,10 @@ class ProviderRegistry:
                         enabled[code].append(cls)
                     continue
                 try:
-                    instances[code, name] = cls(
-                        provider_config.settings, branch=code, http=self._http
-                    )
+                    instance = cls(provider_config.settings, branch=code, http=self._http)
+                    if self._marks is not None:
+                        instance.marks = self._marks(name)
+                    instances[code, name] = instance
                 except Exception as exc:
                     reason = redact(str(exc), secret_values(provider_config.settings))
                     problems.append(

@@ -1,47 +1,73 @@
 """The gateway simulators that ``make run`` starts beside the API, so the demo pays end to end.
 
-Each built-in provider with a ``demo`` module creates its demo keys under
-``.data/secrets`` (which the shipped plugins.toml refers to) and serves its
-simulator on a fixed loopback port (the provider's ``gateway`` setting there).
+They are found through the ``demo_gateways`` plugin hook, the built-in providers'
+and any installed third-party provider's alike. Each demo gateway creates its
+keys under ``.data/secrets``; its simulator is served on loopback (the port
+``BRANCHPAY_SIMULATOR_PORT`` plus its place in provider-name order, or a free
+port when that setting is 0) and its URL written to
+``.data/secrets/<provider>.gateway``, which the shipped plugins.toml reads.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
-from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
+import pluggy
 from rich.console import Console
 
-# provider -> loopback port of its simulator (the `gateway` in plugins.toml)
-DEMO_PORTS = {"sandbox": 8009, "alipay": 8010, "wechatpay": 8011, "unionpay": 8012}
+from api.plugins.demo import DemoGateway
 
 
-def _demo_modules() -> Iterator[tuple[str, int, ModuleType]]:
-    for name, port in DEMO_PORTS.items():
-        try:
-            yield name, port, importlib.import_module(f"providers.{name}.demo")
-        except ModuleNotFoundError:
-            continue
+def demo_gateways(plugins: pluggy.PluginManager) -> list[DemoGateway]:
+    """Every installed plugin's demo gateways, in provider-name order."""
+    found = [gateway for result in plugins.hook.demo_gateways() for gateway in result]
+    return sorted(found, key=lambda gateway: gateway.provider)
 
 
-def ensure_demo_keys(secrets_dir: Path) -> None:
-    for _, _, demo in _demo_modules():
-        demo.ensure_demo_keys(secrets_dir)
+def ports(gateways: list[DemoGateway], base: int) -> dict[str, int]:
+    """provider -> the port its simulator asks for (0: any free port)."""
+    return {g.provider: base + index if base else 0 for index, g in enumerate(gateways)}
 
 
-def start_demo_simulators(secrets_dir: Path, stack: contextlib.ExitStack, console: Console) -> None:
+def ensure_demo_keys(plugins: pluggy.PluginManager, secrets_dir: Path, base_port: int) -> None:
+    """Create each demo gateway's keys, and its gateway file unless one is there already."""
+    gateways = demo_gateways(plugins)
+    wanted = ports(gateways, base_port)
+    for gateway in gateways:
+        gateway.ensure_keys(secrets_dir)
+        if not gateway.gateway_file(secrets_dir).exists():
+            # Until its simulator runs, a gateway file names the port it will ask for,
+            # so `branchpay config check` reads the demo configuration as valid.
+            gateway.write_gateway(secrets_dir, f"http://127.0.0.1:{wanted[gateway.provider] or 1}")
+
+
+def start_demo_simulators(
+    plugins: pluggy.PluginManager,
+    secrets_dir: Path,
+    base_port: int,
+    stack: contextlib.ExitStack,
+    console: Console,
+) -> dict[str, str]:
+    """Serve every demo gateway's simulator until ``stack`` closes; provider -> its URL."""
     from providers.kit.loopback import LoopbackServer
 
-    for name, port, demo in _demo_modules():
-        app = demo.demo_simulator(secrets_dir)
+    gateways = demo_gateways(plugins)
+    wanted = ports(gateways, base_port)
+    started: dict[str, str] = {}
+    for gateway in gateways:
+        port = wanted[gateway.provider]
+        gateway.ensure_keys(secrets_dir)
+        app = gateway.simulator(secrets_dir)
         try:
             server = stack.enter_context(LoopbackServer(app, port=port))
         except OSError as error:
             console.print(
-                f"[yellow]{name} simulator not started: port {port} is taken ({error})[/yellow]"
+                f"[yellow]{gateway.provider} simulator not started: port {port} is taken"
+                f" ({error}); set BRANCHPAY_SIMULATOR_PORT to move them, 0 for free ports[/yellow]"
             )
             continue
-        console.print(f"{name} gateway simulator on {server.url}")
+        gateway.write_gateway(secrets_dir, server.url)
+        started[gateway.provider] = server.url
+        console.print(f"{gateway.provider} gateway simulator on {server.url}")
+    return started

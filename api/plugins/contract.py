@@ -29,7 +29,7 @@ import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import httpx
 from pydantic import BaseModel
@@ -205,6 +205,38 @@ class GatewayError(ProviderError):
         self.outcome_unknown = outcome_unknown
 
 
+class Marks(Protocol):
+    """A provider's durable set of marks (short strings), shared by every branchpay process.
+
+    For facts a platform cannot be asked about later (e.g. UnionPay has no close
+    call, so "this attempt was closed here" must be remembered). branchpay binds
+    a store-backed set to every instance it makes, one set per provider name:
+    two API processes agree and a restart keeps the marks. Keys are the
+    provider's own (put the merchant id in them when branches differ).
+    """
+
+    async def add(self, key: str) -> None: ...
+
+    async def has(self, key: str) -> bool: ...
+
+
+class MemoryMarks:
+    """Marks kept in this process only: what a provider has outside branchpay (tests, tools)."""
+
+    def __init__(self) -> None:
+        self._keys: set[str] = set()
+
+    async def add(self, key: str) -> None:
+        self._keys.add(key)
+
+    async def has(self, key: str) -> bool:
+        return key in self._keys
+
+
+# Outside branchpay, every instance of a provider shares one in-process set.
+_MEMORY_MARKS: dict[str, MemoryMarks] = {}
+
+
 class Provider:
     """Base class of a payment provider adapter.
 
@@ -222,6 +254,18 @@ class Provider:
         self.settings = settings
         self.branch = branch
         self.http = http
+
+    @property
+    def marks(self) -> Marks:
+        """This provider's durable marks (see :class:`Marks`); bound by branchpay's registry."""
+        bound: Marks | None = self.__dict__.get("_marks")
+        if bound is None:
+            return _MEMORY_MARKS.setdefault(self.name, MemoryMarks())
+        return bound
+
+    @marks.setter
+    def marks(self, marks: Marks) -> None:
+        self.__dict__["_marks"] = marks
 
     async def create_payment(self, request: PaymentRequest) -> PaymentAction:
         raise NotImplementedError

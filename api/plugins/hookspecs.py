@@ -26,6 +26,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from api.plugins.contract import Provider
+    from api.plugins.demo import DemoGateway
 
 PROJECT = "branchpay"
 
@@ -45,6 +46,32 @@ def register_providers() -> list[type[Provider]]:  # type: ignore[empty-body]
         @hookimpl
         def register_providers():
             return [AlipayProvider]
+    """
+
+
+@hookspec
+def demo_gateways() -> list[DemoGateway]:  # type: ignore[empty-body]
+    """Return the demo gateway of each provider this plugin ships, for ``make run``.
+
+    Called by ``branchpay serve --demo`` only, never in production. For each
+    :class:`~api.plugin.DemoGateway` the demo calls ``ensure_keys(secrets_dir)``
+    (create the demo key files, e.g. with :func:`~api.plugin.write_secret`),
+    serves ``simulator(secrets_dir)`` on loopback (port
+    ``BRANCHPAY_SIMULATOR_PORT`` plus the gateway's place in name order; 0 means
+    free ports) and writes its URL plus ``path`` to
+    ``<secrets_dir>/<provider>.gateway``. A demo branch in plugins.toml then says
+    ``gateway = { file = ".data/secrets/<provider>.gateway" }``.
+
+    Parameters: none. Import the simulator inside the hook, so production never
+    loads it.
+
+    Example::
+
+        @hookimpl
+        def demo_gateways():
+            from mypay.demo import ensure_demo_keys, demo_simulator
+
+            return [DemoGateway("mypay", ensure_demo_keys, demo_simulator, path="/api")]
     """
 
 

@@ -36,6 +36,8 @@ from api.services.payments import PaymentService
 from api.settings import Settings
 from api.store import Store, StoreTimeouts
 from api.store.cancellation import raise_if_cancelled
+from api.store.marks import COLLECTION as MARKS_COLLECTION
+from api.store.marks import StoreMarks
 from api.store.outage import is_store_outage, report_store_outage
 from api.web.body_limit import BodyLimit
 from api.web.gate import ApiKeyGate
@@ -144,10 +146,6 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         plugins = load_plugin_manager()
         async with httpx.AsyncClient(timeout=httpx.Timeout(15.0)) as http:
-            registry = ProviderRegistry(
-                settings.plugins_toml, plugins, http, entry_point_group=ENTRY_POINT_GROUP
-            )
-            registry.load()
             timeouts = StoreTimeouts(
                 server_selection_seconds=settings.store_server_selection_timeout_seconds,
                 connect_seconds=settings.store_connect_timeout_seconds,
@@ -158,6 +156,15 @@ def create_app(
                 uri, settings.database, timeouts, **{**durability, **(client_options or {})}
             )
             await store.ensure_indexes()
+            marks = store.collection(MARKS_COLLECTION)
+            registry = ProviderRegistry(
+                settings.plugins_toml,
+                plugins,
+                http,
+                entry_point_group=ENTRY_POINT_GROUP,
+                marks=lambda provider: StoreMarks(marks, provider),
+            )
+            registry.load()
             payments = PaymentService(
                 store, registry, base_url=lambda: settings.base_url, plugins=plugins
             )

@@ -6,15 +6,29 @@ third-party provider package.
 
 from __future__ import annotations
 
-from api.plugin import Provider, hookimpl
+from api.plugin import DemoGateway, Provider, hookimpl
 from providers.alipay.provider import AlipayProvider
 from providers.alipay.settings import AlipaySettings
 
 BRANCHPAY_PLUGIN_API = 2
 
-__all__ = ["BRANCHPAY_PLUGIN_API", "AlipayProvider", "AlipaySettings", "register_providers"]
+__all__ = [
+    "BRANCHPAY_PLUGIN_API",
+    "AlipayProvider",
+    "AlipaySettings",
+    "demo_gateways",
+    "register_providers",
+]
 
 
 @hookimpl
 def register_providers() -> list[type[Provider]]:
     return [AlipayProvider]
+
+
+@hookimpl
+def demo_gateways() -> list[DemoGateway]:
+    # Imported here: only `make run` needs the simulator.
+    from providers.alipay.demo import DEMO
+
+    return [DEMO]

@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl, urlencode
 import httpx
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from api.plugins.contract import NotificationRequest
+from api.plugin import ActionKind, NotificationRequest, PaymentAction
 from providers.alipay.amounts import fen_to_yuan, yuan_to_fen
 from providers.alipay.signing import notification_string, sign
 from providers.kit.driver import SettleOutcome
@@ -35,6 +35,23 @@ class AlipayGatewayDriver:
         self.http = http
         self._forger_key = forger_key
 
+    async def present(self, out_trade_no: str, action: PaymentAction) -> None:
+        """Open the cashier as the payer does: the page/wap URL, or the app's order string.
+
+        Alipay creates a page, wap or app trade only then; a QR code's trade exists already.
+        """
+        if action.kind is ActionKind.REDIRECT and action.url:
+            opened = await self.http.get(action.url)
+        elif action.kind is ActionKind.APP_SDK and action.app_payload:
+            opened = await self.http.post(
+                f"{self.simulator_url}/gateway.do",
+                content=action.app_payload,
+                headers=FORM_HEADERS,
+            )
+        else:
+            return
+        opened.raise_for_status()
+
     async def settle(self, out_trade_no: str, outcome: SettleOutcome) -> NotificationRequest | None:
         response = await self.http.post(
             f"{self.simulator_url}/_control/settle/{out_trade_no}",
@@ -48,6 +65,15 @@ class AlipayGatewayDriver:
         response.raise_for_status()
         body = response.json()["notification"]
         return None if body is None else notification_request(body)
+
+    async def redeliver(self, out_trade_no: str) -> NotificationRequest:
+        """The trade's latest notification as Alipay re-sends it: new notify_time, signed anew."""
+        response = await self.http.get(
+            f"{self.simulator_url}/_control/notifications/{out_trade_no}",
+            params={"resigned": "1"},
+        )
+        response.raise_for_status()
+        return notification_request(response.json()["notifications"][-1])
 
     def forge(self, notification: NotificationRequest) -> NotificationRequest:
         if self._forger_key is None:

@@ -644,12 +644,23 @@ class AlipaySimulator:
         )
 
     async def control_notifications(self, request: Request) -> Response:
+        """The trade's notifications; ``resigned=1``: as Alipay re-sends them now (new
+        ``notify_time``, signed anew, the same ``notify_id``)."""
         trade = self._trade_for(request)
         if trade is None:
             return JSONResponse({"error": "unknown trade"}, 404)
+        notifications = trade.notifications
+        if request.query_params.get("resigned") == "1":
+            notifications = [self._resigned(n) for n in notifications]
         return JSONResponse(
-            {"notifications": [n.body for n in trade.notifications], "notify_url": trade.notify_url}
+            {"notifications": [n.body for n in notifications], "notify_url": trade.notify_url}
         )
+
+    def _resigned(self, notification: Notification) -> Notification:
+        params = {k: v for k, v in notification.params.items() if k != "sign"}
+        params["notify_time"] = _fmt(datetime.now(UTC))
+        params["sign"] = sign(self.alipay_key, notification_string(params))
+        return Notification(params=params, notify_url=notification.notify_url)
 
     async def control_send(self, request: Request) -> Response:
         """(Re)send notifications: ``index`` (default last), ``copies``, ``delay``,

@@ -13,7 +13,10 @@ them; default every method the provider declares) and ``notify_url``.
 
 A driver that can re-deliver a notification signed anew (``redeliver``, see
 :class:`~providers.kit.driver.GatewayDriver`) also gets the re-signed
-duplicate case. No failure message ever shows a secret's value.
+duplicate case. A driver with ``present(out_trade_no, action)`` is handed each
+attempt's action before it is settled, to follow it as the payer would (open
+the URL, post the form, hand the payload to the app), for platforms that learn
+of an attempt only then. No failure message ever shows a secret's value.
 
 Each case opens fresh attempts with their own ``out_trade_no``, so the suite
 runs against one long-lived simulator. A failing case names the contract
@@ -126,7 +129,8 @@ class ProviderConformance:
         notify_url: str,
         method: PaymentMethod,
     ) -> tuple[str, NotificationRequest, ProviderEvent]:
-        out_trade_no, _ = await self.open_attempt(provider, amount_fen, notify_url, method)
+        out_trade_no, action = await self.open_attempt(provider, amount_fen, notify_url, method)
+        await self.present(gateway, out_trade_no, action)
         notification = await gateway.settle(out_trade_no, "success")
         assert notification is not None, (
             "gateway.settle(..., 'success') returned None: a platform must notify a payment"
@@ -136,6 +140,13 @@ class ProviderConformance:
             "parse_notification returned None for a genuine payment-success notification"
         )
         return out_trade_no, notification, event
+
+    @staticmethod
+    async def present(gateway: GatewayDriver, out_trade_no: str, action: PaymentAction) -> None:
+        """Let the payer follow the action, if the driver can (its optional ``present``)."""
+        present = getattr(gateway, "present", None)
+        if present is not None:
+            await present(out_trade_no, action)
 
     async def refund(
         self,
@@ -518,14 +529,17 @@ class ProviderConformance:
     async def test_close_unpaid_attempt(
         self,
         provider: Provider,
+        gateway: GatewayDriver,
         amount_fen: int,
         notify_url: str,
         payment_methods: tuple[PaymentMethod, ...],
     ) -> None:
         for payment_method in payment_methods:
-            out_trade_no, _ = await self.open_attempt(
+            out_trade_no, action = await self.open_attempt(
                 provider, amount_fen, notify_url, payment_method
             )
+            # The payer saw the attempt (opened the page) and left it unpaid.
+            await self.present(gateway, out_trade_no, action)
             await provider.close(out_trade_no)
             result = await provider.query(out_trade_no)
             assert result.state is AttemptState.CLOSED, (
@@ -549,9 +563,10 @@ class ProviderConformance:
         outcome: str,
     ) -> None:
         for payment_method in payment_methods:
-            out_trade_no, _ = await self.open_attempt(
+            out_trade_no, action = await self.open_attempt(
                 provider, amount_fen, notify_url, payment_method
             )
+            await self.present(gateway, out_trade_no, action)
             notification = await gateway.settle(out_trade_no, outcome)  # type: ignore[arg-type]
             if notification is not None:
                 event = await provider.parse_notification(notification)

@@ -32,6 +32,12 @@ class GatewayDriver(Protocol):
     #         """The platform's next delivery of the attempt's latest notification,
     #         signed anew (new timestamp, nonce, signature), not sent anywhere."""
 
+    # Optional (plugin API 2): the kit calls it with each attempt's action before settling it.
+    #
+    #     async def present(self, out_trade_no: str, action: PaymentAction) -> None:
+    #         """Follow the action as the payer would: open the URL, post the form,
+    #         hand the payload to the app, so the platform knows the attempt."""
+
     def forge(self, notification: NotificationRequest) -> NotificationRequest:
         """The same notification signed with a key that is not the platform's."""
         ...

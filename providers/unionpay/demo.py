@@ -1,23 +1,22 @@
 """The demo branch's UnionPay set-up: key files and the simulator on loopback.
 
-``make run`` calls :func:`ensure_demo_keys` and serves :func:`demo_simulator`
-on 127.0.0.1:8012; a demo branch's plugins.toml points at the files (see the
-README). The files are made once, with mode 0600, and never committed.
+The plugin's ``demo_gateways`` hook hands :data:`DEMO` to ``make run``, which
+calls :func:`ensure_demo_keys` and serves :func:`demo_simulator` on loopback; a
+demo branch's plugins.toml points at the files (see the README). The files are
+made with mode 0600 and never committed.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from starlette.applications import Starlette
 
-from api.plugin import load_private_key
+from api.plugin import DemoGateway, load_private_key, write_secret
 from providers.unionpay import message, pki
 from providers.unionpay.simulator import create_app
 
 DEMO_MER_ID = "777290058110048"
-DEMO_PORT = 8012
 
 MERCHANT_KEY = "unionpay_sign_cert_private_key.pem"
 MERCHANT_CERT = "unionpay_sign_cert.pem"
@@ -28,20 +27,16 @@ PLATFORM_CERT = "unionpay_simulator_sign_cert.pem"
 FILES = (MERCHANT_KEY, MERCHANT_CERT, MIDDLE_CERT, ROOT_CERT, PLATFORM_KEY, PLATFORM_CERT)
 
 
-def _write(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as out:
-        out.write(text)
-
-
 def ensure_demo_keys(secrets_dir: Path) -> None:
     """Create the demo's certificates and keys unless all of them are there.
 
-    They belong together (one chain), so a partial set is made again whole.
+    They belong together (one chain), so a partial set is removed and made
+    again whole.
     """
     if all((secrets_dir / name).is_file() for name in FILES):
         return
-    secrets_dir.mkdir(parents=True, exist_ok=True)
+    for name in FILES:
+        (secrets_dir / name).unlink(missing_ok=True)
     chain = pki.issue_chain()
     texts = {
         MERCHANT_KEY: pki.key_pem(chain.merchant_key),
@@ -52,7 +47,7 @@ def ensure_demo_keys(secrets_dir: Path) -> None:
         PLATFORM_CERT: pki.cert_pem(chain.platform_cert),
     }
     for name, text in texts.items():
-        _write(secrets_dir / name, text)
+        write_secret(secrets_dir / name, text)
 
 
 def demo_simulator(secrets_dir: Path) -> Starlette:
@@ -66,3 +61,6 @@ def demo_simulator(secrets_dir: Path) -> Starlette:
         sign_cert=message.load_certificate(read(PLATFORM_CERT)),
         merchants={DEMO_MER_ID: message.load_certificate(read(MERCHANT_CERT))},
     )
+
+
+DEMO = DemoGateway("unionpay", ensure_demo_keys, demo_simulator)

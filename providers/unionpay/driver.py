@@ -2,7 +2,8 @@
 
 For PAGE and WAP the gateway learns of an attempt only when the payer's
 browser posts the signed form; :meth:`UnionpayDriver.submit` plays that
-browser, and :meth:`settle` does so with a form handed to :meth:`remember`.
+browser, and :meth:`settle` does so with a form handed to :meth:`remember`
+(the conformance kit hands every action over through :meth:`present`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from urllib.parse import parse_qsl, urlencode
 import httpx
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
-from api.plugins.contract import NotificationRequest
+from api.plugin import ActionKind, NotificationRequest, PaymentAction
 from providers.kit.driver import SettleOutcome
 from providers.unionpay import message, pki
 
@@ -68,6 +69,11 @@ class UnionpayDriver:
         """Keep a PAGE/WAP form, to post it when the attempt is settled."""
         self.forms[out_trade_no] = form_html
 
+    async def present(self, out_trade_no: str, action: PaymentAction) -> None:
+        """Keep a front-consume form for :meth:`settle`, as the payer's browser holds it."""
+        if action.kind is ActionKind.FORM_POST and action.form_html:
+            self.remember(out_trade_no, action.form_html)
+
     async def submit(self, form_html: str) -> httpx.Response:
         """Post a front-consume form to the gateway, as the payer's browser does."""
         action, fields = read_form(form_html)
@@ -110,6 +116,14 @@ class UnionpayDriver:
             query={},
             body=response.content,
         )
+
+    async def redeliver(self, out_trade_no: str) -> NotificationRequest:
+        """The latest notification again, as UnionPay re-sends it.
+
+        UnionPay's RSA-SHA256 (PKCS#1 v1.5) signature over the same fields is
+        deterministic: a copy signed anew equals the first byte for byte.
+        """
+        return await self.notification(out_trade_no)
 
     def forge(self, notification: NotificationRequest) -> NotificationRequest:
         fields = _fields(notification)

@@ -117,12 +117,6 @@ def txn_time_of(number: str) -> str | None:
     return message.beijing_time(made)
 
 
-# The attempts this process closed (UnionPay has no close call to ask about
-# later), keyed by (merId, orderId). Shared by every provider instance, so a
-# config reload that builds new instances still finds what the old ones closed.
-CLOSED: set[tuple[str, str]] = set()
-
-
 class UnionpayProvider(Provider):
     name: ClassVar[str] = "unionpay"
     display_name: ClassVar[str] = "UnionPay"
@@ -417,7 +411,9 @@ class UnionpayProvider(Provider):
             # Such a number is refused at create, so the gateway cannot know it.
             return QueryResult(state=AttemptState.UNKNOWN)
         answer = await self._query(out_trade_no, txn_time)
-        closed = (self.settings.mer_id, out_trade_no) in CLOSED
+        # UnionPay has no close call to ask about later: branchpay's store remembers
+        # the attempts closed here, for every process and across restarts.
+        closed = await self.marks.has(self._closed_mark(out_trade_no))
         code = answer.get("respCode", "")
         if code == RESP_NOT_FOUND:
             return QueryResult(state=AttemptState.CLOSED if closed else AttemptState.UNKNOWN)
@@ -509,7 +505,10 @@ class UnionpayProvider(Provider):
         result = await self.query(out_trade_no)
         if result.state is AttemptState.SUCCEEDED:
             raise GatewayError("the attempt is paid; refund it instead of closing it")
-        CLOSED.add((self.settings.mer_id, out_trade_no))
+        await self.marks.add(self._closed_mark(out_trade_no))
+
+    def _closed_mark(self, out_trade_no: str) -> str:
+        return f"closed:{self.settings.mer_id}:{out_trade_no}"
 
 
 def _valid_order_id(number: str) -> bool:

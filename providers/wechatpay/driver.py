@@ -67,6 +67,11 @@ class WechatpayDriver:
             body=last["body"].encode(),
         )
 
+    async def redeliver(self, out_trade_no: str) -> NotificationRequest:
+        """The latest callback as WeChat Pay re-sends it: new timestamp, nonce and signature."""
+        async with httpx.AsyncClient(base_url=self.simulator_url, timeout=10) as client:
+            return await self.latest(client, out_trade_no)
+
     def resign(
         self,
         notification: NotificationRequest,

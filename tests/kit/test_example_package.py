@@ -84,6 +84,40 @@ def test_its_conformance_suite_passes_in_that_venv(example_venv: tuple[Path, Pat
     assert "skipped" not in result.stdout
 
 
+JOIN_DEMO = """
+import contextlib, json, sys
+from pathlib import Path
+import httpx
+from rich.console import Console
+from api.plugins.manager import load_plugin_manager
+from api.dev.demo import ensure_demo_keys, start_demo_simulators
+secrets_dir = Path(sys.argv[1])
+plugins = load_plugin_manager()
+ensure_demo_keys(plugins, secrets_dir, 0)
+with contextlib.ExitStack() as stack:
+    started = start_demo_simulators(plugins, secrets_dir, 0, stack, Console(stderr=True))
+    page = httpx.get(started["example"] + "/pay/unknown")
+print(json.dumps({"started": sorted(started), "page": page.status_code}))
+"""
+
+
+def test_it_joins_the_demo_like_the_built_in_providers(
+    example_venv: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _, python = example_venv
+    if _run(python, "-m", "pip", "show", "branchpay-example-provider").returncode != 0:
+        install_example(python)
+    secrets_dir = tmp_path / "secrets"
+    result = _run(python, "-c", JOIN_DEMO, str(secrets_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report["started"] == ["alipay", "example", "sandbox", "unionpay", "wechatpay"]
+    assert report["page"] == 404  # its simulator answered: no such attempt
+    assert (secrets_dir / "example.key").stat().st_mode & 0o777 == 0o600
+    gateway = (secrets_dir / "example.gateway").read_text().strip()
+    assert gateway.startswith("http://127.0.0.1:") and not gateway.endswith(":0")
+
+
 def test_the_project_environment_does_not_have_it() -> None:
     from importlib import metadata
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 import shutil
 from pathlib import Path
 
 import pytest
 
 from api.config.model import ConfigError, load_config
+from api.dev.demo import ensure_demo_keys
 from api.plugins.manager import installed_providers, load_plugin_manager
 
 SHIPPED = Path(__file__).resolve().parents[2] / "plugins.toml"
@@ -32,13 +32,10 @@ OFFERED = {
 
 
 def demo_copy(tmp_path: Path) -> Path:
-    """The shipped file beside the demo keys `make run` creates."""
+    """The shipped file beside the demo keys and gateway files `make run` creates."""
     path = tmp_path / "plugins.toml"
     shutil.copy(SHIPPED, path)
-    for provider in ("sandbox", "alipay", "wechatpay", "unionpay"):
-        importlib.import_module(f"providers.{provider}.demo").ensure_demo_keys(
-            tmp_path / ".data" / "secrets"
-        )
+    ensure_demo_keys(load_plugin_manager(), tmp_path / ".data" / "secrets", 8009)
     return path
 
 
@@ -57,7 +54,12 @@ def test_shipped_file_loads_with_the_demo_keys(tmp_path: Path) -> None:
     assert config.branches["zj"].enabled_providers()[0] == "alipay"  # Zhejiang: Alipay first
     for branch in config.branches.values():
         gateway = str(branch.providers["sandbox"].settings.gateway)  # type: ignore[attr-defined]
-        assert gateway.rstrip("/") == "http://127.0.0.1:8009"
+        # Until the demo starts the simulators, each gateway file names its default port
+        # (the built-ins in name order from 8009: alipay, sandbox, unionpay, wechatpay).
+        assert gateway.rstrip("/") == "http://127.0.0.1:8010"
+    assert str(config.branches["zj"].providers["alipay"].settings.gateway) == (  # type: ignore[attr-defined]
+        "http://127.0.0.1:8009/gateway.do"
+    )
 
 
 def test_shipped_file_without_the_demo_keys_names_each_missing_file(tmp_path: Path) -> None:

@@ -13,7 +13,6 @@ from conftest_alipay import (
     settings_for,
 )
 
-from api.plugin import PaymentMethod
 from providers.alipay import AlipayProvider
 from providers.alipay.driver import AlipayGatewayDriver
 from providers.kit.conformance import ProviderConformance
@@ -31,13 +30,6 @@ def gateway(
     alipay_simulator: RunningSimulator, alipay_http: httpx.AsyncClient
 ) -> AlipayGatewayDriver:
     return AlipayGatewayDriver(alipay_simulator.url, alipay_http, forger_key=rsa_key("forger"))
-
-
-@pytest.fixture
-def payment_methods() -> tuple[PaymentMethod, ...]:
-    # Not yet every declared method: the driver settles only attempts that exist
-    # at the simulator without a payer opening the cashier (issue 12, item 7).
-    return (PaymentMethod.QR_CODE,)
 
 
 class TestAlipayConformance(ProviderConformance):

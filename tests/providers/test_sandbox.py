@@ -36,7 +36,7 @@ from api.plugins.contract import (
 )
 from providers.kit.loopback import LoopbackServer
 from providers.sandbox import SandboxProvider, SandboxSettings, signing
-from providers.sandbox.demo import demo_secret_file, demo_simulator, ensure_demo_keys
+from providers.sandbox.demo import demo_simulator, ensure_demo_keys
 from providers.sandbox.simulator import create_app
 
 BRANCH = "zj_mobile"
@@ -553,7 +553,9 @@ async def test_demo_secret_and_simulator_work_with_the_adapter(
     ensure_demo_keys(tmp_path / "secrets")
     path = tmp_path / "secrets" / "sandbox.key"
     assert path.stat().st_mode & 0o777 == 0o600
-    assert demo_secret_file(tmp_path / "secrets").read_text() == path.read_text()
+    made = path.read_text()
+    ensure_demo_keys(tmp_path / "secrets")
+    assert path.read_text() == made, "a demo secret once made stays"
     with LoopbackServer(demo_simulator(tmp_path / "secrets")) as server:
         # The config loader hands the file's text over as is, newline or not.
         demo = SandboxProvider(

@@ -982,3 +982,26 @@ async def test_close_that_cannot_query_changes_nothing(
     with pytest.raises(GatewayError):
         await provider.close(request.out_trade_no)
     assert (await provider.query(request.out_trade_no)).state is AttemptState.PENDING
+
+
+async def test_closed_marks_live_in_the_marks_branchpay_binds(
+    http: httpx.AsyncClient, simulator: LoopbackServer, mongo_uri: str, db_name: str
+) -> None:
+    from api.store import Store
+    from api.store.marks import COLLECTION, StoreMarks
+
+    unpaid = payment(PaymentMethod.QR_CODE)
+    stores = [Store.connect(mongo_uri, db_name) for _ in range(2)]
+    try:
+        # Two API processes, each with its own instance and store client.
+        first, second = (
+            UnionpayProvider(settings(simulator.url), branch=BRANCH, http=http) for _ in stores
+        )
+        first.marks = StoreMarks(stores[0].collection(COLLECTION), "unionpay")
+        second.marks = StoreMarks(stores[1].collection(COLLECTION), "unionpay")
+        await first.create_payment(unpaid)
+        await first.close(unpaid.out_trade_no)
+        assert (await second.query(unpaid.out_trade_no)).state is AttemptState.CLOSED
+    finally:
+        for store in stores:
+            await store.close()

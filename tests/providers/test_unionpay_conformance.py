@@ -1,8 +1,8 @@
 """The plugin-author conformance suite, run against the UnionPay adapter and simulator.
 
-The suite opens its paid attempts with QR_CODE (the gateway learns of those
-at once). PAGE and WAP forms are remembered by the driver, which posts them as
-the payer's browser would when an attempt is settled.
+The suite runs every declared method: the kit hands each PAGE and WAP form to
+the driver (``present``), which posts it as the payer's browser would when the
+attempt is settled.
 
 The contract promises numbers that start with their 12-digit UTC creation
 time, which the adapter takes as UnionPay's txnTime; the suite's own numbers
@@ -18,23 +18,10 @@ import httpx
 import pytest
 from conftest_unionpay import BRANCH, other_chain, settings, simulator_app
 
-from api.plugins.contract import ActionKind, PaymentAction, PaymentRequest
 from providers.kit.conformance import ProviderConformance
 from providers.kit.loopback import LoopbackServer
 from providers.unionpay import UnionpayProvider
 from providers.unionpay.driver import UnionpayDriver
-
-
-class PayerFacingProvider(UnionpayProvider):
-    """Hands every front-consume form to the driver, as the frontend hands it to the payer."""
-
-    driver: UnionpayDriver
-
-    async def create_payment(self, request: PaymentRequest) -> PaymentAction:
-        action = await super().create_payment(request)
-        if action.kind is ActionKind.FORM_POST and action.form_html:
-            self.driver.remember(request.out_trade_no, action.form_html)
-        return action
 
 
 @pytest.fixture(scope="module")
@@ -55,12 +42,8 @@ def gateway(simulator: LoopbackServer, http: httpx.AsyncClient) -> UnionpayDrive
 
 
 @pytest.fixture
-def provider(
-    simulator: LoopbackServer, http: httpx.AsyncClient, gateway: UnionpayDriver
-) -> UnionpayProvider:
-    instance = PayerFacingProvider(settings(simulator.url), branch=BRANCH, http=http)
-    instance.driver = gateway
-    return instance
+def provider(simulator: LoopbackServer, http: httpx.AsyncClient) -> UnionpayProvider:
+    return UnionpayProvider(settings(simulator.url), branch=BRANCH, http=http)
 
 
 class TestUnionpayConformance(ProviderConformance):

@@ -8,7 +8,6 @@ import httpx
 import pytest
 from conftest_wechatpay import BRANCH, PLATFORM_KEY_ID, merchant, session_keys, settings
 
-from api.plugin import PaymentMethod
 from providers.kit.conformance import ProviderConformance
 from providers.kit.loopback import LoopbackServer
 from providers.wechatpay import WechatpayProvider
@@ -48,13 +47,6 @@ def gateway(simulator_url: str) -> WechatpayDriver:
         platform_public_key_id=PLATFORM_KEY_ID,
         apiv3_key=keys.apiv3_key.encode(),
     )
-
-
-@pytest.fixture
-def payment_methods() -> tuple[PaymentMethod, ...]:
-    # Not yet every declared method: the driver settles only attempts that exist
-    # at the simulator without a payer opening the cashier (issue 12, item 7).
-    return (PaymentMethod.QR_CODE,)
 
 
 class TestWechatpayConformance(ProviderConformance):

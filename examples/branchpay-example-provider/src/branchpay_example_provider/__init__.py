@@ -1,6 +1,6 @@
 """Example Pay for branchpay: the plugin module named by the ``branchpay.providers`` entry point."""
 
-from api.plugin import Provider, hookimpl
+from api.plugin import DemoGateway, Provider, hookimpl
 from branchpay_example_provider.provider import ExamplePayProvider, ExamplePaySettings
 
 BRANCHPAY_PLUGIN_API = 2
@@ -11,4 +11,18 @@ def register_providers() -> list[type[Provider]]:
     return [ExamplePayProvider]
 
 
-__all__ = ["BRANCHPAY_PLUGIN_API", "ExamplePayProvider", "ExamplePaySettings", "register_providers"]
+@hookimpl
+def demo_gateways() -> list[DemoGateway]:
+    # Imported here: only branchpay's demo (`make run`) needs the simulator.
+    from branchpay_example_provider.demo import DEMO
+
+    return [DEMO]
+
+
+__all__ = [
+    "BRANCHPAY_PLUGIN_API",
+    "ExamplePayProvider",
+    "ExamplePaySettings",
+    "demo_gateways",
+    "register_providers",
+]
