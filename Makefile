@@ -42,9 +42,11 @@ $(SECANTUS_RS):
 	rustup toolchain install $(SECANTUS_RS_TOOLCHAIN) --profile minimal
 	cargo +$(SECANTUS_RS_TOOLCHAIN) install secantus-mdb --version $(SECANTUS_RS_VERSION) --root $(TOOLS)
 
+# ruff, mypy (strict) and the layers contract of pyproject.toml (import-linter).
 lint: install
-	$(BIN)/ruff check api providers tests
-	$(BIN)/mypy api providers
+	$(BIN)/ruff check api providers tests bench
+	$(BIN)/mypy api providers bench
+	$(BIN)/lint-imports
 
 schema: install
 	$(BIN)/branchpay schema export --output schema.graphql

@@ -37,7 +37,7 @@ from api.config.branches import BranchView
 from api.domain.order import OrderStatus
 from api.domain.pii import PiiVault, reveal_customer
 from api.domain.principal import Principal
-from api.schema.context import Services, payments_of
+from api.schema.context import Services
 from api.schema.errors import ApiError
 from api.schema.ids import encode_cursor, object_id_of, to_global_id
 from api.services.budget import RateLimiter
@@ -120,7 +120,7 @@ def bench_routes(services: Callable[[], Services]) -> list[Route]:
         query = OrderQuery(branches=branches, statuses=statuses)
         docs = await current.store.orders.page(query, None, limit + 1, ORDER_FIELDS)
         page = docs[:limit]
-        payments = await payments_of(current.store, [doc["_id"] for doc in page])
+        payments = await current.store.payments.of_orders([doc["_id"] for doc in page])
         directory = current.branches()
         edges = [
             {
@@ -153,7 +153,7 @@ def bench_routes(services: Callable[[], Services]) -> list[Route]:
         doc = await current.store.orders.get(order_id, ORDER_FIELDS)
         if doc is None or not principal.sees_branch(doc["branch"]):
             return JSONResponse({"data": {"order": None}})
-        payments = await payments_of(current.store, [order_id])
+        payments = await current.store.payments.of_orders([order_id])
         node = _order(doc, payments[order_id], current.branches(), principal, current.vault)
         return JSONResponse({"data": {"order": node}})
 

@@ -259,7 +259,6 @@ def succeeded(spec: Spec, status_code: int, body: bytes) -> bool:
 def store_call(spec: Spec, store: Store) -> Callable[[random.Random], Awaitable[bool]]:
     """The driver target: the store queries of one request, with nothing around them."""
     from api.domain.order import OrderStatus
-    from api.schema.context import payments_of
     from api.store.orders import ORDER_FIELDS as PROJECTION
     from api.store.orders import OrderQuery
 
@@ -268,13 +267,13 @@ def store_call(spec: Spec, store: Store) -> Callable[[random.Random], Awaitable[
             branches=[rng.choice(BRANCHES)], statuses=[OrderStatus(rng.choice(PAGE_STATUSES))]
         )
         docs = await store.orders.page(query, None, PAGE_SIZE + 1, PROJECTION)
-        await payments_of(store, [doc["_id"] for doc in docs[:PAGE_SIZE]])
+        await store.payments.of_orders([doc["_id"] for doc in docs[:PAGE_SIZE]])
         return len(docs) > 0
 
     async def one_order(rng: random.Random) -> bool:
         wanted = order_id(spec.base, rng.randrange(spec.orders))
         doc = await store.orders.get(wanted, PROJECTION)
-        await payments_of(store, [wanted])
+        await store.payments.of_orders([wanted])
         return doc is not None
 
     if spec.scenario is Scenario.ORDERS:

@@ -23,7 +23,7 @@ import tomlkit
 
 from api.dev.devdb import free_port, port_in_use
 from bench.loadgen import idle_cpu_rate
-from providers.sandbox.demo import demo_secret_file
+from providers.sandbox.demo import SECRET_FILE, ensure_demo_keys
 
 READY_TIMEOUT = 60.0
 
@@ -172,7 +172,8 @@ def write_plugins_toml(
 @contextlib.contextmanager
 def running_gateway(directory: Path, log_path: Path) -> Iterator[str]:
     """The sandbox simulator in its own process; yields its base URL once it listens."""
-    secret = demo_secret_file(directory / "secrets")
+    ensure_demo_keys(directory / "secrets")
+    secret = directory / "secrets" / SECRET_FILE
     port = free_port()
     log_path.parent.mkdir(parents=True, exist_ok=True)
     command = [

@@ -12,6 +12,7 @@ from starlette.websockets import WebSocket
 from strawberry.dataloader import DataLoader
 
 from api.config.branches import BranchView
+from api.config.live import ConfigStatus
 from api.domain.pii import PiiVault
 from api.domain.principal import Permission, Principal
 from api.schema.errors import ApiError, ErrorCode
@@ -32,26 +33,17 @@ class Services:
     store: Store
     orders: OrderService
     branches: Callable[[], Mapping[str, BranchView]]
+    # plugins.toml in force: last reload, a refused edit (configStatus).
+    config_status: Callable[[], ConfigStatus]
     vault: PiiVault
     payments: PaymentService | None = None
     # The API keys' query-cost budgets (api/services/budget.py), spent by RequestLimits.
     budget: RateLimiter | None = None
 
 
-async def payments_of(store: Store, order_ids: list[ObjectId]) -> dict[ObjectId, list[Document]]:
-    """The payment attempts of the orders, oldest first, in one query (index order_created)."""
-    found: dict[ObjectId, list[Document]] = {order_id: [] for order_id in order_ids}
-    if not order_ids:
-        return found
-    cursor = store.collection("payments").find({"orderId": {"$in": order_ids}}).sort("createdAt", 1)
-    for payment in await cursor.to_list():
-        found[payment["orderId"]].append(payment)
-    return found
-
-
 def _payments_loader(store: Store) -> DataLoader[ObjectId, list[Document]]:
     async def load(order_ids: list[ObjectId]) -> list[list[Document]]:
-        found = await payments_of(store, order_ids)
+        found = await store.payments.of_orders(order_ids)
         return [found[order_id] for order_id in order_ids]
 
     return DataLoader(load_fn=load)

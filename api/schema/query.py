@@ -157,7 +157,7 @@ class Query:
     )
     def config_status(self, info: Info[Context, None]) -> ConfigStatus:
         info.context.require(Permission.ADMIN)
-        status = info.context.request.app.state.registry.status
+        status = info.context.services.config_status()
         return ConfigStatus(
             ok=status.ok,
             path=str(status.path),
@@ -270,7 +270,7 @@ class Query:
                 doc = await store.orders.get(object_id)
                 node = Order.from_doc(doc, info.context) if doc else None
             else:
-                doc = await store.collection("payments").find_one({"_id": object_id})
+                doc = await store.payments.get(object_id)
                 node = Payment.from_doc(doc) if doc else None
         # Another branch's object is indistinguishable from one that does not exist.
         return node if doc is not None and info.context.sees(doc["branch"]) else None

@@ -21,7 +21,7 @@ from api.domain.payment import PaymentStatus as DomainPaymentStatus
 from api.domain.pii import reveal_customer
 from api.plugins.contract import ActionKind as DomainActionKind
 from api.plugins.contract import PaymentMethod as DomainPaymentMethod
-from api.schema.context import Context, payments_of
+from api.schema.context import Context
 from api.schema.ids import to_global_id
 
 Document = dict[str, Any]
@@ -394,6 +394,6 @@ async def with_payments(info: Info[Context, None], orders: Sequence[Order]) -> N
     field; fetched here with the page, the page completes synchronously
     (docs/performance.md).
     """
-    found = await payments_of(info.context.store, [order.doc["_id"] for order in orders])
+    found = await info.context.store.payments.of_orders([order.doc["_id"] for order in orders])
     for order in orders:
         order.payments = [Payment.from_doc(payment) for payment in found[order.doc["_id"]]]

@@ -72,7 +72,7 @@ class Backoff:
 async def order_changes(
     store: Store,
     order_id: ObjectId,
-    visible: Callable[[str], bool] = lambda branch: True,
+    visible: Callable[[str], bool],
     *,
     timeout: float = 4.0,
     backoff: Backoff | None = None,

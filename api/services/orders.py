@@ -84,8 +84,8 @@ class OrderService:
         customer_phone: str,
         idempotency_key: str,
         *,
+        visible: Callable[[str], bool],
         customer_id_card: str | None = None,
-        visible: Callable[[str], bool] = lambda branch: True,
     ) -> tuple[Document | None, list[Problem]]:
         """Create the order, or return the one already created with this key.
 

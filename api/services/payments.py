@@ -158,8 +158,9 @@ class PaymentService:
         provider_name: str,
         method: PaymentMethod,
         return_url: str | None = None,
+        *,
+        visible: Callable[[str], bool],
         client_ip: str | None = None,
-        visible: Callable[[str], bool] = lambda branch: True,
     ) -> StartResult:
         """Open a new attempt for the order at the provider; each call is a new attempt.
 
@@ -532,8 +533,8 @@ class PaymentService:
         reason: str | None,
         idempotency_key: str,
         *,
+        visible: Callable[[str], bool],
         actor: str = "system",
-        visible: Callable[[str], bool] = lambda branch: True,
     ) -> RefundResult:
         """Refund part or all of a paid attempt; a repeated key returns the first refund.
 

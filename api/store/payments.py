@@ -91,6 +91,16 @@ class PaymentRepository:
         self.events = events
         self.refunds = refunds
 
+    async def of_orders(self, order_ids: list[ObjectId]) -> dict[ObjectId, list[Document]]:
+        """The payment attempts of the orders, oldest first, in one query (index order_created)."""
+        found: dict[ObjectId, list[Document]] = {order_id: [] for order_id in order_ids}
+        if not order_ids:
+            return found
+        cursor = self.collection.find({"orderId": {"$in": order_ids}}).sort("createdAt", 1)
+        for payment in await cursor.to_list():
+            found[payment["orderId"]].append(payment)
+        return found
+
     async def insert(self, payment: Document) -> None:
         await self.collection.insert_one(payment)
 

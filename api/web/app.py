@@ -190,6 +190,7 @@ def create_app(
                 store=store,
                 orders=orders,
                 branches=current_branches,
+                config_status=lambda: registry.status,
                 vault=vault,
                 payments=payments,
                 budget=budget,
