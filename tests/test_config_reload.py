@@ -80,3 +80,46 @@ def test_an_invalid_edit_is_rejected_and_the_last_good_config_keeps_serving(
     service.plugins_toml.write_text(good)
     eventually(lambda: service.client.data(STATUS)["configStatus"]["ok"] is True)
     assert service.client.data(STATUS)["configStatus"]["error"] is None
+
+
+def test_every_change_a_reload_applies_is_in_the_audit_log_without_values(
+    start_service: Any,
+) -> None:
+    service: RunningService = start_service()
+    text = service.plugins_toml.read_text()
+    edited = text.replace("enabled = true", "enabled = false", 1).replace(
+        'gateway = "http://127.0.0.1:9"', 'gateway = "http://127.0.0.1:10"', 1
+    )
+    service.plugins_toml.write_text(edited)
+    eventually(lambda: zj_providers(service) == [])
+
+    def entries() -> list[dict[str, Any]]:
+        return list(service.db.audit_log.find({}, sort=[("_id", 1)]))
+
+    eventually(lambda: len(entries()) >= 2)
+    recorded = [(e["action"], e["target"], e["branch"], e["detail"]) for e in entries()]
+    assert recorded == [
+        (
+            "PROVIDER_DISABLED",
+            "sandbox",
+            "zj",
+            {"file": str(service.plugins_toml), "change": "PROVIDER_DISABLED"},
+        ),
+        (
+            "CONFIG_CHANGED",
+            "sandbox",
+            "zj",
+            {
+                "file": str(service.plugins_toml),
+                "change": "SETTINGS_CHANGED",
+                "fields": ["gateway"],
+            },
+        ),
+    ]
+    assert all(e["actor"].startswith("config-reload@") for e in entries())
+    # Names of settings, never their values.
+    assert "127.0.0.1:10" not in str(entries())
+    # A refused edit applies nothing, so it records nothing.
+    service.plugins_toml.write_text(edited + "\n[branches.zj.providers.nosuch]\nenabled = true\n")
+    eventually(lambda: service.client.data(STATUS)["configStatus"]["ok"] is False)
+    assert len(entries()) == 2

@@ -522,13 +522,10 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_providers(args: argparse.Namespace) -> int:
+    """Edit plugins.toml only: the running service applies it and records it in the audit log."""
     from api.cli import plugins
-    from api.cli.keys import audit_provider_change
 
-    code = plugins.providers(args)
-    if code == 0:
-        audit_provider_change(args.action == "enable", args.branch, args.provider)
-    return code
+    return plugins.providers(args)
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:

@@ -62,25 +62,6 @@ async def _create(settings: Settings, uri: str, args: argparse.Namespace) -> int
     return 0
 
 
-def audit_provider_change(enabled: bool, branch: str, provider: str) -> None:
-    """Record ``providers enable|disable`` (already written to plugins.toml) in the audit log."""
-    from api.cli import store_uri
-    from api.store import Store
-
-    settings = Settings()
-    action = AuditAction.PROVIDER_ENABLED if enabled else AuditAction.PROVIDER_DISABLED
-
-    async def record(uri: str) -> None:
-        store = Store.connect(uri, settings.database)
-        try:
-            await store.audit.record(getpass.getuser(), action, provider, branch=branch)
-        finally:
-            await store.close()
-
-    with store_uri(settings, reuse_running=True) as uri:
-        asyncio.run(record(uri))
-
-
 async def _revoke(settings: Settings, uri: str, name: str) -> int:
     from api.store import Store
 

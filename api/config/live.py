@@ -15,11 +15,12 @@ file loads.
 from __future__ import annotations
 
 import asyncio
+import enum
 import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -69,6 +70,58 @@ class ConfigStatus:
     checked_at: datetime | None = None  # when the file was last read (UTC)
 
 
+class ChangeKind(enum.StrEnum):
+    BRANCH_ADDED = "BRANCH_ADDED"
+    BRANCH_REMOVED = "BRANCH_REMOVED"
+    PROVIDER_ADDED = "PROVIDER_ADDED"
+    PROVIDER_REMOVED = "PROVIDER_REMOVED"
+    PROVIDER_ENABLED = "PROVIDER_ENABLED"
+    PROVIDER_DISABLED = "PROVIDER_DISABLED"
+    SETTINGS_CHANGED = "SETTINGS_CHANGED"
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigChange:
+    """One difference between two configurations; ``fields`` name settings, never values."""
+
+    kind: ChangeKind
+    branch: str
+    provider: str | None = None
+    fields: tuple[str, ...] = ()
+
+
+def config_changes(before: PluginsConfig, after: PluginsConfig) -> list[ConfigChange]:
+    """What ``after`` changes of ``before``, branch by branch and provider by provider."""
+    changes: list[ConfigChange] = []
+    for code in before.branches.keys() - after.branches.keys():
+        changes.append(ConfigChange(ChangeKind.BRANCH_REMOVED, code))
+    for code, branch in after.branches.items():
+        old = before.branches.get(code)
+        if old is None:
+            changes.append(ConfigChange(ChangeKind.BRANCH_ADDED, code))
+            continue
+        for name in old.providers.keys() - branch.providers.keys():
+            changes.append(ConfigChange(ChangeKind.PROVIDER_REMOVED, code, name))
+        for name, provider in branch.providers.items():
+            previous = old.providers.get(name)
+            if previous is None:
+                changes.append(ConfigChange(ChangeKind.PROVIDER_ADDED, code, name))
+                continue
+            if previous.enabled != provider.enabled:
+                kind = (
+                    ChangeKind.PROVIDER_ENABLED
+                    if provider.enabled
+                    else ChangeKind.PROVIDER_DISABLED
+                )
+                changes.append(ConfigChange(kind, code, name))
+            was, now = previous.settings.model_dump(), provider.settings.model_dump()
+            if fields := tuple(
+                sorted(k for k in was.keys() | now.keys() if was.get(k) != now.get(k))
+            ):
+                changes.append(ConfigChange(ChangeKind.SETTINGS_CHANGED, code, name, fields))
+    return changes
+
+
 @dataclass(frozen=True, slots=True)
 class _ProviderSet:
     config: PluginsConfig
@@ -94,6 +147,8 @@ class ProviderRegistry:
         (without it, instances keep the in-process default).
         """
         self._marks = marks
+        # Told of every change a reload applies (the app records them in the audit log).
+        self.on_applied: Callable[[list[ConfigChange]], Awaitable[None]] | None = None
         self._path = Path(path)
         self._pm = pm
         self._entry_point_group = entry_point_group
@@ -159,7 +214,16 @@ class ProviderRegistry:
                     exc,
                 )
                 return self._reject(str(exc))
+            before = self._current.config if self._current is not None else None
             status = self._swap(provider_set)
+            if before is not None and self.on_applied is not None:
+                changes = config_changes(before, provider_set.config)
+                try:
+                    if changes:
+                        await self.on_applied(changes)
+                except Exception:
+                    # The change is in force either way; its record is what failed.
+                    logger.exception("%s: recording the applied changes failed", self._path)
             logger.info(
                 "%s loaded: generation %d, branches %s",
                 self._path,

@@ -100,7 +100,8 @@ class AuditEntry:
     at: datetime
     actor: str = strawberry.field(description="The API key's name, or the OS user of a CLI call.")
     action: str = strawberry.field(
-        description="KEY_CREATED, KEY_REVOKED, PROVIDER_ENABLED, PROVIDER_DISABLED, REFUND_ISSUED."
+        description="KEY_CREATED, KEY_REVOKED, PROVIDER_ENABLED, PROVIDER_DISABLED, "
+        "CONFIG_CHANGED (a reload applied it), REFUND_ISSUED."
     )
     target: str
     branch: str | None

@@ -10,9 +10,12 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,7 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from api.config.branches import BranchView, ProviderView, provider_view
-from api.config.live import ProviderRegistry
+from api.config.live import ChangeKind, ConfigChange, ProviderRegistry
 from api.domain.pii import PiiVault
 from api.plugins.contract import NotificationReply, NotificationRequest
 from api.plugins.manager import ENTRY_POINT_GROUP, load_plugin_manager, notify
@@ -35,6 +38,7 @@ from api.services.orders import OrderService
 from api.services.payments import PaymentService
 from api.settings import Settings
 from api.store import Store, StoreTimeouts
+from api.store.audit import AuditAction
 from api.store.cancellation import raise_if_cancelled
 from api.store.marks import COLLECTION as MARKS_COLLECTION
 from api.store.marks import StoreMarks
@@ -87,6 +91,22 @@ async def _every(interval: float, job: Callable[[], Awaitable[Any]], name: str) 
         # it here, or the app's shutdown waits for this loop for ever.
         raise_if_cancelled()
         await asyncio.sleep(interval)
+
+
+async def _audit_changes(store: Store, path: Path, changes: list[ConfigChange]) -> None:
+    """Record what a reload of plugins.toml applied: each process records what it applied."""
+    actor = f"config-reload@{socket.gethostname()}:{os.getpid()}"
+    for change in changes:
+        action = {
+            ChangeKind.PROVIDER_ENABLED: AuditAction.PROVIDER_ENABLED,
+            ChangeKind.PROVIDER_DISABLED: AuditAction.PROVIDER_DISABLED,
+        }.get(change.kind, AuditAction.CONFIG_CHANGED)
+        detail: dict[str, Any] = {"file": str(path), "change": change.kind.value}
+        if change.fields:
+            detail["fields"] = list(change.fields)
+        await store.audit.record(
+            actor, action, change.provider or change.branch, detail, branch=change.branch
+        )
 
 
 def _emit(plugins: pluggy.PluginManager, hook: str, order: Mapping[str, Any]) -> None:
@@ -165,6 +185,7 @@ def create_app(
                 marks=lambda provider: StoreMarks(marks, provider),
             )
             registry.load()
+            registry.on_applied = partial(_audit_changes, store, settings.plugins_toml)
             payments = PaymentService(
                 store, registry, base_url=lambda: settings.base_url, plugins=plugins
             )

@@ -97,18 +97,32 @@ async def test_revocation_takes_effect_at_once(
     await client.close()
 
 
-def test_provider_changes_from_the_cli_are_audited(
-    branchpay: Run, mongo_uri: str, db_name: str
+def test_provider_changes_from_the_cli_only_edit_the_file_and_start_nothing(
+    tmp_path: Path, mongo_uri: str, db_name: str
 ) -> None:
-    disabled = branchpay("providers", "disable", "zj", "sandbox")
-    assert disabled.returncode == 0, disabled.stderr
-    enabled = branchpay("providers", "enable", "zj", "sandbox")
-    assert enabled.returncode == 0, enabled.stderr
-    refused = branchpay("providers", "enable", "zj", "nosuch")
-    assert refused.returncode != 0
-    entries = list(MongoClient(mongo_uri)[db_name].audit_log.find({}, sort=[("_id", 1)]))
-    assert [(e["action"], e["target"], e["branch"]) for e in entries] == [
-        ("PROVIDER_DISABLED", "sandbox", "zj"),
-        ("PROVIDER_ENABLED", "sandbox", "zj"),
-    ]
-    assert all(e["actor"] for e in entries)
+    from api.dev.devdb import free_port, port_in_use
+
+    (tmp_path / "sandbox.key").write_text(secrets.token_urlsafe(32))
+    config = tmp_path / "plugins.toml"
+    config.write_text(DEMO_BRANCHES_TOML.format(gateway="http://127.0.0.1:9"))
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if key != "BRANCHPAY_MONGODB_URI"} | {
+        "BRANCHPAY_PLUGINS_TOML": str(config),
+        "BRANCHPAY_DB_PORT": str(port),
+        "BRANCHPAY_DATA_DIR": str(tmp_path / "data"),
+    }
+    for action in ("disable", "enable"):
+        done = subprocess.run(
+            [sys.executable, "-m", "api", "providers", action, "zj", "sandbox"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "embedded store" not in done.stderr
+        assert not port_in_use(port)
+    assert not (tmp_path / "data" / "db").exists()
+    assert "enabled = true" in config.read_text()
+    # The running service records what it applies (tests/test_config_reload.py).
+    assert MongoClient(mongo_uri)[db_name].audit_log.count_documents({}) == 0
