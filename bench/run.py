@@ -81,7 +81,7 @@ from bench.synthetic import BRANCHES
 SCALES = (10_000, 100_000, 1_000_000)
 RESULTS = Path("bench/results")
 BENCH_DATA = Path(".data/bench")
-HOOK_TESTS = "tests/test_bench_hooks.py"
+HOOK_TESTS = "tests/plugins/test_manager_overhead.py"
 WRITES_DATABASE = "branchpay_bench_writes"
 BENCH_KEY_NAME = "make-bench"
 HOSTILE_KEY_NAME = "make-bench-hostile"

@@ -30,7 +30,7 @@ the step ``execute_field`` would take. A resolve middleware (a schema
 extension with ``resolve``) switches the fast path off, since it must see
 every field.
 
-``tests/test_execution_fast_path.py`` compares whole responses, errors
+``tests/schema/test_execution.py`` compares whole responses, errors
 included, with and without the fast path.
 """
 

@@ -1,9 +1,9 @@
 """What the notify tests of every provider share: an open attempt and the order's state.
 
-Each ``test_<provider>_notify.py`` starts a real branchpay, opens a payment
-attempt through GraphQL and then posts notifications to
+Each ``tests/providers/<provider>/test_notify.py`` starts a real branchpay,
+opens a payment attempt through GraphQL and then posts notifications to
 ``/notify/<provider>/<branch>``. The order is the one the schema tests build
-(``tests/test_schema_mutations.py``): one 59-yuan plan of branch ``zj``.
+(``tests/schema/test_mutation.py``): one 59-yuan plan of branch ``zj``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from tests.conftest import RunningService
-from tests.test_schema_mutations import CREATE, offering_id, order_input
+from tests.schema.test_mutation import CREATE, offering_id, order_input
 
 START = """
 mutation($input: StartPaymentInput!) {

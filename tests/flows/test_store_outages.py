@@ -1,0 +1,722 @@
+"""Store outages, made for real: the test's own SecantusDB, paused (SIGSTOP) or killed (SIGKILL).
+
+Each test starts a store process of its own on a free port (never the
+session's shared one), runs the real app on it under uvicorn next to the
+sandbox simulator, and then stops or kills that process while requests,
+notifications and subscriptions are under way. What must hold: answers within
+5 s, as JSON errors coded STORE_UNAVAILABLE with an errorId and nothing of the
+driver's message; ``/readyz`` right and ``/healthz`` answering throughout; no
+acknowledged write lost or doubled; subscriptions resuming without a gap or a
+repeat once the store is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import os
+import re
+import secrets
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from pymongo import MongoClient, monitoring
+
+from api.dev import devdb
+from api.domain.pii import PiiVault
+from api.settings import Settings
+from providers.kit.loopback import LoopbackServer
+from providers.sandbox.simulator import create_app as create_simulator
+from tests.conftest import DEMO_BRANCHES_TOML, CommandLog, GraphQLClient, issue_key
+from tests.services.conftest import (
+    CREATE_ORDER,
+    ORDER_EVENTS,
+    PayService,
+    object_id,
+    offering_id,
+)
+
+ERROR_ID = re.compile(r"[0-9a-f]{32}")
+ORDERS = "{ orders(first: 5) { edges { node { id status } } } }"
+FAIL = {"code": "FAIL", "message": "notification rejected"}
+
+
+@dataclass
+class OwnStore:
+    """A SecantusDB process of the test's own, to pause, resume, kill and restart."""
+
+    path: Path
+    server: devdb.EmbeddedStore
+    paused: bool = False
+
+    @property
+    def uri(self) -> str:
+        return self.server.uri
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def pause(self) -> None:
+        """SIGSTOP, and wait until every thread has stopped (a few ms on a busy machine).
+
+        kill() returns before the threads stop, and one that is still running
+        answers a command sent meanwhile.
+        """
+        pid = self.server.process.pid
+        os.kill(pid, signal.SIGSTOP)
+        self.paused = True
+        deadline = time.monotonic() + 5
+        while not all(state in "Tt" for state in _thread_states(pid)):
+            assert time.monotonic() < deadline, "the store did not stop"
+            time.sleep(0.001)
+
+    def resume(self) -> None:
+        os.kill(self.server.process.pid, signal.SIGCONT)
+        self.paused = False
+
+    def kill(self) -> None:
+        self.server.process.kill()
+        self.server.process.wait(10)
+
+    def restart(self) -> None:
+        """The same data directory on the same port, as an operator would bring it back."""
+        self.server = devdb.start(self.path, self.server.port)
+
+    def fail(self, how: str) -> None:
+        """``pause``: the process hangs (SIGSTOP); ``kill``: it is gone (SIGKILL)."""
+        if how == "pause":
+            self.pause()
+        else:
+            self.kill()
+
+    def recover(self, how: str) -> None:
+        if how == "pause":
+            self.resume()
+        else:
+            self.restart()
+
+    def ensure_running(self) -> None:
+        if self.paused:
+            self.resume()
+        if self.server.process.poll() is not None:
+            self.restart()
+
+
+def _thread_states(pid: int) -> list[str]:
+    """The scheduler state of each thread of ``pid`` (Linux /proc; ``T`` is stopped)."""
+    states = []
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        with contextlib.suppress(OSError):
+            states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
+    return states
+
+
+@pytest.fixture
+def own_store(tmp_path: Path) -> Iterator[OwnStore]:
+    path = tmp_path / "store" / "db"
+    store = OwnStore(path, devdb.start(path))
+    yield store
+    if store.paused:
+        store.resume()
+    store.server.stop()
+
+
+class Tripwire(monitoring.CommandListener):
+    """Pauses the store just before the app sends ``command`` on ``collection``, once armed.
+
+    So a request is past the API-key gate (which reads the store too) when
+    the store stops: the failure surfaces inside GraphQL execution.
+    """
+
+    def __init__(self, store: OwnStore, command: str, collection: str) -> None:
+        self.store = store
+        self.command = command
+        self.collection = collection
+        self.armed = False
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if (
+            self.armed
+            and event.command_name == self.command
+            and event.command.get(self.command) == self.collection
+        ):
+            self.armed = False
+            self.store.pause()
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+class Deadlines(monitoring.CommandListener):
+    """Records the maxTimeMS of every command the app sends, and whether the store took it."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, Any]] = []
+        self.refused: list[str] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.sent.append((event.command_name, event.command.get("maxTimeMS")))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        self.refused.append(f"{event.command_name}: {event.failure}")
+
+
+@dataclass
+class OutageService:
+    service: PayService
+    store: OwnStore
+    app_store: Any  # the app's api.store.Store, to read its client's options
+    records: list[logging.LogRecord] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.service.url
+
+
+@pytest.fixture
+def start_outage_service(
+    own_store: OwnStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> Iterator[Callable[..., OutageService]]:
+    """The sandbox simulator and branchpay (real app, uvicorn) on the test's own store."""
+    from api.dev.seed import seed
+    from api.store import Store
+    from api.web.app import create_app
+
+    caplog.set_level(logging.INFO)
+    servers: list[LoopbackServer] = []
+    db_name = f"bp_outage_{uuid.uuid4().hex[:8]}"
+    sync_client: MongoClient[dict[str, Any]] = MongoClient(own_store.uri, tz_aware=True)
+
+    def start(
+        listeners: tuple[monitoring.CommandListener, ...] = (), **settings: Any
+    ) -> OutageService:
+        secret = secrets.token_urlsafe(32).encode()
+        simulator = create_simulator(secret, retry_delays=(0.2, 0.5))
+        gateway = LoopbackServer(simulator).start()
+        servers.append(gateway)
+        (tmp_path / "sandbox.key").write_bytes(secret)
+        config = tmp_path / "plugins.toml"
+        config.write_text(DEMO_BRANCHES_TOML.format(gateway=gateway.url))
+        settings.setdefault("reconcile_interval_seconds", 3600)
+        settings.setdefault("rate_limit_per_second", 1_000_000.0)
+        settings.setdefault("rate_limit_burst", 1_000_000)
+        pii_key = base64.b64encode(secrets.token_bytes(32)).decode()
+        options = Settings(
+            plugins_toml=config,
+            database=db_name,
+            data_dir=tmp_path / "data",
+            pii_key=pii_key,
+            **settings,
+        )
+
+        async def load_demo() -> None:
+            store = Store.connect(own_store.uri, db_name)
+            await store.ensure_indexes()
+            await seed(
+                store,
+                branches=["zj", "bj", "yn"],
+                orders=0,
+                ttl=timedelta(minutes=30),
+                vault=PiiVault(options.pii_master_key()),
+            )
+            await store.close()
+
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, load_demo()).result()
+        log = CommandLog()
+        app = create_app(
+            options,
+            mongodb_uri=own_store.uri,
+            client_options={"event_listeners": [log, *listeners]},
+        )
+        server = LoopbackServer(app).start()
+        servers.append(server)
+        options.public_url = server.url
+        service = PayService(
+            url=server.url,
+            client=GraphQLClient(server.url, issue_key(sync_client[db_name], "ops")),
+            db=sync_client[db_name],
+            settings=options,
+            gateway_url=gateway.url,
+            gateway=simulator.state.gateway,
+            secret=secret,
+            plugins_toml=config,
+            mongo_uri=own_store.uri,
+            db_name=db_name,
+            commands=log.commands,
+            pii_key=pii_key,
+        )
+        return OutageService(service, own_store, app.state.store, caplog.records)
+
+    yield start
+    # Bring the store back first: the app and the clean-up talk to it.
+    own_store.ensure_running()
+    for server in reversed(servers):
+        server.stop()
+    sync_client.drop_database(db_name)
+    sync_client.close()
+
+
+def post(
+    url: str, key: str | None, query: str, variables: dict[str, Any] | None = None
+) -> tuple[httpx.Response, float]:
+    """One GraphQL request over HTTP; returns the response and how long it took."""
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    started = time.monotonic()
+    response = httpx.post(
+        f"{url}/graphql",
+        json={"query": query, "variables": variables or {}},
+        headers=headers,
+        timeout=60.0,
+    )
+    return response, time.monotonic() - started
+
+
+def assert_store_unavailable(
+    response: httpx.Response, took: float, store: OwnStore, retry_after: int
+) -> str:
+    """A clean 503 STORE_UNAVAILABLE within 5 s; returns its errorId."""
+    assert took < 5.0, f"answered after {took:.2f} s"
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.headers["retry-after"] == str(retry_after)
+    body = response.json()
+    (error,) = body["errors"]
+    assert error["extensions"]["code"] == "STORE_UNAVAILABLE"
+    error_id = error["extensions"]["errorId"]
+    assert ERROR_ID.fullmatch(error_id)
+    assert error_id in error["message"]
+    assert_no_internals(response.text, store)
+    return str(error_id)
+
+
+def assert_no_internals(text: str, store: OwnStore) -> None:
+    for secret in ("127.0.0.1", str(store.port), "Topology", "timed out", "Timeout", "Traceback"):
+        assert secret not in text, f"{secret!r} leaked: {text}"
+
+
+def assert_logged_once_without_traceback(records: list[logging.LogRecord], error_id: str) -> None:
+    mentions = [r for r in records if error_id in r.getMessage()]
+    assert len(mentions) == 1, [r.getMessage() for r in mentions]
+    assert mentions[0].levelno == logging.WARNING
+    assert mentions[0].exc_info is None
+
+
+def assert_no_tracebacks(records: list[logging.LogRecord]) -> None:
+    noisy = [r.getMessage() for r in records if r.name.startswith("branchpay") and r.exc_info]
+    assert noisy == []
+
+
+def create_order_input(key: str) -> dict[str, Any]:
+    return {
+        "input": {
+            "branch": "zj",
+            "items": [{"offeringId": offering_id("zj-plan-59"), "quantity": 1}],
+            "customer": {"name": "Li Lei", "phone": "13912345678"},
+            "idempotencyKey": key,
+        }
+    }
+
+
+def test_the_store_client_has_the_timeouts_and_durability_of_the_settings(
+    start_outage_service: Callable[..., OutageService],
+) -> None:
+    deadlines = Deadlines()
+    running = start_outage_service(
+        listeners=(deadlines,),
+        expiry_interval_seconds=3600,
+        store_timeout_seconds=3.5,
+        store_server_selection_timeout_seconds=1.5,
+        store_connect_timeout_seconds=1.25,
+        store_socket_timeout_seconds=6.0,
+    )
+    options = running.app_store.client.options
+    assert options.server_selection_timeout == 1.5
+    assert options.pool_options.connect_timeout == 1.25
+    assert options.pool_options.socket_timeout == 6.0
+    assert running.app_store.client.write_concern.document == {"j": True}
+
+    # Every command of a request carries the request's deadline as maxTimeMS, and the store takes it.
+    deadlines.sent.clear()
+    response, _ = post(running.url, running.service.client.key, ORDERS)
+    assert response.status_code == 200 and "errors" not in response.json()
+    sent = dict(deadlines.sent)
+    assert {"find"} <= sent.keys()
+    for name, max_time_ms in deadlines.sent:
+        assert max_time_ms is not None and 0 < max_time_ms <= 3500, (name, max_time_ms)
+    assert deadlines.refused == []
+    # The tests' own listeners still reach the client (client_options win over the settings).
+    assert running.service.commands
+
+
+def test_a_paused_store_gets_a_json_503_within_5_s_and_ready_and_health_stay_right(
+    start_outage_service: Callable[..., OutageService],
+) -> None:
+    running = start_outage_service(store_retry_after_seconds=7, expiry_interval_seconds=0.5)
+    key = running.service.client.key
+    assert post(running.url, key, ORDERS)[0].status_code == 200
+    assert httpx.get(f"{running.url}/readyz").status_code == 200
+
+    running.store.pause()
+    # The API-key gate reads the store first, so the outage surfaces there.
+    response, took = post(running.url, key, ORDERS)
+    error_id = assert_store_unavailable(response, took, running.store, retry_after=7)
+    print(f"\nSIGSTOP: 503 after {took:.2f} s")
+    assert_logged_once_without_traceback(running.records, error_id)
+    started = time.monotonic()
+    health = httpx.get(f"{running.url}/healthz", timeout=10)
+    assert health.status_code == 200 and time.monotonic() - started < 1.0
+    started = time.monotonic()
+    ready = httpx.get(f"{running.url}/readyz", timeout=10)
+    print(f"SIGSTOP: /readyz {ready.status_code} after {time.monotonic() - started:.2f} s")
+    assert ready.status_code == 503 and ready.json()["status"] == "not ready"
+    assert time.monotonic() - started < 5.0
+    # Without a key nothing reads the store: still refused at once, not a 503.
+    assert post(running.url, None, ORDERS)[0].status_code == 401
+    time.sleep(1.0)  # the expiry job runs into the outage too
+
+    running.store.resume()
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{running.url}/readyz", timeout=10).status_code != 200:
+        assert time.monotonic() < deadline, "/readyz stayed 503 after the store came back"
+        time.sleep(0.1)
+    response, _ = post(running.url, key, ORDERS)
+    assert response.status_code == 200 and "errors" not in response.json()
+    assert_no_tracebacks(running.records)
+
+
+def test_a_store_lost_during_graphql_execution_is_a_coded_error_with_http_503(
+    start_outage_service: Callable[..., OutageService], own_store: OwnStore
+) -> None:
+    tripwire = Tripwire(own_store, "find", "orders")
+    running = start_outage_service(listeners=(tripwire,))
+    key = running.service.client.key
+
+    tripwire.armed = True
+    response, took = post(running.url, key, ORDERS)
+    error_id = assert_store_unavailable(response, took, running.store, retry_after=5)
+    print(f"\nSIGSTOP inside GraphQL: 503 after {took:.2f} s")
+    assert response.json()["errors"][0]["path"] == ["orders"]
+    assert_logged_once_without_traceback(running.records, error_id)
+    running.store.resume()
+    response, _ = post(running.url, key, ORDERS)
+    assert response.status_code == 200 and "errors" not in response.json()
+
+
+def test_a_killed_store_loses_and_doubles_no_acknowledged_order(
+    start_outage_service: Callable[..., OutageService],
+) -> None:
+    running = start_outage_service()
+    key = running.service.client.key
+    keys = [f"outage-{i:03d}-{uuid.uuid4().hex[:8]}" for i in range(28)]
+    acknowledged: dict[str, str] = {}
+
+    def create(idempotency_key: str) -> tuple[httpx.Response, float]:
+        return post(running.url, key, CREATE_ORDER, create_order_input(idempotency_key))
+
+    def created(response: httpx.Response) -> str:
+        payload = response.json()["data"]["createOrder"]
+        assert payload["userErrors"] == [], payload
+        return str(payload["order"]["id"])
+
+    for idempotency_key in keys[:20]:
+        response, _ = create(idempotency_key)
+        assert response.status_code == 200, response.text
+        acknowledged[idempotency_key] = created(response)
+    # Killed right after the last answer: a write acknowledged but not yet on disk would go.
+    running.store.kill()
+    refusals = [create(idempotency_key) for idempotency_key in keys[20:23]]
+    for response, took in refusals:
+        assert_store_unavailable(response, took, running.store, retry_after=5)
+    print(f"\nSIGKILL: createOrder refused after {max(took for _, took in refusals):.2f} s at most")
+
+    running.store.restart()
+    # Every order acknowledged before the kill is there, once.
+    for idempotency_key, order_id in acknowledged.items():
+        assert running.service.db.orders.count_documents({"idempotencyKey": idempotency_key}) == 1
+        assert running.service.db.orders.find_one({"_id": object_id(order_id)}) is not None
+    # The refused ones and the rest, sent (again) with their keys: one order each.
+    for idempotency_key in keys[20:]:
+        deadline = time.monotonic() + 15
+        while (response := create(idempotency_key)[0]).status_code != 200:
+            assert response.status_code == 503 and time.monotonic() < deadline, response.text
+            time.sleep(0.2)
+        acknowledged[idempotency_key] = created(response)
+    # Repeating an acknowledged one returns the same order.
+    assert created(create(keys[0])[0]) == acknowledged[keys[0]]
+    for idempotency_key in keys:
+        assert running.service.db.orders.count_documents({"idempotencyKey": idempotency_key}) == 1
+    assert running.service.db.orders.count_documents({}) == len(keys)
+    assert len(set(acknowledged.values())) == len(keys)
+
+
+@pytest.mark.parametrize("outage", ["pause", "kill"])
+def test_a_notification_during_an_outage_gets_try_again_fast_and_its_redelivery_applies_once(
+    start_outage_service: Callable[..., OutageService], outage: str
+) -> None:
+    running = start_outage_service()
+    service = running.service
+    order = service.create_order()
+    payment = service.start_payment(order["id"])["payment"]
+    notification = service.settle(payment["outTradeNo"])
+
+    running.store.fail(outage)
+    started = time.monotonic()
+    reply = httpx.post(
+        f"{service.url}/notify/sandbox/zj",
+        content=notification["body"].encode(),
+        headers=notification["headers"],
+        timeout=60,
+    )
+    took = time.monotonic() - started
+    print(f"\n{outage}: notification answered {reply.status_code} after {took:.2f} s")
+    assert took < 5.0
+    assert reply.status_code == 400 and reply.json() == FAIL
+    assert_no_internals(reply.text, running.store)
+    running.store.recover(outage)
+
+    # Nothing of it was applied.
+    assert service.db.payment_events.count_documents({}) == 0
+    assert service.order_doc(order["id"])["status"] == "PENDING_PAYMENT"
+    # The platform delivers it again, twice: applied once.
+    for _ in range(2):
+        deadline = time.monotonic() + 15
+        while (reply := service.deliver(notification)).status_code != 200:
+            assert time.monotonic() < deadline, reply.text
+            time.sleep(0.2)
+        assert reply.json() == {"code": "SUCCESS"}
+    assert service.db.payment_events.count_documents({}) == 1
+    history = [entry["status"] for entry in service.order_doc(order["id"])["statusHistory"]]
+    assert history == ["PENDING_PAYMENT", "PAID"]
+    assert_no_tracebacks(running.records)
+
+
+@pytest.mark.parametrize("outage", ["pause", "kill"])
+async def test_a_subscription_gets_a_coded_error_during_an_outage_then_resumes_without_gap_or_repeat(
+    start_outage_service: Callable[..., OutageService], outage: str
+) -> None:
+    from httpx_ws import aconnect_ws
+
+    running = start_outage_service()
+    service = running.service
+    order = service.create_order()
+    payment = service.start_payment(order["id"])["payment"]
+    notification = service.settle(payment["outTradeNo"])
+
+    async with (
+        httpx.AsyncClient(timeout=30.0) as http,
+        aconnect_ws(f"{service.url}/graphql", http, subprotocols=["graphql-transport-ws"]) as ws,
+    ):
+        await ws.send_json(
+            {
+                "type": "connection_init",
+                "payload": {"Authorization": f"Bearer {service.client.key}"},
+            }
+        )
+        assert (await ws.receive_json(timeout=10))["type"] == "connection_ack"
+        await ws.send_json(
+            {
+                "id": "1",
+                "type": "subscribe",
+                "payload": {"query": ORDER_EVENTS, "variables": {"orderId": order["id"]}},
+            }
+        )
+        first = await ws.receive_json(timeout=10)
+        assert first["payload"]["data"]["orderEvents"]["status"] == "PENDING_PAYMENT"
+
+        running.store.fail(outage)
+        started = time.monotonic()
+        message = await ws.receive_json(timeout=15)
+        took = time.monotonic() - started
+        print(f"\n{outage}: subscription error after {took:.2f} s")
+        assert message["type"] == "next", message
+        assert message["payload"]["data"] is None
+        (error,) = message["payload"]["errors"]
+        assert error["extensions"]["code"] == "STORE_UNAVAILABLE"
+        assert ERROR_ID.fullmatch(error["extensions"]["errorId"])
+        assert_no_internals(str(message), running.store)
+        assert_logged_once_without_traceback(running.records, error["extensions"]["errorId"])
+
+        await asyncio.sleep(2.0)  # the feed retries meanwhile
+        running.store.recover(outage)
+        restored = time.monotonic()
+
+        # Changes made at once after the store is back, before the feed has reopened.
+        def changes() -> None:
+            deadline = time.monotonic() + 15
+            while (reply := service.deliver(notification)).status_code != 200:
+                assert time.monotonic() < deadline, reply.text
+                time.sleep(0.2)
+            assert service.refund(payment["id"], 2000)["userErrors"] == []
+            assert service.refund(payment["id"], 3900)["userErrors"] == []
+
+        with ThreadPoolExecutor(1) as pool:
+            await asyncio.get_running_loop().run_in_executor(pool, changes)
+        statuses: list[str] = []
+        while True:
+            message = await ws.receive_json(timeout=20)
+            if message["type"] == "complete":
+                break
+            assert message["type"] == "next", message
+            assert not message["payload"].get("errors"), message
+            statuses.append(message["payload"]["data"]["orderEvents"]["status"])
+            if len(statuses) == 1:
+                print(
+                    f"{outage}: first event {time.monotonic() - restored:.2f} s after the store was back"
+                )
+        assert statuses == ["PAID", "PARTIALLY_REFUNDED", "REFUNDED"]
+    assert_no_tracebacks(running.records)
+
+
+async def test_a_subscriber_leaving_during_an_outage_stops_the_retries(
+    start_outage_service: Callable[..., OutageService],
+) -> None:
+    from httpx_ws import aconnect_ws
+
+    running = start_outage_service()
+    service = running.service
+    order = service.create_order()
+    async with (
+        httpx.AsyncClient(timeout=30.0) as http,
+        aconnect_ws(f"{service.url}/graphql", http, subprotocols=["graphql-transport-ws"]) as ws,
+    ):
+        await ws.send_json(
+            {
+                "type": "connection_init",
+                "payload": {"Authorization": f"Bearer {service.client.key}"},
+            }
+        )
+        assert (await ws.receive_json(timeout=10))["type"] == "connection_ack"
+        await ws.send_json(
+            {
+                "id": "1",
+                "type": "subscribe",
+                "payload": {"query": ORDER_EVENTS, "variables": {"orderId": order["id"]}},
+            }
+        )
+        assert (await ws.receive_json(timeout=10))["type"] == "next"
+        running.store.kill()
+        message = await ws.receive_json(timeout=15)
+        assert message["payload"]["errors"][0]["extensions"]["code"] == "STORE_UNAVAILABLE"
+    # Gone: were the feed still retrying, it would reopen its stream (an aggregate)
+    # within the longest backoff of the store coming back.
+    before = service.commands.count("aggregate")
+    running.store.restart()
+    await asyncio.sleep(7.0)
+    assert service.commands.count("aggregate") == before
+
+
+def test_an_exception_escaping_the_app_is_answered_in_json_with_a_code(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from pymongo.errors import ServerSelectionTimeoutError
+    from starlette.types import Receive, Scope, Send
+
+    from api.web.last_resort import LastResort
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["path"] == "/bug":
+            raise RuntimeError("secret internals 127.0.0.1:27017")
+        if scope["path"] == "/store":
+            raise ServerSelectionTimeoutError("127.0.0.1:27017: timed out, Topology Description: x")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        raise RuntimeError("after the start")
+
+    caplog.set_level(logging.INFO)
+    with LoopbackServer(LastResort(app, retry_after_seconds=9)) as server:
+        bug = httpx.get(f"{server.url}/bug")
+        store = httpx.get(f"{server.url}/store")
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.get(f"{server.url}/late")
+
+    assert bug.status_code == 500 and bug.headers["content-type"] == "application/json"
+    (error,) = bug.json()["errors"]
+    assert bug.json()["data"] is None
+    assert error["extensions"]["code"] == "INTERNAL"
+    error_id = error["extensions"]["errorId"]
+    assert ERROR_ID.fullmatch(error_id) and "secret" not in bug.text and "127.0.0.1" not in bug.text
+    logged = [r for r in caplog.records if error_id in r.getMessage()]
+    assert len(logged) == 1 and logged[0].levelno == logging.ERROR and logged[0].exc_info
+
+    assert store.status_code == 503 and store.headers["retry-after"] == "9"
+    (error,) = store.json()["errors"]
+    assert error["extensions"]["code"] == "STORE_UNAVAILABLE"
+    assert "127.0.0.1" not in store.text and "Topology" not in store.text
+    logged = [r for r in caplog.records if error["extensions"]["errorId"] in r.getMessage()]
+    assert len(logged) == 1 and logged[0].levelno == logging.WARNING and not logged[0].exc_info
+    # A failure after the response started is logged; the answer cannot be changed any more.
+    assert any("after the response started" in r.getMessage() for r in caplog.records)
+
+
+async def test_websocket_logins_and_new_operations_during_an_outage_answer_fast_with_a_code(
+    start_outage_service: Callable[..., OutageService],
+) -> None:
+    from httpx_ws import WebSocketDisconnect, aconnect_ws
+
+    running = start_outage_service()
+    service = running.service
+    login = {
+        "type": "connection_init",
+        "payload": {"Authorization": f"Bearer {service.client.key}"},
+    }
+    async with (
+        httpx.AsyncClient(timeout=30.0) as http,
+        aconnect_ws(
+            f"{service.url}/graphql", http, subprotocols=["graphql-transport-ws"]
+        ) as open_ws,
+    ):
+        await open_ws.send_json(login)
+        assert (await open_ws.receive_json(timeout=10))["type"] == "connection_ack"
+        running.store.pause()
+        try:
+            started = time.monotonic()
+            await open_ws.send_json(
+                {"id": "1", "type": "subscribe", "payload": {"query": "{ branches { code } }"}}
+            )
+            refused = await open_ws.receive_json(timeout=15)
+            assert refused["type"] == "error"
+            assert refused["payload"][0]["extensions"]["code"] == "STORE_UNAVAILABLE"
+            async with aconnect_ws(
+                f"{service.url}/graphql", http, subprotocols=["graphql-transport-ws"]
+            ) as new_ws:
+                await new_ws.send_json(login)
+                with pytest.raises(WebSocketDisconnect) as closed:
+                    await new_ws.receive_json(timeout=15)
+                assert closed.value.code == 1013
+            # Bounded by the store deadline (4 s) twice, not by the driver's 30 s.
+            assert time.monotonic() - started < 15
+        finally:
+            running.store.resume()
+        # The open socket still works once the store is back.
+        await open_ws.send_json(
+            {"id": "2", "type": "subscribe", "payload": {"query": "{ branches { code } }"}}
+        )
+        answer = await open_ws.receive_json(timeout=15)
+        assert answer["type"] == "next" and answer["payload"]["data"]["branches"]
+    assert_no_tracebacks(running.records)
