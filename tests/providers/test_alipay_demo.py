@@ -19,7 +19,8 @@ import pytest
 from alipay import AliPay
 from conftest_alipay import alipay_http
 
-from api.config.model import ConfigError, load_config
+from api.config.model import ConfigError
+from api.config.validate import load_config
 from api.plugins.contract import (
     AttemptState,
     EventKind,

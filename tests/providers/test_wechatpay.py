@@ -37,7 +37,8 @@ from conftest_wechatpay import (
 )
 from pydantic import ValidationError
 
-from api.config.model import ConfigError, load_config
+from api.config.model import ConfigError
+from api.config.validate import load_config
 from api.plugin import PLUGIN_API_VERSION
 from api.plugins.contract import (
     ActionKind,
