@@ -53,13 +53,13 @@ class PaymentService:
     ) -> None:
         self.context = PaymentContext(store, registry, base_url, plugins, clock)
         # Facts reserve the refund of a second success; the refunds job submits it.
-        self.facts = Facts(self.context, submit_refund=self._submit_refund)
-        self.refunds = Refunds(self.context, self.facts)
-        self.starts = Start(self.context)
-        self.reconciliation = Reconcile(self.context, self.facts, self.refunds)
+        self._facts = Facts(self.context, submit_refund=self._submit_refund)
+        self._refunds = Refunds(self.context, self._facts)
+        self._start = Start(self.context)
+        self._reconcile = Reconcile(self.context, self._facts, self._refunds)
 
     async def _submit_refund(self, payment_id: ObjectId, out_refund_no: str) -> None:
-        await self.refunds.submit(payment_id, out_refund_no)
+        await self._refunds.submit(payment_id, out_refund_no)
 
     @property
     def store(self) -> Store:
@@ -83,7 +83,7 @@ class PaymentService:
         client_ip: str | None = None,
     ) -> StartResult:
         """Open a new attempt for the order at the provider (see :mod:`.start`)."""
-        return await self.starts.start(
+        return await self._start.start(
             order_id, provider_name, method, return_url, visible=visible, client_ip=client_ip
         )
 
@@ -91,7 +91,7 @@ class PaymentService:
         self, provider_name: str, branch: str, event: ProviderEvent
     ) -> EventResult:
         """Apply a verified fact exactly once (see :mod:`.facts`)."""
-        return await self.facts.apply_event(provider_name, branch, event)
+        return await self._facts.apply_event(provider_name, branch, event)
 
     async def refund(
         self,
@@ -104,13 +104,13 @@ class PaymentService:
         actor: str = "system",
     ) -> RefundResult:
         """Refund part or all of a paid attempt (see :mod:`.refunds`)."""
-        return await self.refunds.refund(
+        return await self._refunds.refund(
             payment_id, amount_fen, reason, idempotency_key, visible=visible, actor=actor
         )
 
     async def close_open_attempts(self, order: Mapping[str, Any]) -> bool:
         """Close every PENDING attempt of the order; True when none stays open."""
-        return await self.reconciliation.close_open_attempts(order)
+        return await self._reconcile.close_open_attempts(order)
 
     async def reconcile(
         self,
@@ -121,9 +121,9 @@ class PaymentService:
         progress: Callable[[int, int], None] | None = None,
     ) -> ReconcileReport:
         """Ask the platforms about every PENDING attempt and pending refund, and apply it."""
-        return await self.reconciliation.reconcile(
+        return await self._reconcile.reconcile(
             since=since, branch=branch, min_age=min_age, progress=progress
         )
 
     async def reconcile_due(self, min_age: timedelta) -> ReconcileReport:
-        return await self.reconciliation.reconcile_due(min_age)
+        return await self._reconcile.reconcile_due(min_age)
