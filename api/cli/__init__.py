@@ -321,7 +321,7 @@ def run_api(app: Any, sock: socket.socket, settings: Settings, stop: StopSignals
 
 
 async def _seed(settings: Settings, uri: str) -> bool:
-    from api.config.model import load_config
+    from api.config.validate import load_config
     from api.dev.seed import seed
     from api.domain.pii import PiiVault
     from api.plugins.manager import installed_providers, load_plugin_manager

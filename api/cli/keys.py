@@ -35,7 +35,7 @@ def keys(args: argparse.Namespace) -> int:
 
 
 async def _create(settings: Settings, uri: str, args: argparse.Namespace) -> int:
-    from api.config.model import load_config
+    from api.config.validate import load_config
     from api.plugins.manager import installed_providers, load_plugin_manager
     from api.store import Store
 

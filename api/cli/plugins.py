@@ -24,14 +24,9 @@ from rich.console import Console
 from rich.table import Table
 from tomlkit.exceptions import TOMLKitError
 
-from api.config.model import (
-    ConfigError,
-    PluginsConfig,
-    default_path,
-    load_config,
-    parse_config,
-    table_path,
-)
+from api.config.model import ConfigError, PluginsConfig, default_path
+from api.config.validate import load_config, parse_config
+from api.config.wording import table_path
 from api.plugins.contract import Provider
 from api.plugins.manager import (
     PluginError,

@@ -29,15 +29,10 @@ import httpx
 import pluggy
 from watchfiles import Change, awatch
 
-from api.config.model import (
-    BranchConfig,
-    ConfigError,
-    PluginsConfig,
-    load_config,
-    redact,
-    secret_values,
-    table_path,
-)
+from api.config.model import BranchConfig, ConfigError, PluginsConfig
+from api.config.secrets import redact, secret_values
+from api.config.validate import load_config
+from api.config.wording import table_path
 from api.plugins.contract import Marks, Provider
 from api.plugins.manager import PluginError, discover_new_plugins, installed_providers
 

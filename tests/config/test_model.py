@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from api.config.model import ConfigError, default_path, load_config, redact
+from api.config.model import ConfigError, default_path
+from api.config.secrets import redact
+from api.config.validate import load_config
 from api.plugins.contract import Provider
 
 Write = Callable[[str], Path]

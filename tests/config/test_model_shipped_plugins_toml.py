@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from api.config.model import ConfigError, load_config
+from api.config.model import ConfigError
+from api.config.validate import load_config
 from api.dev.demo import ensure_demo_keys
 from api.plugins.manager import installed_providers, load_plugin_manager
 

@@ -18,7 +18,8 @@ import httpx
 import pytest
 from alipay import AliPay
 
-from api.config.model import ConfigError, load_config
+from api.config.model import ConfigError
+from api.config.validate import load_config
 from api.plugins.contract import (
     AttemptState,
     EventKind,

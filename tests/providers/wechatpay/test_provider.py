@@ -25,7 +25,8 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from api.config.model import ConfigError, load_config
+from api.config.model import ConfigError
+from api.config.validate import load_config
 from api.plugin import PLUGIN_API_VERSION
 from api.plugins.contract import (
     ActionKind,
