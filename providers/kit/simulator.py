@@ -316,6 +316,7 @@ def pay_page(
     settled: str | None = None,
     lang: str = "en",
     heading: str | None = None,
+    amount_label: str = "Amount:",
 ) -> str:
     """The payer's page: the ``lines`` (plain text), the amount, and one button per outcome.
 
@@ -323,7 +324,7 @@ def pay_page(
     URL); when ``settled`` names the attempt's state, it is shown instead of them.
     """
     text = "".join(f"<p>{html.escape(line)}</p>" for line in lines if line)
-    text += f"<p>Amount: &yen;{yuan(amount_fen)}</p>"
+    text += f"<p>{html.escape(amount_label)} &yen;{yuan(amount_fen)}</p>"
     if settled is not None:
         controls = f"<p>This payment is {html.escape(settled)}.</p>"
     else:
