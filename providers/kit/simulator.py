@@ -262,6 +262,11 @@ class FaultQueue:
                 self._faults.remove(fault)
         return fault
 
+    @property
+    def pending(self) -> list[Fault]:
+        """The faults not used up yet, in order (a copy)."""
+        return list(self._faults)
+
     def clear(self) -> None:
         self._faults.clear()
 
