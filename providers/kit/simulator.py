@@ -66,8 +66,8 @@ def is_loopback_url(url: str) -> bool:
         return False
 
 
-def _accepted_2xx(status: int) -> bool:
-    return 200 <= status < 300
+def _accepted_2xx(response: httpx.Response) -> bool:
+    return 200 <= response.status_code < 300
 
 
 @dataclass
@@ -98,7 +98,7 @@ class Notifier:
     """Sends a simulator's notifications, with bounded retries, to loopback targets only.
 
     ``retry_delays`` are the pauses before the second, third, ... try (so at most
-    ``len(retry_delays) + 1`` tries); ``accept`` says which HTTP status ends them.
+    ``len(retry_delays) + 1`` tries); ``accept`` says which answer ends them (default: any 2xx).
     """
 
     MAX_TRIES = 20
@@ -107,7 +107,7 @@ class Notifier:
         self,
         *,
         retry_delays: Sequence[float] = (),
-        accept: Callable[[int], bool] = _accepted_2xx,
+        accept: Callable[[httpx.Response], bool] = _accepted_2xx,
         timeout: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
@@ -124,14 +124,14 @@ class Notifier:
 
     async def _try(
         self, client: httpx.AsyncClient, url: str, sign: Signer
-    ) -> tuple[int | None, str]:
+    ) -> tuple[int | None, str, bool]:
         headers, body = sign()
         try:
             response = await client.post(url, content=body, headers=headers)
         except httpx.HTTPError as exc:
             logger.info("notification to %s failed: %s", url, type(exc).__name__)
-            return None, type(exc).__name__
-        return response.status_code, response.text[:200]
+            return None, type(exc).__name__, False
+        return response.status_code, response.text[:200], self.accept(response)
 
     async def deliver(
         self,
@@ -163,10 +163,9 @@ class Notifier:
             for pause in (None, *delays):
                 if pause is not None:
                     await asyncio.sleep(pause)
-                status, delivery.reply = await self._try(client, url, sign)
+                status, delivery.reply, delivery.accepted = await self._try(client, url, sign)
                 delivery.statuses.append(status)
-                if status is not None and self.accept(status):
-                    delivery.accepted = True
+                if delivery.accepted:
                     break
         self.log.append(delivery)
         logger.info("notification %s to %s: %s", ref, url, delivery.statuses)

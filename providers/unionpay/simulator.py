@@ -126,7 +126,7 @@ class Gateway:
         # UnionPay takes HTTP 200 as receipt; its 1, 2, 4, 5 minute schedule, shortened.
         self.notifier = Notifier(
             retry_delays=[delivery_backoff * 2**n for n in range(DELIVERY_TRIES - 1)],
-            accept=lambda status: status == 200,
+            accept=lambda response: response.status_code == 200,
             timeout=5.0,
         )
         self._serial = itertools.count(1)
