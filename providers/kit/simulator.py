@@ -21,7 +21,7 @@ import ipaddress
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -85,13 +85,7 @@ class Delivery:
         return self.statuses[-1] if self.statuses else None
 
     def as_json(self) -> dict[str, Any]:
-        return {
-            "url": self.url,
-            "ref": self.ref,
-            "statuses": self.statuses,
-            "reply": self.reply,
-            "accepted": self.accepted,
-        }
+        return asdict(self)
 
 
 class Notifier:

@@ -386,17 +386,23 @@ class SandboxGateway:
             )
         )
 
+    def _settle_or_refuse(self, attempt: Attempt, outcome: str) -> Response | None:
+        """Settle with the payer's outcome; the refusal to answer, if it cannot be."""
+        if outcome not in OUTCOMES:
+            return _error(400, "INVALID_REQUEST", "outcome must be success, fail or close")
+        if self._settle(attempt, outcome) is None:
+            return _error(409, "ALREADY_SETTLED", f"the attempt is already {attempt.status}")
+        return None
+
     async def pay(self, request: Request) -> Response:
         attempt = self.attempts.get(request.path_params["out_trade_no"])
         wants_json = "application/json" in request.headers.get("accept", "")
         if attempt is None:
             return _error(404, "NOT_FOUND", "no such attempt")
         form = await request.form()
-        outcome = str(form.get("outcome", ""))
-        if outcome not in OUTCOMES:
-            return _error(400, "INVALID_REQUEST", "outcome must be success, fail or close")
-        if self._settle(attempt, outcome) is None:
-            return _error(409, "ALREADY_SETTLED", f"the attempt is already {attempt.status}")
+        refused = self._settle_or_refuse(attempt, str(form.get("outcome", "")))
+        if refused is not None:
+            return refused
         self._deliver_in_background(attempt.notify_url, attempt.notifications[-1][1])
         if wants_json:
             return JSONResponse(attempt.as_json())
@@ -420,11 +426,9 @@ class SandboxGateway:
         if attempt is None:
             return _error(404, "NOT_FOUND", "no such attempt")
         data = await request.json()
-        outcome = str(data.get("outcome", ""))
-        if outcome not in OUTCOMES:
-            return _error(400, "INVALID_REQUEST", "outcome must be success, fail or close")
-        if self._settle(attempt, outcome) is None:
-            return _error(409, "ALREADY_SETTLED", f"the attempt is already {attempt.status}")
+        refused = self._settle_or_refuse(attempt, str(data.get("outcome", "")))
+        if refused is not None:
+            return refused
         body = attempt.notifications[-1][1]
         if data.get("deliver", False):
             self._deliver_in_background(attempt.notify_url, body)
