@@ -54,7 +54,7 @@ _FileSignature = tuple[int, int, bytes]  # inode, mtime in ns, SHA-256 of the co
 
 
 @dataclass(frozen=True, slots=True)
-class ConfigStatus:
+class LoadedConfig:
     """What an admin needs to know about the configuration in force."""
 
     ok: bool  # the file as it is now on disk is in force
@@ -150,7 +150,7 @@ class ProviderRegistry:
         self._http = http
         self._installed: dict[str, type[Provider]] | None = None
         self._current: _ProviderSet | None = None
-        self._status = ConfigStatus(
+        self._status = LoadedConfig(
             ok=False,
             loaded_at=datetime.now(UTC),
             path=self._path,
@@ -174,7 +174,7 @@ class ProviderRegistry:
             self._installed = installed_providers(self._pm)
         return self._installed
 
-    def load(self) -> ConfigStatus:
+    def load(self) -> LoadedConfig:
         """Load plugins.toml for the first time.
 
         Raises ConfigError for an invalid file (and PluginError for plugins that
@@ -190,7 +190,7 @@ class ProviderRegistry:
         self._seen = signature
         return self._swap(provider_set)
 
-    async def reload(self) -> ConfigStatus:
+    async def reload(self) -> LoadedConfig:
         """Read plugins.toml again; an invalid file leaves the configuration in force alone."""
         async with self._reloading:
             signature = self._signature()
@@ -232,7 +232,7 @@ class ProviderRegistry:
         return self._provider_set().config
 
     @property
-    def status(self) -> ConfigStatus:
+    def status(self) -> LoadedConfig:
         return self._status
 
     def branch(self, code: str) -> BranchConfig | None:
@@ -357,10 +357,10 @@ class ProviderRegistry:
             raise ConfigError(problems)
         return _ProviderSet(config=config, instances=instances, enabled=enabled)
 
-    def _swap(self, provider_set: _ProviderSet) -> ConfigStatus:
+    def _swap(self, provider_set: _ProviderSet) -> LoadedConfig:
         now = datetime.now(UTC)
         self._current = provider_set
-        self._status = ConfigStatus(
+        self._status = LoadedConfig(
             ok=True,
             loaded_at=now,
             path=self._path,
@@ -375,6 +375,6 @@ class ProviderRegistry:
                 logger.exception("a plugins.toml subscriber failed")
         return self._status
 
-    def _reject(self, error: str) -> ConfigStatus:
+    def _reject(self, error: str) -> LoadedConfig:
         self._status = replace(self._status, ok=False, error=error, checked_at=datetime.now(UTC))
         return self._status

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from api.domain.money import CURRENCY
+from api.domain.problems import Problem, UserErrorCode
 from api.domain.text import CUSTOMER_NAME, ID_CARD, IDEMPOTENCY_KEY, OPTION, PHONE
 
 MAX_QUANTITY = 99
@@ -80,15 +81,6 @@ def sources_of(target: OrderStatus) -> list[OrderStatus]:
 
 
 @dataclass(frozen=True, slots=True)
-class Problem:
-    """One reason an order request is refused; ``field`` is the path in the input."""
-
-    field: tuple[str, ...]
-    message: str
-    code: str
-
-
-@dataclass(frozen=True, slots=True)
 class RequestedItem:
     offering_id: str
     quantity: int
@@ -136,19 +128,19 @@ def check_customer(
             Problem(
                 ("customer", "idCardNumber"),
                 "idCardNumber must be an 18-character resident ID card number",
-                "INVALID_ID_CARD",
+                UserErrorCode.INVALID_ID_CARD,
             )
         )
     clean_name = name.strip()
     if (why := CUSTOMER_NAME.problem(clean_name, "name")) is not None:
-        problems.append(Problem(("customer", "name"), why, "INVALID_CUSTOMER"))
+        problems.append(Problem(("customer", "name"), why, UserErrorCode.INVALID_CUSTOMER))
     number = normalise_phone(phone)
     if number is None:
         problems.append(
             Problem(
                 ("customer", "phone"),
                 "phone must be a mainland China mobile number such as 13812345678",
-                "INVALID_PHONE",
+                UserErrorCode.INVALID_PHONE,
             )
         )
     if problems or number is None:
@@ -173,7 +165,7 @@ def check_idempotency_key(key: str) -> list[Problem]:
             ("idempotencyKey",),
             f"idempotencyKey must be {IDEMPOTENCY_KEY.summary} "
             "of letters, digits, '_', '-', ':' or '.'",
-            "INVALID_IDEMPOTENCY_KEY",
+            UserErrorCode.INVALID_IDEMPOTENCY_KEY,
         )
     ]
 
@@ -191,28 +183,38 @@ def price_order(
     """
     problems: list[Problem] = []
     if not requested:
-        problems.append(Problem(("items",), "an order needs at least one item", "EMPTY_ORDER"))
+        problems.append(
+            Problem(("items",), "an order needs at least one item", UserErrorCode.EMPTY_ORDER)
+        )
     if len(requested) > MAX_ITEMS:
         problems.append(
-            Problem(("items",), f"an order holds at most {MAX_ITEMS} items", "TOO_MANY_ITEMS")
+            Problem(
+                ("items",),
+                f"an order holds at most {MAX_ITEMS} items",
+                UserErrorCode.TOO_MANY_ITEMS,
+            )
         )
     lines: list[dict[str, Any]] = []
     seen_numbers: set[str] = set()
     for index, item in enumerate(requested):
         path = ("items", str(index))
         if option_problem := _option_text_problem(item.options):
-            problems.append(Problem((*path, "options"), option_problem, "UNKNOWN_OPTION"))
+            problems.append(
+                Problem((*path, "options"), option_problem, UserErrorCode.UNKNOWN_OPTION)
+            )
             continue
         offering = offerings.get(item.offering_id)
         if offering is None or not offering.get("active", True):
-            problems.append(Problem((*path, "offeringId"), "no such offering", "UNKNOWN_OFFERING"))
+            problems.append(
+                Problem((*path, "offeringId"), "no such offering", UserErrorCode.UNKNOWN_OFFERING)
+            )
             continue
         if offering["branch"] != branch:
             problems.append(
                 Problem(
                     (*path, "offeringId"),
                     f"the offering belongs to another branch, not to {branch}",
-                    "OFFERING_OF_OTHER_BRANCH",
+                    UserErrorCode.OFFERING_OF_OTHER_BRANCH,
                 )
             )
             continue
@@ -221,7 +223,7 @@ def price_order(
                 Problem(
                     (*path, "quantity"),
                     f"quantity must be between 1 and {MAX_QUANTITY}",
-                    "INVALID_QUANTITY",
+                    UserErrorCode.INVALID_QUANTITY,
                 )
             )
             continue
@@ -232,13 +234,17 @@ def price_order(
                     Problem(
                         (*path, "quantity"),
                         "a mobile number is ordered once",
-                        "INVALID_QUANTITY",
+                        UserErrorCode.INVALID_QUANTITY,
                     )
                 )
                 continue
             if item.offering_id in seen_numbers:
                 problems.append(
-                    Problem((*path, "offeringId"), "the same number twice", "DUPLICATE_NUMBER")
+                    Problem(
+                        (*path, "offeringId"),
+                        "the same number twice",
+                        UserErrorCode.DUPLICATE_NUMBER,
+                    )
                 )
                 continue
             seen_numbers.add(item.offering_id)
@@ -280,7 +286,7 @@ def _choose_options(
         Problem(
             (*path, "options", name),
             f"{offering['title']} has no option {name!r}",
-            "UNKNOWN_OPTION",
+            UserErrorCode.UNKNOWN_OPTION,
         )
         for name in requested
         if name not in groups
@@ -290,7 +296,9 @@ def _choose_options(
     for name, group in groups.items():
         value = requested.get(name)
         if value is None:
-            problems.append(Problem((*path, "options", name), f"choose a {name}", "MISSING_OPTION"))
+            problems.append(
+                Problem((*path, "options", name), f"choose a {name}", UserErrorCode.MISSING_OPTION)
+            )
             continue
         choice = next((c for c in group["choices"] if c["value"] == value), None)
         if choice is None:
@@ -299,7 +307,7 @@ def _choose_options(
                 Problem(
                     (*path, "options", name),
                     f"{value!r} is not a {name} of this offering (one of: {allowed})",
-                    "UNKNOWN_OPTION",
+                    UserErrorCode.UNKNOWN_OPTION,
                 )
             )
             continue

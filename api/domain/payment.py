@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from api.domain.order import OrderStatus
+from api.domain.problems import UserErrorCode
 
 OUT_TRADE_NO = re.compile(r"^[0-9A-Za-z]{8,32}$")
 
@@ -44,8 +45,8 @@ class RefundStatus(enum.StrEnum):
     FAILED = "FAILED"  # known to have failed; the reservation is released
 
 
-class FactKind(enum.StrEnum):
-    """What a platform reported; mirrors api.plugins.contract.EventKind."""
+class EventKind(enum.StrEnum):
+    """What a platform reported: the kind of a provider's event and of the fact it becomes."""
 
     PAYMENT_SUCCEEDED = "PAYMENT_SUCCEEDED"
     PAYMENT_FAILED = "PAYMENT_FAILED"
@@ -143,7 +144,7 @@ class Attempt:
 class Fact:
     """A verified fact about one attempt, in the domain's terms."""
 
-    kind: FactKind
+    kind: EventKind
     amount_fen: int
     currency: str
     out_refund_no: str | None = None
@@ -209,19 +210,19 @@ def apply_fact(attempt: Attempt, fact: Fact, now: datetime) -> Outcome:
         return _flag(
             attempt, f"currency {fact.currency} differs from the attempt's {attempt.currency}"
         )
-    if fact.kind is FactKind.PAYMENT_SUCCEEDED:
+    if fact.kind is EventKind.PAYMENT_SUCCEEDED:
         return _apply_success(attempt, fact)
-    if fact.kind is FactKind.PAYMENT_FAILED:
+    if fact.kind is EventKind.PAYMENT_FAILED:
         if attempt.status is not PaymentStatus.PENDING:
             return _ignored(attempt, f"a failure after {attempt.status}")
         return Outcome(replace(attempt, status=PaymentStatus.FAILED), True, "applied")
-    if fact.kind is FactKind.PAYMENT_CLOSED:
+    if fact.kind is EventKind.PAYMENT_CLOSED:
         if attempt.status is not PaymentStatus.PENDING:
             return _ignored(attempt, f"a close after {attempt.status}")
         return Outcome(replace(attempt, status=PaymentStatus.CLOSED), True, "applied")
     if fact.out_refund_no is None:
         return _flag(attempt, "a refund fact without out_refund_no")
-    if fact.kind is FactKind.REFUND_SUCCEEDED:
+    if fact.kind is EventKind.REFUND_SUCCEEDED:
         return _apply_refund_success(attempt, fact, now)
     return _apply_refund_failure(attempt, fact.out_refund_no, now)
 
@@ -283,7 +284,7 @@ def _apply_refund_failure(attempt: Attempt, out_refund_no: str, now: datetime) -
 class RefundRefused(ValueError):
     """A refund that may not be reserved; ``code`` is the userError code."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: UserErrorCode, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
@@ -303,21 +304,26 @@ def reserve_refund(
     cannot both take the last fen.
     """
     if amount_fen <= 0:
-        raise RefundRefused("INVALID_AMOUNT", "amountFen must be a positive number of fen")
+        raise RefundRefused(
+            UserErrorCode.INVALID_AMOUNT, "amountFen must be a positive number of fen"
+        )
     if not attempt.paid:
         raise RefundRefused(
-            "PAYMENT_NOT_REFUNDABLE",
+            UserErrorCode.PAYMENT_NOT_REFUNDABLE,
             f"only a paid payment can be refunded; this one is {attempt.status}",
         )
     if attempt.flagged:
         raise RefundRefused(
-            "PAYMENT_NOT_REFUNDABLE", "the payment is flagged for review and cannot be refunded"
+            UserErrorCode.PAYMENT_NOT_REFUNDABLE,
+            "the payment is flagged for review and cannot be refunded",
         )
     if attempt.refund(out_refund_no) is not None:
-        raise RefundRefused("DUPLICATE_REFUND", f"refund {out_refund_no} exists already")
+        raise RefundRefused(
+            UserErrorCode.DUPLICATE_REFUND, f"refund {out_refund_no} exists already"
+        )
     if amount_fen > attempt.refundable_fen:
         raise RefundRefused(
-            "REFUND_EXCEEDS_PAID",
+            UserErrorCode.REFUND_EXCEEDS_PAID,
             f"{amount_fen} fen exceeds the {attempt.refundable_fen} fen left to refund",
         )
     line = RefundLine(out_refund_no, amount_fen, RefundStatus.PENDING, now, now, reason)

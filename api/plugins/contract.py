@@ -34,6 +34,9 @@ from typing import Any, ClassVar, Protocol
 import httpx
 from pydantic import BaseModel
 
+from api.domain.payment import EventKind as EventKind
+from api.domain.payment import RefundStatus
+
 REFERENCE_ALPHABET = string.digits + string.ascii_letters
 
 
@@ -91,14 +94,6 @@ class PaymentRequest:
     expires_at: datetime  # UTC; the platform should stop accepting payment after it
     return_url: str | None = None
     client_ip: str | None = None
-
-
-class EventKind(enum.StrEnum):
-    PAYMENT_SUCCEEDED = "PAYMENT_SUCCEEDED"
-    PAYMENT_FAILED = "PAYMENT_FAILED"
-    PAYMENT_CLOSED = "PAYMENT_CLOSED"
-    REFUND_SUCCEEDED = "REFUND_SUCCEEDED"
-    REFUND_FAILED = "REFUND_FAILED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,10 +170,9 @@ class RefundRequest:
     notify_url: str | None = None
 
 
-class RefundState(enum.StrEnum):
-    SUCCEEDED = "SUCCEEDED"
-    PENDING = "PENDING"  # the platform will notify or can be queried later
-    FAILED = "FAILED"
+# One enum for a refund's state, the platform's answer and our record alike; the
+# name RefundState stays for plugins written against plugin API 2.
+RefundState = RefundStatus
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from starlette.websockets import WebSocket
 from strawberry.dataloader import DataLoader
 
 from api.config.branches import BranchView
-from api.config.live import ConfigStatus
+from api.config.live import LoadedConfig
 from api.domain.pii import PiiVault
 from api.domain.principal import Permission, Principal
 from api.schema.errors import ApiError, ErrorCode
@@ -34,7 +34,7 @@ class Services:
     orders: OrderService
     branches: Callable[[], Mapping[str, BranchView]]
     # plugins.toml in force: last reload, a refused edit (configStatus).
-    config_status: Callable[[], ConfigStatus]
+    config_status: Callable[[], LoadedConfig]
     vault: PiiVault
     payments: PaymentService | None = None
     # The API keys' query-cost budgets (api/services/budget.py), spent by RequestLimits.

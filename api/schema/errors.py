@@ -1,24 +1,12 @@
 """Every error a GraphQL client can get, and how errors are shaped before they leave.
 
-Two families (see ARCHITECTURE.md):
+Two families (docs/api.md, Errors):
 
 - ``userErrors`` in a mutation payload, ``UserError { field message code }``:
-  the request was understood but refused; nothing was written. Codes:
-  UNKNOWN_BRANCH, UNKNOWN_OFFERING, OFFERING_OF_OTHER_BRANCH, INVALID_QUANTITY,
-  DUPLICATE_NUMBER, EMPTY_ORDER, TOO_MANY_ITEMS, MISSING_OPTION, UNKNOWN_OPTION,
-  INVALID_CUSTOMER, INVALID_PHONE, INVALID_ID_CARD, INVALID_IDEMPOTENCY_KEY,
-  IDEMPOTENCY_KEY_REUSED, INVALID_ID, ORDER_NOT_FOUND, ORDER_NOT_CANCELLABLE,
-  INVALID_REASON (cancelOrder's reason; text limits in api/domain/text.py)
-  (an order, payment or branch the API key may not see is reported exactly
-  like one that does not exist: ORDER_NOT_FOUND, PAYMENT_NOT_FOUND, UNKNOWN_BRANCH);
-  startPayment: ORDER_NOT_PAYABLE, ORDER_EXPIRED, PROVIDER_NOT_ENABLED (the
-  message names the providers the branch enables), METHOD_NOT_SUPPORTED,
-  INVALID_RETURN_URL, PROVIDER_UNAVAILABLE (the platform failed; the attempt is
-  stored FAILED, or left PENDING for reconciliation when it may have opened);
-  refundPayment: PAYMENT_NOT_FOUND, INVALID_AMOUNT, INVALID_REASON,
-  PAYMENT_NOT_REFUNDABLE (not paid, or flagged for review), REFUND_EXCEEDS_PAID,
-  REFUND_FAILED (the platform refused; the refund is kept as FAILED and its
-  amount released).
+  the request was understood but refused; nothing was written. The codes are
+  the ``UserErrorCode`` enum in api/domain/problems.py, the only list of them
+  (docs/api.md is tested against it). An order, payment or branch the API key
+  may not see is reported exactly like one that does not exist.
 - top-level ``errors`` with ``extensions.code``::
 
       BAD_USER_INPUT    malformed query, variables, ID or cursor; a limit exceeded

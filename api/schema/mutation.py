@@ -7,8 +7,9 @@ from collections.abc import Sequence
 import strawberry
 from strawberry.types import Info
 
-from api.domain.order import Problem, RequestedItem
+from api.domain.order import RequestedItem
 from api.domain.principal import Permission
+from api.domain.problems import Problem, UserErrorCode
 from api.domain.text import CANCEL_REASON, CUSTOMER_NAME, ID_CARD, IDEMPOTENCY_KEY, OPTION, PHONE
 from api.schema.context import Context
 from api.schema.errors import ApiError
@@ -91,12 +92,18 @@ def _requested_items(items: Sequence[OrderItemInput]) -> tuple[list[RequestedIte
         except ApiError:
             type_name, key = "", ""
         if type_name != "Offering":
-            problems.append(Problem((*path, "offeringId"), "not an offering ID", "INVALID_ID"))
+            problems.append(
+                Problem((*path, "offeringId"), "not an offering ID", UserErrorCode.INVALID_ID)
+            )
             continue
         names = [choice.name for choice in item.options]
         if len(set(names)) != len(names):
             problems.append(
-                Problem((*path, "options"), "each option may be chosen once", "UNKNOWN_OPTION")
+                Problem(
+                    (*path, "options"),
+                    "each option may be chosen once",
+                    UserErrorCode.UNKNOWN_OPTION,
+                )
             )
             continue
         options = {choice.name: choice.value for choice in item.options}
@@ -139,7 +146,9 @@ class Mutation:
             return CancelOrderPayload(
                 order=None,
                 user_errors=[
-                    UserError(field=["orderId"], message=error.message, code="INVALID_ID")
+                    UserError(
+                        field=["orderId"], message=error.message, code=UserErrorCode.INVALID_ID
+                    )
                 ],
             )
         order = await info.context.store.orders.get(order_id)
@@ -147,7 +156,11 @@ class Mutation:
             return CancelOrderPayload(
                 order=None,
                 user_errors=[
-                    UserError(field=["orderId"], message="no such order", code="ORDER_NOT_FOUND")
+                    UserError(
+                        field=["orderId"],
+                        message="no such order",
+                        code=UserErrorCode.ORDER_NOT_FOUND,
+                    )
                 ],
             )
         cancelled, problems = await info.context.services.orders.cancel(order, input.reason)

@@ -13,6 +13,7 @@ from strawberry.types import Info
 
 from api.domain.order import OrderStatus as DomainOrderStatus
 from api.domain.principal import Permission
+from api.domain.problems import UserErrorCode
 from api.domain.text import IDEMPOTENCY_KEY, REFUND_REASON, RETURN_URL
 from api.plugins.contract import PaymentAction as DomainPaymentAction
 from api.plugins.contract import PaymentMethod as DomainPaymentMethod
@@ -117,7 +118,7 @@ def _subscription_error(error: ApiError) -> GraphQLError:
 
 
 def _invalid_id(field: str, error: ApiError) -> list[UserError]:
-    return [UserError(field=[field], message=error.message, code="INVALID_ID")]
+    return [UserError(field=[field], message=error.message, code=UserErrorCode.INVALID_ID)]
 
 
 @strawberry.type

@@ -17,13 +17,13 @@ from bson import ObjectId
 
 from api.domain.order import (
     OrderStatus,
-    Problem,
     RequestedItem,
     check_customer,
     check_idempotency_key,
     price_order,
 )
 from api.domain.pii import PiiVault, protect_customer
+from api.domain.problems import Problem, UserErrorCode
 from api.domain.text import BRANCH_CODE, CANCEL_REASON, quoted
 from api.store import Store
 
@@ -94,7 +94,11 @@ class OrderService:
         problems = check_idempotency_key(idempotency_key)
         if not (self.branch_exists(branch) and visible(branch)):
             problems.append(
-                Problem(("branch",), f"no branch {quoted(branch, BRANCH_CODE)}", "UNKNOWN_BRANCH")
+                Problem(
+                    ("branch",),
+                    f"no branch {quoted(branch, BRANCH_CODE)}",
+                    UserErrorCode.UNKNOWN_BRANCH,
+                )
             )
         customer, customer_problems = check_customer(
             customer_name, customer_phone, customer_id_card
@@ -150,7 +154,7 @@ class OrderService:
                 Problem(
                     ("idempotencyKey",),
                     "this idempotencyKey was already used for a different order",
-                    "IDEMPOTENCY_KEY_REUSED",
+                    UserErrorCode.IDEMPOTENCY_KEY_REUSED,
                 )
             ]
         return existing, []
@@ -160,7 +164,7 @@ class OrderService:
     ) -> tuple[Document | None, list[Problem]]:
         """Cancel an unpaid order; cancelling a cancelled order returns it unchanged."""
         if reason is not None and (why := CANCEL_REASON.problem(reason, "reason")) is not None:
-            return None, [Problem(("reason",), why, "INVALID_REASON")]
+            return None, [Problem(("reason",), why, UserErrorCode.INVALID_REASON)]
         if order["status"] == OrderStatus.CANCELLED.value:
             return order, []
         if self.close_attempts is not None and order["status"] == OrderStatus.PENDING_PAYMENT.value:
@@ -178,7 +182,7 @@ class OrderService:
                 Problem(
                     ("orderId",),
                     f"only an order awaiting payment can be cancelled; this one is {status}",
-                    "ORDER_NOT_CANCELLABLE",
+                    UserErrorCode.ORDER_NOT_CANCELLABLE,
                 )
             ]
         return moved, []

@@ -13,8 +13,8 @@ from api.domain.payment import (
     OUT_TRADE_NO,
     PAYMENT_TRANSITIONS,
     Attempt,
+    EventKind,
     Fact,
-    FactKind,
     IllegalPaymentTransition,
     PaymentStatus,
     RefundRefused,
@@ -27,7 +27,8 @@ from api.domain.payment import (
     order_status_for,
     reserve_refund,
 )
-from api.plugins.contract import EventKind, new_reference
+from api.plugins import contract
+from api.plugins.contract import new_reference
 from api.services.payments import auto_refund_no
 
 NOW = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
@@ -67,8 +68,9 @@ def test_the_table_covers_every_status_and_refunded_is_final() -> None:
     assert PAYMENT_TRANSITIONS[P.REFUNDED] == frozenset()
 
 
-def test_fact_kinds_mirror_the_provider_event_kinds() -> None:
-    assert {k.value for k in FactKind} == {k.value for k in EventKind}
+def test_the_provider_contract_and_the_domain_share_one_event_kind_and_refund_state() -> None:
+    assert contract.EventKind is EventKind
+    assert contract.RefundState is RefundStatus
 
 
 def pending(amount: int = 5900) -> Attempt:
@@ -76,32 +78,34 @@ def pending(amount: int = 5900) -> Attempt:
 
 
 def paid(amount: int = 5900) -> Attempt:
-    return apply_fact(pending(amount), Fact(FactKind.PAYMENT_SUCCEEDED, amount, "CNY"), NOW).attempt
+    return apply_fact(
+        pending(amount), Fact(EventKind.PAYMENT_SUCCEEDED, amount, "CNY"), NOW
+    ).attempt
 
 
 def refund_fact(no: str, amount: int) -> Fact:
-    return Fact(FactKind.REFUND_SUCCEEDED, amount, "CNY", out_refund_no=no)
+    return Fact(EventKind.REFUND_SUCCEEDED, amount, "CNY", out_refund_no=no)
 
 
 def test_a_success_pays_a_pending_attempt_once() -> None:
-    outcome = apply_fact(pending(), Fact(FactKind.PAYMENT_SUCCEEDED, 5900, "CNY"), NOW)
+    outcome = apply_fact(pending(), Fact(EventKind.PAYMENT_SUCCEEDED, 5900, "CNY"), NOW)
     assert outcome.newly_paid and outcome.attempt.status is P.SUCCEEDED
-    again = apply_fact(outcome.attempt, Fact(FactKind.PAYMENT_SUCCEEDED, 5900, "CNY"), NOW)
+    again = apply_fact(outcome.attempt, Fact(EventKind.PAYMENT_SUCCEEDED, 5900, "CNY"), NOW)
     assert not again.changed and not again.newly_paid
 
 
-@pytest.mark.parametrize("kind", [FactKind.PAYMENT_CLOSED, FactKind.PAYMENT_FAILED])
-def test_a_close_or_failure_after_a_success_changes_nothing(kind: FactKind) -> None:
+@pytest.mark.parametrize("kind", [EventKind.PAYMENT_CLOSED, EventKind.PAYMENT_FAILED])
+def test_a_close_or_failure_after_a_success_changes_nothing(kind: EventKind) -> None:
     outcome = apply_fact(paid(), Fact(kind, 5900, "CNY"), NOW)
     assert not outcome.changed
     assert outcome.attempt.status is P.SUCCEEDED
 
 
-@pytest.mark.parametrize("kind", [FactKind.PAYMENT_CLOSED, FactKind.PAYMENT_FAILED])
-def test_a_success_after_a_close_or_failure_wins(kind: FactKind) -> None:
+@pytest.mark.parametrize("kind", [EventKind.PAYMENT_CLOSED, EventKind.PAYMENT_FAILED])
+def test_a_success_after_a_close_or_failure_wins(kind: EventKind) -> None:
     settled = apply_fact(pending(), Fact(kind, 5900, "CNY"), NOW).attempt
     assert settled.status in (P.CLOSED, P.FAILED)
-    outcome = apply_fact(settled, Fact(FactKind.PAYMENT_SUCCEEDED, 5900, "CNY"), NOW)
+    outcome = apply_fact(settled, Fact(EventKind.PAYMENT_SUCCEEDED, 5900, "CNY"), NOW)
     assert outcome.newly_paid and outcome.attempt.status is P.SUCCEEDED
 
 
@@ -109,7 +113,7 @@ def test_a_refund_before_the_success_is_kept_and_counted_when_the_success_arrive
     early = apply_fact(pending(), refund_fact("R0000001", 5900), NOW)
     assert early.changed and early.attempt.status is P.PENDING
     assert early.attempt.refunded_fen == 5900
-    outcome = apply_fact(early.attempt, Fact(FactKind.PAYMENT_SUCCEEDED, 5900, "CNY"), NOW)
+    outcome = apply_fact(early.attempt, Fact(EventKind.PAYMENT_SUCCEEDED, 5900, "CNY"), NOW)
     assert outcome.attempt.status is P.REFUNDED
     assert order_status_for(outcome.attempt) is OrderStatus.REFUNDED
 
@@ -117,8 +121,8 @@ def test_a_refund_before_the_success_is_kept_and_counted_when_the_success_arrive
 @pytest.mark.parametrize(
     ("fact", "why"),
     [
-        (Fact(FactKind.PAYMENT_SUCCEEDED, 5800, "CNY"), "paid 5800 fen"),
-        (Fact(FactKind.PAYMENT_SUCCEEDED, 5900, "USD"), "currency USD"),
+        (Fact(EventKind.PAYMENT_SUCCEEDED, 5800, "CNY"), "paid 5800 fen"),
+        (Fact(EventKind.PAYMENT_SUCCEEDED, 5900, "USD"), "currency USD"),
     ],
 )
 def test_a_wrong_amount_or_currency_flags_and_never_pays(fact: Fact, why: str) -> None:
@@ -156,12 +160,12 @@ def test_reservations_never_exceed_the_paid_amount() -> None:
 def test_a_failed_refund_releases_its_reservation_and_a_late_failure_is_ignored() -> None:
     attempt = reserve_refund(paid(), "R0000001", 5000, NOW)
     failed = apply_fact(
-        attempt, Fact(FactKind.REFUND_FAILED, 5000, "CNY", out_refund_no="R0000001"), NOW
+        attempt, Fact(EventKind.REFUND_FAILED, 5000, "CNY", out_refund_no="R0000001"), NOW
     ).attempt
     assert failed.reserved_fen == 0 and failed.refundable_fen == 5900
     succeeded = apply_fact(attempt, refund_fact("R0000001", 5000), NOW).attempt
     late = apply_fact(
-        succeeded, Fact(FactKind.REFUND_FAILED, 5000, "CNY", out_refund_no="R0000001"), NOW
+        succeeded, Fact(EventKind.REFUND_FAILED, 5000, "CNY", out_refund_no="R0000001"), NOW
     )
     assert not late.changed
     assert late.attempt.refund("R0000001").status is RefundStatus.SUCCEEDED  # type: ignore[union-attr]

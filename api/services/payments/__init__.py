@@ -25,7 +25,7 @@ from api.plugins.contract import PaymentMethod, ProviderEvent
 from api.services.payments.context import PaymentContext
 from api.services.payments.facts import AUTO_REFUND_SUFFIX, EventResult, Facts, auto_refund_no
 from api.services.payments.reconcile import Reconcile, ReconcileReport, ReconcileRow
-from api.services.payments.refunds import RefundResult, Refunds
+from api.services.payments.refunds import RefundOutcome, Refunds
 from api.services.payments.start import Start, StartResult
 from api.store import Store
 
@@ -35,7 +35,7 @@ __all__ = [
     "PaymentService",
     "ReconcileReport",
     "ReconcileRow",
-    "RefundResult",
+    "RefundOutcome",
     "StartResult",
     "auto_refund_no",
 ]
@@ -102,7 +102,7 @@ class PaymentService:
         *,
         visible: Callable[[str], bool],
         actor: str = "system",
-    ) -> RefundResult:
+    ) -> RefundOutcome:
         """Refund part or all of a paid attempt (see :mod:`.refunds`)."""
         return await self._refunds.refund(
             payment_id, amount_fen, reason, idempotency_key, visible=visible, actor=actor

@@ -18,8 +18,8 @@ import pluggy
 from bson import ObjectId
 
 from api.config.live import ProviderRegistry
-from api.domain.order import Problem
 from api.domain.payment import Attempt
+from api.domain.problems import Problem, UserErrorCode
 from api.plugins.manager import notify
 from api.store import Store
 from api.store.payments import attempt_fields, attempt_of
@@ -70,7 +70,7 @@ class PaymentContext:
         raise RuntimeError(f"payment {payment_id}: too many concurrent writers")
 
 
-def problem(field_name: str, message: str, code: str) -> list[Problem]:
+def problem(field_name: str, message: str, code: UserErrorCode) -> list[Problem]:
     return [Problem((field_name,), message, code)]
 
 

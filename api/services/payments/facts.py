@@ -27,15 +27,15 @@ from bson import ObjectId
 from api.domain.order import OrderStatus, can_transition
 from api.domain.payment import (
     Attempt,
+    EventKind,
     Fact,
-    FactKind,
     Outcome,
     RefundStatus,
     apply_fact,
     order_status_for,
     reserve_refund,
 )
-from api.plugins.contract import AttemptState, EventKind, ProviderEvent, QueryResult
+from api.plugins.contract import AttemptState, ProviderEvent, QueryResult
 from api.services.payments.context import (
     MAX_WRITE_RACES,
     Document,
@@ -53,8 +53,6 @@ SubmitRefund = Callable[[ObjectId, str], Awaitable[None]]
 def auto_refund_no(out_trade_no: str) -> str:
     return out_trade_no + AUTO_REFUND_SUFFIX
 
-
-_FACT_KINDS = {kind: FactKind(kind.value) for kind in EventKind}
 
 _SETTLED = {
     AttemptState.SUCCEEDED: EventKind.PAYMENT_SUCCEEDED,
@@ -115,7 +113,7 @@ class Facts:
             # The first delivery is being applied or was interrupted; applying is
             # idempotent (the payment records the event id), so finish it here.
         fact = Fact(
-            kind=_FACT_KINDS[event.kind],
+            kind=event.kind,
             amount_fen=event.amount_fen,
             currency=event.currency,
             out_refund_no=event.out_refund_no,

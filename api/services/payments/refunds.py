@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 from bson import ObjectId
 
-from api.domain.order import Problem, check_idempotency_key
-from api.domain.payment import Attempt, Fact, FactKind, RefundRefused, RefundStatus, reserve_refund
+from api.domain.order import check_idempotency_key
+from api.domain.payment import Attempt, EventKind, Fact, RefundRefused, RefundStatus, reserve_refund
+from api.domain.problems import Problem, UserErrorCode
 from api.domain.text import REFUND_REASON
 from api.plugins.contract import GatewayError, RefundRequest, RefundState, new_reference
 from api.services.payments.context import Document, PaymentContext, log, problem, refund_doc
@@ -26,7 +27,7 @@ from api.store.payments import attempt_of
 
 
 @dataclass(frozen=True, slots=True)
-class RefundResult:
+class RefundOutcome:
     payment: Document | None
     refund: Document | None  # the refund line of the payment document
     problems: list[Problem]
@@ -46,7 +47,7 @@ class Refunds:
         *,
         visible: Callable[[str], bool],
         actor: str = "system",
-    ) -> RefundResult:
+    ) -> RefundOutcome:
         """Refund part or all of a paid attempt; a repeated key returns the first refund.
 
         ``actor`` (the API key's name) goes to the audit log with the refund; a
@@ -57,17 +58,19 @@ class Refunds:
         if amount_fen <= 0:
             problems.append(
                 Problem(
-                    ("amountFen",), "amountFen must be a positive number of fen", "INVALID_AMOUNT"
+                    ("amountFen",),
+                    "amountFen must be a positive number of fen",
+                    UserErrorCode.INVALID_AMOUNT,
                 )
             )
         if reason is not None and (why := REFUND_REASON.problem(reason, "reason")) is not None:
-            problems.append(Problem(("reason",), why, "INVALID_REASON"))
+            problems.append(Problem(("reason",), why, UserErrorCode.INVALID_REASON))
         if problems:
-            return RefundResult(None, None, problems)
+            return RefundOutcome(None, None, problems)
         payment = await store.payments.get(payment_id)
         if payment is None or not visible(payment["branch"]):
-            return RefundResult(
-                None, None, problem("paymentId", "no such payment", "PAYMENT_NOT_FOUND")
+            return RefundOutcome(
+                None, None, problem("paymentId", "no such payment", UserErrorCode.PAYMENT_NOT_FOUND)
             )
         now = self.context.now()
         request_hash = hashlib.sha256(f"{payment_id}:{amount_fen}".encode()).hexdigest()
@@ -85,13 +88,13 @@ class Refunds:
             }
         )
         if not created and request.get("requestHash") != request_hash:
-            return RefundResult(
+            return RefundOutcome(
                 None,
                 None,
                 problem(
                     "idempotencyKey",
                     "this idempotencyKey was already used for a different refund",
-                    "IDEMPOTENCY_KEY_REUSED",
+                    UserErrorCode.IDEMPOTENCY_KEY_REUSED,
                 ),
             )
         out_refund_no: str = request["_id"]
@@ -106,7 +109,7 @@ class Refunds:
         except RefundRefused as refused:
             # Nothing of this request may stay written: the same key may be retried.
             await store.payments.forget_refund_request(out_refund_no)
-            return RefundResult(None, None, problem("amountFen", refused.message, refused.code))
+            return RefundOutcome(None, None, problem("amountFen", refused.message, refused.code))
         if created:
             await store.audit.record(
                 actor,
@@ -121,17 +124,17 @@ class Refunds:
         line = refund_doc(payment, out_refund_no)
         if line is not None and line["status"] == RefundStatus.FAILED.value:
             stored = await store.payments.refund_request(out_refund_no) or {}
-            return RefundResult(
+            return RefundOutcome(
                 None,
                 None,
                 problem(
                     "paymentId",
                     f"{payment['provider']} did not make the refund: "
                     f"{stored.get('failure', 'refused')}",
-                    "REFUND_FAILED",
+                    UserErrorCode.REFUND_FAILED,
                 ),
             )
-        return RefundResult(payment, line, [])
+        return RefundOutcome(payment, line, [])
 
     async def submit(self, payment_id: ObjectId, out_refund_no: str) -> None:
         """Ask the platform for a reserved refund; the platform refunds each number once."""
@@ -160,7 +163,7 @@ class Refunds:
             reason=line.reason,
             notify_url=ctx.notify_url(payment["provider"], payment["branch"]),
         )
-        failed = Fact(FactKind.REFUND_FAILED, line.amount_fen, payment["currency"], out_refund_no)
+        failed = Fact(EventKind.REFUND_FAILED, line.amount_fen, payment["currency"], out_refund_no)
         try:
             answer = await provider.refund(request)
         except GatewayError as error:
@@ -176,7 +179,7 @@ class Refunds:
             return
         if answer.state is RefundState.SUCCEEDED:
             succeeded = Fact(
-                FactKind.REFUND_SUCCEEDED,
+                EventKind.REFUND_SUCCEEDED,
                 line.amount_fen,
                 payment["currency"],
                 out_refund_no,

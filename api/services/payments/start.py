@@ -15,8 +15,9 @@ from urllib.parse import urlsplit
 
 from bson import ObjectId
 
-from api.domain.order import OrderStatus, Problem
+from api.domain.order import OrderStatus
 from api.domain.payment import PaymentStatus, fail_unpaid
+from api.domain.problems import Problem, UserErrorCode
 from api.domain.text import PROVIDER, RETURN_URL, quoted
 from api.plugins.contract import (
     GatewayError,
@@ -56,7 +57,9 @@ class Start:
         ctx = self.context
         order = await ctx.store.orders.get(order_id)
         if order is None or not visible(order["branch"]):
-            return StartResult(None, None, problem("orderId", "no such order", "ORDER_NOT_FOUND"))
+            return StartResult(
+                None, None, problem("orderId", "no such order", UserErrorCode.ORDER_NOT_FOUND)
+            )
         now = ctx.now()
         if order["status"] != OrderStatus.PENDING_PAYMENT.value:
             return StartResult(
@@ -65,12 +68,14 @@ class Start:
                 problem(
                     "orderId",
                     f"only an order awaiting payment can be paid; this one is {order['status']}",
-                    "ORDER_NOT_PAYABLE",
+                    UserErrorCode.ORDER_NOT_PAYABLE,
                 ),
             )
         if now >= order["expiresAt"]:
             return StartResult(
-                None, None, problem("orderId", "the order's payment time ran out", "ORDER_EXPIRED")
+                None,
+                None,
+                problem("orderId", "the order's payment time ran out", UserErrorCode.ORDER_EXPIRED),
             )
         branch = order["branch"]
         enabled = {cls.name: cls for cls in ctx.registry.enabled(branch)}
@@ -84,7 +89,7 @@ class Start:
                     "provider",
                     f"{quoted(provider_name, PROVIDER)} is not enabled for branch {branch}; "
                     f"enabled: {names}",
-                    "PROVIDER_NOT_ENABLED",
+                    UserErrorCode.PROVIDER_NOT_ENABLED,
                 ),
             )
         if method not in cls.methods:
@@ -95,17 +100,23 @@ class Start:
                 problem(
                     "method",
                     f"{provider_name} does not support {method.value}; it supports {supported}",
-                    "METHOD_NOT_SUPPORTED",
+                    UserErrorCode.METHOD_NOT_SUPPORTED,
                 ),
             )
         if return_url is not None and (why := _return_url_problem(return_url)) is not None:
-            return StartResult(None, None, problem("returnUrl", why, "INVALID_RETURN_URL"))
+            return StartResult(
+                None, None, problem("returnUrl", why, UserErrorCode.INVALID_RETURN_URL)
+            )
         provider = ctx.registry.provider(branch, provider_name)
         if provider is None:
             return StartResult(
                 None,
                 None,
-                problem("provider", f"{provider_name} is not configured", "PROVIDER_NOT_ENABLED"),
+                problem(
+                    "provider",
+                    f"{provider_name} is not configured",
+                    UserErrorCode.PROVIDER_NOT_ENABLED,
+                ),
             )
         payment: Document = {
             "_id": ObjectId(),
@@ -169,7 +180,7 @@ def _unavailable(provider: str) -> list[Problem]:
     return problem(
         "provider",
         f"{provider} could not open the payment just now; try again or choose another provider",
-        "PROVIDER_UNAVAILABLE",
+        UserErrorCode.PROVIDER_UNAVAILABLE,
     )
 
 

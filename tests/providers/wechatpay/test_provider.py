@@ -925,7 +925,9 @@ async def test_query_gives_up_after_max_attempts(
     with pytest.raises(GatewayError, match="after 3 tries") as caught:
         await provider.query(request.out_trade_no)
     assert caught.value.retryable
-    assert clean_faults.faults.pending[0].remaining == 1, "exactly max_attempts calls reached the platform"
+    assert clean_faults.faults.pending[0].remaining == 1, (
+        "exactly max_attempts calls reached the platform"
+    )
 
 
 async def test_order_is_never_repeated_and_a_server_error_leaves_it_unknown(

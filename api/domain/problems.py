@@ -1,0 +1,57 @@
+"""Why a mutation refuses a request: the one list of ``UserError.code`` values.
+
+A refusal is a ``userErrors`` entry (``UserError { field message code }``) in
+the mutation's payload; the resource is then null and nothing was written. An
+order, payment or branch the API key may not see is refused exactly like one
+that does not exist. docs/api.md lists these codes with their meaning, and a
+test holds the two together.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class UserErrorCode(enum.StrEnum):
+    """Every code a ``UserError`` can carry; each member's comment is its meaning."""
+
+    UNKNOWN_BRANCH = "UNKNOWN_BRANCH"  # no such branch (or not the key's)
+    UNKNOWN_OFFERING = "UNKNOWN_OFFERING"  # no such offering in the catalog
+    OFFERING_OF_OTHER_BRANCH = "OFFERING_OF_OTHER_BRANCH"  # the offering is another branch's
+    INVALID_QUANTITY = "INVALID_QUANTITY"  # a quantity out of range for the offering
+    DUPLICATE_NUMBER = "DUPLICATE_NUMBER"  # the same mobile number twice in one order
+    EMPTY_ORDER = "EMPTY_ORDER"  # an order without items
+    TOO_MANY_ITEMS = "TOO_MANY_ITEMS"  # more items than one order may hold
+    MISSING_OPTION = "MISSING_OPTION"  # a handset option that must be chosen was not
+    UNKNOWN_OPTION = "UNKNOWN_OPTION"  # an option or choice the offering does not have
+    INVALID_CUSTOMER = "INVALID_CUSTOMER"  # the customer's name is empty, too long or not text
+    INVALID_PHONE = "INVALID_PHONE"  # not a mainland mobile number
+    INVALID_ID_CARD = "INVALID_ID_CARD"  # not a resident ID card number (check character)
+    INVALID_IDEMPOTENCY_KEY = "INVALID_IDEMPOTENCY_KEY"  # empty, too long or not text
+    IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"  # the key was used for another request
+    INVALID_ID = "INVALID_ID"  # a malformed ID
+    ORDER_NOT_FOUND = "ORDER_NOT_FOUND"  # no such order (or not the key's)
+    ORDER_NOT_CANCELLABLE = "ORDER_NOT_CANCELLABLE"  # paid, refunded or already ended
+    ORDER_NOT_PAYABLE = "ORDER_NOT_PAYABLE"  # not waiting for payment
+    ORDER_EXPIRED = "ORDER_EXPIRED"  # its time to pay has run out
+    PROVIDER_NOT_ENABLED = "PROVIDER_NOT_ENABLED"  # the branch does not enable it (named)
+    METHOD_NOT_SUPPORTED = "METHOD_NOT_SUPPORTED"  # the provider does not offer the method
+    INVALID_RETURN_URL = "INVALID_RETURN_URL"  # not an http(s) URL, or too long
+    PROVIDER_UNAVAILABLE = "PROVIDER_UNAVAILABLE"  # the platform failed (attempt FAILED/PENDING)
+    PAYMENT_NOT_FOUND = "PAYMENT_NOT_FOUND"  # no such payment (or not the key's)
+    INVALID_AMOUNT = "INVALID_AMOUNT"  # not a positive whole number of fen
+    INVALID_REASON = "INVALID_REASON"  # a cancel or refund reason too long or not text
+    PAYMENT_NOT_REFUNDABLE = "PAYMENT_NOT_REFUNDABLE"  # not paid, or flagged for review
+    REFUND_EXCEEDS_PAID = "REFUND_EXCEEDS_PAID"  # more than what is left to refund
+    REFUND_FAILED = "REFUND_FAILED"  # the platform refused; kept FAILED, amount released
+    DUPLICATE_REFUND = "DUPLICATE_REFUND"  # that refund number is reserved already
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One reason a request is refused; ``field`` is the path in the input."""
+
+    field: tuple[str, ...]
+    message: str
+    code: UserErrorCode
