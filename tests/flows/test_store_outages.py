@@ -13,36 +13,30 @@ repeat once the store is back.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import os
 import re
-import secrets
 import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from pymongo import MongoClient, monitoring
+from pymongo import monitoring
 
 from api.dev import devdb
-from api.domain.pii import PiiVault
-from api.settings import Settings
 from providers.kit.loopback import LoopbackServer
-from providers.sandbox.simulator import create_app as create_simulator
-from tests.conftest import DEMO_BRANCHES_TOML, CommandLog, GraphQLClient, issue_key
 from tests.services.conftest import (
     CREATE_ORDER,
     ORDER_EVENTS,
     PayService,
+    PayServices,
     object_id,
     offering_id,
 )
@@ -196,83 +190,19 @@ def start_outage_service(
     own_store: OwnStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> Iterator[Callable[..., OutageService]]:
     """The sandbox simulator and branchpay (real app, uvicorn) on the test's own store."""
-    from api.dev.seed import seed
-    from api.store import Store
-    from api.web.app import create_app
-
     caplog.set_level(logging.INFO)
-    servers: list[LoopbackServer] = []
-    db_name = f"bp_outage_{uuid.uuid4().hex[:8]}"
-    sync_client: MongoClient[dict[str, Any]] = MongoClient(own_store.uri, tz_aware=True)
+    services = PayServices(tmp_path, own_store.uri, f"bp_outage_{uuid.uuid4().hex[:8]}")
 
     def start(
         listeners: tuple[monitoring.CommandListener, ...] = (), **settings: Any
     ) -> OutageService:
-        secret = secrets.token_urlsafe(32).encode()
-        simulator = create_simulator(secret, retry_delays=(0.2, 0.5))
-        gateway = LoopbackServer(simulator).start()
-        servers.append(gateway)
-        (tmp_path / "sandbox.key").write_bytes(secret)
-        config = tmp_path / "plugins.toml"
-        config.write_text(DEMO_BRANCHES_TOML.format(gateway=gateway.url))
-        settings.setdefault("reconcile_interval_seconds", 3600)
-        settings.setdefault("rate_limit_per_second", 1_000_000.0)
-        settings.setdefault("rate_limit_burst", 1_000_000)
-        pii_key = base64.b64encode(secrets.token_bytes(32)).decode()
-        options = Settings(
-            plugins_toml=config,
-            database=db_name,
-            data_dir=tmp_path / "data",
-            pii_key=pii_key,
-            **settings,
-        )
-
-        async def load_demo() -> None:
-            store = Store.connect(own_store.uri, db_name)
-            await store.ensure_indexes()
-            await seed(
-                store,
-                branches=["zj", "bj", "yn"],
-                orders=0,
-                ttl=timedelta(minutes=30),
-                vault=PiiVault(options.pii_master_key()),
-            )
-            await store.close()
-
-        with ThreadPoolExecutor(1) as pool:
-            pool.submit(asyncio.run, load_demo()).result()
-        log = CommandLog()
-        app = create_app(
-            options,
-            mongodb_uri=own_store.uri,
-            client_options={"event_listeners": [log, *listeners]},
-        )
-        server = LoopbackServer(app).start()
-        servers.append(server)
-        options.public_url = server.url
-        service = PayService(
-            url=server.url,
-            client=GraphQLClient(server.url, issue_key(sync_client[db_name], "ops")),
-            db=sync_client[db_name],
-            settings=options,
-            gateway_url=gateway.url,
-            gateway=simulator.state.gateway,
-            secret=secret,
-            plugins_toml=config,
-            mongo_uri=own_store.uri,
-            db_name=db_name,
-            commands=log.commands,
-            pii_key=pii_key,
-        )
-        return OutageService(service, own_store, app.state.store, caplog.records)
+        service = services.start(listeners=listeners, **settings)
+        return OutageService(service, own_store, services.apps[-1].state.store, caplog.records)
 
     yield start
     # Bring the store back first: the app and the clean-up talk to it.
     own_store.ensure_running()
-    for server in reversed(servers):
-        server.stop()
-    sync_client.drop_database(db_name)
-    sync_client.close()
+    services.stop()
 
 
 def post(

@@ -389,23 +389,36 @@ def second_process(tmp_path: Path) -> Iterator[Callable[[PayService], SecondProc
         process.wait(timeout=20)
 
 
-@pytest.fixture
-def start_payments(
-    tmp_path: Path, mongo_uri: str, db_name: str
-) -> Iterator[Callable[..., PayService]]:
-    """Start the simulator and branchpay (real app, uvicorn, store); both stop after the test."""
-    from api.dev.seed import seed
-    from api.store import Store
-    from api.web.app import create_app
+class PayServices:
+    """Starts the sandbox simulator and branchpay (real app, uvicorn) on one store and database.
 
-    servers: list[LoopbackServer] = []
-    sync_client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri, tz_aware=True)
+    ``start_payments`` uses the suite's store; the outage tests use a store of their
+    own, which they pause and kill. ``apps`` holds each app, for tests that read its state.
+    """
 
-    def start(extra_toml: str = "", **settings: Any) -> PayService:
+    def __init__(self, tmp_path: Path, mongo_uri: str, db_name: str) -> None:
+        self.tmp_path = tmp_path
+        self.mongo_uri = mongo_uri
+        self.db_name = db_name
+        self.servers: list[LoopbackServer] = []
+        self.apps: list[Any] = []
+        self.sync_client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri, tz_aware=True)
+
+    def start(
+        self,
+        extra_toml: str = "",
+        listeners: tuple[Any, ...] = (),
+        **settings: Any,
+    ) -> PayService:
+        from api.dev.seed import seed
+        from api.store import Store
+        from api.web.app import create_app
+
+        tmp_path, mongo_uri, db_name = self.tmp_path, self.mongo_uri, self.db_name
         secret = secrets.token_urlsafe(32).encode()
         simulator = create_simulator(secret, retry_delays=(0.2, 0.5))
         gateway = LoopbackServer(simulator).start()
-        servers.append(gateway)
+        self.servers.append(gateway)
         (tmp_path / "sandbox.key").write_bytes(secret)
         config = tmp_path / "plugins.toml"
         config.write_text(DEMO_BRANCHES_TOML.format(gateway=gateway.url) + extra_toml)
@@ -437,15 +450,19 @@ def start_payments(
         with ThreadPoolExecutor(1) as pool:
             pool.submit(asyncio.run, load_demo()).result()
         log = CommandLog()
-        app = create_app(options, mongodb_uri=mongo_uri, client_options={"event_listeners": [log]})
+        app = create_app(
+            options, mongodb_uri=mongo_uri, client_options={"event_listeners": [log, *listeners]}
+        )
+        self.apps.append(app)
         server = LoopbackServer(app).start()
-        servers.append(server)
+        self.servers.append(server)
         # Known only once it listens; read per request by the app, so set before any request.
         options.public_url = server.url
+        db = self.sync_client[db_name]
         return PayService(
             url=server.url,
-            client=GraphQLClient(server.url, issue_key(sync_client[db_name], "ops")),
-            db=sync_client[db_name],
+            client=GraphQLClient(server.url, issue_key(db, "ops")),
+            db=db,
             settings=options,
             gateway_url=gateway.url,
             gateway=simulator.state.gateway,
@@ -457,8 +474,18 @@ def start_payments(
             pii_key=pii_key,
         )
 
-    yield start
-    for server in reversed(servers):
-        server.stop()
-    sync_client.drop_database(db_name)
-    sync_client.close()
+    def stop(self) -> None:
+        for server in reversed(self.servers):
+            server.stop()
+        self.sync_client.drop_database(self.db_name)
+        self.sync_client.close()
+
+
+@pytest.fixture
+def start_payments(
+    tmp_path: Path, mongo_uri: str, db_name: str
+) -> Iterator[Callable[..., PayService]]:
+    """Start the simulator and branchpay (real app, uvicorn, store); both stop after the test."""
+    services = PayServices(tmp_path, mongo_uri, db_name)
+    yield services.start
+    services.stop()
