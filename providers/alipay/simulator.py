@@ -32,17 +32,15 @@ from __future__ import annotations
 
 import asyncio
 import html
-import ipaddress
 import json
 import logging
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, cast, get_args
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from typing import Any, Literal, get_args
+from urllib.parse import parse_qsl, urlencode
 
-import httpx
 from cryptography.hazmat.primitives.asymmetric import rsa
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -52,6 +50,7 @@ from starlette.routing import Route
 from api.plugin import BEIJING, from_beijing, load_private_key, load_public_key, to_beijing
 from providers.alipay.amounts import MAX_FEN, AmountError, fen_to_yuan, yuan_to_fen
 from providers.alipay.signing import notification_string, request_string, sign, verify
+from providers.kit.simulator import Fault, FaultQueue, Notifier, page, pay_page
 
 logger = logging.getLogger("branchpay.providers.alipay.simulator")
 
@@ -120,14 +119,6 @@ class Trade:
 
 
 @dataclass
-class Fault:
-    kind: FaultKind
-    remaining: int
-    method: str | None = None
-    seconds: float = 1.0
-
-
-@dataclass
 class Delivery:
     out_trade_no: str
     notify_id: str
@@ -183,11 +174,11 @@ class AlipaySimulator:
         self.seller_id = seller_id
         self.trades: dict[tuple[str, str], Trade] = {}
         self.qr_codes: dict[str, tuple[str, str]] = {}
-        self.faults: list[Fault] = []
+        self.faults = FaultQueue()
+        self.notifier = Notifier(timeout=10.0)
         self.calls: dict[str, int] = {}
         self.deliveries: list[Delivery] = []
         self._wrong_key: rsa.RSAPrivateKey | None = None
-        self._background: set[asyncio.Task[None]] = set()
         self.app = Starlette(
             routes=[
                 Route("/gateway.do", self.gateway, methods=["GET", "POST"]),
@@ -207,7 +198,8 @@ class AlipaySimulator:
                 Route("/_control/calls", self.control_calls, methods=["GET"]),
                 Route("/_control/deliveries", self.control_deliveries, methods=["GET"]),
                 Route("/_control/trades/{out_trade_no}", self.control_trade, methods=["GET"]),
-            ]
+            ],
+            lifespan=self.notifier.lifespan,
         )
         self.app.state.simulator = self
 
@@ -223,7 +215,7 @@ class AlipaySimulator:
             return await self._cashier(request, params, outcome)
         member = api_method.replace(".", "_") + "_response" if api_method else "error_response"
         self.calls[api_method] = self.calls.get(api_method, 0) + 1
-        fault = self._take_fault(api_method)
+        fault = self.faults.take(api_method)
         if fault is not None and fault.kind == "http_500":
             return Response("Service Unavailable", status_code=502)
         if fault is not None and fault.kind == "system_error":
@@ -568,36 +560,23 @@ class AlipaySimulator:
 
     def _notify(self, trade: Trade, notification: Notification) -> None:
         trade.notifications.append(notification)
-        self._in_background(self._deliver(trade, notification))
-
-    def _in_background(self, work: Any) -> None:
-        task = asyncio.get_running_loop().create_task(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self.notifier.later(self._deliver(trade, notification))
 
     async def _deliver(
         self, trade: Trade, notification: Notification, *, delay: float = 0.0
     ) -> Delivery:
-        if delay:
-            await asyncio.sleep(delay)
+        """One try, as Alipay's re-delivery schedule is left to the controls."""
         notify_id = notification.params["notify_id"]
-        if not _is_loopback(notification.notify_url):
-            delivery = Delivery(trade.out_trade_no, notify_id, None, "not sent: not a loopback URL")
-        else:
-            try:
-                async with httpx.AsyncClient(timeout=10.0) as client:
-                    response = await client.post(
-                        notification.notify_url,
-                        content=notification.body.encode("utf-8"),
-                        headers={
-                            "content-type": "application/x-www-form-urlencoded; charset=utf-8"
-                        },
-                    )
-                delivery = Delivery(
-                    trade.out_trade_no, notify_id, response.status_code, response.text[:200]
-                )
-            except httpx.HTTPError as exc:
-                delivery = Delivery(trade.out_trade_no, notify_id, None, type(exc).__name__)
+        sent = await self.notifier.deliver(
+            notification.notify_url,
+            lambda: (
+                {"content-type": "application/x-www-form-urlencoded; charset=utf-8"},
+                notification.body.encode("utf-8"),
+            ),
+            ref=notify_id,
+            delay=delay,
+        )
+        delivery = Delivery(trade.out_trade_no, notify_id, sent.status, sent.reply)
         self.deliveries.append(delivery)
         logger.info(
             "notification %s for %s delivered: %s %s",
@@ -684,7 +663,7 @@ class AlipaySimulator:
             return JSONResponse({"error": "copies 1-20, delay 0-600 s"}, 400)
         if delay:
             for notification in chosen * copies:
-                self._in_background(self._deliver(trade, notification, delay=delay))
+                self.notifier.later(self._deliver(trade, notification, delay=delay))
             return JSONResponse({"scheduled": len(chosen) * copies}, 202)
         deliveries = [
             _delivery_json(await self._deliver(trade, notification))
@@ -703,15 +682,14 @@ class AlipaySimulator:
             return JSONResponse({"error": "unknown fault kind"}, 400)
         try:
             fault = Fault(
-                kind=cast(FaultKind, kind),
+                kind=kind,
                 remaining=int(form.get("times", "1")),
-                method=form.get("method") or None,
+                target=form.get("method") or None,
                 seconds=float(form.get("seconds", "1")),
             )
         except ValueError:
             return JSONResponse({"error": "times and seconds must be numbers"}, 400)
-        self.faults.append(fault)
-        return JSONResponse({"faults": len(self.faults)})
+        return JSONResponse({"faults": self.faults.add(fault)})
 
     async def control_calls(self, request: Request) -> Response:
         return JSONResponse(self.calls)
@@ -736,15 +714,6 @@ class AlipaySimulator:
         )
 
     # --- helpers --------------------------------------------------------------
-
-    def _take_fault(self, api_method: str) -> Fault | None:
-        for fault in self.faults:
-            if fault.method in (None, api_method) and fault.remaining > 0:
-                fault.remaining -= 1
-                if fault.remaining == 0:
-                    self.faults.remove(fault)
-                return fault
-        return None
 
     def _json_response(
         self, member: str, content: Mapping[str, Any], *, signed: bool, wrong_key: bool = False
@@ -837,16 +806,6 @@ def _fmt(moment: datetime) -> str:
     return to_beijing(moment)
 
 
-def _is_loopback(url: str) -> bool:
-    host = urlsplit(url).hostname
-    if host == "localhost":
-        return True
-    try:
-        return host is not None and ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _delivery_json(delivery: Delivery) -> dict[str, Any]:
     return {
         "out_trade_no": delivery.out_trade_no,
@@ -857,20 +816,16 @@ def _delivery_json(delivery: Delivery) -> dict[str, Any]:
 
 
 def _page(title: str, content: str) -> str:
-    return (
-        f'<!doctype html><html lang="zh"><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        f"<body><h1>{html.escape(title)}</h1>{content}</body></html>"
-    )
+    return page(title, content, lang="zh")
 
 
 def _pay_page(trade: Trade, *, action: str) -> str:
-    buttons = "".join(
-        f'<button name="outcome" value="{value}">{label}</button> '
-        for value, label in (("success", "确认付款"), ("fail", "付款失败"), ("close", "关闭交易"))
-    )
-    return _page(
+    return pay_page(
         "支付宝收银台 (模拟)",
-        f"<p>{html.escape(trade.subject)}</p><p>订单号 {html.escape(trade.out_trade_no)}</p>"
-        f"<p>¥ {fen_to_yuan(trade.total_fen)}</p>"
-        f'<form method="post" action="{html.escape(action)}">{buttons}</form>',
+        lines=[trade.subject, f"订单号 {trade.out_trade_no}"],
+        amount_fen=trade.total_fen,
+        amount_label="金额",
+        action=action,
+        outcomes=(("success", "确认付款"), ("fail", "付款失败"), ("close", "关闭交易")),
+        lang="zh",
     )

@@ -10,6 +10,11 @@ Import it as ``providers.kit``; the contract itself comes from ``api.plugin``.
   payment platform's side in the suite.
 - :class:`LoopbackServer` runs an ASGI app (a gateway simulator) on a free
   loopback port in a background thread.
+- The simulator toolkit (:mod:`providers.kit.simulator`): :class:`Notifier`
+  delivers notifications to loopback targets only, signed per try, with
+  bounded retries; :class:`FaultQueue` and :class:`Fault` inject failures;
+  :func:`pay_page` and :func:`page` render the payer's pages. A simulator
+  keeps only its platform's wire format.
 """
 
 from __future__ import annotations
@@ -18,11 +23,34 @@ from typing import TYPE_CHECKING, Any
 
 from providers.kit.driver import GatewayDriver, SettleOutcome
 from providers.kit.loopback import LoopbackServer
+from providers.kit.simulator import (
+    Delivery,
+    Fault,
+    FaultQueue,
+    Notifier,
+    Signer,
+    is_loopback_url,
+    page,
+    pay_page,
+)
 
 if TYPE_CHECKING:
     from providers.kit.conformance import ProviderConformance
 
-__all__ = ["GatewayDriver", "LoopbackServer", "ProviderConformance", "SettleOutcome"]
+__all__ = [
+    "Delivery",
+    "Fault",
+    "FaultQueue",
+    "GatewayDriver",
+    "LoopbackServer",
+    "Notifier",
+    "ProviderConformance",
+    "SettleOutcome",
+    "Signer",
+    "is_loopback_url",
+    "page",
+    "pay_page",
+]
 
 
 def __getattr__(name: str) -> Any:

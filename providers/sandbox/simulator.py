@@ -23,26 +23,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import html
 import json
 import logging
 import os
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from providers.kit.simulator import Fault, FaultQueue, Notifier, Signer, page, pay_page
 from providers.sandbox import signing
 
 logger = logging.getLogger("branchpay.providers.sandbox.simulator")
@@ -114,15 +113,6 @@ class Attempt:
         }
 
 
-@dataclass
-class Fault:
-    """An injected failure for the next ``count`` API calls."""
-
-    count: int
-    status: int | None  # answer with this status instead of handling the call
-    delay: float  # seconds to stall before answering
-
-
 def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"code": code, "message": message}, status_code=status)
 
@@ -138,23 +128,8 @@ class SandboxGateway:
         self._secret = secret
         self.retry_delays = retry_delays
         self.attempts: dict[str, Attempt] = {}
-        self.faults: list[Fault] = []
-        self._http: httpx.AsyncClient | None = None
-        self._deliveries: set[asyncio.Task[None]] = set()
-
-    # --- lifecycle ----------------------------------------------------------------
-
-    @contextlib.asynccontextmanager
-    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        async with httpx.AsyncClient(timeout=5.0) as http:
-            self._http = http
-            try:
-                yield
-            finally:
-                for task in list(self._deliveries):
-                    task.cancel()
-                await asyncio.gather(*self._deliveries, return_exceptions=True)
-                self._http = None
+        self.faults = FaultQueue()
+        self.notifier = Notifier(retry_delays=retry_delays, timeout=5.0)
 
     # --- notifications -------------------------------------------------------------
 
@@ -167,27 +142,11 @@ class SandboxGateway:
     def _signed(self, body: bytes) -> dict[str, str]:
         return {"Content-Type": "application/json", **signing.signed_headers(self._secret, body)}
 
-    async def _send_once(self, url: str, body: bytes) -> int | None:
-        assert self._http is not None, "the simulator's lifespan has not started"
-        try:
-            response = await self._http.post(url, content=body, headers=self._signed(body))
-        except httpx.HTTPError as exc:
-            logger.info("notification to %s failed: %s", url, type(exc).__name__)
-            return None
-        return response.status_code
-
-    async def _deliver(self, url: str, body: bytes) -> None:
-        status = await self._send_once(url, body)
-        for delay in self.retry_delays:
-            if status is not None and 200 <= status < 300:
-                return
-            await asyncio.sleep(delay)
-            status = await self._send_once(url, body)
+    def _signer(self, body: bytes) -> Signer:
+        return lambda: (self._signed(body), body)
 
     def _deliver_in_background(self, url: str, body: bytes) -> None:
-        task = asyncio.get_running_loop().create_task(self._deliver(url, body))
-        self._deliveries.add(task)
-        task.add_done_callback(self._deliveries.discard)
+        self.notifier.in_background(url, self._signer(body))
 
     # --- rules --------------------------------------------------------------------
 
@@ -229,13 +188,10 @@ class SandboxGateway:
             )
         except signing.SignatureInvalid as exc:
             return body, _error(401, "UNAUTHORIZED", str(exc))
-        if self.faults:
-            fault = self.faults[0]
-            fault.count -= 1
-            if fault.count <= 0:
-                self.faults.pop(0)
-            if fault.delay:
-                await asyncio.sleep(fault.delay)
+        fault = self.faults.take(request.url.path)
+        if fault is not None:
+            if fault.seconds:
+                await asyncio.sleep(fault.seconds)
             if fault.status is not None:
                 return body, _error(fault.status, "INJECTED_FAULT", "injected by /control/faults")
         return body, None
@@ -420,21 +376,23 @@ class SandboxGateway:
         if attempt is None:
             return HTMLResponse("<h1>No such payment</h1>", status_code=404)
         self._expire(attempt)
-        yuan = f"{attempt.amount_fen // 100}.{attempt.amount_fen % 100:02d}"
-        if attempt.status != "PENDING":
-            controls = f"<p>This payment is {attempt.status.lower()}.</p>"
-        else:
-            controls = "".join(
-                f'<button name="outcome" value="{o}">{label}</button> '
-                for o, label in (("success", "Pay"), ("fail", "Fail"), ("close", "Cancel"))
+        return HTMLResponse(
+            pay_page(
+                "Sandbox pay",
+                heading="Sandbox payment",
+                lines=[attempt.subject, attempt.currency],
+                amount_fen=attempt.amount_fen,
+                settled=attempt.status.lower() if attempt.status != "PENDING" else None,
             )
-            controls = f'<form method="post">{controls}</form>'
-        page = (
-            "<!doctype html><html><head><meta charset='utf-8'><title>Sandbox pay</title></head>"
-            f"<body><h1>Sandbox payment</h1><p>{html.escape(attempt.subject)}</p>"
-            f"<p>Amount: &yen;{yuan} {html.escape(attempt.currency)}</p>{controls}</body></html>"
         )
-        return HTMLResponse(page)
+
+    def _settle_or_refuse(self, attempt: Attempt, outcome: str) -> Response | None:
+        """Settle with the payer's outcome; the refusal to answer, if it cannot be."""
+        if outcome not in OUTCOMES:
+            return _error(400, "INVALID_REQUEST", "outcome must be success, fail or close")
+        if self._settle(attempt, outcome) is None:
+            return _error(409, "ALREADY_SETTLED", f"the attempt is already {attempt.status}")
+        return None
 
     async def pay(self, request: Request) -> Response:
         attempt = self.attempts.get(request.path_params["out_trade_no"])
@@ -442,11 +400,9 @@ class SandboxGateway:
         if attempt is None:
             return _error(404, "NOT_FOUND", "no such attempt")
         form = await request.form()
-        outcome = str(form.get("outcome", ""))
-        if outcome not in OUTCOMES:
-            return _error(400, "INVALID_REQUEST", "outcome must be success, fail or close")
-        if self._settle(attempt, outcome) is None:
-            return _error(409, "ALREADY_SETTLED", f"the attempt is already {attempt.status}")
+        refused = self._settle_or_refuse(attempt, str(form.get("outcome", "")))
+        if refused is not None:
+            return refused
         self._deliver_in_background(attempt.notify_url, attempt.notifications[-1][1])
         if wants_json:
             return JSONResponse(attempt.as_json())
@@ -455,10 +411,7 @@ class SandboxGateway:
             if attempt.return_url
             else ""
         )
-        return HTMLResponse(
-            "<!doctype html><html><head><meta charset='utf-8'><title>Sandbox pay</title></head>"
-            f"<body><h1>Payment {attempt.status.lower()}</h1>{back}</body></html>"
-        )
+        return HTMLResponse(page("Sandbox pay", back, heading=f"Payment {attempt.status.lower()}"))
 
     # --- test controls --------------------------------------------------------------
 
@@ -473,11 +426,9 @@ class SandboxGateway:
         if attempt is None:
             return _error(404, "NOT_FOUND", "no such attempt")
         data = await request.json()
-        outcome = str(data.get("outcome", ""))
-        if outcome not in OUTCOMES:
-            return _error(400, "INVALID_REQUEST", "outcome must be success, fail or close")
-        if self._settle(attempt, outcome) is None:
-            return _error(409, "ALREADY_SETTLED", f"the attempt is already {attempt.status}")
+        refused = self._settle_or_refuse(attempt, str(data.get("outcome", "")))
+        if refused is not None:
+            return refused
         body = attempt.notifications[-1][1]
         if data.get("deliver", False):
             self._deliver_in_background(attempt.notify_url, body)
@@ -500,18 +451,24 @@ class SandboxGateway:
         if not 1 <= count <= 100:
             return _error(400, "INVALID_REQUEST", "count must be 1..100")
         body = attempt.notifications[-1][1]
-        statuses = [await self._send_once(attempt.notify_url, body) for _ in range(count)]
+        signer = self._signer(body)
+        statuses = [
+            (await self.notifier.deliver(attempt.notify_url, signer, retry_delays=())).status
+            for _ in range(count)
+        ]
         return JSONResponse({"notification_id": attempt.notifications[-1][0], "statuses": statuses})
 
     async def control_faults(self, request: Request) -> Response:
         data = await request.json()
         fault = Fault(
-            count=int(data.get("count", 1)),
+            kind="api",
+            remaining=int(data.get("count", 1)),
             status=int(data["status"]) if data.get("status") is not None else None,
-            delay=float(data.get("delay", 0.0)),
+            seconds=float(data.get("delay", 0.0)),
+            target="/api/",
+            prefix=True,
         )
-        self.faults.append(fault)
-        return JSONResponse({"pending_faults": len(self.faults)})
+        return JSONResponse({"pending_faults": self.faults.add(fault)})
 
 
 def create_app(secret: bytes, *, retry_delays: tuple[float, ...] = (0.5, 1.0, 2.0)) -> Starlette:
@@ -534,7 +491,7 @@ def create_app(secret: bytes, *, retry_delays: tuple[float, ...] = (0.5, 1.0, 2.
     ]
     app = Starlette(
         routes=[Route(path, endpoint, methods=methods) for path, endpoint, methods in routes],
-        lifespan=gateway.lifespan,
+        lifespan=gateway.notifier.lifespan,
     )
     app.state.gateway = gateway
     return app

@@ -27,18 +27,16 @@ Controls for tests and the demo:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import html
 import itertools
 import logging
 import secrets
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
-import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -48,6 +46,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from api.plugin import BEIJING
+from providers.kit.simulator import Fault, FaultQueue, Notifier, page, pay_page
 from providers.unionpay import message
 
 logger = logging.getLogger("branchpay.providers.unionpay.simulator")
@@ -107,13 +106,6 @@ class Transaction:
     deliveries: list[int | None] = field(default_factory=list)
 
 
-@dataclass
-class Fault:
-    mode: str
-    count: int
-    stall_seconds: float
-
-
 class Gateway:
     """The simulator's state and behaviour, behind the HTTP routes."""
 
@@ -130,9 +122,13 @@ class Gateway:
         self.merchants = dict(merchants)
         self.transactions: dict[tuple[str, str], Transaction] = {}
         self.by_tn: dict[str, Transaction] = {}
-        self.faults: dict[str, Fault] = {}
-        self.http: httpx.AsyncClient | None = None
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.faults = FaultQueue(one_per_target=True)
+        # UnionPay takes HTTP 200 as receipt; its 1, 2, 4, 5 minute schedule, shortened.
+        self.notifier = Notifier(
+            retry_delays=[delivery_backoff * 2**n for n in range(DELIVERY_TRIES - 1)],
+            accept=lambda response: response.status_code == 200,
+            timeout=5.0,
+        )
         self._serial = itertools.count(1)
 
     # --- signing --------------------------------------------------------------------
@@ -317,38 +313,23 @@ class Gateway:
 
     async def deliver(self, txn: Transaction, notification: dict[str, str]) -> int | None:
         """POST a notification to backUrl; UnionPay takes HTTP 200 as receipt."""
-        assert self.http is not None
-        status: int | None = None
-        for attempt in range(DELIVERY_TRIES):
-            if attempt:
-                await asyncio.sleep(self.delivery_backoff * 2 ** (attempt - 1))
-            try:
-                response = await self.http.post(
-                    txn.back_url,
-                    content=urlencode(notification).encode("utf-8"),
-                    headers={"content-type": "application/x-www-form-urlencoded;charset=UTF-8"},
-                )
-            except httpx.HTTPError as exc:
-                logger.info(
-                    "notification of %s not delivered: %s", txn.order_id, type(exc).__name__
-                )
-                status = None
-                continue
-            status = response.status_code
-            if status == 200:
-                break
-        txn.deliveries.append(status)
-        return status
+        return await self._deliver(txn, notification, 0.0)
+
+    async def _deliver(
+        self, txn: Transaction, notification: dict[str, str], delay: float
+    ) -> int | None:
+        body = urlencode(notification).encode("utf-8")
+        sent = await self.notifier.deliver(
+            txn.back_url,
+            lambda: ({"content-type": "application/x-www-form-urlencoded;charset=UTF-8"}, body),
+            ref=txn.order_id,
+            delay=delay,
+        )
+        txn.deliveries.append(sent.status)
+        return sent.status
 
     def deliver_later(self, txn: Transaction, notification: dict[str, str], delay: float) -> None:
-        async def run() -> None:
-            if delay:
-                await asyncio.sleep(delay)
-            await self.deliver(txn, notification)
-
-        task = asyncio.get_running_loop().create_task(run())
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self.notifier.later(self._deliver(txn, notification, delay))
 
     def query(self, fields: dict[str, str]) -> dict[str, str]:
         self.check(fields, ("txnType", "txnSubType", "bizType", "orderId", "txnTime"))
@@ -383,13 +364,7 @@ class Gateway:
         return answer
 
     def take_fault(self, endpoint: str) -> Fault | None:
-        fault = self.faults.get(endpoint)
-        if fault is None:
-            return None
-        fault.count -= 1
-        if fault.count <= 0:
-            del self.faults[endpoint]
-        return fault
+        return self.faults.take(endpoint)
 
 
 def create_app(
@@ -412,10 +387,9 @@ def create_app(
             k: request_fields[k] for k in ("merId", "orderId", "txnTime") if k in request_fields
         }
         body = message.format_response(gateway.signed({**echo, **fields}))
-        fault = gateway.faults.get(endpoint)
-        if fault is not None and fault.mode in AFTER_PROCESSING:
-            gateway.take_fault(endpoint)
-            if fault.mode == "lost_answer":
+        fault = gateway.faults.take(endpoint, kinds=AFTER_PROCESSING)
+        if fault is not None:
+            if fault.kind == "lost_answer":
                 return PlainTextResponse("system busy", status_code=500)
             body = body.replace("respMsg=", "respMsg=x", 1)
         return PlainTextResponse(body, media_type="text/plain;charset=UTF-8")
@@ -425,12 +399,12 @@ def create_app(
         return {k: v for k, v in form.multi_items() if isinstance(v, str)}
 
     async def injected(endpoint: str) -> Response | None:
-        fault = gateway.faults.get(endpoint)
-        if fault is None or fault.mode in AFTER_PROCESSING:
+        fault = gateway.faults.peek(endpoint)
+        if fault is None or fault.kind in AFTER_PROCESSING:
             return None
         gateway.take_fault(endpoint)
-        if fault.mode == "stall":
-            await asyncio.sleep(fault.stall_seconds)
+        if fault.kind == "stall":
+            await asyncio.sleep(fault.seconds)
         return PlainTextResponse("system busy", status_code=500)
 
     async def front(request: Request) -> Response:
@@ -557,10 +531,13 @@ def create_app(
         endpoint, mode = spec.get("endpoint"), spec.get("mode")
         if endpoint not in ENDPOINTS or mode not in FAULT_MODES:
             return JSONResponse({"error": "endpoint or mode unknown"}, 400)
-        gateway.faults[endpoint] = Fault(
-            mode=mode,
-            count=int(spec.get("count", 1)),
-            stall_seconds=float(spec.get("stall_seconds", 30)),
+        gateway.faults.add(
+            Fault(
+                kind=mode,
+                remaining=int(spec.get("count", 1)),
+                target=endpoint,
+                seconds=float(spec.get("stall_seconds", 30)),
+            )
         )
         return JSONResponse({"ok": True})
 
@@ -590,17 +567,6 @@ def create_app(
             }
         )
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with httpx.AsyncClient(timeout=5.0) as client:
-            gateway.http = client
-            try:
-                yield
-            finally:
-                for task in list(gateway.tasks):
-                    task.cancel()
-                await asyncio.gather(*gateway.tasks, return_exceptions=True)
-
     app = Starlette(
         routes=[
             Route("/gateway/api/frontTransReq.do", front, methods=["POST"]),
@@ -614,28 +580,20 @@ def create_app(
             Route("/control/faults", faults, methods=["POST"]),
             Route("/control/transactions/{order}", transaction, methods=["GET"]),
         ],
-        lifespan=lifespan,
+        lifespan=gateway.notifier.lifespan,
     )
     app.state.gateway = gateway
     return app
 
 
 def _page(title: str, text: str) -> str:
-    return (
-        f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        f"</head><body><h1>{html.escape(title)}</h1><p>{html.escape(text)}</p></body></html>"
-    )
+    return page(title, f"<p>{html.escape(text)}</p>", lang="zh")
 
 
 def _pay_page(txn: Transaction) -> str:
-    yuan = f"{txn.amount_fen // 100}.{txn.amount_fen % 100:02d}"
-    buttons = "".join(
-        f'<button name="outcome" value="{o}">{label}</button>'
-        for o, label in (("success", "Pay"), ("fail", "Fail"), ("close", "Cancel"))
-    )
-    return (
-        '<!DOCTYPE html><html><head><meta charset="utf-8"><title>UnionPay simulator</title>'
-        f"</head><body><h1>UnionPay simulator</h1><p>Order {html.escape(txn.order_id)}: "
-        f'¥{yuan}</p><form method="post" action="/pay/{html.escape(txn.tn)}">{buttons}'
-        "</form></body></html>"
+    return pay_page(
+        "UnionPay simulator",
+        lines=[f"Order {txn.order_id}"],
+        amount_fen=txn.amount_fen,
+        action=f"/pay/{txn.tn}",
     )

@@ -39,7 +39,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
-import httpx
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 from starlette.applications import Starlette
@@ -48,6 +47,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from providers.kit.simulator import Fault, FaultQueue, Notifier, Signer
+from providers.kit.simulator import pay_page as render_pay_page
 from providers.wechatpay import signing
 
 _CST = timezone(timedelta(hours=8))
@@ -110,14 +111,6 @@ class Attempt:
         return sum(r.amount for r in self.refunds.values() if r.status != "CLOSED")
 
 
-@dataclass(slots=True)
-class Fault:
-    kind: str
-    times: int
-    stall_seconds: float
-    path: str
-
-
 class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
@@ -164,7 +157,8 @@ class Gateway:
         self.platform_private_key = platform_private_key
         self.platform_public_key_id = platform_public_key_id
         self.attempts: dict[str, Attempt] = {}
-        self.faults: list[Fault] = []
+        self.faults = FaultQueue()
+        self.notifier = Notifier(timeout=10.0)
         self._stranger_key: RSAPrivateKey | None = None
 
     # -- signing ---------------------------------------------------------------
@@ -201,13 +195,7 @@ class Gateway:
         return Response(body, status_code=status, headers=headers, media_type=media)
 
     def take_fault(self, path: str) -> Fault | None:
-        for fault in self.faults:
-            if path.startswith(fault.path) and fault.times > 0:
-                fault.times -= 1
-                if fault.times == 0:
-                    self.faults.remove(fault)
-                return fault
-        return None
+        return self.faults.take(path)
 
     # -- request checks --------------------------------------------------------
 
@@ -500,32 +488,38 @@ class Gateway:
         }
         return self.envelope(attempt.merchant, "REFUND.SUCCESS", "退款成功", fact)
 
-    async def deliver(self, attempt: Attempt, body: bytes, url: str) -> int | None:
-        headers = self.signed_headers(body)
-        headers["Content-Type"] = "application/json"
-        try:
-            async with httpx.AsyncClient(timeout=10) as client:
-                response = await client.post(url, content=body, headers=headers)
-        except httpx.HTTPError:
-            status = None
-        else:
-            status = response.status_code
-        attempt.deliveries.append(status)
-        return status
+    def signer(self, body: bytes) -> Signer:
+        """Headers signed anew at every try, as WeChat Pay signs each re-delivery."""
+        return lambda: ({**self.signed_headers(body), "Content-Type": "application/json"}, body)
+
+    async def deliver(
+        self,
+        attempt: Attempt,
+        body: bytes,
+        url: str,
+        *,
+        retry_delays: Sequence[float] = (),
+        delay: float = 0.0,
+    ) -> int | None:
+        sent = await self.notifier.deliver(
+            url,
+            self.signer(body),
+            ref=attempt.out_trade_no,
+            retry_delays=retry_delays,
+            delay=delay,
+        )
+        attempt.deliveries.extend(sent.statuses)
+        return sent.status
 
     async def redeliver_until_accepted(self, attempt: Attempt, body: bytes, url: str) -> None:
         """Send again after each pause of ``redelivery_delays`` until branchpay answers 2xx."""
-        for pause in self.redelivery_delays:
-            await asyncio.sleep(pause)
-            status = await self.deliver(attempt, body, url)
-            if status is not None and 200 <= status < 300:
-                return
+        if self.redelivery_delays:
+            first, *rest = self.redelivery_delays
+            await self.deliver(attempt, body, url, delay=first, retry_delays=rest)
 
     async def notify(self, attempt: Attempt, body: bytes, url: str) -> None:
         """Deliver a callback, re-delivering it as WeChat Pay does when it is not accepted."""
-        status = await self.deliver(attempt, body, url)
-        if status is None or not 200 <= status < 300:
-            await self.redeliver_until_accepted(attempt, body, url)
+        await self.deliver(attempt, body, url, retry_delays=self.redelivery_delays)
 
 
 def create_app(
@@ -556,7 +550,7 @@ def create_app(
             after = None
         if fault is not None and fault.kind == "stall":
             # The platform has acted; only the answer comes too late.
-            await asyncio.sleep(fault.stall_seconds)
+            await asyncio.sleep(fault.seconds)
         response = gateway.reply(status, data, fault)
         response.background = after
         return response
@@ -604,15 +598,14 @@ def create_app(
         attempt = gateway.attempts.get(request.path_params["out_trade_no"])
         if attempt is None:
             return HTMLResponse("<p>No such order.</p>", status_code=404)
-        yuan = f"{attempt.total // 100}.{attempt.total % 100:02d}"
-        buttons = "".join(
-            f'<button name="outcome" value="{outcome}">{label}</button>'
-            for outcome, label in (("success", "Pay"), ("fail", "Fail"), ("close", "Close"))
-        )
         return HTMLResponse(
-            "<!doctype html><title>WeChat Pay simulator</title>"
-            f"<h1>WeChat Pay (simulator)</h1><p>{html.escape(str(attempt.order['description']))}"
-            f"</p><p>¥{yuan} — {attempt.state}</p><form method=post>{buttons}</form>"
+            render_pay_page(
+                "WeChat Pay simulator",
+                heading="WeChat Pay (simulator)",
+                lines=[str(attempt.order["description"]), attempt.state],
+                amount_fen=attempt.total,
+                outcomes=(("success", "Pay"), ("fail", "Fail"), ("close", "Close")),
+            )
         )
 
     async def pay(request: Request) -> Response:
@@ -695,12 +688,13 @@ def create_app(
         kind = plan.get("kind")
         if kind not in ("error", "stall", "unsigned", "forged"):
             return JSONResponse({"code": "PARAM_ERROR", "message": "unknown fault kind"}, 400)
-        gateway.faults.append(
+        gateway.faults.add(
             Fault(
                 kind=kind,
-                times=int(plan.get("times", 1)),
-                stall_seconds=float(plan.get("stall_seconds", 1.0)),
-                path=str(plan.get("path", "/v3/")),
+                remaining=int(plan.get("times", 1)),
+                seconds=float(plan.get("stall_seconds", 1.0)),
+                target=str(plan.get("path", "/v3/")),
+                prefix=True,
             )
         )
         return Response(status_code=204)
@@ -717,7 +711,8 @@ def create_app(
             Route("/control/notifications/{out_trade_no}", notifications, methods=["GET"]),
             Route("/control/notifications/{out_trade_no}/deliver", redeliver, methods=["POST"]),
             Route("/control/faults", faults, methods=["POST", "DELETE"]),
-        ]
+        ],
+        lifespan=gateway.notifier.lifespan,
     )
     app.state.gateway = gateway
     return app

@@ -913,7 +913,7 @@ async def test_query_is_retried_through_server_errors(
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         result = await provider.query(request.out_trade_no)
     assert result.state is AttemptState.PENDING
-    assert retries_logged(caplog) == 2 and clean_faults.faults == []
+    assert retries_logged(caplog) == 2 and clean_faults.faults.pending == []
 
 
 async def test_query_gives_up_after_max_attempts(
@@ -925,7 +925,9 @@ async def test_query_gives_up_after_max_attempts(
     with pytest.raises(GatewayError, match="after 3 tries") as caught:
         await provider.query(request.out_trade_no)
     assert caught.value.retryable
-    assert clean_faults.faults[0].times == 1, "exactly max_attempts calls reached the platform"
+    assert clean_faults.faults.pending[0].remaining == 1, (
+        "exactly max_attempts calls reached the platform"
+    )
 
 
 async def test_order_is_never_repeated_and_a_server_error_leaves_it_unknown(
@@ -935,7 +937,7 @@ async def test_order_is_never_repeated_and_a_server_error_leaves_it_unknown(
     with pytest.raises(GatewayError) as caught:
         await provider.create_payment(order())
     assert not caught.value.retryable and caught.value.outcome_unknown
-    assert clean_faults.faults[0].times == 1, "the order was sent once"
+    assert clean_faults.faults.pending[0].remaining == 1, "the order was sent once"
 
 
 async def test_order_timeout_is_unknown_and_not_guessed(

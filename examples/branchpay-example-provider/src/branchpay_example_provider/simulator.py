@@ -8,22 +8,20 @@ notification body instead of sending it.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
-import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from branchpay_example_provider import signing
+from providers.kit import Notifier, page
+from providers.kit import pay_page as render_pay_page
 
 _OUTCOMES = {
     "success": ("PAID", "paid"),
@@ -45,8 +43,12 @@ class _Attempt:
 
 def create_app(merchant_id: str, api_key: bytes) -> Starlette:
     attempts: dict[str, _Attempt] = {}
-    deliveries: set[asyncio.Task[None]] = set()
-    clients: list[httpx.AsyncClient] = []
+    # Example Pay takes a notification as received when the answer is 200 "success".
+    notifier = Notifier(
+        retry_delays=(0.5, 1.0),
+        accept=lambda response: response.status_code == 200 and response.text == "success",
+        timeout=5.0,
+    )
 
     def answer(**fields: Any) -> JSONResponse:
         return JSONResponse({**fields, "sign": signing.sign(api_key, fields)})
@@ -67,19 +69,9 @@ def create_app(merchant_id: str, api_key: bytes) -> Starlette:
     def signed_form(fields: dict[str, Any]) -> bytes:
         return urlencode({**fields, "sign": signing.sign(api_key, fields)}).encode()
 
-    async def deliver(url: str, body: bytes) -> None:
-        headers = {"content-type": "application/x-www-form-urlencoded"}
-        for delay in (0.0, 0.5, 1.0):
-            await asyncio.sleep(delay)
-            with contextlib.suppress(httpx.HTTPError):
-                response = await clients[0].post(url, content=body, headers=headers)
-                if response.status_code == 200 and response.text == "success":
-                    return
-
     def send(url: str, body: bytes) -> None:
-        task = asyncio.get_running_loop().create_task(deliver(url, body))
-        deliveries.add(task)
-        task.add_done_callback(deliveries.discard)
+        headers = {"content-type": "application/x-www-form-urlencoded"}
+        notifier.in_background(url, lambda: (headers, body))
 
     async def signed_request(request: Request) -> dict[str, Any] | None:
         fields: dict[str, Any] = await request.json()
@@ -165,10 +157,10 @@ def create_app(merchant_id: str, api_key: bytes) -> Starlette:
         attempt = attempts.get(request.path_params["out_trade_no"])
         if attempt is None:
             return HTMLResponse("<h1>No such payment</h1>", status_code=404)
-        buttons = "".join(f'<button name="outcome" value="{o}">{o}</button>' for o in _OUTCOMES)
         return HTMLResponse(
-            f"<h1>Example Pay</h1><p>{attempt.amount / 100:.2f} CNY</p>"
-            f'<form method="post">{buttons}</form>'
+            render_pay_page(
+                "Example Pay", lines=[attempt.subject, "CNY"], amount_fen=attempt.amount
+            )
         )
 
     async def pay(request: Request) -> Response:
@@ -178,7 +170,7 @@ def create_app(merchant_id: str, api_key: bytes) -> Starlette:
             return settled
         attempt, body = settled
         send(attempt.notify_url, body)
-        return HTMLResponse(f"<h1>Payment {attempt.status.lower()}</h1>")
+        return HTMLResponse(page("Example Pay", heading=f"Payment {attempt.status.lower()}"))
 
     async def control_settle(request: Request) -> Response:
         data = await request.json()
@@ -195,15 +187,6 @@ def create_app(merchant_id: str, api_key: bytes) -> Starlette:
         body = signed_form({**attempt.latest, "time": int(time.time())})
         return JSONResponse({"body": body.decode()})
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with httpx.AsyncClient(timeout=5.0) as client:
-            clients.append(client)
-            yield
-            for task in list(deliveries):
-                task.cancel()
-            await asyncio.gather(*deliveries, return_exceptions=True)
-
     return Starlette(
         routes=[
             Route("/orders", create, methods=["POST"]),
@@ -215,5 +198,5 @@ def create_app(merchant_id: str, api_key: bytes) -> Starlette:
             Route("/control/settle/{out_trade_no}", control_settle, methods=["POST"]),
             Route("/control/redeliver/{out_trade_no}", control_redeliver, methods=["POST"]),
         ],
-        lifespan=lifespan,
+        lifespan=notifier.lifespan,
     )
