@@ -50,7 +50,7 @@ from starlette.routing import Route
 from api.plugin import BEIJING, from_beijing, load_private_key, load_public_key, to_beijing
 from providers.alipay.amounts import MAX_FEN, AmountError, fen_to_yuan, yuan_to_fen
 from providers.alipay.signing import notification_string, request_string, sign, verify
-from providers.kit.simulator import Fault, FaultQueue, Notifier, page, pay_page
+from providers.kit.simulator import Fault, FaultQueue, Notifier, control_routes, page, pay_page
 
 logger = logging.getLogger("branchpay.providers.alipay.simulator")
 
@@ -198,6 +198,7 @@ class AlipaySimulator:
                 Route("/_control/calls", self.control_calls, methods=["GET"]),
                 Route("/_control/deliveries", self.control_deliveries, methods=["GET"]),
                 Route("/_control/trades/{out_trade_no}", self.control_trade, methods=["GET"]),
+                *control_routes("/_control", notifier=self.notifier, faults=self.faults),
             ],
             lifespan=self.notifier.lifespan,
         )

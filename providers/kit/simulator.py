@@ -10,6 +10,11 @@
   simulator decides what each fault kind does on its wire.
 - :func:`pay_page` and :func:`page` render the payer's page and result pages.
 - :func:`read_fields` reads a control request's parameters, JSON or form.
+- :func:`control_routes` are the test controls every simulator shares, under
+  the simulator's own prefix: ``GET {prefix}/deliveries`` (every delivery, with
+  each try's status), ``GET {prefix}/faults`` (the faults still pending) and
+  ``DELETE {prefix}/faults`` (clear them). A simulator lists its own routes
+  first: where it already answers a path and method, its route wins.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 __all__ = [
     "DEFAULT_OUTCOMES",
@@ -35,6 +42,7 @@ __all__ = [
     "FaultQueue",
     "Notifier",
     "Signer",
+    "control_routes",
     "is_loopback_url",
     "page",
     "pay_page",
@@ -268,6 +276,23 @@ class FaultQueue:
 
     def __bool__(self) -> bool:
         return bool(self._faults)
+
+
+def control_routes(prefix: str, *, notifier: Notifier, faults: FaultQueue) -> list[Route]:
+    """The shared test controls under ``prefix`` (``/control``, ``/_control``, ...)."""
+
+    async def deliveries(request: Request) -> Response:
+        return JSONResponse([delivery.as_json() for delivery in notifier.log])
+
+    async def pending_faults(request: Request) -> Response:
+        if request.method == "DELETE":
+            faults.clear()
+        return JSONResponse({"pending_faults": [asdict(fault) for fault in faults.pending]})
+
+    return [
+        Route(f"{prefix}/deliveries", deliveries, methods=["GET"]),
+        Route(f"{prefix}/faults", pending_faults, methods=["GET", "DELETE"]),
+    ]
 
 
 async def read_fields(request: Request) -> dict[str, Any]:

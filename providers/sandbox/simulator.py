@@ -41,7 +41,15 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from providers.kit.simulator import Fault, FaultQueue, Notifier, Signer, page, pay_page
+from providers.kit.simulator import (
+    Fault,
+    FaultQueue,
+    Notifier,
+    Signer,
+    control_routes,
+    page,
+    pay_page,
+)
 from providers.sandbox import signing
 
 logger = logging.getLogger("branchpay.providers.sandbox.simulator")
@@ -490,7 +498,10 @@ def create_app(secret: bytes, *, retry_delays: tuple[float, ...] = (0.5, 1.0, 2.
         ("/control/faults", gateway.control_faults, ["POST"]),
     ]
     app = Starlette(
-        routes=[Route(path, endpoint, methods=methods) for path, endpoint, methods in routes],
+        routes=[
+            *(Route(path, endpoint, methods=methods) for path, endpoint, methods in routes),
+            *control_routes("/control", notifier=gateway.notifier, faults=gateway.faults),
+        ],
         lifespan=gateway.notifier.lifespan,
     )
     app.state.gateway = gateway

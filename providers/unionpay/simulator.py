@@ -46,7 +46,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from api.plugin import BEIJING
-from providers.kit.simulator import Fault, FaultQueue, Notifier, page, pay_page
+from providers.kit.simulator import Fault, FaultQueue, Notifier, control_routes, page, pay_page
 from providers.unionpay import message
 
 logger = logging.getLogger("branchpay.providers.unionpay.simulator")
@@ -579,6 +579,7 @@ def create_app(
             Route("/control/notifications/{order}/redeliver", redeliver, methods=["POST"]),
             Route("/control/faults", faults, methods=["POST"]),
             Route("/control/transactions/{order}", transaction, methods=["GET"]),
+            *control_routes("/control", notifier=gateway.notifier, faults=gateway.faults),
         ],
         lifespan=gateway.notifier.lifespan,
     )

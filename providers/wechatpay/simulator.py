@@ -47,7 +47,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from providers.kit.simulator import Fault, FaultQueue, Notifier, Signer
+from providers.kit.simulator import Fault, FaultQueue, Notifier, Signer, control_routes
 from providers.kit.simulator import pay_page as render_pay_page
 from providers.wechatpay import signing
 
@@ -711,6 +711,7 @@ def create_app(
             Route("/control/notifications/{out_trade_no}", notifications, methods=["GET"]),
             Route("/control/notifications/{out_trade_no}/deliver", redeliver, methods=["POST"]),
             Route("/control/faults", faults, methods=["POST", "DELETE"]),
+            *control_routes("/control", notifier=gateway.notifier, faults=gateway.faults),
         ],
         lifespan=gateway.notifier.lifespan,
     )

@@ -264,3 +264,34 @@ async def test_every_simulator_refuses_a_non_loopback_notify_target(
     assert notifier.log[-1].reply == kit.NOT_LOOPBACK and notifier.log[-1].statuses == [None]
     await send("http://127.0.0.1:9/notify")  # the same path reaches a loopback target
     assert len(recorder.requests) == 1 and notifier.log[-1].accepted
+
+
+# --- every simulator serves the shared controls under its own prefix ------------------------
+
+SHARED_CONTROLS = [
+    # (provider, prefix, the simulator's own documented way to inject a fault)
+    ("sandbox", "/control", {"json": {"status": 503, "count": 2}}),
+    ("alipay", "/_control", {"data": {"kind": "http_500", "times": "2"}}),
+    ("wechatpay", "/control", {"json": {"kind": "error", "times": 2}}),
+    ("unionpay", "/control", {"json": {"endpoint": "queryTrans.do", "mode": "error", "count": 2}}),
+]
+
+
+@pytest.mark.parametrize(("provider", "prefix", "fault"), SHARED_CONTROLS)
+async def test_every_simulator_lists_its_deliveries_and_faults_and_clears_them(
+    provider: str, prefix: str, fault: dict[str, Any], tmp_path: Path
+) -> None:
+    import importlib
+
+    demo = importlib.import_module(f"providers.{provider}.demo")
+    demo.ensure_demo_keys(tmp_path)
+    app = demo.demo_simulator(tmp_path)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://sim") as client:
+        assert (await client.get(f"{prefix}/deliveries")).json() == []
+        assert (await client.get(f"{prefix}/faults")).json() == {"pending_faults": []}
+        assert (await client.post(f"{prefix}/faults", **fault)).status_code < 300
+        pending = (await client.get(f"{prefix}/faults")).json()["pending_faults"]
+        assert len(pending) == 1 and pending[0]["remaining"] == 2
+        assert (await client.delete(f"{prefix}/faults")).status_code < 300
+        assert (await client.get(f"{prefix}/faults")).json() == {"pending_faults": []}
