@@ -72,6 +72,28 @@ class Settings(BaseSettings):
     )
     order_ttl_seconds: int = Field(default=30 * 60, ge=60)
     expiry_interval_seconds: float = Field(default=5.0, gt=0)
+    webhooks_allow_loopback: bool = Field(
+        default=False,
+        description="Allow http:// loopback webhook URLs (make run, tests); off in production.",
+    )
+    webhook_poll_seconds: float = Field(
+        default=1.0, gt=0, description="How often each process looks for due webhook deliveries."
+    )
+    webhook_lease_seconds: float = Field(
+        default=60.0,
+        ge=20,
+        description="How long a process holds a claimed delivery; another takes it after that.",
+    )
+    webhook_retry_scale: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description="Multiplies the retry schedule's pauses; tests shorten the clock with it.",
+    )
+    webhook_connect_timeout_seconds: float = Field(default=5.0, gt=0, le=30)
+    webhook_timeout_seconds: float = Field(
+        default=15.0, gt=0, le=60, description="A whole webhook try: connect, send, read."
+    )
     reconcile_interval_seconds: float = Field(
         default=60.0, gt=0, description="How often to ask the platforms about PENDING attempts."
     )

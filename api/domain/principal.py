@@ -25,13 +25,21 @@ class Permission(enum.StrEnum):
     ADMIN = "admin"  # config status, provider state
     SEE_PII = "see_pii"  # unmasked phone and ID card numbers
     AUDIT = "audit"  # the audit log
+    WEBHOOKS = "webhooks"  # manage webhook endpoints of its branches, see their deliveries
     ALL_BRANCHES = "all_branches"
 
 
 GRANTS: dict[Role, frozenset[Permission]] = {
-    Role.PARTNER: frozenset({Permission.READ, Permission.ORDER}),
+    Role.PARTNER: frozenset({Permission.READ, Permission.ORDER, Permission.WEBHOOKS}),
     Role.BRANCH_ADMIN: frozenset(
-        {Permission.READ, Permission.ORDER, Permission.REFUND, Permission.ADMIN, Permission.SEE_PII}
+        {
+            Permission.READ,
+            Permission.ORDER,
+            Permission.REFUND,
+            Permission.ADMIN,
+            Permission.SEE_PII,
+            Permission.WEBHOOKS,
+        }
     ),
     Role.OPS: frozenset(Permission),
 }

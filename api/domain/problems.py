@@ -46,6 +46,13 @@ class UserErrorCode(enum.StrEnum):
     REFUND_EXCEEDS_PAID = "REFUND_EXCEEDS_PAID"  # more than what is left to refund
     REFUND_FAILED = "REFUND_FAILED"  # the platform refused; kept FAILED, amount released
     DUPLICATE_REFUND = "DUPLICATE_REFUND"  # that refund number is reserved already
+    WEBHOOK_URL_INVALID = "WEBHOOK_URL_INVALID"  # not an https URL (http: loopback, if allowed)
+    WEBHOOK_TARGET_FORBIDDEN = "WEBHOOK_TARGET_FORBIDDEN"  # a private, loopback or metadata address
+    UNKNOWN_EVENT_TYPE = "UNKNOWN_EVENT_TYPE"  # not one of the webhook event types
+    NO_EVENT_TYPES = "NO_EVENT_TYPES"  # an endpoint must take at least one event type
+    INVALID_DESCRIPTION = "INVALID_DESCRIPTION"  # an endpoint description too long or not text
+    WEBHOOK_ENDPOINT_NOT_FOUND = "WEBHOOK_ENDPOINT_NOT_FOUND"  # no such endpoint (or not the key's)
+    WEBHOOK_EVENT_NOT_FOUND = "WEBHOOK_EVENT_NOT_FOUND"  # no such event (or not the key's)
 
 
 @dataclass(frozen=True, slots=True)

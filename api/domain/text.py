@@ -120,6 +120,17 @@ RETURN_URL = TextLimit(
     1024,
     rule="an http(s) URL with a host",
 )
+WEBHOOK_URL = TextLimit(
+    "`createWebhookEndpoint` / `updateWebhookEndpoint` `url`",
+    2048,
+    min_chars=1,
+    rule="an https URL of a public host (http: loopback, when allowed)",
+)
+WEBHOOK_DESCRIPTION = TextLimit(
+    "`createWebhookEndpoint` / `updateWebhookEndpoint` `description`",
+    200,
+    rule="free text on one line",
+)
 CANCEL_REASON = TextLimit(
     "`cancelOrder` `reason`",
     200,

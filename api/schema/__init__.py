@@ -20,11 +20,13 @@ from api.schema.execution import LeafFastPathExecutionContext
 from api.schema.limits import RequestLimits
 from api.schema.mutation import Mutation as OrderMutation
 from api.schema.payments import PaymentMutation, Subscription
-from api.schema.query import Query
+from api.schema.query import Query as OrderQuery
 from api.schema.types import Offering, Order, Payment
+from api.schema.webhooks import WebhookMutation, WebhookQuery
 from api.settings import Settings
 
-Mutation = merge_types("Mutation", (OrderMutation, PaymentMutation))
+Query = merge_types("Query", (OrderQuery, WebhookQuery))
+Mutation = merge_types("Mutation", (OrderMutation, PaymentMutation, WebhookMutation))
 
 
 class BranchpaySchema(strawberry.Schema):

@@ -19,6 +19,7 @@ from api.schema.errors import ApiError, ErrorCode
 from api.services.budget import RateLimiter
 from api.services.orders import OrderService
 from api.services.payments import PaymentService
+from api.services.webhooks import WebhookService
 from api.settings import Settings
 from api.store import Store
 
@@ -39,6 +40,7 @@ class Services:
     payments: PaymentService | None = None
     # The API keys' query-cost budgets (api/services/budget.py), spent by RequestLimits.
     budget: RateLimiter | None = None
+    webhooks: WebhookService | None = None
 
 
 def _payments_loader(store: Store) -> DataLoader[ObjectId, list[Document]]:

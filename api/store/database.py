@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
@@ -14,6 +16,7 @@ from api.store.catalog import CatalogRepository
 from api.store.keys import KeyRing
 from api.store.orders import OrderRepository
 from api.store.payments import PaymentRepository
+from api.store.webhooks import Outbox, WebhookRepository
 
 Document = dict[str, Any]
 
@@ -44,6 +47,8 @@ INDEXES: dict[str, list[IndexModel]] = {
             name="status_created",
         ),
         IndexModel([("status", ASCENDING), ("expiresAt", ASCENDING)], name="status_expires"),
+        # Webhook events not yet handed to the webhook service (api/store/webhooks.py).
+        IndexModel([("outbox.at", ASCENDING)], name="outbox", sparse=True),
         # Orders of one mobile number, found by its keyed fingerprint (never stored in clear).
         IndexModel(
             [("customer.phoneDigest", ASCENDING), ("createdAt", DESCENDING), ("_id", DESCENDING)],
@@ -60,6 +65,20 @@ INDEXES: dict[str, list[IndexModel]] = {
         ),
         IndexModel([("status", ASCENDING), ("createdAt", ASCENDING)], name="status_created"),
         IndexModel([("reservedFen", ASCENDING), ("createdAt", ASCENDING)], name="reserved_created"),
+        IndexModel([("outbox.at", ASCENDING)], name="outbox", sparse=True),
+    ],
+    "webhook_endpoints": [
+        IndexModel([("branches", ASCENDING), ("events", ASCENDING)], name="branch_event"),
+    ],
+    # _id is "{eventId}:{endpointId}": one delivery per pair, whoever creates it.
+    "webhook_deliveries": [
+        IndexModel([("status", ASCENDING), ("nextAttemptAt", ASCENDING)], name="due"),
+        IndexModel([("endpointId", ASCENDING), ("seq", DESCENDING)], name="endpoint_seq"),
+        IndexModel(
+            [("endpointId", ASCENDING), ("status", ASCENDING), ("seq", DESCENDING)],
+            name="endpoint_status_seq",
+        ),
+        IndexModel([("eventId", ASCENDING)], name="event"),
     ],
     # _id is "{provider}:{branch}:{event_id}": its unique index is the exactly-once gate.
     "payment_events": [
@@ -117,6 +136,11 @@ class Store:
         self.payments = PaymentRepository(
             self.db["payments"], self.db["payment_events"], self.db["refunds"]
         )
+        self.webhooks = WebhookRepository(
+            self.db["webhook_endpoints"], self.db["webhook_events"], self.db["webhook_deliveries"]
+        )
+        self.order_outbox = Outbox(self.db["orders"])
+        self.payment_outbox = Outbox(self.db["payments"])
 
     @classmethod
     def connect(
@@ -137,6 +161,11 @@ class Store:
             uri, tz_aware=True, connect=False, **options
         )
         return cls(client, database)
+
+    def on_event_recorded(self, listener: Callable[[str, ObjectId], None] | None) -> None:
+        """Tell ``listener`` (kind, id) after each write that left a webhook event."""
+        self.orders.recorded = listener
+        self.payments.recorded = listener
 
     def collection(self, name: str) -> AsyncCollection[Document]:
         return self.db[name]

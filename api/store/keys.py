@@ -102,3 +102,10 @@ class KeyRing:
         if not hmac.compare_digest(record["secretHash"], _digest(match.group(2))):
             return None
         return Principal(record["name"], Role(record["role"]), frozenset(record["branches"]))
+
+    async def principal_of(self, name: str) -> Principal | None:
+        """The key named ``name`` as a principal, or None when it is revoked or gone."""
+        record = await self.collection.find_one({"name": name, "revokedAt": None})
+        if record is None:
+            return None
+        return Principal(record["name"], Role(record["role"]), frozenset(record["branches"]))

@@ -4,12 +4,18 @@ An order document::
 
     {_id: ObjectId, branch, status, totalFen, currency, items: [...],
      customer: {name, phone}, idempotencyKey, requestHash,
-     createdAt, updatedAt, expiresAt, statusHistory: [{status, at, reason}]}
+     createdAt, updatedAt, expiresAt, statusHistory: [{status, at, reason}],
+     version, outbox: [{id, type, at}]}
+
+``version`` counts the order's writes (1 at creation). ``outbox`` holds the
+webhook events not yet handed to the webhook service: every write that changes
+the status pushes its event in the same conditional update, so an event exists
+exactly when its change does (api/services/webhooks.py takes them out).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -20,13 +26,19 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
 from api.domain.order import OrderStatus, sources_of
+from api.domain.webhooks import order_entry
 
 Document = dict[str, Any]
 NEWEST_FIRST = [("createdAt", DESCENDING), ("_id", DESCENDING)]
 # What reads for the API leave out: the audit trail grows with every status
 # change and the idempotency fields are never shown, so they would only cost
 # decoding. An exclusion keeps any field added to the GraphQL type later.
-ORDER_FIELDS: Document = {"statusHistory": 0, "requestHash": 0, "idempotencyKey": 0}
+ORDER_FIELDS: Document = {
+    "statusHistory": 0,
+    "requestHash": 0,
+    "idempotencyKey": 0,
+    "outbox": 0,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,16 +89,28 @@ def after_position(position: Position) -> Document:
     }
 
 
+# Told (kind, document id) after a write left a webhook event on the document.
+EventRecorded = Callable[[str, ObjectId], None]
+
+
 class OrderRepository:
     def __init__(self, collection: AsyncCollection[Document]) -> None:
         self.collection = collection
+        self.recorded: EventRecorded | None = None
+
+    def _recorded(self, order_id: ObjectId) -> None:
+        if self.recorded is not None:
+            self.recorded("order", order_id)
 
     async def insert_once(self, order: Document) -> tuple[Document, bool]:
         """Insert ``order`` unless its (branch, idempotencyKey) exists.
 
         Returns the stored order and whether this call created it. Concurrent
         calls with the same key create one order: the unique index decides.
+        The insert carries the order's ``order.created`` event.
         """
+        created = order_entry(OrderStatus(order["status"]), order["createdAt"])
+        order = {**order, "version": 1, "outbox": [created] if created else []}
         try:
             await self.collection.insert_one(order)
         except DuplicateKeyError:
@@ -94,6 +118,7 @@ class OrderRepository:
             if existing is None:
                 raise
             return existing, False
+        self._recorded(order["_id"])
         return order, True
 
     async def by_idempotency_key(self, branch: str, key: str) -> Document | None:
@@ -126,14 +151,21 @@ class OrderRepository:
         }
         if extra_guard:
             guard.update(extra_guard)
-        return await self.collection.find_one_and_update(
+        push: Document = {"statusHistory": {"status": target.value, "at": now, "reason": reason}}
+        if (entry := order_entry(target, now)) is not None:
+            push["outbox"] = entry
+        moved = await self.collection.find_one_and_update(
             guard,
             {
                 "$set": {"status": target.value, "updatedAt": now, **(extra_set or {})},
-                "$push": {"statusHistory": {"status": target.value, "at": now, "reason": reason}},
+                "$push": push,
+                "$inc": {"version": 1},
             },
             return_document=ReturnDocument.AFTER,
         )
+        if moved is not None and "outbox" in push:
+            self._recorded(order_id)
+        return moved
 
     async def page(
         self,

@@ -5,11 +5,14 @@ A payment document (one attempt to pay an order through one provider)::
     {_id: ObjectId, orderId, branch, provider, method, status, amountFen, currency,
      outTradeNo, providerTradeNo, returnUrl, refunds: [{outRefundNo, amountFen, status,
      reason, providerRefundNo, createdAt, updatedAt}], refundedFen, reservedFen,
-     flagged: {reason, at} | null, eventIds: [...], version, createdAt, updatedAt}
+     flagged: {reason, at} | null, eventIds: [...], version, createdAt, updatedAt,
+     outbox: [{id, type, at, refund?}]}
 
 Every change of a payment is written with ``find_one_and_update`` guarded on
 ``version``: a writer that lost a race reads again and re-decides, so the
-domain's rules always see the document they change.
+domain's rules always see the document they change. The same write pushes the
+webhook events of what it changes (a status leaving PENDING, a refund line
+settling) onto ``outbox``, so a change and its event exist together or not at all.
 
 A ``payment_events`` document stores one verified provider fact under
 ``_id = "{provider}:{branch}:{event_id}"``; inserting it is the exactly-once
@@ -19,6 +22,7 @@ gate. A ``refunds`` document is one ``refundPayment`` request, unique per
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -28,6 +32,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
 from api.domain.payment import Attempt, PaymentStatus, RefundLine, RefundStatus
+from api.domain.webhooks import payment_entries
 
 Document = dict[str, Any]
 
@@ -90,6 +95,7 @@ class PaymentRepository:
         self.collection = payments
         self.events = events
         self.refunds = refunds
+        self.recorded: Callable[[str, ObjectId], None] | None = None  # see OrderRepository
 
     async def of_orders(self, order_ids: list[ObjectId]) -> dict[ObjectId, list[Document]]:
         """The payment attempts of the orders, oldest first, in one query (index order_created)."""
@@ -131,12 +137,20 @@ class PaymentRepository:
             "$set": {**fields, "updatedAt": now},
             "$inc": {"version": 1},
         }
+        push: Document = {}
         if event_key is not None:
             guard["eventIds"] = {"$ne": event_key}
-            update["$push"] = {"eventIds": event_key}
-        return await self.collection.find_one_and_update(
+            push["eventIds"] = event_key
+        if entries := payment_entries(previous, fields, now):
+            push["outbox"] = {"$each": entries}
+        if push:
+            update["$push"] = push
+        written = await self.collection.find_one_and_update(
             guard, update, return_document=ReturnDocument.AFTER
         )
+        if written is not None and entries and self.recorded is not None:
+            self.recorded("payment", previous["_id"])
+        return written
 
     async def pending(
         self,

@@ -28,14 +28,18 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from api.config.branches import BranchView, ProviderView, provider_view
 from api.config.live import ChangeKind, ConfigChange, ProviderRegistry
 from api.domain.pii import PiiVault
+from api.domain.webhooks import RetryPolicy
 from api.plugins.contract import NotificationReply, NotificationRequest
 from api.plugins.manager import ENTRY_POINT_GROUP, load_plugin_manager, notify
 from api.schema import build_schema
 from api.schema.context import Services
+from api.schema.event_view import EventView
 from api.services.budget import RateLimiter
 from api.services.notifications import Notifications
 from api.services.orders import OrderService
+from api.services.outbound import OutboundPolicy
 from api.services.payments import PaymentService
+from api.services.webhooks import WebhookService, WebhookSettings
 from api.settings import Settings
 from api.store import Store, StoreTimeouts
 from api.store.audit import AuditAction
@@ -107,6 +111,18 @@ async def _audit_changes(store: Store, path: Path, changes: list[ConfigChange]) 
         await store.audit.record(
             actor, action, change.provider or change.branch, detail, branch=change.branch
         )
+
+
+def webhook_settings(settings: Settings) -> WebhookSettings:
+    return WebhookSettings(
+        retry=RetryPolicy(scale=settings.webhook_retry_scale),
+        outbound=OutboundPolicy(
+            allow_loopback=settings.webhooks_allow_loopback,
+            connect_timeout=settings.webhook_connect_timeout_seconds,
+            total_timeout=settings.webhook_timeout_seconds,
+        ),
+        lease=timedelta(seconds=settings.webhook_lease_seconds),
+    )
 
 
 def _emit(plugins: pluggy.PluginManager, hook: str, order: Mapping[str, Any]) -> None:
@@ -206,7 +222,7 @@ def create_app(
                     views["generation"] = generation
                 return views["views"]  # type: ignore[no-any-return]
 
-            state["services"] = Services(
+            services_now = Services(
                 settings=settings,
                 store=store,
                 orders=orders,
@@ -216,6 +232,16 @@ def create_app(
                 payments=payments,
                 budget=budget,
             )
+            webhooks = WebhookService(
+                store,
+                vault=vault,
+                render=EventView(schema, services_now),
+                branch_exists=lambda code: registry.branch(code) is not None,
+                settings=webhook_settings(settings),
+            )
+            services_now.webhooks = webhooks
+            store.on_event_recorded(webhooks.kick)
+            state["services"] = services_now
             app.state.registry = registry
             app.state.store = store
             app.state.payments = payments
@@ -239,6 +265,12 @@ def create_app(
                     ),
                     name="reconcile",
                 ),
+                asyncio.create_task(
+                    _every(
+                        0.1, lambda: webhooks.work_once(settings.webhook_poll_seconds), "webhooks"
+                    ),
+                    name="webhooks",
+                ),
             ]
             if settings.gc_tuning:
                 tune_garbage_collector()
@@ -248,6 +280,8 @@ def create_app(
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
+                store.on_event_recorded(None)
+                await webhooks.aclose()
                 await store.close()
 
     async def healthz(request: Request) -> Response:
@@ -289,8 +323,9 @@ def create_app(
         )
         return Response(reply.body, status_code=reply.status_code, media_type=reply.media_type)
 
+    schema = build_schema(settings)
     graphql = GraphQLApp(
-        build_schema(settings),
+        schema,
         services,
         settings=settings,
         failures=failures,

@@ -1,0 +1,292 @@
+"""Partner webhooks end to end: a real branchpay, the sandbox simulator, a receiver on loopback.
+
+Every delivery is verified by the ``standardwebhooks`` package, an independent
+implementation of the Standard Webhooks specification.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from standardwebhooks.webhooks import Webhook
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from providers.kit.loopback import LoopbackServer
+from tests.services.conftest import PayService
+
+CREATE = """
+mutation($input: CreateWebhookEndpointInput!) {
+  createWebhookEndpoint(input: $input) {
+    endpoint { id url events branches enabled ownerKey }
+    secret
+    userErrors { field message code }
+  }
+}
+"""
+ROTATE = """
+mutation($id: ID!) {
+  rotateWebhookSecret(input: {id: $id}) { secret userErrors { code } }
+}
+"""
+ENDPOINT = """
+query($id: ID!, $status: WebhookDeliveryStatus) {
+  webhookEndpoint(id: $id) {
+    id enabled disabledReason failingSince
+    deliveries(first: 50, status: $status) {
+      nodes { id eventId eventType status tries nextAttemptAt
+              attempts { httpStatus latencyMs response error } }
+    }
+  }
+}
+"""
+ALL_EVENTS = [
+    "order.created",
+    "order.paid",
+    "order.cancelled",
+    "order.expired",
+    "order.refunded",
+    "order.partially_refunded",
+    "payment.succeeded",
+    "payment.failed",
+    "payment.closed",
+    "refund.succeeded",
+    "refund.failed",
+]
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def event(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.body)
+        return data
+
+
+@dataclass
+class Receiver:
+    """A partner's webhook receiver: records every request, answers from a script."""
+
+    answers: list[int] = field(default_factory=list)  # the next answers; then 200
+    received: list[Received] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    url: str = ""
+
+    def app(self) -> Starlette:
+        async def hook(request: Request) -> Response:
+            body = await request.body()
+            with self.lock:
+                self.received.append(Received(dict(request.headers), body))
+                status = self.answers.pop(0) if self.answers else 200
+            return Response(f"answer {status}", status_code=status)
+
+        return Starlette(routes=[Route("/hook", hook, methods=["POST"])])
+
+    def wait_for(
+        self, check: Callable[[list[Received]], bool], timeout: float = 30.0
+    ) -> list[Received]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                got = list(self.received)
+            if check(got):
+                return got
+            time.sleep(0.05)
+        raise AssertionError(f"the receiver got {[r.event.get('type') for r in got]}")
+
+    def types(self) -> list[str]:
+        with self.lock:
+            return [r.event["type"] for r in self.received]
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    receiver = Receiver()
+    server = LoopbackServer(receiver.app()).start()
+    receiver.url = f"{server.url}/hook"
+    yield receiver
+    server.stop()
+
+
+def webhook_service(start_payments: Callable[..., PayService], **settings: Any) -> PayService:
+    settings.setdefault("webhooks_allow_loopback", True)
+    settings.setdefault("webhook_poll_seconds", 0.2)
+    return start_payments(**settings)
+
+
+def create_endpoint(
+    service: PayService, client: Any, url: str, events: list[str], branches: list[str]
+) -> tuple[str, str]:
+    payload = client.data(
+        CREATE, {"input": {"url": url, "events": events, "branches": branches}}
+    )["createWebhookEndpoint"]
+    assert payload["userErrors"] == [], payload
+    assert payload["secret"].startswith("whsec_")
+    return payload["endpoint"]["id"], payload["secret"]
+
+
+def verified(secret: str, received: Received) -> dict[str, Any]:
+    """The event, verified as any partner would verify it with the spec's library."""
+    payload: dict[str, Any] = Webhook(secret).verify(received.body, received.headers)
+    return payload
+
+
+def paid_order(service: PayService) -> tuple[dict[str, Any], dict[str, Any]]:
+    order = service.create_order()
+    payment = service.start_payment(order["id"])["payment"]
+    assert service.deliver(service.settle(payment["outTradeNo"])).status_code == 200
+    return order, payment
+
+
+def test_every_event_type_reaches_the_receiver_signed_as_the_spec_says(
+    start_payments: Callable[..., PayService], receiver: Receiver
+) -> None:
+    service = webhook_service(start_payments)
+    partner = service.client_for("partner", "zj")
+    _, secret = create_endpoint(service, partner, receiver.url, ALL_EVENTS, ["zj"])
+
+    order, payment = paid_order(service)
+    assert service.refund(payment["id"], 1000)["userErrors"] == []
+    rest = service.order(order["id"])["payments"][0]["amount"]["amountFen"] - 1000
+    assert service.refund(payment["id"], rest)["userErrors"] == []
+    failed = service.create_order()
+    failed_payment = service.start_payment(failed["id"])["payment"]
+    service.deliver(service.settle(failed_payment["outTradeNo"], "fail"))
+    closed = service.create_order()
+    closed_payment = service.start_payment(closed["id"])["payment"]
+    service.deliver(service.settle(closed_payment["outTradeNo"], "close"))
+    cancelled = service.create_order()
+    service.client.data(
+        "mutation($id: ID!) { cancelOrder(input: {orderId: $id}) { userErrors { code } } }",
+        {"id": cancelled["id"]},
+    )
+    refused, refused_payment = paid_order(service)
+    httpx.post(f"{service.gateway_url}/control/faults", json={"status": 400, "count": 1})
+    service.refund(refused_payment["id"], 500)
+
+    wanted = set(ALL_EVENTS) - {"order.expired"}  # expiry has a test of its own
+    got = receiver.wait_for(lambda r: wanted <= {x.event["type"] for x in r})
+    for received in got:
+        event = verified(secret, received)
+        assert received.headers["webhook-id"] == event["id"]
+        assert event["branch"] == "zj" and isinstance(event["version"], int)
+        assert event["data"]["order"]["branch"]["code"] == "zj"
+        # A partner's key sees masked personal data, and so does its endpoint.
+        assert event["data"]["order"]["customer"]["phone"] == "139****5678"
+    by_type = {r.event["type"]: r.event for r in got}
+    paid = sorted(r.event["data"]["order"]["id"] for r in got if r.event["type"] == "order.paid")
+    assert paid == sorted([order["id"], refused["id"]])
+    succeeded = {
+        r.event["data"]["payment"]["outTradeNo"]
+        for r in got
+        if r.event["type"] == "payment.succeeded"
+    }
+    assert succeeded == {payment["outTradeNo"], refused_payment["outTradeNo"]}
+    assert by_type["payment.failed"]["data"]["payment"]["status"] == "FAILED"
+    assert by_type["payment.closed"]["data"]["payment"]["status"] == "CLOSED"
+    assert by_type["order.cancelled"]["data"]["order"]["id"] == cancelled["id"]
+    assert by_type["order.refunded"]["data"]["order"]["status"] == "REFUNDED"
+    assert by_type["refund.failed"]["data"]["refund"]["status"] == "FAILED"
+    assert by_type["refund.succeeded"]["data"]["refund"]["status"] == "SUCCEEDED"
+    # Exactly one event per change: no id twice, one order.created per order.
+    ids = [r.headers["webhook-id"] for r in got]
+    assert len(ids) == len(set(ids))
+    created = [r.event["data"]["order"]["id"] for r in got if r.event["type"] == "order.created"]
+    assert sorted(created) == sorted(
+        {order["id"], failed["id"], closed["id"], cancelled["id"], refused["id"]}
+    )
+
+
+def test_an_expired_order_sends_order_expired(
+    start_payments: Callable[..., PayService], receiver: Receiver
+) -> None:
+    service = webhook_service(start_payments, expiry_interval_seconds=0.2)
+    create_endpoint(service, service.client, receiver.url, ["order.expired"], ["zj"])
+    order = service.create_order()
+    service.db.orders.update_one(
+        {"_id": service.order_doc(order["id"])["_id"]},
+        {"$set": {"expiresAt": datetime.now(UTC) - timedelta(seconds=1)}},
+    )
+    got = receiver.wait_for(lambda r: len(r) >= 1)
+    assert [r.event["type"] for r in got] == ["order.expired"]
+    assert got[0].event["data"]["order"]["status"] == "EXPIRED"
+
+
+def test_a_failing_receiver_is_retried_on_the_schedule_with_the_same_id(
+    start_payments: Callable[..., PayService], receiver: Receiver
+) -> None:
+    # The schedule's clock shortened: 5 s, 5 min, 30 min become 5 ms, 300 ms, 1.8 s.
+    service = webhook_service(start_payments, webhook_retry_scale=0.001)
+    endpoint_id, secret = create_endpoint(
+        service, service.client, receiver.url, ["order.created"], ["zj"]
+    )
+    receiver.answers = [500, 500, 500]
+    service.create_order()
+    got = receiver.wait_for(lambda r: len(r) >= 4)
+    assert len({r.headers["webhook-id"] for r in got}) == 1
+    for received in got:
+        verified(secret, received)  # each try is signed anew, and verifies
+    page = service.client.data(ENDPOINT, {"id": endpoint_id})["webhookEndpoint"]
+    (delivery,) = page["deliveries"]["nodes"]
+    deadline = time.monotonic() + 10
+    while delivery["status"] != "SUCCEEDED" and time.monotonic() < deadline:
+        time.sleep(0.1)
+        page = service.client.data(ENDPOINT, {"id": endpoint_id})["webhookEndpoint"]
+        (delivery,) = page["deliveries"]["nodes"]
+    assert delivery["status"] == "SUCCEEDED" and delivery["tries"] == 4
+    assert [a["httpStatus"] for a in delivery["attempts"]] == [500, 500, 500, 200]
+    assert delivery["attempts"][0]["response"] == "answer 500"
+    assert page["failingSince"] is None  # the success ended the failing run
+    time.sleep(0.5)
+    assert len(receiver.received) == 4, "a delivered event is not sent again"
+
+
+def test_a_final_answer_ends_the_delivery_as_failed(
+    start_payments: Callable[..., PayService], receiver: Receiver
+) -> None:
+    service = webhook_service(start_payments, webhook_retry_scale=0.001)
+    endpoint_id, _ = create_endpoint(
+        service, service.client, receiver.url, ["order.created"], ["zj"]
+    )
+    receiver.answers = [410]
+    service.create_order()
+    receiver.wait_for(lambda r: len(r) >= 1)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        page = service.client.data(ENDPOINT, {"id": endpoint_id, "status": "FAILED"})
+        nodes = page["webhookEndpoint"]["deliveries"]["nodes"]
+        if nodes:
+            break
+        time.sleep(0.1)
+    assert nodes[0]["tries"] == 1 and nodes[0]["nextAttemptAt"] is None
+    time.sleep(0.5)
+    assert len(receiver.received) == 1
+
+
+def test_a_rotated_secret_and_the_old_one_both_sign_during_the_overlap(
+    start_payments: Callable[..., PayService], receiver: Receiver
+) -> None:
+    service = webhook_service(start_payments)
+    endpoint_id, old = create_endpoint(
+        service, service.client, receiver.url, ["order.created"], ["zj"]
+    )
+    rotated = service.client.data(ROTATE, {"id": endpoint_id})["rotateWebhookSecret"]
+    new = rotated["secret"]
+    assert rotated["userErrors"] == [] and new != old
+    service.create_order()
+    (received,) = receiver.wait_for(lambda r: len(r) >= 1)
+    assert len(received.headers["webhook-signature"].split(" ")) == 2
+    assert verified(old, received) == verified(new, received)
