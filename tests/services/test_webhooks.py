@@ -130,9 +130,9 @@ def webhook_service(start_payments: Callable[..., PayService], **settings: Any) 
 def create_endpoint(
     service: PayService, client: Any, url: str, events: list[str], branches: list[str]
 ) -> tuple[str, str]:
-    payload = client.data(
-        CREATE, {"input": {"url": url, "events": events, "branches": branches}}
-    )["createWebhookEndpoint"]
+    payload = client.data(CREATE, {"input": {"url": url, "events": events, "branches": branches}})[
+        "createWebhookEndpoint"
+    ]
     assert payload["userErrors"] == [], payload
     assert payload["secret"].startswith("whsec_")
     return payload["endpoint"]["id"], payload["secret"]
