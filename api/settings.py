@@ -79,10 +79,15 @@ class Settings(BaseSettings):
     webhook_poll_seconds: float = Field(
         default=1.0, gt=0, description="How often each process looks for due webhook deliveries."
     )
+    webhook_delivery: bool = Field(
+        default=True,
+        description="This process sends webhook deliveries (off: it only records events).",
+    )
     webhook_lease_seconds: float = Field(
         default=60.0,
-        ge=20,
-        description="How long a process holds a claimed delivery; another takes it after that.",
+        gt=0,
+        description="How long a process holds a claimed delivery; another takes it after that "
+        "(longer than webhook_timeout_seconds).",
     )
     webhook_retry_scale: float = Field(
         default=1.0,
@@ -221,6 +226,16 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"max_query_cost ({self.max_query_cost}) exceeds rate_limit_burst "
                 f"({self.rate_limit_burst}): a request that costs the maximum could never run"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _a_lease_outlasts_a_try(self) -> Settings:
+        if self.webhook_lease_seconds <= self.webhook_timeout_seconds:
+            raise ValueError(
+                f"webhook_lease_seconds ({self.webhook_lease_seconds}) must exceed "
+                f"webhook_timeout_seconds ({self.webhook_timeout_seconds}): a try still running "
+                "when its lease ends would be sent twice"
             )
         return self
 

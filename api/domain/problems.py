@@ -53,6 +53,7 @@ class UserErrorCode(enum.StrEnum):
     INVALID_DESCRIPTION = "INVALID_DESCRIPTION"  # an endpoint description too long or not text
     WEBHOOK_ENDPOINT_NOT_FOUND = "WEBHOOK_ENDPOINT_NOT_FOUND"  # no such endpoint (or not the key's)
     WEBHOOK_EVENT_NOT_FOUND = "WEBHOOK_EVENT_NOT_FOUND"  # no such event (or not the key's)
+    INVALID_TIME = "INVALID_TIME"  # a time without a time zone
 
 
 @dataclass(frozen=True, slots=True)

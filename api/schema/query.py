@@ -101,7 +101,10 @@ class AuditEntry:
     actor: str = strawberry.field(description="The API key's name, or the OS user of a CLI call.")
     action: str = strawberry.field(
         description="KEY_CREATED, KEY_REVOKED, PROVIDER_ENABLED, PROVIDER_DISABLED, "
-        "CONFIG_CHANGED (a reload applied it), REFUND_ISSUED."
+        "CONFIG_CHANGED (a reload applied it), REFUND_ISSUED, WEBHOOK_ENDPOINT_CREATED, "
+        "WEBHOOK_ENDPOINT_UPDATED, WEBHOOK_ENDPOINT_DELETED, WEBHOOK_SECRET_ROTATED, "
+        "WEBHOOK_ENDPOINT_DISABLED (three days of failures, or a revoked owner key), "
+        "WEBHOOK_EVENT_REPLAYED."
     )
     target: str
     branch: str | None

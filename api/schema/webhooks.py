@@ -325,7 +325,13 @@ class WebhookMutation:
     ) -> ResendWebhookPayload:
         service, principal = _webhooks(info)
         if input.since.tzinfo is None:
-            problems = [Problem(("since",), "since needs a time zone", UserErrorCode.INVALID_ID)]
+            problems = [
+                Problem(
+                    ("since",),
+                    "since needs a time zone, e.g. 2026-11-25T08:00:00Z",
+                    UserErrorCode.INVALID_TIME,
+                )
+            ]
             return ResendWebhookPayload(deliveries=0, user_errors=user_errors(problems))
         count, problems = await service.retry_deliveries(
             principal, str(input.endpoint_id)[:100], input.since

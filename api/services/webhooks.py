@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 import random
@@ -461,7 +462,10 @@ class WebhookService:
 
     def kick(self, kind: str, doc_id: ObjectId) -> None:
         """Take out the events a write just left on an order or payment, in the background."""
-        task = asyncio.get_running_loop().create_task(self._dispatch_one(kind, doc_id))
+        # A context of its own: not the request's store deadline, which may end first.
+        task = asyncio.get_running_loop().create_task(
+            self._dispatch_one(kind, doc_id), context=contextvars.Context()
+        )
         self._kicked.add(task)
         task.add_done_callback(self._kicked.discard)
 

@@ -265,13 +265,25 @@ def create_app(
                     ),
                     name="reconcile",
                 ),
-                asyncio.create_task(
-                    _every(
-                        0.1, lambda: webhooks.work_once(settings.webhook_poll_seconds), "webhooks"
-                    ),
-                    name="webhooks",
-                ),
             ]
+            if settings.webhook_delivery:
+                tasks.append(
+                    asyncio.create_task(
+                        _every(
+                            0.1,
+                            lambda: webhooks.work_once(settings.webhook_poll_seconds),
+                            "webhooks",
+                        ),
+                        name="webhooks",
+                    )
+                )
+            else:  # events are still taken out, by the writes' kicks and this sweep
+                tasks.append(
+                    asyncio.create_task(
+                        _every(settings.webhook_poll_seconds, webhooks.dispatch, "webhook-events"),
+                        name="webhook-events",
+                    )
+                )
             if settings.gc_tuning:
                 tune_garbage_collector()
             try:

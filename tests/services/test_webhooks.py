@@ -6,34 +6,21 @@ implementation of the Standard Webhooks specification.
 
 from __future__ import annotations
 
-import json
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-import pytest
-from standardwebhooks.webhooks import Webhook
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
-from providers.kit.loopback import LoopbackServer
-from tests.services.conftest import PayService
+from tests.services.conftest import (
+    PayService,
+    Receiver,
+    create_endpoint,
+    verified,
+    webhook_service,
+)
 
-CREATE = """
-mutation($input: CreateWebhookEndpointInput!) {
-  createWebhookEndpoint(input: $input) {
-    endpoint { id url events branches enabled ownerKey }
-    secret
-    userErrors { field message code }
-  }
-}
-"""
 ROTATE = """
 mutation($id: ID!) {
   rotateWebhookSecret(input: {id: $id}) { secret userErrors { code } }
@@ -63,85 +50,6 @@ ALL_EVENTS = [
     "refund.succeeded",
     "refund.failed",
 ]
-
-
-@dataclass
-class Received:
-    headers: dict[str, str]
-    body: bytes
-
-    @property
-    def event(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(self.body)
-        return data
-
-
-@dataclass
-class Receiver:
-    """A partner's webhook receiver: records every request, answers from a script."""
-
-    answers: list[int] = field(default_factory=list)  # the next answers; then 200
-    received: list[Received] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    url: str = ""
-
-    def app(self) -> Starlette:
-        async def hook(request: Request) -> Response:
-            body = await request.body()
-            with self.lock:
-                self.received.append(Received(dict(request.headers), body))
-                status = self.answers.pop(0) if self.answers else 200
-            return Response(f"answer {status}", status_code=status)
-
-        return Starlette(routes=[Route("/hook", hook, methods=["POST"])])
-
-    def wait_for(
-        self, check: Callable[[list[Received]], bool], timeout: float = 30.0
-    ) -> list[Received]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.lock:
-                got = list(self.received)
-            if check(got):
-                return got
-            time.sleep(0.05)
-        raise AssertionError(f"the receiver got {[r.event.get('type') for r in got]}")
-
-    def types(self) -> list[str]:
-        with self.lock:
-            return [r.event["type"] for r in self.received]
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    receiver = Receiver()
-    server = LoopbackServer(receiver.app()).start()
-    receiver.url = f"{server.url}/hook"
-    yield receiver
-    server.stop()
-
-
-def webhook_service(start_payments: Callable[..., PayService], **settings: Any) -> PayService:
-    settings.setdefault("webhooks_allow_loopback", True)
-    settings.setdefault("webhook_poll_seconds", 0.2)
-    return start_payments(**settings)
-
-
-def create_endpoint(
-    service: PayService, client: Any, url: str, events: list[str], branches: list[str]
-) -> tuple[str, str]:
-    payload = client.data(CREATE, {"input": {"url": url, "events": events, "branches": branches}})[
-        "createWebhookEndpoint"
-    ]
-    assert payload["userErrors"] == [], payload
-    assert payload["secret"].startswith("whsec_")
-    return payload["endpoint"]["id"], payload["secret"]
-
-
-def verified(secret: str, received: Received) -> dict[str, Any]:
-    """The event, verified as any partner would verify it with the spec's library."""
-    payload: dict[str, Any] = Webhook(secret).verify(received.body, received.headers)
-    return payload
 
 
 def paid_order(service: PayService) -> tuple[dict[str, Any], dict[str, Any]]:
