@@ -54,6 +54,8 @@ class UserErrorCode(enum.StrEnum):
     WEBHOOK_ENDPOINT_NOT_FOUND = "WEBHOOK_ENDPOINT_NOT_FOUND"  # no such endpoint (or not the key's)
     WEBHOOK_EVENT_NOT_FOUND = "WEBHOOK_EVENT_NOT_FOUND"  # no such event (or not the key's)
     INVALID_TIME = "INVALID_TIME"  # a time without a time zone
+    TOO_MANY_WEBHOOK_ENDPOINTS = "TOO_MANY_WEBHOOK_ENDPOINTS"  # 20 per branch at most
+    WEBHOOK_OWNER_REVOKED = "WEBHOOK_OWNER_REVOKED"  # a key of the owner's role must take it over
 
 
 @dataclass(frozen=True, slots=True)

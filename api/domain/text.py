@@ -169,6 +169,8 @@ LIMITS: tuple[TextLimit, ...] = (
     OPTION,
     PROVIDER,
     RETURN_URL,
+    WEBHOOK_URL,
+    WEBHOOK_DESCRIPTION,
     CANCEL_REASON,
     REFUND_REASON,
     GLOBAL_ID,

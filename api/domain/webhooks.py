@@ -61,6 +61,14 @@ PAYMENT_EVENTS: Mapping[PaymentStatus, WebhookEventType] = {
     PaymentStatus.CLOSED: WebhookEventType.PAYMENT_CLOSED,
 }
 
+PAID_STATUSES = frozenset(
+    {
+        PaymentStatus.SUCCEEDED.value,
+        PaymentStatus.PARTIALLY_REFUNDED.value,
+        PaymentStatus.REFUNDED.value,
+    }
+)
+
 REFUND_EVENTS: Mapping[RefundStatus, WebhookEventType] = {
     RefundStatus.SUCCEEDED: WebhookEventType.REFUND_SUCCEEDED,
     RefundStatus.FAILED: WebhookEventType.REFUND_FAILED,
@@ -99,9 +107,11 @@ def payment_entries(
 ) -> list[Document]:
     """The events of one payment write: its status moving, and each refund line settling."""
     entries: list[Document] = []
-    status = fields.get("status")
-    if status is not None and status != previous.get("status"):
+    status, before_status = fields.get("status"), previous.get("status")
+    if status is not None and status != before_status:
         kind = PAYMENT_EVENTS.get(PaymentStatus(status))
+        if status in PAID_STATUSES and before_status not in PAID_STATUSES:
+            kind = WebhookEventType.PAYMENT_SUCCEEDED  # paid, even if refunds were reported first
         if kind is not None:
             entries.append(event_entry(kind, now))
     before = {r["outRefundNo"]: r.get("status") for r in previous.get("refunds", [])}

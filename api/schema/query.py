@@ -103,7 +103,8 @@ class AuditEntry:
         description="KEY_CREATED, KEY_REVOKED, PROVIDER_ENABLED, PROVIDER_DISABLED, "
         "CONFIG_CHANGED (a reload applied it), REFUND_ISSUED, WEBHOOK_ENDPOINT_CREATED, "
         "WEBHOOK_ENDPOINT_UPDATED, WEBHOOK_ENDPOINT_DELETED, WEBHOOK_SECRET_ROTATED, "
-        "WEBHOOK_ENDPOINT_DISABLED (three days of failures, or a revoked owner key), "
+        "WEBHOOK_ENDPOINT_DISABLED (three days of failures), "
+        "WEBHOOK_ENDPOINT_PAUSED (its owner key was revoked), "
         "WEBHOOK_EVENT_REPLAYED."
     )
     target: str

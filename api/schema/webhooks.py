@@ -106,7 +106,11 @@ class WebhookEndpoint:
     description: str
     enabled: bool
     disabled_reason: str | None = strawberry.field(
-        description="Why it is disabled: by whom, three days of failed tries, a revoked owner key."
+        description="Why it is disabled: by whom, or three days of failed tries."
+    )
+    paused_reason: str | None = strawberry.field(
+        description="Why its deliveries wait (its owner key was revoked): another key of the "
+        "owner's role takes it over by enabling it; nothing is lost meanwhile."
     )
     owner_key: str = strawberry.field(
         description="The key whose view of the data the deliveries show."
@@ -162,6 +166,7 @@ class WebhookEndpoint:
             description=doc.get("description", ""),
             enabled=bool(doc.get("enabled")),
             disabled_reason=doc.get("disabledReason"),
+            paused_reason=doc.get("pausedReason"),
             owner_key=doc["ownerKey"],
             created_at=doc["createdAt"],
             updated_at=doc["updatedAt"],
@@ -187,7 +192,8 @@ class UpdateWebhookEndpointInput:
     branches: list[str] | None = None
     enabled: bool | None = strawberry.field(
         default=None,
-        description="true enables it again and makes the calling key its owner.",
+        description="true enables it again; for an endpoint paused by a revoked owner key, "
+        "the calling key (of the owner's role) becomes its owner.",
     )
     description: str | None = None
 

@@ -55,6 +55,7 @@ from api.services.outbound import (
     OutboundClient,
     OutboundPolicy,
     OutboundResult,
+    RefusalCode,
     TargetRefused,
     check_target,
 )
@@ -99,6 +100,7 @@ def _problem(path: str, message: str, code: UserErrorCode) -> Problem:
 
 
 NOT_FOUND = "no webhook endpoint with that id"
+PAUSED_REASON = "paused: the owner key was revoked"
 
 
 class WebhookService:
@@ -159,7 +161,7 @@ class WebhookService:
         except TargetRefused as refused:
             code = (
                 UserErrorCode.WEBHOOK_TARGET_FORBIDDEN
-                if refused.code == "WEBHOOK_TARGET_FORBIDDEN"
+                if refused.code is RefusalCode.TARGET_FORBIDDEN
                 else UserErrorCode.WEBHOOK_URL_INVALID
             )
             return _problem("url", refused.message, code)
@@ -201,6 +203,20 @@ class WebhookService:
             )
         return problems
 
+    async def _check_room(self, branches: Sequence[str], endpoint_id: str | None) -> list[Problem]:
+        """A branch takes at most MAX_ENDPOINTS_PER_BRANCH endpoints (a delivery each per event)."""
+        existing = await self.store.webhooks.endpoints_of(list(branches))
+        return [
+            _problem(
+                "branches",
+                f"branch {code!r} has {MAX_ENDPOINTS_PER_BRANCH} webhook endpoints already",
+                UserErrorCode.TOO_MANY_WEBHOOK_ENDPOINTS,
+            )
+            for code in sorted(set(branches))
+            if sum(1 for e in existing if code in e["branches"] and e["_id"] != endpoint_id)
+            >= MAX_ENDPOINTS_PER_BRANCH
+        ]
+
     @staticmethod
     def _check_description(description: str | None) -> list[Problem]:
         if description is None:
@@ -225,6 +241,8 @@ class WebhookService:
         chosen, problems = self._check_events(events)
         problems += self._check_branches(principal, branches)
         problems += self._check_description(description)
+        if not problems:
+            problems += await self._check_room(branches, None)
         if (bad_url := await self._check_url(url)) is not None:
             problems.insert(0, bad_url)
         if problems:
@@ -239,6 +257,7 @@ class WebhookService:
             "description": description or "",
             "enabled": True,
             "disabledReason": None,
+            "pausedReason": None,
             "ownerKey": principal.name,
             "ownerRole": principal.role.value,
             "secrets": [self._sealed(secret, now)],
@@ -278,8 +297,30 @@ class WebhookService:
             chosen, more = self._check_events(events)
             problems += more
             changes["events"] = chosen
+        owner = await self.store.keys.principal_of(endpoint["ownerKey"])
+        takes_over = owner is None and enabled is True
+        if owner is None and enabled is True and principal.role.value != endpoint["ownerRole"]:
+            problems.append(
+                _problem(
+                    "enabled",
+                    f"its owner key is revoked: a {endpoint['ownerRole']} key must take it over",
+                    UserErrorCode.WEBHOOK_OWNER_REVOKED,
+                )
+            )
         if branches is not UNSET:
             problems += self._check_branches(principal, branches)
+            # Deliveries show the data as the owner sees it: it must see every branch.
+            viewer = principal if takes_over or owner is None else owner
+            problems += [
+                _problem(
+                    "branches",
+                    f"the endpoint's owner key {endpoint['ownerKey']!r} does not see {code!r}",
+                    UserErrorCode.UNKNOWN_BRANCH,
+                )
+                for code in branches
+                if principal.sees_branch(code) and not viewer.sees_branch(code)
+            ]
+            problems += await self._check_room(branches, endpoint_id)
             changes["branches"] = sorted(set(branches))
         if description is not UNSET:
             problems += self._check_description(description)
@@ -287,13 +328,10 @@ class WebhookService:
         if enabled is not UNSET:
             changes["enabled"] = enabled
             if enabled:
-                # Enabling takes the endpoint over: its data is now shown as this key sees it.
-                changes |= {
-                    "disabledReason": None,
-                    "failingSince": None,
-                    "ownerKey": principal.name,
-                    "ownerRole": principal.role.value,
-                }
+                changes |= {"disabledReason": None, "failingSince": None, "pausedReason": None}
+                if takes_over:
+                    # A paused endpoint's new owner: its data is now shown as this key sees it.
+                    changes |= {"ownerKey": principal.name, "ownerRole": principal.role.value}
             else:
                 changes["disabledReason"] = f"disabled by {principal.name}"
         if problems:
@@ -308,6 +346,11 @@ class WebhookService:
             )
         if enabled is True:
             await self.store.webhooks.wake(endpoint_id, now)
+            if takes_over:
+                await self.store.webhooks.deliveries.update_many(
+                    {"endpointId": endpoint_id, "status": DeliveryStatus.PENDING.value},
+                    {"$set": {"body": None}},  # rendered again, as the new owner sees it
+                )
             self._wakeup.set()
         await self._audit(
             principal, AuditAction.WEBHOOK_ENDPOINT_UPDATED, updated, {"changed": sorted(changes)}
@@ -553,14 +596,15 @@ class WebhookService:
         """The event as JSON, with the order as ``owner`` sees it; None if it may not."""
         if not owner.sees_branch(event["branch"]):
             return None
-        data = await self.render(owner, event)
-        if data is None:
-            return None
+        # Read before the data, so the data is never older than the version it carries.
         stored = await self.store.orders.get(event["orderId"], {"version": 1})
         payments = await self.store.payments.of_order(event["orderId"])
         version = int((stored or {}).get("version", 0)) + sum(
             int(p.get("version", 0)) for p in payments
         )
+        data = await self.render(owner, event)
+        if data is None:
+            return None
         return json.dumps(
             {
                 "id": event["_id"],
@@ -626,15 +670,26 @@ class WebhookService:
                 now,
             )
             return False
+        if not endpoint.get("enabled"):  # sent again only by retryWebhookDeliveries
+            await self.store.webhooks.finish_try(
+                claimed,
+                {
+                    "at": now,
+                    "status": None,
+                    "latencyMs": 0,
+                    "response": "",
+                    "error": "endpoint disabled",
+                },
+                {"status": DeliveryStatus.FAILED.value},
+                now,
+            )
+            return False
         owner = await self.store.keys.principal_of(endpoint["ownerKey"])
-        if not endpoint.get("enabled") or owner is None:
-            if owner is None and endpoint.get("enabled"):
-                await self.store.webhooks.disable(
-                    endpoint["_id"], "paused: the owner key was revoked", now
-                )
+        if owner is None:  # paused: its deliveries wait for a key that takes it over
+            if await self.store.webhooks.pause(endpoint["_id"], PAUSED_REASON, now):
                 await self._audit(
                     None,
-                    AuditAction.WEBHOOK_ENDPOINT_DISABLED,
+                    AuditAction.WEBHOOK_ENDPOINT_PAUSED,
                     endpoint,
                     {"reason": "owner key revoked"},
                 )

@@ -3,7 +3,7 @@
 A ``webhook_endpoints`` document::
 
     {_id: "we_<hex>", url, events: [type], branches: [code], description,
-     enabled, disabledReason, ownerKey, ownerRole,
+     enabled, disabledReason, pausedReason, ownerKey, ownerRole,
      secrets: [{secret (sealed by the vault), createdAt, expiresAt | null}],
      failingSince | null, createdAt, updatedAt, deleted}
 
@@ -106,6 +106,14 @@ class WebhookRepository:
         await self.endpoints.update_one(
             {"_id": endpoint_id, "failingSince": {"$ne": None}}, {"$set": {"failingSince": None}}
         )
+
+    async def pause(self, endpoint_id: str, reason: str, now: datetime) -> bool:
+        """Pause the endpoint (its owner key is gone) unless paused; True when this call did."""
+        result = await self.endpoints.update_one(
+            {"_id": endpoint_id, "pausedReason": None},
+            {"$set": {"pausedReason": reason, "updatedAt": now}},
+        )
+        return result.modified_count == 1
 
     async def disable(self, endpoint_id: str, reason: str, now: datetime) -> bool:
         """Disable the endpoint if it is enabled; True when this call did it."""

@@ -235,7 +235,7 @@ def test_loopback_is_refused_unless_allowed(start_payments: Callable[..., PaySer
         CREATE,
         {"input": {"url": "http://127.0.0.1:9/hook", "events": ["order.paid"], "branches": ["zj"]}},
     )["createWebhookEndpoint"]
-    assert [e["code"] for e in payload["userErrors"]] == ["WEBHOOK_URL_INVALID"]
+    assert [e["code"] for e in payload["userErrors"]] == ["WEBHOOK_TARGET_FORBIDDEN"]
 
 
 def test_a_target_that_became_private_fails_at_delivery_without_being_contacted(
@@ -323,16 +323,22 @@ def test_replay_sends_the_same_event_again_and_a_revoked_owner_pauses_the_endpoi
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         endpoint = service.db.webhook_endpoints.find_one({"_id": endpoint_id})
-        if endpoint and not endpoint["enabled"]:
+        if endpoint and endpoint.get("pausedReason"):
             break
         time.sleep(0.1)
-    assert (
-        endpoint is not None and endpoint["disabledReason"] == "paused: the owner key was revoked"
-    )
+    assert endpoint is not None and endpoint["pausedReason"] == "paused: the owner key was revoked"
     assert len(receiver.received) == 2  # nothing was sent for the revoked key
-    audit = service.db.audit_log.find_one({"action": "WEBHOOK_ENDPOINT_DISABLED"})
+    (waiting,) = deliveries(service, endpointId=endpoint_id, status="PENDING")
+    audit = service.db.audit_log.find_one({"action": "WEBHOOK_ENDPOINT_PAUSED"})
     assert audit is not None and audit["target"] == endpoint_id
-    # Another key of the branch enables it again, and so becomes the owner.
+    # An ops key may not take over a partner's endpoint (it would see unmasked data).
+    taken = service.client.data(
+        "mutation($id: ID!) { updateWebhookEndpoint(input: {id: $id, enabled: true})"
+        " { endpoint { id } userErrors { code } } }",
+        {"id": endpoint_id},
+    )["updateWebhookEndpoint"]
+    assert taken["userErrors"] == [{"code": "WEBHOOK_OWNER_REVOKED"}]
+    # Another partner key of the branch enables it again, and so becomes the owner.
     successor = service.client_for("partner", "zj")
     enabled = successor.data(
         "mutation($id: ID!) { updateWebhookEndpoint(input: {id: $id, enabled: true})"
@@ -340,5 +346,7 @@ def test_replay_sends_the_same_event_again_and_a_revoked_owner_pauses_the_endpoi
         {"id": endpoint_id},
     )["updateWebhookEndpoint"]
     assert enabled["endpoint"] == {"enabled": True, "ownerKey": service.key_name(successor)}
-    receiver.wait_for(lambda r: len(r) >= 3)
+    *_, resumed = receiver.wait_for(lambda r: len(r) >= 3)
+    assert resumed.headers["webhook-id"] == waiting["eventId"]  # the paused event, not lost
+    assert resumed.event["data"]["order"]["customer"]["phone"] == "139****5678"
     assert ObjectId.is_valid(endpoint_id.removeprefix("we_"))
