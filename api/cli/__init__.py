@@ -543,6 +543,12 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return keys.keys(args)
 
 
+def cmd_webhooks(args: argparse.Namespace) -> int:
+    from api.cli import webhooks
+
+    return webhooks.webhooks(args)
+
+
 DURATION = re.compile(r"(\d+)([smhd])")
 DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
@@ -679,6 +685,27 @@ def parser() -> argparse.ArgumentParser:
     revoke = keys_sub.add_parser("revoke", help="revoke a key at once")
     revoke.add_argument("name")
     revoke.set_defaults(run=cmd_keys)
+
+    webhooks = commands.add_parser("webhooks", help="partner webhook endpoints and deliveries")
+    webhooks_sub = webhooks.add_subparsers(dest="webhooks_command", required=True)
+    wh_list = webhooks_sub.add_parser(
+        "list", help="the endpoints: URL (without its query), events, state; never a secret"
+    )
+    wh_list.add_argument("--branch", help="only endpoints serving this branch")
+    wh_list.set_defaults(run=cmd_webhooks)
+    wh_deliveries = webhooks_sub.add_parser(
+        "deliveries", help="an endpoint's deliveries, newest first, with their last try"
+    )
+    wh_deliveries.add_argument("endpoint_id", metavar="ENDPOINT_ID")
+    wh_deliveries.add_argument("--failed", action="store_true", help="only FAILED deliveries")
+    # The limits live in api/cli/webhooks.py, imported only when the command runs.
+    wh_deliveries.add_argument("--limit", type=int, help="how many, 1 to 500 (default 20)")
+    wh_deliveries.set_defaults(run=cmd_webhooks)
+    wh_replay = webhooks_sub.add_parser(
+        "replay", help="make every delivery of an event due again (same event id); audited"
+    )
+    wh_replay.add_argument("event_id", metavar="EVENT_ID")
+    wh_replay.set_defaults(run=cmd_webhooks)
 
     reconcile = commands.add_parser(
         "reconcile", help="ask the platforms about PENDING attempts and apply what they report"

@@ -105,7 +105,7 @@ class AuditEntry:
         "WEBHOOK_ENDPOINT_UPDATED, WEBHOOK_ENDPOINT_DELETED, WEBHOOK_SECRET_ROTATED, "
         "WEBHOOK_ENDPOINT_DISABLED (three days of failures), "
         "WEBHOOK_ENDPOINT_PAUSED (its owner key was revoked), "
-        "WEBHOOK_EVENT_REPLAYED."
+        "WEBHOOK_EVENT_REPLAYED, WEBHOOK_DELIVERIES_RETRIED."
     )
     target: str
     branch: str | None

@@ -448,6 +448,13 @@ class WebhookService:
                     UserErrorCode.WEBHOOK_EVENT_NOT_FOUND,
                 )
             ]
+        await self.store.audit.record(
+            principal.name,
+            AuditAction.WEBHOOK_EVENT_REPLAYED,
+            event_id,
+            {"endpoints": managed, "type": event["type"]},
+            branch=event["branch"],
+        )
         count = await self.store.webhooks.send_again(
             {"eventId": event_id, "endpointId": {"$in": managed}}, self.clock()
         )
@@ -460,6 +467,10 @@ class WebhookService:
         """Send again every FAILED delivery of the endpoint created since ``since``."""
         if await self._managed(principal, endpoint_id) is None:
             return 0, [_problem("endpointId", NOT_FOUND, UserErrorCode.WEBHOOK_ENDPOINT_NOT_FOUND)]
+        endpoint = await self._managed(principal, endpoint_id) or {"_id": endpoint_id}
+        await self._audit(
+            principal, AuditAction.WEBHOOK_DELIVERIES_RETRIED, endpoint, {"since": _iso(since)}
+        )
         count = await self.store.webhooks.send_again(
             {
                 "endpointId": endpoint_id,
