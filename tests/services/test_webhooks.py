@@ -6,6 +6,7 @@ implementation of the Standard Webhooks specification.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -201,3 +202,59 @@ def test_a_rotated_secret_and_the_old_one_both_sign_during_the_overlap(
     (received,) = receiver.wait_for(lambda r: len(r) >= 1)
     assert len(received.headers["webhook-signature"].split(" ")) == 2
     assert verified(old, received) == verified(new, received)
+
+
+def test_an_endpoint_failing_for_three_days_is_disabled_and_audited(
+    start_payments: Callable[..., PayService], receiver: Receiver
+) -> None:
+    service = webhook_service(start_payments)
+    endpoint_id, _ = create_endpoint(
+        service, service.client, receiver.url, ["order.created"], ["zj"]
+    )
+    # Its tries have failed since four days ago (the three days are not waited for here).
+    service.db.webhook_endpoints.update_one(
+        {"_id": endpoint_id}, {"$set": {"failingSince": datetime.now(UTC) - timedelta(days=4)}}
+    )
+    receiver.answers = [503]
+    service.create_order()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        endpoint = service.client.data(ENDPOINT, {"id": endpoint_id})["webhookEndpoint"]
+        if not endpoint["enabled"]:
+            break
+        time.sleep(0.1)
+    assert endpoint["disabledReason"].startswith("every delivery failed since ")
+    audit = service.db.audit_log.find_one({"action": "WEBHOOK_ENDPOINT_DISABLED"})
+    assert audit is not None and audit["target"] == endpoint_id and audit["actor"] == "branchpay"
+    service.create_order()  # a disabled endpoint is handed no new events
+    time.sleep(1.0)
+    assert len(receiver.received) == 1
+
+
+def test_an_event_left_by_a_process_that_died_after_its_write_is_still_delivered(
+    start_payments: Callable[..., PayService], receiver: Receiver
+) -> None:
+    from api.domain.order import OrderStatus
+    from api.store import Store
+
+    service = webhook_service(start_payments)
+    create_endpoint(service, service.client, receiver.url, ["order.cancelled"], ["zj"])
+    order = service.create_order()
+
+    async def write_and_die() -> None:
+        # Another process's write: its event is on the order, and nobody told this service.
+        store = Store.connect(service.mongo_uri, service.db_name)
+        moved = await store.orders.move(
+            service.order_doc(order["id"])["_id"],
+            OrderStatus.CANCELLED,
+            datetime.now(UTC),
+            reason="cancelled elsewhere",
+        )
+        assert moved is not None and len(moved["outbox"]) >= 1
+        await store.close()
+
+    asyncio.run(write_and_die())
+    (received,) = receiver.wait_for(lambda r: len(r) >= 1)
+    assert received.event["type"] == "order.cancelled"
+    assert received.event["data"]["order"]["id"] == order["id"]
+    assert service.order_doc(order["id"]).get("outbox") == []
