@@ -345,12 +345,9 @@ class WebhookService:
                 problems=[_problem("id", NOT_FOUND, UserErrorCode.WEBHOOK_ENDPOINT_NOT_FOUND)]
             )
         if enabled is True:
+            if takes_over:  # before they are due: none goes out as the old owner saw it
+                await self.store.webhooks.forget_bodies(endpoint_id)
             await self.store.webhooks.wake(endpoint_id, now)
-            if takes_over:
-                await self.store.webhooks.deliveries.update_many(
-                    {"endpointId": endpoint_id, "status": DeliveryStatus.PENDING.value},
-                    {"$set": {"body": None}},  # rendered again, as the new owner sees it
-                )
             self._wakeup.set()
         await self._audit(
             principal, AuditAction.WEBHOOK_ENDPOINT_UPDATED, updated, {"changed": sorted(changes)}
@@ -668,33 +665,9 @@ class WebhookService:
         now = self.clock()
         endpoint = await self.store.webhooks.endpoint(claimed["endpointId"])
         if endpoint is None:  # deleted: nothing will be sent
-            await self.store.webhooks.finish_try(
-                claimed,
-                {
-                    "at": now,
-                    "status": None,
-                    "latencyMs": 0,
-                    "response": "",
-                    "error": "endpoint deleted",
-                },
-                {"status": DeliveryStatus.FAILED.value},
-                now,
-            )
-            return False
+            return await self._give_up(claimed, "endpoint deleted", now)
         if not endpoint.get("enabled"):  # sent again only by retryWebhookDeliveries
-            await self.store.webhooks.finish_try(
-                claimed,
-                {
-                    "at": now,
-                    "status": None,
-                    "latencyMs": 0,
-                    "response": "",
-                    "error": "endpoint disabled",
-                },
-                {"status": DeliveryStatus.FAILED.value},
-                now,
-            )
-            return False
+            return await self._give_up(claimed, "endpoint disabled", now)
         owner = await self.store.keys.principal_of(endpoint["ownerKey"])
         if owner is None:  # paused: its deliveries wait for a key that takes it over
             if await self.store.webhooks.pause(endpoint["_id"], PAUSED_REASON, now):
@@ -710,24 +683,18 @@ class WebhookService:
         if body is None:  # the owner could not see the order when it was created
             body = await self._body(await self._event_of(claimed), owner)
             if body is None:
-                await self.store.webhooks.finish_try(
-                    claimed,
-                    {
-                        "at": now,
-                        "status": None,
-                        "latencyMs": 0,
-                        "response": "",
-                        "error": "not visible to the endpoint's key",
-                    },
-                    {"status": DeliveryStatus.FAILED.value},
-                    now,
-                )
-                return False
-            await self.store.webhooks.deliveries.update_one(
-                {"_id": claimed["_id"]}, {"$set": {"body": body}}
-            )
+                return await self._give_up(claimed, "not visible to the endpoint's key", now)
+            await self.store.webhooks.set_body(claimed["_id"], body)
         result = await self._send(endpoint, claimed["eventId"], body.encode())
         return await self._record(claimed, endpoint, result)
+
+    async def _give_up(self, claimed: Document, why: str, now: datetime) -> bool:
+        """End a claimed delivery FAILED without sending it; False: nothing was tried."""
+        attempt = {"at": now, "status": None, "latencyMs": 0, "response": "", "error": why}
+        await self.store.webhooks.finish_try(
+            claimed, attempt, {"status": DeliveryStatus.FAILED.value}, now
+        )
+        return False
 
     async def _event_of(self, delivery: Mapping[str, Any]) -> Document:
         event = await self.store.webhooks.event(delivery["eventId"])

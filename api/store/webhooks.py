@@ -194,6 +194,16 @@ class WebhookRepository:
         )
         return result.modified_count == 1
 
+    async def set_body(self, delivery_id: str, body: str) -> None:
+        await self.deliveries.update_one({"_id": delivery_id}, {"$set": {"body": body}})
+
+    async def forget_bodies(self, endpoint_id: str) -> None:
+        """A new owner: the waiting deliveries are rendered again, as it sees the data."""
+        await self.deliveries.update_many(
+            {"endpointId": endpoint_id, "status": DeliveryStatus.PENDING.value},
+            {"$set": {"body": None}},
+        )
+
     async def postpone(self, claimed: Document, until: datetime) -> None:
         """Give back a claimed delivery untried (its endpoint is disabled or paused)."""
         await self.deliveries.update_one(

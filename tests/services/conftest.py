@@ -351,43 +351,52 @@ class SecondProcess:
     client: GraphQLClient
 
 
+def serve_process(
+    service: PayService, tmp_path: Path, name: str, **env: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Another `branchpay serve` process on the service's store and plugins.toml; once ready."""
+    port = free_port()
+    log = tmp_path / f"{name}.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "api", "serve", "--port", str(port)],
+        env={
+            **os.environ,
+            "BRANCHPAY_MONGODB_URI": service.mongo_uri,
+            "BRANCHPAY_DATABASE": service.db_name,
+            "BRANCHPAY_PLUGINS_TOML": str(service.plugins_toml),
+            "BRANCHPAY_DATA_DIR": str(tmp_path / name),
+            "BRANCHPAY_PII_KEY": service.pii_key,
+            "BRANCHPAY_RECONCILE_INTERVAL_SECONDS": "3600",
+            **env,
+        },
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    # Another process: its readiness is only observable from outside.
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text()
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise AssertionError(f"{name} did not become ready")
+
+
 @pytest.fixture
 def second_process(tmp_path: Path) -> Iterator[Callable[[PayService], SecondProcess]]:
     """Another `branchpay serve` process on the same store and plugins.toml as a PayService."""
     processes: list[subprocess.Popen[bytes]] = []
 
     def start(service: PayService) -> SecondProcess:
-        port = free_port()
-        env = {
-            **os.environ,
-            "BRANCHPAY_MONGODB_URI": service.mongo_uri,
-            "BRANCHPAY_DATABASE": service.db_name,
-            "BRANCHPAY_PLUGINS_TOML": str(service.plugins_toml),
-            "BRANCHPAY_DATA_DIR": str(tmp_path / "second"),
-            "BRANCHPAY_PII_KEY": service.pii_key,
-            "BRANCHPAY_RECONCILE_INTERVAL_SECONDS": "3600",
-        }
-        log = (tmp_path / f"serve-{port}.log").open("wb")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "api", "serve", "--port", str(port)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
+        process, url = serve_process(service, tmp_path, f"serve-{len(processes)}")
         processes.append(process)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        # Another process: its readiness is only observable from outside.
-        while time.monotonic() < deadline:
-            assert process.poll() is None, (tmp_path / f"serve-{port}.log").read_text()
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    return SecondProcess(url, GraphQLClient(url, service.client.key))
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError("the second server did not become ready")
+        return SecondProcess(url, GraphQLClient(url, service.client.key))
 
     yield start
     for process in processes:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,12 +23,11 @@ from starlette.routing import Route
 from providers.kit.loopback import LoopbackServer
 from tests.services.conftest import CREATE_WEBHOOK_ENDPOINT as CREATE
 from tests.services.conftest import (
-    ROOT,
     PayService,
     Receiver,
     SecondProcess,
     create_endpoint,
-    free_port,
+    serve_process,
     verified,
     webhook_service,
 )
@@ -137,36 +134,14 @@ def stalling() -> Iterator[Stalling]:
 def serve(
     service: PayService, tmp_path: Path, name: str, **env: str
 ) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "api", "serve", "--port", str(port)],
-        env={
-            **os.environ,
-            "BRANCHPAY_MONGODB_URI": service.mongo_uri,
-            "BRANCHPAY_DATABASE": service.db_name,
-            "BRANCHPAY_PLUGINS_TOML": str(service.plugins_toml),
-            "BRANCHPAY_DATA_DIR": str(tmp_path / name),
-            "BRANCHPAY_PII_KEY": service.pii_key,
-            "BRANCHPAY_RECONCILE_INTERVAL_SECONDS": "3600",
-            "BRANCHPAY_WEBHOOKS_ALLOW_LOOPBACK": "true",
-            "BRANCHPAY_WEBHOOK_POLL_SECONDS": "0.2",
-            **env,
-        },
-        stdout=(tmp_path / f"{name}.log").open("wb"),
-        stderr=subprocess.STDOUT,
-        cwd=ROOT,
+    return serve_process(
+        service,
+        tmp_path,
+        name,
+        BRANCHPAY_WEBHOOKS_ALLOW_LOOPBACK="true",
+        BRANCHPAY_WEBHOOK_POLL_SECONDS="0.2",
+        **env,
     )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert process.poll() is None, (tmp_path / f"{name}.log").read_text()
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{name} did not become ready")
 
 
 def test_a_process_killed_mid_delivery_leaves_it_to_another_after_the_lease(
