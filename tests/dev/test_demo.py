@@ -28,7 +28,12 @@ from api.dev.devdb import free_port
 from tests.cli.test_serve import ROOT, environment, interrupt, wait_ready
 from tests.conftest import GraphQLClient
 from tests.schema.test_mutation import offering_id
-from tests.services.conftest import order_feed
+from tests.services.conftest import (
+    CREATE_WEBHOOK_ENDPOINT,
+    Receiver,
+    order_feed,
+    receiver,  # noqa: F401 (a fixture)
+)
 
 # provider -> the demo branch that offers it first in the shipped plugins.toml
 DEMO_BRANCHES = {"alipay": "zj", "wechatpay": "bj", "unionpay": "yn"}
@@ -106,6 +111,7 @@ def workdir(tmp_path: Path) -> Path:
 
 async def test_make_run_pays_and_refunds_through_each_real_provider_simulator(
     workdir: Path,
+    receiver: Receiver,  # noqa: F811 (the fixture)
 ) -> None:
     api_port, db_port = free_port(), free_port()
     url = f"http://127.0.0.1:{api_port}"
@@ -124,6 +130,18 @@ async def test_make_run_pays_and_refunds_through_each_real_provider_simulator(
         partner = GraphQLClient(
             url, create_key(workdir, env, "--role", "ops", "--name", "demo-ops")
         )
+        # make run lets webhooks go to a receiver on loopback, as a partner's dev machine has.
+        registered = partner.data(
+            CREATE_WEBHOOK_ENDPOINT,
+            {
+                "input": {
+                    "url": receiver.url,
+                    "events": ["order.paid"],
+                    "branches": list(DEMO_BRANCHES.values()),
+                }
+            },
+        )["createWebhookEndpoint"]
+        assert registered["userErrors"] == [], registered
         for provider, branch in DEMO_BRANCHES.items():
             created = partner.data(
                 CREATE,
@@ -183,6 +201,8 @@ async def test_make_run_pays_and_refunds_through_each_real_provider_simulator(
             assert final["status"] == "PARTIALLY_REFUNDED", (provider, final)
             (payment,) = final["payments"]
             assert payment["status"] == "PARTIALLY_REFUNDED", (provider, final)
+        paid = receiver.wait_for(lambda got: len(got) >= len(DEMO_BRANCHES))
+        assert sorted(r.event["branch"] for r in paid) == sorted(DEMO_BRANCHES.values())
     finally:
         output = interrupt(process)
     for provider in DEMO_BRANCHES:
