@@ -160,6 +160,13 @@ AUDIT_CURSOR = TextLimit(
     rule="an `endCursor` `auditLog` returned",
 )
 
+DELIVERIES_CURSOR = TextLimit(
+    "`WebhookEndpoint.deliveries(after)`",
+    24,
+    min_chars=24,
+    rule="an `endCursor` `deliveries` returned",
+)
+
 LIMITS: tuple[TextLimit, ...] = (
     CUSTOMER_NAME,
     PHONE,
@@ -176,4 +183,5 @@ LIMITS: tuple[TextLimit, ...] = (
     GLOBAL_ID,
     ORDERS_CURSOR,
     AUDIT_CURSOR,
+    DELIVERIES_CURSOR,
 )

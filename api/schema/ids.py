@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from bson import ObjectId
 from bson.errors import InvalidId
 
-from api.domain.text import GLOBAL_ID, ORDERS_CURSOR
+from api.domain.text import GLOBAL_ID, ORDERS_CURSOR, TextLimit
 from api.schema.errors import bad_input
 from api.store.orders import Position
 
@@ -73,3 +73,15 @@ def decode_cursor(value: str) -> Position:
             "malformed cursor: pass an endCursor or edge cursor returned by orders"
         ) from None
     return Position(created_at, order_id)
+
+
+def object_id_cursor(after: str | None, limit: TextLimit, source: str) -> ObjectId | None:
+    """The ObjectId an ``endCursor`` of ``source`` holds; BAD_USER_INPUT for anything else."""
+    if after is None:
+        return None
+    try:
+        if limit.problem(after, "after") is not None:
+            raise InvalidId(after)
+        return ObjectId(after)
+    except InvalidId:
+        raise bad_input(f"malformed cursor: pass endCursor from {source}") from None

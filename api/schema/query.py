@@ -19,7 +19,13 @@ from api.domain.principal import Permission
 from api.domain.text import AUDIT_CURSOR, BRANCH_CODE, PHONE, quoted
 from api.schema.context import Context
 from api.schema.errors import bad_input
-from api.schema.ids import decode_cursor, encode_cursor, from_global_id, object_id_of
+from api.schema.ids import (
+    decode_cursor,
+    encode_cursor,
+    from_global_id,
+    object_id_cursor,
+    object_id_of,
+)
 from api.schema.types import (
     Branch,
     Node,
@@ -130,14 +136,7 @@ class Query:
             raise bad_input(
                 f"first must be between 0 and {info.context.services.settings.max_page_size}"
             )
-        before = None
-        if after is not None:
-            try:
-                if AUDIT_CURSOR.problem(after, "after") is not None:
-                    raise InvalidId(after)
-                before = ObjectId(after)
-            except InvalidId:
-                raise bad_input("malformed cursor: pass endCursor from auditLog") from None
+        before = object_id_cursor(after, AUDIT_CURSOR, "auditLog")
         docs = await info.context.store.audit.page(first + 1, before) if first else []
         entries = [
             AuditEntry(

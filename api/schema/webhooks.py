@@ -8,16 +8,15 @@ from datetime import datetime
 from typing import Any
 
 import strawberry
-from bson import ObjectId
-from bson.errors import InvalidId
 from strawberry.types import Info
 
 from api.domain.principal import Permission, Principal
 from api.domain.problems import Problem, UserErrorCode
-from api.domain.text import AUDIT_CURSOR
+from api.domain.text import DELIVERIES_CURSOR
 from api.domain.webhooks import DeliveryStatus, WebhookEventType
 from api.schema.context import Context
 from api.schema.errors import ApiError, ErrorCode, bad_input
+from api.schema.ids import object_id_cursor
 from api.schema.mutation import user_errors
 from api.schema.types import UserError
 from api.services.webhooks import UNSET, WebhookService
@@ -133,14 +132,7 @@ class WebhookEndpoint:
         limit = info.context.services.settings.max_page_size
         if not 0 <= first <= limit:
             raise bad_input(f"first must be between 0 and {limit}")
-        before = None
-        if after is not None:
-            try:
-                if AUDIT_CURSOR.problem(after, "after") is not None:
-                    raise InvalidId(after)
-                before = ObjectId(after)
-            except InvalidId:
-                raise bad_input("malformed cursor: pass endCursor from deliveries") from None
+        before = object_id_cursor(after, DELIVERIES_CURSOR, "deliveries")
         docs = await service.deliveries(
             principal,
             str(self.id),

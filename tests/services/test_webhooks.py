@@ -258,3 +258,36 @@ def test_an_event_left_by_a_process_that_died_after_its_write_is_still_delivered
     assert received.event["type"] == "order.cancelled"
     assert received.event["data"]["order"]["id"] == order["id"]
     assert service.order_doc(order["id"]).get("outbox") == []
+
+
+PAGE = """
+query($id: ID!, $after: String) {
+  webhookEndpoint(id: $id) {
+    deliveries(first: 1, after: $after) { nodes { eventType } hasNextPage endCursor }
+  }
+}
+"""
+
+
+def test_deliveries_page_newest_first_and_refuse_a_malformed_cursor(
+    start_payments: Callable[..., PayService], receiver: Receiver
+) -> None:
+    service = webhook_service(start_payments)
+    endpoint_id, _ = create_endpoint(
+        service, service.client, receiver.url, ["order.created", "order.cancelled"], ["zj"]
+    )
+    order = service.create_order()
+    receiver.wait_for(lambda r: len(r) >= 1)
+    service.client.data(
+        "mutation($id: ID!) { cancelOrder(input: {orderId: $id}) { userErrors { code } } }",
+        {"id": order["id"]},
+    )
+    receiver.wait_for(lambda r: len(r) >= 2)
+    first = service.client.data(PAGE, {"id": endpoint_id})["webhookEndpoint"]["deliveries"]
+    assert first["nodes"] == [{"eventType": "order.cancelled"}] and first["hasNextPage"]
+    second = service.client.data(PAGE, {"id": endpoint_id, "after": first["endCursor"]})
+    page = second["webhookEndpoint"]["deliveries"]
+    assert page["nodes"] == [{"eventType": "order.created"}] and not page["hasNextPage"]
+    for bad in ("nope", "0" * 23, "z" * 24, "a" * 2000):
+        body = service.client.post(PAGE, {"id": endpoint_id, "after": bad})
+        assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT", bad
