@@ -36,7 +36,7 @@ import multiprocessing
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection, wait
 from multiprocessing.synchronize import Event
 from typing import Any
@@ -57,6 +57,7 @@ from bench.scenarios import (
     http_request,
     pay_round_trip,
     store_call,
+    webhook_round_trip,
 )
 
 # Longest a single measurement may take beyond its planned time before the
@@ -92,6 +93,28 @@ class Outcome:
     p99: Percentile
     max: Percentile
     generator_cpu: float
+    # The measured window, in ``time.perf_counter`` seconds: CLOCK_MONOTONIC on Linux, the
+    # same clock in every process, so another process's timestamps can be placed in it.
+    window: tuple[float, float] = (math.nan, math.nan)
+    # Latencies of named parts of each request counted (``Answer.parts``), in seconds.
+    parts: dict[str, tuple[float, ...]] = field(default_factory=dict)
+
+    def part(self, name: str) -> Outcome:
+        """The same window with one part of each request as its latency."""
+        measured = Latencies.of(self.parts.get(name, ()))
+        return replace(
+            self,
+            requests=len(measured),
+            censored=0,
+            errors=0,
+            failures={},
+            answers={},
+            p50=measured.percentile(0.50),
+            p90=measured.percentile(0.90),
+            p99=measured.percentile(0.99),
+            max=measured.max,
+            parts={},
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,8 +196,9 @@ async def _drive(spec: Spec, parent: Connection, go: Event) -> Outcome:
             call = health_probe(spec.base_url)
         else:
             # A round trip (d) holds its subscription's connection while it
-            # posts to the API and to the simulator: three per worker.
-            connections = 3 if spec.scenario is Scenario.PAY else 1
+            # posts to the API and to the simulator: three per worker; (w) also
+            # waits on the webhook receiver.
+            connections = {Scenario.PAY: 3, Scenario.WEBHOOK: 4}.get(spec.scenario, 1)
             client = await stack.enter_async_context(
                 httpx.AsyncClient(
                     base_url=spec.base_url,
@@ -191,6 +215,8 @@ async def _drive(spec: Spec, parent: Connection, go: Event) -> Outcome:
                 if spec.scenario is Scenario.PAY:
                     paid = await pay_round_trip(client, rng)
                     return Answer(paid, "served" if paid else "unexpected answer")
+                if spec.scenario is Scenario.WEBHOOK:
+                    return await webhook_round_trip(client, rng, spec)
                 request = http_request(spec, rng)
                 response = await client.request(request.method, request.path, json=request.json)
                 return answer(spec, request, response.status_code, response.content)
@@ -205,6 +231,7 @@ async def _drive(spec: Spec, parent: Connection, go: Event) -> Outcome:
         latencies: list[float] = []
         failures: dict[str, int] = {}
         answers: dict[str, int] = {}
+        parts: dict[str, list[float]] = {}
         last_done = window_from
         # When each request in flight began (was due, when paced), by a number of its own.
         in_flight: dict[int, float] = {}
@@ -216,9 +243,10 @@ async def _drive(spec: Spec, parent: Connection, go: Event) -> Outcome:
             in_flight[number] = began
             failure = None
             label = "served"
+            timed: tuple[tuple[str, float], ...] = ()
             try:
                 answered = await call(rng)
-                label = answered.label
+                label, timed = answered.label, answered.parts
                 if not answered.ok:
                     failure = answered.label
             except (
@@ -237,6 +265,8 @@ async def _drive(spec: Spec, parent: Connection, go: Event) -> Outcome:
             if began >= window_from or done >= window_to:
                 latencies.append(done - began)
                 answers[label] = answers.get(label, 0) + 1
+                for name, seconds in timed:
+                    parts.setdefault(name, []).append(seconds)
                 if failure is not None:
                     failures[failure] = failures.get(failure, 0) + 1
                 last_done = max(last_done, done)
@@ -307,6 +337,8 @@ async def _drive(spec: Spec, parent: Connection, go: Event) -> Outcome:
         p99=measured.percentile(0.99),
         max=measured.max,
         generator_cpu=generator_cpu,
+        window=(window_from, window_to),
+        parts={name: tuple(values) for name, values in parts.items()},
     )
 
 

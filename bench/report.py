@@ -156,10 +156,24 @@ def print_run(run: Run, console: Console) -> None:
             f"non-2xx {figures['non2xx']}; ours: {ours.throughput:,.1f} req/s, "
             f"p50 {_percentile_ms(ours.outcome.p50)} ms, p99 {_percentile_ms(ours.outcome.p99)} ms"
         )
+    if "webhooks" in run.extra:
+        print_webhooks(run.extra["webhooks"], console)
     if "hostile" in run.extra:
         print_hostile(run.extra["hostile"], console)
     for reason in run.not_measured:
         console.print(f"[yellow]not measured:[/yellow] {reason}")
+
+
+def print_webhooks(webhooks: dict[str, Any], console: Console) -> None:
+    """What the table's (w) rows leave out: how much was created, and what was left undelivered."""
+    deliveries, drain = webhooks["deliveries"], webhooks["deliveries"]["drain"]
+    console.print(
+        f"(w) webhooks: {deliveries['ordersCreated']:,} orders created under (c), "
+        f"{deliveries['duringLoad']['requests']:,} of their order.created delivered in its "
+        f"window; backlog when it stopped {drain['backlog']:,}, "
+        f"{drain['deliveries']['requests']:,} delivered in {drain['seconds']:.1f} s after, "
+        f"{drain['left']:,} left; the API polls every {webhooks['pollSeconds']:g} s"
+    )
 
 
 def print_hostile(hostile: dict[str, Any], console: Console) -> None:

@@ -7,7 +7,11 @@
 2. On the smallest set, with the API under ``uvicorn --workers 1``: (a) and
    (b) over GraphQL, over the plain endpoint and as a bare driver loop; then
    (c) and (d) over GraphQL against a scratch database; then (a) under
-   ``--workers N`` for the scaling ratio.
+   ``--workers N`` for the scaling ratio. Unless ``--no-webhooks``, (w) on the
+   API of (c) and (d) (``bench.webhooks``): an endpoint of the bench's key at a
+   loopback receiver (``bench.receiver``), deliveries per second while (c) runs
+   again, then the latency from a payment notification to ``order.paid`` at the
+   receiver against the ``orderEvents`` PAID of the same flow.
 3. (a) over GraphQL on every set with ``--scale-concurrency`` requests in
    flight, for the scale ratio.
 4. The pluggy hook overhead (pytest-benchmark); with ``--soak`` the API's RSS
@@ -60,6 +64,7 @@ from bench.loadgen import REQUEST_TIMEOUT, Measurement, measure, measure_togethe
 from bench.percentiles import Percentile
 from bench.plain import UNLIMITED_KEYS
 from bench.procstat import rss_bytes
+from bench.receiver import running_receiver
 from bench.report import Ratio, Run, print_run, write_run
 from bench.scenarios import (
     HostileDocument,
@@ -77,6 +82,7 @@ from bench.server import (
     write_plugins_toml,
 )
 from bench.synthetic import BRANCHES
+from bench.webhooks import webhook_scenario
 
 SCALES = (10_000, 100_000, 1_000_000)
 RESULTS = Path("bench/results")
@@ -148,6 +154,19 @@ def parser() -> argparse.ArgumentParser:
     )
     top.add_argument(
         "--hostile-only", action="store_true", help="run the hostile scenario and nothing else"
+    )
+    top.add_argument(
+        "--webhooks",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the webhook scenario (w): deliveries per second during (c), and the latency "
+        "from a payment notification to the partner's webhook against orderEvents",
+    )
+    top.add_argument(
+        "--webhook-concurrency",
+        type=int,
+        default=4,
+        help="pay round trips in flight for (w)'s latency",
     )
     top.add_argument(
         "--hostile-concurrency",
@@ -278,11 +297,15 @@ def main_set(
     config: ApiConfig,
     *,
     wrk: bool = False,
+    webhook_concurrency: int | None = None,
 ) -> dict[str, Any]:
-    """Every scenario on the largest set; returns the figures the ratios need."""
+    """Every scenario on the largest set; returns the figures the ratios need.
+
+    With ``webhook_concurrency``, (w) runs after (d) on the same API process.
+    """
     logs = BENCH_DATA / "logs"
     base = replace(spec, mongodb_uri=uri, database=loaded.database)
-    found: dict[str, Measurement] = {}
+    found: dict[str, Any] = {}
     with running_api(
         uri, loaded.database, workers=1, log_path=logs / "api.log", config=config
     ) as api:
@@ -314,9 +337,21 @@ def main_set(
             found["d/graphql"] = _measure(
                 run, "graphql+ws", replace(on_api, scenario=Scenario.PAY), api
             )
+            if webhook_concurrency is not None:
+                with running_receiver(logs / "receiver.log") as receiver_url:
+                    found["w/ratios"] = webhook_scenario(
+                        run,
+                        on_api,
+                        api,
+                        receiver_url,
+                        found["c/graphql"].cpu_per_request,
+                        webhook_concurrency,
+                        lambda label, spec: _measure(run, label, spec, api),
+                        _log,
+                    )
         else:
             run.not_measured.append(
-                "(d) startPayment + sandbox notification: startPayment is not in the schema"
+                "(d) and (w) startPayment + sandbox notification: startPayment is not in the schema"
             )
     if workers > 1:
         with running_api(
@@ -666,8 +701,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("--mongodb-uri and --store-server exclude each other")
     if args.hostile_only and not args.hostile:
         raise SystemExit("--hostile-only and --no-hostile exclude each other")
-    if args.hostile_concurrency < 1:
-        raise SystemExit("--hostile-concurrency must be positive")
+    if args.hostile_concurrency < 1 or args.webhook_concurrency < 1:
+        raise SystemExit("--hostile-concurrency and --webhook-concurrency must be positive")
     started = datetime.now(UTC)
     # The bench's own secrets (sandbox, PII key) under .data/bench/secrets.
     settings = Settings(data_dir=BENCH_DATA)
@@ -728,6 +763,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             database=largest.database,
             # A partner's key for all six branches; --header may replace it.
             headers=(("authorization", f"Bearer {key}"), *_headers(args.header)),
+            gateway_url=gateway,
         )
         if args.wrk and not crosscheck.available():
             run.not_measured.append("wrk cross-check: wrk is not on PATH (apt-get install wrk)")
@@ -737,7 +773,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         smallest = sets[0]
         main = replace(spec, orders=smallest.count, base=smallest.base, database=smallest.database)
         if not args.hostile_only:
-            figures = main_set(run, uri, smallest, main, args.workers, config, wrk=wrk)
+            figures = main_set(
+                run,
+                uri,
+                smallest,
+                main,
+                args.workers,
+                config,
+                wrk=wrk,
+                webhook_concurrency=args.webhook_concurrency if args.webhooks else None,
+            )
             # The scale ratio compares latency, not queueing: a few requests in flight,
             # the same on every set, so a slow store on the large set is not drowned
             # by a queue in front of it.
@@ -805,6 +850,7 @@ def standard_ratios(
                 1.5 if (smallest.count, largest.count) == (10_000, 1_000_000) else None,
             )
         )
+    run.ratios += figures.get("w/ratios", [])
     if "a/workers" in figures:
         run.ratios.append(
             Ratio(

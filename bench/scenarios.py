@@ -5,7 +5,10 @@ fields including items and payments; (b) ``order(id)`` of a random existing
 order; (c) ``createOrder`` with a fresh idempotency key; (d) one payment round
 trip: create an order, subscribe to its ``orderEvents``, ``startPayment``
 with the sandbox, pay at the sandbox simulator, and receive PAID once the
-simulator's signed notification reached ``/notify``. The plain endpoint
+simulator's signed notification reached ``/notify``; (w) the same round trip
+with the bench sending the simulator's notification itself, timed from that
+moment to the PAID event and to the partner's ``order.paid`` webhook
+(``bench.webhooks`` runs the rest of (w)). The plain endpoint
 (``api/bench.py``) answers (a) and (b) with the same JSON body; the driver
 target runs the same store queries with no HTTP at all.
 
@@ -19,11 +22,13 @@ attacker's requests are counted served or refused by HTTP status and error code.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import json
 import random
+import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -70,6 +75,12 @@ START_PAYMENT = (
     " startPayment(input: $input) { payment { id status } action { kind url }"
     " userErrors { code message } } }"
 )
+# (w) settles at the simulator by the attempt's number.
+WEBHOOK_START_PAYMENT = (
+    "mutation BenchWebhookPay($input: StartPaymentInput!) {"
+    " startPayment(input: $input) { payment { id status outTradeNo }"
+    " userErrors { code message } } }"
+)
 ORDER_EVENTS = "subscription BenchEvents($id: ID!) { orderEvents(orderId: $id) { status } }"
 
 
@@ -78,6 +89,7 @@ class Scenario(enum.StrEnum):
     ORDER = "b"
     CREATE = "c"
     PAY = "d"
+    WEBHOOK = "w"
     HOSTILE = "h"
     HEALTH = "healthz"
 
@@ -93,6 +105,7 @@ DESCRIPTIONS = {
     Scenario.ORDER: "(b) order(id)",
     Scenario.CREATE: "(c) createOrder",
     Scenario.PAY: "(d) pay round trip",
+    Scenario.WEBHOOK: "(w) webhooks",
     Scenario.HOSTILE: "(h) hostile partner",
     Scenario.HEALTH: "(h) /healthz probe",
 }
@@ -154,6 +167,9 @@ class Spec:
     interval: float = 0.0
     # Send nothing in the warm-up: the attacker's budget is spent in the window.
     quiet_warmup: bool = False
+    # Scenario (w): the sandbox simulator and the partner's webhook receiver.
+    gateway_url: str = ""
+    receiver_url: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +187,9 @@ class Answer:
 
     ok: bool
     label: str
+    # Seconds between two moments inside the request, by name: (w) times the webhook and
+    # the subscription from the same notification.
+    parts: tuple[tuple[str, float], ...] = ()
 
 
 def _random_global_id(spec: Spec, rng: random.Random) -> str:
@@ -328,12 +347,18 @@ async def _next_status(ws: AsyncWebSocketSession) -> str:
     return str(message["payload"]["data"]["orderEvents"]["status"])
 
 
-async def pay_round_trip(client: httpx.AsyncClient, rng: random.Random) -> bool:
-    """Scenario (d): from a new order to its PAID event, as a partner frontend sees it."""
-    created = await client.post(
-        "/graphql", json={"query": CREATE_ORDER, "variables": _create_order(rng)}
-    )
-    order = _data(created, "createOrder")["order"]["id"]
+async def _new_order(client: httpx.AsyncClient, rng: random.Random) -> tuple[str, str]:
+    """A new order over GraphQL: its global id and its branch."""
+    variables = _create_order(rng)
+    created = await client.post("/graphql", json={"query": CREATE_ORDER, "variables": variables})
+    return _data(created, "createOrder")["order"]["id"], variables["input"]["branch"]
+
+
+@contextlib.asynccontextmanager
+async def _order_events(
+    client: httpx.AsyncClient, order: str
+) -> AsyncIterator[AsyncWebSocketSession]:
+    """An ``orderEvents`` subscription over graphql-transport-ws, past the order's first status."""
     ws: AsyncWebSocketSession
     async with aconnect_ws("/graphql", client, subprotocols=["graphql-transport-ws"]) as ws:
         await ws.send_json({"type": "connection_init"})
@@ -348,18 +373,79 @@ async def pay_round_trip(client: httpx.AsyncClient, rng: random.Random) -> bool:
         )
         if await _next_status(ws) != "PENDING_PAYMENT":
             raise RoundTripFailed("orderEvents: a new order is not PENDING_PAYMENT")
-        started = await client.post(
-            "/graphql",
-            json={
-                "query": START_PAYMENT,
-                "variables": {
-                    "input": {"orderId": order, "provider": "sandbox", "method": "QR_CODE"}
-                },
-            },
-        )
-        action = _data(started, "startPayment")["action"]
+        yield ws
+
+
+async def _start_payment(client: httpx.AsyncClient, order: str, query: str) -> dict[str, Any]:
+    started = await client.post(
+        "/graphql",
+        json={
+            "query": query,
+            "variables": {"input": {"orderId": order, "provider": "sandbox", "method": "QR_CODE"}},
+        },
+    )
+    return _data(started, "startPayment")
+
+
+async def pay_round_trip(client: httpx.AsyncClient, rng: random.Random) -> bool:
+    """Scenario (d): from a new order to its PAID event, as a partner frontend sees it."""
+    order, _branch = await _new_order(client, rng)
+    async with _order_events(client, order) as ws:
+        action = (await _start_payment(client, order, START_PAYMENT))["action"]
         # The payer's "pay" at the platform; the simulator notifies the API on its own.
         paid = await client.post(action["url"], data={"outcome": "success"})
         if paid.status_code != 200:
             raise RoundTripFailed(f"sandbox pay page: {paid.status_code}")
         return await _next_status(ws) == "PAID"
+
+
+async def webhook_round_trip(client: httpx.AsyncClient, rng: random.Random, spec: Spec) -> Answer:
+    """Scenario (w): one paid order, timed from its notification to PAID and to ``order.paid``.
+
+    As (d) up to the payer's success; then the simulator settles the attempt and
+    hands back its signed notification (``/control/.../settle``, as the service
+    tests do), and the bench sends it to ``/notify`` itself: the clock starts as
+    the notification leaves, not at some moment inside the simulator. From that
+    moment, in the same flow: the ``orderEvents`` subscription's PAID event (as
+    (d) waits for it) and the receiver's arrival stamp of the webhook
+    ``order.paid`` for this order (``bench.receiver``).
+    """
+    order, branch = await _new_order(client, rng)
+    async with _order_events(client, order) as ws:
+        payment = (await _start_payment(client, order, WEBHOOK_START_PAYMENT))["payment"]
+
+        async def paid_event() -> float:
+            if await _next_status(ws) != "PAID":
+                raise RoundTripFailed("orderEvents: the paid order is not PAID")
+            return time.perf_counter()
+
+        async def webhook() -> float:
+            waited = await client.get(f"{spec.receiver_url}/wait/order.paid/{order}")
+            if waited.status_code != 200:
+                raise RoundTripFailed(f"webhook: no order.paid received ({waited.status_code})")
+            return float(waited.json()["at"])
+
+        async with asyncio.TaskGroup() as group:
+            # Asked before the clock starts: the receiver stamps the arrival itself.
+            received = group.create_task(webhook())
+            settled = await client.post(
+                f"{spec.gateway_url}/control/payments/{payment['outTradeNo']}/settle",
+                json={"outcome": "success", "deliver": False},
+            )
+            if settled.status_code != 200:
+                raise RoundTripFailed(f"sandbox settle: {settled.status_code}")
+            notification = settled.json()["notification"]
+            subscribed = group.create_task(paid_event())
+            sent = time.perf_counter()
+            notified = await client.post(
+                f"/notify/sandbox/{branch}",
+                content=notification["body"].encode(),
+                headers=notification["headers"],
+            )
+            if notified.status_code != 200:
+                raise RoundTripFailed(f"/notify: {notified.status_code}")
+    return Answer(
+        True,
+        "served",
+        parts=(("subscription", subscribed.result() - sent), ("webhook", received.result() - sent)),
+    )

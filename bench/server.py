@@ -66,6 +66,8 @@ def running_api(
         "BRANCHPAY_MONGODB_URI": mongodb_uri,
         "BRANCHPAY_DATABASE": database,
         "BRANCHPAY_GRAPHIQL": "false",
+        # Scenario (w)'s partner receiver listens on loopback (bench/receiver.py).
+        "BRANCHPAY_WEBHOOKS_ALLOW_LOOPBACK": "true",
         **config.environment,
         "BRANCHPAY_PLUGINS_TOML": str(config.plugins_toml),
         # The simulator notifies the API at the address it was started on.
