@@ -83,7 +83,7 @@ class WebhookSettings:
     lease: timedelta = timedelta(seconds=60)  # longer than a try may take (total timeout 15 s)
     # The sweep takes out events this old; fresher ones are taken out by the process
     # that wrote them, right after the write (``kick``).
-    sweep_after: timedelta = timedelta(seconds=2)
+    sweep_after: timedelta = timedelta(seconds=10)
     paused_recheck: timedelta = timedelta(minutes=5)
     concurrency: int = 8  # tries in flight per process
 
@@ -124,6 +124,8 @@ class WebhookService:
         self.rng = rng or random.Random()
         self.outbound = OutboundClient(self.settings.outbound)
         self._kicked: set[asyncio.Task[Any]] = set()
+        # Documents this process is taking events out of right now: the sweep leaves them.
+        self._taking: set[ObjectId] = set()
         self._wakeup = asyncio.Event()
 
     async def aclose(self) -> None:
@@ -522,6 +524,7 @@ class WebhookService:
 
     async def _dispatch_one(self, kind: str, doc_id: ObjectId) -> None:
         outbox = self._outbox(kind)
+        self._taking.add(doc_id)
         try:
             doc = await outbox.holding(doc_id)
             if doc is not None:
@@ -534,6 +537,8 @@ class WebhookService:
                 doc_id,
                 exc_info=True,
             )
+        finally:
+            self._taking.discard(doc_id)
 
     def _outbox(self, kind: str) -> Outbox:
         return self.store.order_outbox if kind == "order" else self.store.payment_outbox
@@ -545,7 +550,8 @@ class WebhookService:
         for kind in ("order", "payment"):
             outbox = self._outbox(kind)
             for doc in await outbox.due(before, limit):
-                taken += await self._take_out(kind, outbox, doc)
+                if doc["_id"] not in self._taking:  # this process is at it already
+                    taken += await self._take_out(kind, outbox, doc)
         return taken
 
     async def _take_out(self, kind: str, outbox: Outbox, doc: Document) -> int:
@@ -567,17 +573,17 @@ class WebhookService:
             if endpoints:  # an event nobody takes is not kept
                 await self.store.webhooks.record_event(event)
             for endpoint in endpoints:
-                await self._create_delivery(event, endpoint)
+                if await self._create_delivery(event, endpoint):
+                    self._wakeup.set()  # the delivery loop sends it now, not at its next poll
             await outbox.take_out(doc["_id"], entry["id"])
             taken += 1
-        if taken:
-            self._wakeup.set()
         return taken
 
-    async def _create_delivery(self, event: Document, endpoint: Document) -> None:
+    async def _create_delivery(self, event: Document, endpoint: Document) -> bool:
+        """Create the event's delivery to the endpoint unless it exists; True when created."""
         delivery_id = f"{event['_id']}:{endpoint['_id']}"
         if await self.store.webhooks.delivery(delivery_id) is not None:
-            return
+            return False
         now = self.clock()
         owner = await self.store.keys.principal_of(endpoint["ownerKey"])
         body = await self._body(event, owner) if owner is not None else None
@@ -598,7 +604,7 @@ class WebhookService:
             "createdAt": now,
             "updatedAt": now,
         }
-        await self.store.webhooks.insert_delivery(delivery)
+        return await self.store.webhooks.insert_delivery(delivery)
 
     async def _body(self, event: Mapping[str, Any], owner: Principal) -> str | None:
         """The event as JSON, with the order as ``owner`` sees it; None if it may not."""
@@ -635,30 +641,33 @@ class WebhookService:
         self._wakeup.clear()
 
     async def work_once(self, poll: float) -> None:
-        """One pass of a process's webhook loop: take events out, deliver, then wait."""
-        await self.dispatch()
+        """One pass of a process's delivery loop: deliver what is due, then wait for more.
+
+        The sweep of the outboxes (:meth:`dispatch`) runs in a loop of its own, so a
+        slow sweep never holds deliveries back.
+        """
         await self.deliver_due()
         await self.wait_for_work(poll)
 
     async def deliver_due(self, limit: int = 100) -> int:
-        """Claim and send due deliveries, ``concurrency`` at a time; how many were tried."""
+        """Send due deliveries: ``concurrency`` workers, each claiming its next one as soon
+        as it is free, ``limit`` claims in all; how many were tried."""
+        claims_left = limit
         tried = 0
-        running: set[asyncio.Task[bool]] = set()
-        try:
-            while tried < limit:
-                while len(running) >= self.settings.concurrency:
-                    done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                    tried += sum(1 for t in done if not t.cancelled() and t.result())
+
+        async def worker() -> None:
+            nonlocal claims_left, tried
+            while claims_left > 0:
+                claims_left -= 1
                 claimed = await self.store.webhooks.claim(self.clock(), self.settings.lease)
                 if claimed is None:
-                    break
-                running.add(asyncio.create_task(self._try(claimed)))
-            if running:
-                done, _ = await asyncio.wait(running)
-                tried += sum(1 for t in done if not t.cancelled() and t.result())
-        finally:
-            for task in running:
-                task.cancel()
+                    return
+                if await self._try(claimed):
+                    tried += 1
+
+        async with asyncio.TaskGroup() as workers:
+            for _ in range(self.settings.concurrency):
+                workers.create_task(worker())
         return tried
 
     async def _try(self, claimed: Document) -> bool:

@@ -266,22 +266,23 @@ def create_app(
                     name="reconcile",
                 ),
             ]
+            # Every process sweeps the outboxes for events a dead writer left behind.
+            tasks.append(
+                asyncio.create_task(
+                    _every(settings.webhook_poll_seconds, webhooks.dispatch, "webhook-events"),
+                    name="webhook-events",
+                )
+            )
             if settings.webhook_delivery:
                 tasks.append(
                     asyncio.create_task(
+                        # No pause but the wait inside: a wake-up is answered at once.
                         _every(
-                            0.1,
+                            0.01,
                             lambda: webhooks.work_once(settings.webhook_poll_seconds),
                             "webhooks",
                         ),
                         name="webhooks",
-                    )
-                )
-            else:  # events are still taken out, by the writes' kicks and this sweep
-                tasks.append(
-                    asyncio.create_task(
-                        _every(settings.webhook_poll_seconds, webhooks.dispatch, "webhook-events"),
-                        name="webhook-events",
                     )
                 )
             if settings.gc_tuning:
