@@ -186,6 +186,22 @@ def test_a_final_answer_ends_the_delivery_as_failed(
     assert nodes[0]["tries"] == 1 and nodes[0]["nextAttemptAt"] is None
     time.sleep(0.5)
     assert len(receiver.received) == 1
+    # The partner fixed its receiver: it asks for the failed deliveries again.
+    retried = service.client.data(
+        "mutation($id: ID!, $since: DateTime!) {"
+        " retryWebhookDeliveries(input: {endpointId: $id, since: $since})"
+        " { deliveries userErrors { code } } }",
+        {"id": endpoint_id, "since": "2020-01-01T00:00:00Z"},
+    )["retryWebhookDeliveries"]
+    assert retried == {"deliveries": 1, "userErrors": []}
+    first, again = receiver.wait_for(lambda r: len(r) >= 2)
+    assert again.headers["webhook-id"] == first.headers["webhook-id"]
+    naive = service.client.data(
+        "mutation($id: ID!) { retryWebhookDeliveries(input: {endpointId: $id,"
+        ' since: "2020-01-01T00:00:00"}) { deliveries userErrors { code } } }',
+        {"id": endpoint_id},
+    )["retryWebhookDeliveries"]
+    assert naive == {"deliveries": 0, "userErrors": [{"code": "INVALID_TIME"}]}
 
 
 def test_a_rotated_secret_and_the_old_one_both_sign_during_the_overlap(
