@@ -646,28 +646,41 @@ class WebhookService:
         The sweep of the outboxes (:meth:`dispatch`) runs in a loop of its own, so a
         slow sweep never holds deliveries back.
         """
-        await self.deliver_due()
+        try:
+            await self.deliver_due()
+        except Exception:
+            # The store (most likely) failed: try again after a poll, not at once, or
+            # the workers' claims would crowd out the requests' own store calls.
+            await asyncio.sleep(poll)
+            raise
         await self.wait_for_work(poll)
 
     async def deliver_due(self, limit: int = 100) -> int:
-        """Send due deliveries: ``concurrency`` workers, each claiming its next one as soon
-        as it is free, ``limit`` claims in all; how many were tried."""
-        claims_left = limit
-        tried = 0
+        """Claim due deliveries one by one and send them, ``concurrency`` tries at a time;
+        how many were tried.
 
-        async def worker() -> None:
-            nonlocal claims_left, tried
-            while claims_left > 0:
-                claims_left -= 1
+        One claim at a time, on purpose: during a store outage, many concurrent server
+        selections in one process have hung requests past their deadline (PyMongo on
+        Python 3.11, tests/flows/test_store_outages.py).
+        """
+        tried = 0
+        running: set[asyncio.Task[bool]] = set()
+        try:
+            while tried + len(running) < limit:
+                if len(running) >= self.settings.concurrency:
+                    done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                    tried += sum(1 for t in done if not t.cancelled() and t.result())
+                    continue
                 claimed = await self.store.webhooks.claim(self.clock(), self.settings.lease)
                 if claimed is None:
-                    return
-                if await self._try(claimed):
-                    tried += 1
-
-        async with asyncio.TaskGroup() as workers:
-            for _ in range(self.settings.concurrency):
-                workers.create_task(worker())
+                    break
+                running.add(asyncio.create_task(self._try(claimed)))
+            if running:
+                done, _ = await asyncio.wait(running)
+                tried += sum(1 for t in done if not t.cancelled() and t.result())
+        finally:
+            for task in running:
+                task.cancel()
         return tried
 
     async def _try(self, claimed: Document) -> bool:
