@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -34,10 +33,10 @@ from typing import Any
 
 import httpx
 
-from api.dev.devdb import free_port, port_in_use
+from api.dev.devdb import free_port
+from bench.server import listening_process
 
 WAIT_SECONDS = 30.0
-READY_TIMEOUT = 60.0
 HOOK_PATH = "/hook"
 MAX_BODY = 1024 * 1024
 
@@ -144,24 +143,8 @@ def running_receiver(log_path: Path) -> Iterator[str]:
     port = free_port()
     log_path.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "bench.receiver", "--port", str(port)]
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while not port_in_use(port):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the webhook receiver did not start; see {log_path}")
-            time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with listening_process(command, port, log_path, "the webhook receiver") as url:
+        yield url
 
 
 def received(url: str) -> list[Delivery]:

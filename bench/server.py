@@ -172,6 +172,29 @@ def write_plugins_toml(
 
 
 @contextlib.contextmanager
+def listening_process(command: list[str], port: int, log_path: Path, name: str) -> Iterator[str]:
+    """Run ``command`` (which listens on ``port``); yield its URL once it does; stop it after."""
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not port_in_use(port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not start; see {log_path}")
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextlib.contextmanager
 def running_gateway(directory: Path, log_path: Path) -> Iterator[str]:
     """The sandbox simulator in its own process; yields its base URL once it listens."""
     ensure_demo_keys(directory / "secrets")
@@ -187,21 +210,5 @@ def running_gateway(directory: Path, log_path: Path) -> Iterator[str]:
         "--secret-file",
         str(secret),
     ]
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while not port_in_use(port):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the sandbox simulator did not start; see {log_path}")
-            time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with listening_process(command, port, log_path, "the sandbox simulator") as url:
+        yield url
