@@ -464,9 +464,9 @@ class WebhookService:
         self, principal: Principal, endpoint_id: str, since: datetime
     ) -> tuple[int, list[Problem]]:
         """Send again every FAILED delivery of the endpoint created since ``since``."""
-        if await self._managed(principal, endpoint_id) is None:
+        endpoint = await self._managed(principal, endpoint_id)
+        if endpoint is None:
             return 0, [_problem("endpointId", NOT_FOUND, UserErrorCode.WEBHOOK_ENDPOINT_NOT_FOUND)]
-        endpoint = await self._managed(principal, endpoint_id) or {"_id": endpoint_id}
         await self._audit(
             principal, AuditAction.WEBHOOK_DELIVERIES_RETRIED, endpoint, {"since": _iso(since)}
         )
