@@ -19,15 +19,27 @@ What is here:
 - the gateway toolkit: :class:`GatewaySettings`, :func:`call_gateway`,
   :class:`TransientFailure`, :func:`may_have_reached`;
 - RSA keys (:func:`load_private_key`, :func:`load_public_key`, ...) and Beijing
-  time (:data:`BEIJING`, :func:`to_beijing`, :func:`from_beijing`).
+  time (:data:`BEIJING`, :func:`to_beijing`, :func:`from_beijing`,
+  :func:`beijing_day`, :func:`day_bounds`);
+- daily bills (optional): :class:`BillLine`, :class:`BillTotals` and their
+  enums, the errors :class:`BillUnavailable` and :class:`BillRejected`, and
+  :func:`yuan_to_fen` / :func:`fen_to_yuan` for the bills' yuan amounts.
 
 The test and simulator toolkit for plugin authors is ``providers.kit``.
 """
 
 from api.domain.beijing import BEIJING, beijing_now, from_beijing, to_beijing
+from api.domain.bills import beijing_day, day_bounds, fen_to_yuan, yuan_to_fen
 from api.plugins.contract import (
     ActionKind,
     AttemptState,
+    BillLine,
+    BillLineKind,
+    BillLineStatus,
+    BillRejected,
+    BillTotals,
+    BillUnavailable,
+    BillUnavailableReason,
     EventKind,
     GatewayError,
     Marks,
@@ -72,6 +84,13 @@ __all__ = [
     "PLUGIN_API_VERSION",
     "ActionKind",
     "AttemptState",
+    "BillLine",
+    "BillLineKind",
+    "BillLineStatus",
+    "BillRejected",
+    "BillTotals",
+    "BillUnavailable",
+    "BillUnavailableReason",
     "DemoGateway",
     "EventKind",
     "GatewayError",
@@ -93,8 +112,11 @@ __all__ = [
     "RefundResult",
     "RefundState",
     "TransientFailure",
+    "beijing_day",
     "beijing_now",
     "call_gateway",
+    "day_bounds",
+    "fen_to_yuan",
     "from_beijing",
     "hookimpl",
     "load_private_key",
@@ -106,4 +128,5 @@ __all__ = [
     "public_key_pem",
     "to_beijing",
     "write_secret",
+    "yuan_to_fen",
 ]

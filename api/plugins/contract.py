@@ -26,14 +26,19 @@ from __future__ import annotations
 import enum
 import secrets
 import string
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, ClassVar, Protocol
+from datetime import UTC, date, datetime
+from typing import Any, BinaryIO, ClassVar, Protocol
 
 import httpx
 from pydantic import BaseModel
 
+from api.domain.bills import BillLine as BillLine
+from api.domain.bills import BillLineKind as BillLineKind
+from api.domain.bills import BillLineStatus as BillLineStatus
+from api.domain.bills import BillTotals as BillTotals
+from api.domain.bills import BillUnavailableReason as BillUnavailableReason
 from api.domain.payment import EventKind as EventKind
 from api.domain.payment import RefundStatus
 
@@ -199,6 +204,24 @@ class GatewayError(ProviderError):
         self.outcome_unknown = outcome_unknown
 
 
+class BillUnavailable(ProviderError):
+    """The platform has no bill file for the day; ``reason`` says whether to ask again.
+
+    ``NOT_READY``: not generated yet (the platform publishes day D on D+1, or is
+    still writing it): ask again later. ``NO_BILL``: the platform has no bill
+    for that day (no business that day, or a day it does not keep).
+    """
+
+    def __init__(self, message: str, *, reason: BillUnavailableReason) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class BillRejected(ProviderError):
+    """A downloaded bill is not to be trusted: another merchant's account, a failed
+    hash check, or a file that does not follow the platform's layout."""
+
+
 class Marks(Protocol):
     """A provider's durable set of marks (short strings), shared by every branchpay process.
 
@@ -279,4 +302,42 @@ class Provider:
 
     async def close(self, out_trade_no: str) -> None:
         """Close an unpaid attempt; closing an attempt the platform never saw is not an error."""
+        raise NotImplementedError
+
+    # --- daily bills (optional) -------------------------------------------------------
+    #
+    # A provider that can fetch its platform's daily trade bill overrides both
+    # methods; branchpay's bill reconciliation (``branchpay reconcile bills``)
+    # and the conformance kit use them only when :attr:`supports_bills` is true.
+
+    @property
+    def supports_bills(self) -> bool:
+        """True when the class implements :meth:`download_bill` and :meth:`read_bill`."""
+        cls = type(self)
+        return (
+            cls.download_bill is not Provider.download_bill
+            and cls.read_bill is not Provider.read_bill
+        )
+
+    async def download_bill(self, day: date, destination: BinaryIO) -> None:
+        """Fetch the trade bill of Beijing business day ``day`` into ``destination``.
+
+        Use the platform's own bill protocol and write the file as the platform
+        defines it (after the transport's own wrapping is undone: a gzip stream
+        unpacked and its hash checked, a Base64 field decoded). Write as the
+        bytes arrive: a bill can hold millions of lines. Raise
+        :class:`BillUnavailable` when the platform has no file for the day,
+        :class:`BillRejected` when the file fails its integrity check, and
+        :class:`GatewayError` when the call fails.
+        """
+        raise NotImplementedError
+
+    def read_bill(self, source: BinaryIO) -> Iterator[BillLine | BillTotals]:
+        """Read a file :meth:`download_bill` wrote: every line in order, then the totals.
+
+        Yield each :class:`BillLine` as it is read (never load the whole file),
+        then, when the file has summary lines, one :class:`BillTotals` last.
+        Raise :class:`BillRejected` when the file is another merchant's (its
+        account or merchant id is not this branch's) or breaks the layout.
+        """
         raise NotImplementedError

@@ -15,12 +15,16 @@ Import it as ``providers.kit``; the contract itself comes from ``api.plugin``.
   bounded retries; :class:`FaultQueue` and :class:`Fault` inject failures;
   :func:`pay_page` and :func:`page` render the payer's pages. A simulator
   keeps only its platform's wire format.
+- Daily bills (:mod:`providers.kit.bills`): :class:`BillBook` is a simulator's
+  ledger of completed payments and refunds, when each day's bill is published,
+  and the adjustments tests make to a bill; :func:`bill_routes` are their controls.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from providers.kit.bills import BillBook, BillEntry, bill_routes
 from providers.kit.driver import GatewayDriver, SettleOutcome
 from providers.kit.loopback import LoopbackServer
 from providers.kit.simulator import (
@@ -39,6 +43,8 @@ if TYPE_CHECKING:
     from providers.kit.conformance import ProviderConformance
 
 __all__ = [
+    "BillBook",
+    "BillEntry",
     "Delivery",
     "Fault",
     "FaultQueue",
@@ -48,6 +54,7 @@ __all__ = [
     "ProviderConformance",
     "SettleOutcome",
     "Signer",
+    "bill_routes",
     "control_routes",
     "is_loopback_url",
     "page",
