@@ -11,9 +11,12 @@ transfer permission (HTTP 500, empty body).
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import shutil
+import tracemalloc
 import uuid
+import zipfile
 import zlib
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -391,3 +394,87 @@ def test_the_demo_configuration_points_the_file_transfer_at_the_simulator(
         assert isinstance(unionpay, UnionpaySettings)
         assert unionpay.file_transfer_url == unionpay.gateway + "/"
         assert unionpay.gateway.startswith("http://127.0.0.1:")
+
+
+class _Digest(io.RawIOBase):
+    """A destination that keeps only the SHA-256 and the size of what it is given."""
+
+    def __init__(self) -> None:
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.hash.update(data)
+        self.size += len(data)
+        return len(data)
+
+
+def _stored_bill(day: date, count: int) -> bytes:
+    """A ZIP of ``count`` records, stored (not deflated): as large as the records."""
+    record = bills.zm_record(
+        {
+            bills.TRANSMIT_TIME: f"{day:%m%d}120000",
+            bills.AMOUNT: "000000000100",
+            bills.ORDER_ID: "TEL0000000000",
+            bills.FEE: "D000000000001",
+            bills.TXN_TYPE: "01",
+            bills.MER_ID: MER_ID,
+        }
+    )
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr(bills.zm_name(day, MER_ID), (record + b"\r\n") * count)
+    return buffer.getvalue()
+
+
+async def _download_peak(http: httpx.AsyncClient, day: date, content: bytes) -> tuple[int, int]:
+    """Serve ``content`` as a genuine file transfer answer; the download's peak memory."""
+    answer = platform_signed(
+        {
+            "version": "5.1.0",
+            "encoding": "UTF-8",
+            "signMethod": "01",
+            "txnType": "76",
+            "txnSubType": "01",
+            "bizType": "000000",
+            "accessType": "0",
+            "merId": MER_ID,
+            "settleDate": f"{day:%m%d}",
+            "fileType": "00",
+            "respCode": "00",
+            "respMsg": "成功[0000000]",
+            "fileName": bills.zip_name(day, MER_ID),
+            "fileContent": base64.b64encode(zlib.compress(content)).decode("ascii"),
+        }
+    )
+    body = message.format_response(answer).encode("utf-8")
+
+    async def transfer(request: Request) -> Response:
+        return Response(body, media_type="text/plain;charset=UTF-8")
+
+    with LoopbackServer(Starlette(routes=[Route("/", transfer, methods=["POST"])])) as server:
+        provider = provider_at(server.url, http)
+        destination = _Digest()
+        tracemalloc.start()
+        try:
+            await provider.download_bill(day, destination)  # type: ignore[arg-type]
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert destination.hash.digest() == hashlib.sha256(content).digest()
+    return destination.size, peak
+
+
+async def test_a_large_bill_is_inflated_into_the_destination_in_flat_memory(
+    http: httpx.AsyncClient,
+) -> None:
+    day = today()
+    small_size, small_peak = await _download_peak(http, day, _stored_bill(day, 20_000))
+    large_size, large_peak = await _download_peak(http, day, _stored_bill(day, 200_000))
+    assert small_size > 20_000 * 609 and large_size > 200_000 * 609
+    # 122 MB of ZIP written to the destination, never held: the peak stays flat.
+    assert large_peak < small_peak * 2 + 1024 * 1024, (small_peak, large_peak)
+    assert large_peak < 8 * 1024 * 1024, large_peak
