@@ -51,6 +51,7 @@ from providers.kit.bills import CURRENT_DAY_ENV
 from providers.kit.loopback import LoopbackServer
 from providers.unionpay import UnionpayProvider, bills, message
 from providers.unionpay.driver import UnionpayDriver
+from providers.unionpay.provider import _StreamedAnswer
 from providers.unionpay.settings import UnionpaySettings
 from providers.unionpay.simulator import create_app
 from tests.cli.test_serve import ROOT
@@ -478,3 +479,55 @@ async def test_a_large_bill_is_inflated_into_the_destination_in_flat_memory(
     # 122 MB of ZIP written to the destination, never held: the peak stays flat.
     assert large_peak < small_peak * 2 + 1024 * 1024, (small_peak, large_peak)
     assert large_peak < 8 * 1024 * 1024, large_peak
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        ({"txnTime": "20200101000000"}, "10"),  # not the current time
+        ({"settleDate": "1399"}, "10"),
+        ({"fileType": "01"}, "10"),
+        ({"txnType": "75"}, "10"),
+        ({"accessType": "1"}, "10"),
+        ({"merId": "777290058119999"}, "31"),
+    ],
+)
+async def test_the_simulator_checks_the_file_transfer_request(
+    change: dict[str, str], code: str, provider: UnionpayProvider
+) -> None:
+    fields = provider._base_fields("76", "01", "000000", "")
+    fields |= {
+        "txnTime": message.beijing_time(datetime.now(UTC)),
+        "settleDate": f"{today():%m%d}",
+        "fileType": "00",
+    }
+    response = await provider.http.post(
+        provider.settings.file_transfer_url, data=provider._signed(fields | change)
+    )
+    answer = message.parse_response(response.text)
+    assert answer["respCode"] == code and "fileContent" not in answer
+
+
+async def test_the_streamed_answer_parser_agrees_with_the_sdks_split_at_any_chunking(
+    provider: UnionpayProvider, driver: UnionpayDriver
+) -> None:
+    await pay(provider, driver, 700)
+    fields = provider._base_fields("76", "01", "000000", "")
+    fields |= {
+        "txnTime": message.beijing_time(datetime.now(UTC)),
+        "settleDate": f"{today():%m%d}",
+        "fileType": "00",
+    }
+    text = (
+        await provider.http.post(provider.settings.file_transfer_url, data=provider._signed(fields))
+    ).text + "&reqReserved={a=1&b=[2&3]}"
+    expected = message.parse_response(text)
+    raw = text.encode("utf-8")
+    for size in (1, 7, 4096, len(raw)):
+        spool = io.BytesIO()
+        reader = _StreamedAnswer("fileContent", spool)
+        for start in range(0, len(raw), size):
+            reader.feed(raw[start : start + size])
+        got = reader.close()
+        assert got == expected | {"fileContent": ""}
+        assert spool.getvalue().decode("ascii") == expected["fileContent"]
