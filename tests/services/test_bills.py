@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time as clock_time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -356,6 +357,7 @@ async def test_a_missed_notification_is_applied_once_when_repeated_and_when_two_
         assert service.order(missed["orderId"])["status"] == "PAID"
         assert stored_payment(service, missed["outTradeNo"])["status"] == "SUCCEEDED"
         assert service.db.payment_events.count_documents({}) == 1
+        assert stored_payment(service, missed["outTradeNo"])["paidAt"] is not None
         (found,) = await all_discrepancies(one, first["_id"])
         assert found["kind"] == "STATUS_MISMATCH" and not found["open"]
         assert found["resolution"]["how"] == "APPLIED"
@@ -583,3 +585,18 @@ async def test_the_daily_run_reconciles_yesterday_once_past_the_hour_and_retries
         clock["now"] += timedelta(days=1)
         await off.run_due()
         assert service.db.reconciliations.count_documents({}) == 2
+
+
+def test_a_running_service_reconciles_yesterday_on_its_own_once_past_the_hour(
+    start_payments: Callable[..., PayService],
+) -> None:
+    service = start_payments(bill_reconcile=True, bill_reconcile_at="00:00")
+    yesterday = (today() - timedelta(days=1)).isoformat()
+    deadline = datetime.now(UTC) + timedelta(seconds=30)
+    # The service's own loop: its only outward sign is what it stores.
+    while service.db.reconciliations.count_documents({}) < 2:
+        assert datetime.now(UTC) < deadline, "the service did not reconcile yesterday"
+        clock_time.sleep(0.1)
+    stored = {d["_id"]: d["status"] for d in service.db.reconciliations.find()}
+    # The simulator's ledger begins today: it has no bill of yesterday.
+    assert stored == {f"zj:sandbox:{yesterday}": "NO_BILL", f"bj:sandbox:{yesterday}": "NO_BILL"}
