@@ -14,10 +14,16 @@ import json
 import time as clock_time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import tomlkit
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from api.config.live import ProviderRegistry
 from api.domain.beijing import BEIJING
@@ -28,6 +34,7 @@ from api.plugins.manager import load_plugin_manager
 from api.services.bills import BillReconciliation, BillSettings
 from api.services.payments import PaymentService
 from api.store import Store
+from providers.kit.loopback import LoopbackServer
 from tests.services.conftest import PayService
 
 OPS = Principal("ops-test", Role.OPS, frozenset())
@@ -45,6 +52,7 @@ async def reconciler(
     service: PayService,
     *,
     clock: Callable[[], datetime] | None = None,
+    plugins_toml: Path | None = None,
     **settings: Any,
 ) -> AsyncIterator[BillReconciliation]:
     """A BillReconciliation on store and HTTP clients of its own, like another process's."""
@@ -52,7 +60,7 @@ async def reconciler(
     store = Store.connect(service.mongo_uri, service.db_name)
     try:
         async with httpx.AsyncClient(timeout=15.0) as http:
-            registry = ProviderRegistry(service.plugins_toml, plugins, http)
+            registry = ProviderRegistry(plugins_toml or service.plugins_toml, plugins, http)
             registry.load()
             payments = PaymentService(
                 store, registry, base_url=lambda: service.url, plugins=plugins
@@ -520,6 +528,50 @@ async def test_access_is_checked_and_unavailable_bills_are_told_apart(
                 OPS, branch=None, provider=None, from_day=today(), to_day=today() - timedelta(1)
             )
         assert backwards.value.code is UserErrorCode.INVALID_DATE
+
+
+def impostor(gateway_url: str, merchant: str) -> Starlette:
+    """Between the adapter and the simulator: every bill comes back as ``merchant``'s."""
+
+    async def forward(request: Request) -> Response:
+        async with httpx.AsyncClient() as http:
+            answer = await http.request(
+                request.method,
+                gateway_url + request.url.path,
+                params=request.query_params,
+                headers={k: v for k, v in request.headers.items() if k != "host"},
+                content=await request.body(),
+            )
+        body = answer.content
+        if request.url.path.startswith("/api/bills/") and answer.status_code == 200:
+            first, rest = body.split(b"\n", 1)
+            head = first.decode().split("; ")
+            head[1] = f"merchant_id={merchant}"
+            body = "; ".join(head).encode() + b"\n" + rest
+        return Response(body, answer.status_code, media_type=answer.headers.get("content-type"))
+
+    return Starlette(routes=[Route("/{path:path}", forward, methods=["GET", "POST"])])
+
+
+async def test_a_bill_of_another_branchs_merchant_is_refused(
+    start_payments: Callable[..., PayService],
+) -> None:
+    service = start_payments()
+    publish_current_day(service)
+    paid(service)
+    proxy = LoopbackServer(impostor(service.gateway_url, "bj")).start()
+    try:
+        config = tomlkit.parse(service.plugins_toml.read_text())
+        config["branches"]["zj"]["providers"]["sandbox"]["gateway"] = proxy.url  # type: ignore[index]
+        rejecting = service.plugins_toml.with_name("impostor.toml")
+        rejecting.write_text(tomlkit.dumps(config))
+        async with reconciler(service, plugins_toml=rejecting) as recon:
+            report = await recon.run(OPS, branch="zj", provider="sandbox", day=today())
+    finally:
+        proxy.stop()
+    assert report["status"] == "FAILED"
+    assert report["error"].startswith("BILL_REJECTED: ") and "bj" in report["error"]
+    assert service.db.discrepancies.count_documents({}) == 0
 
 
 async def test_no_bill_for_a_day_with_our_payments_flags_each_missing_on_platform(
