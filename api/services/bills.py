@@ -743,7 +743,11 @@ class BillReconciliation:
             principal.name,
             AuditAction.DISCREPANCY_RESOLVED,
             discrepancy_id,
-            {"kind": resolved["kind"], "reconciliationId": resolved["reconciliationId"]},
+            {
+                "kind": resolved["kind"],
+                "reconciliationId": resolved["reconciliationId"],
+                "note": note,
+            },
             branch=resolved["branch"],
         )
         rec_id = resolved["reconciliationId"]

@@ -464,6 +464,7 @@ async def test_resolving_with_a_note_is_audited_and_old_open_ones_are_flagged_st
         entry = service.db.audit_log.find_one({"action": "DISCREPANCY_RESOLVED"})
         assert entry is not None
         assert (entry["actor"], entry["target"], entry["branch"]) == ("zj-admin", target, "zj")
+        assert entry["detail"]["note"] == "booked by hand\nticket 42"
         assert service.db.audit_log.count_documents({}) == 1
         stored = await recon.reconciliation(OPS, rec_id)
         assert stored is not None and stored["openDiscrepancies"] == 1
