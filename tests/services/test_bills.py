@@ -653,3 +653,29 @@ def test_a_running_service_reconciles_yesterday_on_its_own_once_past_the_hour(
     stored = {d["_id"]: d["status"] for d in service.db.reconciliations.find()}
     # The simulator's ledger begins today: it has no bill of yesterday.
     assert stored == {f"zj:sandbox:{yesterday}": "NO_BILL", f"bj:sandbox:{yesterday}": "NO_BILL"}
+
+
+async def test_a_provider_without_bills_is_refused(
+    tmp_path: Path, mongo_uri: str, db_name: str, pm: Any
+) -> None:
+    (tmp_path / "wallet.key").write_text("k")
+    config = tmp_path / "plugins.toml"
+    config.write_text(
+        '[branches.zj]\nname = "Zhejiang"\nprovince = "Zhejiang"\noperator = "China Mobile"\n'
+        '[branches.zj.providers.wallet]\nenabled = true\napp_id = "a1"\n'
+        'signing_key = { file = "wallet.key" }\n'
+    )
+    store = Store.connect(mongo_uri, db_name)
+    try:
+        async with httpx.AsyncClient() as http:
+            registry = ProviderRegistry(config, pm, http)
+            registry.load()
+            payments = PaymentService(store, registry, base_url=lambda: "http://127.0.0.1")
+            recon = BillReconciliation(store, registry, payments)
+            with pytest.raises(ServiceError) as refused:
+                await recon.run(OPS, branch="zj", provider="wallet", day=today())
+            assert refused.value.code is UserErrorCode.BILLS_NOT_SUPPORTED
+            # Reconciling every provider of the branch passes over it.
+            assert await recon.run_all(OPS, day=today(), branch="zj") == []
+    finally:
+        await store.close()
