@@ -121,6 +121,9 @@ class _Trickle(io.RawIOBase):
     def tell(self) -> int:
         return self._file.tell()
 
+    def fileno(self) -> int:
+        return self._file.fileno()
+
     def close(self) -> None:
         self._file.close()
         super().close()
