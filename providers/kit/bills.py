@@ -9,8 +9,10 @@ that :meth:`~BillBook.availability` says ``NOT_READY``. With
 ``publish_current_day`` on, every day up to now is published, the current
 Beijing day so far included, so a demo or a test can reconcile today's payments.
 
-The setting ``BRANCHPAY_SIMULATOR_BILLS_CURRENT_DAY=1`` (``make run`` and the test
-suite set it) turns ``publish_current_day`` on for every book not told otherwise.
+The setting ``BRANCHPAY_SIMULATOR_BILLS_CURRENT_DAY=1`` (``make run``, ``branchpay
+serve --demo`` and the test suite set it: tests/conftest.py) turns
+``publish_current_day`` on for every book not told otherwise (docs/providers.md,
+docs/plugin-authors.md).
 
 Tests change a bill through :func:`bill_routes` (under the simulator's control
 prefix), each change applied to whichever day the line falls on:
