@@ -144,6 +144,7 @@ class BillBook:
             current_day_default() if publish_current_day is None else publish_current_day
         )
         self.entries: list[BillEntry] = []
+        self._by_key: dict[tuple[str, str, str], BillEntry] = {}
         self.adjustments: list[Adjustment] = []
 
     # --- the ledger -------------------------------------------------------------------
@@ -163,9 +164,8 @@ class BillBook:
         **extra: Any,
     ) -> BillEntry:
         """Record a payment the platform completed (once per trade: a repeat is ignored)."""
-        for entry in self.entries:
-            if entry.key == (PAYMENT, out_trade_no, ""):
-                return entry
+        if (known := self._by_key.get((PAYMENT, out_trade_no, ""))) is not None:
+            return known
         entry = BillEntry(
             kind=PAYMENT,
             out_trade_no=out_trade_no,
@@ -178,6 +178,7 @@ class BillBook:
             extra=dict(extra),
         )
         self.entries.append(entry)
+        self._by_key[entry.key] = entry
         return entry
 
     def record_refund(
@@ -191,9 +192,8 @@ class BillBook:
         **extra: Any,
     ) -> BillEntry:
         """Record a refund the platform paid out, of a payment recorded before."""
-        for entry in self.entries:
-            if entry.key == (REFUND, out_trade_no, out_refund_no):
-                return entry
+        if (known := self._by_key.get((REFUND, out_trade_no, out_refund_no))) is not None:
+            return known
         payment = self.payment(out_trade_no)
         if payment is None:
             raise LookupError(f"no payment {out_trade_no} to refund")
@@ -211,13 +211,11 @@ class BillBook:
             extra={**payment.extra, **extra},
         )
         self.entries.append(entry)
+        self._by_key[entry.key] = entry
         return entry
 
     def payment(self, out_trade_no: str) -> BillEntry | None:
-        return next(
-            (e for e in self.entries if e.key == (PAYMENT, out_trade_no, "")),
-            None,
-        )
+        return self._by_key.get((PAYMENT, out_trade_no, ""))
 
     # --- publication ------------------------------------------------------------------
 
