@@ -77,7 +77,7 @@ __all__ = [
 ]
 
 BILL_METHOD = "alipay.data.dataservice.bill.downloadurl.query"
-# What the simulator answers when it has no bill to give (docs/providers.md, "Daily bills").
+# What the simulator answers when it has no bill to give (docs/providers.md, "Alipay daily bills").
 NOT_READY = "isp.bill_not_ready"  # not published yet
 NOT_EXIST = "isp.bill_not_exist"  # a day it does not keep (before 2016-01-01)
 BAD_ARGUMENTS = "isv.invalid-arguments"  # bill_type is not trade, bill_date not yyyy-MM-dd
