@@ -463,7 +463,7 @@ def sdk(sim: RunningSimulator, app_private: Any = None) -> AliPay:
 async def test_python_alipay_sdk_gets_a_signed_answer_and_a_plain_link_that_expires(
     provider: AlipayProvider, alipay_http: httpx.AsyncClient, bill_simulator: RunningSimulator
 ) -> None:
-    bill_simulator.simulator.bill_url_seconds = 1.0
+    bill_simulator.simulator.bill_url_seconds = 2.0
     client = sdk(bill_simulator)
     # The SDK uses blocking urllib; off the event loop. It verifies the answer's signature.
     answer = await asyncio.to_thread(
@@ -479,7 +479,7 @@ async def test_python_alipay_sdk_gets_a_signed_answer_and_a_plain_link_that_expi
     assert got.content.startswith(b"PK\x03\x04")
     wrong = await alipay_http.get(url.replace("token=", "token=x"))
     assert wrong.content.decode("gbk") == "下载超时，请重新下载"
-    await asyncio.sleep(max(0.0, 1.1 - (time.monotonic() - fetched)))
+    await asyncio.sleep(max(0.0, 2.1 - (time.monotonic() - fetched)))
     late = await alipay_http.get(url)
     assert late.content.decode("gbk") == "下载超时，请重新下载"
 
