@@ -160,8 +160,9 @@ _REFUND_STATUSES = {
     "ABNORMAL": BillLineStatus.FAILED,
     "CHANGE": BillLineStatus.FAILED,
 }
-# A direct merchant's rows carry no sub merchant: `0 (or nothing in older files).
-_NO_SUB_MERCHANT = ("", "0")
+# "None" in a bill cell: `0 (a direct merchant's 特约商户号, a payment row's refund
+# numbers) or a bare backtick.
+_NONE = ("", "0")
 _FULL_WIDTH_COLON = "\uff1a"
 _BILL_TIME = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}$")
 
@@ -264,7 +265,7 @@ def _line(
 
     if value("mchid") != mchid:
         raise BillRejected(f"line {number} is another merchant's (商户号 is not this branch's)")
-    if value("sub_mchid") not in _NO_SUB_MERCHANT:
+    if value("sub_mchid") not in _NONE:
         raise BillRejected(f"line {number} is a sub merchant's; this branch is a direct merchant")
     state = value("state")
     occurred_at = _time(value("time"), number)
@@ -285,7 +286,7 @@ def _line(
     if status is None:
         raise BillRejected(f"line {number}: 退款状态 {value('refund_status')!r} is not known")
     out_refund_no = value("out_refund_no")
-    if out_refund_no in _NO_SUB_MERCHANT:
+    if out_refund_no in _NONE:
         raise BillRejected(f"line {number}: a refund row without 商户退款单号")
     refund_time = value("refund_time")
     return BillLine(

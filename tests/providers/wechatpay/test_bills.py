@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import subprocess
 import sys
 import time
@@ -23,6 +24,10 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from api.plugin import (
     BillLine,
@@ -793,3 +798,41 @@ async def test_downloading_takes_flat_memory(
     # Ten times the bill (over 40 MB unpacked) in about the memory of the small one.
     assert large[1] < small[1] + 1024 * 1024, (small, large)
     assert large[1] < 4 * 1024 * 1024, (small, large)
+
+
+async def test_a_failed_tradebill_call_is_tried_again(
+    url: str, provider: WechatpayProvider, driver: WechatpayDriver
+) -> None:
+    paid = await pay(provider, driver, 100)
+    async with httpx.AsyncClient() as client:
+        await client.post(f"{url}/control/faults", json={"kind": "error", "path": "/v3/bill"})
+    _, lines, _ = await bill(provider)
+    assert [line.out_trade_no for line in lines] == [paid]
+
+
+async def test_a_download_url_off_the_gateway_is_never_followed(
+    keys: Keys, sim: Gateway, http: httpx.AsyncClient
+) -> None:
+    """A signed answer pointing elsewhere: our signed request must not go there."""
+    visits: list[str] = []
+
+    async def tradebill(request: Request) -> Response:
+        answer = {
+            "hash_type": "SHA1",
+            "hash_value": "0" * 40,
+            "download_url": f"{elsewhere.url}/v3/billdownload/file?token=t",
+        }
+        body = json.dumps(answer).encode()
+        return Response(body, headers=sim.signed_headers(body), media_type="application/json")
+
+    async def file(request: Request) -> Response:
+        visits.append(request.headers.get("authorization", ""))
+        return Response(b"")
+
+    gateway_app = Starlette(routes=[Route("/v3/bill/tradebill", tradebill)])
+    elsewhere_app = Starlette(routes=[Route("/v3/billdownload/file", file)])
+    with LoopbackServer(elsewhere_app) as elsewhere, LoopbackServer(gateway_app) as gateway:
+        provider = WechatpayProvider(settings(keys, gateway.url), branch=BRANCH, http=http)
+        with pytest.raises(GatewayError, match="not on the configured gateway"):
+            await provider.download_bill(beijing_today(), io.BytesIO())
+    assert visits == []
