@@ -218,8 +218,8 @@ class Gateway:
         )
         self.bill_url_seconds = bill_url_seconds
         self.bill_files: dict[str, BillFile] = {}
-        # Removed with the gateway (or at exit); one file per tradebill call.
-        self._bill_dir = tempfile.TemporaryDirectory(prefix="wechatpay-bills-")
+        # One file per tradebill call; made at the first, removed with the gateway.
+        self._bill_dir: tempfile.TemporaryDirectory[str] | None = None
         self.redelivery_delays = tuple(redelivery_delays)
         self.platform_private_key = platform_private_key
         self.platform_public_key_id = platform_public_key_id
@@ -520,6 +520,8 @@ class Gateway:
         corrupt = self.faults.take("/v3/bill/tradebill", ("corrupt",)) is not None
         self.forget_expired_bills()
         token = secrets.token_urlsafe(24)
+        if self._bill_dir is None:
+            self._bill_dir = tempfile.TemporaryDirectory(prefix="wechatpay-bills-")
         path = Path(self._bill_dir.name) / token
         with path.open("wb") as content:
             digest = self.write_bill(
