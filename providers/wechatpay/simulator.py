@@ -36,9 +36,9 @@ Daily trade bills (交易账单), as API v3 serves them:
   SHA-1 of the uncompressed file. Errors: 400 ``NO_STATEMENT_EXIST`` for a day
   without business (no file at all), 400 ``STATEMENT_CREATING`` while the day
   is not published (day D appears on D+1 at 10:00 Beijing time, or at once
-  with ``publish_current_day``), 400 ``INVALID_REQUEST`` for a malformed or
-  future date, a day more than three months back, or a ``sub_mchid`` (these
-  are direct merchants).
+  with ``publish_current_day``; never a day still to come), 400
+  ``INVALID_REQUEST`` for a malformed date, a day more than three months
+  back, or a ``sub_mchid`` (these are direct merchants).
 - ``GET /v3/billdownload/file?token=...[&tartype=gzip]`` needs its own v3
   Authorization (401 ``SIGN_ERROR`` without) from the merchant the token was
   given to, and answers the file without any ``Wechatpay-*`` header (gzip
@@ -545,9 +545,8 @@ class Gateway:
             day = date.fromisoformat(text)
         except ValueError:
             raise ApiError(400, "INVALID_REQUEST", "bill_date is not a date") from None
+        # A day still to come is "being generated" (the kit's NOT_READY), as today is.
         today = beijing_today()
-        if day > today:
-            raise ApiError(400, "INVALID_REQUEST", "bill_date is in the future")
         if day < _months_before(today, BILL_MONTHS_KEPT):
             raise ApiError(400, "INVALID_REQUEST", "only the last three months can be asked for")
         return day
