@@ -407,7 +407,8 @@ class WechatpayProvider(Provider):
     async def _fetch_bill(self, url: httpx.URL, destination: BinaryIO) -> str:
         """GET the bill file (signed), unpack it into ``destination``; SHA-1 hex of the bytes."""
         headers = self._signed_headers("GET", url.raw_path.decode(), b"")
-        headers["Accept"] = "*/*"
+        # No transfer compression on top: the body is the file (gzip when we asked).
+        headers.update({"Accept": "*/*", "Accept-Encoding": "identity"})
         digest = hashlib.sha1(usedforsecurity=False)
         unpack: _Gunzip | None = None
         head: bytes | None = b""  # the first bytes, until they tell gzip from plain text
@@ -433,6 +434,8 @@ class WechatpayProvider(Provider):
                     code,
                 )
                 raise PlatformRefusal(status, code, text)
+            if status != 200:
+                raise GatewayError(f"WeChat Pay bill download answered HTTP {status}, not the file")
             # The raw body: a gzip stream when asked for one, however it is labelled.
             async for raw in response.aiter_raw():
                 chunk = raw
