@@ -16,6 +16,8 @@ from api.store.catalog import CatalogRepository
 from api.store.keys import KeyRing
 from api.store.orders import OrderRepository
 from api.store.payments import PaymentRepository
+from api.store.rate_limits import COLLECTION as RATE_LIMITS
+from api.store.rate_limits import RateBuckets
 from api.store.webhooks import Outbox, WebhookRepository
 
 Document = dict[str, Any]
@@ -93,6 +95,8 @@ INDEXES: dict[str, list[IndexModel]] = {
         ),
     ],
     "api_keys": [IndexModel([("name", ASCENDING)], unique=True, name="name")],
+    # _id is the bucket's key; a bucket past expireAt is full again, the same as none.
+    RATE_LIMITS: [IndexModel([("expireAt", ASCENDING)], expireAfterSeconds=0, name="expire")],
     "offerings": [
         IndexModel(
             [("branch", ASCENDING), ("kind", ASCENDING), ("sort", ASCENDING)], name="branch_kind"
@@ -133,6 +137,7 @@ class Store:
         self.catalog = CatalogRepository(self.db["offerings"])
         self.keys = KeyRing(self.db["api_keys"])
         self.audit = AuditLog(self.db["audit_log"])
+        self.rate_limits = RateBuckets(self.db[RATE_LIMITS])
         self.payments = PaymentRepository(
             self.db["payments"], self.db["payment_events"], self.db["refunds"]
         )
