@@ -264,6 +264,8 @@ def create_app(
             state["services"] = services_now
             app.state.registry = registry
             app.state.store = store
+            # Their counters (BudgetCounters) are for a metrics endpoint to expose.
+            app.state.budgets = {"per-key": budget, "failed-auth": failures}
             app.state.payments = payments
             app.state.notifications = Notifications(registry, payments)
             reconcile_min_age = timedelta(seconds=settings.reconcile_min_age_seconds)
