@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bson import ObjectId
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, WriteConcern
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -137,7 +137,11 @@ class Store:
         self.catalog = CatalogRepository(self.db["offerings"])
         self.keys = KeyRing(self.db["api_keys"])
         self.audit = AuditLog(self.db["audit_log"])
-        self.rate_limits = RateBuckets(self.db[RATE_LIMITS])
+        # A spend lost to a crash or a failover only grants a few points twice: it
+        # need not wait for the journal or the replicas, and waits on every request.
+        self.rate_limits = RateBuckets(
+            self.db.get_collection(RATE_LIMITS, write_concern=WriteConcern(w=1, j=False))
+        )
         self.payments = PaymentRepository(
             self.db["payments"], self.db["payment_events"], self.db["refunds"]
         )
