@@ -11,6 +11,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 from pymongo import MongoClient
@@ -78,7 +79,8 @@ def test_three_workers_answer_share_the_store_and_stop_together(
         assert len(pids) == 3, (pids, log.read_text())
         # Workers of this serve, not of anything else; the serve itself serves no request.
         assert {parent_of(pid) for pid in pids} == {process.pid}
-        with MongoClient(mongo_uri) as client:
+        client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri)
+        with client:
             key = issue_key(client[db_name], "ops")
         answers = [
             httpx.post(
@@ -98,8 +100,9 @@ def test_three_workers_answer_share_the_store_and_stop_together(
             process.kill()
             process.wait()
             raise
-        with MongoClient(mongo_uri) as client:
-            client.drop_database(db_name)
+        cleanup: MongoClient[dict[str, Any]] = MongoClient(mongo_uri)
+        with cleanup:
+            cleanup.drop_database(db_name)
     output = log.read_text()
     assert process.returncode == 0, output
     # The parent started the simulators once; no worker started its own.
