@@ -719,7 +719,7 @@ class WebhookService:
         return False
 
     async def _event_of(self, delivery: Mapping[str, Any]) -> Document:
-        event = await self.store.webhooks.event(delivery["eventId"])
+        event = await self.store.webhooks.event(delivery["eventId"], delivery["branch"])
         if event is None:
             raise LookupError(f"webhook event {delivery['eventId']} is missing")
         return event

@@ -51,14 +51,29 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("status", ASCENDING), ("expiresAt", ASCENDING)], name="status_expires"),
         # Webhook events not yet handed to the webhook service (api/store/webhooks.py).
         IndexModel([("outbox.at", ASCENDING)], name="outbox", sparse=True),
-        # Orders of one mobile number, found by its keyed fingerprint (never stored in clear).
+        # Orders of one mobile number, found by its keyed fingerprint (never stored in clear):
+        # over all branches (ops keys) and within the branches a partner key sees.
         IndexModel(
             [("customer.phoneDigest", ASCENDING), ("createdAt", DESCENDING), ("_id", DESCENDING)],
             name="phone_created",
         ),
+        IndexModel(
+            [
+                ("branch", ASCENDING),
+                ("customer.phoneDigest", ASCENDING),
+                ("createdAt", DESCENDING),
+                ("_id", DESCENDING),
+            ],
+            name="branch_phone_created",
+        ),
     ],
     "payments": [
-        IndexModel([("outTradeNo", ASCENDING)], unique=True, name="out_trade_no"),
+        # A trade number is unique within its branch; notifications name the branch.
+        IndexModel(
+            [("branch", ASCENDING), ("outTradeNo", ASCENDING)],
+            unique=True,
+            name="branch_out_trade_no",
+        ),
         IndexModel([("orderId", ASCENDING), ("createdAt", ASCENDING)], name="order_created"),
         # Reconciliation walks PENDING attempts (and reserved refunds) by age.
         IndexModel(
@@ -91,6 +106,7 @@ INDEXES: dict[str, list[IndexModel]] = {
         ),
     ],
     "discrepancies": [
+        IndexModel([("branch", ASCENDING), ("_id", ASCENDING)], unique=True, name="branch_id"),
         IndexModel(
             [
                 ("reconciliationId", ASCENDING),
@@ -108,8 +124,13 @@ INDEXES: dict[str, list[IndexModel]] = {
     "webhook_endpoints": [
         IndexModel([("branches", ASCENDING), ("events", ASCENDING)], name="branch_event"),
     ],
+    # _id is the event id; (branch, _id) is the shard key of a sharded cluster.
+    "webhook_events": [
+        IndexModel([("branch", ASCENDING), ("_id", ASCENDING)], unique=True, name="branch_id"),
+    ],
     # _id is "{eventId}:{endpointId}": one delivery per pair, whoever creates it.
     "webhook_deliveries": [
+        IndexModel([("branch", ASCENDING), ("_id", ASCENDING)], unique=True, name="branch_id"),
         IndexModel([("status", ASCENDING), ("nextAttemptAt", ASCENDING)], name="due"),
         IndexModel([("endpointId", ASCENDING), ("seq", DESCENDING)], name="endpoint_seq"),
         IndexModel(
@@ -118,8 +139,10 @@ INDEXES: dict[str, list[IndexModel]] = {
         ),
         IndexModel([("eventId", ASCENDING)], name="event"),
     ],
-    # _id is "{provider}:{branch}:{event_id}": its unique index is the exactly-once gate.
+    # _id is "{provider}:{branch}:{event_id}": inserting it is the exactly-once gate, on
+    # (branch, _id), which a sharded cluster enforces across shards (docs/deployment.md).
     "payment_events": [
+        IndexModel([("branch", ASCENDING), ("_id", ASCENDING)], unique=True, name="branch_id"),
         IndexModel([("paymentId", ASCENDING), ("receivedAt", ASCENDING)], name="payment"),
     ],
     # _id is the outRefundNo; (branch, idempotencyKey) makes refundPayment idempotent.
@@ -129,6 +152,10 @@ INDEXES: dict[str, list[IndexModel]] = {
             unique=True,
             name="branch_idempotency_key",
         ),
+    ],
+    # _id is "{branch}:{provider}:{kind}:{outTradeNo}:{outRefundNo}": a line billed once.
+    "bill_marks": [
+        IndexModel([("branch", ASCENDING), ("_id", ASCENDING)], unique=True, name="branch_id"),
     ],
     "api_keys": [IndexModel([("name", ASCENDING)], unique=True, name="name")],
     "offerings": [
