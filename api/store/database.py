@@ -82,6 +82,10 @@ INDEXES: dict[str, list[IndexModel]] = {
         ),
         IndexModel([("status", ASCENDING), ("createdAt", ASCENDING)], name="status_created"),
         IndexModel([("reservedFen", ASCENDING), ("createdAt", ASCENDING)], name="reserved_created"),
+        IndexModel(
+            [("branch", ASCENDING), ("reservedFen", ASCENDING), ("createdAt", ASCENDING)],
+            name="branch_reserved_created",
+        ),
         IndexModel([("outbox.at", ASCENDING)], name="outbox", sparse=True),
         # Bill reconciliation: the paid attempts and succeeded refund lines of a day window.
         IndexModel(
@@ -144,6 +148,12 @@ INDEXES: dict[str, list[IndexModel]] = {
     "payment_events": [
         IndexModel([("branch", ASCENDING), ("_id", ASCENDING)], unique=True, name="branch_id"),
         IndexModel([("paymentId", ASCENDING), ("receivedAt", ASCENDING)], name="payment"),
+        # Reconciliation finishes the events stored but never applied (a process died).
+        IndexModel(
+            [("applied", ASCENDING), ("receivedAt", ASCENDING)],
+            name="unapplied",
+            partialFilterExpression={"applied": False},
+        ),
     ],
     # _id is the outRefundNo; (branch, idempotencyKey) makes refundPayment idempotent.
     "refunds": [

@@ -117,6 +117,11 @@ def test_a_wrong_key_order_and_wrong_options_are_reported(db: Any, branchpay: Ru
         [("branch", ASCENDING), ("idempotencyKey", ASCENDING)], name="branch_idempotency_key"
     )
 
+    db.payment_events.drop_index("unapplied")
+    db.payment_events.create_index(
+        [("applied", ASCENDING), ("receivedAt", ASCENDING)], name="unapplied"
+    )
+
     table = branchpay()
     assert table.returncode == 1
     assert "wrong key order" in table.stdout and "wrong options" in table.stdout
@@ -127,6 +132,7 @@ def test_a_wrong_key_order_and_wrong_options_are_reported(db: Any, branchpay: Ru
     assert set(found) == {
         ("orders", "branch_status_created"),
         ("refunds", "branch_idempotency_key"),
+        ("payment_events", "unapplied"),
     }
     order = found["orders", "branch_status_created"]
     assert order["problem"] == "wrong key order"
@@ -145,6 +151,10 @@ def test_a_wrong_key_order_and_wrong_options_are_reported(db: Any, branchpay: Ru
     refund = found["refunds", "branch_idempotency_key"]
     assert refund["problem"] == "wrong options"
     assert refund["required"]["unique"] is True and "unique" not in refund["present"]
+    partial = found["payment_events", "unapplied"]
+    assert partial["problem"] == "wrong options"
+    assert partial["required"]["partialFilterExpression"] == {"applied": False}
+    assert "partialFilterExpression" not in partial["present"]
 
 
 def test_an_unreachable_store_exits_2(branchpay: Run, tmp_path: Path) -> None:
