@@ -52,11 +52,17 @@ def db(args: argparse.Namespace) -> int:
 
 
 async def _check(settings: Settings, uri: str) -> tuple[list[Difference], list[str]]:
-    from api.store import Store
+    from api.store import Store, StoreTimeouts
     from api.store.database import INDEXES
     from api.store.indexes import differences, present_specs, required_specs
 
-    store = Store.connect(uri, settings.database, serverSelectionTimeoutMS=10_000)
+    # The service's own timeouts: a store that is down is named in seconds, not after 30.
+    timeouts = StoreTimeouts(
+        server_selection_seconds=settings.store_server_selection_timeout_seconds,
+        connect_seconds=settings.store_connect_timeout_seconds,
+        socket_seconds=settings.store_socket_timeout_seconds,
+    )
+    store = Store.connect(uri, settings.database, timeouts)
     try:
         required = required_specs(INDEXES)
         present = await present_specs(store.db)
