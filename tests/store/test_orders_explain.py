@@ -16,7 +16,7 @@ import asyncio
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -225,16 +225,15 @@ class Shape:
 
 
 AFTER, BEFORE = "createdAfter", "createdBefore"
+# The seeded orders span the last 30 days: both bounds cut it, and leave two pages.
+SINCE = (datetime.now(UTC) - timedelta(days=25)).isoformat()
+UNTIL = (datetime.now(UTC) - timedelta(days=5)).isoformat()
 SHAPES = {
     "ops unfiltered": Shape("ops", (), None, "created"),
     "ops status": Shape("ops", (), {"status": ["EXPIRED"]}, "status_created"),
     "ops statuses": Shape("ops", (), {"status": ["EXPIRED", "CANCELLED"]}, "status_created", 2),
-    "ops dates": Shape(
-        "ops", (), {AFTER: "2000-01-01T00:00:00Z", BEFORE: "2999-01-01T00:00:00Z"}, "created"
-    ),
-    "ops status dates": Shape(
-        "ops", (), {"status": ["EXPIRED"], AFTER: "2000-01-01T00:00:00Z"}, "status_created"
-    ),
+    "ops dates": Shape("ops", (), {AFTER: SINCE, BEFORE: UNTIL}, "created"),
+    "ops status dates": Shape("ops", (), {"status": ["EXPIRED"], AFTER: SINCE}, "status_created"),
     "ops phone": Shape("ops", (), {"customerPhone": PHONE}, "phone_created"),
     "ops branch": Shape("ops", (), {"branches": ["zj"]}, "branch_created"),
     "ops branches": Shape("ops", (), {"branches": ["zj", "bj"]}, "branch_created", 2),
@@ -248,12 +247,10 @@ SHAPES = {
         "branch_status_created",
         4,
     ),
-    "ops branch dates": Shape(
-        "ops", (), {"branches": ["zj"], BEFORE: "2999-01-01T00:00:00Z"}, "branch_created"
-    ),
+    "ops branch dates": Shape("ops", (), {"branches": ["zj"], BEFORE: UNTIL}, "branch_created"),
     "partner unfiltered": Shape("partner", ("zj",), None, "branch_created"),
     "partner status": Shape("partner", ("zj",), {"status": ["EXPIRED"]}, "branch_status_created"),
-    "partner dates": Shape("partner", ("zj",), {AFTER: "2000-01-01T00:00:00Z"}, "branch_created"),
+    "partner dates": Shape("partner", ("zj",), {AFTER: SINCE}, "branch_created"),
     "partner phone": Shape(
         "partner", ("zj",), {"customerPhone": PHONE}, "branch_phone_created", also="phone_created"
     ),
