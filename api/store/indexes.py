@@ -44,10 +44,11 @@ class IndexSpec:
     def of(cls, document: Mapping[str, Any]) -> IndexSpec:
         """From ``IndexModel.document`` or a ``listIndexes`` entry; defaults left out."""
         key = tuple((field, _direction(value)) for field, value in document["key"].items())
+        # ``is``, not ``in``: a TTL of 0 seconds is an option, though 0 == False.
         options = tuple(
             (option, _plain(document[option]))
             for option in OPTIONS
-            if document.get(option) not in (None, False)
+            if document.get(option) is not None and document.get(option) is not False
         )
         return cls(str(document["name"]), key, options)
 

@@ -122,6 +122,9 @@ def test_a_wrong_key_order_and_wrong_options_are_reported(db: Any, branchpay: Ru
         [("applied", ASCENDING), ("receivedAt", ASCENDING)], name="unapplied"
     )
 
+    db.rate_limits.drop_index("expire")
+    db.rate_limits.create_index([("expireAt", ASCENDING)], name="expire")  # no TTL: kept forever
+
     table = branchpay()
     assert table.returncode == 1
     assert "wrong key order" in table.stdout and "wrong options" in table.stdout
@@ -133,6 +136,7 @@ def test_a_wrong_key_order_and_wrong_options_are_reported(db: Any, branchpay: Ru
         ("orders", "branch_status_created"),
         ("refunds", "branch_idempotency_key"),
         ("payment_events", "unapplied"),
+        ("rate_limits", "expire"),
     }
     order = found["orders", "branch_status_created"]
     assert order["problem"] == "wrong key order"
@@ -155,6 +159,9 @@ def test_a_wrong_key_order_and_wrong_options_are_reported(db: Any, branchpay: Ru
     assert partial["problem"] == "wrong options"
     assert partial["required"]["partialFilterExpression"] == {"applied": False}
     assert "partialFilterExpression" not in partial["present"]
+    ttl = found["rate_limits", "expire"]
+    assert ttl["problem"] == "wrong options"
+    assert ttl["required"]["expireAfterSeconds"] == 0 and "expireAfterSeconds" not in ttl["present"]
 
 
 def test_an_unreachable_store_exits_2() -> None:
