@@ -148,8 +148,8 @@ class WebhookRepository:
             return False
         return True
 
-    async def delivery(self, delivery_id: str) -> Document | None:
-        return await self.deliveries.find_one({"_id": delivery_id})
+    async def delivery(self, delivery_id: str, branch: str) -> Document | None:
+        return await self.deliveries.find_one({"branch": branch, "_id": delivery_id})
 
     async def deliveries_of_event(self, event_id: str) -> list[Document]:
         return await self.deliveries.find({"eventId": event_id}).to_list()
