@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from api.store.database import INDEXES
-from api.store.indexes import IndexSpec, required_specs
+from api.store.indexes import IndexSpec, differences, required_specs
 
 DEPLOYMENT = Path(__file__).resolve().parents[2] / "docs" / "deployment.md"
 SHARD = re.compile(r'sh\.shardCollection\("branchpay\.(\w+)", (\{[^}]*\}), true\)')
@@ -64,3 +64,18 @@ def test_the_documented_create_index_commands_are_the_required_indexes() -> None
     }
     for collection, key, name in documented:
         assert required[collection, name].key == _key(key), (collection, name)
+
+
+def test_another_direction_is_a_wrong_key_and_the_same_pairs_reordered_a_wrong_order() -> None:
+    required = {"orders": [IndexSpec.of({"name": "i", "key": {"a": 1, "b": -1}})]}
+
+    def problem(key: dict[str, int], **options: object) -> list[str]:
+        present = {"orders": [IndexSpec.of({"name": "i", "key": key, **options})]}
+        return [d.problem.value for d in differences(required, present)]
+
+    assert problem({"a": 1, "b": -1}) == []
+    assert problem({"a": 1.0, "b": -1.0}) == []  # as some servers list directions
+    assert problem({"b": -1, "a": 1}) == ["wrong key order"]
+    assert problem({"a": 1, "b": 1}) == ["wrong key"]
+    assert problem({"a": 1, "b": -1}, sparse=True) == ["wrong options"]
+    assert problem({"a": 1, "b": -1}, unique=False, sparse=False) == []
