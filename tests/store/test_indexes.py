@@ -46,7 +46,7 @@ def test_every_unique_index_of_a_sharded_collection_starts_with_its_shard_key() 
 
 def test_a_unique_index_not_starting_with_branch_is_only_on_an_unsharded_collection() -> None:
     sharded = _sharded()
-    section = DEPLOYMENT.read_text().split("stay **unsharded**", 1)[1].split("## Shard keys")[0]
+    section = DEPLOYMENT.read_text().split("stay **unsharded**", 1)[1].split("### Shard keys")[0]
     unsharded = {name for pair in UNSHARDED.findall(section) for name in pair if name}
     for collection, specs in _unique().items():
         for spec in specs:
