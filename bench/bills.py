@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from bson import ObjectId
-from pymongo.errors import BulkWriteError
 
 from api.domain.bills import day_bounds
 from api.store import Store
@@ -44,6 +43,7 @@ BRANCH = "zj"
 PROVIDER = "sandbox"
 MERCHANT = "zj"
 DATABASE = "branchpay_bench_bills"
+META = "bench_meta"
 INSERT_BATCH = 5_000
 DEFAULT_LINES = 1_000_000
 QUICK_LINES = 20_000
@@ -136,10 +136,7 @@ async def load_payments(uri: str, database: str, day: date, count: int) -> None:
         payments = store.collection("payments")
         for first in range(0, count, INSERT_BATCH):
             batch = [payment(day, i, count) for i in range(first, min(first + INSERT_BATCH, count))]
-            try:
-                await payments.insert_many(batch, ordered=False)
-            except BulkWriteError:
-                raise
+            await payments.insert_many(batch, ordered=False)
     finally:
         await store.close()
 
@@ -185,3 +182,191 @@ class Matched:
 
 def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+PLUGINS_TOML = """
+[branches.{branch}]
+name = "bench bills"
+province = "Zhejiang"
+operator = "China Mobile"
+
+[branches.{branch}.providers.sandbox]
+enabled = true
+gateway = "{gateway}"
+secret = {{ file = "{secret}" }}
+"""
+
+
+def bill_app(path: Path, day: date) -> Any:
+    """The platform's side: the sandbox's bill route, answering with the generated file.
+
+    The adapter's signature is not checked: the bench measures reconciliation,
+    not the simulator.
+    """
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import FileResponse, JSONResponse, Response
+    from starlette.routing import Route
+
+    async def bill(request: Request) -> Response:
+        if request.path_params["day"] != day.isoformat():
+            return JSONResponse({"code": "NO_BILL", "message": "no bill"}, status_code=404)
+        return FileResponse(path, media_type="text/csv; charset=utf-8")
+
+    return Starlette(routes=[Route("/api/bills/{day}", bill, methods=["GET"])])
+
+
+def match_in_process(uri: str, database: str, plugins_toml: str, day: str) -> dict[str, Any]:
+    """Run in a process of its own: one reconciliation of the day, timed; its figures."""
+    return asyncio.run(_match(uri, database, Path(plugins_toml), date.fromisoformat(day)))
+
+
+async def _match(uri: str, database: str, plugins_toml: Path, day: date) -> dict[str, Any]:
+    import httpx
+
+    from api.config.live import ProviderRegistry
+    from api.domain.principal import Principal, Role
+    from api.plugins.manager import ENTRY_POINT_GROUP, load_plugin_manager
+    from api.services.bills import BillReconciliation
+    from api.services.payments import PaymentService
+
+    store = Store.connect(uri, database)
+    stages: dict[str, float] = {}
+    try:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(60.0)) as http:
+            registry = ProviderRegistry(
+                plugins_toml, load_plugin_manager(), http, entry_point_group=ENTRY_POINT_GROUP
+            )
+            registry.load()
+            payments = PaymentService(store, registry, base_url=lambda: "http://127.0.0.1:9")
+            service = BillReconciliation(store, registry, payments)
+            principal = Principal("make-bench", Role.OPS, frozenset())
+            await store.client.admin.command("ping")
+            rss_before = _peak_rss()
+
+            def progress(stage: str, count: int) -> None:
+                stages.setdefault(stage, time.perf_counter())
+
+            started = time.perf_counter()
+            doc = await service.run(
+                principal, branch=BRANCH, provider=PROVIDER, day=day, progress=progress
+            )
+            seconds = time.perf_counter() - started
+    finally:
+        await store.close()
+    totals = doc.get("totals") or {}
+    match_started = stages.get("match", started)
+    return {
+        "lines": int(totals.get("billLines", 0)),
+        "seconds": seconds,
+        "downloadSeconds": match_started - started,
+        "rssBeforeBytes": rss_before,
+        "rssPeakBytes": _peak_rss(),
+        "status": doc["status"],
+        "error": doc.get("error"),
+        "matched": int(totals.get("matchedCount", 0)),
+        "openDiscrepancies": int(doc.get("openDiscrepancies", 0)),
+        "billTotalsAgree": totals.get("billTotalsAgree"),
+    }
+
+
+async def _loaded(uri: str, database: str, day: date, count: int) -> bool:
+    """Whether the scratch database already holds this bill's payments (a previous run's)."""
+    store = Store.connect(uri, database)
+    try:
+        meta = await store.collection(META).find_one({"_id": "bills"})
+        return meta is not None and meta.get("count") == count and meta.get("day") == str(day)
+    finally:
+        await store.close()
+
+
+async def _mark_loaded(uri: str, database: str, day: date, count: int) -> None:
+    store = Store.connect(uri, database)
+    try:
+        await store.collection(META).replace_one(
+            {"_id": "bills"}, {"_id": "bills", "count": count, "day": str(day)}, upsert=True
+        )
+    finally:
+        await store.close()
+
+
+def bill_scenario(
+    uri: str,
+    lines: int,
+    workdir: Path,
+    log: Callable[[str], None],
+    *,
+    database: str = DATABASE,
+) -> dict[str, Any]:
+    """Scenario (r): write the bill, load the payments (unless loaded), match in a child process."""
+    from providers.kit.loopback import LoopbackServer
+
+    day = bill_day()
+    workdir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=workdir, prefix="bills-") as folder:
+        path = Path(folder) / f"sandbox_{MERCHANT}_{day:%Y%m%d}.csv"
+        log(f"(r) writing a sandbox bill of {lines:,} lines")
+        size = write_bill_file(path, day, lines)
+        if asyncio.run(_loaded(uri, database, day, lines)):
+            log(f"(r) {database} holds the {lines:,} payments already (reused)")
+        else:
+            log(f"(r) inserting {lines:,} payments into {database}")
+            inserting = time.perf_counter()
+            asyncio.run(load_payments(uri, database, day, lines))
+            asyncio.run(_mark_loaded(uri, database, day, lines))
+            log(f"(r) inserted in {time.perf_counter() - inserting:,.0f} s")
+        # Each run starts from the payments alone: no reconciliation of an earlier run.
+        asyncio.run(_forget_runs(uri, database))
+        secret = Path(folder) / "sandbox.key"
+        secret.write_text("bench-bills-" + "x" * 32)
+        server = LoopbackServer(bill_app(path, day)).start()
+        try:
+            toml = Path(folder) / "plugins.toml"
+            toml.write_text(PLUGINS_TOML.format(branch=BRANCH, gateway=server.url, secret=secret))
+            log(f"(r) reconciling the bill ({size / 1_000_000:,.1f} MB) in a process of its own")
+            with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+                figures = pool.submit(
+                    match_in_process, uri, database, str(toml), day.isoformat()
+                ).result()
+        finally:
+            server.stop()
+    figures["billBytes"] = size
+    figures["linesGenerated"] = lines
+    log(
+        f"(r) {figures['status']}: {figures['lines']:,} lines in {figures['seconds']:,.1f} s, "
+        f"{figures['lines'] / figures['seconds']:,.0f} lines/s, peak RSS "
+        f"{figures['rssPeakBytes'] / 2**20:,.0f} MiB (before the run "
+        f"{figures['rssBeforeBytes'] / 2**20:,.0f} MiB)"
+    )
+    return figures
+
+
+async def _forget_runs(uri: str, database: str) -> None:
+    store = Store.connect(uri, database)
+    try:
+        for name in ("reconciliations", "discrepancies", "bill_marks", "leases"):
+            await store.collection(name).delete_many({})
+    finally:
+        await store.close()
+
+
+def ratios(figures: dict[str, Any] | None) -> list[Any]:
+    """(r)'s figures as rows of the ratios table."""
+    from bench.report import Ratio
+
+    if not figures:
+        return []
+    lines = figures["lines"]
+    return [
+        Ratio(f"(r) bill lines reconciled per second, {lines:,} lines", figures["lines"] / figures["seconds"], unit="lines/s"),
+        Ratio(
+            f"(r) peak RSS of the reconciling process, {lines:,} lines",
+            figures["rssPeakBytes"] / 2**20,
+            unit="MiB",
+        ),
+        Ratio(
+            "(r) peak RSS growth over the run",
+            (figures["rssPeakBytes"] - figures["rssBeforeBytes"]) / 2**20,
+            unit="MiB",
+        ),
+    ]
