@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import time
 from pathlib import Path
 
 from pydantic import Field, SecretStr, model_validator
@@ -106,6 +107,26 @@ class Settings(BaseSettings):
         default=120.0,
         ge=0,
         description="Attempts younger than this are left to their notifications.",
+    )
+    bill_reconcile: bool = Field(
+        default=True,
+        description="Reconcile yesterday's bills (Beijing day) daily, once per cluster.",
+    )
+    bill_reconcile_at: str = Field(
+        default="10:00",
+        pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$",
+        description="Beijing time (HH:MM) after which the daily bill reconciliation runs; "
+        "the platforms publish day D on D+1 in the morning.",
+    )
+    bill_tolerance_seconds: int = Field(
+        default=300,
+        ge=0,
+        le=3600,
+        description="How far our time of a payment or refund may lie from the platform's "
+        "across midnight and still count as that bill day's (docs/reconciliation.md).",
+    )
+    discrepancy_stale_days: int = Field(
+        default=3, ge=0, description="An open discrepancy older than this many days is flagged."
     )
     max_body_bytes: int = Field(
         default=MIB, ge=1024, description="Bytes of an HTTP body or a WebSocket message."
@@ -238,6 +259,12 @@ class Settings(BaseSettings):
                 "when its lease ends would be sent twice"
             )
         return self
+
+    @property
+    def bill_reconcile_time(self) -> time:
+        """``bill_reconcile_at`` as a time of day (Beijing)."""
+        hours, minutes = self.bill_reconcile_at.split(":")
+        return time(int(hours), int(minutes))
 
     def pii_master_key(self) -> bytes:
         """The PII key from BRANCHPAY_PII_KEY or BRANCHPAY_PII_KEY_FILE, never the repository."""

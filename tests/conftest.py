@@ -36,6 +36,10 @@ from api.plugins import hookimpl
 from api.plugins.contract import PaymentMethod, Provider
 from api.plugins.manager import installed_providers, new_plugin_manager
 
+# Services the tests start do not run the daily bill reconciliation on their own (it would
+# download and write a reconciliation in the middle of unrelated tests); its tests turn it on.
+os.environ.setdefault("BRANCHPAY_BILL_RECONCILE", "0")
+
 
 @pytest.fixture(scope="session")
 def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:

@@ -12,8 +12,10 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
 from api.store.audit import AuditLog
+from api.store.bills import BillRepository
 from api.store.catalog import CatalogRepository
 from api.store.keys import KeyRing
+from api.store.leases import Leases
 from api.store.orders import OrderRepository
 from api.store.payments import PaymentRepository
 from api.store.webhooks import Outbox, WebhookRepository
@@ -66,6 +68,42 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("status", ASCENDING), ("createdAt", ASCENDING)], name="status_created"),
         IndexModel([("reservedFen", ASCENDING), ("createdAt", ASCENDING)], name="reserved_created"),
         IndexModel([("outbox.at", ASCENDING)], name="outbox", sparse=True),
+        # Bill reconciliation: the paid attempts and succeeded refund lines of a day window.
+        IndexModel(
+            [("branch", ASCENDING), ("provider", ASCENDING), ("paidAt", ASCENDING)],
+            name="branch_provider_paid",
+        ),
+        IndexModel(
+            [
+                ("branch", ASCENDING),
+                ("provider", ASCENDING),
+                ("refunds.status", ASCENDING),
+                ("refunds.updatedAt", ASCENDING),
+            ],
+            name="branch_provider_refund_updated",
+        ),
+    ],
+    # _id is "{branch}:{provider}:{YYYY-MM-DD}"; discrepancies' ids start with it.
+    "reconciliations": [
+        IndexModel(
+            [("branch", ASCENDING), ("billDate", DESCENDING), ("provider", ASCENDING)],
+            name="branch_date_provider",
+        ),
+    ],
+    "discrepancies": [
+        IndexModel(
+            [
+                ("reconciliationId", ASCENDING),
+                ("open", ASCENDING),
+                ("kind", ASCENDING),
+                ("_id", ASCENDING),
+            ],
+            name="reconciliation_open_kind",
+        ),
+        IndexModel(
+            [("branch", ASCENDING), ("open", ASCENDING), ("detectedAt", ASCENDING)],
+            name="branch_open_detected",
+        ),
     ],
     "webhook_endpoints": [
         IndexModel([("branches", ASCENDING), ("events", ASCENDING)], name="branch_event"),
@@ -139,6 +177,13 @@ class Store:
         self.webhooks = WebhookRepository(
             self.db["webhook_endpoints"], self.db["webhook_events"], self.db["webhook_deliveries"]
         )
+        self.bills = BillRepository(
+            self.db["reconciliations"],
+            self.db["discrepancies"],
+            self.db["bill_marks"],
+            self.db["payments"],
+        )
+        self.leases = Leases(self.db["leases"])
         self.order_outbox = Outbox(self.db["orders"])
         self.payment_outbox = Outbox(self.db["payments"])
 

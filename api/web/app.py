@@ -34,6 +34,7 @@ from api.plugins.manager import ENTRY_POINT_GROUP, load_plugin_manager, notify
 from api.schema import build_schema
 from api.schema.context import Services
 from api.schema.event_view import EventView
+from api.services.bills import BillReconciliation, BillSettings
 from api.services.budget import RateLimiter
 from api.services.notifications import Notifications
 from api.services.orders import OrderService
@@ -55,6 +56,8 @@ from api.web.store_deadline import StoreDeadline
 from api.web.websocket import OpenSockets
 
 log = logging.getLogger("branchpay")
+
+BILL_CHECK_SECONDS = 60.0
 
 
 def branch_views(registry: ProviderRegistry) -> Mapping[str, BranchView]:
@@ -122,6 +125,15 @@ def webhook_settings(settings: Settings) -> WebhookSettings:
             total_timeout=settings.webhook_timeout_seconds,
         ),
         lease=timedelta(seconds=settings.webhook_lease_seconds),
+    )
+
+
+def bill_settings(settings: Settings) -> BillSettings:
+    return BillSettings(
+        tolerance=timedelta(seconds=settings.bill_tolerance_seconds),
+        stale_days=settings.discrepancy_stale_days,
+        daily=settings.bill_reconcile,
+        daily_at=settings.bill_reconcile_time,
     )
 
 
@@ -246,6 +258,8 @@ def create_app(
             app.state.store = store
             app.state.payments = payments
             app.state.notifications = Notifications(registry, payments)
+            bills = BillReconciliation(store, registry, payments, settings=bill_settings(settings))
+            app.state.bills = bills
             reconcile_min_age = timedelta(seconds=settings.reconcile_min_age_seconds)
             tasks = [
                 asyncio.create_task(registry.watch(), name="config-watch"),
@@ -264,6 +278,12 @@ def create_app(
                         "reconcile",
                     ),
                     name="reconcile",
+                ),
+                # Every minute; past bill_reconcile_at the first process to take the lease
+                # reconciles yesterday's bills, and NOT_READY days again later.
+                asyncio.create_task(
+                    _every(BILL_CHECK_SECONDS, bills.run_due, "bill-reconcile"),
+                    name="bill-reconcile",
                 ),
             ]
             # Every process sweeps the outboxes for events a dead writer left behind.
