@@ -17,26 +17,23 @@ Every line is matched: the scenario measures the clean day, the common case.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import resource
-import shutil
 import struct
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from bson import ObjectId
+from providers.sandbox.bills import write_bill
 
 from api.domain.bills import day_bounds
 from api.store import Store
 from providers.kit.bills import BillEntry
-from providers.sandbox.bills import write_bill
 
 Document = dict[str, Any]
 BRANCH = "zj"
@@ -120,9 +117,7 @@ def entries(day: date, count: int) -> Iterator[BillEntry]:
 def write_bill_file(path: Path, day: date, count: int) -> int:
     """The sandbox bill of ``count`` lines at ``path``, streamed; its size in bytes."""
     with path.open("wb") as out:
-        for chunk in write_bill(
-            MERCHANT, day, entries(day, count), generated_at=datetime.now(UTC)
-        ):
+        for chunk in write_bill(MERCHANT, day, entries(day, count), generated_at=datetime.now(UTC)):
             out.write(chunk)
     return path.stat().st_size
 
@@ -147,37 +142,6 @@ async def drop(uri: str, database: str) -> None:
         await store.client.drop_database(database)
     finally:
         await store.close()
-
-
-@dataclass(frozen=True, slots=True)
-class Matched:
-    """What the matching process measured."""
-
-    lines: int
-    seconds: float
-    rss_before: int  # bytes, once imports and the store's client are up
-    rss_peak: int  # bytes, the process's peak (ru_maxrss)
-    status: str
-    matched: int
-    open_discrepancies: int
-    bill_bytes: int
-
-    @property
-    def lines_per_second(self) -> float:
-        return self.lines / self.seconds if self.seconds else float("nan")
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "lines": self.lines,
-            "seconds": self.seconds,
-            "linesPerSecond": self.lines_per_second,
-            "rssBeforeBytes": self.rss_before,
-            "rssPeakBytes": self.rss_peak,
-            "status": self.status,
-            "matched": self.matched,
-            "openDiscrepancies": self.open_discrepancies,
-            "billBytes": self.bill_bytes,
-        }
 
 
 def _peak_rss() -> int:
@@ -358,7 +322,11 @@ def ratios(figures: dict[str, Any] | None) -> list[Any]:
         return []
     lines = figures["lines"]
     return [
-        Ratio(f"(r) bill lines reconciled per second, {lines:,} lines", figures["lines"] / figures["seconds"], unit="lines/s"),
+        Ratio(
+            f"(r) bill lines reconciled per second, {lines:,} lines",
+            figures["lines"] / figures["seconds"],
+            unit="lines/s",
+        ),
         Ratio(
             f"(r) peak RSS of the reconciling process, {lines:,} lines",
             figures["rssPeakBytes"] / 2**20,

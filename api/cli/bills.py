@@ -23,11 +23,10 @@ import asyncio
 import csv
 import enum
 import getpass
-import io
 import json
 import re
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any, TextIO
@@ -234,12 +233,16 @@ def _yuan(fen: Any) -> str:
 def write_table(report: Report, console: Console) -> None:
     runs = Table(title=f"bill reconciliation of {report.day.isoformat()} (Beijing day)")
     for column in ("branch", "provider", "status", "lines", "matched", "matched ¥", "open", "note"):
-        runs.add_column(column, justify="right" if column in ("lines", "matched", "open") else "left")
+        runs.add_column(
+            column, justify="right" if column in ("lines", "matched", "open") else "left"
+        )
     for doc in report.reconciliations:
         totals = doc.get("totals") or {}
         agree = totals.get("billTotalsAgree")
         note = doc.get("error") or (
-            "" if agree is None else ("sums equal the bill's" if agree else "sums differ from the bill's")
+            ""
+            if agree is None
+            else ("sums equal the bill's" if agree else "sums differ from the bill's")
         )
         runs.add_row(
             Text(str(doc.get("branch", ""))),
@@ -310,7 +313,6 @@ def stage_text(stage: str, count: int) -> str:
     return f"matching: {count:,} lines"
 
 
-
 def reconcile_bills(args: argparse.Namespace) -> int:
     from api.cli import store_uri
     from api.config.model import ConfigError
@@ -350,9 +352,7 @@ def _check_scope(registry: Any, branch: str | None, provider: str | None) -> Non
     if provider is None:
         return
     enabled = [
-        found
-        for code in branches
-        if (found := registry.provider(code, provider)) is not None
+        found for code in branches if (found := registry.provider(code, provider)) is not None
     ]
     where = f"branch {branch}" if branch else "any branch"
     if not enabled:
@@ -367,9 +367,7 @@ def _check_scope(registry: Any, branch: str | None, provider: str | None) -> Non
         )
 
 
-async def _run(
-    settings: Any, uri: str, args: argparse.Namespace, day: date, err: Console
-) -> int:
+async def _run(settings: Any, uri: str, args: argparse.Namespace, day: date, err: Console) -> int:
     import httpx
     from pymongo.errors import PyMongoError
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn

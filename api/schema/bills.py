@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from datetime import date, datetime, timedelta
-from typing import Any
+from datetime import UTC, date, datetime, timedelta
+from typing import Annotated, Any
 
 import strawberry
 from strawberry.types import Info
 
-from api.domain.beijing import BEIJING
+from api.domain.bills import DiscrepancyKind as DomainDiscrepancyKind
 from api.domain.bills import beijing_day
 from api.domain.principal import Permission, Principal
-from api.domain.problems import Problem
+from api.domain.problems import ServiceError, UserErrorCode
 from api.domain.text import (
     BRANCH_CODE,
     DISCREPANCIES_CURSOR,
@@ -30,7 +30,7 @@ from api.schema.context import Context
 from api.schema.errors import ApiError, ErrorCode, bad_input
 from api.schema.mutation import user_errors
 from api.schema.types import PageInfo, UserError
-from api.services.bills import BillReconciliation, ServiceError
+from api.services.bills import BillReconciliation
 
 Document = dict[str, Any]
 
@@ -48,13 +48,12 @@ class ReconciliationStatus(enum.Enum):
     FAILED = "FAILED"
 
 
-@strawberry.enum(description="What disagrees between the platform's bill and our records.")
-class DiscrepancyKind(enum.Enum):
-    MISSING_LOCALLY = "MISSING_LOCALLY"
-    MISSING_ON_PLATFORM = "MISSING_ON_PLATFORM"
-    AMOUNT_MISMATCH = "AMOUNT_MISMATCH"
-    STATUS_MISMATCH = "STATUS_MISMATCH"
-    DUPLICATE_ON_BILL = "DUPLICATE_ON_BILL"
+DiscrepancyKind = strawberry.enum(
+    DomainDiscrepancyKind,
+    name="DiscrepancyKind",
+    description="What disagrees between the platform's bill and our records "
+    "(docs/reconciliation.md).",
+)
 
 
 @strawberry.enum(description="How a discrepancy was resolved.")
@@ -125,7 +124,7 @@ class ReconciliationTotals:
 
 @strawberry.type(description="How many discrepancies of one kind the last run found.")
 class DiscrepancyCount:
-    kind: DiscrepancyKind
+    kind: DiscrepancyKind  # type: ignore[valid-type]
     count: int
 
 
@@ -147,7 +146,7 @@ class Discrepancy:
     branch: str
     provider: str
     bill_date: date = strawberry.field(description="The Beijing day of the bill.")
-    kind: DiscrepancyKind
+    kind: DiscrepancyKind  # type: ignore[valid-type]
     out_trade_no: str
     out_refund_no: str | None = strawberry.field(description="Set for a refund line.")
     provider_trade_no: str | None
@@ -175,7 +174,7 @@ class Discrepancy:
             branch=doc["branch"],
             provider=doc["provider"],
             bill_date=date.fromisoformat(doc["billDate"]),
-            kind=DiscrepancyKind(doc["kind"]),
+            kind=DomainDiscrepancyKind(doc["kind"]),
             out_trade_no=doc["outTradeNo"],
             out_refund_no=doc.get("outRefundNo") or None,
             provider_trade_no=doc.get("providerTradeNo"),
@@ -217,13 +216,15 @@ class DiscrepancyConnection:
     "A re-run replaces it (same id); its discrepancies keep their ids."
 )
 class Reconciliation:
-    id: strawberry.ID = strawberry.field(description='"{branch}:{provider}:{YYYY-MM-DD}".')
+    id: strawberry.ID = strawberry.field(
+        description="Written `{branch}:{provider}:{YYYY-MM-DD}`, e.g. `zj:alipay:2026-12-01`."
+    )
     branch: str
     provider: str
     bill_date: date = strawberry.field(description="The Beijing day of the bill.")
     status: ReconciliationStatus
     error: str | None = strawberry.field(
-        description="Why the bill could not be reconciled (NOT_READY, NO_BILL, FAILED)."
+        description="Why a FAILED run failed, as `CODE: message` (no secret in it)."
     )
     runs: int = strawberry.field(description="How many runs reconciled this bill so far.")
     started_at: datetime | None
@@ -240,7 +241,7 @@ class Reconciliation:
         info: Info[Context, None],
         first: int | None = None,
         after: str | None = None,
-        kind: DiscrepancyKind | None = None,
+        kind: DiscrepancyKind | None = None,  # type: ignore[valid-type]
         open: bool | None = None,
     ) -> DiscrepancyConnection:
         service, principal = _reconcile(info)
@@ -261,7 +262,7 @@ class Reconciliation:
                 str(self.id),
                 first=limit,
                 after=after,
-                kind=kind.value if kind else None,
+                kind=None if kind is None else DomainDiscrepancyKind(kind).value,
                 open=open,
             )
         nodes = [Discrepancy.from_doc(doc) for doc in docs]
@@ -293,7 +294,7 @@ class Reconciliation:
             totals=ReconciliationTotals.from_doc(doc.get("totals") or {}),
             discrepancy_counts=[
                 DiscrepancyCount(kind=kind, count=int(counts.get(kind.value, 0)))
-                for kind in DiscrepancyKind
+                for kind in DomainDiscrepancyKind
             ],
             open_discrepancies=int(doc.get("openDiscrepancies", 0)),
         )
@@ -313,7 +314,7 @@ class ResolveDiscrepancyPayload:
 
 def _days(from_day: date | None, to_day: date | None) -> tuple[date, date]:
     """The window of bill days asked for; BAD_USER_INPUT when it is empty or too wide."""
-    last = to_day or beijing_day(datetime.now(BEIJING))
+    last = to_day or beijing_day(datetime.now(UTC))
     first = from_day or last - timedelta(days=DEFAULT_RECONCILIATION_DAYS - 1)
     if first > last:
         raise bad_input("from must not be after to")
@@ -334,7 +335,7 @@ class BillQuery:
         info: Info[Context, None],
         branch: str | None = None,
         provider: str | None = None,
-        from_: date | None = strawberry.argument(name="from", default=None),
+        from_: Annotated[date | None, strawberry.argument(name="from")] = None,
         to: date | None = None,
     ) -> list[Reconciliation]:
         service, principal = _reconcile(info)
@@ -343,9 +344,12 @@ class BillQuery:
         if provider is not None and (why := PROVIDER.problem(provider, "provider")) is not None:
             raise bad_input(why)
         first, last = _days(from_, to)
-        docs = await service.reconciliations(
-            principal, branch=branch, provider=provider, from_day=first, to_day=last
-        )
+        try:
+            docs = await service.reconciliations(
+                principal, branch=branch, provider=provider, from_day=first, to_day=last
+            )
+        except ServiceError as refused:
+            raise bad_input(refused.problem.message) from None
         return [Reconciliation.from_doc(doc) for doc in docs]
 
     @strawberry.field(description='One reconciliation by its id, "{branch}:{provider}:{day}".')
@@ -369,8 +373,14 @@ class BillMutation:
     ) -> ResolveDiscrepancyPayload:
         service, principal = _reconcile(info)
         try:
-            doc = await service.resolve(principal, str(input.id)[: RECONCILIATION_ID.max_chars * 2], input.note)
+            if RECONCILIATION_ID.problem(str(input.id), "id") is not None:
+                # Never an id the API returned: no such discrepancy.
+                raise ServiceError(
+                    UserErrorCode.DISCREPANCY_NOT_FOUND, "no discrepancy with that id", ("id",)
+                )
+            doc = await service.resolve(principal, str(input.id), input.note)
         except ServiceError as refused:
-            problem = Problem(refused.field, refused.message, refused.code)
-            return ResolveDiscrepancyPayload(discrepancy=None, user_errors=user_errors([problem]))
+            return ResolveDiscrepancyPayload(
+                discrepancy=None, user_errors=user_errors([refused.problem])
+            )
         return ResolveDiscrepancyPayload(discrepancy=Discrepancy.from_doc(doc), user_errors=[])

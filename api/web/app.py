@@ -260,6 +260,7 @@ def create_app(
             app.state.notifications = Notifications(registry, payments)
             bills = BillReconciliation(store, registry, payments, settings=bill_settings(settings))
             app.state.bills = bills
+            services_now.bills = bills
             reconcile_min_age = timedelta(seconds=settings.reconcile_min_age_seconds)
             tasks = [
                 asyncio.create_task(registry.watch(), name="config-watch"),

@@ -78,7 +78,8 @@ def test_every_bill_setting_is_listed_with_its_default() -> None:
         assert rows[name] == shown, name
     defaults = Settings()
     assert f"**{defaults.bill_reconcile_at} Beijing time**" in PROSE
-    assert f"({defaults.bill_tolerance_seconds} s)" in PROSE
+    assert f"`BRANCHPAY_BILL_TOLERANCE_SECONDS`, {defaults.bill_tolerance_seconds} s)" in PROSE
+    assert f"a tolerance of **{defaults.bill_tolerance_seconds // 60} minutes**" in PROSE
     assert f"({defaults.discrepancy_stale_days}) days" in PROSE
 
 
