@@ -350,6 +350,15 @@ def _check_scope(registry: Any, branch: str | None, provider: str | None) -> Non
             f"no branch {quoted(branch, BRANCH_CODE)} in {registry.path}",
         )
     if provider is None:
+        if branch is not None and not any(
+            found.supports_bills
+            for cls in registry.enabled(branch)
+            if (found := registry.provider(branch, cls.name)) is not None
+        ):
+            raise Refused(
+                BillCliCode.PROVIDER_NOT_ENABLED,
+                f"branch {branch} enables no provider that can download daily bills",
+            )
         return
     enabled = [
         found for code in branches if (found := registry.provider(code, provider)) is not None
@@ -381,6 +390,7 @@ async def _run(settings: Any, uri: str, args: argparse.Namespace, day: date, err
     from api.store.marks import COLLECTION as MARKS_COLLECTION
     from api.store.marks import StoreMarks
     from api.store.outage import is_store_outage
+    from api.web.app import bill_settings
 
     timeouts = StoreTimeouts(
         server_selection_seconds=settings.store_server_selection_timeout_seconds,
@@ -406,7 +416,9 @@ async def _run(settings: Any, uri: str, args: argparse.Namespace, day: date, err
             payments = PaymentService(
                 store, registry, base_url=lambda: settings.base_url, plugins=plugins
             )
-            service = BillReconciliation(store, registry, payments, settings=settings)
+            service = BillReconciliation(
+                store, registry, payments, settings=bill_settings(settings)
+            )
             with Progress(
                 SpinnerColumn(),
                 TextColumn("{task.description}"),
