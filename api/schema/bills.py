@@ -231,7 +231,7 @@ class Reconciliation:
     finished_at: datetime | None
     totals: ReconciliationTotals
     discrepancy_counts: list[DiscrepancyCount] = strawberry.field(
-        description="Every kind, with its count in the last run (0 included)."
+        description="Every kind, with its count (open or resolved, not CLEARED; 0 included)."
     )
     open_discrepancies: int
 
