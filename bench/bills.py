@@ -127,11 +127,12 @@ async def load_payments(uri: str, database: str, day: date, count: int) -> None:
     store = Store.connect(uri, database)
     try:
         await store.client.drop_database(database)
-        await store.ensure_indexes()
         payments = store.collection("payments")
         for first in range(0, count, INSERT_BATCH):
             batch = [payment(day, i, count) for i in range(first, min(first + INSERT_BATCH, count))]
             await payments.insert_many(batch, ordered=False)
+        # Indexed once loaded: one build per index instead of an update per document.
+        await store.ensure_indexes()
     finally:
         await store.close()
 
@@ -286,7 +287,10 @@ def bill_scenario(
         server = LoopbackServer(bill_app(path, day)).start()
         try:
             toml = Path(folder) / "plugins.toml"
-            toml.write_text(PLUGINS_TOML.format(branch=BRANCH, gateway=server.url, secret=secret))
+            # Relative to the plugins.toml, as plugins.toml resolves its secret files.
+            toml.write_text(
+                PLUGINS_TOML.format(branch=BRANCH, gateway=server.url, secret=secret.name)
+            )
             log(f"(r) reconciling the bill ({size / 1_000_000:,.1f} MB) in a process of its own")
             with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
                 figures = pool.submit(
