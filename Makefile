@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The demo's simulators publish today's bill so far (not only D+1), so today's payments reconcile.
 run: install
-	$(BIN)/branchpay serve --demo --port $(PORT)
+	BRANCHPAY_SIMULATOR_BILLS_CURRENT_DAY=$${BRANCHPAY_SIMULATOR_BILLS_CURRENT_DAY:-1} \
+		$(BIN)/branchpay serve --demo --port $(PORT)
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

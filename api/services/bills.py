@@ -16,8 +16,8 @@
 
 What a run keeps in memory per line is a 128-bit digest of each bill line's
 key (kind, outTradeNo, outRefundNo) in a set, for duplicate detection and for
-telling which of our records the bill holds: about 90 bytes a line, so a bill
-of a million lines takes about 90 MB; everything else is per batch.
+telling which of our records the bill holds: about 80 bytes a line, so a bill
+of a million lines takes about 80 MB; everything else is per batch.
 
 A missed notification (the bill says paid, we hold the attempt PENDING; the
 bill shows a refund we hold PENDING) is resolved in the run: the platform is
@@ -743,7 +743,11 @@ class BillReconciliation:
             principal.name,
             AuditAction.DISCREPANCY_RESOLVED,
             discrepancy_id,
-            {"kind": resolved["kind"], "reconciliationId": resolved["reconciliationId"]},
+            {
+                "kind": resolved["kind"],
+                "reconciliationId": resolved["reconciliationId"],
+                "note": note,
+            },
             branch=resolved["branch"],
         )
         rec_id = resolved["reconciliationId"]
