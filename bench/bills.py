@@ -6,8 +6,9 @@ line, and bulk-inserts the matching payments into a scratch database in the
 store layer's document shape (branch, provider, ``outTradeNo``, ``amountFen``,
 ``SUCCEEDED``, ``paidAt`` in the day). Then a process of its own runs the bill
 service's matching over the file (api/services/bills.py, the same code the
-daily run and ``branchpay reconcile bills`` use, with a provider whose
-download copies the file) and reports lines per second and its peak RSS
+daily run and ``branchpay reconcile bills`` use; the sandbox adapter downloads
+the file over loopback from a route of the bench process that answers like the
+simulator's) and reports lines per second and its peak RSS
 (``getrusage``'s ``ru_maxrss``), beside its RSS before the run. The
 file's write and the inserts are not measured.
 
@@ -29,11 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from bson import ObjectId
-from providers.sandbox.bills import write_bill
 
 from api.domain.bills import day_bounds
 from api.store import Store
 from providers.kit.bills import BillEntry
+from providers.sandbox.bills import write_bill
 
 Document = dict[str, Any]
 BRANCH = "zj"
@@ -46,7 +47,7 @@ DEFAULT_LINES = 1_000_000
 QUICK_LINES = 20_000
 
 
-def bill_day(now: datetime | None = None) -> date:
+def bill_day() -> date:
     """The bill's Beijing day: a fixed past day, far from any real payment's."""
     return date(2026, 11, 1)
 
@@ -210,7 +211,7 @@ async def _match(uri: str, database: str, plugins_toml: Path, day: date) -> dict
             rss_before = _peak_rss()
 
             def progress(stage: str, count: int) -> None:
-                stages.setdefault(stage, time.perf_counter())
+                stages.setdefault(stage, time.perf_counter())  # the first call of each stage
 
             started = time.perf_counter()
             doc = await service.run(
@@ -224,7 +225,7 @@ async def _match(uri: str, database: str, plugins_toml: Path, day: date) -> dict
     return {
         "lines": int(totals.get("billLines", 0)),
         "seconds": seconds,
-        "downloadSeconds": match_started - started,
+        "firstBatchSeconds": match_started - started,
         "rssBeforeBytes": rss_before,
         "rssPeakBytes": _peak_rss(),
         "status": doc["status"],

@@ -52,7 +52,7 @@ def test_the_bill_scenario_matches_every_line_and_reports_its_figures(
         assert figures["status"] == "COMPLETE", figures
         assert figures["lines"] == figures["matched"] == 2_000
         assert figures["openDiscrepancies"] == 0 and figures["billTotalsAgree"] is True
-        assert figures["seconds"] > 0 and 0 <= figures["downloadSeconds"] <= figures["seconds"]
+        assert figures["seconds"] > 0 and 0 <= figures["firstBatchSeconds"] <= figures["seconds"]
         assert figures["rssPeakBytes"] >= figures["rssBeforeBytes"] > 0
     assert any("holds the 2,000 payments already (reused)" in line for line in logged)
     assert [ratio.name for ratio in bills.ratios(first)] == [
