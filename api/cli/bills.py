@@ -42,6 +42,7 @@ from api.domain.text import BRANCH_CODE, PROVIDER, quoted
 Document = dict[str, Any]
 
 OPEN_PAGE = 100  # open discrepancies read per page
+DATE_SHOWN = 20  # characters of a bad --date repeated in the message
 
 
 class ExitCode(enum.IntEnum):
@@ -102,7 +103,7 @@ CSV_COLUMNS = (
 
 def bill_day(text: str, today: date | None = None) -> date:
     """``--date``: a Beijing day up to today, written YYYY-MM-DD; Refused otherwise."""
-    shown = quoted(text, BRANCH_CODE) if len(text) > 10 else repr(text)
+    shown = repr(text[:DATE_SHOWN]) + ("..." if len(text) > DATE_SHOWN else "")
     if not DAY.fullmatch(text):
         raise Refused(BillCliCode.INVALID_DATE, f"--date {shown} is not a day as YYYY-MM-DD")
     try:

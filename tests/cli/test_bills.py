@@ -10,14 +10,19 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import subprocess
+import sys
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
 
 from api.cli.bills import CSV_COLUMNS, BillCliCode, ExitCode
+from api.dev.devdb import free_port
 from api.domain.bills import beijing_day
 from api.domain.problems import UserErrorCode
 from tests.services.conftest import (
@@ -25,6 +30,7 @@ from tests.services.conftest import (
     start_payments,  # noqa: F401 (a fixture)
 )
 
+ROOT = Path(__file__).resolve().parents[2]
 TODAY = beijing_day(datetime.now(UTC)).isoformat()
 
 
@@ -172,6 +178,28 @@ def test_refused_input_exits_2_with_a_code_and_runs_nothing(
     assert f"error [{code}]: " in run.stderr and message in run.stderr, run.stderr
     assert run.stdout == ""
     assert service.db.reconciliations.count_documents({}) == 0
+
+
+def test_a_store_that_does_not_answer_is_reported_in_seconds(service: PayService) -> None:
+    env = {
+        **os.environ,
+        "BRANCHPAY_MONGODB_URI": f"mongodb://user:pw@127.0.0.1:{free_port()}/",
+        "BRANCHPAY_STORE_SERVER_SELECTION_TIMEOUT_SECONDS": "0.5",
+        "BRANCHPAY_PLUGINS_TOML": str(service.plugins_toml),
+    }
+    started = time.monotonic()
+    run = subprocess.run(
+        [sys.executable, "-m", "api", "reconcile", "bills", "--date", TODAY],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert time.monotonic() - started < 30
+    assert run.returncode == 2, run.stderr
+    assert "error [STORE_UNAVAILABLE]: the store did not answer in time" in run.stderr
+    assert "pw" not in run.stderr + run.stdout and run.stdout == ""
 
 
 def test_plain_reconcile_still_asks_about_pending_attempts(service: PayService) -> None:
