@@ -679,6 +679,12 @@ async def _reconcile(settings: Settings, uri: str, args: argparse.Namespace) -> 
     return 0
 
 
+def cmd_reconcile_bills(args: argparse.Namespace) -> int:
+    from api.cli import bills
+
+    return bills.reconcile_bills(args)
+
+
 def cmd_reconcile(args: argparse.Namespace) -> int:
     from api.config.model import ConfigError
 
@@ -814,6 +820,23 @@ def parser() -> argparse.ArgumentParser:
     )
     reconcile.add_argument("--branch", help="only attempts of this branch")
     reconcile.set_defaults(run=cmd_reconcile)
+    reconcile_sub = reconcile.add_subparsers(dest="reconcile_command", metavar="{bills}")
+    bills = reconcile_sub.add_parser(
+        "bills",
+        help="reconcile the platforms' daily bills of a Beijing day (docs/reconciliation.md)",
+        description="Exit codes: 0 every bill reconciled, no open discrepancy; 1 open "
+        "discrepancies remain; 2 refused input, nothing ran; 3 a bill NOT_READY or FAILED.",
+    )
+    bills.add_argument("--date", required=True, help="the bill's Beijing day, YYYY-MM-DD")
+    # SUPPRESS: `reconcile --branch zj bills ...` keeps the branch given before `bills`.
+    bills.add_argument(
+        "--branch", default=argparse.SUPPRESS, help="only this branch (default: every branch)"
+    )
+    bills.add_argument("--provider", help="only this provider (default: every one with bills)")
+    bills.add_argument(
+        "--format", choices=["table", "json", "csv"], default="table", help="of the report"
+    )
+    bills.set_defaults(run=cmd_reconcile_bills)
     return top
 
 
