@@ -50,11 +50,15 @@ class BillRepository:
         """The attempts of a batch of bill lines by outTradeNo, in one query."""
         if not out_trade_nos:
             return {}
+        # Exactly the unique index's fields (branch, outTradeNo): SecantusDB plans a
+        # third equality (provider) as a collection scan, so it is checked here.
         cursor = self.payments.find(
-            {"branch": branch, "provider": provider, "outTradeNo": {"$in": list(out_trade_nos)}},
+            {"branch": branch, "outTradeNo": {"$in": list(out_trade_nos)}},
             _PAYMENT_FIELDS,
         )
-        return {doc["outTradeNo"]: doc async for doc in cursor}
+        return {
+            doc["outTradeNo"]: doc async for doc in cursor if doc.get("provider") == provider
+        }
 
     async def paid_between(
         self, branch: str, provider: str, start: datetime, end: datetime
