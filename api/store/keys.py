@@ -111,7 +111,11 @@ class KeyRing:
         # earlier epoch may have missed a change, so only its time to live holds.
         self._epoch = 0
         self._live_epoch: int | None = None
-        self._changes = 0  # changes the stream delivered; a read that overlaps one is not kept
+        self._changes = 0  # changes the stream delivered
+        # Per key id: the number of the last change delivered (ids of real keys only),
+        # and how many reads of it are under way.
+        self._last_change: dict[str, int] = {}
+        self._reading: dict[str, int] = {}
 
     @property
     def live_epoch(self) -> int | None:
@@ -154,12 +158,16 @@ class KeyRing:
             return
         self._changes += 1
         key_id = item["documentKey"]["_id"]
-        seen = self._seen.pop(key_id, None)
+        self._last_change[key_id] = self._changes
         record = item.get("fullDocument")
         gone = item["operationType"] == "delete" or record is None
-        name = seen.record["name"] if seen is not None else None
-        if record is not None:
-            name = record.get("name", name)
+        seen = self._seen.pop(key_id, None)
+        if record is not None and (seen is not None or key_id in self._reading):
+            # Looked up after the change: the record as it is now.
+            self._seen[key_id] = _Seen(record, self._clock(), self._epoch)
+        name = record.get("name") if record is not None else None
+        if name is None and seen is not None:
+            name = seen.record["name"]
         revoked = gone or (record or {}).get("revokedAt") is not None
         if name is not None and revoked and self.on_revoked is not None:
             self.on_revoked(name)
@@ -177,11 +185,20 @@ class KeyRing:
         if seen is not None and self._trusted(seen):
             return seen.record
         epoch, changes, started = self._epoch, self._changes, self._clock()
-        record = await self.collection.find_one({"_id": key_id})
+        self._reading[key_id] = self._reading.get(key_id, 0) + 1
+        try:
+            record = await self.collection.find_one({"_id": key_id})
+        finally:
+            self._reading[key_id] -= 1
+            if not self._reading[key_id]:
+                del self._reading[key_id]
+        if self._last_change.get(key_id, 0) > changes:
+            # A change delivered during the read is newer than what was read.
+            newer = self._seen.get(key_id)
+            return newer.record if newer is not None else None
         if record is None:
             self._seen.pop(key_id, None)
-        elif self._changes == changes and self._following:
-            # A change delivered during the read may be newer than what was read.
+        elif self._following:
             self._seen[key_id] = _Seen(record, started, epoch)
         return record
 
