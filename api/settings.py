@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import time
 from pathlib import Path
 
 from pydantic import Field, SecretStr, model_validator
@@ -30,6 +31,8 @@ LIMITS = (
     "rate_limit_burst",
     "failed_auth_per_second",
     "failed_auth_burst",
+    "rate_limit_store_timeout_seconds",
+    "rate_limit_fallback_seconds",
     "ws_connection_init_timeout_seconds",
     "ws_max_operations_per_connection",
     "ws_max_subscriptions_per_key",
@@ -109,6 +112,33 @@ class Settings(BaseSettings):
         ge=0,
         description="Attempts younger than this are left to their notifications.",
     )
+    job_lease_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="How long a process holds the lease of a background sweep (expiry, "
+        "reconciliation) between renewals; a process that dies mid-sweep leaves the sweep "
+        "to another after this (docs/deployment.md).",
+    )
+    bill_reconcile: bool = Field(
+        default=True,
+        description="Reconcile yesterday's bills (Beijing day) daily, once per cluster.",
+    )
+    bill_reconcile_at: str = Field(
+        default="10:00",
+        pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$",
+        description="Beijing time (HH:MM) after which the daily bill reconciliation runs; "
+        "the platforms publish day D on D+1 in the morning.",
+    )
+    bill_tolerance_seconds: int = Field(
+        default=300,
+        ge=0,
+        le=3600,
+        description="How far our time of a payment or refund may lie from the platform's "
+        "across midnight and still count as that bill day's (docs/reconciliation.md).",
+    )
+    discrepancy_stale_days: int = Field(
+        default=3, ge=0, description="An open discrepancy older than this many days is flagged."
+    )
     max_body_bytes: int = Field(
         default=MIB, ge=1024, description="Bytes of an HTTP body or a WebSocket message."
     )
@@ -168,6 +198,16 @@ class Settings(BaseSettings):
     )
     failed_auth_burst: int = Field(
         default=10, ge=1, description="Failed authentications an address may make at once."
+    )
+    rate_limit_store_timeout_seconds: float = Field(
+        default=0.5,
+        gt=0,
+        description="Time a rate-limit spend may wait for the store before this process decides.",
+    )
+    rate_limit_fallback_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="After the store failed a rate-limit spend, how long budgets stay per process.",
     )
     ws_connection_init_timeout_seconds: float = Field(
         default=5.0, gt=0, description="A WebSocket must send connection_init within this (4408)."
@@ -254,6 +294,12 @@ class Settings(BaseSettings):
                 "when its lease ends would be sent twice"
             )
         return self
+
+    @property
+    def bill_reconcile_time(self) -> time:
+        """``bill_reconcile_at`` as a time of day (Beijing)."""
+        hours, minutes = self.bill_reconcile_at.split(":")
+        return time(int(hours), int(minutes))
 
     def pii_master_key(self) -> bytes:
         """The PII key from BRANCHPAY_PII_KEY or BRANCHPAY_PII_KEY_FILE, never the repository."""

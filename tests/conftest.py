@@ -36,6 +36,24 @@ from api.plugins import hookimpl
 from api.plugins.contract import PaymentMethod, Provider
 from api.plugins.manager import installed_providers, new_plugin_manager
 
+# Services the tests start do not run the daily bill reconciliation on their own (it would
+# download and write a reconciliation in the middle of unrelated tests); its tests turn it on.
+os.environ.setdefault("BRANCHPAY_BILL_RECONCILE", "0")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def simulators_publish_today() -> Iterator[None]:
+    """Every gateway simulator the suite starts publishes the current day's bill so far.
+
+    (``providers.kit.bills``: the real platforms publish day D on D+1; a test
+    reconciles today's payments.) Tests of the D+1 rule say so to their simulator.
+    """
+    from providers.kit.bills import CURRENT_DAY_ENV
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CURRENT_DAY_ENV, "1")
+        yield
+
 
 @pytest.fixture(scope="session")
 def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import time
 from pathlib import Path
+
+import pydantic
+import pytest
 
 from api.settings import LIMITS, Settings
 from api.web import websocket
@@ -36,3 +40,11 @@ def test_the_websocket_close_codes_are_documented() -> None:
     assert codes
     for code in [*codes, 4401, 4408, 4409]:
         assert f"| {code} |" in SECURITY
+
+
+@pytest.mark.parametrize("bad", ["24:00", "9:30", "10:60", "ten"])
+def test_the_daily_bill_reconciliation_time_is_a_time_of_day(bad: str) -> None:
+    assert Settings(bill_reconcile_at="09:30").bill_reconcile_time == time(9, 30)
+    assert Settings().bill_reconcile_time == time(10, 0)
+    with pytest.raises(pydantic.ValidationError):
+        Settings(bill_reconcile_at=bad)

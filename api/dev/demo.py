@@ -6,11 +6,17 @@ keys under ``.data/secrets``; its simulator is served on loopback (the port
 ``BRANCHPAY_SIMULATOR_PORT`` plus its place in provider-name order, or a free
 port when that setting is 0) and its URL written to
 ``.data/secrets/<provider>.gateway``, which the shipped plugins.toml reads.
+
+The demo's simulators publish the current Beijing day's bill so far (the
+simulator kit's ``BRANCHPAY_SIMULATOR_BILLS_CURRENT_DAY`` setting, turned on
+here unless it is set), so ``branchpay reconcile bills`` can reconcile today's
+demo payments without waiting for the platforms' D+1.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 import pluggy
@@ -50,8 +56,11 @@ def start_demo_simulators(
     console: Console,
 ) -> dict[str, str]:
     """Serve every demo gateway's simulator until ``stack`` closes; provider -> its URL."""
+    from providers.kit.bills import CURRENT_DAY_ENV
     from providers.kit.loopback import LoopbackServer
 
+    # Before any simulator is made: a simulator's bill book reads it when created.
+    os.environ.setdefault(CURRENT_DAY_ENV, "1")
     gateways = demo_gateways(plugins)
     wanted = ports(gateways, base_port)
     started: dict[str, str] = {}

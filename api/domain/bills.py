@@ -121,3 +121,137 @@ def yuan_to_fen(text: str) -> int:
 def fen_to_yuan(fen: int, places: int = 2) -> str:
     """Fen as a yuan string with ``places`` decimals (a bill's own way of writing it)."""
     return f"{Decimal(fen).scaleb(-2):.{places}f}"
+
+
+# --- reconciliation: what a bill line against our record means --------------------------
+
+
+class DiscrepancyKind(enum.StrEnum):
+    """What a reconciliation found wrong with one line (docs/reconciliation.md)."""
+
+    MISSING_LOCALLY = "MISSING_LOCALLY"  # on the bill, unknown to us
+    MISSING_ON_PLATFORM = "MISSING_ON_PLATFORM"  # we hold it succeeded, the bill does not
+    AMOUNT_MISMATCH = "AMOUNT_MISMATCH"  # the bill's amount is not ours
+    STATUS_MISMATCH = "STATUS_MISMATCH"  # the bill's status is not ours
+    DUPLICATE_ON_BILL = "DUPLICATE_ON_BILL"  # the same line twice on the bill
+
+
+# Our statuses that agree with a bill's SUCCEEDED: a payment that was paid (refunds
+# since then do not undo the payment line), a refund line that was paid out.
+PAID_PAYMENT_STATUSES = frozenset({"SUCCEEDED", "PARTIALLY_REFUNDED", "REFUNDED"})
+_AGREES: dict[tuple[BillLineKind, BillLineStatus], frozenset[str]] = {
+    (BillLineKind.PAYMENT, BillLineStatus.SUCCEEDED): PAID_PAYMENT_STATUSES,
+    (BillLineKind.PAYMENT, BillLineStatus.PENDING): frozenset({"PENDING"}),
+    (BillLineKind.PAYMENT, BillLineStatus.FAILED): frozenset({"FAILED", "CLOSED"}),
+    (BillLineKind.REFUND, BillLineStatus.SUCCEEDED): frozenset({"SUCCEEDED"}),
+    (BillLineKind.REFUND, BillLineStatus.PENDING): frozenset({"PENDING"}),
+    (BillLineKind.REFUND, BillLineStatus.FAILED): frozenset({"FAILED"}),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class OurRecord:
+    """Our side of a bill line: the attempt (payment line) or its refund line (refund line).
+
+    ``status`` is our PaymentStatus or RefundStatus value; ``at`` our time of it
+    (a payment's ``paidAt``, a succeeded refund line's ``updatedAt``), None when
+    it has not succeeded.
+    """
+
+    kind: BillLineKind
+    out_trade_no: str
+    amount_fen: int
+    status: str
+    at: datetime | None = None
+    out_refund_no: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.kind.value, self.out_trade_no, self.out_refund_no or "")
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What a bill line against our record means: its discrepancies (none: matched).
+
+    ``resolvable``: the bill says succeeded and we still hold it PENDING, a missed
+    notification that asking the platform (or resubmitting the refund) settles.
+    """
+
+    kinds: tuple[DiscrepancyKind, ...]
+    resolvable: bool = False
+
+    @property
+    def matched(self) -> bool:
+        return not self.kinds
+
+
+def judge(line: BillLine, ours: OurRecord | None) -> Verdict:
+    """Match a bill line with our record of the same key, by id alone (no time condition)."""
+    if ours is None:
+        return Verdict((DiscrepancyKind.MISSING_LOCALLY,))
+    kinds: list[DiscrepancyKind] = []
+    resolvable = False
+    if line.amount_fen != ours.amount_fen:
+        kinds.append(DiscrepancyKind.AMOUNT_MISMATCH)
+    if ours.status not in _AGREES[(line.kind, line.status)]:
+        kinds.append(DiscrepancyKind.STATUS_MISMATCH)
+        resolvable = line.status is BillLineStatus.SUCCEEDED and ours.status == "PENDING"
+    return Verdict(tuple(kinds), resolvable)
+
+
+def succeeded(record: OurRecord) -> bool:
+    """Whether our record counts as money moved (what MISSING_ON_PLATFORM looks for)."""
+    if record.kind is BillLineKind.PAYMENT:
+        return record.status in PAID_PAYMENT_STATUSES
+    return record.status == "SUCCEEDED"
+
+
+def missing_window(day: date, tolerance: timedelta) -> tuple[datetime, datetime]:
+    """Where day ``day``'s run looks for records the bill lacks: [S - tau, E - tau).
+
+    A record in [E - tau, E) is left to the next day's run, whose window starts
+    there: a payment at 23:59:59 that the platform bills on the next day is
+    matched there and flagged on neither day.
+    """
+    start, end = day_bounds(day)
+    return start - tolerance, end - tolerance
+
+
+def needs_mark(at: datetime | None, day: date, tolerance: timedelta) -> bool:
+    """Whether a record matched on day ``day``'s bill gets a boundary mark.
+
+    One whose time lies outside [S + tau, E - tau) may fall in a neighbouring
+    day's window; the mark tells that day's run it was billed (on ``day``).
+    A record without a time of ours (not succeeded) is in no window: no mark.
+    """
+    if at is None:
+        return False
+    start, end = day_bounds(day)
+    return not (start + tolerance <= at < end - tolerance)
+
+
+def mark_id(branch: str, provider: str, key: tuple[str, str, str]) -> str:
+    """A bill mark's ``_id``: ``{branch}:{provider}:{kind}:{outTradeNo}:{outRefundNo}``."""
+    return ":".join((branch, provider, *key))
+
+
+def reconciliation_id(branch: str, provider: str, day: date) -> str:
+    """One per (branch, provider, bill date): ``{branch}:{provider}:{YYYY-MM-DD}``."""
+    return f"{branch}:{provider}:{day.isoformat()}"
+
+
+def discrepancy_id(reconciliation: str, kind: DiscrepancyKind, key: tuple[str, str, str]) -> str:
+    """Deterministic, so a re-run finds the same discrepancy instead of adding a second."""
+    _, out_trade_no, out_refund_no = key
+    return f"{reconciliation}:{kind.value}:{out_trade_no}:{out_refund_no}"
+
+
+def age_in_days(detected_at: datetime, now: datetime) -> int:
+    """Beijing days from the day of ``detected_at`` to the day of ``now`` (0: the same day)."""
+    return max(0, (beijing_day(now) - beijing_day(detected_at)).days)
+
+
+def is_stale(age_days: int, stale_days: int) -> bool:
+    """An open discrepancy older than ``stale_days`` is flagged."""
+    return age_days > stale_days

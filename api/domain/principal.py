@@ -26,6 +26,7 @@ class Permission(enum.StrEnum):
     SEE_PII = "see_pii"  # unmasked phone and ID card numbers
     AUDIT = "audit"  # the audit log
     WEBHOOKS = "webhooks"  # manage webhook endpoints of its branches, see their deliveries
+    RECONCILE = "reconcile"  # run bill reconciliations, read and resolve their discrepancies
     ALL_BRANCHES = "all_branches"
 
 
@@ -39,6 +40,7 @@ GRANTS: dict[Role, frozenset[Permission]] = {
             Permission.ADMIN,
             Permission.SEE_PII,
             Permission.WEBHOOKS,
+            Permission.RECONCILE,
         }
     ),
     Role.OPS: frozenset(Permission),

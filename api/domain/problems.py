@@ -56,6 +56,11 @@ class UserErrorCode(enum.StrEnum):
     INVALID_TIME = "INVALID_TIME"  # a time without a time zone
     TOO_MANY_WEBHOOK_ENDPOINTS = "TOO_MANY_WEBHOOK_ENDPOINTS"  # 20 per branch at most
     WEBHOOK_OWNER_REVOKED = "WEBHOOK_OWNER_REVOKED"  # a key of the owner's role must take it over
+    BILLS_NOT_SUPPORTED = "BILLS_NOT_SUPPORTED"  # the provider cannot download daily bills
+    INVALID_DATE = "INVALID_DATE"  # a bill date in the future, or a range ending before it starts
+    DISCREPANCY_NOT_FOUND = "DISCREPANCY_NOT_FOUND"  # no such discrepancy (or not the key's)
+    DISCREPANCY_RESOLVED = "DISCREPANCY_RESOLVED"  # the discrepancy is resolved already
+    INVALID_NOTE = "INVALID_NOTE"  # a resolution note empty, too long or not text
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,3 +70,15 @@ class Problem:
     field: tuple[str, ...]
     message: str
     code: UserErrorCode
+
+
+class ServiceError(Exception):
+    """A service's refusal of a request, with the one :class:`Problem` that says why."""
+
+    def __init__(self, code: UserErrorCode, message: str, field: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.problem = Problem(field, message, code)
+
+    @property
+    def code(self) -> UserErrorCode:
+        return self.problem.code

@@ -166,6 +166,13 @@ DELIVERIES_CURSOR = TextLimit(
     min_chars=24,
     rule="an `endCursor` `deliveries` returned",
 )
+DISCREPANCY_NOTE = TextLimit(
+    "`resolveDiscrepancy` `note`",
+    500,
+    min_chars=1,
+    multiline=True,
+    rule="free text; tab and line breaks allowed",
+)
 
 LIMITS: tuple[TextLimit, ...] = (
     CUSTOMER_NAME,
@@ -184,4 +191,5 @@ LIMITS: tuple[TextLimit, ...] = (
     ORDERS_CURSOR,
     AUDIT_CURSOR,
     DELIVERIES_CURSOR,
+    DISCREPANCY_NOTE,
 )

@@ -7,15 +7,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from bson import ObjectId
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, WriteConcern
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
 from api.store.audit import AuditLog
+from api.store.bills import BillRepository
 from api.store.catalog import CatalogRepository
 from api.store.keys import KeyRing
+from api.store.leases import Leases
 from api.store.orders import OrderRepository
 from api.store.payments import PaymentRepository
+from api.store.rate_limits import COLLECTION as RATE_LIMITS
+from api.store.rate_limits import RateBuckets
 from api.store.webhooks import Outbox, WebhookRepository
 
 Document = dict[str, Any]
@@ -66,6 +70,42 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("status", ASCENDING), ("createdAt", ASCENDING)], name="status_created"),
         IndexModel([("reservedFen", ASCENDING), ("createdAt", ASCENDING)], name="reserved_created"),
         IndexModel([("outbox.at", ASCENDING)], name="outbox", sparse=True),
+        # Bill reconciliation: the paid attempts and succeeded refund lines of a day window.
+        IndexModel(
+            [("branch", ASCENDING), ("provider", ASCENDING), ("paidAt", ASCENDING)],
+            name="branch_provider_paid",
+        ),
+        IndexModel(
+            [
+                ("branch", ASCENDING),
+                ("provider", ASCENDING),
+                ("refunds.status", ASCENDING),
+                ("refunds.updatedAt", ASCENDING),
+            ],
+            name="branch_provider_refund_updated",
+        ),
+    ],
+    # _id is "{branch}:{provider}:{YYYY-MM-DD}"; discrepancies' ids start with it.
+    "reconciliations": [
+        IndexModel(
+            [("branch", ASCENDING), ("billDate", DESCENDING), ("provider", ASCENDING)],
+            name="branch_date_provider",
+        ),
+    ],
+    "discrepancies": [
+        IndexModel(
+            [
+                ("reconciliationId", ASCENDING),
+                ("open", ASCENDING),
+                ("kind", ASCENDING),
+                ("_id", ASCENDING),
+            ],
+            name="reconciliation_open_kind",
+        ),
+        IndexModel(
+            [("branch", ASCENDING), ("open", ASCENDING), ("detectedAt", ASCENDING)],
+            name="branch_open_detected",
+        ),
     ],
     "webhook_endpoints": [
         IndexModel([("branches", ASCENDING), ("events", ASCENDING)], name="branch_event"),
@@ -93,6 +133,8 @@ INDEXES: dict[str, list[IndexModel]] = {
         ),
     ],
     "api_keys": [IndexModel([("name", ASCENDING)], unique=True, name="name")],
+    # _id is the bucket's key; a bucket past expireAt is full again, the same as none.
+    RATE_LIMITS: [IndexModel([("expireAt", ASCENDING)], expireAfterSeconds=0, name="expire")],
     "offerings": [
         IndexModel(
             [("branch", ASCENDING), ("kind", ASCENDING), ("sort", ASCENDING)], name="branch_kind"
@@ -133,12 +175,24 @@ class Store:
         self.catalog = CatalogRepository(self.db["offerings"])
         self.keys = KeyRing(self.db["api_keys"])
         self.audit = AuditLog(self.db["audit_log"])
+        # A spend lost to a crash or a failover only grants a few points twice: it
+        # need not wait for the journal or the replicas, and waits on every request.
+        self.rate_limits = RateBuckets(
+            self.db.get_collection(RATE_LIMITS, write_concern=WriteConcern(w=1, j=False))
+        )
         self.payments = PaymentRepository(
             self.db["payments"], self.db["payment_events"], self.db["refunds"]
         )
         self.webhooks = WebhookRepository(
             self.db["webhook_endpoints"], self.db["webhook_events"], self.db["webhook_deliveries"]
         )
+        self.bills = BillRepository(
+            self.db["reconciliations"],
+            self.db["discrepancies"],
+            self.db["bill_marks"],
+            self.db["payments"],
+        )
+        self.leases = Leases(self.db["leases"])
         self.order_outbox = Outbox(self.db["orders"])
         self.payment_outbox = Outbox(self.db["payments"])
 

@@ -6,6 +6,7 @@ A payment document (one attempt to pay an order through one provider)::
      outTradeNo, providerTradeNo, returnUrl, refunds: [{outRefundNo, amountFen, status,
      reason, providerRefundNo, createdAt, updatedAt}], refundedFen, reservedFen,
      flagged: {reason, at} | null, eventIds: [...], version, createdAt, updatedAt,
+     paidAt (when the platform says it was paid; set once, when newly paid),
      outbox: [{id, type, at, refund?}]}
 
 Every change of a payment is written with ``find_one_and_update`` guarded on

@@ -20,18 +20,24 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, ClassVar, NoReturn
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any, BinaryIO, ClassVar, NoReturn
 from urllib.parse import parse_qsl, urlencode
 
 import httpx
 from pydantic import BaseModel
 
 from api.plugin import (
+    BEIJING,
     ActionKind,
     AttemptState,
+    BillLine,
+    BillRejected,
+    BillTotals,
+    BillUnavailable,
+    BillUnavailableReason,
     EventKind,
     GatewayError,
     NotificationRejected,
@@ -53,6 +59,7 @@ from api.plugin import (
     load_public_key,
     to_beijing,
 )
+from providers.alipay import bills
 from providers.alipay.amounts import AmountError, fen_to_yuan, yuan_to_fen
 from providers.alipay.settings import AlipaySettings
 from providers.alipay.signing import (
@@ -81,6 +88,15 @@ _SUBJECT_MAX = 256
 # Gateway answers that mean "not processed, try again with the same parameters".
 _RETRY_CODES = frozenset({"20000"})
 _RETRY_SUB_CODES = frozenset({"ACQ.SYSTEM_ERROR", "aop.ACQ.SYSTEM_ERROR", "isp.unknow-error"})
+# The bill query's refusals. Alipay's own answers do not tell "not generated yet"
+# from "no bill" (its docs say BILL_NOT_EXIST, the wild sees isp.bill_not_exist,
+# a day not due yet gets 参数不合法); the simulator's isp.bill_not_ready does.
+_BILL_NOT_READY = frozenset({bills.NOT_READY})
+_BILL_NOT_EXIST = frozenset({bills.NOT_EXIST, "BILL_NOT_EXIST"})
+_BILL_BAD_ARGUMENTS = frozenset({bills.BAD_ARGUMENTS, "INVAILID_ARGUMENTS", "INVALID_ARGUMENTS"})
+# Day D's bill is written "一般于次日 9 点前" (Beijing); before D+1 10:00 a refusal means "not yet".
+_BILL_DUE = time(10)
+_ZIP_MAGIC = b"PK\x03\x04"
 
 
 @dataclass(frozen=True, slots=True)
@@ -488,6 +504,98 @@ class AlipayProvider(Provider):
             raise GatewayError(f"Alipay cannot close the attempt: it is {state.value.lower()}")
         raise GatewayError(f"Alipay refused to close the attempt: {reply.describe()}")
 
+    # --- daily bills ----------------------------------------------------------
+
+    async def download_bill(self, day: date, destination: BinaryIO) -> None:
+        """Ask for the link to the trade bill of ``day`` and write the zip behind it.
+
+        The query is signed and its answer verified like every call; the link is a
+        plain GET that lasts 30 seconds, so it is fetched at once, streamed into
+        ``destination`` as it arrives. A day without business is an empty bill
+        (``bill_file_code=EMPTY_DATA_WITH_BILL_FILE``), downloaded like any other.
+        """
+        if self._bill_account() is None:
+            raise GatewayError(_NO_SELLER_ID)
+        reply = await self._call(
+            bills.BILL_METHOD,
+            {"bill_type": "trade", "bill_date": day.isoformat()},
+            repeatable=True,
+            ref=day.isoformat(),
+        )
+        if not reply.ok:
+            reason = bill_unavailable_reason(reply.sub_code, day, datetime.now(UTC))
+            if reason is BillUnavailableReason.NOT_READY:
+                raise BillUnavailable(
+                    f"Alipay has not published the bill of {day} yet ({reply.describe()}); "
+                    "ask again later",
+                    reason=reason,
+                )
+            if reason is BillUnavailableReason.NO_BILL:
+                raise BillUnavailable(
+                    f"Alipay has no bill for {day} ({reply.describe()})", reason=reason
+                )
+            raise GatewayError(
+                f"Alipay bill query for {day} failed: {reply.describe()}", retryable=True
+            )
+        url = reply.body.get("bill_download_url")
+        if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+            raise GatewayError("Alipay's bill answer has no download URL", retryable=True)
+        size = await self._fetch_bill(url, destination)
+        logger.info(
+            "alipay bill of %s for branch %s downloaded: %d bytes%s",
+            day,
+            self.branch,
+            size,
+            " (no business that day)"
+            if reply.body.get("bill_file_code") == bills.EMPTY_DATA_WITH_BILL_FILE
+            else "",
+        )
+
+    async def _fetch_bill(self, url: str, destination: BinaryIO) -> int:
+        """GET the bill link into ``destination``; the byte count. Never logs the link."""
+        written = 0
+        head: bytes | None = b""
+        try:
+            async with self.http.stream(
+                "GET", url, timeout=self.config.timeout_seconds
+            ) as response:
+                if response.status_code != 200:
+                    raise GatewayError(
+                        f"Alipay's bill download answered HTTP {response.status_code}",
+                        retryable=True,
+                    )
+                async for chunk in response.aiter_bytes():
+                    if head is not None:
+                        # An expired link answers text, not a zip: look before writing.
+                        head += chunk
+                        if len(head) < len(_ZIP_MAGIC):
+                            continue
+                        if not head.startswith(_ZIP_MAGIC):
+                            raise GatewayError(_download_refusal(head), retryable=True)
+                        chunk, head = head, None
+                    destination.write(chunk)
+                    written += len(chunk)
+        except httpx.HTTPError as error:
+            raise GatewayError(
+                f"Alipay's bill download failed ({type(error).__name__})", retryable=True
+            ) from None
+        if head is not None:
+            raise GatewayError(_download_refusal(head), retryable=True)
+        return written
+
+    def read_bill(self, source: BinaryIO) -> Iterator[BillLine | BillTotals]:
+        """The lines of a bill :meth:`download_bill` wrote, then its totals, as they are read.
+
+        The bill's ``#账号`` must be this branch's merchant: ``seller_id`` + ``0156``.
+        """
+        account = self._bill_account()
+        if account is None:
+            raise BillRejected(_NO_SELLER_ID)
+        yield from bills.read_bill(source, account=account)
+
+    def _bill_account(self) -> str | None:
+        return bills.account_of(self.config.seller_id) if self.config.seller_id else None
+
     # --- gateway calls --------------------------------------------------------
 
     def _signed_params(
@@ -591,7 +699,41 @@ class AlipayProvider(Provider):
         )
 
 
-_READ_ONLY = frozenset({"alipay.trade.query", "alipay.trade.fastpay.refund.query"})
+_READ_ONLY = frozenset(
+    {"alipay.trade.query", "alipay.trade.fastpay.refund.query", bills.BILL_METHOD}
+)
+_NO_SELLER_ID = (
+    "Alipay bills need seller_id (the merchant PID, 2088 and 12 digits) in the branch's "
+    "settings: a bill is accepted only when its account is that merchant's"
+)
+
+
+def bill_unavailable_reason(
+    sub_code: str | None, day: date, now: datetime
+) -> BillUnavailableReason | None:
+    """What a refusal of the bill query for ``day`` means at ``now``; None: a plain failure.
+
+    A refusal that only says "no bill" or "bad arguments" before the day is due
+    (D+1 10:00 Beijing) means the bill is not written yet; "no bill" after that
+    is believed.
+    """
+    if sub_code in _BILL_NOT_READY:
+        return BillUnavailableReason.NOT_READY
+    if sub_code not in _BILL_NOT_EXIST and sub_code not in _BILL_BAD_ARGUMENTS:
+        return None
+    due = datetime.combine(day + timedelta(days=1), _BILL_DUE, tzinfo=BEIJING)
+    if now < due:
+        return BillUnavailableReason.NOT_READY
+    return BillUnavailableReason.NO_BILL if sub_code in _BILL_NOT_EXIST else None
+
+
+def _download_refusal(head: bytes) -> str:
+    text = re.sub(r"<[^>]*>|\s+", " ", head[:300].decode("gb18030", errors="replace")).strip()
+    return (
+        f"Alipay refused the bill download ({text[:80] or 'empty answer'}): "
+        "a bill link lasts 30 seconds; run again"
+    )
+
 
 # Notification fields safe to keep with the event: no buyer identity.
 _DETAIL_FIELDS = (

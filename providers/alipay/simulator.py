@@ -15,10 +15,18 @@ Endpoints:
   pays, leaves unpaid, or closes the trade.
 - ``GET|POST /qr/{code}``: what a payer's phone opens after scanning a
   precreate code; POST with ``outcome`` settles like the cashier.
+- ``GET /downloadBillFile.resource``: the daily bill that
+  ``alipay.data.dataservice.bill.downloadurl.query`` links to (a plain GET,
+  token-protected, valid ``bill_url_seconds``, 30 s as at Alipay): the zip of
+  the day's detail and summary in Alipay's layout (:mod:`providers.alipay.bills`),
+  made from the :class:`~providers.kit.bills.BillBook` in which every paid
+  trade and every refund is recorded as it completes.
 - ``/_control/...``: test and demo controls: settle a trade and fetch its
   notification without sending it, list a trade's notifications, re-send one
   (several copies, after a delay, or all of them newest first), inject
-  gateway faults, and read call counts and trade state.
+  gateway faults, and read call counts and trade state; ``/_control/bills``
+  (:func:`providers.kit.bills.bill_routes`): when bills are published and the
+  adjustments a test makes to them.
 
 Notifications are sent only to loopback notify URLs; anything else is
 recorded as not delivered, so a simulator never talks to the outside world.
@@ -34,10 +42,12 @@ import asyncio
 import html
 import json
 import logging
+import re
 import secrets
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, Literal, get_args
 from urllib.parse import parse_qsl, urlencode
 
@@ -49,7 +59,18 @@ from starlette.routing import Route
 
 from api.plugin import BEIJING, from_beijing, load_private_key, load_public_key, to_beijing
 from providers.alipay.amounts import MAX_FEN, AmountError, fen_to_yuan, yuan_to_fen
+from providers.alipay.bills import (
+    BAD_ARGUMENTS,
+    BILL_METHOD,
+    EMPTY_DATA_WITH_BILL_FILE,
+    EXPIRED_LINK,
+    NOT_EXIST,
+    NOT_READY,
+    account_of,
+    bill_zip,
+)
 from providers.alipay.signing import notification_string, request_string, sign, verify
+from providers.kit.bills import BillBook, bill_routes
 from providers.kit.simulator import Fault, FaultQueue, Notifier, control_routes, page, pay_page
 
 logger = logging.getLogger("branchpay.providers.alipay.simulator")
@@ -57,6 +78,8 @@ logger = logging.getLogger("branchpay.providers.alipay.simulator")
 DEFAULT_SELLER_ID = "2088000000000001"
 MAX_BODY_BYTES = 64 * 1024
 _TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+# The first day whose bill the simulator keeps (Alipay's SDK: "最早可下载2016年1月1日").
+FIRST_BILL_DAY = date(2016, 1, 1)
 _CASHIER_METHODS = {
     "alipay.trade.page.pay": "FAST_INSTANT_TRADE_PAY",
     "alipay.trade.wap.pay": "QUICK_WAP_WAY",
@@ -69,6 +92,7 @@ _SERVER_METHODS = frozenset(
         "alipay.trade.refund",
         "alipay.trade.fastpay.refund.query",
         "alipay.trade.close",
+        BILL_METHOD,
     }
 )
 _COMMON_REQUIRED = ("app_id", "method", "charset", "sign_type", "sign", "timestamp", "version")
@@ -118,6 +142,16 @@ class Trade:
         return sum(r.amount_fen for r in self.refunds.values())
 
 
+@dataclass(frozen=True)
+class BillFile:
+    """A bill zip a download URL hands out, until ``expires`` (``time.monotonic``)."""
+
+    token: str
+    name: str
+    data: bytes
+    expires: float
+
+
 @dataclass
 class Delivery:
     out_trade_no: str
@@ -158,6 +192,8 @@ class AlipaySimulator:
         alipay_private_key: rsa.RSAPrivateKey | str,
         seller_id: str = DEFAULT_SELLER_ID,
         any_app_key: rsa.RSAPublicKey | str | None = None,
+        publish_current_day: bool | None = None,
+        bill_url_seconds: float = 30.0,
     ) -> None:
         self.any_app_key = (
             load_public_key(any_app_key) if isinstance(any_app_key, str) else any_app_key
@@ -179,10 +215,19 @@ class AlipaySimulator:
         self.calls: dict[str, int] = {}
         self.deliveries: list[Delivery] = []
         self._wrong_key: rsa.RSAPrivateKey | None = None
+        self.bills = BillBook(publish_current_day=publish_current_day)
+        self.bill_url_seconds = bill_url_seconds
+        self.bill_files: dict[str, BillFile] = {}
         self.app = Starlette(
             routes=[
                 Route("/gateway.do", self.gateway, methods=["GET", "POST"]),
                 Route("/qr/{code}", self.qr_page, methods=["GET", "POST"]),
+                Route(
+                    "/downloadBillFile.resource",
+                    self.bill_download,
+                    methods=["GET"],
+                    name="bill_download",
+                ),
                 Route("/_control/settle/{out_trade_no}", self.control_settle, methods=["POST"]),
                 Route(
                     "/_control/notifications/{out_trade_no}",
@@ -198,6 +243,7 @@ class AlipaySimulator:
                 Route("/_control/calls", self.control_calls, methods=["GET"]),
                 Route("/_control/deliveries", self.control_deliveries, methods=["GET"]),
                 Route("/_control/trades/{out_trade_no}", self.control_trade, methods=["GET"]),
+                *bill_routes("/_control", self.bills),
                 *control_routes("/_control", notifier=self.notifier, faults=self.faults),
             ],
             lifespan=self.notifier.lifespan,
@@ -298,6 +344,8 @@ class AlipaySimulator:
     ) -> dict[str, Any]:
         if api_method == "alipay.trade.precreate":
             return self._precreate(request, app_id, biz, params)
+        if api_method == BILL_METHOD:
+            return self._bill_download_url(request, biz)
         out_trade_no = _required(biz, "out_trade_no")
         trade = self.trades.get((app_id, out_trade_no))
         if api_method == "alipay.trade.fastpay.refund.query":
@@ -421,6 +469,7 @@ class AlipaySimulator:
             raise _business("ACQ.REASON_TRADE_REFUND_FEE_ERR", "退款金额无效")
         now = datetime.now(UTC)
         trade.refunds[out_request_no] = Refund(out_request_no, refund_fen, now)
+        self.bills.record_refund(trade.out_trade_no, out_request_no, refund_fen, at=now)
         if trade.refunded_fen == trade.total_fen:
             trade.status = "TRADE_CLOSED"
             trade.closed_at = now
@@ -448,6 +497,80 @@ class AlipaySimulator:
             "refund_status": "REFUND_SUCCESS",
             "gmt_refund_pay": _fmt(refund.refunded_at),
         }
+
+    # --- daily bills ----------------------------------------------------------
+
+    def _bill_download_url(self, request: Request, biz: Mapping[str, Any]) -> dict[str, Any]:
+        """Answer the bill query: a link to the day's zip, or why there is none.
+
+        ``isp.bill_not_ready``: the day is not published yet (Alipay publishes day
+        D on D+1 before 09:00 Beijing time); ``isp.bill_not_exist``: a day before
+        2016-01-01, which Alipay no longer keeps; a day without business gets a
+        link to an empty bill and ``bill_file_code=EMPTY_DATA_WITH_BILL_FILE``.
+        """
+        if biz.get("bill_type") != "trade":
+            raise _business(BAD_ARGUMENTS, "参数不合法: bill_type (模拟器只提供 trade)")
+        text = str(biz.get("bill_date", ""))
+        try:
+            if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", text):
+                raise ValueError(text)
+            day = date.fromisoformat(text)
+        except ValueError:
+            raise _business(BAD_ARGUMENTS, "参数不合法: bill_date 应为 yyyy-MM-dd") from None
+        if day < FIRST_BILL_DAY:
+            raise _business(NOT_EXIST, "账单不存在")
+        now = datetime.now(UTC)
+        if self.bills.availability(day, now) is not None:
+            raise _business(NOT_READY, "账单尚未生成, 当日账单于次日 9 点后提供")
+        entries = self.bills.entries_of(day, now)
+        account = account_of(self.seller_id)
+        file_id = secrets.token_hex(12)
+        clock = time.monotonic()
+        for stale in [k for k, f in self.bill_files.items() if f.expires <= clock]:
+            del self.bill_files[stale]
+        bill = BillFile(
+            token=secrets.token_urlsafe(24),
+            name=f"{account}_{day:%Y%m%d}.csv.zip",
+            data=bill_zip(account, day, entries, exported_at=now),
+            expires=clock + self.bill_url_seconds,
+        )
+        self.bill_files[file_id] = bill
+        query = urlencode(
+            {
+                "bizType": "trade",
+                "userId": account,
+                "fileType": "csv.zip",
+                "bizDates": f"{day:%Y%m%d}",
+                "downloadFileName": bill.name,
+                "fileId": file_id,
+                "timestamp": str(int(now.timestamp() * 1000)),
+                "token": bill.token,
+            }
+        )
+        content: dict[str, Any] = {
+            "code": "10000",
+            "msg": "Success",
+            "bill_download_url": f"{request.url_for('bill_download')}?{query}",
+        }
+        if not entries:
+            content["bill_file_code"] = EMPTY_DATA_WITH_BILL_FILE
+        return content
+
+    async def bill_download(self, request: Request) -> Response:
+        """The zip behind a bill URL; an expired or wrong link gets Alipay's text instead."""
+        bill = self.bill_files.get(request.query_params.get("fileId", ""))
+        token = request.query_params.get("token", "")
+        if (
+            bill is None
+            or bill.expires <= time.monotonic()
+            or not secrets.compare_digest(bill.token.encode(), token.encode())
+        ):
+            return Response(EXPIRED_LINK.encode("gbk"), media_type="text/html;charset=GBK")
+        return Response(
+            bill.data,
+            media_type="application/oct-stream",
+            headers={"content-disposition": f'attachment; filename="{bill.name}"'},
+        )
 
     # --- cashier and QR pages -------------------------------------------------
 
@@ -510,6 +633,15 @@ class AlipaySimulator:
         if outcome == "success":
             trade.status = "TRADE_SUCCESS"
             trade.paid_at = now
+            self.bills.record_payment(
+                trade.out_trade_no,
+                trade.trade_no,
+                trade.total_fen,
+                created_at=trade.created_at,
+                at=now,
+                subject=trade.subject,
+                app_id=trade.app_id,
+            )
         elif outcome == "close":
             trade.status = "TRADE_CLOSED"
             trade.closed_at = now
@@ -738,18 +870,28 @@ def create_app(
     alipay_private_key: rsa.RSAPrivateKey | str,
     seller_id: str = DEFAULT_SELLER_ID,
     any_app_key: rsa.RSAPublicKey | str | None = None,
+    publish_current_day: bool | None = None,
+    bill_url_seconds: float = 30.0,
 ) -> Starlette:
     """The simulated gateway for the given apps (app_id -> merchant public key).
 
     ``any_app_key``, when given, is the merchant key of every other app_id (the
-    demo shares one key pair between its branches). The
-    :class:`AlipaySimulator` behind the app is ``app.state.simulator``.
+    demo shares one key pair between its branches). ``seller_id`` is the
+    merchant PID of every app; its bill account is the PID with ``0156``.
+    ``publish_current_day``: bills of every day up to now, today's so far
+    included, instead of day D from D+1 09:00 Beijing time (None: the
+    ``BRANCHPAY_SIMULATOR_BILLS_CURRENT_DAY`` setting decides; the control
+    ``PUT /_control/bills`` changes it). ``bill_url_seconds``: how long a bill
+    download URL stays valid. The :class:`AlipaySimulator` behind the app is
+    ``app.state.simulator``.
     """
     return AlipaySimulator(
         apps=apps,
         alipay_private_key=alipay_private_key,
         seller_id=seller_id,
         any_app_key=any_app_key,
+        publish_current_day=publish_current_day,
+        bill_url_seconds=bill_url_seconds,
     ).app
 
 

@@ -9,8 +9,10 @@ that :meth:`~BillBook.availability` says ``NOT_READY``. With
 ``publish_current_day`` on, every day up to now is published, the current
 Beijing day so far included, so a demo or a test can reconcile today's payments.
 
-The setting ``BRANCHPAY_SIMULATOR_BILLS_CURRENT_DAY=1`` (``make run`` and the test
-suite set it) turns ``publish_current_day`` on for every book not told otherwise.
+The setting ``BRANCHPAY_SIMULATOR_BILLS_CURRENT_DAY=1`` (``make run``, ``branchpay
+serve --demo`` and the test suite set it: tests/conftest.py) turns
+``publish_current_day`` on for every book not told otherwise (docs/providers.md,
+docs/plugin-authors.md).
 
 Tests change a bill through :func:`bill_routes` (under the simulator's control
 prefix), each change applied to whichever day the line falls on:
@@ -142,6 +144,7 @@ class BillBook:
             current_day_default() if publish_current_day is None else publish_current_day
         )
         self.entries: list[BillEntry] = []
+        self._by_key: dict[tuple[str, str, str], BillEntry] = {}
         self.adjustments: list[Adjustment] = []
 
     # --- the ledger -------------------------------------------------------------------
@@ -161,9 +164,8 @@ class BillBook:
         **extra: Any,
     ) -> BillEntry:
         """Record a payment the platform completed (once per trade: a repeat is ignored)."""
-        for entry in self.entries:
-            if entry.key == (PAYMENT, out_trade_no, ""):
-                return entry
+        if (known := self._by_key.get((PAYMENT, out_trade_no, ""))) is not None:
+            return known
         entry = BillEntry(
             kind=PAYMENT,
             out_trade_no=out_trade_no,
@@ -176,6 +178,7 @@ class BillBook:
             extra=dict(extra),
         )
         self.entries.append(entry)
+        self._by_key[entry.key] = entry
         return entry
 
     def record_refund(
@@ -189,9 +192,8 @@ class BillBook:
         **extra: Any,
     ) -> BillEntry:
         """Record a refund the platform paid out, of a payment recorded before."""
-        for entry in self.entries:
-            if entry.key == (REFUND, out_trade_no, out_refund_no):
-                return entry
+        if (known := self._by_key.get((REFUND, out_trade_no, out_refund_no))) is not None:
+            return known
         payment = self.payment(out_trade_no)
         if payment is None:
             raise LookupError(f"no payment {out_trade_no} to refund")
@@ -209,13 +211,11 @@ class BillBook:
             extra={**payment.extra, **extra},
         )
         self.entries.append(entry)
+        self._by_key[entry.key] = entry
         return entry
 
     def payment(self, out_trade_no: str) -> BillEntry | None:
-        return next(
-            (e for e in self.entries if e.key == (PAYMENT, out_trade_no, "")),
-            None,
-        )
+        return self._by_key.get((PAYMENT, out_trade_no, ""))
 
     # --- publication ------------------------------------------------------------------
 

@@ -18,6 +18,14 @@ attempt's action before it is settled, to follow it as the payer would (open
 the URL, post the form, hand the payload to the app), for platforms that learn
 of an attempt only then. No failure message ever shows a secret's value.
 
+A provider with daily bills (:attr:`~api.plugin.Provider.supports_bills`) also
+gets the bill cases: a payment and its partial refund are on the day's bill,
+read back as :class:`~api.plugin.BillLine` records whose totals add up; a day
+still to come is ``NOT_READY``; reading is lazy. They fetch today's bill, so the
+simulator must publish the current day (a :class:`~providers.kit.bills.BillBook`
+does with ``BRANCHPAY_SIMULATOR_BILLS_CURRENT_DAY=1``, which branchpay's own
+suite sets). Without bills these cases skip and say so: bills are optional.
+
 Each case opens fresh attempts with their own ``out_trade_no``, so the suite
 runs against one long-lived simulator. A failing case names the contract
 clause it checks in its assertion message.
@@ -25,16 +33,26 @@ clause it checks in its assertion message.
 
 from __future__ import annotations
 
+import asyncio
+import io
 import re
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import BaseModel, SecretBytes, SecretStr
 
+from api.plugin import beijing_day
 from api.plugins.contract import (
     ActionKind,
     AttemptState,
+    BillLine,
+    BillLineKind,
+    BillTotals,
+    BillUnavailable,
+    BillUnavailableReason,
     EventKind,
     GatewayError,
     NotificationRejected,
@@ -71,6 +89,44 @@ _FIELD_OF_KIND = {
     ActionKind.FORM_POST: "form_html",
     ActionKind.APP_SDK: "app_payload",
 }
+
+
+# How far a bill line's time may lie from when the kit made it happen.
+_BILL_CLOCK_SLACK = timedelta(minutes=5)
+# How long the kit waits for a refund the platform answered PENDING to reach the bill.
+_BILL_WAIT_SECONDS = 5.0
+
+
+class _Trickle(io.RawIOBase):
+    """A file handed out a few bytes per read, so a lazy reader stops well before the end."""
+
+    def __init__(self, path: Path, chunk: int = 64) -> None:
+        self._file = path.open("rb")
+        self._chunk = chunk
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._file.read(min(len(buffer), self._chunk))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
 
 
 def new_out_trade_no() -> str:
@@ -582,3 +638,206 @@ class ProviderConformance:
             assert result.state is not AttemptState.SUCCEEDED, (
                 f"query after settle(outcome={outcome!r}) claims the attempt SUCCEEDED"
             )
+
+    # --- daily bills (optional) -----------------------------------------------------
+
+    @staticmethod
+    def _needs_bills(provider: Provider) -> None:
+        if not provider.supports_bills:
+            pytest.skip(
+                f"{type(provider).__name__} does not support daily bills "
+                "(supports_bills is false: no download_bill/read_bill); bill cases not run"
+            )
+
+    async def bill_items(
+        self, provider: Provider, day: date, path: Path
+    ) -> list[BillLine | BillTotals]:
+        """download_bill(day) into ``path``, then every item read_bill yields."""
+        with path.open("wb") as destination:
+            try:
+                await provider.download_bill(day, destination)
+            except BillUnavailable as missing:
+                pytest.fail(
+                    f"download_bill({day}) raised BillUnavailable({missing.reason}) for a day "
+                    "the kit paid and refunded on; the bill cases need the simulator to publish "
+                    "the current day (BRANCHPAY_SIMULATOR_BILLS_CURRENT_DAY=1 for a kit BillBook)"
+                )
+        with path.open("rb") as source:
+            items = list(provider.read_bill(source))
+        for item in items:
+            assert isinstance(item, BillLine | BillTotals), (
+                f"read_bill yielded a {type(item).__name__}; only BillLine and BillTotals"
+            )
+        totals = [i for i in items if isinstance(i, BillTotals)]
+        assert len(totals) <= 1 and (not totals or items[-1] is totals[0]), (
+            "read_bill must yield at most one BillTotals, after every BillLine"
+        )
+        return items
+
+    async def test_bill_has_the_payment_and_the_refund(
+        self,
+        provider: Provider,
+        gateway: GatewayDriver,
+        amount_fen: int,
+        notify_url: str,
+        payment_methods: tuple[PaymentMethod, ...],
+        tmp_path: Path,
+    ) -> None:
+        self._needs_bills(provider)
+        assert amount_fen >= 2, "the bill cases need an amount_fen of at least 2"
+        started = datetime.now(UTC)
+        out_trade_no, _, _ = await self.paid_attempt(
+            provider, gateway, amount_fen, notify_url, payment_methods[0]
+        )
+        refund_fen = amount_fen // 3 or 1
+        out_refund_no = new_out_refund_no()
+        result = await self.refund(
+            provider, out_trade_no, out_refund_no, refund_fen, amount_fen, notify_url
+        )
+        assert result.state in (RefundState.SUCCEEDED, RefundState.PENDING), (
+            f"the partial refund of {refund_fen} of {amount_fen} fen gave {result.state} "
+            f"({result.message})"
+        )
+        # The day may turn at Beijing midnight while the case runs: read each day it touched.
+        days = sorted({beijing_day(started), beijing_day(datetime.now(UTC))})
+        deadline = asyncio.get_running_loop().time() + _BILL_WAIT_SECONDS
+        while True:
+            bills = {
+                day: await self.bill_items(provider, day, tmp_path / f"{day}.bill") for day in days
+            }
+            lines = [i for items in bills.values() for i in items if isinstance(i, BillLine)]
+            payments = [
+                line
+                for line in lines
+                if line.kind is BillLineKind.PAYMENT and line.out_trade_no == out_trade_no
+            ]
+            refunds = [
+                line
+                for line in lines
+                if line.kind is BillLineKind.REFUND and line.out_refund_no == out_refund_no
+            ]
+            if refunds or asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.5)  # a PENDING refund: the platform completes it soon
+        finished = datetime.now(UTC)
+
+        assert len(payments) == 1, (
+            f"the bill of {', '.join(map(str, days))} has {len(payments)} PAYMENT lines for "
+            f"out_trade_no {out_trade_no}; expected exactly one"
+        )
+        assert len(refunds) == 1, (
+            f"the bill of {', '.join(map(str, days))} has {len(refunds)} REFUND lines for "
+            f"out_refund_no {out_refund_no}; expected exactly one"
+        )
+        payment, refund = payments[0], refunds[0]
+        assert payment.amount_fen == amount_fen, (
+            f"the payment line says {payment.amount_fen} fen, the attempt paid {amount_fen}"
+        )
+        assert not payment.out_refund_no, "a PAYMENT line must not carry an out_refund_no"
+        assert refund.out_trade_no == out_trade_no, (
+            f"the refund line names out_trade_no {refund.out_trade_no!r}, the refunded "
+            f"payment was {out_trade_no!r}"
+        )
+        assert refund.amount_fen == refund_fen, (
+            f"the refund line says {refund.amount_fen} fen (refund amounts are positive), "
+            f"the refund was {refund_fen}"
+        )
+        for what, line in (("payment", payment), ("refund", refund)):
+            assert isinstance(line.fee_fen, int) and not isinstance(line.fee_fen, bool), (
+                f"the {what} line's fee_fen must be an int count of fen"
+            )
+            moment = line.occurred_at
+            assert moment.tzinfo is not None and moment.utcoffset() is not None, (
+                f"the {what} line's occurred_at must be timezone-aware"
+            )
+            assert started - _BILL_CLOCK_SLACK <= moment <= finished + _BILL_CLOCK_SLACK, (
+                f"the {what} line's occurred_at is {moment.isoformat()}, but it happened between "
+                f"{started.isoformat()} and {finished.isoformat()} (a Beijing time read as UTC?)"
+            )
+
+    async def test_bill_totals_are_the_sums_of_its_lines(
+        self,
+        provider: Provider,
+        gateway: GatewayDriver,
+        amount_fen: int,
+        notify_url: str,
+        payment_methods: tuple[PaymentMethod, ...],
+        tmp_path: Path,
+    ) -> None:
+        self._needs_bills(provider)
+        await self.paid_attempt(provider, gateway, amount_fen, notify_url, payment_methods[0])
+        day = beijing_day(datetime.now(UTC))
+        items = await self.bill_items(provider, day, tmp_path / "totals.bill")
+        lines = [i for i in items if isinstance(i, BillLine)]
+        assert lines, f"the bill of {day} has no line, though the kit paid on it"
+        if not isinstance(items[-1], BillTotals):
+            return  # a bill without summary lines: nothing to add up
+        totals = items[-1]
+        payments = [line for line in lines if line.kind is BillLineKind.PAYMENT]
+        refunds = [line for line in lines if line.kind is BillLineKind.REFUND]
+        sums = {
+            "payment_count": len(payments),
+            "payment_fen": sum(line.amount_fen for line in payments),
+            "refund_count": len(refunds),
+            "refund_fen": sum(line.amount_fen for line in refunds),
+        }
+        stated = {name: getattr(totals, name) for name in sums}
+        assert stated == sums, (
+            f"the bill's totals {stated} are not the sums of its {len(lines)} lines {sums}"
+        )
+        fee = sum(line.fee_fen for line in lines)
+        # Each line's fee is rounded to the fen; a platform may round its total only once.
+        assert abs(totals.fee_fen - fee) * 2 <= len(lines), (
+            f"the bill's net fee {totals.fee_fen} fen is not the sum of its lines' fees "
+            f"({fee} fen), even allowing half a fen of rounding per line"
+        )
+
+    async def test_bill_of_a_day_to_come_is_not_ready(
+        self, provider: Provider, tmp_path: Path
+    ) -> None:
+        self._needs_bills(provider)
+        tomorrow = beijing_day(datetime.now(UTC)) + timedelta(days=1)
+        with (
+            (tmp_path / "tomorrow.bill").open("wb") as destination,
+            pytest.raises(BillUnavailable) as missing,
+        ):
+            await provider.download_bill(tomorrow, destination)
+            pytest.fail(f"download_bill({tomorrow}) of a day still to come returned a file")
+        assert missing.value.reason is BillUnavailableReason.NOT_READY, (
+            f"download_bill({tomorrow}) of a day still to come gave reason "
+            f"{missing.value.reason}; expected NOT_READY (ask again later)"
+        )
+
+    async def test_read_bill_is_lazy(
+        self,
+        provider: Provider,
+        gateway: GatewayDriver,
+        amount_fen: int,
+        notify_url: str,
+        payment_methods: tuple[PaymentMethod, ...],
+        tmp_path: Path,
+    ) -> None:
+        self._needs_bills(provider)
+        for _ in range(3):
+            await self.paid_attempt(provider, gateway, amount_fen, notify_url, payment_methods[0])
+        day = beijing_day(datetime.now(UTC))
+        path = tmp_path / "lazy.bill"
+        await self.bill_items(provider, day, path)
+        size = path.stat().st_size
+        with io.BufferedReader(_Trickle(path), buffer_size=64) as source:
+            items = provider.read_bill(source)
+            assert isinstance(items, Iterator), (
+                f"read_bill returned a {type(items).__name__}, not an iterator: "
+                "it must yield lines as it reads them"
+            )
+            first = next(items, None)
+            assert isinstance(first, BillLine), (
+                f"the first item read_bill yielded is {type(first).__name__}, not a BillLine"
+            )
+            position = source.tell()
+            assert position < size, (
+                f"read_bill had read all {size} bytes of the bill before yielding its first "
+                "line: it must read the file as it goes (a bill can hold millions of lines)"
+            )
+            rest = sum(1 for _ in items)
+        assert rest >= 2, "the bill of the day lost lines when read from a trickling file"

@@ -6,6 +6,12 @@ HMAC-SHA256 under the branch's shared secret (see
 time-out may have opened the attempt, so it is ``outcome_unknown``); query,
 close and refund (the simulator refunds each ``out_refund_no`` once) are safe
 to repeat and are retried with backoff before a retryable GatewayError.
+
+Daily bills: the branch's payments go to the simulator's merchant account
+``merchant_id`` (default: the branch code), whose bill of a Beijing day
+``download_bill`` fetches (``GET /api/bills/{day}``, signed like every call;
+retried like a query until the first byte of the file is written) and
+``read_bill`` reads line by line (the layout is in :mod:`providers.sandbox.bills`).
 """
 
 from __future__ import annotations
@@ -13,8 +19,10 @@ from __future__ import annotations
 import json
 import logging
 import time
-from datetime import datetime
-from typing import Any, ClassVar
+from collections.abc import Iterator
+from datetime import date, datetime
+from typing import Any, BinaryIO, ClassVar
+from urllib.parse import urlencode
 
 import httpx
 from pydantic import BaseModel, Field, SecretStr, model_validator
@@ -22,6 +30,10 @@ from pydantic import BaseModel, Field, SecretStr, model_validator
 from api.plugin import (
     ActionKind,
     AttemptState,
+    BillLine,
+    BillTotals,
+    BillUnavailable,
+    BillUnavailableReason,
     EventKind,
     GatewayError,
     GatewaySettings,
@@ -40,7 +52,7 @@ from api.plugin import (
     TransientFailure,
     call_gateway,
 )
-from providers.sandbox import signing
+from providers.sandbox import bills, signing
 
 logger = logging.getLogger("branchpay.providers.sandbox")
 
@@ -58,6 +70,10 @@ _STATE_EVENTS = {
 }
 # Refusals the simulator answers for a refund it will never make.
 _REFUND_REFUSALS = frozenset({"REFUND_EXCEEDS_PAID", "NOT_PAID", "NOT_FOUND", "REFUND_NO_REUSED"})
+_BILL_UNAVAILABLE = {
+    "BILL_NOT_READY": BillUnavailableReason.NOT_READY,
+    "NO_BILL": BillUnavailableReason.NO_BILL,
+}
 
 
 class SandboxSettings(GatewaySettings):
@@ -67,6 +83,11 @@ class SandboxSettings(GatewaySettings):
         min_length=16, description="HMAC-SHA256 key shared with the simulator"
     )
     backoff_seconds: float = Field(default=0.2, ge=0, le=10)
+    merchant_id: str | None = Field(
+        default=None,
+        pattern=r"^[0-9A-Za-z_.-]{1,64}$",
+        description="the simulator's merchant account of this branch (default: the branch code)",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -102,6 +123,11 @@ class SandboxProvider(Provider):
 
     def _url(self, path: str) -> str:
         return str(self.settings.gateway).rstrip("/") + path
+
+    @property
+    def merchant_id(self) -> str:
+        """The simulator's merchant account this branch's payments and bills belong to."""
+        return self.settings.merchant_id or self.branch
 
     # --- calls to the simulator -------------------------------------------------------
 
@@ -166,6 +192,7 @@ class SandboxProvider(Provider):
             "notify_url": request.notify_url,
             "return_url": request.return_url,
             "expires_at": request.expires_at.isoformat(),
+            "merchant_id": self.merchant_id,
         }
         # Creating is not retried here: the caller decides with the attempt in hand.
         response = await self._call("POST", "/api/payments", payload, repeatable=False)
@@ -287,3 +314,64 @@ class SandboxProvider(Provider):
         if response.status_code != 200:
             data = self._json(response)
             raise GatewayError(f"sandbox refused to close: {data.get('message', '')}")
+
+    # --- daily bills ------------------------------------------------------------------
+
+    async def download_bill(self, day: date, destination: BinaryIO) -> None:
+        path = f"/api/bills/{day.isoformat()}?{urlencode({'merchant_id': self.merchant_id})}"
+        operation = f"sandbox GET /api/bills/{day.isoformat()}"
+
+        async def send() -> None:
+            headers = signing.signed_headers(
+                self._secret, signing.request_payload("GET", path, b"")
+            )
+            async with self.http.stream(
+                "GET", self._url(path), headers=headers, timeout=self.settings.timeout_seconds
+            ) as response:
+                if response.status_code >= 500:
+                    raise TransientFailure(f"HTTP {response.status_code}")
+                if response.status_code != 200:
+                    await response.aread()
+                    self._bill_refusal(response, day)
+                written = False
+                try:
+                    async for chunk in response.aiter_bytes():
+                        destination.write(chunk)
+                        written = True
+                except httpx.HTTPError as error:
+                    if written:
+                        # Part of the file is written: not tried again over it.
+                        raise GatewayError(
+                            f"{operation} broke off mid-file ({type(error).__name__})",
+                            retryable=True,
+                        ) from None
+                    raise
+
+        await call_gateway(
+            send,
+            settings=self.settings,
+            operation=operation,
+            repeatable=True,
+            changes_state=False,
+            logger=logger,
+        )
+
+    def _bill_refusal(self, response: httpx.Response, day: date) -> None:
+        if response.status_code == 401:
+            raise GatewayError("sandbox refused the request signature (check the secret)")
+        data = self._json(response)
+        code = str(data.get("code", ""))
+        reason = _BILL_UNAVAILABLE.get(code) if response.status_code == 404 else None
+        if reason is not None:
+            raise BillUnavailable(
+                f"sandbox has no bill of {day} yet ({code})"
+                if reason is BillUnavailableReason.NOT_READY
+                else f"sandbox has no bill of {day}: {data.get('message', code)}",
+                reason=reason,
+            )
+        raise GatewayError(
+            f"sandbox refused the bill of {day}: HTTP {response.status_code} {code}".rstrip()
+        )
+
+    def read_bill(self, source: BinaryIO) -> Iterator[BillLine | BillTotals]:
+        return bills.read_bill(source, self.merchant_id)

@@ -7,9 +7,10 @@ Every request to the simulator's API and every notification it sends carries
   secret, over ``"<timestamp>." + payload``.
 
 For a notification the payload is the body. For an API request it is
-``"<METHOD> <path>\\n" + body``, so a signed GET cannot be replayed on another
-attempt's URL. A timestamp more than five minutes away from now is refused,
-which bounds replays of captured messages.
+``"<METHOD> <path>\\n" + body`` (the path with its query string, if any), so a
+signed GET cannot be replayed on another attempt's URL or another merchant's
+bill. A timestamp more than five minutes away from now is refused, which bounds
+replays of captured messages.
 """
 
 from __future__ import annotations

@@ -10,13 +10,31 @@ It keeps attempts in memory and behaves like a small real platform:
 - ``POST /app/open`` takes the APP payload the adapter signed and returns the pay URL;
 - ``GET /api/payments/{out_trade_no}`` queries, ``POST /api/refunds`` refunds
   (idempotent per ``out_refund_no``, never beyond the paid amount; notifies too),
-  ``POST /api/payments/{out_trade_no}/close`` closes an unpaid attempt.
+  ``POST /api/payments/{out_trade_no}/close`` closes an unpaid attempt;
+- ``GET /api/bills/{YYYY-MM-DD}?merchant_id=M`` serves merchant M's daily bill
+  of that Beijing day (see :mod:`providers.sandbox.bills` for the file).
+
+Each attempt belongs to the merchant account named by ``merchant_id`` in the
+create request (default ``sandbox``): branches sharing one simulator each get a
+bill of their own. Every payment the simulator completes and every refund it
+pays is recorded in its :class:`~providers.kit.bills.BillBook`, with the book's
+fee (0.6%, half up to the fen; a refund returns its share).
+
+A bill answers 404 with a JSON ``code``:
+
+- ``BILL_NOT_READY``: the day's bill is not published yet (day D is published
+  on D+1 from 09:00 Beijing time; a day still to come never is). Ask again later.
+  With ``publish_current_day`` every day up to now is published, today so far included.
+- ``NO_BILL``: there is no bill for that published day and never will be: the
+  merchant had no payment or refund completed that day, or the day lies before
+  the simulator started (its ledger begins then; the message says which).
 
 Every ``/api`` request must carry a valid signature (see
 :mod:`providers.sandbox.signing`) or gets 401. Test controls, unauthenticated
 like the pay page, live under ``/control``: settle without delivering and get
 the signed notification back, read the latest notification, re-deliver it
-(``count`` times), and inject faults (5xx answers, stalls) into ``/api`` calls.
+(``count`` times), inject faults (5xx answers, stalls) into ``/api`` calls,
+and change bills (``/control/bills``, see :mod:`providers.kit.bills`).
 """
 
 from __future__ import annotations
@@ -31,16 +49,18 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from api.plugin import BillUnavailableReason, beijing_day
+from providers.kit.bills import BillBook, bill_routes
 from providers.kit.simulator import (
     Fault,
     FaultQueue,
@@ -50,7 +70,7 @@ from providers.kit.simulator import (
     page,
     pay_page,
 )
-from providers.sandbox import signing
+from providers.sandbox import bills, signing
 
 logger = logging.getLogger("branchpay.providers.sandbox.simulator")
 
@@ -63,6 +83,8 @@ EVENT_TYPES = {
     "CLOSED": "payment.closed",
 }
 MAX_BODY_BYTES = 64 * 1024
+DEFAULT_MERCHANT = bills.DEFAULT_MERCHANT
+MERCHANT_ID = re.compile(r"^[0-9A-Za-z_.-]{1,64}$")
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -87,6 +109,8 @@ class Attempt:
     notify_url: str
     return_url: str | None
     expires_at: datetime
+    merchant_id: str = DEFAULT_MERCHANT
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     status: str = "PENDING"
     settled_at: datetime | None = None
     notification_id: str | None = None
@@ -132,9 +156,17 @@ def _now() -> datetime:
 class SandboxGateway:
     """The simulator's state and handlers; :func:`create_app` wraps it in Starlette."""
 
-    def __init__(self, secret: bytes, *, retry_delays: tuple[float, ...] = (0.5, 1.0, 2.0)):
+    def __init__(
+        self,
+        secret: bytes,
+        *,
+        retry_delays: tuple[float, ...] = (0.5, 1.0, 2.0),
+        book: BillBook | None = None,
+    ):
         self._secret = secret
         self.retry_delays = retry_delays
+        self.started_at = _now()
+        self.book = book or BillBook()
         self.attempts: dict[str, Attempt] = {}
         self.faults = FaultQueue()
         self.notifier = Notifier(retry_delays=retry_delays, timeout=5.0)
@@ -170,6 +202,16 @@ class SandboxGateway:
             return None
         attempt.status = OUTCOMES[outcome]
         attempt.settled_at = _now()
+        if attempt.status == "SUCCEEDED":
+            self.book.record_payment(
+                attempt.out_trade_no,
+                attempt.trade_no,
+                attempt.amount_fen,
+                created_at=attempt.created_at,
+                at=attempt.settled_at,
+                subject=attempt.subject,
+                merchant_id=attempt.merchant_id,
+            )
         attempt.notification_id = self._record_notification(
             attempt,
             {
@@ -187,12 +229,13 @@ class SandboxGateway:
         body = await request.body()
         if len(body) > MAX_BODY_BYTES:
             return body, _error(413, "TOO_LARGE", "request body too large")
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         try:
             signing.verify(
                 self._secret,
                 request.headers.get(signing.TIMESTAMP_HEADER),
                 request.headers.get(signing.SIGNATURE_HEADER),
-                signing.request_payload(request.method, request.url.path, body),
+                signing.request_payload(request.method, target, body),
             )
         except signing.SignatureInvalid as exc:
             return body, _error(401, "UNAUTHORIZED", str(exc))
@@ -220,6 +263,7 @@ class SandboxGateway:
             expires_at = datetime.fromisoformat(str(data["expires_at"]))
             subject = str(data.get("subject") or "")
             return_url = data.get("return_url")
+            merchant_id = str(data.get("merchant_id") or DEFAULT_MERCHANT)
         except (ValueError, KeyError, TypeError) as exc:
             return _error(400, "INVALID_REQUEST", f"malformed payment: {type(exc).__name__}")
         problems = []
@@ -235,6 +279,8 @@ class SandboxGateway:
             problems.append("expires_at must carry a UTC offset")
         if not notify_url.startswith(("http://", "https://")):
             problems.append("notify_url must be an http(s) URL")
+        if not MERCHANT_ID.match(merchant_id):
+            problems.append("merchant_id must be 1..64 characters [0-9A-Za-z_.-]")
         if problems:
             return _error(400, "INVALID_REQUEST", "; ".join(problems))
         existing = self.attempts.get(out_trade_no)
@@ -254,6 +300,7 @@ class SandboxGateway:
                 notify_url=notify_url,
                 return_url=str(return_url) if return_url else None,
                 expires_at=expires_at.astimezone(UTC),
+                merchant_id=merchant_id,
             )
             self.attempts[out_trade_no] = attempt
             status = 201
@@ -339,6 +386,13 @@ class SandboxGateway:
         )
         refund = Refund(out_refund_no, refund_no, refund_fen, created_at, notification_id)
         attempt.refunds[out_refund_no] = refund
+        self.book.record_refund(
+            attempt.out_trade_no,
+            out_refund_no,
+            refund_fen,
+            refund_no=refund_no,
+            at=created_at,
+        )
         self._deliver_in_background(
             str(notify_url or attempt.notify_url), attempt.notifications[-1][1]
         )
@@ -355,6 +409,39 @@ class SandboxGateway:
             "status": "SUCCEEDED",
             "notification_id": refund.notification_id,
         }
+
+    # --- bills -----------------------------------------------------------------------
+
+    async def bill(self, request: Request) -> Response:
+        _, refused = await self._authenticate(request)
+        if refused:
+            return refused
+        try:
+            day = date.fromisoformat(request.path_params["day"])
+        except ValueError:
+            return _error(400, "INVALID_REQUEST", "the bill day must be YYYY-MM-DD")
+        merchant_id = request.query_params.get("merchant_id") or DEFAULT_MERCHANT
+        if not MERCHANT_ID.match(merchant_id):
+            return _error(400, "INVALID_REQUEST", "merchant_id must be 1..64 [0-9A-Za-z_.-]")
+        now = _now()
+        if self.book.availability(day, now) is BillUnavailableReason.NOT_READY:
+            return _error(
+                404, "BILL_NOT_READY", f"the bill of {day} is not published yet; ask again later"
+            )
+        entries = bills.entries_for(self.book.entries_of(day, now), merchant_id)
+        if not entries:
+            started = beijing_day(self.started_at)
+            why = (
+                f"the simulator's ledger begins on {started}"
+                if day < started
+                else "no payment or refund completed that day"
+            )
+            return _error(404, "NO_BILL", f"no bill for {day}: {why}")
+        return StreamingResponse(
+            bills.write_bill(merchant_id, day, entries, generated_at=now),
+            media_type=bills.MEDIA_TYPE,
+            headers={"Content-Disposition": f'attachment; filename="sandbox-{day}.csv"'},
+        )
 
     # --- APP and the payer's page ---------------------------------------------------
 
@@ -479,16 +566,28 @@ class SandboxGateway:
         return JSONResponse({"pending_faults": self.faults.add(fault)})
 
 
-def create_app(secret: bytes, *, retry_delays: tuple[float, ...] = (0.5, 1.0, 2.0)) -> Starlette:
-    """The sandbox gateway; ``secret`` is the HMAC key it shares with the branch's adapter."""
+def create_app(
+    secret: bytes,
+    *,
+    retry_delays: tuple[float, ...] = (0.5, 1.0, 2.0),
+    publish_current_day: bool | None = None,
+) -> Starlette:
+    """The sandbox gateway; ``secret`` is the HMAC key it shares with the branch's adapter.
+
+    ``publish_current_day``: publish every day's bill up to now, today so far
+    included (None: the ``BRANCHPAY_SIMULATOR_BILLS_CURRENT_DAY`` setting decides,
+    see :mod:`providers.kit.bills`); off, day D is published on D+1 at 09:00 Beijing.
+    """
     if not secret:
         raise ValueError("the sandbox simulator needs a non-empty secret")
-    gateway = SandboxGateway(secret, retry_delays=retry_delays)
+    book = BillBook(publish_current_day=publish_current_day)
+    gateway = SandboxGateway(secret, retry_delays=retry_delays, book=book)
     routes: list[tuple[str, Endpoint, list[str]]] = [
         ("/api/payments", gateway.create_payment, ["POST"]),
         ("/api/payments/{out_trade_no}", gateway.query, ["GET"]),
         ("/api/payments/{out_trade_no}/close", gateway.close, ["POST"]),
         ("/api/refunds", gateway.refund, ["POST"]),
+        ("/api/bills/{day}", gateway.bill, ["GET"]),
         ("/app/open", gateway.open_app_payload, ["POST"]),
         ("/pay/{out_trade_no}", gateway.pay_page, ["GET"]),
         ("/pay/{out_trade_no}", gateway.pay, ["POST"]),
@@ -500,6 +599,7 @@ def create_app(secret: bytes, *, retry_delays: tuple[float, ...] = (0.5, 1.0, 2.
     app = Starlette(
         routes=[
             *(Route(path, endpoint, methods=methods) for path, endpoint, methods in routes),
+            *bill_routes("/control", book),
             *control_routes("/control", notifier=gateway.notifier, faults=gateway.faults),
         ],
         lifespan=gateway.notifier.lifespan,

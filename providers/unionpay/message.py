@@ -20,7 +20,7 @@ import base64
 import binascii
 import hashlib
 import html
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, date, datetime, timedelta
 
 from cryptography import x509
@@ -61,8 +61,34 @@ def sign(fields: Mapping[str, str], key: rsa.RSAPrivateKey) -> str:
     return base64.b64encode(raw).decode("ascii")
 
 
-def verify(fields: Mapping[str, str], public_key: rsa.RSAPublicKey) -> None:
-    """Raise :class:`SignatureInvalid` unless ``fields['signature']`` is genuine."""
+def canonical_digest(
+    fields: Mapping[str, str], streamed: Mapping[str, Callable[[], Iterable[bytes]]]
+) -> bytes:
+    """:func:`_digest_hex` of ``fields`` plus fields too large to hold, read in chunks.
+
+    ``streamed`` maps a field's name to a function giving its UTF-8 value in
+    chunks (e.g. a file transfer's ``fileContent`` spooled to disk).
+    """
+    digest = hashlib.sha256()
+    names = sorted(k for k in {*fields, *streamed} if k != "signature")
+    for index, name in enumerate(names):
+        digest.update(("&" if index else "").encode() + f"{name}=".encode())
+        if name in streamed:
+            for chunk in streamed[name]():
+                digest.update(chunk)
+        else:
+            digest.update(fields[name].encode("utf-8"))
+    return digest.hexdigest().encode("ascii")
+
+
+def verify(
+    fields: Mapping[str, str], public_key: rsa.RSAPublicKey, *, digest_hex: bytes | None = None
+) -> None:
+    """Raise :class:`SignatureInvalid` unless ``fields['signature']`` is genuine.
+
+    ``digest_hex``: the message's digest computed already (see
+    :func:`canonical_digest`), for a message with a field not held in memory.
+    """
     encoded = fields.get("signature")
     if not encoded:
         raise SignatureInvalid("signature missing")
@@ -71,7 +97,9 @@ def verify(fields: Mapping[str, str], public_key: rsa.RSAPublicKey) -> None:
     except (binascii.Error, ValueError):
         raise SignatureInvalid("signature is not base64") from None
     try:
-        public_key.verify(raw, _digest_hex(fields), padding.PKCS1v15(), hashes.SHA256())
+        public_key.verify(
+            raw, digest_hex or _digest_hex(fields), padding.PKCS1v15(), hashes.SHA256()
+        )
     except InvalidSignature:
         raise SignatureInvalid("signature does not match the message") from None
 

@@ -24,16 +24,34 @@ the attempt is not paid and marks it closed here; a payment the platform still
 takes before ``payTimeout`` wins over the mark (query reports SUCCEEDED and the
 notification is accepted), as with any close/pay race.
 
-Retries: only query and refund (the same ``orderId`` + ``txnTime`` is refused as
-a duplicate, respCode 12, never refunded twice) are repeated, with exponential
-backoff; opening APP and QR_CODE attempts is tried once.
+Retries: only query, refund (the same ``orderId`` + ``txnTime`` is refused as
+a duplicate, respCode 12, never refunded twice) and the bill download are
+repeated, with exponential backoff; opening APP and QR_CODE attempts is tried once.
+
+Daily bills: :meth:`UnionpayProvider.download_bill` is the file transfer
+(文件传输类交易, ``txnType=76``, ``settleDate`` MMDD, ``fileType=00``) to
+``file_transfer`` (``filedownload.95516.com``). The answer is verified like any
+back-end answer; its ``fileContent`` (Base64 of zlib-deflated ZIP bytes) is
+spooled while it arrives (it is signed, so nothing is trusted before its
+end), then inflated in chunks into the destination: the ZIP itself.
+``respCode=98`` (文件不存在) is ``NO_BILL``; ``99`` is ``NOT_READY`` (UnionPay
+documents 99 only as 通用错误; its FAQ names 98 and 99 as the file transfer's
+answers, and the simulator answers 99 for a day it has not published). HTTP 500
+with an empty body is how UnionPay turns away a merId without file transfer
+permission: a GatewayError, not retried. :meth:`~UnionpayProvider.read_bill`
+reads the ZIP's ZM file record by record (see :mod:`providers.unionpay.bills`).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
-from datetime import UTC, datetime, timedelta
-from typing import ClassVar
+import tempfile
+import zlib
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from typing import IO, BinaryIO, ClassVar
 from urllib.parse import parse_qsl, urlencode
 
 import httpx
@@ -43,6 +61,11 @@ from api.plugin import (
     BEIJING,
     ActionKind,
     AttemptState,
+    BillLine,
+    BillRejected,
+    BillTotals,
+    BillUnavailable,
+    BillUnavailableReason,
     EventKind,
     GatewayError,
     NotificationRejected,
@@ -58,10 +81,11 @@ from api.plugin import (
     RefundResult,
     RefundState,
     TransientFailure,
+    beijing_day,
     call_gateway,
     load_private_key,
 )
-from providers.unionpay import message
+from providers.unionpay import bills, message
 from providers.unionpay.settings import UnionpaySettings, load_cert
 
 logger = logging.getLogger("branchpay.providers.unionpay")
@@ -86,6 +110,16 @@ RESP_DUPLICATE = "12"
 RESP_NOT_FOUND = "34"
 # "Outcome not known yet, query later" in respCode and origRespCode.
 RESP_IN_DOUBT = frozenset({"03", "04", "05"})
+# The file transfer: 文件不存在, and (our reading of 99 通用错误) not generated yet.
+TXN_FILE_TRANSFER = "76"
+RESP_NO_FILE = "98"
+RESP_NOT_GENERATED = "99"
+FILE_CONTENT = "fileContent"
+# The answer's other fields together (signPubKeyCert is the largest, ~2 KiB).
+MAX_ANSWER_FIELDS_BYTES = 256 * 1024
+# fileContent stays in memory up to this size, then goes to a temporary file.
+SPOOL_BYTES = 1 << 20
+CHUNK_BYTES = 64 * 1024
 
 MAX_NOTIFICATION_BYTES = 64 * 1024
 _REQUIRED_NOTIFICATION_FIELDS = (
@@ -161,8 +195,8 @@ class UnionpayProvider(Provider):
         filled["signature"] = message.sign(filled, self._sign_key)
         return filled
 
-    def _verify_platform(self, fields: dict[str, str]) -> None:
-        """Raise SignatureInvalid unless UnionPay signed ``fields``."""
+    def _verify_platform(self, fields: dict[str, str], *, digest_hex: bytes | None = None) -> None:
+        """Raise SignatureInvalid unless UnionPay signed ``fields`` (whose digest may be given)."""
         if fields.get("signMethod") != message.SIGN_METHOD_RSA:
             raise message.SignatureInvalid("signMethod is not 01")
         pem = fields.get("signPubKeyCert")
@@ -178,7 +212,7 @@ class UnionpayProvider(Provider):
         public = cert.public_key()
         if not isinstance(public, RSAPublicKey):
             raise message.SignatureInvalid("signPubKeyCert does not hold an RSA key")
-        message.verify(fields, public)
+        message.verify(fields, public, digest_hex=digest_hex)
 
     async def _call(
         self,
@@ -509,6 +543,248 @@ class UnionpayProvider(Provider):
 
     def _closed_mark(self, out_trade_no: str) -> str:
         return f"closed:{self.settings.mer_id}:{out_trade_no}"
+
+    # --- daily bills --------------------------------------------------------------
+
+    async def download_bill(self, day: date, destination: BinaryIO) -> None:
+        now = datetime.now(UTC)
+        today = beijing_day(now)
+        if day > today:
+            raise BillUnavailable(
+                f"UnionPay has no bill of {day} yet: the day has not come (Beijing time)",
+                reason=BillUnavailableReason.NOT_READY,
+            )
+        if not bills.most_recent(day, today):
+            raise BillUnavailable(
+                f"UnionPay names a settle date by month and day only: {day:%m%d} asks for "
+                f"{bills.settle_day(f'{day:%m%d}', today)}, so the bill of {day} cannot be had",
+                reason=BillUnavailableReason.NO_BILL,
+            )
+        fields = self._base_fields(TXN_FILE_TRANSFER, "01", BIZ_QR, "")
+        fields |= {
+            "txnTime": message.beijing_time(now),
+            "settleDate": f"{day:%m%d}",
+            "fileType": "00",
+        }
+        body = urlencode(self._signed(fields)).encode("utf-8")
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as spool:
+            answer = await call_gateway(
+                lambda: self._fetch_file(body, fields, spool),
+                settings=self.settings,
+                operation="UnionPay file transfer",
+                repeatable=True,
+                changes_state=False,
+                logger=logger,
+            )
+            code, text = answer.get("respCode", ""), answer.get("respMsg", "")
+            if code == RESP_NO_FILE:
+                raise BillUnavailable(
+                    f"UnionPay has no bill of {day}: {code} {text}".strip(),
+                    reason=BillUnavailableReason.NO_BILL,
+                )
+            if code == RESP_NOT_GENERATED:
+                raise BillUnavailable(
+                    f"UnionPay has not generated the bill of {day} yet: {code} {text}".strip(),
+                    reason=BillUnavailableReason.NOT_READY,
+                )
+            if code != RESP_OK:
+                raise GatewayError(f"UnionPay refused the file transfer: {code} {text}".strip())
+            if spool.seek(0, 2) == 0:
+                raise BillRejected("UnionPay's file transfer answer has no fileContent")
+            _inflate(spool, destination)
+
+    async def _fetch_file(
+        self, body: bytes, sent: dict[str, str], spool: IO[bytes]
+    ) -> dict[str, str]:
+        """One try of the file transfer: the verified answer, ``fileContent`` left in ``spool``."""
+        spool.seek(0)
+        spool.truncate()
+        url = self.settings.file_transfer_url
+        async with self.http.stream(
+            "POST",
+            url,
+            content=body,
+            headers={"content-type": "application/x-www-form-urlencoded;charset=UTF-8"},
+            timeout=self.settings.timeout_seconds,
+        ) as response:
+            if response.status_code >= 500:
+                head = b""
+                async for chunk in response.aiter_bytes():
+                    head += chunk
+                    if head.strip():
+                        break
+                if not head.strip():
+                    raise GatewayError(
+                        "UnionPay answered the file transfer with HTTP 500 and no body: this "
+                        "merId has no file transfer permission (test and self-service merIds "
+                        "never have it)"
+                    )
+                raise TransientFailure(f"HTTP {response.status_code}")
+            if response.status_code != 200:
+                raise GatewayError(f"UnionPay answered HTTP {response.status_code}")
+            reader = _StreamedAnswer(FILE_CONTENT, spool)
+            try:
+                async for chunk in response.aiter_bytes():
+                    reader.feed(chunk)
+                fields = reader.close()
+            except ValueError as exc:
+                logger.error("unionpay file transfer: answer rejected: %s", exc)
+                raise GatewayError(f"UnionPay's answer is malformed: {exc}") from None
+        try:
+            digest = (
+                message.canonical_digest(fields, {FILE_CONTENT: lambda: _chunks(spool)})
+                if reader.spooled
+                else None
+            )
+            self._verify_platform(fields, digest_hex=digest)
+        except (ValueError, message.SignatureInvalid) as exc:
+            logger.error("unionpay file transfer: answer rejected: %s", exc)
+            raise GatewayError(f"UnionPay's answer failed verification: {exc}") from None
+        if "merId" in fields and fields["merId"] != sent["merId"]:
+            # Another merchant's file: refused like a file naming another merchant.
+            logger.error("unionpay file transfer: answer names another merchant")
+            raise BillRejected("UnionPay's file transfer answer is another merchant's (merId)")
+        for name in ("txnTime", "settleDate"):
+            if name in fields and fields[name] != sent[name]:
+                logger.error("unionpay file transfer: answer names another %s", name)
+                raise GatewayError(f"UnionPay's answer names another {name}")
+        return fields
+
+    def read_bill(self, source: BinaryIO) -> Iterator[BillLine | BillTotals]:
+        return bills.read_bill(source, self.settings.mer_id)
+
+
+class _StreamedAnswer:
+    """A gateway answer (``k=v&k=v``, no URL-encoding) parsed as its bytes arrive.
+
+    Like :func:`message.parse_response`: a key ends at the first ``=``, a value
+    at an ``&`` outside ``{...}`` / ``[...]``. The value of ``spooled_name`` (a
+    Base64 text, which holds no ``&``) goes to ``spool`` instead of memory;
+    the other fields together are bounded by :data:`MAX_ANSWER_FIELDS_BYTES`.
+    """
+
+    def __init__(self, spooled_name: str, spool: IO[bytes]) -> None:
+        self.spooled_name = spooled_name.encode("ascii")
+        self.spool = spool
+        self.spooled = False
+        self.fields: dict[str, str] = {}
+        self._key = bytearray()
+        self._value = bytearray()
+        self._in_key = True
+        self._spooling = False
+        self._closer = 0
+        self._held = b""  # whitespace at the spooled value's end, kept back until more comes
+        self._size = 0
+        self._started = False
+
+    def feed(self, chunk: bytes) -> None:
+        if not self._started:
+            chunk = chunk.lstrip()
+            self._started = bool(chunk)
+        position = 0
+        while position < len(chunk):
+            if self._in_key:
+                end = chunk.find(b"=", position)
+                piece = chunk[position:] if end < 0 else chunk[position:end]
+                self._grow(len(piece))
+                self._key += piece
+                if end < 0:
+                    return
+                self._in_key = False
+                self._spooling = bytes(self._key) == self.spooled_name
+                position = end + 1
+            elif self._spooling:
+                end = chunk.find(b"&", position)
+                self._spool_write(chunk[position:] if end < 0 else chunk[position:end])
+                if end < 0:
+                    return
+                self.spool.write(self._held)
+                self._held = b""
+                self._finish()
+                position = end + 1
+            else:
+                byte = chunk[position]
+                position += 1
+                if self._closer:
+                    if byte == self._closer:
+                        self._closer = 0
+                elif byte == ord("{"):
+                    self._closer = ord("}")
+                elif byte == ord("["):
+                    self._closer = ord("]")
+                if byte == ord("&") and not self._closer:
+                    self._finish()
+                else:
+                    self._grow(1)
+                    self._value.append(byte)
+
+    def close(self) -> dict[str, str]:
+        if self._in_key:
+            if self._key.strip():
+                raise ValueError("answer ends with a field that has no '='")
+            return self.fields
+        if not self._spooling:
+            self._value = bytearray(self._value.rstrip())
+        self._held = b""
+        self._finish()
+        return self.fields
+
+    def _spool_write(self, data: bytes) -> None:
+        data = self._held + data
+        kept = data.rstrip()
+        self._held = data[len(kept) :]
+        self.spool.write(kept)
+
+    def _grow(self, size: int) -> None:
+        self._size += size
+        if self._size > MAX_ANSWER_FIELDS_BYTES:
+            raise ValueError("the answer's fields are larger than UnionPay sends")
+
+    def _finish(self) -> None:
+        try:
+            key = self._key.decode("utf-8")
+            value = "" if self._spooling else self._value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError("the answer is not UTF-8") from None
+        if self._spooling:
+            self.spooled = True
+        self.fields[key] = value
+        self._key, self._value = bytearray(), bytearray()
+        self._in_key, self._spooling, self._closer = True, False, 0
+
+
+def _chunks(spool: IO[bytes]) -> Iterator[bytes]:
+    spool.seek(0)
+    while chunk := spool.read(CHUNK_BYTES):
+        yield chunk
+
+
+def _inflate(spool: IO[bytes], destination: BinaryIO) -> None:
+    """fileContent (Base64 of zlib-deflated bytes) from ``spool`` into ``destination``, in chunks.
+
+    Output is taken at most :data:`CHUNK_BYTES` at a time from the inflater,
+    so a highly compressed file never sits whole in memory.
+    """
+    inflater = zlib.decompressobj()
+    carry = b""
+    try:
+        for chunk in _chunks(spool):
+            data = carry + chunk.translate(None, b" \t\r\n")
+            usable = len(data) - len(data) % 4
+            carry = data[usable:]
+            pending = base64.b64decode(data[:usable], validate=True)
+            while pending:
+                destination.write(inflater.decompress(pending, CHUNK_BYTES))
+                pending = inflater.unconsumed_tail
+        if carry:
+            raise BillRejected("UnionPay's fileContent is not Base64 (its length)")
+        destination.write(inflater.flush())
+    except binascii.Error:
+        raise BillRejected("UnionPay's fileContent is not Base64") from None
+    except zlib.error as exc:
+        raise BillRejected(f"UnionPay's fileContent does not inflate: {exc}") from None
+    if not inflater.eof:
+        raise BillRejected("UnionPay's fileContent is cut short")
 
 
 def _valid_order_id(number: str) -> bool:

@@ -21,6 +21,9 @@ from providers.unionpay import message
 
 PRODUCTION_GATEWAY = "https://gateway.95516.com"
 TEST_GATEWAY = "https://gateway.test.95516.com"
+# The file transfer interface (对账文件下载): POST to the origin's root path.
+PRODUCTION_FILE_TRANSFER = "https://filedownload.95516.com"
+TEST_FILE_TRANSFER = "https://filedownload.test.95516.com"
 
 
 def load_cert(pem: str) -> x509.Certificate:
@@ -58,6 +61,21 @@ class UnionpaySettings(GatewaySettings):
     backoff_seconds: float = Field(
         default=0.5, ge=0, le=30, description="first pause between tries; doubles each time"
     )
+    file_transfer: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s/?#]+$",
+        description="file transfer (对账文件下载) origin, no path, no trailing slash; default "
+        "https://filedownload.95516.com, or https://filedownload.test.95516.com when gateway "
+        "is the test gateway",
+    )
+
+    @property
+    def file_transfer_url(self) -> str:
+        """Where the file transfer request goes: the origin's root path."""
+        origin = self.file_transfer or (
+            TEST_FILE_TRANSFER if self.gateway == TEST_GATEWAY else PRODUCTION_FILE_TRANSFER
+        )
+        return origin + "/"
 
     @field_validator("sign_cert_private_key")
     @classmethod

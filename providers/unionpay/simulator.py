@@ -21,19 +21,40 @@ Controls for tests and the demo:
 - ``POST /control/faults`` (JSON ``endpoint``, ``mode``
   error|stall|lost_answer|bad_signature, ``count``): make the next calls of an
   endpoint fail;
-- ``GET /control/transactions/{orderId}``: the simulator's view, as JSON.
+- ``GET /control/transactions/{orderId}``: the simulator's view, as JSON;
+- the bill controls of :func:`providers.kit.bills.bill_routes` under ``/control``
+  (``GET``/``PUT /control/bills``, ``POST``/``DELETE /control/bills/adjustments``).
+
+Daily bills: every payment and refund that succeeds is recorded in a
+:class:`~providers.kit.bills.BillBook` (fees at its rate), and ``POST /``
+answers the file transfer (文件传输类交易, ``txnType=76``), as UnionPay's
+``filedownload.95516.com`` does: a signed form, checked like every back-end
+request (signature, ``accessType=0``, ``txnTime`` the current Beijing time
+within ten minutes), ``settleDate`` MMDD naming the most recent such day not
+after today (Beijing), ``fileType=00``. The answer is signed, ``k=v&``, with
+``fileName`` and ``fileContent`` = Base64(zlib(ZIP)) holding the ZM file and
+the RD report of that day (see :mod:`providers.unionpay.bills`). The settle
+day is the Beijing calendar day (the real platform cuts its day at 23:00; a
+``retime`` adjustment moves a line to another day). A day with nothing on it
+answers ``respCode=98`` (文件不存在); a day not published yet (today, unless
+``publish_current_day``; yesterday before the book's publish hour) answers
+``respCode=99`` with respMsg 对账文件尚未生成 (not generated yet, ask again later).
+The fault mode ``denied`` answers HTTP 500 with an empty body, as UnionPay
+answers a merId without file transfer permission.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import html
 import itertools
 import logging
 import secrets
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -46,17 +67,25 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from api.plugin import BEIJING
+from providers.kit.bills import BillBook, BillEntry, beijing_today, bill_routes
 from providers.kit.simulator import Fault, FaultQueue, Notifier, control_routes, page, pay_page
-from providers.unionpay import message
+from providers.unionpay import bills, message
 
 logger = logging.getLogger("branchpay.providers.unionpay.simulator")
 
-ENDPOINTS = ("frontTransReq.do", "appTransReq.do", "backTransReq.do", "queryTrans.do")
+ENDPOINTS = (
+    "frontTransReq.do",
+    "appTransReq.do",
+    "backTransReq.do",
+    "queryTrans.do",
+    "fileTransfer",
+)
 DELIVERY_TRIES = 3
 # error: HTTP 500 before doing anything; stall: the same, after stall_seconds;
 # lost_answer: the request is carried out, then HTTP 500 instead of its answer;
-# bad_signature: the answer is altered after signing.
-FAULT_MODES = frozenset({"error", "stall", "lost_answer", "bad_signature"})
+# bad_signature: the answer is altered after signing; denied: HTTP 500 with an empty
+# body (what UnionPay answers a merId without file transfer permission).
+FAULT_MODES = frozenset({"error", "stall", "lost_answer", "bad_signature", "denied"})
 AFTER_PROCESSING = frozenset({"lost_answer", "bad_signature"})
 # Required in every consume, refund and void.
 TRANSACTION_FIELDS = (
@@ -70,6 +99,12 @@ TRANSACTION_FIELDS = (
     "currencyCode",
     "backUrl",
 )
+FILE_TRANSFER_FIELDS = ("txnType", "txnSubType", "bizType", "txnTime", "settleDate", "fileType")
+# How far a file transfer's txnTime may be from the simulator's clock.
+TXN_TIME_TOLERANCE = timedelta(minutes=10)
+RESP_NO_FILE = ("98", "文件不存在")
+RESP_NOT_GENERATED = ("99", "对账文件尚未生成\N{FULLWIDTH COMMA}请稍后再试")
+MERCHANT_NAME = "branchpay模拟商户"
 
 
 class Refused(Exception):
@@ -115,8 +150,10 @@ class Gateway:
         sign_cert: x509.Certificate,
         merchants: Mapping[str, x509.Certificate],
         delivery_backoff: float,
+        publish_current_day: bool | None = None,
     ) -> None:
         self.delivery_backoff = delivery_backoff
+        self.book = BillBook(publish_current_day=publish_current_day)
         self.sign_key = sign_key
         self.sign_cert_pem = sign_cert.public_bytes(Encoding.PEM).decode("ascii")
         self.merchants = dict(merchants)
@@ -177,7 +214,9 @@ class Gateway:
         if fields.get("accessType") != "0":
             raise Refused("10", "accessType must be 0")
         order_id = fields.get("orderId", "")
-        if not (8 <= len(order_id) <= 40 and order_id.isascii() and order_id.isalnum()):
+        if "orderId" in required and not (
+            8 <= len(order_id) <= 40 and order_id.isascii() and order_id.isalnum()
+        ):
             raise Refused("10", "orderId must be 8..40 letters and digits")
         try:
             message.parse_beijing_time(fields.get("txnTime", ""))
@@ -280,6 +319,78 @@ class Gateway:
         txn.trace_time = now.strftime("%m%d%H%M%S")
         txn.settle_date = now.strftime("%m%d")
         txn.notifications.append(self.signed(self.result_fields(txn)))
+        self.record(txn, now.astimezone(UTC))
+
+    def record(self, txn: Transaction, at: datetime) -> None:
+        """Enter a successful payment or refund in the bill book."""
+        if txn.original is None:
+            self.book.record_payment(
+                txn.order_id,
+                txn.query_id,
+                txn.amount_fen,
+                created_at=message.parse_beijing_time(txn.txn_time),
+                at=at,
+                mer_id=txn.mer_id,
+                trace_no=txn.trace_no,
+                trace_time=txn.trace_time,
+            )
+            return
+        self.book.record_refund(
+            txn.original.order_id,
+            txn.order_id,
+            txn.amount_fen,
+            refund_no=txn.query_id,
+            at=at,
+            refund_txn_type=txn.txn_type,
+            trace_no=txn.trace_no,
+            orig_trace_no=txn.original.trace_no,
+            orig_trace_time=txn.original.trace_time,
+        )
+
+    # --- the file transfer (对账文件) ---------------------------------------------------
+
+    def file_transfer(self, fields: dict[str, str]) -> dict[str, str]:
+        """Answer a 文件传输 request: the ZIP of a settle date's bill, or why there is none."""
+        self.check(fields, FILE_TRANSFER_FIELDS)
+        if (fields["txnType"], fields["txnSubType"], fields["bizType"]) != ("76", "01", "000000"):
+            raise Refused("10", "a file transfer is txnType 76, txnSubType 01, bizType 000000")
+        sent = message.parse_beijing_time(fields["txnTime"])
+        if abs(datetime.now(UTC) - sent) > TXN_TIME_TOLERANCE:
+            raise Refused("10", "txnTime must be the current Beijing time")
+        if fields["fileType"] != "00":
+            raise Refused("10", "fileType must be 00")
+        try:
+            day = bills.settle_day(fields["settleDate"], beijing_today())
+        except ValueError:
+            raise Refused("10", "settleDate must be MMDD") from None
+        echo = {
+            "txnType": "76",
+            "txnSubType": "01",
+            "bizType": "000000",
+            "accessType": "0",
+            "settleDate": fields["settleDate"],
+            "fileType": "00",
+        }
+        if self.book.availability(day) is not None:
+            return echo | dict(zip(("respCode", "respMsg"), RESP_NOT_GENERATED, strict=True))
+        mer_id = fields["merId"]
+        entries = [e for e in self.book.entries_of(day) if e.extra.get("mer_id", mer_id) == mer_id]
+        if not entries:
+            return echo | dict(zip(("respCode", "respMsg"), RESP_NO_FILE, strict=True))
+        content = bills.bill_zip(
+            day,
+            mer_id,
+            (bills.zm_record(zm_values(entry, mer_id)) for entry in entries),
+            bills.rd_report(
+                day, mer_id, rd_rows(entries), merchant_name=MERCHANT_NAME, made=beijing_today()
+            ),
+        )
+        return echo | {
+            "respCode": "00",
+            "respMsg": "成功[0000000]",
+            "fileName": bills.zip_name(day, mer_id),
+            "fileContent": base64.b64encode(zlib.compress(content)).decode("ascii"),
+        }
 
     def result_fields(self, txn: Transaction) -> dict[str, str]:
         """What notifications and query answers say about a transaction."""
@@ -373,14 +484,17 @@ def create_app(
     sign_cert: x509.Certificate,
     merchants: Mapping[str, x509.Certificate],
     delivery_backoff: float = 0.2,
+    publish_current_day: bool | None = None,
 ) -> Starlette:
     """The simulator: UnionPay's signing key and certificate, and each merId's signing certificate.
 
     A notification branchpay does not take (HTTP 200) is tried again after
     ``delivery_backoff`` seconds, doubling, three tries in all: UnionPay's own
     1, 2, 4, 5 minute schedule shortened for tests and demos.
+    ``publish_current_day``: the bill of the current Beijing day is served too
+    (so far); None leaves it to ``BRANCHPAY_SIMULATOR_BILLS_CURRENT_DAY``.
     """
-    gateway = Gateway(sign_key, sign_cert, merchants, delivery_backoff)
+    gateway = Gateway(sign_key, sign_cert, merchants, delivery_backoff, publish_current_day)
 
     def answer(fields: dict[str, str], request_fields: dict[str, str], endpoint: str) -> Response:
         echo: dict[str, str] = {
@@ -405,6 +519,8 @@ def create_app(
         gateway.take_fault(endpoint)
         if fault.kind == "stall":
             await asyncio.sleep(fault.seconds)
+        if fault.kind == "denied":
+            return Response(b"", status_code=500)
         return PlainTextResponse("system busy", status_code=500)
 
     async def front(request: Request) -> Response:
@@ -453,6 +569,16 @@ def create_app(
         except Refused as exc:
             result = {"respCode": exc.code, "respMsg": exc.text}
         return answer(result, fields, "queryTrans.do")
+
+    async def file_transfer(request: Request) -> Response:
+        if (failed := await injected("fileTransfer")) is not None:
+            return failed
+        fields = await read_form(request)
+        try:
+            result = gateway.file_transfer(fields)
+        except Refused as exc:
+            result = {"respCode": exc.code, "respMsg": exc.text}
+        return answer(result, fields, "fileTransfer")
 
     async def pay_page(request: Request) -> Response:
         txn = gateway.by_tn.get(request.path_params["tn"])
@@ -573,12 +699,15 @@ def create_app(
             Route("/gateway/api/appTransReq.do", app_trans, methods=["POST"]),
             Route("/gateway/api/backTransReq.do", back_trans, methods=["POST"]),
             Route("/gateway/api/queryTrans.do", query_trans, methods=["POST"]),
+            # filedownload.95516.com takes the file transfer at its root.
+            Route("/", file_transfer, methods=["POST"]),
             Route("/pay/{tn}", pay_page, methods=["GET"]),
             Route("/pay/{tn}", pay, methods=["POST"]),
             Route("/control/notifications/{order}", notification_body, methods=["GET"]),
             Route("/control/notifications/{order}/redeliver", redeliver, methods=["POST"]),
             Route("/control/faults", faults, methods=["POST"]),
             Route("/control/transactions/{order}", transaction, methods=["GET"]),
+            *bill_routes("/control", gateway.book),
             *control_routes("/control", notifier=gateway.notifier, faults=gateway.faults),
         ],
         lifespan=gateway.notifier.lifespan,
@@ -598,3 +727,77 @@ def _pay_page(txn: Transaction) -> str:
         amount_fen=txn.amount_fen,
         action=f"/pay/{txn.tn}",
     )
+
+
+# --- the bill's records -----------------------------------------------------------------
+
+
+def zm_values(entry: BillEntry, mer_id: str) -> dict[int, str]:
+    """The ZM fields of a bill entry (see the layout in :mod:`providers.unionpay.bills`)."""
+    refund = entry.kind == "REFUND"
+    extra = entry.extra
+    txn_type = str(extra.get("refund_txn_type", bills.TXN_REFUND)) if refund else bills.TXN_CONSUME
+    # What the merchant is credited (C) or debited (D): the amount, less the fee charged.
+    net = (-entry.amount_fen if refund else entry.amount_fen) - entry.fee_fen
+    net_field = bills.signed_fen(abs(net), credit=net >= 0)
+    values = {
+        bills.TXN_CODE: "S30" if refund else "S56",
+        2: "48021000",
+        3: "00049992",
+        bills.TRACE_NO: str(extra.get("trace_no") or f"{abs(hash(entry.key)) % 10**6:06d}"),
+        bills.TRANSMIT_TIME: entry.at.astimezone(BEIJING).strftime("%m%d%H%M%S"),
+        bills.ACCOUNT: "6216********0018",
+        bills.AMOUNT: f"{entry.amount_fen:012d}",
+        8: "4814",
+        9: "07",
+        bills.QUERY_ID: (entry.refund_no or "") if refund else entry.trade_no,
+        11: "01",
+        bills.ORDER_ID: (entry.out_refund_no or "") if refund else entry.out_trade_no,
+        13: "01",
+        bills.FEE: bills.signed_fen(abs(entry.fee_fen), credit=entry.fee_fen < 0),
+        bills.SETTLE_AMOUNT: net_field,
+        18: "0001",
+        bills.TXN_TYPE: txn_type,
+        bills.BIZ_TYPE: "000201",
+        bills.MER_ID: mer_id,
+        30: "0" * 15,
+        32: "0" * 12,
+        bills.NET_AMOUNT: net_field,
+        34: "0" * 8,
+        36: "0" * 12,
+        37: "0" * 12,
+        38: "0" * 11,
+        40: "7",
+    }
+    if refund:
+        values |= {
+            bills.ORIG_TRACE_NO: str(extra.get("orig_trace_no", "")),
+            bills.ORIG_TIME: str(extra.get("orig_trace_time", "")),
+            bills.ORIG_QUERY_ID: entry.trade_no,
+            bills.ORIG_ORDER_ID: entry.out_trade_no,
+        }
+    return values
+
+
+def rd_rows(entries: list[BillEntry]) -> dict[str, bills.RdRow]:
+    """The RD report's 交易类型 rows of a day's entries, in the order consume, 退货, 撤销."""
+    rows: dict[str, bills.RdRow] = {}
+    for txn_type in (bills.TXN_CONSUME, bills.TXN_REFUND, bills.TXN_VOID):
+        row = bills.RdRow()
+        for entry in entries:
+            refund = entry.kind == "REFUND"
+            kind = str(entry.extra.get("refund_txn_type", bills.TXN_REFUND)) if refund else "01"
+            if kind != txn_type:
+                continue
+            row.count += 1
+            if refund:
+                row.amount_debit += entry.amount_fen
+            else:
+                row.amount_credit += entry.amount_fen
+            if entry.fee_fen >= 0:
+                row.fee_debit += entry.fee_fen
+            else:
+                row.fee_credit -= entry.fee_fen
+        if row.count:
+            rows[bills.TYPE_NAMES[txn_type]] = row
+    return rows

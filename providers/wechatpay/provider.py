@@ -10,16 +10,28 @@ Retry policy: WeChat Pay documents query, close and refund (same
 with doubling pauses on time-outs, connection failures, 429 and 5xx. An order
 (native / h5 / app) is sent once; a failure raises :class:`GatewayError`, with
 ``outcome_unknown`` when the request may have reached the platform.
+
+Daily bills: :meth:`WechatpayProvider.download_bill` asks ``GET
+/v3/bill/tradebill`` (``bill_type=ALL``, ``tar_type=GZIP``; signed, its answer
+verified like any other), then fetches ``download_url`` with a signed GET of
+its own (the file comes back unsigned), unpacking the gzip stream and taking
+the SHA-1 of the unpacked bytes as they arrive; a hash that is not the
+answer's ``hash_value`` rejects the file. :meth:`~WechatpayProvider.read_bill`
+reads it with :func:`providers.wechatpay.bills.read_tradebill`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import re
 import time
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
-from typing import Any, NoReturn
+from datetime import UTC, date, datetime, timedelta, timezone
+from typing import Any, BinaryIO, NoReturn
 from urllib.parse import quote
 
 import httpx
@@ -28,6 +40,11 @@ from pydantic import BaseModel
 from api.plugin import (
     ActionKind,
     AttemptState,
+    BillLine,
+    BillRejected,
+    BillTotals,
+    BillUnavailable,
+    BillUnavailableReason,
     EventKind,
     GatewayError,
     NotificationRejected,
@@ -48,6 +65,7 @@ from api.plugin import (
     load_public_key,
 )
 from providers.wechatpay import signing
+from providers.wechatpay.bills import read_tradebill
 from providers.wechatpay.settings import WechatpaySettings
 
 logger = logging.getLogger("branchpay.providers.wechatpay")
@@ -79,6 +97,13 @@ _REFUND_STATES = {
     "CLOSED": RefundState.FAILED,
     "ABNORMAL": RefundState.FAILED,
 }
+_BILL_UNAVAILABLE = {
+    "NO_STATEMENT_EXIST": BillUnavailableReason.NO_BILL,
+    "STATEMENT_CREATING": BillUnavailableReason.NOT_READY,
+}
+_SHA1_HEX = re.compile(r"^[0-9A-Fa-f]{40}$")
+_GZIP_MAGIC = b"\x1f\x8b"
+_UNPACKED_PIECE = 1 << 20  # bytes: what one gzip piece may unpack to at most
 _REFUND_EVENTS = {
     "REFUND.SUCCESS": (EventKind.REFUND_SUCCEEDED, "SUCCESS"),
     "REFUND.ABNORMAL": (EventKind.REFUND_FAILED, "ABNORMAL"),
@@ -324,6 +349,117 @@ class WechatpayProvider(Provider):
             if refusal.code != "ORDER_NOT_EXIST":
                 raise
 
+    # -- daily bills ------------------------------------------------------------
+
+    async def download_bill(self, day: date, destination: BinaryIO) -> None:
+        """The ALL trade bill of ``day``, unpacked, into ``destination`` once its hash checks.
+
+        The bytes are written as they arrive, so after a :class:`BillRejected`
+        ``destination`` holds the file that failed the check.
+        """
+        path = f"/v3/bill/tradebill?bill_date={day.isoformat()}&bill_type=ALL&tar_type=GZIP"
+        try:
+            reply = await self._call("GET", path, None, operation="tradebill", repeatable=True)
+        except PlatformRefusal as refusal:
+            reason = _BILL_UNAVAILABLE.get(refusal.code)
+            if reason is None:
+                raise
+            raise BillUnavailable(
+                f"WeChat Pay has no trade bill of {day} for branch {self.branch}: {refusal.code}",
+                reason=reason,
+            ) from None
+        data = reply.data
+        hash_value = data.get("hash_value")
+        url = data.get("download_url")
+        if data.get("hash_type") != "SHA1" or not (
+            isinstance(hash_value, str) and _SHA1_HEX.match(hash_value)
+        ):
+            raise BillRejected("WeChat Pay tradebill answer has no SHA1 hash_value to check")
+        if not isinstance(url, str) or not self._is_gateway_url(url):
+            # Our signed request would go elsewhere: never follow such a link.
+            raise GatewayError("WeChat Pay tradebill download_url is not on the configured gateway")
+        digest = await call_gateway(
+            lambda: self._fetch_bill(httpx.URL(url), destination),
+            settings=self.config,
+            operation=f"WeChat Pay bill download for branch {self.branch}",
+            repeatable=False,  # bytes may already be in destination
+            changes_state=False,
+            logger=logger,
+        )
+        if digest != hash_value.lower():
+            logger.error(
+                "wechatpay bill of %s for branch %s fails its SHA-1 check", day, self.branch
+            )
+            raise BillRejected(f"the WeChat Pay bill of {day} does not match its SHA-1 hash_value")
+
+    def _is_gateway_url(self, url: str) -> bool:
+        try:
+            target = httpx.URL(url)
+        except httpx.InvalidURL:
+            return False
+        gateway = httpx.URL(self.config.gateway)
+        return (target.scheme, target.host, target.port) == (
+            gateway.scheme,
+            gateway.host,
+            gateway.port,
+        )
+
+    async def _fetch_bill(self, url: httpx.URL, destination: BinaryIO) -> str:
+        """GET the bill file (signed), unpack it into ``destination``; SHA-1 hex of the bytes."""
+        headers = self._signed_headers("GET", url.raw_path.decode(), b"")
+        # No transfer compression on top: the body is the file (gzip when we asked).
+        headers.update({"Accept": "*/*", "Accept-Encoding": "identity"})
+        digest = hashlib.sha1(usedforsecurity=False)
+        unpack: _Gunzip | None = None
+        head: bytes | None = b""  # the first bytes, until they tell gzip from plain text
+
+        def take(data: bytes) -> None:
+            if data:
+                digest.update(data)
+                destination.write(data)
+
+        async with self.http.stream(
+            "GET", url, headers=headers, timeout=self.config.timeout_seconds
+        ) as response:
+            status = response.status_code
+            if status == 429 or status >= 500:
+                raise TransientFailure(f"HTTP {status}", may_have_reached=True)
+            if status >= 400:
+                await response.aread()
+                code, text = _error_of(response)
+                logger.warning(
+                    "wechatpay bill download for branch %s refused: HTTP %d %s",
+                    self.branch,
+                    status,
+                    code,
+                )
+                raise PlatformRefusal(status, code, text)
+            if status != 200:
+                raise GatewayError(f"WeChat Pay bill download answered HTTP {status}, not the file")
+            # The raw body: a gzip stream when asked for one, however it is labelled.
+            async for raw in response.aiter_raw():
+                chunk = raw
+                if head is not None:
+                    head += chunk
+                    if len(head) < len(_GZIP_MAGIC):
+                        continue
+                    chunk, head = head, None
+                    if chunk.startswith(_GZIP_MAGIC):
+                        unpack = _Gunzip()
+                if unpack is None:
+                    take(chunk)
+                else:
+                    for piece in unpack.feed(chunk):
+                        take(piece)
+        if head:
+            take(head)
+        if unpack is not None:
+            take(unpack.finish())
+        return digest.hexdigest()
+
+    def read_bill(self, source: BinaryIO) -> Iterator[BillLine | BillTotals]:
+        return read_tradebill(source, mchid=self.config.mchid)
+
     # -- notifications --------------------------------------------------------
 
     async def parse_notification(self, request: NotificationRequest) -> ProviderEvent | None:
@@ -488,20 +624,7 @@ class WechatpayProvider(Provider):
     ) -> _Reply:
         body = b"" if payload is None else json.dumps(payload, ensure_ascii=False).encode()
         url = httpx.URL(self.config.gateway + path)
-        timestamp = str(int(time.time()))
-        nonce = signing.new_nonce()
-        message = signing.request_message(method, url.raw_path.decode(), timestamp, nonce, body)
-        headers = {
-            "Authorization": signing.authorization(
-                self.config.mchid,
-                self.config.cert_serial_no,
-                timestamp,
-                nonce,
-                signing.sign(self._merchant_key, message),
-            ),
-            "Accept": "application/json",
-            "User-Agent": "branchpay-wechatpay",
-        }
+        headers = self._signed_headers(method, url.raw_path.decode(), body)
         if payload is not None:
             headers["Content-Type"] = "application/json"
         response = await self.http.request(
@@ -545,10 +668,54 @@ class WechatpayProvider(Provider):
             )
         return _Reply(status, data)
 
+    def _signed_headers(self, method: str, target: str, body: bytes) -> dict[str, str]:
+        """The Authorization (and our usual) headers for ``method`` on ``target`` (path?query)."""
+        timestamp = str(int(time.time()))
+        nonce = signing.new_nonce()
+        message = signing.request_message(method, target, timestamp, nonce, body)
+        return {
+            "Authorization": signing.authorization(
+                self.config.mchid,
+                self.config.cert_serial_no,
+                timestamp,
+                nonce,
+                signing.sign(self._merchant_key, message),
+            ),
+            "Accept": "application/json",
+            "User-Agent": "branchpay-wechatpay",
+        }
+
 
 def payment_event_id(transaction_id: str) -> str:
     """One id per paid transaction, shared by its callback and by a query."""
     return f"transaction:{transaction_id}:SUCCESS"
+
+
+class _Gunzip:
+    """Unpacks a gzip stream (of one or more members) piece by piece, in bounded pieces."""
+
+    def __init__(self) -> None:
+        self._unpack = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+
+    def feed(self, chunk: bytes) -> Iterator[bytes]:
+        data = chunk
+        try:
+            while data:
+                yield self._unpack.decompress(data, _UNPACKED_PIECE)
+                if self._unpack.eof:
+                    data = self._unpack.unused_data
+                    if data:
+                        self._unpack = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+                else:
+                    data = self._unpack.unconsumed_tail
+        except zlib.error:
+            raise BillRejected("the WeChat Pay bill is not a valid gzip stream") from None
+
+    def finish(self) -> bytes:
+        rest = self._unpack.flush()
+        if not self._unpack.eof:
+            raise BillRejected("the WeChat Pay bill's gzip stream ends early")
+        return rest
 
 
 def _error_of(response: httpx.Response) -> tuple[str, str]:

@@ -21,35 +21,72 @@ Beside the API it offers:
   ``{"order": [1, 0], "count": 2, "delay_seconds": 1, "background": true}``:
   (re)sends callbacks, as duplicates, late or out of order.
 - ``POST /control/faults`` with JSON ``{"kind": "error"|"stall"|"unsigned"|
-  "forged", "times": 1, "stall_seconds": 1, "path": "/v3/refund"}``: the next
-  matching API calls fail (500), answer late after acting, or answer without
-  or with a wrong signature. ``DELETE /control/faults`` clears them.
+  "forged"|"corrupt", "times": 1, "stall_seconds": 1, "path": "/v3/refund"}``:
+  the next matching API calls fail (500), answer late after acting, or answer
+  without or with a wrong signature; ``corrupt`` spoils the next bill file
+  written (at ``GET /v3/bill/tradebill``): one amount changes after the
+  hash was taken, so its ``hash_value`` no longer matches.
+  ``DELETE /control/faults`` clears them.
+
+Daily trade bills (交易账单), as API v3 serves them:
+
+- ``GET /v3/bill/tradebill?bill_date=YYYY-MM-DD[&bill_type=ALL|SUCCESS|REFUND]
+  [&tar_type=GZIP]``, signed like every call, answers (signed)
+  ``{"hash_type": "SHA1", "hash_value", "download_url"}``; the hash is the
+  SHA-1 of the uncompressed file. Errors: 400 ``NO_STATEMENT_EXIST`` for a day
+  without business (no file at all), 400 ``STATEMENT_CREATING`` while the day
+  is not published (day D appears on D+1 at 10:00 Beijing time, or at once
+  with ``publish_current_day``; never a day still to come), 400
+  ``INVALID_REQUEST`` for a malformed date, a day more than three months
+  back, or a ``sub_mchid`` (these are direct merchants).
+- ``GET /v3/billdownload/file?token=...[&tartype=gzip]`` needs its own v3
+  Authorization (401 ``SIGN_ERROR`` without) from the merchant the token was
+  given to, and answers the file without any ``Wechatpay-*`` header (gzip
+  when asked). A token lasts ``bill_url_seconds`` (30 s by default, the
+  shorter of the two documented lives); after that 400 ``INVALID_REQUEST``.
+- The file: UTF-8 with a BOM, CRLF after every line, the header of its bill
+  type, each value prefixed with a backtick, refund rows dated on the refund
+  day (交易状态 REFUND, 应结订单金额 0.00, positive 退款金额, negative 手续费),
+  then the summary rows (总交易单数 counts payment and refund rows). The
+  rows come from the gateway's :class:`~providers.kit.bills.BillBook`: each
+  payment when it succeeds, each refund when it succeeds, fees at the book's
+  rate (written with five decimals).
+- The kit's bill controls under ``/control/bills`` (publish policy,
+  adjustments; see :mod:`providers.kit.bills`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import calendar
+import gzip
+import hashlib
 import html
 import json
 import re
 import secrets
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
+from datetime import UTC, date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import IO, Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from api.plugin import BillUnavailableReason, fen_to_yuan, to_beijing
+from providers.kit.bills import BillBook, BillEntry, beijing_today, bill_routes
 from providers.kit.simulator import Fault, FaultQueue, Notifier, Signer, control_routes
 from providers.kit.simulator import pay_page as render_pay_page
 from providers.wechatpay import signing
+from providers.wechatpay.bills import COLUMNS_OF_BILL_TYPE, SUMMARY_COLUMNS
 
 _CST = timezone(timedelta(hours=8))
 # WeChat Pay's own re-delivery pauses for an unanswered callback, in seconds
@@ -59,6 +96,15 @@ _OUT_TRADE_NO = re.compile(r"^[0-9A-Za-z_\-*|]{6,32}$")
 _OUT_REFUND_NO = re.compile(r"^[0-9A-Za-z_\-|*@]{1,64}$")
 _URL = re.compile(r"^https?://[^\s?#]+$")
 _TRADE_TYPES = {"native": "NATIVE", "h5": "MWEB", "app": "APP"}
+# Faults the API answers with; "corrupt" is taken when a bill file is written.
+_API_FAULTS = ("error", "stall", "unsigned", "forged")
+_FAULT_KINDS = (*_API_FAULTS, "corrupt")
+# WeChat Pay publishes day D's trade bill on D+1 "每日10点后" (Beijing time).
+BILL_PUBLISH_HOUR = 10
+BILL_MONTHS_KEPT = 3
+_BILL_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+_BILL_CHUNK = 64 * 1024
+_BILL_STATUS = {"SUCCEEDED": "SUCCESS", "PENDING": "PROCESSING", "FAILED": "CLOSED"}
 _TRADE_STATE_DESC = {
     "NOTPAY": "未支付",
     "SUCCESS": "支付成功",
@@ -100,6 +146,7 @@ class Attempt:
     notify_url: str
     expires_at: datetime | None
     prepay_id: str
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     state: str = "NOTPAY"
     transaction_id: str | None = None
     success_time: datetime | None = None
@@ -109,6 +156,16 @@ class Attempt:
 
     def refunded(self) -> int:
         return sum(r.amount for r in self.refunds.values() if r.status != "CLOSED")
+
+
+@dataclass(slots=True)
+class BillFile:
+    """A bill file written for one tradebill call, and who may fetch it until when."""
+
+    mchid: str
+    path: Path  # gzip-compressed when ``gzip``
+    gzip: bool
+    expires_at: float  # time.monotonic()
 
 
 class ApiError(Exception):
@@ -151,8 +208,18 @@ class Gateway:
         platform_private_key: RSAPrivateKey,
         platform_public_key_id: str,
         redelivery_delays: Sequence[float] = (),
+        *,
+        publish_current_day: bool | None = None,
+        bill_url_seconds: float = 30.0,
     ) -> None:
         self.merchants = {m.mchid: m for m in merchants}
+        self.book = BillBook(
+            publish_hour=BILL_PUBLISH_HOUR, publish_current_day=publish_current_day
+        )
+        self.bill_url_seconds = bill_url_seconds
+        self.bill_files: dict[str, BillFile] = {}
+        # One file per tradebill call; made at the first, removed with the gateway.
+        self._bill_dir: tempfile.TemporaryDirectory[str] | None = None
         self.redelivery_delays = tuple(redelivery_delays)
         self.platform_private_key = platform_private_key
         self.platform_public_key_id = platform_public_key_id
@@ -195,7 +262,7 @@ class Gateway:
         return Response(body, status_code=status, headers=headers, media_type=media)
 
     def take_fault(self, path: str) -> Fault | None:
-        return self.faults.take(path)
+        return self.faults.take(path, _API_FAULTS)
 
     # -- request checks --------------------------------------------------------
 
@@ -387,6 +454,14 @@ class Gateway:
         refund.status = "SUCCESS"
         refund.success_time = _now()
         attempt.state = "REFUND"
+        self.book.record_refund(
+            attempt.out_trade_no,
+            out_refund_no,
+            refund_fen,
+            refund_no=refund.refund_id,
+            at=refund.success_time,
+            requested_at=refund.created_at,
+        )
         attempt.notifications.append(self.refund_notification(attempt, refund))
         return attempt, refund, view, True
 
@@ -416,6 +491,139 @@ class Gateway:
             data["success_time"] = _rfc3339(refund.success_time)
         return data
 
+    # -- daily bills -------------------------------------------------------------
+
+    def tradebill(
+        self, merchant: Merchant, query: Mapping[str, str], base_url: str
+    ) -> dict[str, Any]:
+        """Write the bill a tradebill call asks for and hand out its download URL."""
+        day = self.bill_day(query.get("bill_date", ""))
+        if query.get("sub_mchid"):
+            raise ApiError(400, "INVALID_REQUEST", "sub_mchid: this merchant has no sub merchants")
+        bill_type = query.get("bill_type", "ALL")
+        if bill_type not in COLUMNS_OF_BILL_TYPE:
+            raise ApiError(400, "PARAM_ERROR", "bill_type must be ALL, SUCCESS or REFUND")
+        tar_type = query.get("tar_type")
+        if tar_type not in (None, "GZIP"):
+            raise ApiError(400, "PARAM_ERROR", "tar_type must be GZIP")
+        if self.book.availability(day) is BillUnavailableReason.NOT_READY:
+            raise ApiError(400, "STATEMENT_CREATING", "账单生成中, 请稍后再试")
+        wanted = {"ALL": None, "SUCCESS": "PAYMENT", "REFUND": "REFUND"}[bill_type]
+        entries = [
+            entry
+            for entry in self.book.entries_of(day)
+            if entry.extra.get("mchid", merchant.mchid) == merchant.mchid
+            and wanted in (None, entry.kind)
+        ]
+        if not entries:
+            raise ApiError(400, "NO_STATEMENT_EXIST", "该日期没有账单")
+        corrupt = self.faults.take("/v3/bill/tradebill", ("corrupt",)) is not None
+        self.forget_expired_bills()
+        token = secrets.token_urlsafe(24)
+        if self._bill_dir is None:
+            self._bill_dir = tempfile.TemporaryDirectory(prefix="wechatpay-bills-")
+        path = Path(self._bill_dir.name) / token
+        with path.open("wb") as content:
+            digest = self.write_bill(
+                content, merchant, bill_type, entries, gzip_it=tar_type == "GZIP", corrupt=corrupt
+            )
+        self.bill_files[token] = BillFile(
+            mchid=merchant.mchid,
+            path=path,
+            gzip=tar_type == "GZIP",
+            expires_at=time.monotonic() + self.bill_url_seconds,
+        )
+        url = f"{base_url.rstrip('/')}/v3/billdownload/file?token={token}"
+        if tar_type == "GZIP":
+            url += "&tartype=gzip"
+        return {"hash_type": "SHA1", "hash_value": digest, "download_url": url}
+
+    def bill_day(self, text: str) -> date:
+        if not _BILL_DATE.match(text):
+            raise ApiError(400, "INVALID_REQUEST", "bill_date must be YYYY-MM-DD")
+        try:
+            day = date.fromisoformat(text)
+        except ValueError:
+            raise ApiError(400, "INVALID_REQUEST", "bill_date is not a date") from None
+        # A day still to come is "being generated" (the kit's NOT_READY), as today is.
+        today = beijing_today()
+        if day < _months_before(today, BILL_MONTHS_KEPT):
+            raise ApiError(400, "INVALID_REQUEST", "only the last three months can be asked for")
+        return day
+
+    def write_bill(
+        self,
+        content: IO[bytes],
+        merchant: Merchant,
+        bill_type: str,
+        entries: Iterable[BillEntry],
+        *,
+        gzip_it: bool,
+        corrupt: bool = False,
+    ) -> str:
+        """Write the bill into ``content`` (gzipped when asked); the SHA-1 of its raw bytes.
+
+        ``corrupt``: the first row's amount is written 1.00 yuan higher than the
+        bytes the hash was taken of.
+        """
+        columns = COLUMNS_OF_BILL_TYPE[bill_type]
+        digest = hashlib.sha1(usedforsecurity=False)
+        sink: gzip.GzipFile | IO[bytes] = (
+            gzip.GzipFile(fileobj=content, mode="wb", compresslevel=1) if gzip_it else content
+        )
+
+        def put(text: str, shown: str | None = None) -> None:
+            data = (text + "\r\n").encode()
+            digest.update(data)
+            sink.write(data if shown is None else (shown + "\r\n").encode())
+
+        put("\ufeff" + ",".join(columns))
+        rate = f"{self.book.fee_rate * 100:.2f}%"
+        count = payment_fen = refund_fen = fee_fen = 0
+        for entry in entries:
+            values = _bill_values(entry, merchant, bill_type, rate)
+            row = "`" + ",`".join(values[column] for column in columns)
+            shown = None
+            if corrupt and count == 0:
+                amount = "退款金额" if entry.kind == "REFUND" else "应结订单金额"
+                values[amount] = fen_to_yuan(entry.amount_fen + 100)
+                shown = "`" + ",`".join(values[column] for column in columns)
+            put(row, shown)
+            count += 1
+            fee_fen += entry.fee_fen
+            if entry.kind == "REFUND":
+                refund_fen += entry.amount_fen
+            else:
+                payment_fen += entry.amount_fen
+        put(",".join(SUMMARY_COLUMNS))
+        totals = {
+            "总交易单数": str(count),
+            "应结订单总金额": fen_to_yuan(payment_fen),
+            "退款总金额": fen_to_yuan(refund_fen),
+            "充值券退款总金额": "0.00",
+            "手续费总金额": fen_to_yuan(fee_fen, 5),
+            "订单总金额": fen_to_yuan(payment_fen),
+            "申请退款总金额": fen_to_yuan(refund_fen),
+        }
+        put("`" + ",`".join(totals[column] for column in SUMMARY_COLUMNS))
+        if sink is not content:
+            sink.close()  # writes the gzip trailer; ``content`` stays open
+        return digest.hexdigest()
+
+    def bill_file(self, merchant: Merchant, token: str) -> BillFile:
+        self.forget_expired_bills()
+        found = self.bill_files.get(token)
+        if found is None or found.mchid != merchant.mchid:
+            raise ApiError(400, "INVALID_REQUEST", "token is invalid or has expired")
+        return found
+
+    def forget_expired_bills(self) -> None:
+        now = time.monotonic()
+        for token, bill in list(self.bill_files.items()):
+            if bill.expires_at <= now:
+                bill.path.unlink(missing_ok=True)
+                del self.bill_files[token]
+
     # -- payer and callbacks ---------------------------------------------------
 
     def settle(self, out_trade_no: str, outcome: str) -> Attempt:
@@ -431,6 +639,18 @@ class Gateway:
             attempt.state = "SUCCESS"
             attempt.success_time = _now()
             attempt.transaction_id = f"42000{_now():%Y%m%d}{secrets.randbelow(10**15):015d}"
+            self.book.record_payment(
+                attempt.out_trade_no,
+                attempt.transaction_id,
+                attempt.total,
+                created_at=attempt.created_at,
+                at=attempt.success_time,
+                subject=str(attempt.order.get("description", "")),
+                mchid=attempt.merchant.mchid,
+                appid=attempt.merchant.appid,
+                trade_type=attempt.trade_type,
+                openid="o" + secrets.token_hex(14),
+            )
             attempt.notifications.append(self.payment_notification(attempt))
         elif outcome == "fail":
             attempt.state = "PAYERROR"
@@ -522,20 +742,87 @@ class Gateway:
         await self.deliver(attempt, body, url, retry_delays=self.redelivery_delays)
 
 
+def _months_before(day: date, months: int) -> date:
+    """The same day ``months`` calendar months earlier (the month's last day if shorter)."""
+    year, month = divmod(day.year * 12 + day.month - 1 - months, 12)
+    last = calendar.monthrange(year, month + 1)[1]
+    return date(year, month + 1, min(day.day, last))
+
+
+def _yuan(fen: int, places: int = 2) -> str:
+    """``fen_to_yuan`` in integer arithmetic: the simulator writes it on every row."""
+    sign = "-" if fen < 0 else ""
+    whole, cents = divmod(abs(fen), 100)
+    return f"{sign}{whole}.{cents:02d}" + "0" * (places - 2)
+
+
+def _bill_values(entry: BillEntry, merchant: Merchant, bill_type: str, rate: str) -> dict[str, str]:
+    """One row of a trade bill by column name (before the backticks)."""
+    refund = entry.kind == "REFUND"
+    amount = _yuan(entry.amount_fen)
+    zero = "0.00"
+    at = to_beijing(entry.at)
+    requested = entry.extra.get("requested_at") if bill_type == "REFUND" else None
+    return {
+        # The REFUND bill dates a row by its payment and has the refund's own times beside.
+        "交易时间": to_beijing(entry.created_at) if bill_type == "REFUND" else at,
+        "公众账号ID": str(entry.extra.get("appid", merchant.appid)),
+        "商户号": merchant.mchid,
+        "特约商户号": "0",
+        "设备号": "",
+        "微信订单号": entry.trade_no,
+        "商户订单号": entry.out_trade_no,
+        "用户标识": str(entry.extra.get("openid", "")),
+        "交易类型": str(entry.extra.get("trade_type", "NATIVE")),
+        "交易状态": "REFUND" if refund else "SUCCESS",
+        "付款银行": "OTHERS",
+        "货币种类": "CNY",
+        "应结订单金额": zero if refund else amount,
+        "代金券金额": zero,
+        "退款申请时间": to_beijing(requested) if isinstance(requested, datetime) else at,
+        "退款成功时间": at,
+        "微信退款单号": (entry.refund_no or "") if refund else "0",
+        "商户退款单号": (entry.out_refund_no or "") if refund else "0",
+        "退款金额": amount if refund else zero,
+        "充值券退款金额": zero,
+        "退款类型": "ORIGINAL" if refund else "",
+        "退款状态": _BILL_STATUS.get(entry.status, "SUCCESS") if refund else "",
+        "商品名称": entry.subject,
+        "商户数据包": "",
+        "手续费": _yuan(entry.fee_fen, 5),
+        "费率": rate,
+        "订单金额": zero if refund else amount,
+        "申请退款金额": amount if refund else zero,
+        "费率备注": "",
+    }
+
+
 def create_app(
     *,
     merchants: Sequence[Merchant],
     platform_private_key: RSAPrivateKey,
     platform_public_key_id: str,
     redelivery_delays: Sequence[float] = (),
+    publish_current_day: bool | None = None,
+    bill_url_seconds: float = 30.0,
 ) -> Starlette:
     """The simulator for the given merchants; ``app.state.gateway`` is its memory.
 
     A callback branchpay does not answer with 2xx is sent again after each pause
     of ``redelivery_delays`` (none by default; the demo uses
-    :data:`WECHAT_REDELIVERY_DELAYS`).
+    :data:`WECHAT_REDELIVERY_DELAYS`). ``publish_current_day``: serve the bill
+    of the current Beijing day so far too (``None``: the kit's
+    ``BRANCHPAY_SIMULATOR_BILLS_CURRENT_DAY`` setting decides, off when unset).
+    ``bill_url_seconds``: how long a bill's download URL works.
     """
-    gateway = Gateway(merchants, platform_private_key, platform_public_key_id, redelivery_delays)
+    gateway = Gateway(
+        merchants,
+        platform_private_key,
+        platform_public_key_id,
+        redelivery_delays,
+        publish_current_day=publish_current_day,
+        bill_url_seconds=bill_url_seconds,
+    )
 
     async def api(request: Request) -> Response:
         fault = gateway.take_fault(request.url.path)
@@ -561,6 +848,9 @@ def create_app(
         """Status, JSON answer and what to do once it is sent."""
         path = request.url.path
         params = request.path_params
+        if path == "/v3/bill/tradebill":
+            bill = gateway.tradebill(merchant, request.query_params, str(request.base_url))
+            return 200, bill, None
         if (
             request.method == "POST"
             and path.startswith("/v3/pay/transactions/")
@@ -593,6 +883,26 @@ def create_app(
             if found is not None and attempt.merchant.mchid == merchant.mchid:
                 return 200, gateway.refund_view(attempt, found), None
         raise ApiError(404, "RESOURCE_NOT_EXISTS", "refund does not exist")
+
+    async def bill_download(request: Request) -> Response:
+        # Signed requests only, but the file itself comes back unsigned: the
+        # merchant checks it against the tradebill answer's hash instead.
+        try:
+            merchant = gateway.authenticate(request, await request.body())
+            bill = gateway.bill_file(merchant, request.query_params.get("token", ""))
+        except ApiError as error:
+            return gateway.reply(error.status, {"code": error.code, "message": error.message}, None)
+        media = "application/x-gzip" if bill.gzip else "text/plain; charset=utf-8"
+        content = bill.path.open("rb")  # still readable should the token expire meanwhile
+
+        async def chunks() -> AsyncIterator[bytes]:
+            with content:
+                while chunk := content.read(_BILL_CHUNK):
+                    yield chunk
+
+        return StreamingResponse(
+            chunks(), media_type=media, headers={"Request-ID": secrets.token_hex(16)}
+        )
 
     async def pay_page(request: Request) -> Response:
         attempt = gateway.attempts.get(request.path_params["out_trade_no"])
@@ -686,7 +996,7 @@ def create_app(
             return Response(status_code=204)
         plan = await request.json()
         kind = plan.get("kind")
-        if kind not in ("error", "stall", "unsigned", "forged"):
+        if kind not in _FAULT_KINDS:
             return JSONResponse({"code": "PARAM_ERROR", "message": "unknown fault kind"}, 400)
         gateway.faults.add(
             Fault(
@@ -706,12 +1016,15 @@ def create_app(
             Route("/v3/pay/transactions/{kind}", api, methods=["POST"]),
             Route("/v3/refund/domestic/refunds", api, methods=["POST"]),
             Route("/v3/refund/domestic/refunds/{out_refund_no}", api, methods=["GET"]),
+            Route("/v3/bill/tradebill", api, methods=["GET"]),
+            Route("/v3/billdownload/file", bill_download, methods=["GET"]),
             Route("/pay/{out_trade_no}", pay_page, methods=["GET"]),
             Route("/pay/{out_trade_no}", pay, methods=["POST"]),
             Route("/control/notifications/{out_trade_no}", notifications, methods=["GET"]),
             Route("/control/notifications/{out_trade_no}/deliver", redeliver, methods=["POST"]),
             Route("/control/faults", faults, methods=["POST", "DELETE"]),
             *control_routes("/control", notifier=gateway.notifier, faults=gateway.faults),
+            *bill_routes("/control", gateway.book),
         ],
         lifespan=gateway.notifier.lifespan,
     )

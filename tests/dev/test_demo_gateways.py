@@ -8,11 +8,14 @@ from pathlib import Path
 
 import httpx
 import pluggy
+import pytest
 from rich.console import Console
 
+import providers.sandbox as sandbox_plugin
 from api.dev.demo import demo_gateways, ensure_demo_keys, ports, start_demo_simulators
 from api.plugin import DemoGateway, hookimpl, write_secret
 from api.plugins.manager import load_plugin_manager, new_plugin_manager
+from providers.kit.bills import CURRENT_DAY_ENV
 from providers.sandbox.simulator import create_app
 
 BUILT_INS = ["alipay", "sandbox", "unionpay", "wechatpay"]
@@ -85,3 +88,19 @@ def test_a_taken_port_skips_that_simulator_and_says_how_to_move_them(tmp_path: P
             started = start_demo_simulators(plugins, tmp_path, base, stack, console)
     assert "alipay" not in started
     assert "BRANCHPAY_SIMULATOR_PORT" in console.export_text()
+
+
+@pytest.mark.parametrize(("setting", "publishes"), [(None, True), ("0", False)])
+def test_the_demo_simulators_publish_todays_bill_unless_told_not_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setting: str | None, publishes: bool
+) -> None:
+    if setting is None:
+        monkeypatch.delenv(CURRENT_DAY_ENV, raising=False)
+    else:
+        monkeypatch.setenv(CURRENT_DAY_ENV, setting)
+    plugins = new_plugin_manager()
+    plugins.register(sandbox_plugin, name="sandbox")
+    with contextlib.ExitStack() as stack:
+        started = start_demo_simulators(plugins, tmp_path, 0, stack, Console(quiet=True))
+        policy = httpx.get(started["sandbox"] + "/control/bills").json()
+    assert policy["publishCurrentDay"] is publishes

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from typing import ClassVar
+from collections.abc import Iterator
+from datetime import date, timedelta
+from pathlib import Path
+from typing import BinaryIO, ClassVar
 
 import httpx
 import pytest
 from pydantic import BaseModel
 
 from api.plugins.contract import (
+    BillLine,
+    BillTotals,
+    BillUnavailable,
+    BillUnavailableReason,
     NotificationRequest,
     PaymentMethod,
+    Provider,
     ProviderEvent,
     RefundRequest,
     RefundResult,
@@ -59,6 +67,49 @@ class _RenumberingRefundProvider(SandboxProvider):
     async def refund(self, request: RefundRequest) -> RefundResult:
         renumbered = dataclasses.replace(request, out_refund_no="rn" + uuid.uuid4().hex[:20])
         return await super().refund(renumbered)
+
+
+class _WithoutBills(SandboxProvider):
+    """The sandbox as a provider that never implemented bills."""
+
+    download_bill = Provider.download_bill  # type: ignore[assignment]
+    read_bill = Provider.read_bill  # type: ignore[assignment]
+
+
+class _EagerBillProvider(SandboxProvider):
+    """Reads the whole bill before yielding its first line."""
+
+    def read_bill(self, source: BinaryIO) -> Iterator[BillLine | BillTotals]:
+        return iter(list(super().read_bill(source)))
+
+
+class _UtcAsBeijingProvider(SandboxProvider):
+    """Reads the bill's times eight hours off, as if Beijing wall time were UTC."""
+
+    def read_bill(self, source: BinaryIO) -> Iterator[BillLine | BillTotals]:
+        for item in super().read_bill(source):
+            if isinstance(item, BillLine):
+                item = dataclasses.replace(item, occurred_at=item.occurred_at + timedelta(hours=8))
+            yield item
+
+
+class _NoBillForTomorrowProvider(SandboxProvider):
+    """Says there is no bill for a day that is merely not ready."""
+
+    async def download_bill(self, day: date, destination: BinaryIO) -> None:
+        try:
+            await super().download_bill(day, destination)
+        except BillUnavailable as missing:
+            raise BillUnavailable(str(missing), reason=BillUnavailableReason.NO_BILL) from None
+
+
+class _LosingRefundsProvider(SandboxProvider):
+    """Drops refund lines but keeps the bill's totals."""
+
+    def read_bill(self, source: BinaryIO) -> Iterator[BillLine | BillTotals]:
+        for item in super().read_bill(source):
+            if not (isinstance(item, BillLine) and item.out_refund_no):
+                yield item
 
 
 class _PlainSecretSettings(BaseModel):
@@ -138,3 +189,59 @@ def test_kit_catches_a_malformed_name(provider: SandboxProvider, http: httpx.Asy
 
 def test_sandbox_settings_fixture_is_the_sandbox_model(provider: SandboxProvider) -> None:
     assert isinstance(provider.settings, SandboxSettings)
+
+
+async def test_kit_skips_the_bill_cases_of_a_provider_without_bills(
+    provider: SandboxProvider, gateway: SandboxDriver, http: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    plain = _broken(_WithoutBills, provider, http)
+    assert not plain.supports_bills
+    with pytest.raises(pytest.skip.Exception, match="does not support daily bills"):
+        await ProviderConformance().test_bill_has_the_payment_and_the_refund(
+            **_args(plain, gateway),  # type: ignore[arg-type]
+            tmp_path=tmp_path,
+        )
+
+
+async def test_kit_catches_a_bill_read_all_at_once(
+    provider: SandboxProvider, gateway: SandboxDriver, http: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    eager = _broken(_EagerBillProvider, provider, http)
+    with pytest.raises(AssertionError, match="before yielding its first line"):
+        await ProviderConformance().test_read_bill_is_lazy(
+            **_args(eager, gateway),  # type: ignore[arg-type]
+            tmp_path=tmp_path,
+        )
+
+
+async def test_kit_catches_bill_times_eight_hours_off(
+    provider: SandboxProvider, gateway: SandboxDriver, http: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    shifted = _broken(_UtcAsBeijingProvider, provider, http)
+    with pytest.raises(AssertionError, match="a Beijing time read as UTC"):
+        await ProviderConformance().test_bill_has_the_payment_and_the_refund(
+            **_args(shifted, gateway),  # type: ignore[arg-type]
+            tmp_path=tmp_path,
+        )
+
+
+async def test_kit_catches_a_day_to_come_reported_as_no_bill(
+    provider: SandboxProvider, http: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    wrong = _broken(_NoBillForTomorrowProvider, provider, http)
+    with pytest.raises(AssertionError, match="expected NOT_READY"):
+        await ProviderConformance().test_bill_of_a_day_to_come_is_not_ready(wrong, tmp_path)
+
+
+async def test_kit_catches_totals_that_are_not_the_sums_of_the_lines(
+    provider: SandboxProvider, gateway: SandboxDriver, http: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    losing = _broken(_LosingRefundsProvider, provider, http)
+    suite = ProviderConformance()
+    # Some refund on today's bill, so the dropped lines change the sums.
+    await suite.test_partial_then_rest_refund(**_args(provider, gateway))  # type: ignore[arg-type]
+    with pytest.raises(AssertionError, match="are not the sums of its"):
+        await suite.test_bill_totals_are_the_sums_of_its_lines(
+            **_args(losing, gateway),  # type: ignore[arg-type]
+            tmp_path=tmp_path,
+        )

@@ -21,7 +21,7 @@ import pluggy
 from bson import ObjectId
 
 from api.config.live import ProviderRegistry
-from api.plugins.contract import PaymentMethod, ProviderEvent
+from api.plugins.contract import PaymentMethod, ProviderEvent, QueryResult
 from api.services.payments.context import PaymentContext
 from api.services.payments.facts import AUTO_REFUND_SUFFIX, EventResult, Facts, auto_refund_no
 from api.services.payments.reconcile import Reconcile, ReconcileReport, ReconcileRow
@@ -92,6 +92,14 @@ class PaymentService:
     ) -> EventResult:
         """Apply a verified fact exactly once (see :mod:`.facts`)."""
         return await self._facts.apply_event(provider_name, branch, event)
+
+    async def apply_query(self, payment: Mapping[str, Any], result: QueryResult) -> None:
+        """Apply what a query of the attempt answered, exactly once (see :mod:`.facts`)."""
+        await self._facts.apply_query(dict(payment), result)
+
+    async def submit_refund(self, payment_id: ObjectId, out_refund_no: str) -> None:
+        """Submit (again) a reserved refund line and apply the answer (see :mod:`.refunds`)."""
+        await self._refunds.submit(payment_id, out_refund_no)
 
     async def refund(
         self,

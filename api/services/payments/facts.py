@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from bson import ObjectId
 
@@ -119,7 +120,9 @@ class Facts:
             out_refund_no=event.out_refund_no,
             provider_refund_no=event.detail.get("refund_no"),
         )
-        note = await self.apply(payment["_id"], fact, key, event.provider_trade_no)
+        note = await self.apply(
+            payment["_id"], fact, key, event.provider_trade_no, occurred_at=event.occurred_at
+        )
         await store.payments.mark_event_applied(key, note, self.context.now())
         return EventResult(True, note, duplicate=not created)
 
@@ -149,8 +152,15 @@ class Facts:
         fact: Fact,
         event_key: str | None,
         provider_trade_no: str | None = None,
+        *,
+        occurred_at: datetime | None = None,
     ) -> str:
-        """Apply one fact under the version guard (recording ``event_key`` with it); its note."""
+        """Apply one fact under the version guard (recording ``event_key`` with it); its note.
+
+        An attempt newly paid records ``paidAt``: when the platform says it was
+        paid (``occurred_at``; now when the fact does not say), the time bill
+        reconciliation matches against the platform's day.
+        """
         store = self.context.store
         outcome: Outcome | None = None
         for _ in range(MAX_WRITE_RACES):
@@ -163,6 +173,8 @@ class Facts:
             now = self.context.now()
             outcome = apply_fact(attempt_of(doc), fact, now)
             fields = attempt_fields(outcome.attempt, doc, now) if outcome.changed else {}
+            if outcome.changed and outcome.newly_paid:
+                fields["paidAt"] = occurred_at or now
             if provider_trade_no and not doc.get("providerTradeNo"):
                 fields["providerTradeNo"] = provider_trade_no
             if not fields and event_key is None:

@@ -78,6 +78,8 @@ def _settings(gateway: str, overrides: tuple[tuple[str, Any], ...]) -> UnionpayS
         "max_attempts": 3,
         "backoff_seconds": 0.05,
     }
+    if gateway.startswith("http://127.0.0.1"):
+        values["file_transfer"] = gateway  # the simulator serves the file transfer too
     values.update(overrides)
     return UnionpaySettings.model_validate(values)
 
