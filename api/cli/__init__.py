@@ -613,6 +613,12 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return keys.keys(args)
 
 
+def cmd_db(args: argparse.Namespace) -> int:
+    from api.cli import db
+
+    return db.db(args)
+
+
 def cmd_webhooks(args: argparse.Namespace) -> int:
     from api.cli import webhooks
 
@@ -767,6 +773,15 @@ def parser() -> argparse.ArgumentParser:
     revoke = keys_sub.add_parser("revoke", help="revoke a key at once")
     revoke.add_argument("name")
     revoke.set_defaults(run=cmd_keys)
+
+    db = commands.add_parser("db", help="the store's collections")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    db_check = db_sub.add_parser(
+        "check",
+        help="compare the store's indexes with the required ones; exit 1 when they differ",
+    )
+    db_check.add_argument("--format", choices=["table", "json"], default="table")
+    db_check.set_defaults(run=cmd_db)
 
     webhooks = commands.add_parser("webhooks", help="partner webhook endpoints and deliveries")
     webhooks_sub = webhooks.add_subparsers(dest="webhooks_command", required=True)
