@@ -7,14 +7,18 @@ same store. Whatever B writes reaches A's subscribers through the change stream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 
 import httpx
 import pytest
+from httpx_ws import AsyncWebSocketSession, aconnect_ws
+from pymongo import monitoring
 
 from tests.services.conftest import (
     PayService,
     SecondProcess,
+    object_id,
     order_feed,
 )
 
@@ -145,3 +149,124 @@ async def test_a_disconnect_closes_the_change_stream(
     while "killCursors" not in a.commands:
         assert asyncio.get_running_loop().time() < deadline, "the change stream stayed open"
         await asyncio.sleep(0.05)
+
+
+class Streams(monitoring.CommandListener):
+    """The change streams the app opens (aggregates starting with $changeStream), by collection."""
+
+    def __init__(self) -> None:
+        self.opened: list[str] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        pipeline = event.command.get("pipeline") or [{}]
+        if event.command_name == "aggregate" and "$changeStream" in pipeline[0]:
+            self.opened.append(event.command["aggregate"])
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+def open_cursors(service: PayService) -> int:
+    """The store's own count of its open cursors (serverStatus metrics.cursor.open.total)."""
+    status = service.db.client.admin.command("serverStatus")
+    return int(status["metrics"]["cursor"]["open"]["total"])
+
+
+LIVE = "subscription($id: ID!) { orderEvents(orderId: $id) { status } }"
+QUIET = {"webhook_delivery": False, "webhook_poll_seconds": 3600, "expiry_interval_seconds": 3600}
+
+
+async def test_a_thousand_subscriptions_on_one_process_hold_one_server_cursor(
+    start_payments: Callable[..., PayService],
+) -> None:
+    streams = Streams()
+    # A budget refilled slower than the suite's default keeps the key's bucket in the store
+    # for the whole test (a bucket full again expires at once: api/store/rate_limits.py).
+    a = start_payments(
+        listeners=(streams,),
+        ws_max_subscriptions_per_key=1000,
+        rate_limit_per_second=1000.0,
+        **QUIET,
+    )
+    orders = [a.create_order()["id"] for _ in range(10)]
+    # Before any subscription: the keys' stream (the key cache) is the only one open.
+    before = min(open_cursors(a) for _ in range(3))
+    sockets, per_socket = 50, 20  # ws_max_operations_per_connection is 20
+    async with contextlib.AsyncExitStack() as stack:
+        http = await stack.enter_async_context(httpx.AsyncClient(timeout=60.0))
+        opened = []
+        for _ in range(sockets):
+            ws = await stack.enter_async_context(
+                aconnect_ws(f"{a.url}/graphql", http, subprotocols=["graphql-transport-ws"])
+            )
+            await ws.send_json(
+                {"type": "connection_init", "payload": {"Authorization": f"Bearer {a.client.key}"}}
+            )
+            assert (await ws.receive_json(timeout=30))["type"] == "connection_ack"
+            opened.append(ws)
+        # Socket after socket, so that 1,000 first reads do not queue for the pool at once.
+        firsts: list[str] = []
+        for n, ws in enumerate(opened):
+            for op in range(per_socket):
+                order_id = orders[(n * per_socket + op) % len(orders)]
+                await ws.send_json(
+                    {
+                        "id": f"{op}:{order_id}",
+                        "type": "subscribe",
+                        "payload": {"query": LIVE, "variables": {"id": order_id}},
+                    }
+                )
+            for _ in range(per_socket):
+                message = await ws.receive_json(timeout=60)
+                assert message["type"] == "next" and not message["payload"].get("errors"), message
+                firsts.append(message["payload"]["data"]["orderEvents"]["status"])
+        assert firsts == ["PENDING_PAYMENT"] * 1000
+        assert streams.opened.count("orders") == 1
+        assert min(open_cursors(a) for _ in range(3)) == before + 1
+        print(f"\n1,000 subscriptions: {before} open cursors before, {before + 1} with them")
+
+        # A change reaches the 100 subscribers of its order, and only them.
+        cancelled = orders[3]
+        done = a.client.data(CANCEL, {"input": {"orderId": cancelled, "reason": "changed mind"}})
+        assert done["cancelOrder"]["order"]["status"] == "CANCELLED"
+
+        async def until_complete(ws: AsyncWebSocketSession) -> list[tuple[str, str]]:
+            # Each socket follows every order twice.
+            got: list[tuple[str, str]] = []
+            while len([kind for kind, _ in got if kind == "complete"]) < 2:
+                message = await ws.receive_json(timeout=60)
+                got.append((message["type"], message["id"]))
+            return got
+
+        for ws in opened:
+            received = await until_complete(ws)
+            assert all(op_id.endswith(cancelled) for _, op_id in received), received
+            assert sorted(kind for kind, _ in received) == ["complete", "complete", "next", "next"]
+
+
+async def test_a_subscriber_that_falls_behind_is_ended_with_a_coded_error(
+    start_payments: Callable[..., PayService],
+) -> None:
+    a = start_payments(ws_subscription_queue_events=1, **QUIET)
+    order = a.create_order()
+    async with order_feed(a.client, order["id"]) as feed:
+        first = await feed.next()
+        assert first is not None and first["status"] == "PENDING_PAYMENT"
+        # Another process writes to the order in a burst: the stream hands the
+        # process batches of changes faster than a queue of one can be read.
+        order_id = object_id(order["id"])
+        for n in range(200):
+            a.db.orders.update_one({"_id": order_id}, {"$set": {"touched": n}})
+        message = await feed.ws.receive_json(timeout=30)
+        assert message["type"] == "next", message
+        (error,) = message["payload"]["errors"]
+        assert error["extensions"] == {"code": "SUBSCRIBER_TOO_SLOW"}
+        assert "fell 1 changes behind" in error["message"]
+        assert (await feed.ws.receive_json(timeout=10))["type"] == "complete"
+    # The process keeps serving subscriptions.
+    async with order_feed(a.client, order["id"]) as again:
+        event = await again.next()
+        assert event is not None and event["status"] == "PENDING_PAYMENT"
