@@ -22,8 +22,10 @@ from typing import Any
 
 from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import OperationFailure
 
 COLLECTION = "rate_limits"
+SPEND_TRIES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,29 +45,41 @@ class RateBuckets:
         """Spend ``amount`` points of ``key``'s bucket, or none when they are not all there."""
         per_point = 1000.0 / rate
         full_now = {"$max": [{"$ifNull": ["$fullAt", 0]}, "$at"]}
-        document = await self._collection.find_one_and_update(
-            {"_id": key},
-            [
-                {"$set": {"at": {"$toLong": "$$NOW"}}},
-                {"$set": {"next": {"$add": [full_now, amount * per_point]}}},
-                {
-                    "$set": {
-                        "granted": {"$lte": [{"$subtract": ["$next", "$at"]}, burst * per_point]}
-                    }
-                },
-                {
-                    "$set": {
-                        "fullAt": {"$cond": ["$granted", "$next", {"$ifNull": ["$fullAt", "$at"]}]}
-                    }
-                },
-                {"$set": {"expireAt": {"$toDate": "$fullAt"}}},
-                {"$unset": "next"},
-            ],
-            projection={"_id": 0, "granted": 1, "at": 1, "fullAt": 1},
-            upsert=True,
-            return_document=ReturnDocument.AFTER,
-        )
-        assert document is not None  # upserted
+        # An upsert racing the TTL monitor's deletion of the same bucket (or another
+        # process's first upsert) can come back empty on SecantusDB: ask again.
+        for _ in range(SPEND_TRIES):
+            document = await self._collection.find_one_and_update(
+                {"_id": key},
+                [
+                    {"$set": {"at": {"$toLong": "$$NOW"}}},
+                    {"$set": {"next": {"$add": [full_now, amount * per_point]}}},
+                    {
+                        "$set": {
+                            "granted": {
+                                "$lte": [{"$subtract": ["$next", "$at"]}, burst * per_point]
+                            }
+                        }
+                    },
+                    {
+                        "$set": {
+                            "fullAt": {
+                                "$cond": ["$granted", "$next", {"$ifNull": ["$fullAt", "$at"]}]
+                            }
+                        }
+                    },
+                    {"$set": {"expireAt": {"$toDate": "$fullAt"}}},
+                    {"$unset": "next"},
+                ],
+                projection={"_id": 0, "granted": 1, "at": 1, "fullAt": 1},
+                upsert=True,
+                return_document=ReturnDocument.AFTER,
+            )
+            if document is not None:
+                break
+        else:
+            raise OperationFailure(
+                f"the rate-limit bucket upsert returned nothing {SPEND_TRIES} times"
+            )
         return BucketState(
             granted=bool(document["granted"]),
             at=float(document["at"]),
