@@ -31,6 +31,8 @@ LIMITS = (
     "rate_limit_burst",
     "failed_auth_per_second",
     "failed_auth_burst",
+    "rate_limit_store_timeout_seconds",
+    "rate_limit_fallback_seconds",
     "ws_connection_init_timeout_seconds",
     "ws_max_operations_per_connection",
     "ws_max_subscriptions_per_key",
@@ -107,6 +109,13 @@ class Settings(BaseSettings):
         default=120.0,
         ge=0,
         description="Attempts younger than this are left to their notifications.",
+    )
+    job_lease_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="How long a process holds the lease of a background sweep (expiry, "
+        "reconciliation) between renewals; a process that dies mid-sweep leaves the sweep "
+        "to another after this (docs/deployment.md).",
     )
     bill_reconcile: bool = Field(
         default=True,
@@ -187,6 +196,16 @@ class Settings(BaseSettings):
     )
     failed_auth_burst: int = Field(
         default=10, ge=1, description="Failed authentications an address may make at once."
+    )
+    rate_limit_store_timeout_seconds: float = Field(
+        default=0.5,
+        gt=0,
+        description="Time a rate-limit spend may wait for the store before this process decides.",
+    )
+    rate_limit_fallback_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="After the store failed a rate-limit spend, how long budgets stay per process.",
     )
     ws_connection_init_timeout_seconds: float = Field(
         default=5.0, gt=0, description="A WebSocket must send connection_init within this (4408)."

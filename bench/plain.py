@@ -40,7 +40,7 @@ from api.domain.principal import Principal
 from api.schema.context import Services
 from api.schema.errors import ApiError
 from api.schema.ids import encode_cursor, object_id_of, to_global_id
-from api.services.budget import RateLimiter
+from api.services.budget import SharedBudget, Spend
 from api.settings import Settings
 from api.store.orders import ORDER_FIELDS, OrderQuery, Position
 
@@ -163,31 +163,36 @@ def bench_routes(services: Callable[[], Services]) -> list[Route]:
     ]
 
 
-class BenchBudget(RateLimiter):
+class BenchBudget(SharedBudget):
     """The keys' budget of a bench API: the service's own, except for the keys it names."""
 
     def __init__(
         self,
-        rate: float,
-        burst: int,
+        settings: Settings,
         unlimited: Collection[str] = (),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(rate, burst, clock)
+        super().__init__(
+            settings.rate_limit_per_second,
+            settings.rate_limit_burst,
+            name="per-key",
+            timeout=settings.rate_limit_store_timeout_seconds,
+            fallback_seconds=settings.rate_limit_fallback_seconds,
+            clock=clock,
+        )
         self.unlimited = frozenset(f"key:{name}" for name in unlimited)
 
-    def take(self, key: str, amount: int = 1) -> int:
-        return 0 if key in self.unlimited else super().take(key, amount)
-
-    def remaining(self, key: str) -> int:
-        return self.burst if key in self.unlimited else super().remaining(key)
+    async def take(self, key: str, amount: int = 1) -> Spend:
+        if key in self.unlimited:
+            return Spend(0, self.burst, 0.0)
+        return await super().take(key, amount)
 
 
 def bench_app(settings: Settings, unlimited: Collection[str] = (), **options: Any) -> Starlette:
     """The service's app with the plain endpoints behind its gate, and the keys ``unlimited``."""
     from api.web.app import create_app
 
-    budget = BenchBudget(settings.rate_limit_per_second, settings.rate_limit_burst, unlimited)
+    budget = BenchBudget(settings, unlimited)
     return create_app(settings, gated_routes=bench_routes, budget=budget, **options)
 
 

@@ -16,7 +16,7 @@ from api.config.live import LoadedConfig
 from api.domain.pii import PiiVault
 from api.domain.principal import Permission, Principal
 from api.schema.errors import ApiError, ErrorCode
-from api.services.budget import RateLimiter
+from api.services.budget import SharedBudget
 from api.services.orders import OrderService
 from api.services.payments import PaymentService
 from api.services.webhooks import WebhookService
@@ -39,7 +39,7 @@ class Services:
     vault: PiiVault
     payments: PaymentService | None = None
     # The API keys' query-cost budgets (api/services/budget.py), spent by RequestLimits.
-    budget: RateLimiter | None = None
+    budget: SharedBudget | None = None
     webhooks: WebhookService | None = None
 
 

@@ -23,13 +23,13 @@ same name pair by pair, quadratic in that width.
 
 ``QueryLimits`` refuses a request over any limit before graphql-core validates
 or executes it, with BAD_USER_INPUT naming the limit and, for the cost, the
-computed value. ``CostBudget`` then spends the cost from the API key's budget
+computed value. ``RequestLimits`` then spends the cost from the API key's budget
 and reports ``extensions.cost`` on every response.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +61,7 @@ from graphql import (
 from strawberry.extensions import ValidationCache
 
 from api.schema.errors import ApiError, ErrorCode
+from api.services.budget import Charge
 from api.settings import Settings
 
 CONNECTION_SUFFIX = "Connection"
@@ -371,8 +372,10 @@ class RequestLimits(ValidationCache):
     """Refuses a request over a limit, validates it (cached), then spends its cost.
 
     The limits come first, so graphql-core never walks a document they refuse.
-    A valid request's cost is taken from its API key's budget (the
-    process-wide ``Services.budget``); a key that has not enough left gets
+    A valid request's cost is taken from its API key's budget
+    (``Services.budget``, shared by every process on the store), together with
+    the point an HTTP request owes for arriving (its ``Charge``, left by the
+    gate): one store round trip. A key that has not enough left gets
     RATE_LIMITED with the seconds until it has. Every response then carries
     ``extensions.cost``. One instance serves one operation.
     """
@@ -402,21 +405,27 @@ class RequestLimits(ValidationCache):
         self.requested = measure.cost
         yield from super().on_validate()
 
-    def on_execute(self) -> Iterator[None]:
+    async def on_execute(self) -> AsyncIterator[None]:
         # Validation passed (else execution would not start): spend the cost now.
-        self._spend()
+        await self._spend()
         yield
 
-    def _spend(self) -> None:
-        request = self.execution_context.context
-        principal = getattr(request, "principal", None)
-        services = getattr(request, "services", None)
+    async def _spend(self) -> None:
+        context = self.execution_context.context
+        principal = getattr(context, "principal", None)
+        services = getattr(context, "services", None)
         budget = getattr(services, "budget", None)
         if principal is None or budget is None or self.requested is None:
             return
         bucket = f"key:{principal.name}"
-        wait = budget.take(bucket, self.requested)
-        self.remaining = budget.remaining(bucket)
+        request = getattr(context, "request", None)
+        charge = getattr(request, "scope", {}).get("state", {}).get("charge")
+        if not isinstance(charge, Charge) or charge.key != bucket or charge.paid:
+            charge = None
+        spend = await budget.take(bucket, self.requested + (0 if charge is None else 1))
+        self.remaining, wait = spend.remaining, spend.wait
+        if charge is not None and not wait:
+            charge.paid = True
         if wait:
             raise ApiError(
                 ErrorCode.RATE_LIMITED,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bson import ObjectId
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, WriteConcern
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -18,6 +18,8 @@ from api.store.keys import KeyRing
 from api.store.leases import Leases
 from api.store.orders import OrderRepository
 from api.store.payments import PaymentRepository
+from api.store.rate_limits import COLLECTION as RATE_LIMITS
+from api.store.rate_limits import RateBuckets
 from api.store.webhooks import Outbox, WebhookRepository
 
 Document = dict[str, Any]
@@ -131,6 +133,8 @@ INDEXES: dict[str, list[IndexModel]] = {
         ),
     ],
     "api_keys": [IndexModel([("name", ASCENDING)], unique=True, name="name")],
+    # _id is the bucket's key; a bucket past expireAt is full again, the same as none.
+    RATE_LIMITS: [IndexModel([("expireAt", ASCENDING)], expireAfterSeconds=0, name="expire")],
     "offerings": [
         IndexModel(
             [("branch", ASCENDING), ("kind", ASCENDING), ("sort", ASCENDING)], name="branch_kind"
@@ -171,6 +175,11 @@ class Store:
         self.catalog = CatalogRepository(self.db["offerings"])
         self.keys = KeyRing(self.db["api_keys"])
         self.audit = AuditLog(self.db["audit_log"])
+        # A spend lost to a crash or a failover only grants a few points twice: it
+        # need not wait for the journal or the replicas, and waits on every request.
+        self.rate_limits = RateBuckets(
+            self.db.get_collection(RATE_LIMITS, write_concern=WriteConcern(w=1, j=False))
+        )
         self.payments = PaymentRepository(
             self.db["payments"], self.db["payment_events"], self.db["refunds"]
         )

@@ -35,7 +35,8 @@ from api.schema import build_schema
 from api.schema.context import Services
 from api.schema.event_view import EventView
 from api.services.bills import BillReconciliation, BillSettings
-from api.services.budget import RateLimiter
+from api.services.budget import SharedBudget
+from api.services.jobs import ClusterJob
 from api.services.notifications import Notifications
 from api.services.orders import OrderService
 from api.services.outbound import OutboundPolicy
@@ -161,13 +162,24 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(20_000, 20, 10)
 
 
+def key_budget(settings: Settings) -> SharedBudget:
+    """The API keys' query-cost budget, shared through the store by every process."""
+    return SharedBudget(
+        settings.rate_limit_per_second,
+        settings.rate_limit_burst,
+        name="per-key",
+        timeout=settings.rate_limit_store_timeout_seconds,
+        fallback_seconds=settings.rate_limit_fallback_seconds,
+    )
+
+
 def create_app(
     settings: Settings | None = None,
     *,
     mongodb_uri: str | None = None,
     client_options: Mapping[str, Any] | None = None,
     gated_routes: Callable[[Callable[[], Services]], Sequence[BaseRoute]] | None = None,
-    budget: RateLimiter | None = None,
+    budget: SharedBudget | None = None,
 ) -> Starlette:
     """The ASGI app.
 
@@ -183,8 +195,14 @@ def create_app(
         raise RuntimeError("no MongoDB URI: set BRANCHPAY_MONGODB_URI or use `branchpay serve`")
     vault = PiiVault(settings.pii_master_key())
     state: dict[str, Services] = {}
-    budget = budget or RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
-    failures = RateLimiter(settings.failed_auth_per_second, settings.failed_auth_burst)
+    budget = budget or key_budget(settings)
+    failures = SharedBudget(
+        settings.failed_auth_per_second,
+        settings.failed_auth_burst,
+        name="failed-auth",
+        timeout=settings.rate_limit_store_timeout_seconds,
+        fallback_seconds=settings.rate_limit_fallback_seconds,
+    )
     sockets = OpenSockets(lambda: services().store.keys)
 
     def services() -> Services:
@@ -204,6 +222,9 @@ def create_app(
                 uri, settings.database, timeouts, **{**durability, **(client_options or {})}
             )
             await store.ensure_indexes()
+            # Every process on this store spends from the same buckets.
+            budget.attach(store.rate_limits)
+            failures.attach(store.rate_limits)
             marks = store.collection(MARKS_COLLECTION)
             registry = ProviderRegistry(
                 settings.plugins_toml,
@@ -256,28 +277,39 @@ def create_app(
             state["services"] = services_now
             app.state.registry = registry
             app.state.store = store
+            # Their counters (BudgetCounters) are for a metrics endpoint to expose.
+            app.state.budgets = {"per-key": budget, "failed-auth": failures}
             app.state.payments = payments
             app.state.notifications = Notifications(registry, payments)
             bills = BillReconciliation(store, registry, payments, settings=bill_settings(settings))
             app.state.bills = bills
             reconcile_min_age = timedelta(seconds=settings.reconcile_min_age_seconds)
+
+            def once_per_cluster(
+                name: str, every: float, sweep: Callable[[], Awaitable[Any]]
+            ) -> asyncio.Task[None]:
+                """Every process looks often; the one that takes the lease sweeps (jobs.py)."""
+                job = ClusterJob(
+                    store.leases,
+                    name,
+                    every=timedelta(seconds=every),
+                    ttl=timedelta(seconds=settings.job_lease_seconds),
+                )
+                look = min(every, settings.job_lease_seconds) / 4
+                return asyncio.create_task(_every(look, lambda: job.run(sweep), name), name=name)
+
             tasks = [
                 asyncio.create_task(registry.watch(), name="config-watch"),
                 asyncio.create_task(
                     _every(settings.key_recheck_interval_seconds, sockets.close_revoked, "revoked"),
                     name="revocation-watch",
                 ),
-                asyncio.create_task(
-                    _every(settings.expiry_interval_seconds, orders.expire_due, "expiry"),
-                    name="expiry",
-                ),
-                asyncio.create_task(
-                    _every(
-                        settings.reconcile_interval_seconds,
-                        lambda: payments.reconcile_due(reconcile_min_age),
-                        "reconcile",
-                    ),
-                    name="reconcile",
+                # Once per interval for the whole cluster, one process at a time.
+                once_per_cluster("expiry", settings.expiry_interval_seconds, orders.expire_due),
+                once_per_cluster(
+                    "reconcile",
+                    settings.reconcile_interval_seconds,
+                    lambda: payments.reconcile_due(reconcile_min_age),
                 ),
                 # Every minute; past bill_reconcile_at the first process to take the lease
                 # reconciles yesterday's bills, and NOT_READY days again later.
@@ -314,11 +346,14 @@ def create_app(
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
                 store.on_event_recorded(None)
+                budget.attach(None)
+                failures.attach(None)
                 await webhooks.aclose()
                 await store.close()
 
     async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+        # The pid tells the workers of `branchpay serve --workers N` apart.
+        return JSONResponse({"status": "ok", "pid": os.getpid()})
 
     async def readyz(request: Request) -> Response:
         checks: dict[str, Any] = {}

@@ -7,10 +7,13 @@ measured against pays for the same authentication.
 It runs before any GraphQL work: a request without a valid key gets 401 (and
 an address that fails too often 429), and a key whose budget is spent gets 429
 with ``Retry-After``, all as GraphQL-shaped JSON errors with ``extensions.code``.
-Every request spends 1 point of its key's budget here, on arrival, so even
-requests that never parse are limited; its query cost is spent once validated
-(api/schema/limits.py). GraphiQL's page (a GET without a query) opens
-without a key; the queries it sends need one like any other client's.
+Every request owes 1 point of its key's budget on arrival, so even requests
+that never parse are limited: a request that runs pays it with its query cost
+once validated (api/schema/limits.py), in one store round trip; one that ends
+without running pays it here as it ends. A key whose last answer from the store
+said it is short of a point is refused here without asking the store again.
+GraphiQL's page (a GET without a query) opens without a key; the queries it
+sends need one like any other client's.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from urllib.parse import parse_qs
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.services.budget import RateLimiter
+from api.services.budget import Charge, SharedBudget
 from api.store.keys import KeyRing, bearer_token
 
 
@@ -47,8 +50,8 @@ class ApiKeyGate:
         self,
         app: ASGIApp,
         keys: Callable[[], KeyRing],
-        budget: RateLimiter,
-        failures: RateLimiter,
+        budget: SharedBudget,
+        failures: SharedBudget,
         path: str = "/graphql",
         prefixes: tuple[str, ...] = (),
     ) -> None:
@@ -73,7 +76,7 @@ class ApiKeyGate:
         if principal is None:
             # Failed attempts count against the caller's address, so keys can't be guessed fast.
             client = scope.get("client") or ("unknown", 0)
-            if wait := self.failures.take(f"address:{client[0]}"):
+            if wait := (await self.failures.take(f"address:{client[0]}")).wait:
                 await _answer(
                     send,
                     429,
@@ -93,11 +96,19 @@ class ApiKeyGate:
                 [(b"www-authenticate", b"Bearer")],
             )
             return
-        if wait := self.budget.take(f"key:{principal.name}"):
+        key = f"key:{principal.name}"
+        if wait := self.budget.wait_known(key):
             await self._too_many(send, wait)
             return
-        scope.setdefault("state", {})["principal"] = principal
-        await self.app(scope, receive, send)
+        charge = Charge(key)
+        state = scope.setdefault("state", {})
+        state["principal"] = principal
+        state["charge"] = charge
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            if not charge.paid:
+                await self.budget.take(key, 1)
 
     def _ide_page(self, scope: Scope) -> bool:
         if scope["method"] != "GET" or scope["path"] != self.path:

@@ -47,7 +47,7 @@ from strawberry.types.unset import UNSET, UnsetType
 
 from api.schema.context import Context, Services
 from api.schema.errors import ErrorCode, shaped
-from api.services.budget import RateLimiter
+from api.services.budget import SharedBudget
 from api.settings import Settings
 from api.store.keys import bearer_token
 from api.web.websocket import GuardedSocket, GuardedTransportWS, OpenSockets
@@ -74,7 +74,7 @@ class GraphQLApp(GraphQL[Context, None]):
         services: Callable[[], Services],
         *,
         settings: Settings,
-        failures: RateLimiter,
+        failures: SharedBudget,
         sockets: OpenSockets,
         **options: Any,
     ) -> None:
@@ -263,7 +263,7 @@ class GraphQLApp(GraphQL[Context, None]):
         principal = await context.store.keys.authenticate(token) if token else None
         if principal is None:
             client = context.request.scope.get("client") or ("unknown", 0)
-            self.failures.take(f"address:{client[0]}")
+            await self.failures.take(f"address:{client[0]}")
             raise ConnectionRejectionError({"code": "UNAUTHENTICATED"})
         context.principal = principal
         context.token = token

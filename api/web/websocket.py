@@ -46,7 +46,7 @@ from strawberry.types.execution import PreExecutionError
 
 from api.schema.context import Context
 from api.schema.errors import shaped
-from api.services.budget import RateLimiter
+from api.services.budget import SharedBudget
 from api.settings import Settings
 from api.store.keys import KeyRing
 from api.store.outage import is_store_outage, report_store_outage
@@ -177,8 +177,9 @@ class GuardedTransportWS(BaseGraphQLTransportWSHandler[Context, None]):
         await super().handle_message(message)
 
     async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
-        failures: RateLimiter = self.view.failures  # type: ignore[attr-defined]
-        if failures.remaining(self._address()) < 1:
+        failures: SharedBudget = self.view.failures  # type: ignore[attr-defined]
+        # Spending nothing reads the address's bucket as every process sees it.
+        if (await failures.take(self._address(), 0)).remaining < 1:
             await self.websocket.close(
                 CLOSE_TOO_MANY_FAILURES, "too many failed authentications from this address"
             )
@@ -222,7 +223,7 @@ class GuardedTransportWS(BaseGraphQLTransportWSHandler[Context, None]):
             return
         context.principal = principal
         budget = context.services.budget
-        if budget is not None and (wait := budget.take(f"key:{principal.name}")):
+        if budget is not None and (wait := (await budget.take(f"key:{principal.name}")).wait):
             await self._refuse(
                 message,
                 _refusal(f"the key's budget is spent; retry after {wait} s", retryAfter=wait),

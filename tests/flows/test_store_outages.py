@@ -178,6 +178,7 @@ class OutageService:
     service: PayService
     store: OwnStore
     app_store: Any  # the app's api.store.Store, to read its client's options
+    app: Any  # the app itself, to read its state
     records: list[logging.LogRecord] = field(default_factory=list)
 
     @property
@@ -197,7 +198,8 @@ def start_outage_service(
         listeners: tuple[monitoring.CommandListener, ...] = (), **settings: Any
     ) -> OutageService:
         service = services.start(listeners=listeners, **settings)
-        return OutageService(service, own_store, services.apps[-1].state.store, caplog.records)
+        app = services.apps[-1]
+        return OutageService(service, own_store, app.state.store, app, caplog.records)
 
     yield start
     # Bring the store back first: the app and the clean-up talk to it.
@@ -649,4 +651,72 @@ async def test_websocket_logins_and_new_operations_during_an_outage_answer_fast_
         )
         answer = await open_ws.receive_json(timeout=15)
         assert answer["type"] == "next" and answer["payload"]["data"]["branches"]
+    assert_no_tracebacks(running.records)
+
+
+class RateLimitCalls(monitoring.CommandListener):
+    """Counts the spends the app sends to the store's rate-limit buckets."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "findAndModify" and event.command.get("findAndModify") == (
+            "rate_limits"
+        ):
+            self.sent += 1
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+def test_a_store_that_hangs_on_a_rate_limit_spend_leaves_the_process_its_own_budget(
+    start_outage_service: Callable[..., OutageService], own_store: OwnStore
+) -> None:
+    """Fails open, bounded: the request is served while the store hangs, the limit still holds."""
+    tripwire = Tripwire(own_store, "findAndModify", "rate_limits")
+    calls = RateLimitCalls()
+    spent = 6 + 1  # `{ branches { code } }` and the point every request owes
+    running = start_outage_service(
+        listeners=(tripwire, calls),
+        expiry_interval_seconds=3600,
+        rate_limit_per_second=0.001,
+        rate_limit_burst=3 * spent,
+        max_query_cost=3 * spent,
+        rate_limit_store_timeout_seconds=0.3,
+        rate_limit_fallback_seconds=600,
+    )
+    key = running.service.client_for("partner", "zj").key
+    branches = "{ branches { code } }"
+
+    def remaining(response: httpx.Response) -> int:
+        assert response.status_code == 200, response.text
+        return int(response.json()["extensions"]["cost"]["remaining"])
+
+    assert remaining(post(running.url, key, branches)[0]) == 2 * spent  # the store's bucket
+    # The store stops as the next spend is sent: the budget does not wait for it.
+    tripwire.armed = True
+    served, _ = post(running.url, key, branches)
+    assert own_store.paused, "the tripwire did not fire"
+    # Answered with the store still stopped; spent from the process's own, full, bucket.
+    assert remaining(served) == 2 * spent
+    own_store.resume()
+    sent = calls.sent
+    # While the fall-back lasts the store is not asked, and the process keeps the limit.
+    assert remaining(post(running.url, key, branches)[0]) == spent
+    assert remaining(post(running.url, key, branches)[0]) == 0
+    limited, _ = post(running.url, key, branches)
+    assert limited.status_code == 429, limited.text
+    assert limited.json()["errors"][0]["extensions"]["code"] == "RATE_LIMITED"
+    assert calls.sent == sent
+    counters = running.app.state.budgets["per-key"].counters
+    # The spend that timed out and the two after it; the refusal needed no spend.
+    assert (counters.store_failures, counters.local_spends) == (1, 3)
+    lines = [r for r in running.records if r.name == "branchpay.ratelimit"]
+    assert len(lines) == 1 and lines[0].levelno == logging.WARNING
+    assert "per-key" in lines[0].getMessage()
+    assert str(own_store.port) not in lines[0].getMessage()
     assert_no_tracebacks(running.records)
