@@ -557,7 +557,7 @@ class BillReconciliation:
                 run.matched_fen += line.amount_fen
                 continue
             found.extend(self._found(run, kind, line, ours) for kind in verdict.kinds)
-        await bills.add_marks(marks, run.day, run.now)
+        await bills.add_marks(run.branch, marks, run.day, run.now)
         await bills.record_discrepancies(found, run.token)
         await bills.close_applied(applied, self._resolution("APPLIED", "applied", self.now()))
 

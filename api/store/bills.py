@@ -88,13 +88,20 @@ class BillRepository:
 
     # --- bill marks -------------------------------------------------------------------
 
-    async def add_marks(self, mark_ids: Sequence[str], bill_date: date, now: datetime) -> None:
+    async def add_marks(
+        self, branch: str, mark_ids: Sequence[str], bill_date: date, now: datetime
+    ) -> None:
+        """Mark the branch's lines as billed on ``bill_date``.
+
+        The filter names the branch: an upsert on a sharded cluster must carry
+        the whole shard key, (branch, _id) here (docs/deployment.md).
+        """
         if not mark_ids:
             return
         await self.marks.bulk_write(
             [
                 UpdateOne(
-                    {"_id": mark},
+                    {"branch": branch, "_id": mark},
                     {"$set": {"billDate": bill_date.isoformat(), "at": now}},
                     upsert=True,
                 )
@@ -128,7 +135,8 @@ class BillRepository:
             described = {k: v for k, v in doc.items() if k not in fixed}
             writes.append(
                 UpdateOne(
-                    {"_id": doc["_id"]},
+                    # The whole shard key (branch, _id), as an upsert on a sharded cluster needs.
+                    {"branch": doc["branch"], "_id": doc["_id"]},
                     {
                         "$set": {**described, "seenBy": run},
                         "$setOnInsert": {
