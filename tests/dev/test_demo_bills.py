@@ -5,35 +5,29 @@ directory, a copy of the shipped plugins.toml, simulators on free ports, no
 seeded orders). Two demo branches of each real provider pay one order each
 through that provider's simulator, as a payer's phone does. Then today's bill
 (Beijing day) of every one of those (branch, provider) pairs is reconciled
-beside the running demo, against its store: each report is COMPLETE, its one
-bill line matched to the branch's payment, with no discrepancy. Before each
+beside the running demo with `branchpay reconcile bills --date <today>
+--branch X --provider Y --format json`, as a user would: each exits 0 and its
+report is COMPLETE, its one bill line matched to the branch's payment, with no
+discrepancy. Before each
 demo branch had a merchant of its own, a branch's bill also held the other
 branches' trades, reported as MISSING_LOCALLY.
 """
 
 from __future__ import annotations
 
-import contextlib
+import json
 import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from api.config.live import ProviderRegistry
-from api.dev.devdb import free_port, uri_of
+from api.dev.devdb import free_port
 from api.domain.bills import beijing_day
-from api.domain.principal import Principal, Role
-from api.plugins.manager import load_plugin_manager
-from api.services.bills import BillReconciliation
-from api.services.payments import PaymentService
-from api.store import Store
 from tests.cli.test_serve import ROOT, environment, interrupt, wait_ready
 from tests.conftest import GraphQLClient
 from tests.dev.test_demo import CREATE, PLAN_FEN, START, create_key, pay_as_payer
@@ -49,7 +43,6 @@ PAIRS = [
     ("yn", "unionpay"),
     ("he", "unionpay"),
 ]
-OPS = Principal("demo-bills-test", Role.OPS, frozenset())
 
 
 @pytest.fixture
@@ -58,25 +51,32 @@ def workdir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@contextlib.asynccontextmanager
-async def reconciler(
-    workdir: Path, db_port: int, env: dict[str, str], api_url: str
-) -> AsyncIterator[BillReconciliation]:
-    """The reconciliation service beside the running demo: its store, its plugins.toml."""
-    plugins = load_plugin_manager()
-    store = Store.connect(uri_of(db_port), env.get("BRANCHPAY_DATABASE", "branchpay"))
-    try:
-        async with httpx.AsyncClient(timeout=15.0) as http:
-            registry = ProviderRegistry(workdir / "plugins.toml", plugins, http)
-            registry.load()
-            payments = PaymentService(store, registry, base_url=lambda: api_url, plugins=plugins)
-            yield BillReconciliation(store, registry, payments)
-    finally:
-        await store.close()
+def reconcile_bills(
+    workdir: Path, env: dict[str, str], day: date, branch: str, provider: str
+) -> tuple[int, dict[str, Any]]:
+    """`branchpay reconcile bills --format json` beside the running demo: exit code, its report."""
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "api", "reconcile", "bills", "--date", day.isoformat()),
+            *("--branch", branch, "--provider", provider, "--format", "json"),
+        ],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.stdout, (branch, provider, done.returncode, done.stderr)
+    document = json.loads(done.stdout)
+    assert document["billDate"] == day.isoformat()
+    assert document["exitCode"] == done.returncode
+    (report,) = document["reconciliations"]
+    return done.returncode, report
 
 
 async def pay_one_order(partner: GraphQLClient, branch: str, provider: str) -> tuple[str, date]:
-    """An order of ``branch`` paid through ``provider``'s simulator: its outTradeNo, its day."""
+    """An order of ``branch`` paid through ``provider``'s simulator: its id, the Beijing day."""
     created = partner.data(
         CREATE,
         {
@@ -98,7 +98,7 @@ async def pay_one_order(partner: GraphQLClient, branch: str, provider: str) -> t
         assert await feed.statuses_until("PENDING_PAYMENT") == ["PENDING_PAYMENT"]
         pay_as_payer(started["action"]["qrCode"])
         assert await feed.statuses_until("PAID") == ["PAID"], (branch, provider)
-    return started["payment"]["outTradeNo"], beijing_day(datetime.now(UTC))
+    return order_id, beijing_day(datetime.now(UTC))
 
 
 async def test_demo_reconciles_todays_payments_of_each_branch_and_provider_cleanly(
@@ -125,21 +125,22 @@ async def test_demo_reconciles_todays_payments_of_each_branch_and_provider_clean
         for branch, provider in PAIRS:
             paid[(branch, provider)] = await pay_one_order(partner, branch, provider)
 
-        reports: dict[tuple[str, str], dict[str, Any]] = {}
-        async with reconciler(workdir, db_port, env, url) as bills:
-            for (branch, provider), (_, day) in paid.items():
-                reports[(branch, provider)] = await bills.run(
-                    OPS, branch=branch, provider=provider, day=day
-                )
+        reports = {
+            (branch, provider): reconcile_bills(workdir, env, day, branch, provider)
+            for (branch, provider), (_, day) in paid.items()
+        }
     finally:
         interrupt(process)
 
-    for (branch, provider), report in reports.items():
-        out_trade_no, day = paid[(branch, provider)]
-        assert report["_id"] == f"{branch}:{provider}:{day.isoformat()}"
+    for (branch, provider), (exit_code, report) in reports.items():
+        _, day = paid[(branch, provider)]
+        # 0: reconciled, no open discrepancy (1 would say some remain).
+        assert exit_code == 0, (branch, provider, report)
+        assert report["id"] == f"{branch}:{provider}:{day.isoformat()}"
         assert report["status"] == "COMPLETE", (branch, provider, report)
         assert report["discrepancyCounts"] == {}, (branch, provider, report)
         assert report["openDiscrepancies"] == 0, (branch, provider, report)
+        assert report["openDiscrepancyList"] == [], (branch, provider, report)
         totals = report["totals"]
         # The bill holds this branch's one payment and no other branch's.
         assert totals["billLines"] == 1, (branch, provider, report)
@@ -147,4 +148,3 @@ async def test_demo_reconciles_todays_payments_of_each_branch_and_provider_clean
         assert totals["matchedFen"] == PLAN_FEN, (branch, provider, report)
         assert (totals["paymentCount"], totals["paymentFen"]) == (1, PLAN_FEN)
         assert totals["billTotalsAgree"] in (True, None), (branch, provider, report)
-        assert out_trade_no  # the payment branchpay made is the one matched
