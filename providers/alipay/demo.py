@@ -7,6 +7,11 @@ checks with ``alipay_public_key``). ``demo_simulator`` builds the simulated
 gateway from them; the plugin's ``demo_gateways`` hook hands :data:`DEMO` to
 ``make run``, which serves it and writes its URL (``.../gateway.do``) to
 ``.data/secrets/alipay.gateway``.
+
+Each demo branch is its own merchant: :data:`DEMO_SELLERS` gives the app_id
+and merchant PID (seller_id) of each, the ones the shipped plugins.toml
+uses, so one branch's bill holds only that branch's trades. They all sign with
+the one demo app key.
 """
 
 from __future__ import annotations
@@ -30,6 +35,14 @@ APP_PUBLIC_KEY_FILE = "alipay_app_public_key.pem"
 PLATFORM_PRIVATE_KEY_FILE = "alipay_platform_private_key.pem"
 PLATFORM_PUBLIC_KEY_FILE = "alipay_platform_public_key.pem"
 
+# The demo branches' Alipay apps (app_id -> merchant PID), as in the shipped plugins.toml.
+DEMO_SELLERS = {
+    "2021000000000001": "2088000000000001",  # zj
+    "2021000000000002": "2088000000000002",  # bj
+    "2021000000000003": "2088000000000003",  # he
+    "2021000000000004": "2088000000000004",  # cq
+}
+
 
 def ensure_demo_keys(secrets_dir: Path) -> None:
     """Create the demo key files that are missing (mode 0600)."""
@@ -45,12 +58,17 @@ def ensure_demo_keys(secrets_dir: Path) -> None:
 
 
 def demo_simulator(secrets_dir: Path) -> Starlette:
-    """The simulated Alipay gateway for every demo branch (any app_id, the demo app key)."""
+    """The simulated Alipay gateway for every demo branch (any app_id, the demo app key).
+
+    The apps of :data:`DEMO_SELLERS` belong to their own merchants; any other
+    app to the simulator's default merchant.
+    """
     ensure_demo_keys(secrets_dir)
     return create_app(
         apps={},
         alipay_private_key=(secrets_dir / PLATFORM_PRIVATE_KEY_FILE).read_text(),
         any_app_key=(secrets_dir / APP_PUBLIC_KEY_FILE).read_text(),
+        sellers=DEMO_SELLERS,
     )
 
 

@@ -194,6 +194,7 @@ class AlipaySimulator:
         any_app_key: rsa.RSAPublicKey | str | None = None,
         publish_current_day: bool | None = None,
         bill_url_seconds: float = 30.0,
+        sellers: Mapping[str, str] | None = None,
     ) -> None:
         self.any_app_key = (
             load_public_key(any_app_key) if isinstance(any_app_key, str) else any_app_key
@@ -208,6 +209,8 @@ class AlipaySimulator:
             else load_private_key(alipay_private_key)
         )
         self.seller_id = seller_id
+        # app_id -> the merchant PID that owns the app; any other app is seller_id's.
+        self.sellers = dict(sellers or {})
         self.trades: dict[tuple[str, str], Trade] = {}
         self.qr_codes: dict[str, tuple[str, str]] = {}
         self.faults = FaultQueue()
@@ -249,6 +252,10 @@ class AlipaySimulator:
             lifespan=self.notifier.lifespan,
         )
         self.app.state.simulator = self
+
+    def seller_of(self, app_id: str | None) -> str:
+        """The merchant PID (seller_id) that owns ``app_id``."""
+        return self.sellers.get(app_id or "", self.seller_id)
 
     # --- the gateway ----------------------------------------------------------
 
@@ -345,7 +352,7 @@ class AlipaySimulator:
         if api_method == "alipay.trade.precreate":
             return self._precreate(request, app_id, biz, params)
         if api_method == BILL_METHOD:
-            return self._bill_download_url(request, biz)
+            return self._bill_download_url(request, app_id, biz)
         out_trade_no = _required(biz, "out_trade_no")
         trade = self.trades.get((app_id, out_trade_no))
         if api_method == "alipay.trade.fastpay.refund.query":
@@ -500,8 +507,14 @@ class AlipaySimulator:
 
     # --- daily bills ----------------------------------------------------------
 
-    def _bill_download_url(self, request: Request, biz: Mapping[str, Any]) -> dict[str, Any]:
+    def _bill_download_url(
+        self, request: Request, app_id: str, biz: Mapping[str, Any]
+    ) -> dict[str, Any]:
         """Answer the bill query: a link to the day's zip, or why there is none.
+
+        The bill is that of the merchant (PID) owning the asking app: the trades
+        of that merchant's apps only (a line a test added without a trade is on
+        every merchant's bill).
 
         ``isp.bill_not_ready``: the day is not published yet (Alipay publishes day
         D on D+1 before 09:00 Beijing time); ``isp.bill_not_exist``: a day before
@@ -522,8 +535,13 @@ class AlipaySimulator:
         now = datetime.now(UTC)
         if self.bills.availability(day, now) is not None:
             raise _business(NOT_READY, "账单尚未生成, 当日账单于次日 9 点后提供")
-        entries = self.bills.entries_of(day, now)
-        account = account_of(self.seller_id)
+        seller = self.seller_of(app_id)
+        entries = [
+            entry
+            for entry in self.bills.entries_of(day, now)
+            if "app_id" not in entry.extra or self.seller_of(entry.extra["app_id"]) == seller
+        ]
+        account = account_of(seller)
         file_id = secrets.token_hex(12)
         clock = time.monotonic()
         for stale in [k for k, f in self.bill_files.items() if f.expires <= clock]:
@@ -662,7 +680,7 @@ class AlipaySimulator:
             "version": "1.0",
             "sign_type": "RSA2",
             "app_id": trade.app_id,
-            "seller_id": self.seller_id,
+            "seller_id": self.seller_of(trade.app_id),
             "buyer_id": "2088102177846880",
             "trade_no": trade.trade_no,
             "out_trade_no": trade.out_trade_no,
@@ -872,12 +890,16 @@ def create_app(
     any_app_key: rsa.RSAPublicKey | str | None = None,
     publish_current_day: bool | None = None,
     bill_url_seconds: float = 30.0,
+    sellers: Mapping[str, str] | None = None,
 ) -> Starlette:
     """The simulated gateway for the given apps (app_id -> merchant public key).
 
     ``any_app_key``, when given, is the merchant key of every other app_id (the
-    demo shares one key pair between its branches). ``seller_id`` is the
-    merchant PID of every app; its bill account is the PID with ``0156``.
+    demo shares one key pair between its branches). ``sellers`` maps an app_id
+    to the merchant PID that owns it; ``seller_id`` is the PID of every other
+    app. A merchant's bill account is its PID with ``0156``, and its bill holds
+    only the trades opened by its apps (the notifications of a trade carry its
+    app's PID as ``seller_id``).
     ``publish_current_day``: bills of every day up to now, today's so far
     included, instead of day D from D+1 09:00 Beijing time (None: the
     ``BRANCHPAY_SIMULATOR_BILLS_CURRENT_DAY`` setting decides; the control
@@ -892,6 +914,7 @@ def create_app(
         any_app_key=any_app_key,
         publish_current_day=publish_current_day,
         bill_url_seconds=bill_url_seconds,
+        sellers=sellers,
     ).app
 
 

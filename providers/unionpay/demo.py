@@ -17,6 +17,9 @@ from providers.unionpay import message, pki
 from providers.unionpay.simulator import create_app
 
 DEMO_MER_ID = "777290058110048"
+# The demo branches' merchants (merId), as in the shipped plugins.toml: each its own
+# bill, all signing with the one demo merchant certificate.
+DEMO_MER_IDS = {"yn": DEMO_MER_ID, "he": "777290058110049"}
 
 MERCHANT_KEY = "unionpay_sign_cert_private_key.pem"
 MERCHANT_CERT = "unionpay_sign_cert.pem"
@@ -51,7 +54,7 @@ def ensure_demo_keys(secrets_dir: Path) -> None:
 
 
 def demo_simulator(secrets_dir: Path) -> Starlette:
-    """The simulator, signing as the demo's stand-in UnionPay, knowing the demo merchant."""
+    """The simulator, signing as the demo's stand-in UnionPay, knowing the demo merchants."""
 
     def read(name: str) -> str:
         return (secrets_dir / name).read_text(encoding="ascii")
@@ -59,7 +62,9 @@ def demo_simulator(secrets_dir: Path) -> Starlette:
     return create_app(
         sign_key=load_private_key(read(PLATFORM_KEY)),
         sign_cert=message.load_certificate(read(PLATFORM_CERT)),
-        merchants={DEMO_MER_ID: message.load_certificate(read(MERCHANT_CERT))},
+        merchants=dict.fromkeys(
+            DEMO_MER_IDS.values(), message.load_certificate(read(MERCHANT_CERT))
+        ),
     )
 
 

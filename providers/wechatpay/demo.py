@@ -3,7 +3,9 @@
 :func:`ensure_demo_keys` writes (once, mode 0600) the merchant key pair, the
 simulated platform key pair and an APIv3 key under the secrets directory; a
 demo branch refers to them from plugins.toml as ``{ file = ".data/secrets/..." }``
-together with the ``DEMO_*`` ids below. :func:`demo_simulator` builds the
+together with the ``DEMO_*`` ids below: each demo branch is its own merchant
+(:data:`DEMO_MCHIDS`, so one branch's bill holds only its own payments), all
+sharing the demo keys and the app. :func:`demo_simulator` builds the
 simulator from the same files; the plugin's ``demo_gateways`` hook hands
 :data:`DEMO` to ``make run``.
 """
@@ -28,6 +30,8 @@ from api.plugin import (
 from providers.wechatpay.simulator import WECHAT_REDELIVERY_DELAYS, Merchant, create_app
 
 DEMO_MCHID = "1900000109"
+# The demo branches' merchant ids (mchid), as in the shipped plugins.toml.
+DEMO_MCHIDS = {"bj": DEMO_MCHID, "sc": "1900000110"}
 DEMO_APPID = "wxd678efh567hg6787"
 DEMO_CERT_SERIAL_NO = "5157F09EFDC096DE15EBE81A47057A7232F1B8E1"
 DEMO_PLATFORM_PUBLIC_KEY_ID = "PUB_KEY_ID_0119000001092025112500000000"
@@ -56,16 +60,21 @@ def ensure_demo_keys(secrets_dir: Path) -> None:
 
 
 def demo_simulator(secrets_dir: Path) -> Starlette:
-    """The simulator for the demo merchant, keyed from the files in ``secrets_dir``."""
-    merchant = Merchant(
-        mchid=DEMO_MCHID,
-        appid=DEMO_APPID,
-        public_key=load_public_key((secrets_dir / MERCHANT_PUBLIC_FILE).read_text()),
-        cert_serial_no=DEMO_CERT_SERIAL_NO,
-        apiv3_key=(secrets_dir / APIV3_KEY_FILE).read_text().strip().encode(),
-    )
+    """The simulator for the demo merchants, keyed from the files in ``secrets_dir``."""
+    public_key = load_public_key((secrets_dir / MERCHANT_PUBLIC_FILE).read_text())
+    apiv3_key = (secrets_dir / APIV3_KEY_FILE).read_text().strip().encode()
+    merchants = [
+        Merchant(
+            mchid=mchid,
+            appid=DEMO_APPID,
+            public_key=public_key,
+            cert_serial_no=DEMO_CERT_SERIAL_NO,
+            apiv3_key=apiv3_key,
+        )
+        for mchid in dict.fromkeys(DEMO_MCHIDS.values())
+    ]
     return create_app(
-        merchants=[merchant],
+        merchants=merchants,
         platform_private_key=load_private_key((secrets_dir / PLATFORM_KEY_FILE).read_text()),
         platform_public_key_id=DEMO_PLATFORM_PUBLIC_KEY_ID,
         redelivery_delays=WECHAT_REDELIVERY_DELAYS,

@@ -510,3 +510,36 @@ async def test_a_query_not_signed_with_the_apps_key_is_refused(
         await asyncio.to_thread(
             client.server_api, BILL_METHOD, {"bill_type": "trade", "bill_date": "2020-02-29"}
         )
+
+
+async def test_each_merchant_s_bill_holds_only_the_trades_of_its_own_apps(
+    alipay_http: httpx.AsyncClient,
+) -> None:
+    # Two apps, as the demo's branches have: each of its own merchant (PID), one app key.
+    other_app, other_seller = "2021000000000099", "2088000000000099"
+    app = simulator_app(
+        apps={},
+        any_app_key=app_key().public_key(),
+        sellers={APP_ID: SELLER_ID, other_app: other_seller},
+        publish_current_day=True,
+    )
+    with LoopbackServer(app) as server:
+        sim = RunningSimulator(server.url, app.state.simulator)
+        mine = AlipayProvider(settings_for(sim.gateway), branch=BRANCH, http=alipay_http)
+        theirs = AlipayProvider(
+            settings_for(sim.gateway, app_id=other_app, seller_id=other_seller),
+            branch="bj",
+            http=alipay_http,
+        )
+        my_trade = await paid(mine, alipay_http, sim, 18800)
+        their_trade = await paid(theirs, alipay_http, sim, 5900)
+        my_lines, my_totals = await bill(mine, today())
+        their_lines, their_totals = await bill(theirs, today())
+        notification = (
+            await alipay_http.get(f"{sim.url}/_control/notifications/{their_trade}")
+        ).json()["notifications"][-1]
+    assert [(line.out_trade_no, line.amount_fen) for line in my_lines] == [(my_trade, 18800)]
+    assert [(line.out_trade_no, line.amount_fen) for line in their_lines] == [(their_trade, 5900)]
+    assert (my_totals.payment_count, their_totals.payment_count) == (1, 1)
+    # The trade's notification names its own app's merchant as seller_id.
+    assert f"seller_id={other_seller}" in notification
