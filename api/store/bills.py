@@ -56,9 +56,7 @@ class BillRepository:
             {"branch": branch, "outTradeNo": {"$in": list(out_trade_nos)}},
             _PAYMENT_FIELDS,
         )
-        return {
-            doc["outTradeNo"]: doc async for doc in cursor if doc.get("provider") == provider
-        }
+        return {doc["outTradeNo"]: doc async for doc in cursor if doc.get("provider") == provider}
 
     async def paid_between(
         self, branch: str, provider: str, start: datetime, end: datetime
