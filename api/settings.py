@@ -36,7 +36,9 @@ LIMITS = (
     "ws_connection_init_timeout_seconds",
     "ws_max_operations_per_connection",
     "ws_max_subscriptions_per_key",
+    "ws_subscription_queue_events",
     "key_recheck_interval_seconds",
+    "key_cache_ttl_seconds",
     "store_timeout_seconds",
     "store_server_selection_timeout_seconds",
     "store_connect_timeout_seconds",
@@ -209,10 +211,24 @@ class Settings(BaseSettings):
     ws_max_subscriptions_per_key: int = Field(
         default=100, ge=1, description="Subscriptions one API key may hold open in one process."
     )
+    ws_subscription_queue_events: int = Field(
+        default=100,
+        ge=1,
+        description="Changes that may wait for one subscription; one further behind is ended "
+        "with SUBSCRIBER_TOO_SLOW.",
+    )
     key_recheck_interval_seconds: float = Field(
         default=0.5,
         gt=0,
-        description="How often open WebSockets' keys are checked for revocation (4403).",
+        description="While the keys' change stream is down, how often open WebSockets' keys "
+        "are read again for revocation (4403).",
+    )
+    key_cache_ttl_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=60,
+        description="While the keys' change stream is down, how long a key read from the store "
+        "is trusted without reading it again.",
     )
     store_timeout_seconds: float = Field(
         default=4.0,

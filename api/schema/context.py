@@ -22,6 +22,7 @@ from api.services.payments import PaymentService
 from api.services.webhooks import WebhookService
 from api.settings import Settings
 from api.store import Store
+from api.store.changes import ChangeHub
 
 Document = dict[str, Any]
 
@@ -37,6 +38,8 @@ class Services:
     # plugins.toml in force: last reload, a refused edit (configStatus).
     config_status: Callable[[], LoadedConfig]
     vault: PiiVault
+    # The process's change streams, shared by every subscription (api/store/changes.py).
+    changes: ChangeHub
     payments: PaymentService | None = None
     # The API keys' query-cost budgets (api/services/budget.py), spent by RequestLimits.
     budget: SharedBudget | None = None

@@ -17,6 +17,8 @@ Two families (docs/api.md, Errors):
       STORE_UNAVAILABLE the store did not answer in time (HTTP 503, Retry-After, errorId);
                         also sent, without ending it, to an orderEvents subscription,
                         which resumes when the store is back
+      SUBSCRIBER_TOO_SLOW an orderEvents subscription fell ws_subscription_queue_events
+                        changes behind (its client reads too slowly) and was ended
       INTERNAL          our fault; the message carries only an ``errorId`` that is logged
 
 No stack trace or internal message ever reaches a client: a store outage is
@@ -50,6 +52,7 @@ class ErrorCode(enum.StrEnum):
     NOT_FOUND = "NOT_FOUND"
     RATE_LIMITED = "RATE_LIMITED"
     STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
+    SUBSCRIBER_TOO_SLOW = "SUBSCRIBER_TOO_SLOW"
     INTERNAL = "INTERNAL"
 
 

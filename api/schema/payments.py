@@ -32,7 +32,13 @@ from api.schema.types import (
     selects,
     with_payments,
 )
-from api.services.live import Backoff, StoreOutage, order_changes, when_stored
+from api.services.live import (
+    Backoff,
+    StoreOutage,
+    SubscriberTooSlow,
+    order_changes,
+    when_stored,
+)
 from api.services.payments import PaymentService
 
 
@@ -198,9 +204,24 @@ class Subscription:
         # A subscription's context (and its DataLoader cache) lives as long as the
         # connection: payments are read afresh for every event instead.
         fresh_payments = selects(info, "order", "payments")
-        timeout = info.context.services.settings.store_timeout_seconds
-        changes = order_changes(info.context.store, object_id, info.context.sees, timeout=timeout)
-        async for change in changes:
+        services = info.context.services
+        timeout = services.settings.store_timeout_seconds
+        changes = order_changes(
+            services.changes, info.context.store, object_id, info.context.sees, timeout=timeout
+        )
+        while True:
+            try:
+                change = await anext(changes)
+            except StopAsyncIteration:
+                break
+            except SubscriberTooSlow as error:
+                raise _subscription_error(
+                    ApiError(
+                        ErrorCode.SUBSCRIBER_TOO_SLOW,
+                        f"this subscription fell {error.limit} changes behind and was ended; "
+                        "read its events faster, or subscribe again",
+                    )
+                ) from None
             if isinstance(change, StoreOutage):
                 yield _outage(change)
                 continue

@@ -1,28 +1,29 @@
-"""Live order status for subscriptions, fed by a MongoDB change stream on the orders collection.
+"""Live order status for subscriptions, fed by the process's change stream on orders.
 
-The stream sees every write to the order, whichever server process made it.
-Each order document keeps its ``statusHistory``; the feed emits the history
-entries it has not sent yet, so a burst of changes that the stream coalesces
-into one lookup still yields every status, in order, and the current state is
-never sent twice.
+Every subscription of the process reads one change stream on the orders
+collection (api/store/changes.py: the hub), which sees every write to an order,
+whichever server process made it. Each order document keeps its
+``statusHistory``; the feed emits the history entries it has not sent yet, so
+a burst of changes that the stream coalesces into one lookup still yields
+every status, in order, and the current state is never sent twice.
 
 The same count makes the feed survive a store outage. A subscription lives for
 hours, outside any request's deadline, so each store call here carries its own
 (``pymongo.timeout``). When the store stops answering (down, paused,
-unreachable), the feed yields one :class:`StoreOutage` and retries with a
-bounded, jittered backoff: it reopens the change stream, re-reads the order and
-emits the history entries written meanwhile. Every status change is sent once,
-whether it was written before, during or after the outage. It stops when the
-subscriber goes away (the task is cancelled) and after a final status.
+unreachable), the feed yields one :class:`StoreOutage` while the hub retries
+with a bounded, jittered backoff and reopens its stream from its resume token:
+the changes written meanwhile arrive then. Only when the stream could not
+resume (``Opened.gap``) does the feed read the order again and emit the
+history entries written meanwhile. Every status change is sent once, whether
+it was written before, during or after the outage. It stops when the
+subscriber goes away (the task is cancelled), after a final status, and with
+:class:`SubscriberTooSlow` when it fell too far behind the stream.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pymongo
@@ -32,7 +33,24 @@ from pymongo.errors import PyMongoError
 from api.domain.order import OrderStatus
 from api.store import Store
 from api.store.cancellation import raise_if_cancelled
+from api.store.changes import (
+    Backoff,
+    ChangeHub,
+    Opened,
+    StoreOutage,
+    StreamEnded,
+    SubscriberTooSlow,
+)
 from api.store.outage import is_store_outage
+
+__all__ = [
+    "FINAL",
+    "Backoff",
+    "StoreOutage",
+    "SubscriberTooSlow",
+    "order_changes",
+    "when_stored",
+]
 
 Document = dict[str, Any]
 T = TypeVar("T")
@@ -41,112 +59,73 @@ T = TypeVar("T")
 FINAL = frozenset({OrderStatus.REFUNDED, OrderStatus.CANCELLED, OrderStatus.EXPIRED})
 
 
-@dataclass(frozen=True, slots=True)
-class StoreOutage:
-    """The store stopped answering and the feed is retrying; ``error`` is for the log only."""
-
-    error: PyMongoError
-
-
-class Backoff:
-    """Delays between retries: doubling from ``first`` up to ``most``, each jittered.
-
-    The jitter (a delay between half and all of the step) spreads the retries
-    of many subscribers, so a store coming back is not met by all at once.
-    """
-
-    def __init__(self, first: float = 0.5, most: float = 5.0) -> None:
-        self.first = first
-        self.most = most
-        self._step = first
-
-    def next(self) -> float:
-        step = self._step
-        self._step = min(self._step * 2, self.most)
-        return random.uniform(step / 2, step)
-
-    def reset(self) -> None:
-        self._step = self.first
-
-
 async def order_changes(
+    hub: ChangeHub,
     store: Store,
     order_id: ObjectId,
     visible: Callable[[str], bool],
     *,
     timeout: float = 4.0,
-    backoff: Backoff | None = None,
+    backoff: Callable[[], Backoff] = Backoff,
 ) -> AsyncIterator[tuple[Document, Document] | StoreOutage]:
     """Yield (order, history entry): the current state first, then every later status change.
 
     Returns nothing for an unknown order or one of a branch the caller may not
     see; ends after a final status. ``timeout`` bounds each store call; a
     failed one yields a :class:`StoreOutage` (once per outage) before the
-    retries, which go on until the store answers or the caller stops.
+    retries, which go on until the store answers or the caller stops. Raises
+    :class:`SubscriberTooSlow` when the hub dropped the subscriber.
     """
-    orders = store.collection("orders")
-    pipeline = [
-        {"$match": {"documentKey._id": order_id, "operationType": {"$in": ["update", "replace"]}}}
-    ]
-    # Each getMore waits at most this long on the server for a change, well
-    # inside the deadline that tells a quiet stream from a stopped store.
-    await_ms = max(1, min(1000, round(timeout * 500)))
-    delays = backoff or Backoff()
     sent: int | None = None  # history entries sent; None until the current state is
     in_outage = False
-    while True:
-        try:
-            # Open the stream before reading the state, so no change falls between the two.
-            stream = await _bounded(
-                orders.watch(pipeline, full_document="updateLookup", max_await_time_ms=await_ms),
-                timeout,
-            )
+    with hub.subscribe("orders", order_id) as changes:
+        while True:
             try:
-                order = await _bounded(store.orders.get(order_id), timeout)
+                item = await changes.next()
+            except StreamEnded:
+                return  # invalidated: the collection is gone
+            if isinstance(item, StoreOutage):
+                if not in_outage:
+                    in_outage = True
+                    yield item
+                continue
+            if isinstance(item, Opened):
+                if sent is not None and not item.gap:
+                    in_outage = False
+                    continue  # resumed: the changes made meanwhile follow
+                # The stream runs, so no change falls between it and this read.
+                order = None
+                async for step in when_stored(
+                    lambda: store.orders.get(order_id), timeout=timeout, backoff=backoff()
+                ):
+                    if isinstance(step, StoreOutage):
+                        if not in_outage:
+                            in_outage = True
+                            yield step
+                    else:
+                        order = step
                 in_outage = False
-                delays.reset()
                 if order is None or not visible(order["branch"]):
                     return
-                history: list[Document] = order.get("statusHistory", [])
+            else:
+                order = item.get("fullDocument")
+                if order is None:
+                    return  # the order is gone
                 if sent is None:
-                    sent = len(history)
-                    fallback = {"status": order["status"], "at": order["updatedAt"]}
-                    current = history[-1] if history else fallback
-                    yield order, current
-                    if OrderStatus(order["status"]) in FINAL:
-                        return
-                while True:
-                    # What was written while the stream was closed, then each change.
-                    for entry in history[sent:]:
-                        yield order, entry
-                        if OrderStatus(entry["status"]) in FINAL:
-                            return
-                    sent = max(sent, len(history))
-                    change: Document | None = None
-                    while change is None:
-                        if not stream.alive:
-                            return  # invalidated: the collection is gone
-                        change = await _bounded(stream.try_next(), timeout)
-                    found = change.get("fullDocument")
-                    if found is None:
-                        found = await _bounded(store.orders.get(order_id), timeout)
-                    if found is None:
-                        return
-                    order = found
-                    history = order.get("statusHistory", [])
-            finally:
-                # Under a deadline too: closing sends killCursors, which would
-                # otherwise wait out a stopped store. A stream that cannot be
-                # closed dies with the store.
-                with contextlib.suppress(PyMongoError), pymongo.timeout(timeout):
-                    await stream.close()
-        except PyMongoError as error:
-            if not is_store_outage(error):
-                raise
-            if not in_outage:
-                in_outage = True
-                yield StoreOutage(error)
-            await asyncio.sleep(delays.next())
+                    continue  # the state is read when the stream runs, not from a change
+            history: list[Document] = order.get("statusHistory", [])
+            if sent is None:
+                sent = len(history)
+                fallback = {"status": order["status"], "at": order["updatedAt"]}
+                yield order, history[-1] if history else fallback
+                if OrderStatus(order["status"]) in FINAL:
+                    return
+            # What was written while the stream was closed, or since the last change.
+            for entry in history[sent:]:
+                yield order, entry
+                if OrderStatus(entry["status"]) in FINAL:
+                    return
+            sent = max(sent, len(history))
 
 
 async def when_stored(

@@ -45,6 +45,7 @@ from api.settings import Settings
 from api.store import Store, StoreTimeouts
 from api.store.audit import AuditAction
 from api.store.cancellation import raise_if_cancelled
+from api.store.changes import ALL_OPERATIONS, ChangeHub, Watched
 from api.store.marks import COLLECTION as MARKS_COLLECTION
 from api.store.marks import StoreMarks
 from api.store.outage import is_store_outage, report_store_outage
@@ -224,6 +225,18 @@ def create_app(
             # Every process on this store spends from the same buckets.
             budget.attach(store.rate_limits)
             failures.attach(store.rate_limits)
+            changes = ChangeHub(
+                store.db,
+                {
+                    # Status changes of the orders that subscriptions follow.
+                    "orders": Watched(("update", "replace")),
+                    # Every write to a key, for the keys cached in memory.
+                    "api_keys": Watched(ALL_OPERATIONS),
+                },
+                timeout=settings.store_timeout_seconds,
+                limit=settings.ws_subscription_queue_events,
+            )
+            store.keys.on_revoked = sockets.close_key
             marks = store.collection(MARKS_COLLECTION)
             registry = ProviderRegistry(
                 settings.plugins_toml,
@@ -261,6 +274,7 @@ def create_app(
                 branches=current_branches,
                 config_status=lambda: registry.status,
                 vault=vault,
+                changes=changes,
                 payments=payments,
                 budget=budget,
             )
@@ -285,6 +299,10 @@ def create_app(
             reconcile_min_age = timedelta(seconds=settings.reconcile_min_age_seconds)
             tasks = [
                 asyncio.create_task(registry.watch(), name="config-watch"),
+                asyncio.create_task(
+                    store.keys.follow(changes, ttl=settings.key_cache_ttl_seconds),
+                    name="key-cache",
+                ),
                 asyncio.create_task(
                     _every(settings.key_recheck_interval_seconds, sockets.close_revoked, "revoked"),
                     name="revocation-watch",
@@ -335,6 +353,8 @@ def create_app(
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
+                await changes.aclose()
+                await sockets.aclose()
                 store.on_event_recorded(None)
                 budget.attach(None)
                 failures.attach(None)
@@ -408,7 +428,7 @@ def create_app(
         # A route's path up to its first parameter: /bench/order/{id} guards /bench/order/...
         prefixes=tuple(route.path.split("{")[0] for route in extra if isinstance(route, Route)),
     )
-    # The gate reads the key from the store, so it runs under the deadline too.
+    # The gate reads a key it has not cached from the store, so it runs under the deadline too.
     app.add_middleware(StoreDeadline, seconds=settings.store_timeout_seconds)
     # An oversized body is refused before anything else.
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)

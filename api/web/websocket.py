@@ -14,13 +14,16 @@ same 1 point on arrival, and re-checks its API key first. Beyond that:
 - a store that does not answer within ``store_timeout_seconds`` gets
   ``connection_init`` a close with 1013 (try again later) and a
   ``subscribe`` an ``error`` with STORE_UNAVAILABLE;
-- a key revoked while its sockets are open is noticed within
-  ``key_recheck_interval_seconds``: its sockets are closed with 4403 and
-  their subscriptions end.
+- a key revoked while its sockets are open has them closed with 4403 (their
+  subscriptions end) as soon as the keys' change stream tells this process
+  (api/store/keys.py); while that stream does not run, and once after each
+  time it opens, the open sockets' keys are read again every
+  ``key_recheck_interval_seconds``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections import defaultdict
 from collections.abc import AsyncGenerator, Callable
@@ -64,11 +67,19 @@ def _refusal(message: str, **extensions: Any) -> GraphQLFormattedError:
 
 
 class OpenSockets:
-    """The process's open sockets by API key name; ``close_revoked`` ends revoked keys' sockets."""
+    """The process's open sockets by API key name; revoked keys' sockets are closed.
+
+    ``close_key`` is called by the key cache when the keys' change stream
+    delivers a revocation; ``close_revoked`` (a background job) reads the open
+    sockets' keys from the store while no stream runs, and once after each
+    time one opens, since revocations made while it did not run may be missed.
+    """
 
     def __init__(self, keys: Callable[[], KeyRing]) -> None:
         self._keys = keys
         self._by_key: dict[str, set[GuardedTransportWS]] = defaultdict(set)
+        self._checked_epoch: int | None = None
+        self._closing: set[asyncio.Task[None]] = set()
 
     def add(self, name: str, handler: GuardedTransportWS) -> None:
         self._by_key[name].add(handler)
@@ -83,17 +94,33 @@ class OpenSockets:
     def operations_of(self, name: str) -> int:
         return sum(len(handler.operations) for handler in self._by_key.get(name, ()))
 
+    def close_key(self, name: str) -> None:
+        """Close the sockets of the key ``name`` (revoked), without waiting for them."""
+        for handler in list(self._by_key.pop(name, ())):
+            task = asyncio.create_task(handler.end(CLOSE_FORBIDDEN, "API key revoked"))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
     async def close_revoked(self) -> int:
         """Close every socket of a key revoked since it connected; returns how many."""
+        epoch = self._keys().live_epoch
+        if epoch is not None and epoch == self._checked_epoch:
+            return 0  # the stream runs and tells close_key
         if not self._by_key:
+            self._checked_epoch = epoch
             return 0
         revoked = await self._keys().revoked_among(list(self._by_key))
+        self._checked_epoch = epoch
         closed = 0
         for name in revoked:
             for handler in list(self._by_key.pop(name, ())):
                 await handler.end(CLOSE_FORBIDDEN, "API key revoked")
                 closed += 1
         return closed
+
+    async def aclose(self) -> None:
+        """Wait for the sockets being closed (the app's shutdown)."""
+        await asyncio.gather(*self._closing, return_exceptions=True)
 
 
 class GuardedSocket(ASGIWebSocketAdapter):
@@ -202,7 +229,7 @@ class GuardedTransportWS(BaseGraphQLTransportWSHandler[Context, None]):
         if not self.connection_acknowledged or context.principal is None:
             await super().handle_subscribe(message)  # closes with 4401
             return
-        # The key is read again for every operation: a revoked key is refused at once.
+        # The key is checked again for every operation (from memory, api/store/keys.py).
         try:
             with pymongo.timeout(self._settings.store_timeout_seconds):
                 principal = await context.store.keys.authenticate(context.token or "")

@@ -518,12 +518,31 @@ async def test_a_subscription_gets_a_coded_error_during_an_outage_then_resumes_w
     assert_no_tracebacks(running.records)
 
 
+class Streams(monitoring.CommandListener):
+    """Counts the change streams the app opens (aggregates with $changeStream) per collection."""
+
+    def __init__(self) -> None:
+        self.opened: list[str] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        pipeline = event.command.get("pipeline") or [{}]
+        if event.command_name == "aggregate" and "$changeStream" in pipeline[0]:
+            self.opened.append(event.command["aggregate"])
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
 async def test_a_subscriber_leaving_during_an_outage_stops_the_retries(
     start_outage_service: Callable[..., OutageService],
 ) -> None:
     from httpx_ws import aconnect_ws
 
-    running = start_outage_service()
+    streams = Streams()
+    running = start_outage_service(listeners=(streams,))
     service = running.service
     order = service.create_order()
     async with (
@@ -548,12 +567,14 @@ async def test_a_subscriber_leaving_during_an_outage_stops_the_retries(
         running.store.kill()
         message = await ws.receive_json(timeout=15)
         assert message["payload"]["errors"][0]["extensions"]["code"] == "STORE_UNAVAILABLE"
-    # Gone: were the feed still retrying, it would reopen its stream (an aggregate)
-    # within the longest backoff of the store coming back.
-    before = service.commands.count("aggregate")
+    # Gone: were the feed still retrying, it would reopen its stream on orders
+    # within the longest backoff of the store coming back. (The keys' stream
+    # reopens: the key cache follows it for as long as the app runs.)
+    before = streams.opened.count("orders")
     running.store.restart()
     await asyncio.sleep(7.0)
-    assert service.commands.count("aggregate") == before
+    assert streams.opened.count("orders") == before
+    assert "api_keys" in streams.opened
 
 
 def test_an_exception_escaping_the_app_is_answered_in_json_with_a_code(
@@ -673,6 +694,25 @@ class RateLimitCalls(monitoring.CommandListener):
         pass
 
 
+class Resumes(monitoring.CommandListener):
+    """The $changeStream stage of every stream the app opens on orders."""
+
+    def __init__(self) -> None:
+        self.stages: list[dict[str, Any]] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        pipeline = event.command.get("pipeline") or [{}]
+        on_orders = event.command_name == "aggregate" and event.command["aggregate"] == "orders"
+        if on_orders and "$changeStream" in pipeline[0]:
+            self.stages.append(dict(pipeline[0]["$changeStream"]))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
 def test_a_store_that_hangs_on_a_rate_limit_spend_leaves_the_process_its_own_budget(
     start_outage_service: Callable[..., OutageService], own_store: OwnStore
 ) -> None:
@@ -719,4 +759,89 @@ def test_a_store_that_hangs_on_a_rate_limit_spend_leaves_the_process_its_own_bud
     assert len(lines) == 1 and lines[0].levelno == logging.WARNING
     assert "per-key" in lines[0].getMessage()
     assert str(own_store.port) not in lines[0].getMessage()
+
+
+async def test_a_killed_and_restarted_store_gives_every_subscriber_every_change_once(
+    start_outage_service: Callable[..., OutageService],
+) -> None:
+    from httpx_ws import aconnect_ws
+
+    resumes = Resumes()
+    running = start_outage_service(listeners=(resumes,))
+    service = running.service
+    paid = []
+    for _ in range(2):
+        order = service.create_order()
+        payment = service.start_payment(order["id"])["payment"]
+        assert service.deliver(service.settle(payment["outTradeNo"])).status_code == 200
+        paid.append((order["id"], payment["id"]))
+    # Two sockets, four subscriptions: both orders on the first, the first order twice.
+    plan = {"one": [paid[0][0], paid[1][0]], "two": [paid[0][0], paid[0][0]]}
+    async with (
+        httpx.AsyncClient(timeout=30.0) as http,
+        aconnect_ws(f"{service.url}/graphql", http, subprotocols=["graphql-transport-ws"]) as one,
+        aconnect_ws(f"{service.url}/graphql", http, subprotocols=["graphql-transport-ws"]) as two,
+    ):
+        sockets = {"one": one, "two": two}
+        for name, ws in sockets.items():
+            await ws.send_json(
+                {
+                    "type": "connection_init",
+                    "payload": {"Authorization": f"Bearer {service.client.key}"},
+                }
+            )
+            assert (await ws.receive_json(timeout=10))["type"] == "connection_ack"
+            for n, order_id in enumerate(plan[name]):
+                await ws.send_json(
+                    {
+                        "id": str(n),
+                        "type": "subscribe",
+                        "payload": {"query": ORDER_EVENTS, "variables": {"orderId": order_id}},
+                    }
+                )
+            for _ in plan[name]:
+                first = await ws.receive_json(timeout=10)
+                assert first["payload"]["data"]["orderEvents"]["status"] == "PAID"
+        assert len(resumes.stages) == 1  # one stream for the four
+
+        running.store.kill()
+        for name, ws in sockets.items():
+            for _ in plan[name]:
+                message = await ws.receive_json(timeout=15)
+                assert message["payload"]["errors"][0]["extensions"]["code"] == "STORE_UNAVAILABLE"
+        running.store.restart()
+
+        def changes() -> None:
+            (_, first_payment), (_, second_payment) = paid
+            for payment_id, amount in ((first_payment, 1000), (second_payment, 2000)):
+                deadline = time.monotonic() + 20
+                while True:
+                    try:
+                        if service.refund(payment_id, amount)["userErrors"] == []:
+                            break
+                    except AssertionError:
+                        pass  # STORE_UNAVAILABLE while the app reconnects
+                    assert time.monotonic() < deadline, "the store did not come back"
+                    time.sleep(0.2)
+            assert service.refund(first_payment, 4900)["userErrors"] == []
+            assert service.refund(second_payment, 3900)["userErrors"] == []
+
+        with ThreadPoolExecutor(1) as pool:
+            await asyncio.get_running_loop().run_in_executor(pool, changes)
+
+        expected = ["PARTIALLY_REFUNDED", "REFUNDED"]
+        for name, ws in sockets.items():
+            got: dict[str, list[str]] = {str(n): [] for n in range(len(plan[name]))}
+            completed: set[str] = set()
+            while len(completed) < len(got):
+                message = await ws.receive_json(timeout=20)
+                if message["type"] == "complete":
+                    completed.add(message["id"])
+                    continue
+                assert message["type"] == "next" and not message["payload"].get("errors"), message
+                got[message["id"]].append(message["payload"]["data"]["orderEvents"]["status"])
+            assert got == {op: expected for op in got}, (name, got)
+    # The stream came back from its resume token (each subscriber got each change once).
+    assert len(resumes.stages) >= 2
+    assert all("resumeAfter" in stage for stage in resumes.stages[1:]), resumes.stages
     assert_no_tracebacks(running.records)

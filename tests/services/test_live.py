@@ -7,10 +7,15 @@ same store. Whatever B writes reaches A's subscribers through the change stream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
+from httpx_ws import AsyncWebSocketSession, aconnect_ws
+from pymongo import monitoring
 
 from tests.services.conftest import (
     PayService,
@@ -145,3 +150,172 @@ async def test_a_disconnect_closes_the_change_stream(
     while "killCursors" not in a.commands:
         assert asyncio.get_running_loop().time() < deadline, "the change stream stayed open"
         await asyncio.sleep(0.05)
+
+
+class Streams(monitoring.CommandListener):
+    """The change streams the app opens (aggregates starting with $changeStream), by collection."""
+
+    def __init__(self) -> None:
+        self.opened: list[str] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        pipeline = event.command.get("pipeline") or [{}]
+        if event.command_name == "aggregate" and "$changeStream" in pipeline[0]:
+            self.opened.append(event.command["aggregate"])
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+def open_cursors(service: PayService) -> int:
+    """The store's own count of its open cursors (serverStatus metrics.cursor.open.total)."""
+    status = service.db.client.admin.command("serverStatus")
+    return int(status["metrics"]["cursor"]["open"]["total"])
+
+
+LIVE = "subscription($id: ID!) { orderEvents(orderId: $id) { status } }"
+QUIET = {"webhook_delivery": False, "webhook_poll_seconds": 3600, "expiry_interval_seconds": 3600}
+
+
+async def test_a_thousand_subscriptions_on_one_process_hold_one_server_cursor(
+    start_payments: Callable[..., PayService],
+) -> None:
+    streams = Streams()
+    a = start_payments(listeners=(streams,), ws_max_subscriptions_per_key=1000, **QUIET)
+    orders = [a.create_order()["id"] for _ in range(10)]
+    # Before any subscription: the keys' stream (the key cache) is the only one open.
+    before = min(open_cursors(a) for _ in range(3))
+    sockets, per_socket = 50, 20  # ws_max_operations_per_connection is 20
+    async with contextlib.AsyncExitStack() as stack:
+        http = await stack.enter_async_context(httpx.AsyncClient(timeout=60.0))
+        opened = []
+        for _ in range(sockets):
+            ws = await stack.enter_async_context(
+                aconnect_ws(f"{a.url}/graphql", http, subprotocols=["graphql-transport-ws"])
+            )
+            await ws.send_json(
+                {"type": "connection_init", "payload": {"Authorization": f"Bearer {a.client.key}"}}
+            )
+            assert (await ws.receive_json(timeout=30))["type"] == "connection_ack"
+            opened.append(ws)
+        # Socket after socket, so that 1,000 first reads do not queue for the pool at once.
+        firsts: list[str] = []
+        for n, ws in enumerate(opened):
+            for op in range(per_socket):
+                order_id = orders[(n * per_socket + op) % len(orders)]
+                await ws.send_json(
+                    {
+                        "id": f"{op}:{order_id}",
+                        "type": "subscribe",
+                        "payload": {"query": LIVE, "variables": {"id": order_id}},
+                    }
+                )
+            for _ in range(per_socket):
+                message = await ws.receive_json(timeout=60)
+                assert message["type"] == "next" and not message["payload"].get("errors"), message
+                firsts.append(message["payload"]["data"]["orderEvents"]["status"])
+        assert firsts == ["PENDING_PAYMENT"] * 1000
+        assert streams.opened.count("orders") == 1
+        assert min(open_cursors(a) for _ in range(3)) == before + 1
+        print(f"\n1,000 subscriptions: {before} open cursors before, {before + 1} with them")
+
+        # A change reaches the 100 subscribers of its order, and only them.
+        cancelled = orders[3]
+        done = a.client.data(CANCEL, {"input": {"orderId": cancelled, "reason": "changed mind"}})
+        assert done["cancelOrder"]["order"]["status"] == "CANCELLED"
+
+        async def until_complete(ws: AsyncWebSocketSession) -> list[tuple[str, str]]:
+            # Each socket follows every order twice.
+            got: list[tuple[str, str]] = []
+            while len([kind for kind, _ in got if kind == "complete"]) < 2:
+                message = await ws.receive_json(timeout=60)
+                got.append((message["type"], message["id"]))
+            return got
+
+        for ws in opened:
+            received = await until_complete(ws)
+            assert all(op_id.endswith(cancelled) for _, op_id in received), received
+            assert sorted(kind for kind, _ in received) == ["complete", "complete", "next", "next"]
+
+
+HEAVY = """
+subscription($id: ID!) {
+  orderEvents(orderId: $id) {
+    status at reason
+    order { id status createdAt updatedAt expiresAt customer { name phone }
+            payments { id status outTradeNo provider method amount { amountFen currency }
+                       refunds { id outRefundNo status createdAt amount { amountFen currency } } } }
+  }
+}
+"""
+
+
+async def test_a_subscriber_that_stops_reading_is_ended_with_a_coded_error(
+    start_payments: Callable[..., PayService], caplog: pytest.LogCaptureFixture
+) -> None:
+    import socket
+
+    from websockets.asyncio.client import connect
+
+    a = start_payments(ws_subscription_queue_events=2, **QUIET)
+    order = a.create_order()
+    payment = a.start_payment(order["id"])["payment"]
+    assert a.deliver(a.settle(payment["outTradeNo"])).status_code == 200
+    operations = 20
+    # A client with a small receive buffer that stops reading (websockets stops
+    # reading the socket once max_queue messages wait), so the server's sends block.
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.connect(("127.0.0.1", int(a.url.rsplit(":", 1)[1])))
+    ws_url = a.url.replace("http", "ws") + "/graphql"
+    async with connect(
+        ws_url,
+        sock=raw,
+        subprotocols=["graphql-transport-ws"],  # type: ignore[list-item]
+        compression=None,
+        max_queue=1,
+        ping_interval=None,
+    ) as ws:
+        init = {"type": "connection_init", "payload": {"Authorization": f"Bearer {a.client.key}"}}
+        await ws.send(json.dumps(init))
+        assert json.loads(await ws.recv())["type"] == "connection_ack"
+        for op in range(operations):
+            subscribe = {"type": "subscribe", "id": str(op), "payload": {"query": HEAVY}}
+            subscribe["payload"]["variables"] = {"id": order["id"]}  # type: ignore[index]
+            await ws.send(json.dumps(subscribe))
+
+        def dropped() -> int:
+            return sum("fell 2 changes behind" in r.getMessage() for r in caplog.records)
+
+        # Partial refunds of 1 fen, each a change the 20 subscriptions are sent, with
+        # every refund so far: their messages grow until the socket is full and the
+        # server's queue for each subscription overflows.
+        def refunds() -> int:
+            made = 0
+            while dropped() < operations:
+                assert made < 300, f"{dropped()} of {operations} dropped after {made} refunds"
+                assert a.refund(payment["id"], 1)["userErrors"] == []
+                made += 1
+            return made
+
+        made = await asyncio.get_running_loop().run_in_executor(None, refunds)
+        print(f"\nall {operations} subscriptions dropped after {made} refunds")
+
+        # Reading again: each subscription's events, then its coded error and completion.
+        events = dict.fromkeys(map(str, range(operations)), 0)
+        ended: dict[str, list[dict[str, Any]]] = {}
+        while len(ended) < operations:
+            message = json.loads(await asyncio.wait_for(ws.recv(), 30))
+            if message["type"] == "next" and "errors" in message["payload"]:
+                ended[message["id"]] = message["payload"]["errors"]
+            elif message["type"] == "next":
+                assert message["id"] not in ended
+                events[message["id"]] += 1
+        for errors in ended.values():
+            assert [error["extensions"]["code"] for error in errors] == ["SUBSCRIBER_TOO_SLOW"]
+            assert "fell 2 changes behind" in errors[0]["message"]
+        # Each was sent fewer statuses than the order went through: the rest were dropped.
+        assert all(count < made + 2 for count in events.values()), events

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 from typing import Any
 
 import httpx
@@ -59,7 +60,13 @@ def test_a_revoked_key_stops_at_once(start_service: Any) -> None:
     service.db.api_keys.update_one(
         {"_id": partner.key.split("_")[1]}, {"$currentDate": {"revokedAt": True}}
     )
-    assert partner.http.post("/graphql", json={"query": "{ branches { code } }"}).status_code == 401
+    # The cached key learns of it from the keys' change stream; polled, with a loose
+    # bound (the machine is shared): the print shows how long it took.
+    revoked_at = time.monotonic()
+    while partner.http.post("/graphql", json={"query": "{ branches { code } }"}).status_code != 401:
+        assert time.monotonic() - revoked_at < 5, "the revoked key is still served"
+        time.sleep(0.01)
+    print(f"\nrevoked key refused after {time.monotonic() - revoked_at:.3f} s")
 
 
 def test_a_zhejiang_key_learns_nothing_about_beijing(two_branches: Any) -> None:

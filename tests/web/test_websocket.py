@@ -109,22 +109,22 @@ def test_operations_on_one_socket_spend_the_keys_budget(start_service: Any) -> N
 
 async def _operations_on_one_socket_spend_the_keys_budget(service: RunningService) -> None:
     # Each operation costs its query's points and 1 on arrival: the bucket holds ten.
+    # One at a time: sent at once, all 30 arrival points would be spent before any cost.
     key = service.client_for("partner", "zj").key
     async with socket(service, key) as ws:
+        outcomes: dict[str, int] = {}
         for n in range(30):
             await subscribe(ws, f"q{n}", "{ branches { code } }")
-        outcomes: dict[str, int] = {}
-        finished = 0
-        while finished < 30:
-            message = await ws.receive_json(timeout=10)
-            if message["type"] == "next":
-                outcomes["served"] = outcomes.get("served", 0) + 1
-            elif message["type"] == "error":
-                code = message["payload"][0]["extensions"]["code"]
-                outcomes[code] = outcomes.get(code, 0) + 1
-                finished += 1
-            elif message["type"] == "complete":
-                finished += 1
+            while True:
+                message = await ws.receive_json(timeout=10)
+                if message["type"] == "next":
+                    outcomes["served"] = outcomes.get("served", 0) + 1
+                elif message["type"] == "error":
+                    code = message["payload"][0]["extensions"]["code"]
+                    outcomes[code] = outcomes.get(code, 0) + 1
+                    break
+                elif message["type"] == "complete":
+                    break
         assert outcomes == {"served": 10, "RATE_LIMITED": 20}
     # HTTP shares the budget: the key is spent there too.
     assert (
