@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 8000
+WORKERS ?= 1
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
@@ -17,10 +18,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# WORKERS=3 make run: three API processes on one store and one set of simulators.
 # The demo's simulators publish today's bill so far (not only D+1), so today's payments reconcile.
 run: install
 	BRANCHPAY_SIMULATOR_BILLS_CURRENT_DAY=$${BRANCHPAY_SIMULATOR_BILLS_CURRENT_DAY:-1} \
-		$(BIN)/branchpay serve --demo --port $(PORT)
+		$(BIN)/branchpay serve --demo --port $(PORT) --workers $(WORKERS)
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -2,4 +2,6 @@
 
 from api.cli import main
 
-main()
+# Guarded: `serve --workers N` spawns its workers, and a spawned worker imports this module.
+if __name__ == "__main__":
+    main()

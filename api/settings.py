@@ -112,6 +112,13 @@ class Settings(BaseSettings):
         ge=0,
         description="Attempts younger than this are left to their notifications.",
     )
+    job_lease_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="How long a process holds the lease of a background sweep (expiry, "
+        "reconciliation) between renewals; a process that dies mid-sweep leaves the sweep "
+        "to another after this (docs/deployment.md).",
+    )
     bill_reconcile: bool = Field(
         default=True,
         description="Reconcile yesterday's bills (Beijing day) daily, once per cluster.",

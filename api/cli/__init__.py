@@ -320,6 +320,70 @@ def run_api(app: Any, sock: socket.socket, settings: Settings, stop: StopSignals
     return 0
 
 
+def worker_environment(settings: Settings, uri: str) -> dict[str, str]:
+    """What ``serve`` decided that a spawned worker reads back from its environment."""
+    env = {
+        "BRANCHPAY_MONGODB_URI": uri,
+        "BRANCHPAY_HOST": settings.host,
+        "BRANCHPAY_PORT": str(settings.port),
+        "BRANCHPAY_WEBHOOKS_ALLOW_LOOPBACK": "1" if settings.webhooks_allow_loopback else "0",
+    }
+    if settings.pii_key_file is not None:
+        env["BRANCHPAY_PII_KEY_FILE"] = str(settings.pii_key_file)
+    return env
+
+
+def worker_app() -> Any:
+    """The app of one ``serve --workers N`` worker (an app factory for uvicorn).
+
+    The parent process started the store and the simulators and put what it
+    decided in the environment (:func:`worker_environment`); a worker only
+    builds the app, so N workers share one store and one set of simulators.
+    """
+    from api.web.app import create_app
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return create_app(Settings())
+
+
+def run_workers(workers: int, sock: socket.socket, settings: Settings, stop: StopSignals) -> int:
+    """uvicorn's supervisor: ``workers`` spawned processes accept on the one bound socket.
+
+    A worker that dies is replaced; SIGINT or SIGTERM stops them all (and arms
+    the stop watchdog, as :func:`run_api` does).
+    """
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    config = uvicorn.Config(
+        "api.cli:worker_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=workers,
+        log_level="info",
+        proxy_headers=False,
+        timeout_graceful_shutdown=CONNECTIONS_GRACE_SECONDS,
+    )
+
+    class Supervisor(Multiprocess):
+        def handle_int(self) -> None:
+            stop.note(signal.SIGINT)
+            super().handle_int()
+
+        def handle_term(self) -> None:
+            stop.note(signal.SIGTERM)
+            super().handle_term()
+
+    Supervisor(config, sockets=[sock]).run()
+    if not stop.requested:
+        console.print("[red]error:[/red] the API workers did not start; see the log above")
+        return 1
+    return 0
+
+
 async def _seed(settings: Settings, uri: str) -> bool:
     from api.config.validate import load_config
     from api.dev.seed import seed
@@ -411,6 +475,12 @@ def _serve_bound(
             "  .venv/bin/branchpay keys create --role ops --name me\n"
             "and send it as `Authorization: Bearer <key>` (GraphiQL: the Headers tab)"
         )
+        if args.workers > 1:
+            console.print(
+                f"{args.workers} API worker processes share the port, the store and the simulators"
+            )
+            os.environ.update(worker_environment(settings, uri))
+            return run_workers(args.workers, sock, settings, stop)
         return run_api(create_app(settings, mongodb_uri=uri), sock, settings, stop)
     except (ConfigError, PluginError) as error:
         console.print("[red]invalid plugins configuration:[/red]")
@@ -615,6 +685,12 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         return 1
 
 
+def _workers(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of workers from 1 to 64")
+    return int(text)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="branchpay", description=__doc__)
     commands = top.add_subparsers(dest="command", required=True)
@@ -624,6 +700,12 @@ def parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--port", type=int, default=int(os.environ["PORT"]) if os.environ.get("PORT") else None
+    )
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        default=os.environ.get("WORKERS") or "1",  # argparse converts it with _workers
+        help="API processes sharing the port, the store and the simulators (WORKERS=3 make run)",
     )
     serve.add_argument(
         "--demo",

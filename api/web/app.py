@@ -36,6 +36,7 @@ from api.schema.context import Services
 from api.schema.event_view import EventView
 from api.services.bills import BillReconciliation, BillSettings
 from api.services.budget import SharedBudget
+from api.services.jobs import ClusterJob
 from api.services.notifications import Notifications
 from api.services.orders import OrderService
 from api.services.outbound import OutboundPolicy
@@ -297,6 +298,20 @@ def create_app(
             bills = BillReconciliation(store, registry, payments, settings=bill_settings(settings))
             app.state.bills = bills
             reconcile_min_age = timedelta(seconds=settings.reconcile_min_age_seconds)
+
+            def once_per_cluster(
+                name: str, every: float, sweep: Callable[[], Awaitable[Any]]
+            ) -> asyncio.Task[None]:
+                """Every process looks often; the one that takes the lease sweeps (jobs.py)."""
+                job = ClusterJob(
+                    store.leases,
+                    name,
+                    every=timedelta(seconds=every),
+                    ttl=timedelta(seconds=settings.job_lease_seconds),
+                )
+                look = min(every, settings.job_lease_seconds) / 4
+                return asyncio.create_task(_every(look, lambda: job.run(sweep), name), name=name)
+
             tasks = [
                 asyncio.create_task(registry.watch(), name="config-watch"),
                 asyncio.create_task(
@@ -307,17 +322,12 @@ def create_app(
                     _every(settings.key_recheck_interval_seconds, sockets.close_revoked, "revoked"),
                     name="revocation-watch",
                 ),
-                asyncio.create_task(
-                    _every(settings.expiry_interval_seconds, orders.expire_due, "expiry"),
-                    name="expiry",
-                ),
-                asyncio.create_task(
-                    _every(
-                        settings.reconcile_interval_seconds,
-                        lambda: payments.reconcile_due(reconcile_min_age),
-                        "reconcile",
-                    ),
-                    name="reconcile",
+                # Once per interval for the whole cluster, one process at a time.
+                once_per_cluster("expiry", settings.expiry_interval_seconds, orders.expire_due),
+                once_per_cluster(
+                    "reconcile",
+                    settings.reconcile_interval_seconds,
+                    lambda: payments.reconcile_due(reconcile_min_age),
                 ),
                 # Every minute; past bill_reconcile_at the first process to take the lease
                 # reconciles yesterday's bills, and NOT_READY days again later.
@@ -362,7 +372,8 @@ def create_app(
                 await store.close()
 
     async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+        # The pid tells the workers of `branchpay serve --workers N` apart.
+        return JSONResponse({"status": "ok", "pid": os.getpid()})
 
     async def readyz(request: Request) -> Response:
         checks: dict[str, Any] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,7 +13,7 @@ from tests.conftest import RunningService
 
 def test_health_and_readiness(start_service: Any) -> None:
     service: RunningService = start_service()
-    assert httpx.get(f"{service.url}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{service.url}/healthz").json() == {"status": "ok", "pid": os.getpid()}
     ready = httpx.get(f"{service.url}/readyz")
     assert ready.status_code == 200
     body = ready.json()
