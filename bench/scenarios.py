@@ -86,6 +86,8 @@ ORDER_EVENTS = "subscription BenchEvents($id: ID!) { orderEvents(orderId: $id) {
 
 class Scenario(enum.StrEnum):
     ORDERS = "a"
+    # (a) for an ops key over every branch, no filter: newest first across branches.
+    ORDERS_ALL = "a-ops"
     ORDER = "b"
     CREATE = "c"
     PAY = "d"
@@ -102,6 +104,7 @@ class Target(enum.StrEnum):
 
 DESCRIPTIONS = {
     Scenario.ORDERS: "(a) orders(first: 50)",
+    Scenario.ORDERS_ALL: "(a) ops-wide orders(first: 50), no filter",
     Scenario.ORDER: "(b) order(id)",
     Scenario.CREATE: "(c) createOrder",
     Scenario.PAY: "(d) pay round trip",
@@ -232,6 +235,11 @@ def http_request(spec: Spec, rng: random.Random) -> HttpRequest:
             query = urlencode({"branch": branch, "status": status, "first": PAGE_SIZE})
             return HttpRequest("GET", f"/bench/orders?{query}")
         variables = {"filter": {"branches": [branch], "status": [status]}, "first": PAGE_SIZE}
+        return HttpRequest("POST", "/graphql", {"query": ORDERS_QUERY, "variables": variables})
+    if spec.scenario is Scenario.ORDERS_ALL:
+        if spec.target is Target.PLAIN:
+            return HttpRequest("GET", f"/bench/orders?first={PAGE_SIZE}")
+        variables = {"filter": None, "first": PAGE_SIZE}
         return HttpRequest("POST", "/graphql", {"query": ORDERS_QUERY, "variables": variables})
     if spec.scenario is Scenario.ORDER:
         order = _random_global_id(spec, rng)
