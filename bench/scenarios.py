@@ -1,7 +1,8 @@
 """What one request of each scenario is, over GraphQL, over the plain endpoint, or to the store.
 
 (a) ``orders(first: 50)`` of one branch and one status, selecting about 15
-fields including items and payments; (b) ``order(id)`` of a random existing
+fields including items and payments; (a-ops) the same page with no filter, for
+an ops key: every branch, newest first; (b) ``order(id)`` of a random existing
 order; (c) ``createOrder`` with a fresh idempotency key; (d) one payment round
 trip: create an order, subscribe to its ``orderEvents``, ``startPayment``
 with the sandbox, pay at the sandbox simulator, and receive PAID once the
