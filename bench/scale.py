@@ -119,7 +119,7 @@ def subscription_scenario(
         log(
             f"(s) {measured.opened:,} open in {measured.open_seconds:.1f} s; RSS "
             f"{measured.rss_before / 2**20:.1f} -> {measured.rss_after / 2**20:.1f} MiB; "
-            f"{len(measured.latencies):,} events received, {measured.missing} missing"
+            f"{len(measured.latencies):,} of {measured.written:,} events received"
         )
         passes[subscriptions] = measured
     run.extra["subscriptions"] = {
