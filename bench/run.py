@@ -23,7 +23,11 @@
 4. The pluggy hook overhead (pytest-benchmark); with ``--soak`` the API's RSS
    over a long run of (a); with ``--profile`` pyinstrument reports of (a);
    with ``--wrk`` wrk's own figures for (a).
-5. Unless ``--no-hostile``, the hostile scenario (h) on the smallest set, on an
+5. Unless ``--no-bills``, the bill reconciliation scenario (r) (``bench.bills``):
+   a generated sandbox bill of ``--bill-lines`` lines against a scratch
+   database holding the matching payments; lines per second and peak RSS of
+   the matching process. ``--bills-only`` runs nothing else.
+6. Unless ``--no-hostile``, the hostile scenario (h) on the smallest set, on an
    API with the shipped per-key budget: (a) with a ``/healthz`` probe, then
    the same while a partner with a key of its own sends the worst documents
    the limits allow (``bench.hostile``) at ``--hostile-concurrency``; the
@@ -63,7 +67,7 @@ from api.domain.principal import Role
 from api.settings import Settings
 from api.store import Store
 from api.store.keys import new_key
-from bench import crosscheck, percentiles
+from bench import bills, crosscheck, percentiles
 from bench.hostile import worst_documents
 from bench.loader import LoadedSet, ensure_loaded
 from bench.loadgen import REQUEST_TIMEOUT, Measurement, measure, measure_together
@@ -199,6 +203,20 @@ def parser() -> argparse.ArgumentParser:
         default=4,
         help="pay round trips in flight for (w)'s latency",
     )
+    top.add_argument(
+        "--bills",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the bill reconciliation scenario (r): a generated sandbox bill against a store "
+        "holding the matching payments; lines per second and peak RSS",
+    )
+    top.add_argument(
+        "--bill-lines",
+        type=int,
+        default=bills.DEFAULT_LINES,
+        help=f"lines of (r)'s bill (quick: {bills.QUICK_LINES})",
+    )
+    top.add_argument("--bills-only", action="store_true", help="run (r) and nothing else")
     top.add_argument(
         "--hostile-concurrency",
         type=int,
@@ -782,6 +800,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("--workers, --fanout-rate must be positive; --subscriptions 0 or more")
     if args.hostile_concurrency < 1 or args.webhook_concurrency < 1:
         raise SystemExit("--hostile-concurrency and --webhook-concurrency must be positive")
+    if args.bill_lines < 1:
+        raise SystemExit("--bill-lines must be positive")
+    if args.bills_only and (args.hostile_only or not args.bills):
+        raise SystemExit("--bills-only excludes --hostile-only and --no-bills")
+    if args.bills_only:
+        return bills_only(args)
     started = datetime.now(UTC)
     # The bench's own secrets (sandbox, PII key) under .data/bench/secrets.
     settings = Settings(data_dir=BENCH_DATA)
@@ -883,6 +907,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 run.extra["profiles"] = [
                     str(p) for p in profile(uri, smallest, main, started, config)
                 ]
+        if args.bills:
+            run.extra["bills"] = bills.bill_scenario(uri, args.bill_lines, BENCH_DATA, _log)
         hostile_ratios = []
         if args.hostile:
             attacker_key = asyncio.run(bench_key(uri, databases, HOSTILE_KEY_NAME))
@@ -892,6 +918,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.hostile_only:
         standard_ratios(run, args, figures, by_scale, smallest, largest)
     run.ratios += hostile_ratios
+    run.ratios += bills.ratios(run.extra.get("bills"))
+    print_run(run, console)
+    console.print(f"written: {write_run(run, RESULTS)}")
+    return 0
+
+
+def bills_only(args: argparse.Namespace) -> int:
+    """``--bills-only``: the store and scenario (r), nothing else."""
+    started = datetime.now(UTC)
+    with store_uri(args.mongodb_uri, args.store_server) as (uri, store_name):
+        run = Run(started=started, store=store_name, arguments=vars(args))
+        run.extra["bills"] = bills.bill_scenario(uri, args.bill_lines, BENCH_DATA, _log)
+    run.ratios += bills.ratios(run.extra["bills"])
     print_run(run, console)
     console.print(f"written: {write_run(run, RESULTS)}")
     return 0

@@ -613,6 +613,12 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return keys.keys(args)
 
 
+def cmd_db(args: argparse.Namespace) -> int:
+    from api.cli import db
+
+    return db.db(args)
+
+
 def cmd_webhooks(args: argparse.Namespace) -> int:
     from api.cli import webhooks
 
@@ -671,6 +677,12 @@ async def _reconcile(settings: Settings, uri: str, args: argparse.Namespace) -> 
         table.add_row(row.out_trade_no, row.branch, row.provider, row.before, row.after, row.note)
     Console().print(table)
     return 0
+
+
+def cmd_reconcile_bills(args: argparse.Namespace) -> int:
+    from api.cli import bills
+
+    return bills.reconcile_bills(args)
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
@@ -768,6 +780,15 @@ def parser() -> argparse.ArgumentParser:
     revoke.add_argument("name")
     revoke.set_defaults(run=cmd_keys)
 
+    db = commands.add_parser("db", help="the store's collections")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    db_check = db_sub.add_parser(
+        "check",
+        help="compare the store's indexes with the required ones; exit 1 when they differ",
+    )
+    db_check.add_argument("--format", choices=["table", "json"], default="table")
+    db_check.set_defaults(run=cmd_db)
+
     webhooks = commands.add_parser("webhooks", help="partner webhook endpoints and deliveries")
     webhooks_sub = webhooks.add_subparsers(dest="webhooks_command", required=True)
     wh_list = webhooks_sub.add_parser(
@@ -799,6 +820,23 @@ def parser() -> argparse.ArgumentParser:
     )
     reconcile.add_argument("--branch", help="only attempts of this branch")
     reconcile.set_defaults(run=cmd_reconcile)
+    reconcile_sub = reconcile.add_subparsers(dest="reconcile_command", metavar="{bills}")
+    bills = reconcile_sub.add_parser(
+        "bills",
+        help="reconcile the platforms' daily bills of a Beijing day (docs/reconciliation.md)",
+        description="Exit codes: 0 every bill reconciled, no open discrepancy; 1 open "
+        "discrepancies remain; 2 refused input, nothing ran; 3 a bill NOT_READY or FAILED.",
+    )
+    bills.add_argument("--date", required=True, help="the bill's Beijing day, YYYY-MM-DD")
+    # SUPPRESS: `reconcile --branch zj bills ...` keeps the branch given before `bills`.
+    bills.add_argument(
+        "--branch", default=argparse.SUPPRESS, help="only this branch (default: every branch)"
+    )
+    bills.add_argument("--provider", help="only this provider (default: every one with bills)")
+    bills.add_argument(
+        "--format", choices=["table", "json", "csv"], default="table", help="of the report"
+    )
+    bills.set_defaults(run=cmd_reconcile_bills)
     return top
 
 

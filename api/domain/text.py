@@ -173,6 +173,16 @@ DISCREPANCY_NOTE = TextLimit(
     multiline=True,
     rule="free text; tab and line breaks allowed",
 )
+RECONCILIATION_ID = TextLimit(
+    "`reconciliation(id)`, `resolveDiscrepancy` `id`",
+    300,
+    rule="an `id` the API returned",
+)
+DISCREPANCIES_CURSOR = TextLimit(
+    "`Reconciliation.discrepancies(after)`",
+    300,
+    rule="an `endCursor` `discrepancies` returned",
+)
 
 LIMITS: tuple[TextLimit, ...] = (
     CUSTOMER_NAME,
@@ -192,4 +202,6 @@ LIMITS: tuple[TextLimit, ...] = (
     AUDIT_CURSOR,
     DELIVERIES_CURSOR,
     DISCREPANCY_NOTE,
+    RECONCILIATION_ID,
+    DISCREPANCIES_CURSOR,
 )

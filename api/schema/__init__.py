@@ -15,6 +15,7 @@ from strawberry.extensions import (
 from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
 
+from api.schema.bills import BillMutation, BillQuery
 from api.schema.errors import ErrorShaping
 from api.schema.execution import LeafFastPathExecutionContext
 from api.schema.limits import RequestLimits
@@ -25,8 +26,8 @@ from api.schema.types import Offering, Order, Payment
 from api.schema.webhooks import WebhookMutation, WebhookQuery
 from api.settings import Settings
 
-Query = merge_types("Query", (OrderQuery, WebhookQuery))
-Mutation = merge_types("Mutation", (OrderMutation, PaymentMutation, WebhookMutation))
+Query = merge_types("Query", (OrderQuery, WebhookQuery, BillQuery))
+Mutation = merge_types("Mutation", (OrderMutation, PaymentMutation, WebhookMutation, BillMutation))
 
 
 class BranchpaySchema(strawberry.Schema):

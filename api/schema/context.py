@@ -16,6 +16,7 @@ from api.config.live import LoadedConfig
 from api.domain.pii import PiiVault
 from api.domain.principal import Permission, Principal
 from api.schema.errors import ApiError, ErrorCode
+from api.services.bills import BillReconciliation
 from api.services.budget import SharedBudget
 from api.services.orders import OrderService
 from api.services.payments import PaymentService
@@ -44,6 +45,7 @@ class Services:
     # The API keys' query-cost budgets (api/services/budget.py), spent by RequestLimits.
     budget: SharedBudget | None = None
     webhooks: WebhookService | None = None
+    bills: BillReconciliation | None = None
 
 
 def _payments_loader(store: Store) -> DataLoader[ObjectId, list[Document]]:

@@ -538,11 +538,12 @@ class BillReconciliation:
             if verdict.resolvable and attempt is not None:
                 fixed = await self._resolve_missed(instance, line, attempt)
                 if fixed is not None:
-                    ours, verdict = fixed, judge(line, fixed)
+                    # The discrepancy keeps what we held when the bill disagreed (PENDING).
+                    held, ours, verdict = ours, fixed, judge(line, fixed)
                     status_id = discrepancy_id(
                         run.reconciliation, DiscrepancyKind.STATUS_MISMATCH, line.key
                     )
-                    doc = self._found(run, DiscrepancyKind.STATUS_MISMATCH, line, ours)
+                    doc = self._found(run, DiscrepancyKind.STATUS_MISMATCH, line, held)
                     doc["open"] = False
                     doc["resolution"] = self._resolution(
                         "APPLIED", "the platform's fact was applied", self.now()
@@ -556,7 +557,7 @@ class BillReconciliation:
                 run.matched_fen += line.amount_fen
                 continue
             found.extend(self._found(run, kind, line, ours) for kind in verdict.kinds)
-        await bills.add_marks(marks, run.day, run.now)
+        await bills.add_marks(run.branch, marks, run.day, run.now)
         await bills.record_discrepancies(found, run.token)
         await bills.close_applied(applied, self._resolution("APPLIED", "applied", self.now()))
 

@@ -582,7 +582,7 @@ class WebhookService:
     async def _create_delivery(self, event: Document, endpoint: Document) -> bool:
         """Create the event's delivery to the endpoint unless it exists; True when created."""
         delivery_id = f"{event['_id']}:{endpoint['_id']}"
-        if await self.store.webhooks.delivery(delivery_id) is not None:
+        if await self.store.webhooks.delivery(delivery_id, event["branch"]) is not None:
             return False
         now = self.clock()
         owner = await self.store.keys.principal_of(endpoint["ownerKey"])
@@ -719,7 +719,7 @@ class WebhookService:
         return False
 
     async def _event_of(self, delivery: Mapping[str, Any]) -> Document:
-        event = await self.store.webhooks.event(delivery["eventId"])
+        event = await self.store.webhooks.event(delivery["eventId"], delivery["branch"])
         if event is None:
             raise LookupError(f"webhook event {delivery['eventId']} is missing")
         return event

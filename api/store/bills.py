@@ -50,11 +50,15 @@ class BillRepository:
         """The attempts of a batch of bill lines by outTradeNo, in one query."""
         if not out_trade_nos:
             return {}
+        # Exactly the unique index's fields (branch, outTradeNo): SecantusDB plans a
+        # third equality (provider) as a collection scan, so it is checked here.
         cursor = self.payments.find(
-            {"branch": branch, "provider": provider, "outTradeNo": {"$in": list(out_trade_nos)}},
+            {"branch": branch, "outTradeNo": {"$in": list(out_trade_nos)}},
             _PAYMENT_FIELDS,
         )
-        return {doc["outTradeNo"]: doc async for doc in cursor}
+        return {
+            doc["outTradeNo"]: doc async for doc in cursor if doc.get("provider") == provider
+        }
 
     async def paid_between(
         self, branch: str, provider: str, start: datetime, end: datetime
@@ -88,13 +92,20 @@ class BillRepository:
 
     # --- bill marks -------------------------------------------------------------------
 
-    async def add_marks(self, mark_ids: Sequence[str], bill_date: date, now: datetime) -> None:
+    async def add_marks(
+        self, branch: str, mark_ids: Sequence[str], bill_date: date, now: datetime
+    ) -> None:
+        """Mark the branch's lines as billed on ``bill_date``.
+
+        The filter names the branch: an upsert on a sharded cluster must carry
+        the whole shard key, (branch, _id) here (docs/deployment.md).
+        """
         if not mark_ids:
             return
         await self.marks.bulk_write(
             [
                 UpdateOne(
-                    {"_id": mark},
+                    {"branch": branch, "_id": mark},
                     {"$set": {"billDate": bill_date.isoformat(), "at": now}},
                     upsert=True,
                 )
@@ -128,7 +139,8 @@ class BillRepository:
             described = {k: v for k, v in doc.items() if k not in fixed}
             writes.append(
                 UpdateOne(
-                    {"_id": doc["_id"]},
+                    # The whole shard key (branch, _id), as an upsert on a sharded cluster needs.
+                    {"branch": doc["branch"], "_id": doc["_id"]},
                     {
                         "$set": {**described, "seenBy": run},
                         "$setOnInsert": {

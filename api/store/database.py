@@ -53,14 +53,29 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("status", ASCENDING), ("expiresAt", ASCENDING)], name="status_expires"),
         # Webhook events not yet handed to the webhook service (api/store/webhooks.py).
         IndexModel([("outbox.at", ASCENDING)], name="outbox", sparse=True),
-        # Orders of one mobile number, found by its keyed fingerprint (never stored in clear).
+        # Orders of one mobile number, found by its keyed fingerprint (never stored in clear):
+        # over all branches (ops keys) and within the branches a partner key sees.
         IndexModel(
             [("customer.phoneDigest", ASCENDING), ("createdAt", DESCENDING), ("_id", DESCENDING)],
             name="phone_created",
         ),
+        IndexModel(
+            [
+                ("branch", ASCENDING),
+                ("customer.phoneDigest", ASCENDING),
+                ("createdAt", DESCENDING),
+                ("_id", DESCENDING),
+            ],
+            name="branch_phone_created",
+        ),
     ],
     "payments": [
-        IndexModel([("outTradeNo", ASCENDING)], unique=True, name="out_trade_no"),
+        # A trade number is unique within its branch; notifications name the branch.
+        IndexModel(
+            [("branch", ASCENDING), ("outTradeNo", ASCENDING)],
+            unique=True,
+            name="branch_out_trade_no",
+        ),
         IndexModel([("orderId", ASCENDING), ("createdAt", ASCENDING)], name="order_created"),
         # Reconciliation walks PENDING attempts (and reserved refunds) by age.
         IndexModel(
@@ -69,6 +84,10 @@ INDEXES: dict[str, list[IndexModel]] = {
         ),
         IndexModel([("status", ASCENDING), ("createdAt", ASCENDING)], name="status_created"),
         IndexModel([("reservedFen", ASCENDING), ("createdAt", ASCENDING)], name="reserved_created"),
+        IndexModel(
+            [("branch", ASCENDING), ("reservedFen", ASCENDING), ("createdAt", ASCENDING)],
+            name="branch_reserved_created",
+        ),
         IndexModel([("outbox.at", ASCENDING)], name="outbox", sparse=True),
         # Bill reconciliation: the paid attempts and succeeded refund lines of a day window.
         IndexModel(
@@ -93,6 +112,7 @@ INDEXES: dict[str, list[IndexModel]] = {
         ),
     ],
     "discrepancies": [
+        IndexModel([("branch", ASCENDING), ("_id", ASCENDING)], unique=True, name="branch_id"),
         IndexModel(
             [
                 ("reconciliationId", ASCENDING),
@@ -110,8 +130,13 @@ INDEXES: dict[str, list[IndexModel]] = {
     "webhook_endpoints": [
         IndexModel([("branches", ASCENDING), ("events", ASCENDING)], name="branch_event"),
     ],
+    # _id is the event id; (branch, _id) is the shard key of a sharded cluster.
+    "webhook_events": [
+        IndexModel([("branch", ASCENDING), ("_id", ASCENDING)], unique=True, name="branch_id"),
+    ],
     # _id is "{eventId}:{endpointId}": one delivery per pair, whoever creates it.
     "webhook_deliveries": [
+        IndexModel([("branch", ASCENDING), ("_id", ASCENDING)], unique=True, name="branch_id"),
         IndexModel([("status", ASCENDING), ("nextAttemptAt", ASCENDING)], name="due"),
         IndexModel([("endpointId", ASCENDING), ("seq", DESCENDING)], name="endpoint_seq"),
         IndexModel(
@@ -120,9 +145,17 @@ INDEXES: dict[str, list[IndexModel]] = {
         ),
         IndexModel([("eventId", ASCENDING)], name="event"),
     ],
-    # _id is "{provider}:{branch}:{event_id}": its unique index is the exactly-once gate.
+    # _id is "{provider}:{branch}:{event_id}": inserting it is the exactly-once gate, on
+    # (branch, _id), which a sharded cluster enforces across shards (docs/deployment.md).
     "payment_events": [
+        IndexModel([("branch", ASCENDING), ("_id", ASCENDING)], unique=True, name="branch_id"),
         IndexModel([("paymentId", ASCENDING), ("receivedAt", ASCENDING)], name="payment"),
+        # Reconciliation finishes the events stored but never applied (a process died).
+        IndexModel(
+            [("applied", ASCENDING), ("receivedAt", ASCENDING)],
+            name="unapplied",
+            partialFilterExpression={"applied": False},
+        ),
     ],
     # _id is the outRefundNo; (branch, idempotencyKey) makes refundPayment idempotent.
     "refunds": [
@@ -131,6 +164,10 @@ INDEXES: dict[str, list[IndexModel]] = {
             unique=True,
             name="branch_idempotency_key",
         ),
+    ],
+    # _id is "{branch}:{provider}:{kind}:{outTradeNo}:{outRefundNo}": a line billed once.
+    "bill_marks": [
+        IndexModel([("branch", ASCENDING), ("_id", ASCENDING)], unique=True, name="branch_id"),
     ],
     "api_keys": [IndexModel([("name", ASCENDING)], unique=True, name="name")],
     # _id is the bucket's key; a bucket past expireAt is full again, the same as none.

@@ -17,8 +17,11 @@ settling) onto ``outbox``, so a change and its event exist together or not at al
 
 A ``payment_events`` document stores one verified provider fact under
 ``_id = "{provider}:{branch}:{event_id}"``; inserting it is the exactly-once
-gate. A ``refunds`` document is one ``refundPayment`` request, unique per
-(branch, idempotencyKey), with ``_id`` = its ``outRefundNo``.
+gate (the unique ``_id`` and ``(branch, _id)``, the latter enforced across the
+shards of a sharded cluster). ``outTradeNo`` is unique within its branch. Every
+lookup of either names the branch, so a sharded cluster asks the one shard that
+holds it (docs/deployment.md). A ``refunds`` document is one ``refundPayment``
+request, unique per (branch, idempotencyKey), with ``_id`` = its ``outRefundNo``.
 """
 
 from __future__ import annotations
@@ -114,8 +117,9 @@ class PaymentRepository:
     async def get(self, payment_id: ObjectId) -> Document | None:
         return await self.collection.find_one({"_id": payment_id})
 
-    async def by_out_trade_no(self, out_trade_no: str) -> Document | None:
-        return await self.collection.find_one({"outTradeNo": out_trade_no})
+    async def by_out_trade_no(self, branch: str, out_trade_no: str) -> Document | None:
+        """The branch's attempt with this trade number (index ``branch_out_trade_no``)."""
+        return await self.collection.find_one({"branch": branch, "outTradeNo": out_trade_no})
 
     async def of_order(self, order_id: ObjectId) -> list[Document]:
         return await self.collection.find({"orderId": order_id}).sort("createdAt", 1).to_list()
@@ -189,12 +193,12 @@ class PaymentRepository:
             return False
         return True
 
-    async def event(self, key: str) -> Document | None:
-        return await self.events.find_one({"_id": key})
+    async def event(self, branch: str, key: str) -> Document | None:
+        return await self.events.find_one({"branch": branch, "_id": key})
 
-    async def mark_event_applied(self, key: str, note: str, now: datetime) -> None:
+    async def mark_event_applied(self, branch: str, key: str, note: str, now: datetime) -> None:
         await self.events.update_one(
-            {"_id": key, "applied": False},
+            {"branch": branch, "_id": key, "applied": False},
             {"$set": {"applied": True, "outcome": note, "appliedAt": now}},
         )
 

@@ -9,7 +9,8 @@ A ``webhook_endpoints`` document::
 
 A ``webhook_events`` document is one event taken out of an order's or a
 payment's ``outbox``, under ``_id`` = the event id, so taking it out twice
-stores it once. A ``webhook_deliveries`` document is that event for one
+stores it once (the unique ``_id``, and ``(branch, _id)`` that a sharded
+cluster enforces across its shards). A ``webhook_deliveries`` document is that event for one
 endpoint, ``_id = "{eventId}:{endpointId}"`` (one per pair, whoever creates it)::
 
     {_id, eventId, endpointId, type, branch, body, status, tries, nextAttemptAt,
@@ -130,8 +131,12 @@ class WebhookRepository:
         with contextlib.suppress(DuplicateKeyError):
             await self.events.insert_one(event)
 
-    async def event(self, event_id: str) -> Document | None:
-        return await self.events.find_one({"_id": event_id})
+    async def event(self, event_id: str, branch: str | None = None) -> Document | None:
+        """The event; with its ``branch`` a sharded cluster asks only the shard holding it."""
+        query: Document = {"_id": event_id}
+        if branch is not None:
+            query["branch"] = branch
+        return await self.events.find_one(query)
 
     # --- deliveries -----------------------------------------------------------------------
 
@@ -143,8 +148,8 @@ class WebhookRepository:
             return False
         return True
 
-    async def delivery(self, delivery_id: str) -> Document | None:
-        return await self.deliveries.find_one({"_id": delivery_id})
+    async def delivery(self, delivery_id: str, branch: str) -> Document | None:
+        return await self.deliveries.find_one({"branch": branch, "_id": delivery_id})
 
     async def deliveries_of_event(self, event_id: str) -> list[Document]:
         return await self.deliveries.find({"eventId": event_id}).to_list()

@@ -297,6 +297,7 @@ def create_app(
             app.state.notifications = Notifications(registry, payments)
             bills = BillReconciliation(store, registry, payments, settings=bill_settings(settings))
             app.state.bills = bills
+            services_now.bills = bills
             reconcile_min_age = timedelta(seconds=settings.reconcile_min_age_seconds)
 
             def once_per_cluster(

@@ -640,7 +640,11 @@ class UnionpayProvider(Provider):
         except (ValueError, message.SignatureInvalid) as exc:
             logger.error("unionpay file transfer: answer rejected: %s", exc)
             raise GatewayError(f"UnionPay's answer failed verification: {exc}") from None
-        for name in ("merId", "txnTime", "settleDate"):
+        if "merId" in fields and fields["merId"] != sent["merId"]:
+            # Another merchant's file: refused like a file naming another merchant.
+            logger.error("unionpay file transfer: answer names another merchant")
+            raise BillRejected("UnionPay's file transfer answer is another merchant's (merId)")
+        for name in ("txnTime", "settleDate"):
             if name in fields and fields[name] != sent[name]:
                 logger.error("unionpay file transfer: answer names another %s", name)
                 raise GatewayError(f"UnionPay's answer names another {name}")

@@ -19,10 +19,6 @@ query($first: Int) {
 """
 
 
-# The background jobs' own commands stay out of the counts.
-QUIET = {"webhook_delivery": False, "webhook_poll_seconds": 3600, "expiry_interval_seconds": 3600}
-
-
 def add_payments(service: RunningService, prefix: str) -> None:
     """One closed payment attempt for every order, numbered ``prefix`` + index."""
     orders = service.db.orders.find({}, {"branch": 1, "totalFen": 1, "createdAt": 1})
@@ -80,9 +76,9 @@ def test_a_page_of_orders_costs_four_commands_once_the_key_is_known(
         "find",
         "findAndModify",
     ]
-    # the spend of its budget (shared by every process), find for the page, find for
-    # the payments of all its orders (one DataLoader batch), and the count: the same
-    # four whatever the page size
+    # the spend of the key's budget (shared by every process), find for the page,
+    # find for the payments of all its orders (one DataLoader batch), and the count:
+    # the same four whatever the page size
     assert sorted(commands_for(service, first)) == ["aggregate", "find", "find", "findAndModify"]
 
 

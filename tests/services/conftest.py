@@ -23,7 +23,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +40,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from api.config.live import ProviderRegistry
+from api.domain.bills import beijing_day
 from api.domain.pii import PiiVault
+from api.domain.principal import Principal, Role
+from api.plugins.manager import load_plugin_manager
+from api.services.bills import BillReconciliation, BillSettings
+from api.services.payments import PaymentService
 from api.settings import Settings
+from api.store import Store
 from providers.kit.loopback import LoopbackServer
 from providers.sandbox import signing
 from providers.sandbox.simulator import SandboxGateway
@@ -596,3 +603,54 @@ def verified(secret: str, received: Received) -> dict[str, Any]:
     """The event, verified as any partner would verify it with the spec's library."""
     payload: dict[str, Any] = Webhook(secret).verify(received.body, received.headers)
     return payload
+
+
+# --- bill reconciliation: principals and a reconciler of its own --------------------------------
+
+OPS = Principal("ops-test", Role.OPS, frozenset())
+ZJ_ADMIN = Principal("zj-admin", Role.BRANCH_ADMIN, frozenset({"zj"}))
+BJ_ADMIN = Principal("bj-admin", Role.BRANCH_ADMIN, frozenset({"bj"}))
+ZJ_PARTNER = Principal("zj-partner", Role.PARTNER, frozenset({"zj"}))
+
+
+def today() -> date:
+    return beijing_day(datetime.now(UTC))
+
+
+@contextlib.asynccontextmanager
+async def reconciler(
+    service: PayService,
+    *,
+    clock: Callable[[], datetime] | None = None,
+    plugins_toml: Path | None = None,
+    **settings: Any,
+) -> AsyncIterator[BillReconciliation]:
+    """A BillReconciliation on store and HTTP clients of its own, like another process's."""
+    plugins = load_plugin_manager()
+    store = Store.connect(service.mongo_uri, service.db_name)
+    try:
+        async with httpx.AsyncClient(timeout=15.0) as http:
+            registry = ProviderRegistry(plugins_toml or service.plugins_toml, plugins, http)
+            registry.load()
+            payments = PaymentService(
+                store, registry, base_url=lambda: service.url, plugins=plugins
+            )
+            yield BillReconciliation(
+                store,
+                registry,
+                payments,
+                settings=BillSettings(**settings),
+                clock=clock or (lambda: datetime.now(UTC)),
+            )
+    finally:
+        await store.close()
+
+
+async def all_discrepancies(recon: BillReconciliation, rec_id: str) -> list[dict[str, Any]]:
+    docs, more = await recon.discrepancies(OPS, rec_id, first=100, after=None, kind=None, open=None)
+    assert not more
+    return docs
+
+
+def kinds(docs: list[dict[str, Any]], *, open_only: bool = True) -> set[tuple[str, str]]:
+    return {(d["kind"], d["outTradeNo"]) for d in docs if d["open"] or not open_only}

@@ -9,11 +9,10 @@ event loop with store clients of its own, as another process would.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time as clock_time
-from collections.abc import AsyncIterator, Callable
-from datetime import UTC, date, datetime, time, timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,53 +26,23 @@ from starlette.routing import Route
 
 from api.config.live import ProviderRegistry
 from api.domain.beijing import BEIJING
-from api.domain.bills import beijing_day, day_bounds
-from api.domain.principal import Principal, Role
+from api.domain.bills import day_bounds
 from api.domain.problems import ServiceError, UserErrorCode
-from api.plugins.manager import load_plugin_manager
-from api.services.bills import BillReconciliation, BillSettings
+from api.services.bills import BillReconciliation
 from api.services.payments import PaymentService
 from api.store import Store
 from providers.kit.loopback import LoopbackServer
-from tests.services.conftest import PayService
-
-OPS = Principal("ops-test", Role.OPS, frozenset())
-ZJ_ADMIN = Principal("zj-admin", Role.BRANCH_ADMIN, frozenset({"zj"}))
-BJ_ADMIN = Principal("bj-admin", Role.BRANCH_ADMIN, frozenset({"bj"}))
-ZJ_PARTNER = Principal("zj-partner", Role.PARTNER, frozenset({"zj"}))
-
-
-def today() -> date:
-    return beijing_day(datetime.now(UTC))
-
-
-@contextlib.asynccontextmanager
-async def reconciler(
-    service: PayService,
-    *,
-    clock: Callable[[], datetime] | None = None,
-    plugins_toml: Path | None = None,
-    **settings: Any,
-) -> AsyncIterator[BillReconciliation]:
-    """A BillReconciliation on store and HTTP clients of its own, like another process's."""
-    plugins = load_plugin_manager()
-    store = Store.connect(service.mongo_uri, service.db_name)
-    try:
-        async with httpx.AsyncClient(timeout=15.0) as http:
-            registry = ProviderRegistry(plugins_toml or service.plugins_toml, plugins, http)
-            registry.load()
-            payments = PaymentService(
-                store, registry, base_url=lambda: service.url, plugins=plugins
-            )
-            yield BillReconciliation(
-                store,
-                registry,
-                payments,
-                settings=BillSettings(**settings),
-                clock=clock or (lambda: datetime.now(UTC)),
-            )
-    finally:
-        await store.close()
+from tests.services.conftest import (
+    BJ_ADMIN,
+    OPS,
+    ZJ_ADMIN,
+    ZJ_PARTNER,
+    PayService,
+    all_discrepancies,
+    kinds,
+    reconciler,
+    today,
+)
 
 
 def publish_current_day(service: PayService, publish: bool = True) -> None:
@@ -121,16 +90,6 @@ def stored_payment(service: PayService, out_trade_no: str) -> dict[str, Any]:
     doc = service.db.payments.find_one({"outTradeNo": out_trade_no})
     assert doc is not None
     return doc
-
-
-async def all_discrepancies(recon: BillReconciliation, rec_id: str) -> list[dict[str, Any]]:
-    docs, more = await recon.discrepancies(OPS, rec_id, first=100, after=None, kind=None, open=None)
-    assert not more
-    return docs
-
-
-def kinds(docs: list[dict[str, Any]], *, open_only: bool = True) -> set[tuple[str, str]]:
-    return {(d["kind"], d["outTradeNo"]) for d in docs if d["open"] or not open_only}
 
 
 # --- a clean day -----------------------------------------------------------------------------

@@ -81,11 +81,12 @@ class Facts:
     ) -> EventResult:
         """Apply a verified fact exactly once; ``accepted`` only after it is stored and applied."""
         store = self.context.store
-        payment = await store.payments.by_out_trade_no(event.out_trade_no)
+        # By (branch, outTradeNo): another branch's attempt is unknown on this branch's route.
+        payment = await store.payments.by_out_trade_no(branch, event.out_trade_no)
         if payment is None:
             return EventResult(False, "unknown out_trade_no")
-        if payment["branch"] != branch or payment["provider"] != provider_name:
-            return EventResult(False, "the attempt belongs to another branch or provider")
+        if payment["provider"] != provider_name:
+            return EventResult(False, "the attempt belongs to another provider")
         now = self.context.now()
         key = f"{provider_name}:{branch}:{event.event_id}"
         created = await store.payments.record_event(
@@ -108,7 +109,7 @@ class Facts:
             }
         )
         if not created:
-            stored = await store.payments.event(key)
+            stored = await store.payments.event(branch, key)
             if stored is not None and stored.get("applied"):
                 return EventResult(True, str(stored.get("outcome", "applied")), duplicate=True)
             # The first delivery is being applied or was interrupted; applying is
@@ -123,7 +124,7 @@ class Facts:
         note = await self.apply(
             payment["_id"], fact, key, event.provider_trade_no, occurred_at=event.occurred_at
         )
-        await store.payments.mark_event_applied(key, note, self.context.now())
+        await store.payments.mark_event_applied(branch, key, note, self.context.now())
         return EventResult(True, note, duplicate=not created)
 
     async def apply_query(self, payment: Document, result: QueryResult) -> None:
