@@ -230,6 +230,12 @@ class Settings(BaseSettings):
         description="While the keys' change stream is down, how often open WebSockets' keys "
         "are read again for revocation (4403).",
     )
+    key_cache: bool = Field(
+        default=True,
+        description="Keep the API keys a process has seen in memory (kept true by the keys' "
+        "change stream); false reads every request's key from the store (the bench's "
+        "'before').",
+    )
     key_cache_ttl_seconds: float = Field(
         default=5.0,
         gt=0,

@@ -7,13 +7,19 @@
 2. On the smallest set, with the API under ``uvicorn --workers 1``: (a) and
    (b) over GraphQL, over the plain endpoint and as a bare driver loop; then
    (c) and (d) over GraphQL against a scratch database; then (a) under
-   ``--workers N`` for the scaling ratio. Unless ``--no-webhooks``, (w) on the
+   ``--workers`` 2 to N for the scaling ratios; (b) again on an API without
+   its key cache (``BRANCHPAY_KEY_CACHE=false``), for before / after.
+   Unless ``--no-webhooks``, (w) on the
    API of (c) and (d) (``bench.webhooks``): an endpoint of the bench's key at a
    loopback receiver (``bench.receiver``), deliveries per second while (c) runs
    again, then the latency from a payment notification to ``order.paid`` at the
-   receiver against the ``orderEvents`` PAID of the same flow.
-3. (a) over GraphQL on every set with ``--scale-concurrency`` requests in
-   flight, for the scale ratio.
+   receiver against the ``orderEvents`` PAID of the same flow. Unless
+   ``--subscriptions 0``, (s) on an API of its own on the same scratch
+   database (``bench.subscriptions``): RSS per idle subscription and the
+   fan-out latency from a write to each subscriber.
+3. (a), and (a-ops) with an ops key and no filter, over GraphQL on every set
+   with ``--scale-concurrency`` requests in flight, for the scale ratios, and
+   the store's explain of the ops-wide page on each set.
 4. The pluggy hook overhead (pytest-benchmark); with ``--soak`` the API's RSS
    over a long run of (a); with ``--profile`` pyinstrument reports of (a);
    with ``--wrk`` wrk's own figures for (a).
@@ -70,6 +76,14 @@ from bench.plain import UNLIMITED_KEYS
 from bench.procstat import rss_bytes
 from bench.receiver import running_receiver
 from bench.report import Ratio, Run, print_run, write_run
+from bench.scale import (
+    OPS_KEY_NAME,
+    describe_plan,
+    explain_ops_page,
+    key_cache_off,
+    subscription_scenario,
+    subscriptions_config,
+)
 from bench.scenarios import (
     HostileDocument,
     Scenario,
@@ -113,7 +127,24 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--duration", type=float, default=10.0, help="measured seconds per scenario")
     top.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
     top.add_argument("--concurrency", type=int, default=32, help="requests kept in flight")
-    top.add_argument("--workers", type=int, default=2, help="uvicorn workers for the scaling run")
+    top.add_argument(
+        "--workers",
+        type=int,
+        default=3,
+        help="most API processes (uvicorn workers) for the scaling run: (a) on 2 to N",
+    )
+    top.add_argument(
+        "--subscriptions",
+        type=int,
+        default=1000,
+        help="idle orderEvents subscriptions on one process for (s); 0 skips (s)",
+    )
+    top.add_argument(
+        "--fanout-rate",
+        type=float,
+        default=100.0,
+        help="order writes per second for (s)'s fan-out latency",
+    )
     top.add_argument(
         "--scale-concurrency",
         type=int,
@@ -259,9 +290,11 @@ def _latency_ratio(
     return Ratio(name, value, target, bound=bound)
 
 
-async def bench_key(uri: str, databases: list[str], name: str = BENCH_KEY_NAME) -> str:
-    """A fresh partner key for the six branches, stored in every database the run uses."""
-    record, key = new_key(name, Role.PARTNER, BRANCHES, by="make bench")
+async def bench_key(
+    uri: str, databases: list[str], name: str = BENCH_KEY_NAME, role: Role = Role.PARTNER
+) -> str:
+    """A fresh key (a partner's for the six branches), stored in every database the run uses."""
+    record, key = new_key(name, role, BRANCHES, by="make bench")
     store = Store.connect(uri, databases[0])
     try:
         for database in databases:
@@ -316,10 +349,13 @@ def main_set(
     *,
     wrk: bool = False,
     webhook_concurrency: int | None = None,
+    subscriptions: int = 0,
+    fanout_rate: float = 100.0,
 ) -> dict[str, Any]:
-    """Every scenario on the largest set; returns the figures the ratios need.
+    """Every scenario on the smallest set; returns the figures the ratios need.
 
-    With ``webhook_concurrency``, (w) runs after (d) on the same API process.
+    With ``webhook_concurrency``, (w) runs after (d) on the same API process;
+    with ``subscriptions``, (s) on an API of its own after them.
     """
     logs = BENCH_DATA / "logs"
     base = replace(spec, mongodb_uri=uri, database=loaded.database)
@@ -340,6 +376,19 @@ def main_set(
                     )
             found[f"{scenario}/driver"] = _measure(
                 run, "driver", replace(base, scenario=scenario, target=Target.DRIVER), None
+            )
+    # (b) before the key cache: the same set and selection, every key read from the store.
+    with running_api(
+        uri,
+        loaded.database,
+        workers=1,
+        log_path=logs / "api-no-key-cache.log",
+        config=key_cache_off(config),
+    ) as api:
+        on_api = replace(base, base_url=api.url, scenario=Scenario.ORDER)
+        for target in (Target.GRAPHQL, Target.PLAIN):
+            found[f"b/{target}/no-key-cache"] = _measure(
+                run, f"{target.value}, no key cache", replace(on_api, target=target), api
             )
     # Writes go to a scratch database dropped after the run, so the read sets stay as
     # loaded; deleting the written orders from a large set took SecantusDB minutes.
@@ -371,17 +420,29 @@ def main_set(
             run.not_measured.append(
                 "(d) and (w) startPayment + sandbox notification: startPayment is not in the schema"
             )
-    if workers > 1:
+    if subscriptions > 0:
+        with running_api(
+            uri,
+            WRITES_DATABASE,
+            workers=1,
+            log_path=logs / "api-subscriptions.log",
+            config=subscriptions_config(config, subscriptions),
+        ) as api:
+            found["s/ratios"] = subscription_scenario(
+                run, writes, api, subscriptions, fanout_rate, _log
+            )
+    # (a) on 1 process is (a) above, on the same set in the same run.
+    for count in range(2, workers + 1):
         with running_api(
             uri,
             loaded.database,
-            workers=workers,
-            log_path=logs / "api-workers.log",
+            workers=count,
+            log_path=logs / f"api-workers-{count}.log",
             config=config,
         ) as api:
-            found["a/workers"] = _measure(
+            found[f"a/workers/{count}"] = _measure(
                 run,
-                f"graphql, {workers} workers",
+                f"graphql, {count} workers",
                 replace(base, base_url=api.url, scenario=Scenario.ORDERS, target=Target.GRAPHQL),
                 api,
             )
@@ -389,10 +450,20 @@ def main_set(
 
 
 def each_set(
-    run: Run, uri: str, sets: list[LoadedSet], spec: Spec, config: ApiConfig
-) -> dict[int, Measurement]:
-    found: dict[int, Measurement] = {}
+    run: Run,
+    uri: str,
+    sets: list[LoadedSet],
+    spec: Spec,
+    config: ApiConfig,
+    ops_headers: tuple[tuple[str, str], ...],
+) -> dict[Scenario, dict[int, Measurement]]:
+    """(a) and (a-ops) on every set, on one API process per set; the store's plan of (a-ops)."""
+    found: dict[Scenario, dict[int, Measurement]] = {Scenario.ORDERS: {}, Scenario.ORDERS_ALL: {}}
+    plans = run.extra.setdefault("opsPage", {})
     for loaded in sets:
+        explained = explain_ops_page(uri, loaded.database)
+        plans[str(loaded.count)] = explained
+        _log(f"a-ops plan on {loaded.count:,} orders: {describe_plan(explained)}")
         with running_api(
             uri,
             loaded.database,
@@ -400,18 +471,24 @@ def each_set(
             log_path=BENCH_DATA / "logs" / "api-scale.log",
             config=config,
         ) as api:
-            found[loaded.count] = _measure(
+            on_set = replace(
+                spec,
+                base_url=api.url,
+                database=loaded.database,
+                orders=loaded.count,
+                base=loaded.base,
+                target=Target.GRAPHQL,
+            )
+            found[Scenario.ORDERS][loaded.count] = _measure(
                 run,
                 f"graphql, {spec.concurrency} in flight",
-                replace(
-                    spec,
-                    base_url=api.url,
-                    database=loaded.database,
-                    orders=loaded.count,
-                    base=loaded.base,
-                    scenario=Scenario.ORDERS,
-                    target=Target.GRAPHQL,
-                ),
+                replace(on_set, scenario=Scenario.ORDERS),
+                api,
+            )
+            found[Scenario.ORDERS_ALL][loaded.count] = _measure(
+                run,
+                f"graphql, ops key, {spec.concurrency} in flight",
+                replace(on_set, scenario=Scenario.ORDERS_ALL, headers=ops_headers),
                 api,
             )
     return found
@@ -719,6 +796,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("--mongodb-uri and --store-server exclude each other")
     if args.hostile_only and not args.hostile:
         raise SystemExit("--hostile-only and --no-hostile exclude each other")
+    if args.workers < 1 or args.subscriptions < 0 or args.fanout_rate <= 0:
+        raise SystemExit("--workers, --fanout-rate must be positive; --subscriptions 0 or more")
     if args.hostile_concurrency < 1 or args.webhook_concurrency < 1:
         raise SystemExit("--hostile-concurrency and --webhook-concurrency must be positive")
     if args.bill_lines < 1:
@@ -806,12 +885,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 config,
                 wrk=wrk,
                 webhook_concurrency=args.webhook_concurrency if args.webhooks else None,
+                subscriptions=args.subscriptions,
+                fanout_rate=args.fanout_rate,
             )
             # The scale ratio compares latency, not queueing: a few requests in flight,
             # the same on every set, so a slow store on the large set is not drowned
             # by a queue in front of it.
+            ops_key = asyncio.run(bench_key(uri, databases, OPS_KEY_NAME, Role.OPS))
             by_scale = each_set(
-                run, uri, sets, replace(spec, concurrency=args.scale_concurrency), config
+                run,
+                uri,
+                sets,
+                replace(spec, concurrency=args.scale_concurrency),
+                config,
+                (("authorization", f"Bearer {ops_key}"),),
             )
             if args.soak > 0:
                 run.extra["soak"] = soak(uri, smallest, main, args.soak, config)
@@ -853,7 +940,7 @@ def standard_ratios(
     run: Run,
     args: argparse.Namespace,
     figures: dict[str, Any],
-    by_scale: dict[int, Measurement],
+    by_scale: dict[Scenario, dict[int, Measurement]],
     smallest: LoadedSet,
     largest: LoadedSet,
 ) -> None:
@@ -879,25 +966,41 @@ def standard_ratios(
                 f"({scenario}) p50 GraphQL / driver", graphql.outcome.p50, driver.outcome.p50
             ),
         ]
+    graphql, plain = figures["b/graphql/no-key-cache"], figures["b/plain/no-key-cache"]
+    run.ratios += [
+        _ratio(
+            "(b) CPU/request GraphQL / plain, no key cache",
+            graphql.cpu_per_request,
+            plain.cpu_per_request,
+        ),
+        _ratio(
+            "(b) GraphQL CPU/request with the key cache / without",
+            figures["b/graphql"].cpu_per_request,
+            graphql.cpu_per_request,
+        ),
+    ]
     if smallest.count != largest.count:
-        run.ratios.append(
-            _latency_ratio(
-                f"(a) p50 at {largest.count:,} / at {smallest.count:,} orders"
-                f" ({args.scale_concurrency} in flight)",
-                by_scale[largest.count].outcome.p50,
-                by_scale[smallest.count].outcome.p50,
-                1.5 if (smallest.count, largest.count) == (10_000, 1_000_000) else None,
+        for scenario, label in ((Scenario.ORDERS, "(a)"), (Scenario.ORDERS_ALL, "(a-ops)")):
+            run.ratios.append(
+                _latency_ratio(
+                    f"{label} p50 at {largest.count:,} / at {smallest.count:,} orders"
+                    f" ({args.scale_concurrency} in flight)",
+                    by_scale[scenario][largest.count].outcome.p50,
+                    by_scale[scenario][smallest.count].outcome.p50,
+                    1.5 if (smallest.count, largest.count) == (10_000, 1_000_000) else None,
+                )
             )
-        )
     run.ratios += figures.get("w/ratios", [])
-    if "a/workers" in figures:
-        run.ratios.append(
-            Ratio(
-                f"(a) throughput {args.workers} workers / 1 worker",
-                figures["a/workers"].throughput / figures["a/graphql"].throughput,
-                None,
+    run.ratios += figures.get("s/ratios", [])
+    for count in range(2, args.workers + 1):
+        if f"a/workers/{count}" in figures:
+            run.ratios.append(
+                _ratio(
+                    f"(a) throughput {count} processes / 1",
+                    figures[f"a/workers/{count}"].throughput,
+                    figures["a/graphql"].throughput,
+                )
             )
-        )
     hooks = None if args.no_hooks else hook_overhead()
     if hooks:
         run.extra["hooks"] = hooks

@@ -1,7 +1,8 @@
 """What one request of each scenario is, over GraphQL, over the plain endpoint, or to the store.
 
 (a) ``orders(first: 50)`` of one branch and one status, selecting about 15
-fields including items and payments; (b) ``order(id)`` of a random existing
+fields including items and payments; (a-ops) the same page with no filter, for
+an ops key: every branch, newest first; (b) ``order(id)`` of a random existing
 order; (c) ``createOrder`` with a fresh idempotency key; (d) one payment round
 trip: create an order, subscribe to its ``orderEvents``, ``startPayment``
 with the sandbox, pay at the sandbox simulator, and receive PAID once the
@@ -86,6 +87,8 @@ ORDER_EVENTS = "subscription BenchEvents($id: ID!) { orderEvents(orderId: $id) {
 
 class Scenario(enum.StrEnum):
     ORDERS = "a"
+    # (a) for an ops key over every branch, no filter: newest first across branches.
+    ORDERS_ALL = "a-ops"
     ORDER = "b"
     CREATE = "c"
     PAY = "d"
@@ -102,6 +105,7 @@ class Target(enum.StrEnum):
 
 DESCRIPTIONS = {
     Scenario.ORDERS: "(a) orders(first: 50)",
+    Scenario.ORDERS_ALL: "(a) ops-wide orders(first: 50), no filter",
     Scenario.ORDER: "(b) order(id)",
     Scenario.CREATE: "(c) createOrder",
     Scenario.PAY: "(d) pay round trip",
@@ -232,6 +236,11 @@ def http_request(spec: Spec, rng: random.Random) -> HttpRequest:
             query = urlencode({"branch": branch, "status": status, "first": PAGE_SIZE})
             return HttpRequest("GET", f"/bench/orders?{query}")
         variables = {"filter": {"branches": [branch], "status": [status]}, "first": PAGE_SIZE}
+        return HttpRequest("POST", "/graphql", {"query": ORDERS_QUERY, "variables": variables})
+    if spec.scenario is Scenario.ORDERS_ALL:
+        if spec.target is Target.PLAIN:
+            return HttpRequest("GET", f"/bench/orders?first={PAGE_SIZE}")
+        variables = {"filter": None, "first": PAGE_SIZE}
         return HttpRequest("POST", "/graphql", {"query": ORDERS_QUERY, "variables": variables})
     if spec.scenario is Scenario.ORDER:
         order = _random_global_id(spec, rng)

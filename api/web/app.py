@@ -316,10 +316,6 @@ def create_app(
             tasks = [
                 asyncio.create_task(registry.watch(), name="config-watch"),
                 asyncio.create_task(
-                    store.keys.follow(changes, ttl=settings.key_cache_ttl_seconds),
-                    name="key-cache",
-                ),
-                asyncio.create_task(
                     _every(settings.key_recheck_interval_seconds, sockets.close_revoked, "revoked"),
                     name="revocation-watch",
                 ),
@@ -337,6 +333,13 @@ def create_app(
                     name="bill-reconcile",
                 ),
             ]
+            if settings.key_cache:
+                tasks.append(
+                    asyncio.create_task(
+                        store.keys.follow(changes, ttl=settings.key_cache_ttl_seconds),
+                        name="key-cache",
+                    )
+                )
             # Every process sweeps the outboxes for events a dead writer left behind.
             tasks.append(
                 asyncio.create_task(
