@@ -19,33 +19,17 @@ from api.domain.bills import DiscrepancyKind, day_bounds, missing_window, needs_
 from api.schema import schema
 from api.schema.bills import ReconciliationStatus
 from api.settings import Settings
+from tests.docs.marked import MarkedDoc, unquoted
 
 ROOT = Path(__file__).parents[2]
-DOC = (ROOT / "docs" / "reconciliation.md").read_text(encoding="utf-8")
+MARKED = MarkedDoc("reconciliation.md")
+DOC = MARKED.text
 PROSE = " ".join(DOC.split())
 
 
-def after_marker(name: str) -> str:
-    marker = f"<!-- doc-test: {name} -->\n"
-    assert DOC.count(marker) == 1, f"docs/reconciliation.md needs exactly one {marker.strip()}"
-    return DOC.split(marker, 1)[1]
-
-
-def code_block(name: str) -> str:
-    found = re.match(r"```[a-z]*\n(.*?)^```$", after_marker(name), re.S | re.M)
-    assert found, f"no code block right after the marker {name!r}"
-    return found.group(1)
-
-
-def table(name: str) -> list[list[str]]:
-    lines = after_marker(name).split("\n\n", 1)[0].splitlines()
-    assert len(lines) > 2 and lines[0].startswith("|"), f"no table right after {name!r}"
-    return [[cell.strip() for cell in line.strip("|").split(" | ")] for line in lines[2:]]
-
-
-def unquoted(cell: str) -> str:
-    assert cell.startswith("`") and cell.endswith("`"), cell
-    return cell.strip("`")
+after_marker = MARKED.after_marker
+code_block = MARKED.code_block
+table = MARKED.table
 
 
 def test_every_discrepancy_kind_is_explained_once_with_what_to_do() -> None:

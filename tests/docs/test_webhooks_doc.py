@@ -35,10 +35,12 @@ from api.domain.webhooks import (
 )
 from api.schema.event_view import ORDER_QUERY
 from api.settings import Settings
+from tests.docs.marked import MarkedDoc, unquoted
 
 ROOT = Path(__file__).parents[2]
 DOC_PATH = ROOT / "docs" / "webhooks.md"
-DOC = DOC_PATH.read_text(encoding="utf-8")
+MARKED = MarkedDoc("webhooks.md")
+DOC = MARKED.text
 PROSE = " ".join(DOC.split())  # the text with its line breaks undone
 BODY = json.dumps(
     {
@@ -54,29 +56,9 @@ BODY = json.dumps(
 UNITS = {"s": "seconds", "min": "minutes", "h": "hours"}
 
 
-def after_marker(name: str) -> str:
-    marker = f"<!-- doc-test: {name} -->\n"
-    assert DOC.count(marker) == 1, f"docs/webhooks.md needs exactly one {marker.strip()}"
-    return DOC.split(marker, 1)[1]
-
-
-def code_block(name: str) -> str:
-    """The fenced code block right after the marker ``name``."""
-    found = re.match(r"```[a-z]*\n(.*?)^```$", after_marker(name), re.S | re.M)
-    assert found, f"no code block right after the marker {name!r}"
-    return found.group(1)
-
-
-def table(name: str) -> list[list[str]]:
-    """The body rows of the table right after the marker ``name``, cell by cell."""
-    lines = after_marker(name).split("\n\n", 1)[0].splitlines()
-    assert len(lines) > 2 and lines[0].startswith("|"), f"no table right after {name!r}"
-    return [[cell.strip() for cell in line.strip("|").split(" | ")] for line in lines[2:]]
-
-
-def unquoted(cell: str) -> str:
-    assert cell.startswith("`") and cell.endswith("`"), cell
-    return cell.strip("`")
+after_marker = MARKED.after_marker
+code_block = MARKED.code_block
+table = MARKED.table
 
 
 def duration(text: str) -> timedelta:
