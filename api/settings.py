@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import time
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -281,6 +282,32 @@ class Settings(BaseSettings):
         description="Acknowledge a write only once it is in the store's journal (j: true), so "
         "a store killed right after an answer still has it (docs/security.md, Store outages).",
     )
+
+    # Observability (docs/operations.md).
+    metrics: bool = Field(
+        default=True,
+        description="Record Prometheus metrics and serve them at /metrics (port or token below).",
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token that /metrics on the API port asks for; unset: not served there.",
+    )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="A separate port serving /metrics without a token (bound to metrics_host).",
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="The address metrics_port binds.")
+    log_format: Literal["json", "console"] = Field(
+        default="json", description="json: one JSON object a line; console: readable lines."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    otel_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP endpoint receiving traces (extra `otel`); unset: no tracing.",
+    )
+    otel_service_name: str = Field(default="branchpay", description="service.name of the spans.")
 
     @model_validator(mode="after")
     def _one_request_fits_the_budget(self) -> Settings:
