@@ -15,6 +15,7 @@ from playwright.sync_api import Response, expect
 
 from tests.conftest import RunningService, issue_key
 from tests.pages.conftest import OfflinePage
+from tests.schema.test_mutation import CANCEL, create
 
 ALLOWED_SOURCES = {"'self'", "'none'", "data:"}
 
@@ -90,6 +91,33 @@ def test_graphiql_loads_takes_a_key_and_runs_a_query_with_only_loopback_reachabl
     own = [url for url in offline_page.requested if not url.startswith("data:")]
     assert own and all(url.startswith(service.url) for url in own), own
     assert any("/assets/vendor/graphiql@" in url for url in own)
+
+
+def test_a_subscription_in_graphiql_carries_the_key_and_shows_the_order_change(
+    start_service: Any, offline_page: OfflinePage, service_assets: Path
+) -> None:
+    service: RunningService = start_service()
+    order_id = create(service)["order"]["id"]
+    page = offline_page.page
+    page.goto(f"{service.url}/graphql")
+    page.fill("#api-key", issue_key(service.db, "partner", ["zj"]))
+    page.click("#key-form button[type=submit]")
+    expect(page.locator("#key-status")).to_contain_text("Using the key you gave")
+
+    page.locator(".graphiql-query-editor .CodeMirror").click()
+    page.keyboard.press("Control+A")
+    page.keyboard.insert_text(
+        f'subscription {{ orderEvents(orderId: "{order_id}") {{ status reason }} }}'
+    )
+    page.click(".graphiql-execute-button")
+    # The WebSocket's connection_init carried the key: the order's current status comes first.
+    result = page.locator(".result-window")
+    expect(result).to_contain_text('"status": "PENDING_PAYMENT"', timeout=20_000)
+    service.client.data(CANCEL, {"input": {"orderId": order_id, "reason": "changed my mind"}})
+    expect(result).to_contain_text('"status": "CANCELLED"', timeout=20_000)
+    expect(result).to_contain_text("changed my mind")
+    assert offline_page.blocked == []
+    assert offline_page.csp_violations() == []
 
 
 def test_without_its_files_graphiql_says_how_to_install_them(
