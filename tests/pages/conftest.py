@@ -130,8 +130,7 @@ def offline_page(browser: Browser) -> Iterator[OfflinePage]:
     context.close()
 
 
-@pytest.fixture(scope="session")
-def service_assets() -> Path:
+def require_assets() -> Path:
     """The vendor files' folder the services under test read; fails when they are missing."""
     vendor = VendorFiles(Settings().assets_dir)
     missing = vendor.missing()
@@ -142,3 +141,8 @@ def service_assets() -> Path:
             pytrace=False,
         )
     return vendor.root
+
+
+@pytest.fixture(scope="session")
+def service_assets() -> Path:
+    return require_assets()

@@ -12,6 +12,7 @@ import httpx
 
 from api.settings import Settings
 from tests.conftest import RunningService
+from tests.pages.conftest import require_assets
 
 HTML = {"accept": "text/html"}
 
@@ -19,6 +20,7 @@ HTML = {"accept": "text/html"}
 def test_the_graphiql_page_loads_only_its_own_files_and_each_answer_has_its_own_nonce(
     start_service: Any,
 ) -> None:
+    require_assets()
     service: RunningService = start_service()
     first = httpx.get(f"{service.url}/graphql", headers=HTML)
     second = httpx.get(f"{service.url}/graphql", headers=HTML)
@@ -43,6 +45,7 @@ def test_the_graphiql_page_loads_only_its_own_files_and_each_answer_has_its_own_
 def test_vendor_files_are_the_installed_ones_cached_for_good_and_nothing_else_is_served(
     start_service: Any,
 ) -> None:
+    require_assets()
     service: RunningService = start_service()
     page = httpx.get(f"{service.url}/graphql", headers=HTML).text
     script = re.search(r'src="(/assets/vendor/graphiql@[^"]+/graphiql\.min\.js)"', page)
