@@ -58,10 +58,13 @@ def test_graphiql_loads_takes_a_key_and_runs_a_query_with_only_loopback_reachabl
     expect(page.locator(".result-window")).to_contain_text("Give your API key above first")
 
     page.fill("#api-key", key)
-    page.click("#key-form button[type=submit]")
+    page.click("#use-key")
     expect(page.locator("#key-status")).to_contain_text("Using the key you gave")
-    # The field is emptied: the key is not shown again.
+    # The field is emptied: the key is not shown again, and it is kept in this tab only.
     expect(page.locator("#api-key")).to_have_value("")
+    assert key not in page.url
+    assert key not in page.evaluate("JSON.stringify(localStorage)")
+    assert page.evaluate("Object.values(sessionStorage)") == [key]
     # With the key, GraphiQL reads the schema: the explorer lists the root fields.
     page.get_by_role("button", name="Show GraphiQL Explorer").click()
     explorer = page.locator(".graphiql-explorer-root")
@@ -79,6 +82,10 @@ def test_graphiql_loads_takes_a_key_and_runs_a_query_with_only_loopback_reachabl
     expect(result).to_contain_text('"code": "bj"')
     # The partner key's branches only: Yunnan is not among them.
     assert '"yn"' not in result.inner_text()
+
+    page.click("#forget-key")
+    expect(page.locator("#key-status")).to_contain_text("No key")
+    assert page.evaluate("sessionStorage.length") == 0
 
     # A dialog adds a <style> element: allowed by this answer's nonce, not by 'unsafe-inline'.
     page.get_by_role("button", name="Open settings dialog").click()
@@ -101,7 +108,7 @@ def test_a_subscription_in_graphiql_carries_the_key_and_shows_the_order_change(
     page = offline_page.page
     page.goto(f"{service.url}/graphql")
     page.fill("#api-key", issue_key(service.db, "partner", ["zj"]))
-    page.click("#key-form button[type=submit]")
+    page.press("#api-key", "Enter")
     expect(page.locator("#key-status")).to_contain_text("Using the key you gave")
 
     page.locator(".graphiql-query-editor .CodeMirror").click()

@@ -61,8 +61,8 @@ function render(key) {
   );
 }
 
-const form = document.getElementById("key-form");
 const input = document.getElementById("api-key");
+const useKey = document.getElementById("use-key");
 const forget = document.getElementById("forget-key");
 const status = document.getElementById("key-status");
 
@@ -79,13 +79,19 @@ function use(key) {
   render(key);
 }
 
-form.addEventListener("submit", (event) => {
-  event.preventDefault();
+function useGiven() {
   const key = input.value.trim();
   if (key) {
     use(key);
   } else {
     status.textContent = "Paste a key into the field first.";
+  }
+}
+
+useKey.addEventListener("click", useGiven);
+input.addEventListener("keydown", (event) => {
+  if (event.key === "Enter") {
+    useGiven();
   }
 });
 forget.addEventListener("click", () => use(""));
