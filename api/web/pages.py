@@ -19,6 +19,12 @@ A page loads its files from two routes (``asset_routes()``):
 Nothing else of the installed packages is served. When a listed file is not
 installed, ``VendorFiles.missing()`` names it, and a page can say how to get it
 instead of loading half.
+
+A new page (``/demo``, ``/admin``) is a template here, a module of its own in
+``static`` (no inline script: the policy refuses it) and a route answering
+``page("its.html", values)``; one that must reach further says so with
+``POLICY.allowing(...)``. Its browser test opens it with ``offline_page``
+(tests/pages/conftest.py) and checks that nothing was blocked or violated.
 """
 
 from __future__ import annotations
