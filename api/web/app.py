@@ -52,8 +52,10 @@ from api.store.marks import StoreMarks
 from api.store.outage import is_store_outage, report_store_outage
 from api.web.body_limit import BodyLimit
 from api.web.gate import ApiKeyGate
+from api.web.graphiql import GraphiQLPage
 from api.web.graphql import GraphQLApp
 from api.web.last_resort import LastResort
+from api.web.pages import VendorFiles, asset_routes
 from api.web.store_deadline import StoreDeadline
 from api.web.websocket import OpenSockets
 
@@ -416,13 +418,14 @@ def create_app(
         return Response(reply.body, status_code=reply.status_code, media_type=reply.media_type)
 
     schema = build_schema(settings)
+    vendor = VendorFiles(settings.assets_dir)
     graphql = GraphQLApp(
         schema,
         services,
         settings=settings,
         failures=failures,
         sockets=sockets,
-        graphql_ide="graphiql" if settings.graphiql else None,
+        ide_page=GraphiQLPage(vendor) if settings.graphiql else None,
     )
     routes: list[BaseRoute] = [
         # Every method reaches the view, so that one it refuses gets a JSON 405 too.
@@ -431,6 +434,7 @@ def create_app(
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/notify/{provider}/{branch}", notification, methods=["POST"]),
+        *asset_routes(vendor),
     ]
     extra = list(gated_routes(services)) if gated_routes is not None else []
     routes.extend(extra)
