@@ -54,6 +54,7 @@ from api.web.body_limit import BodyLimit
 from api.web.gate import ApiKeyGate
 from api.web.graphql import GraphQLApp
 from api.web.last_resort import LastResort
+from api.web.request_id import RequestId
 from api.web.store_deadline import StoreDeadline
 from api.web.websocket import OpenSockets
 
@@ -449,4 +450,6 @@ def create_app(
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     # Added last, so it runs first: whatever escapes is answered in JSON with a code.
     app.add_middleware(LastResort, retry_after_seconds=settings.store_retry_after_seconds)
+    # Outside even the last resort, so that its answers carry the request id too.
+    app.add_middleware(RequestId)
     return app
