@@ -423,7 +423,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = Settings()
     if args.port is not None:
         settings.port = args.port
-    if args.demo and "BRANCHPAY_LOG_FORMAT" not in os.environ:
+    if args.demo and "log_format" not in settings.model_fields_set:
         settings.log_format = "console"  # `make run` is read by a person at a terminal
         configure_logging(settings)
     with StopSignals() as stop:

@@ -448,7 +448,7 @@ def create_app(
     app.add_middleware(StoreDeadline, seconds=settings.store_timeout_seconds)
     # An oversized body is refused before anything else.
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
-    # Added last, so it runs first: whatever escapes is answered in JSON with a code.
+    # Runs before all but the request id: whatever escapes is answered in JSON with a code.
     app.add_middleware(LastResort, retry_after_seconds=settings.store_retry_after_seconds)
     # Outside even the last resort, so that its answers carry the request id too.
     app.add_middleware(RequestId)
