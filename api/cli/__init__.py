@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import copy
 import dataclasses
 import errno
 import fcntl
@@ -37,7 +38,7 @@ from rich.console import Console
 
 from api.dev import devdb
 from api.settings import Settings
-from api.telemetry.logs import configure_logging
+from api.telemetry.logs import UVICORN_LOG_CONFIG, configure_logging
 
 if TYPE_CHECKING:
     import uvicorn
@@ -303,10 +304,8 @@ def _api_server(config: uvicorn.Config, stop: StopSignals) -> uvicorn.Server:
 
 def uvicorn_logging(settings: Settings) -> dict[str, Any]:
     """uvicorn's logging options: its lines in our format, no access log (the request line)."""
-    from api.telemetry.logs import UVICORN_LOG_CONFIG
-
     return {
-        "log_config": UVICORN_LOG_CONFIG,
+        "log_config": copy.deepcopy(UVICORN_LOG_CONFIG),
         "log_level": settings.log_level.lower(),
         "access_log": False,
     }
@@ -353,7 +352,6 @@ def worker_app() -> Any:
     decided in the environment (:func:`worker_environment`); a worker only
     builds the app, so N workers share one store and one set of simulators.
     """
-    from api.telemetry.logs import configure_logging
     from api.web.app import create_app
 
     settings = Settings()

@@ -99,7 +99,9 @@ class Served:
         text = self.stderr.read_text(encoding="utf-8")
         return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
-    def lines_of(self, request_id: str, *, until: Callable[[dict[str, Any]], bool] | None = None):
+    def lines_of(
+        self, request_id: str, *, until: Callable[[dict[str, Any]], bool] | None = None
+    ) -> list[dict[str, Any]]:
         """The lines of one request, waiting for its request line (written after the answer)."""
         done = until or (lambda line: line.get("logger") == "branchpay.requests")
         deadline = time.monotonic() + 10
