@@ -16,6 +16,7 @@ from api.config.live import ProviderRegistry
 from api.plugins.contract import NotificationRejected, NotificationReply, NotificationRequest
 from api.services.payments import PaymentService
 from api.store.outage import is_store_outage, report_store_outage
+from api.telemetry import context
 
 log = logging.getLogger("branchpay.notifications")
 
@@ -34,6 +35,7 @@ class Notifications:
         provider = self.registry.provider(branch, provider_name)
         if provider is None:
             return NOT_FOUND
+        context.bind(provider=provider_name, branch=branch)
         where = f"{provider_name}/{branch}"
         try:
             event = await provider.parse_notification(incoming)

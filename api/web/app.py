@@ -56,6 +56,7 @@ from api.web.graphiql import GraphiQLPage
 from api.web.graphql import GraphQLApp
 from api.web.last_resort import LastResort
 from api.web.pages import VendorFiles, asset_routes
+from api.web.request_id import RequestId
 from api.web.store_deadline import StoreDeadline
 from api.web.websocket import OpenSockets
 
@@ -451,6 +452,8 @@ def create_app(
     app.add_middleware(StoreDeadline, seconds=settings.store_timeout_seconds)
     # An oversized body is refused before anything else.
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
-    # Added last, so it runs first: whatever escapes is answered in JSON with a code.
+    # Runs before all but the request id: whatever escapes is answered in JSON with a code.
     app.add_middleware(LastResort, retry_after_seconds=settings.store_retry_after_seconds)
+    # Outside even the last resort, so that its answers carry the request id too.
+    app.add_middleware(RequestId)
     return app
