@@ -27,6 +27,7 @@ from api.plugins.contract import (
     new_reference,
 )
 from api.services.payments.context import Document, PaymentContext, log, problem
+from api.telemetry import metrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +154,8 @@ class Start:
             client_ip=client_ip,
         )
         try:
-            action = await provider.create_payment(request)
+            with metrics.gateway_call(provider_name, "create"):
+                action = await provider.create_payment(request)
         except GatewayError as error:
             if error.outcome_unknown:
                 log.warning(
