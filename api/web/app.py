@@ -446,7 +446,7 @@ def create_app(
         Route("/readyz", readyz),
         Route("/notify/{provider}/{branch}", notification, methods=["POST"]),
         # Behind its own bearer token, not the API keys (api/web/metrics.py).
-        Route("/metrics", MetricsEndpoint(settings), methods=["GET"]),
+        Route("/metrics", MetricsEndpoint(settings).answer, methods=["GET"]),
     ]
     extra = list(gated_routes(services)) if gated_routes is not None else []
     routes.extend(extra)

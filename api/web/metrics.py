@@ -31,7 +31,7 @@ class MetricsEndpoint:
         token = settings.metrics_token.get_secret_value() if settings.metrics_token else ""
         self.token = token.encode()
 
-    async def __call__(self, request: Request) -> Response:
+    async def answer(self, request: Request) -> Response:
         if not self.enabled:
             return _refusal(
                 404, "NOT_FOUND", "metrics are off; set BRANCHPAY_METRICS=true to record them"
