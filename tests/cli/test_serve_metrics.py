@@ -4,8 +4,9 @@ One real serve for the module (two uvicorn workers, the demo's sandbox simulator
 the suite's store): orders are created, paid, refunded, cancelled and failed
 through the simulator, one create call meets an injected 401 (a platform error:
 the attempt FAILED) and one an injected 503 (the call may have reached the
-platform: the attempt stays PENDING), a notification is delivered twice and a
-refund and an order are asked for twice with one idempotency key. The counters
+platform: the attempt stays PENDING), a notification is delivered twice, a forged
+one is refused, and a refund and an order are asked for twice with one idempotency
+key. The counters
 scraped before and after move by exactly what happened; each worker's own file
 holds part of the counts and the scrape is their sum.
 """
@@ -261,6 +262,13 @@ def test_counters_move_by_exactly_what_happened_summed_over_both_workers(
     moved = served.client.data(CANCEL, {"input": {"orderId": cancelled}})["cancelOrder"]
     assert moved["order"]["status"] == "CANCELLED", moved
 
+    forged = httpx.post(
+        f"{served.url}/notify/sandbox/zj",
+        content=b'{"outTradeNo": "x", "status": "SUCCEEDED"}',
+        headers={"content-type": "application/json", "x-sandbox-signature": "forged"},
+    )
+    assert forged.status_code >= 400, forged.text
+
     after = scrape(served)
 
     def delta(name: str, **labels: str) -> float:
@@ -288,9 +296,10 @@ def test_counters_move_by_exactly_what_happened_summed_over_both_workers(
     assert notifications == {
         "applied": 3,
         "duplicate": 1,
-        "rejected_signature": 0,
+        "rejected_signature": 1,
         "rejected_other": 0,
     }
+    assert delta("branchpay_notification_verification_failures_total", provider="sandbox") == 1
     calls = {
         (operation, outcome): delta(
             "branchpay_gateway_calls_total",

@@ -6,6 +6,8 @@ exact amounts, the metrics port) is tests/cli/test_serve_metrics.py.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +16,9 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.telemetry.metrics import OPERATION_NAMES_CAP
+from tests.schema.test_mutation import order_input
+from tests.services.conftest import order_feed
+from tests.web.test_websocket import CREATE
 
 TOKEN = "scrape-" + "t" * 30
 
@@ -101,3 +106,77 @@ def test_with_metrics_off_nothing_is_recorded_or_served(start_service: Callable[
     error = answer.json()["errors"][0]
     assert error["extensions"]["code"] == "NOT_FOUND"
     assert "BRANCHPAY_METRICS" in error["message"]
+
+
+def scrape(service: Any) -> str:
+    answer = httpx.get(f"{service.url}/metrics", headers={"authorization": f"Bearer {TOKEN}"})
+    assert answer.status_code == 200, answer.text
+    return answer.text
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    for family in text_string_to_metric_families(text):
+        for found in family.samples:
+            if found.name == name and found.labels == labels:
+                return found.value
+    return 0.0
+
+
+def test_rate_limited_requests_are_counted_by_the_key_name(
+    start_service: Callable[..., Any],
+) -> None:
+    # `{ branches { code } }` costs 6 points, plus 1 on arrival: three fit in 21.
+    service = start_service(
+        metrics_token=TOKEN, rate_limit_per_second=0.5, rate_limit_burst=21, max_query_cost=21
+    )
+    noisy = service.client_for("partner", "zj")
+    name = service.db["api_keys"].find_one({"role": "partner"})["name"]
+    before = sample(
+        scrape(service), "branchpay_rate_limited_requests_total", budget="per-key", key=name
+    )
+    answers = [
+        noisy.http.post("/graphql", json={"query": "{ branches { code } }"}) for _ in range(5)
+    ]
+    assert [a.status_code for a in answers] == [200, 200, 200, 429, 429]
+    after = sample(
+        scrape(service), "branchpay_rate_limited_requests_total", budget="per-key", key=name
+    )
+    assert after - before == 2
+
+
+def test_an_open_subscription_is_counted_until_it_ends(
+    start_service: Callable[..., Any],
+) -> None:
+    service = start_service(metrics_token=TOKEN)
+    created = service.client.data(CREATE, {"input": order_input(idempotencyKey="metrics-live")})
+    order_id = created["createOrder"]["order"]["id"]
+    assert sample(scrape(service), "branchpay_subscriptions_open") == 0
+
+    async def follow() -> None:
+        async with order_feed(service.client, order_id) as feed:
+            assert await feed.statuses_until("PENDING_PAYMENT") == ["PENDING_PAYMENT"]
+            assert sample(scrape(service), "branchpay_subscriptions_open") == 1
+
+    asyncio.run(follow())
+    deadline = time.monotonic() + 5
+    while sample(scrape(service), "branchpay_subscriptions_open") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert sample(scrape(service), "branchpay_subscriptions_open") == 0
+
+
+def test_a_refused_reload_is_counted_and_the_config_age_is_sampled(
+    start_service: Callable[..., Any],
+) -> None:
+    service = start_service(metrics_token=TOKEN)
+    before = scrape(service)
+    service.plugins_toml.write_text("[branches.zj]\nname = 1\n")
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if httpx.get(f"{service.url}/readyz").json()["checks"]["config"]["error"]:
+            break
+        time.sleep(0.2)
+    after = scrape(service)
+    name = "branchpay_config_reloads_total"
+    assert sample(after, name, result="refused") - sample(before, name, result="refused") == 1
+    assert sample(after, name, result="applied") == sample(before, name, result="applied")
+    assert sample(after, "branchpay_config_age_seconds") >= 0
