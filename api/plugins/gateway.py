@@ -132,8 +132,9 @@ async def call_gateway(
     for attempt in range(1, tries + 1):
         try:
             answer = await send()
-        except GatewayError:
-            record.gateway("platform_error", time.perf_counter() - started)
+        except GatewayError as error:
+            outcome = "may_have_reached" if error.outcome_unknown else "platform_error"
+            record.gateway(outcome, time.perf_counter() - started)
             raise
         except TransientFailure as failure:
             reason = failure.reason
