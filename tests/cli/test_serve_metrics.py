@@ -13,6 +13,7 @@ holds part of the counts and the scrape is their sum.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -37,6 +38,7 @@ from tests.cli.test_serve_workers import ROOT
 from tests.conftest import GraphQLClient, issue_key
 from tests.dev.test_demo import simulator_url
 from tests.schema.test_mutation import offering_id
+from tests.services.conftest import order_feed
 
 TOKEN = "metrics-token-" + "x" * 24
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -397,3 +399,34 @@ def test_the_api_port_asks_for_the_token_and_the_metrics_port_does_not(served: S
     name = "branchpay_orders_total"
     created = {"branch": "zj", "event": "created"}
     assert value(on_port, name, **created) == value(on_api, name, **created) > 0
+
+
+def test_a_killed_worker_no_longer_counts_in_the_live_gauges(served: Served) -> None:
+    """Its subscription died with it: once the supervisor replaced it, it is not open."""
+    order_id = create_order(served)
+    directory = served.workdir / ".data" / "metrics"
+    name = "branchpay_subscriptions_open"
+
+    def open_in_files() -> dict[int, float]:
+        found: dict[int, float] = {}
+        for path in directory.glob("gauge_livesum_*.db"):
+            for family in MultiProcessCollector.merge([str(path)], accumulate=False):
+                for sample in family.samples:
+                    if sample.name == name and sample.value:
+                        found[int(path.stem.rsplit("_", 1)[1])] = sample.value
+        return found
+
+    async def subscribe_then_kill() -> int:
+        async with order_feed(served.client, order_id) as feed:
+            assert await feed.statuses_until("PENDING_PAYMENT") == ["PENDING_PAYMENT"]
+            assert value(scrape(served), name) == 1
+            ((pid, _),) = open_in_files().items()
+            os.kill(pid, signal.SIGKILL)
+            return pid
+
+    killed = asyncio.run(subscribe_then_kill())
+    deadline = time.monotonic() + 60
+    while value(scrape(served), name) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert value(scrape(served), name) == 0
+    assert killed not in open_in_files()
