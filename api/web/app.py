@@ -54,9 +54,11 @@ from api.store.outage import is_store_outage, report_store_outage
 from api.telemetry import metrics
 from api.web.body_limit import BodyLimit
 from api.web.gate import ApiKeyGate
+from api.web.graphiql import GraphiQLPage
 from api.web.graphql import GraphQLApp
 from api.web.last_resort import LastResort
 from api.web.metrics import MetricsEndpoint
+from api.web.pages import VendorFiles, asset_routes
 from api.web.store_deadline import StoreDeadline
 from api.web.websocket import OpenSockets
 
@@ -430,13 +432,14 @@ def create_app(
         return Response(reply.body, status_code=reply.status_code, media_type=reply.media_type)
 
     schema = build_schema(settings)
+    vendor = VendorFiles(settings.assets_dir)
     graphql = GraphQLApp(
         schema,
         services,
         settings=settings,
         failures=failures,
         sockets=sockets,
-        graphql_ide="graphiql" if settings.graphiql else None,
+        ide_page=GraphiQLPage(vendor) if settings.graphiql else None,
     )
     routes: list[BaseRoute] = [
         # Every method reaches the view, so that one it refuses gets a JSON 405 too.
@@ -447,6 +450,7 @@ def create_app(
         Route("/notify/{provider}/{branch}", notification, methods=["POST"]),
         # Behind its own bearer token, not the API keys (api/web/metrics.py).
         Route("/metrics", MetricsEndpoint(settings).answer, methods=["GET"]),
+        *asset_routes(vendor),
     ]
     extra = list(gated_routes(services)) if gated_routes is not None else []
     routes.extend(extra)

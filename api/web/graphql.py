@@ -26,7 +26,7 @@ parameters are parsed.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -76,10 +76,12 @@ class GraphQLApp(GraphQL[Context, None]):
         settings: Settings,
         failures: SharedBudget,
         sockets: OpenSockets,
+        ide_page: Callable[[Request], Awaitable[Response]] | None = None,
         **options: Any,
     ) -> None:
         super().__init__(
             schema,
+            graphql_ide="graphiql" if ide_page is not None else None,
             subscription_protocols=[GRAPHQL_TRANSPORT_WS_PROTOCOL],
             connection_init_wait_timeout=timedelta(
                 seconds=settings.ws_connection_init_timeout_seconds
@@ -92,6 +94,7 @@ class GraphQLApp(GraphQL[Context, None]):
         # Failed logins by address, shared with the HTTP gate; the open sockets by key.
         self.failures = failures
         self.sockets = sockets
+        self.ide_page = ide_page
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -104,6 +107,11 @@ class GraphQLApp(GraphQL[Context, None]):
             # over GET) are HTTPExceptions too, answered in plain text by default.
             response = self._refusal(refused)
         await response(scope, receive, send)
+
+    async def render_graphql_ide(self, request: Request) -> Response:
+        # Ours (api/web/graphiql.py), served from this service; Strawberry's loads a CDN.
+        assert self.ide_page is not None
+        return await self.ide_page(request)
 
     def _refusal(self, refused: HTTPException) -> Response:
         status, reason = refused.status_code, refused.reason
