@@ -22,6 +22,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import sys
@@ -215,6 +216,48 @@ class StopSignals:
         os._exit(1)
 
 
+METRICS_DIR = "metrics"
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def prepare_metrics(settings: Settings) -> None:
+    """Multiprocess metrics: a fresh ``data_dir/metrics`` that this serve and its workers write.
+
+    Set before prometheus-client is first imported (it chooses how values are
+    kept at import), so before the app's modules are; the serve lock makes the
+    directory this serve's alone, and wiping it forgets an earlier run's counts.
+    """
+    if not settings.metrics:
+        return
+    if "prometheus_client" in sys.modules and MULTIPROCESS_DIR_ENV not in os.environ:
+        raise RuntimeError("prometheus_client was imported before the metrics directory was set")
+    directory = settings.data_dir / METRICS_DIR
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    os.environ[MULTIPROCESS_DIR_ENV] = str(directory)
+
+
+def serve_metrics_port(settings: Settings) -> None:
+    """With ``metrics_port``: every process's metrics, without a token, on metrics_host only."""
+    if not settings.metrics or settings.metrics_port is None:
+        return
+    from prometheus_client import start_http_server
+
+    from api.telemetry import metrics
+
+    try:
+        start_http_server(settings.metrics_port, settings.metrics_host, metrics.registry())
+    except OSError as error:
+        raise PortTaken(
+            f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: "
+            f"{error.strerror}; choose another BRANCHPAY_METRICS_PORT"
+        ) from None
+    console.print(
+        f"metrics on http://{settings.metrics_host}:{settings.metrics_port}/metrics",
+        soft_wrap=True,
+    )
+
+
 class AlreadyServing(Exception):
     """Another ``branchpay serve`` holds this folder's lock; the message names it."""
 
@@ -368,6 +411,8 @@ def run_workers(workers: int, sock: socket.socket, settings: Settings, stop: Sto
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
+    from api.telemetry import metrics
+
     config = uvicorn.Config(
         "api.cli:worker_app",
         factory=True,
@@ -380,6 +425,14 @@ def run_workers(workers: int, sock: socket.socket, settings: Settings, stop: Sto
     )
 
     class Supervisor(Multiprocess):
+        def keep_subprocess_alive(self) -> None:
+            before = {process.pid for process in self.processes}
+            super().keep_subprocess_alive()
+            # A replaced worker's live gauges (subscriptions open) no longer count.
+            for pid in before - {process.pid for process in self.processes}:
+                if pid is not None:
+                    metrics.mark_process_dead(pid)
+
         def handle_int(self) -> None:
             stop.note(signal.SIGINT)
             super().handle_int()
@@ -440,6 +493,7 @@ def _serve(args: argparse.Namespace, settings: Settings, stop: StopSignals) -> i
             # `make run` is refused within a second, and nothing was started.
             stack.enter_context(serve_lock(settings.data_dir, url))
             sock = stack.enter_context(contextlib.closing(bind_api(settings.host, settings.port)))
+            prepare_metrics(settings)
             return _serve_bound(args, settings, stop, stack, sock, url)
     except (AlreadyServing, PortTaken, devdb.EmbeddedStoreError) as error:
         console.print(f"[red]error:[/red] {error}", soft_wrap=True)
@@ -489,6 +543,7 @@ def _serve_bound(
             "  .venv/bin/branchpay keys create --role ops --name me\n"
             "and send it as `Authorization: Bearer <key>` (GraphiQL: the Headers tab)"
         )
+        serve_metrics_port(settings)
         if args.workers > 1:
             console.print(
                 f"{args.workers} API worker processes share the port, the store and the simulators"

@@ -25,6 +25,7 @@ from api.services.payments.facts import Facts
 from api.store.audit import AuditAction
 from api.store.payments import attempt_of
 from api.telemetry import context as log_context
+from api.telemetry import metrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +174,8 @@ class Refunds:
         )
         failed = Fact(EventKind.REFUND_FAILED, line.amount_fen, payment["currency"], out_refund_no)
         try:
-            answer = await provider.refund(request)
+            with metrics.gateway_call(payment["provider"], "refund"):
+                answer = await provider.refund(request)
         except GatewayError as error:
             if error.outcome_unknown:
                 log.warning("refund %s: outcome unknown (%s); left pending", out_refund_no, error)

@@ -28,6 +28,7 @@ from api.plugins.contract import (
 )
 from api.services.payments.context import Document, PaymentContext, log, problem
 from api.telemetry import context as log_context
+from api.telemetry import metrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +161,8 @@ class Start:
             client_ip=client_ip,
         )
         try:
-            action = await provider.create_payment(request)
+            with metrics.gateway_call(provider_name, "create"):
+                action = await provider.create_payment(request)
         except GatewayError as error:
             if error.outcome_unknown:
                 log.warning(
