@@ -13,7 +13,7 @@ BENCH_ARGS ?=
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[embedded,test,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[embedded,otel,test,dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
