@@ -45,6 +45,9 @@ from api.telemetry import spans
 __all__ = ["Tracing", "traces_url"]
 
 TRACES_PATH = "/v1/traces"
+# An export, retries included, gives up after this: a collector that is down delays
+# a shutdown's flush by this much at most (the spans still queued are then lost).
+EXPORT_SECONDS = 4.0
 # The URL attributes the httpx instrumentation records (old and stable conventions).
 _URL_ATTRIBUTES = ("http.url", "url.full")
 
@@ -108,7 +111,11 @@ class Tracing:
             sampler=ParentBased(root=_NoBareCalls()),
         )
         self.provider.add_span_processor(
-            BatchSpanProcessor(OTLPSpanExporter(endpoint=traces_url(settings.otel_endpoint)))
+            BatchSpanProcessor(
+                OTLPSpanExporter(
+                    endpoint=traces_url(settings.otel_endpoint), timeout=EXPORT_SECONDS
+                )
+            )
         )
         self.tracer = self.provider.get_tracer("branchpay")
         self._pymongo = PymongoInstrumentor()
