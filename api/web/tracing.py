@@ -6,7 +6,8 @@ of its own: a caller's ``traceparent`` is not followed (partners and payment
 platforms are outside our tracing). The span is named ``METHOD /route`` after
 the route that served it (``POST /notify/{provider}/{branch}``), and carries
 the request id as ``branchpay.request_id``: the id of the request context, or
-the ``X-Request-ID`` the response carries, which is the same one.
+the ``X-Request-ID`` the response carries, which is the same one. The health
+probes and the metrics scrape are not traced.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.telemetry.context import new_request_id, request_id, sane_request_id, start_request
 
 REQUEST_ID = "branchpay.request_id"
+# Probes and scrapes come every few seconds and would bury the requests worth a trace.
+UNTRACED = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 class RequestSpans:
@@ -30,7 +33,7 @@ class RequestSpans:
         self.tracer = tracer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in UNTRACED:
             await self.app(scope, receive, send)
             return
         current = request_id()

@@ -11,6 +11,7 @@ request id. Both with and without the GraphQL fast path.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import sys
@@ -20,9 +21,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from api.dev.devdb import free_port
+from api.telemetry.traces import _without_query, traces_url
 from tests.cli.test_serve import ROOT, environment, interrupt, wait_ready
 from tests.conftest import GraphQLClient
 from tests.dev.test_demo import CREATE, START, create_key, pay_as_payer
@@ -204,7 +211,47 @@ def test_a_paid_order_is_traced_from_request_to_webhook(
     assert sent.attributes["http.url"] == receiver.url
     assert any(_is_store(s) for s in _tree(spans, delivery))
 
+    # The probes wait_ready sent are not traced; nor are their store pings.
+    assert not [s for s in spans if s.attributes.get("url.path") == "/readyz"]
     # Nothing of the customer, and no store command or call outside a span of ours.
     text = repr([(s.name, s.attributes) for s in spans])
     assert CUSTOMER["phone"] not in text and CUSTOMER["name"] not in text
     assert all(s.parent_id for s in spans if s.kind == "CLIENT")
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "url"),
+    [
+        ("http://collector:4318", "http://collector:4318/v1/traces"),
+        ("http://collector:4318/", "http://collector:4318/v1/traces"),
+        ("https://otel.example/base/", "https://otel.example/base/v1/traces"),
+        ("http://127.0.0.1:4318/v1/traces", "http://127.0.0.1:4318/v1/traces"),
+    ],
+)
+def test_the_endpoint_is_a_base_url_as_otel_exporter_otlp_endpoint_is(
+    endpoint: str, url: str
+) -> None:
+    assert traces_url(endpoint) == url
+
+
+def test_a_calls_url_is_recorded_without_its_query(
+    collector: Collector,  # noqa: F811 (the fixture)
+) -> None:
+    """A gateway URL may carry a signature, a webhook URL a partner's token."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+
+    async def call() -> int:
+        async with httpx.AsyncClient() as client:
+            HTTPXClientInstrumentor.instrument_client(
+                client, tracer_provider=provider, request_hook=_without_query
+            )
+            answer = await client.get(f"{collector.url}/v1/traces?sign=s3cret&token=t0ken")
+            return answer.status_code
+
+    assert asyncio.run(call()) == 405  # a real answer: the collector only takes POST
+    (span,) = exporter.get_finished_spans()
+    assert span.attributes is not None
+    assert span.attributes["http.url"] == f"{collector.url}/v1/traces"
+    assert "s3cret" not in repr(dict(span.attributes))
