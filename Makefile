@@ -8,7 +8,14 @@ WORKERS ?= 1
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: install run test bench lint schema secantus-rs
+.PHONY: install assets run test bench lint schema secantus-rs
+
+# The pages' browser files (GraphiQL, its explorer, React): `npm ci` of assets/package-lock.json
+# (pinned versions, integrity hashes) into a folder outside the tracked files; the service
+# reads BRANCHPAY_ASSETS_DIR. Without npm, /graphql says how to install them.
+BRANCHPAY_ASSETS_DIR ?= .data/assets
+export BRANCHPAY_ASSETS_DIR
+ASSETS_STAMP := $(BRANCHPAY_ASSETS_DIR)/.installed
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,7 +23,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[embedded,otel,test,dev]"
 	touch $(STAMP)
 
-install: $(STAMP)
+$(ASSETS_STAMP): assets/package.json assets/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		mkdir -p $(BRANCHPAY_ASSETS_DIR) && \
+		cp assets/package.json assets/package-lock.json $(BRANCHPAY_ASSETS_DIR)/ && \
+		{ npm ci --prefix $(BRANCHPAY_ASSETS_DIR) --ignore-scripts --no-audit --no-fund --loglevel=error && \
+		touch $@ || echo "npm ci failed: GraphiQL's files are not installed; /graphql says how to get them"; }; \
+	else \
+		echo "npm not found: GraphiQL's files are not installed (install Node.js and npm, then make assets)"; \
+	fi
+
+assets: $(ASSETS_STAMP)
+
+install: $(STAMP) $(ASSETS_STAMP)
 
 # WORKERS=3 make run: three API processes on one store and one set of simulators.
 # The demo's simulators publish today's bill so far (not only D+1), so today's payments reconcile.

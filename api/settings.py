@@ -146,6 +146,11 @@ class Settings(BaseSettings):
     max_page_size: int = Field(default=100, ge=1, description="The largest `first` of a page.")
     default_page_size: int = Field(default=20, ge=1, description="`first` when none is given.")
     graphiql: bool = True
+    assets_dir: Path = Field(
+        default=Path(".data/assets"),
+        description="Where `make install` puts the npm packages of GraphiQL, its explorer and "
+        "React (npm ci of assets/package-lock.json); the pages load them from the service.",
+    )
     introspection: bool = Field(default=True, description="Off hides the schema from clients.")
     max_query_depth: int = Field(default=12, ge=1, description="Nesting of fields in one document.")
     max_aliases: int = Field(

@@ -17,6 +17,7 @@ import os
 import secrets
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -224,7 +225,9 @@ def start_service(
             )
             await store.close()
 
-        asyncio.run(load_demo())
+        # On a thread of its own: a test may hold a running loop (Playwright's sync API does).
+        with ThreadPoolExecutor(1) as apart:
+            apart.submit(asyncio.run, load_demo()).result()
         log = CommandLog()
         app = (app_factory or create_app)(
             options, mongodb_uri=mongo_uri, client_options={"event_listeners": [log]}

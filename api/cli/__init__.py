@@ -14,11 +14,11 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import copy
 import dataclasses
 import errno
 import fcntl
 import json
-import logging
 import os
 import re
 import secrets
@@ -33,10 +33,12 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
 from rich.console import Console
 
 from api.dev import devdb
 from api.settings import Settings
+from api.telemetry.logs import UVICORN_LOG_CONFIG, configure_logging
 
 if TYPE_CHECKING:
     import uvicorn
@@ -300,6 +302,15 @@ def _api_server(config: uvicorn.Config, stop: StopSignals) -> uvicorn.Server:
     return ApiServer(config)
 
 
+def uvicorn_logging(settings: Settings) -> dict[str, Any]:
+    """uvicorn's logging options: its lines in our format, no access log (the request line)."""
+    return {
+        "log_config": copy.deepcopy(UVICORN_LOG_CONFIG),
+        "log_level": settings.log_level.lower(),
+        "access_log": False,
+    }
+
+
 def run_api(app: Any, sock: socket.socket, settings: Settings, stop: StopSignals) -> int:
     import uvicorn
 
@@ -307,9 +318,9 @@ def run_api(app: Any, sock: socket.socket, settings: Settings, stop: StopSignals
         app,
         host=settings.host,
         port=settings.port,
-        log_level="info",
         proxy_headers=False,
         timeout_graceful_shutdown=CONNECTIONS_GRACE_SECONDS,
+        **uvicorn_logging(settings),
     )
     server = _api_server(config, stop)
     with contextlib.suppress(SystemExit):  # uvicorn exits 3 when the app's start-up fails
@@ -327,6 +338,7 @@ def worker_environment(settings: Settings, uri: str) -> dict[str, str]:
         "BRANCHPAY_HOST": settings.host,
         "BRANCHPAY_PORT": str(settings.port),
         "BRANCHPAY_WEBHOOKS_ALLOW_LOOPBACK": "1" if settings.webhooks_allow_loopback else "0",
+        "BRANCHPAY_LOG_FORMAT": settings.log_format,
     }
     if settings.pii_key_file is not None:
         env["BRANCHPAY_PII_KEY_FILE"] = str(settings.pii_key_file)
@@ -342,10 +354,9 @@ def worker_app() -> Any:
     """
     from api.web.app import create_app
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    return create_app(Settings())
+    settings = Settings()
+    configure_logging(settings)
+    return create_app(settings)
 
 
 def run_workers(workers: int, sock: socket.socket, settings: Settings, stop: StopSignals) -> int:
@@ -363,9 +374,9 @@ def run_workers(workers: int, sock: socket.socket, settings: Settings, stop: Sto
         host=settings.host,
         port=settings.port,
         workers=workers,
-        log_level="info",
         proxy_headers=False,
         timeout_graceful_shutdown=CONNECTIONS_GRACE_SECONDS,
+        **uvicorn_logging(settings),
     )
 
     class Supervisor(Multiprocess):
@@ -410,6 +421,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = Settings()
     if args.port is not None:
         settings.port = args.port
+    if args.demo and "log_format" not in settings.model_fields_set:
+        settings.log_format = "console"  # `make run` is read by a person at a terminal
+        configure_logging(settings)
     with StopSignals() as stop:
         try:
             return _serve(args, settings, stop)
@@ -851,10 +865,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     args = parser().parse_args(argv)
+    try:
+        configure_logging(Settings())
+    except ValidationError:
+        # The command names the bad setting; its own lines are logged as by default.
+        configure_logging(Settings.model_construct())
     # SIGTERM unwinds like Ctrl-C, so a store an admin command started is stopped too.
     signal.signal(signal.SIGTERM, _interrupt)
     try:

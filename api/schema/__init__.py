@@ -19,6 +19,7 @@ from api.schema.bills import BillMutation, BillQuery
 from api.schema.errors import ErrorShaping
 from api.schema.execution import LeafFastPathExecutionContext
 from api.schema.limits import RequestLimits
+from api.schema.log_fields import OperationLogFields
 from api.schema.mutation import Mutation as OrderMutation
 from api.schema.payments import PaymentMutation, Subscription
 from api.schema.query import Query as OrderQuery
@@ -57,6 +58,7 @@ def build_schema(
         lambda: MaxTokensLimiter(max_token_count=settings.max_tokens),
         lambda: ParserCache(maxsize=256),
         lambda: RequestLimits(settings),
+        OperationLogFields,
     ]
     if not settings.introspection:
         extensions.append(DisableIntrospection)

@@ -17,6 +17,9 @@ The cost of a request, in points:
 - any other list multiplies the cost of its children by ``list_cost_factor``;
 - a connection's ``totalCount`` costs ``count_cost``: it walks every match.
 
+The depth counts every field but ``__Type.ofType``, a type's wrappers, which
+the standard introspection query nests 9 deep.
+
 The width of a selection set (its fields, those of fragments spread into it
 included) is bounded too: graphql-core's validation compares fields of the
 same name pair by pair, quadratic in that width.
@@ -241,8 +244,11 @@ class DocumentMeasure:
         else:
             multiplier = 1
         children = self._selection_set(node.selection_set, child_type, child_page)
+        # A type's wrappers (`[Order!]!`): the standard introspection query, GraphiQL's,
+        # nests `ofType` 9 deep. It adds no depth; `fields` and `type` inside it still do.
+        unwraps = name == "ofType" and getattr(parent, "name", "") == "__Type"
         return Measure(
-            children.depth + 1,
+            children.depth + (0 if unwraps else 1),
             children.aliases + aliases,
             children.directives,
             1 + multiplier * children.cost,

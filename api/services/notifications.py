@@ -16,7 +16,7 @@ from api.config.live import ProviderRegistry
 from api.plugins.contract import NotificationRejected, NotificationReply, NotificationRequest
 from api.services.payments import PaymentService
 from api.store.outage import is_store_outage, report_store_outage
-from api.telemetry import spans
+from api.telemetry import context, spans
 
 log = logging.getLogger("branchpay.notifications")
 
@@ -46,6 +46,7 @@ class Notifications:
         if provider is None:
             spans.note(notification_result="unknown_route")
             return NOT_FOUND
+        context.bind(provider=provider_name, branch=branch)
         where = f"{provider_name}/{branch}"
         try:
             event = await provider.parse_notification(incoming)

@@ -53,8 +53,11 @@ from api.store.outage import is_store_outage, report_store_outage
 from api.telemetry.optional import load_tracing
 from api.web.body_limit import BodyLimit
 from api.web.gate import ApiKeyGate
+from api.web.graphiql import GraphiQLPage
 from api.web.graphql import GraphQLApp
 from api.web.last_resort import LastResort
+from api.web.pages import VendorFiles, asset_routes
+from api.web.request_id import RequestId
 from api.web.store_deadline import StoreDeadline
 from api.web.websocket import OpenSockets
 
@@ -440,13 +443,14 @@ def create_app(
         return Response(reply.body, status_code=reply.status_code, media_type=reply.media_type)
 
     schema = build_schema(settings, tracing=tracing)
+    vendor = VendorFiles(settings.assets_dir)
     graphql = GraphQLApp(
         schema,
         services,
         settings=settings,
         failures=failures,
         sockets=sockets,
-        graphql_ide="graphiql" if settings.graphiql else None,
+        ide_page=GraphiQLPage(vendor) if settings.graphiql else None,
     )
     routes: list[BaseRoute] = [
         # Every method reaches the view, so that one it refuses gets a JSON 405 too.
@@ -455,6 +459,7 @@ def create_app(
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/notify/{provider}/{branch}", notification, methods=["POST"]),
+        *asset_routes(vendor),
     ]
     extra = list(gated_routes(services)) if gated_routes is not None else []
     routes.extend(extra)
@@ -473,11 +478,14 @@ def create_app(
     app.add_middleware(StoreDeadline, seconds=settings.store_timeout_seconds)
     # An oversized body is refused before anything else.
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
-    # Added last, so it runs first: whatever escapes is answered in JSON with a code.
+    # Runs before all but the request id: whatever escapes is answered in JSON with a code.
     app.add_middleware(LastResort, retry_after_seconds=settings.store_retry_after_seconds)
     if tracing is not None:
         from api.web.tracing import RequestSpans
 
-        # Around LastResort, so the span covers the answers it gives too.
+        # Around LastResort, so the span covers the answers it gives too; inside the
+        # request id, so the span carries it.
         app.add_middleware(RequestSpans, tracer=tracing.tracer)
+    # Outside even the last resort, so that its answers carry the request id too.
+    app.add_middleware(RequestId)
     return app

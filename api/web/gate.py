@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.services.budget import Charge, SharedBudget
 from api.store.keys import KeyRing, bearer_token
+from api.telemetry import context
 
 
 def error_body(code: str, message: str) -> bytes:
@@ -96,6 +97,8 @@ class ApiKeyGate:
                 [(b"www-authenticate", b"Bearer")],
             )
             return
+        # The key's name, never its secret, on every later line of the request.
+        context.bind(key_name=principal.name)
         key = f"key:{principal.name}"
         if wait := self.budget.wait_known(key):
             await self._too_many(send, wait)

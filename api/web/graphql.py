@@ -26,7 +26,7 @@ parameters are parsed.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -50,6 +50,7 @@ from api.schema.errors import ErrorCode, shaped
 from api.services.budget import SharedBudget
 from api.settings import Settings
 from api.store.keys import bearer_token
+from api.telemetry import context as log_context
 from api.web.websocket import GuardedSocket, GuardedTransportWS, OpenSockets
 
 # The members of a GraphQL request, over POST (JSON) and GET (query parameters).
@@ -76,10 +77,12 @@ class GraphQLApp(GraphQL[Context, None]):
         settings: Settings,
         failures: SharedBudget,
         sockets: OpenSockets,
+        ide_page: Callable[[Request], Awaitable[Response]] | None = None,
         **options: Any,
     ) -> None:
         super().__init__(
             schema,
+            graphql_ide="graphiql" if ide_page is not None else None,
             subscription_protocols=[GRAPHQL_TRANSPORT_WS_PROTOCOL],
             connection_init_wait_timeout=timedelta(
                 seconds=settings.ws_connection_init_timeout_seconds
@@ -92,6 +95,7 @@ class GraphQLApp(GraphQL[Context, None]):
         # Failed logins by address, shared with the HTTP gate; the open sockets by key.
         self.failures = failures
         self.sockets = sockets
+        self.ide_page = ide_page
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -104,6 +108,11 @@ class GraphQLApp(GraphQL[Context, None]):
             # over GET) are HTTPExceptions too, answered in plain text by default.
             response = self._refusal(refused)
         await response(scope, receive, send)
+
+    async def render_graphql_ide(self, request: Request) -> Response:
+        # Ours (api/web/graphiql.py), served from this service; Strawberry's loads a CDN.
+        assert self.ide_page is not None
+        return await self.ide_page(request)
 
     def _refusal(self, refused: HTTPException) -> Response:
         status, reason = refused.status_code, refused.reason
@@ -267,6 +276,8 @@ class GraphQLApp(GraphQL[Context, None]):
             raise ConnectionRejectionError({"code": "UNAUTHENTICATED"})
         context.principal = principal
         context.token = token
+        # The connection's lines, and those of every operation on it, name its key.
+        log_context.bind(key_name=principal.name)
         acknowledged: UnsetType = UNSET
         return acknowledged
 

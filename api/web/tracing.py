@@ -5,20 +5,20 @@ OpenTelemetry, so nothing imports it otherwise. Every request starts a trace
 of its own: a caller's ``traceparent`` is not followed (partners and payment
 platforms are outside our tracing). The span is named ``METHOD /route`` after
 the route that served it (``POST /notify/{provider}/{branch}``), and carries
-the request id as ``branchpay.request_id``: the id of the request context, or
-the ``X-Request-ID`` the response carries, which is the same one. The health
-probes and the metrics scrape are not traced.
+the request id as ``branchpay.request_id``: the id the request-id middleware
+outside it (api/web/request_id.py) gave the request, which the response's
+``X-Request-ID`` returns. The health probes and the metrics scrape are not
+traced.
 """
 
 from __future__ import annotations
 
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
-from starlette.datastructures import Headers
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.telemetry.context import new_request_id, request_id, sane_request_id, start_request
+from api.telemetry.context import request_id
 
 REQUEST_ID = "branchpay.request_id"
 # Probes and scrapes come every few seconds and would bury the requests worth a trace.
@@ -36,13 +36,11 @@ class RequestSpans:
         if scope["type"] != "http" or scope["path"] in UNTRACED:
             await self.app(scope, receive, send)
             return
-        current = request_id()
-        if current is None:
-            # No request-id middleware ran before this one: start the request's context here.
-            current = sane_request_id(Headers(scope=scope).get("x-request-id")) or new_request_id()
-            start_request(current)
         method: str = scope["method"]
-        attributes = {"http.request.method": method, "url.path": scope["path"], REQUEST_ID: current}
+        attributes = {"http.request.method": method, "url.path": scope["path"]}
+        current = request_id()
+        if current is not None:
+            attributes[REQUEST_ID] = current
         with self.tracer.start_as_current_span(
             method, context=Context(), kind=SpanKind.SERVER, attributes=attributes
         ) as span:
@@ -66,6 +64,3 @@ def _answered(span: Span, message: Message) -> None:
     span.set_attribute("http.response.status_code", status)
     if status >= 500:
         span.set_status(Status(StatusCode.ERROR))
-    echoed = Headers(raw=message.get("headers", [])).get("x-request-id")
-    if echoed is not None:
-        span.set_attribute(REQUEST_ID, echoed)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from graphql import parse
+from graphql import get_introspection_query, parse
 
 from api.schema import build_schema
 from api.schema.limits import DocumentMeasure, LimitError, measure_request
@@ -68,6 +68,15 @@ def test_depth_counts_through_nested_fragments() -> None:
     )
     assert measure(query).depth == 6
     assert "depth is 6; at most 5 (max_query_depth)" in refusal(query, max_query_depth=5)
+
+
+def test_the_standard_introspection_query_passes_and_deeper_introspection_does_not() -> None:
+    # What GraphiQL (graphql-js's getIntrospectionQuery) sends to load the schema.
+    standard = get_introspection_query(input_value_deprecation=True)
+    assert measure(standard).depth <= SETTINGS.max_query_depth
+    # `ofType` adds no depth, but the fields and types an introspection walks still do.
+    walk = "{ __schema { types { " + "fields { type { " * 6 + "name" + " } }" * 6 + " } } }"
+    assert "depth is 15; at most 12 (max_query_depth)" in refusal(walk)
 
 
 def test_a_fragment_cycle_is_refused_not_followed() -> None:

@@ -109,7 +109,8 @@ def test_a_paid_order_is_traced_from_request_to_webhook(
         stderr=subprocess.STDOUT,
         text=True,
     )
-    ids = {step: f"{step}-{uuid.uuid4().hex[:8]}" for step in ("create", "start")}
+    # createOrder sends its own X-Request-ID; startPayment gets one generated.
+    sent = f"create-{uuid.uuid4().hex[:8]}"
     try:
         wait_ready(process, url)
         key = create_key(workdir, env, "--role", "ops", "--name", "trace-ops")
@@ -120,18 +121,17 @@ def test_a_paid_order_is_traced_from_request_to_webhook(
         )["createWebhookEndpoint"]
         assert registered["userErrors"] == [], registered
 
-        def post(step: str, query: str, variables: dict[str, Any]) -> tuple[Any, str | None]:
+        def post(
+            query: str, variables: dict[str, Any], headers: dict[str, str] | None = None
+        ) -> tuple[Any, str]:
             response = partner.http.post(
-                "/graphql",
-                json={"query": query, "variables": variables},
-                headers={"x-request-id": ids[step]},
+                "/graphql", json={"query": query, "variables": variables}, headers=headers
             )
             body = response.json()
             assert not body.get("errors"), body
-            return body["data"], response.headers.get("x-request-id")
+            return body["data"], response.headers["x-request-id"]
 
-        created, echoed_create = post(
-            "create",
+        created, create_id = post(
             CREATE_ORDER,
             {
                 "input": {
@@ -141,10 +141,11 @@ def test_a_paid_order_is_traced_from_request_to_webhook(
                     "idempotencyKey": f"trace-{uuid.uuid4().hex}",
                 }
             },
+            {"x-request-id": sent},
         )
+        assert create_id == sent
         order_id = created["createOrder"]["order"]["id"]
-        started, echoed_start = post(
-            "start",
+        started, start_id = post(
             START,
             {"input": {"orderId": order_id, "provider": "sandbox", "method": "QR_CODE"}},
         )
@@ -166,7 +167,7 @@ def test_a_paid_order_is_traced_from_request_to_webhook(
     assert {s.service for s in spans} == {"branchpay-test"}, output
 
     # createOrder: the request's root span with the request id, the operation, its store commands.
-    root = _root_of(spans, echoed_create or ids["create"])
+    root = _root_of(spans, create_id)
     assert (root.name, root.kind, root.parent_id) == ("POST /graphql", "SERVER", "")
     assert root.attributes["http.response.status_code"] == 200
     create_tree = _tree(spans, root)
@@ -183,7 +184,7 @@ def test_a_paid_order_is_traced_from_request_to_webhook(
     assert all(s.attributes["db.name"] for s in commands)
 
     # startPayment: the gateway call to the sandbox simulator, inside the operation.
-    start_root = _root_of(spans, echoed_start or ids["start"])
+    start_root = _root_of(spans, start_id)
     start_operation = _one(
         _tree(spans, start_root), lambda s: s.scope == "strawberry" and s.name == "mutation"
     )  # an anonymous operation is named by its type

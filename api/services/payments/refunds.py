@@ -24,6 +24,7 @@ from api.services.payments.context import Document, PaymentContext, log, problem
 from api.services.payments.facts import Facts
 from api.store.audit import AuditAction
 from api.store.payments import attempt_of
+from api.telemetry import context as log_context
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +73,13 @@ class Refunds:
             return RefundOutcome(
                 None, None, problem("paymentId", "no such payment", UserErrorCode.PAYMENT_NOT_FOUND)
             )
+        log_context.bind(
+            branch=payment["branch"],
+            provider=payment["provider"],
+            order_id=str(payment["orderId"]),
+            payment_id=str(payment_id),
+            out_trade_no=payment["outTradeNo"],
+        )
         now = self.context.now()
         request_hash = hashlib.sha256(f"{payment_id}:{amount_fen}".encode()).hexdigest()
         request, created = await store.payments.insert_refund_once(
