@@ -522,6 +522,16 @@ def _serve_bound(
     except ValueError as error:
         console.print(f"[red]error:[/red] {error}")
         return 1
+    if settings.otel_endpoint:
+        from rich.markup import escape
+
+        from api.telemetry.optional import TracingUnavailable, check_tracing
+
+        try:  # before anything starts; each worker's app would stop at it
+            check_tracing(settings)
+        except TracingUnavailable as error:
+            console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)
+            return 1
     try:
         uri = stack.enter_context(serve_store(settings, stop))
         if args.demo and asyncio.run(_seed(settings, uri)):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import strawberry
 from graphql import GraphQLError
@@ -28,6 +28,9 @@ from api.schema.types import Offering, Order, Payment
 from api.schema.webhooks import WebhookMutation, WebhookQuery
 from api.settings import Settings
 
+if TYPE_CHECKING:
+    from api.telemetry.traces import Tracing
+
 Query = merge_types("Query", (OrderQuery, WebhookQuery, BillQuery))
 Mutation = merge_types("Mutation", (OrderMutation, PaymentMutation, WebhookMutation, BillMutation))
 
@@ -39,8 +42,13 @@ class BranchpaySchema(strawberry.Schema):
         """Errors are logged by ErrorShaping, once, without client noise."""
 
 
-def build_schema(settings: Settings | None = None, **options: Any) -> strawberry.Schema:
-    """The schema with the request limits of ``settings`` (defaults when None)."""
+def build_schema(
+    settings: Settings | None = None, *, tracing: Tracing | None = None, **options: Any
+) -> strawberry.Schema:
+    """The schema with the request limits of ``settings`` (defaults when None).
+
+    With ``tracing`` (traces on), each operation is a span (api/schema/tracing.py).
+    """
     settings = settings or Settings()
     # Depth, aliases, directives, variables and cost are measured in one linear
     # pass (api/schema/limits.py) before graphql-core's (cached) validation.
@@ -57,6 +65,12 @@ def build_schema(settings: Settings | None = None, **options: Any) -> strawberry
     ]
     if not settings.introspection:
         extensions.append(DisableIntrospection)
+    if tracing is not None:
+        from api.schema.tracing import OperationSpans
+
+        provider = tracing.provider
+        # First, so that its span encloses the others and it sees the errors ErrorShaping coded.
+        extensions.insert(0, lambda: OperationSpans(tracer_provider=provider))
     # Plain leaf fields skip graphql-core's per-field machinery
     # (api/schema/execution.py); BRANCHPAY_GRAPHQL_FAST_PATH=false, or a test
     # passing Strawberry's own class, runs the stock execution instead.

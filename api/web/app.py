@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pluggy
@@ -52,6 +52,7 @@ from api.store.marks import COLLECTION as MARKS_COLLECTION
 from api.store.marks import StoreMarks
 from api.store.outage import is_store_outage, report_store_outage
 from api.telemetry import metrics
+from api.telemetry.optional import load_tracing
 from api.web.body_limit import BodyLimit
 from api.web.gate import ApiKeyGate
 from api.web.graphiql import GraphiQLPage
@@ -62,6 +63,9 @@ from api.web.pages import VendorFiles, asset_routes
 from api.web.request_id import RequestId
 from api.web.store_deadline import StoreDeadline
 from api.web.websocket import OpenSockets
+
+if TYPE_CHECKING:
+    from api.telemetry.traces import Tracing
 
 log = logging.getLogger("branchpay")
 
@@ -180,6 +184,24 @@ def key_budget(settings: Settings) -> SharedBudget:
     )
 
 
+Lifespan = Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]
+
+
+def traced(lifespan: Lifespan, tracing: Tracing) -> Lifespan:
+    """The lifespan with tracing around it: on before the first client, flushed after the last."""
+
+    @contextlib.asynccontextmanager
+    async def run(app: Starlette) -> AsyncIterator[None]:
+        tracing.start()
+        try:
+            async with lifespan(app):
+                yield
+        finally:
+            tracing.stop()
+
+    return run
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -202,6 +224,8 @@ def create_app(
         raise RuntimeError("no MongoDB URI: set BRANCHPAY_MONGODB_URI or use `branchpay serve`")
     vault = PiiVault(settings.pii_master_key())
     record = metrics.configure(settings.metrics)
+    # Traces (extra `otel`): a missing extra or a bad endpoint stops start-up here.
+    tracing = load_tracing(settings) if settings.otel_endpoint else None
     state: dict[str, Services] = {}
     budget = budget or key_budget(settings)
     failures = SharedBudget(
@@ -432,7 +456,7 @@ def create_app(
         )
         return Response(reply.body, status_code=reply.status_code, media_type=reply.media_type)
 
-    schema = build_schema(settings)
+    schema = build_schema(settings, tracing=tracing)
     vendor = VendorFiles(settings.assets_dir)
     graphql = GraphQLApp(
         schema,
@@ -455,7 +479,9 @@ def create_app(
     ]
     extra = list(gated_routes(services)) if gated_routes is not None else []
     routes.extend(extra)
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(
+        routes=routes, lifespan=lifespan if tracing is None else traced(lifespan, tracing)
+    )
     app.add_middleware(
         ApiKeyGate,
         keys=lambda: app.state.store.keys,
@@ -470,6 +496,12 @@ def create_app(
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     # Runs before all but the request id: whatever escapes is answered in JSON with a code.
     app.add_middleware(LastResort, retry_after_seconds=settings.store_retry_after_seconds)
+    if tracing is not None:
+        from api.web.tracing import RequestSpans
+
+        # Around LastResort, so the span covers the answers it gives too; inside the
+        # request id, so the span carries it.
+        app.add_middleware(RequestSpans, tracer=tracing.tracer)
     # Outside even the last resort, so that its answers carry the request id too.
     app.add_middleware(RequestId)
     return app
