@@ -51,6 +51,7 @@ from api.store.marks import COLLECTION as MARKS_COLLECTION
 from api.store.marks import StoreMarks
 from api.store.outage import is_store_outage, report_store_outage
 from api.web.body_limit import BodyLimit
+from api.web.demo import DemoStorefront
 from api.web.gate import ApiKeyGate
 from api.web.graphiql import GraphiQLPage
 from api.web.graphql import GraphQLApp
@@ -361,11 +362,15 @@ def create_app(
                         name="webhooks",
                     )
                 )
+            if demo is not None:
+                await demo.start(store.keys, list(registry.config.branches))
             if settings.gc_tuning:
                 tune_garbage_collector()
             try:
                 yield
             finally:
+                if demo is not None:
+                    await demo.stop(store.keys)
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
@@ -418,6 +423,8 @@ def create_app(
         return Response(reply.body, status_code=reply.status_code, media_type=reply.media_type)
 
     schema = build_schema(settings)
+    # The partner storefront at /demo (api/web/demo.py), in demo mode only.
+    demo = DemoStorefront(settings.demo_form_origins) if settings.demo_pages else None
     vendor = VendorFiles(settings.assets_dir)
     graphql = GraphQLApp(
         schema,
@@ -435,6 +442,7 @@ def create_app(
         Route("/readyz", readyz),
         Route("/notify/{provider}/{branch}", notification, methods=["POST"]),
         *asset_routes(vendor),
+        *(demo.routes() if demo is not None else []),
     ]
     extra = list(gated_routes(services)) if gated_routes is not None else []
     routes.extend(extra)

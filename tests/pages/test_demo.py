@@ -1,0 +1,227 @@
+"""The partner storefront at /demo in a real browser on a network limited to loopback.
+
+A person's path (issue 17, item 1): a branch's catalog by kind, a customer, an
+order created once however often the button is pressed, a payment through the
+sandbox simulator's own pay page, and PAID shown live over ``orderEvents``.
+Also a QR_CODE payment's image from our origin, a cancellation, customer input
+shown as text, and no /demo at all with demo pages off (issue 19, item 2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.conftest import RunningService
+from tests.pages.conftest import OfflinePage
+from tests.pages.test_graphiql import assert_only_own_origin
+from tests.services.conftest import PayService, PayServices
+
+IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
+ORDERS_OF = """
+query($branches: [String!]) {
+  orders(filter: { branches: $branches }) {
+    totalCount
+    edges { node { id status customer { name } payments { status providerTradeNo } } }
+  }
+}
+"""
+
+
+@pytest.fixture
+def storefront(tmp_path: Path, mongo_uri: str, db_name: str) -> Iterator[Callable[..., PayService]]:
+    """branchpay in demo-pages mode beside a sandbox simulator, both on loopback."""
+    services = PayServices(tmp_path, mongo_uri, db_name)
+    yield lambda **settings: services.start(demo_pages=True, **settings)
+    services.stop()
+
+
+def open_storefront(offline_page: OfflinePage, service: PayService) -> Page:
+    page = offline_page.page
+    response = page.goto(f"{service.url}/demo")
+    assert response is not None
+    assert response.status == 200
+    assert_only_own_origin(response)
+    expect(page.locator("#branch")).to_contain_text("China Mobile Zhejiang")
+    return page
+
+
+def choose_and_order(page: Page, kind: str, title: str, name: str, *, double: bool = False) -> None:
+    page.get_by_role("button", name=kind, exact=True).click()
+    card = page.locator(".offering", has=page.get_by_role("heading", name=title, exact=True))
+    card.get_by_role("button", name="Choose").click()
+    page.fill("#customer-name", name)
+    page.fill("#customer-phone", "13812345678")
+    page.fill("#customer-id", "33010619900101123X")
+    if double:
+        page.dblclick("#create-order")
+    else:
+        page.click("#create-order")
+    expect(page.locator("#order-status")).to_have_text("PENDING_PAYMENT")
+    # The current state comes first over the subscription: the page follows the order.
+    expect(page.locator("#live")).to_contain_text("Following the order live")
+
+
+def assert_clean(offline_page: OfflinePage, service: PayService) -> None:
+    assert offline_page.blocked == [], "the page asked for something beyond loopback"
+    assert offline_page.csp_violations() == []
+    assert offline_page.console_errors == []
+    # Our origin (its WebSocket included), and the simulator's pay page when it was opened.
+    socket = service.url.replace("http://", "ws://", 1)
+    own = [u for u in offline_page.requested if not u.startswith(("data:", service.gateway_url))]
+    assert own and all(url.startswith((service.url, socket)) for url in own), own
+    assert f"{socket}/graphql" in own
+
+
+def test_a_person_orders_a_handset_pays_on_the_sandbox_page_and_sees_paid_live(
+    storefront: Callable[..., PayService], offline_page: OfflinePage
+) -> None:
+    service = storefront()
+    page = offline_page.page
+    page.set_viewport_size({"width": 1100, "height": 900})
+    page = open_storefront(offline_page, service)
+
+    # Numbers first, the premium ones marked.
+    offerings = page.locator("#offerings .offering")
+    expect(offerings.first).to_be_visible()
+    expect(page.locator("#offerings .mark").first).to_have_text("Premium")
+    expect(page.locator("#offerings")).to_contain_text("¥888.00")
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(IMAGES / "demo-catalog.png"), full_page=False)
+
+    page.get_by_role("button", name="Plans", exact=True).click()
+    expect(page.locator("#offerings")).to_contain_text("¥59.00")
+    page.get_by_role("button", name="Top-ups", exact=True).click()
+    expect(page.locator("#offerings")).to_contain_text("Top-up")
+    page.get_by_role("button", name="Handsets", exact=True).click()
+    # Options with their price deltas.
+    expect(page.locator("#offerings")).to_contain_text("storage: 256GB, 512GB (+¥1000.00)")
+    handset = page.locator("#offerings .offering").first
+    title = handset.locator("h3").inner_text()
+    base_price = handset.locator(".price").inner_text()
+
+    handset.get_by_role("button", name="Choose").click()
+    storage = page.locator("#option-storage")
+    # A choice with a price delta changes the total shown.
+    pricier = storage.locator("option").filter(has_text="(+").first
+    storage.select_option(label=pricier.inner_text())
+    expect(page.locator("#checkout-total")).not_to_have_text(base_price)
+    page.fill("#customer-name", "Li Wei")
+    page.fill("#customer-phone", "13812345678")
+    page.fill("#customer-id", "33010619900101123X")
+    page.dblclick("#create-order")
+    expect(page.locator("#order-status")).to_have_text("PENDING_PAYMENT")
+    expect(page.locator("#order-items")).to_contain_text(title)
+    expect(page.locator("#order-customer")).to_contain_text("138****5678")
+
+    # A double click made one order, seen through the API.
+    orders = service.client.data(ORDERS_OF, {"branches": ["zj"]})["orders"]
+    assert orders["totalCount"] == 1
+    order_id = orders["edges"][0]["node"]["id"]
+    expect(page.locator("#order-id")).to_have_text(order_id)
+    assert order_id in page.url
+
+    page.select_option("#provider", "sandbox")
+    page.select_option("#method", "PAGE")
+    page.click("#pay")
+    with page.expect_popup() as opened:
+        page.click("#go-pay")
+    gateway = opened.value
+    expect(gateway.locator("body")).to_contain_text("Sandbox payment")
+    assert gateway.url.startswith(service.gateway_url)
+    gateway.get_by_role("button", name="Pay").click()
+    expect(gateway.locator("body")).to_contain_text("Payment succeeded")
+
+    # The storefront, left open, shows PAID as it happens, with the payment's details.
+    expect(page.locator("#order-status")).to_have_text("PAID", timeout=20_000)
+    payment = page.locator("#payments .payment")
+    expect(payment).to_have_count(1)
+    expect(payment).to_contain_text("SUCCEEDED")
+    expect(payment).to_contain_text("via sandbox (PAGE)")
+    seen = service.client.data(ORDERS_OF, {"branches": ["zj"]})["orders"]["edges"][0]["node"]
+    assert seen["status"] == "PAID"
+    provider_trade_no = seen["payments"][0]["providerTradeNo"]
+    assert provider_trade_no
+    expect(payment).to_contain_text(provider_trade_no)
+    expect(page.locator("#pay-controls")).to_be_hidden()
+    page.screenshot(path=str(IMAGES / "demo-paid.png"), full_page=True)
+    assert_clean(offline_page, service)
+
+
+def test_a_qr_code_payment_shows_an_image_from_our_origin_and_cancel_shows_cancelled(
+    storefront: Callable[..., PayService], offline_page: OfflinePage
+) -> None:
+    service = storefront()
+    page = open_storefront(offline_page, service)
+    choose_and_order(page, "Top-ups", "Top-up 50 yuan", "Zhang San")
+    page.select_option("#provider", "sandbox")
+    page.select_option("#method", "QR_CODE")
+    page.click("#pay")
+    qr = page.locator("#qr")
+    expect(qr).to_be_visible()
+    src = qr.get_attribute("src")
+    assert src is not None and src.startswith("/demo/qr.svg?text=")
+    # The image loaded (from our origin: anything else is blocked and refused by the CSP).
+    page.wait_for_function("document.getElementById('qr').complete")
+    assert page.evaluate("document.getElementById('qr').naturalWidth") > 0
+    assert any(url.startswith(f"{service.url}/demo/qr.svg") for url in offline_page.requested)
+    expect(page.locator("#payments .payment")).to_contain_text("PENDING")
+
+    page.click("#cancel")
+    expect(page.locator("#order-status")).to_have_text("CANCELLED", timeout=20_000)
+    expect(page.locator("#order-reason")).to_have_text("(cancelled in the storefront)")
+    expect(page.locator("#pay-controls")).to_be_hidden()
+    expect(page.locator("#qr")).to_have_count(0)
+    assert_clean(offline_page, service)
+
+
+def test_a_customer_name_with_markup_is_shown_as_text(
+    storefront: Callable[..., PayService], offline_page: OfflinePage
+) -> None:
+    service = storefront()
+    page = open_storefront(offline_page, service)
+    name = "<script>window.pwned=1</script><img src=x onerror=pwned=2>"
+    choose_and_order(page, "Plans", "5G Smart 59", name)
+    expect(page.locator("#order-customer")).to_contain_text(name)
+    assert page.locator("#order-customer *").count() == 0
+    assert page.locator("main img").count() == 0
+    assert page.evaluate("window.pwned") is None
+    nodes = service.client.data(ORDERS_OF, {"branches": ["zj"]})["orders"]["edges"]
+    assert [n["node"]["customer"]["name"] for n in nodes] == [name]
+    assert_clean(offline_page, service)
+
+
+def test_the_storefront_fits_a_phone_and_resumes_an_order_from_its_address(
+    storefront: Callable[..., PayService], offline_page: OfflinePage
+) -> None:
+    service = storefront()
+    page = offline_page.page
+    page.set_viewport_size({"width": 390, "height": 844})
+    page = open_storefront(offline_page, service)
+    expect(page.locator("#offerings .offering").first).to_be_visible()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    choose_and_order(page, "Handsets", "Huawei Mate 70", "Wang Fang")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    # Back from a payment page (the returnUrl is this address): the order is shown again.
+    page.reload()
+    expect(page.locator("#order-status")).to_have_text("PENDING_PAYMENT")
+    expect(page.locator("#order-customer")).to_contain_text("Wang Fang")
+    assert_clean(offline_page, service)
+
+
+def test_without_demo_pages_there_is_no_storefront(
+    start_service: Any, offline_page: OfflinePage
+) -> None:
+    service: RunningService = start_service()
+    response = offline_page.page.goto(f"{service.url}/demo")
+    assert response is not None
+    assert response.status == 404
+    for path in ("/demo/session", "/demo/qr.svg?text=x", "/assets/demo/storefront.js"):
+        status = httpx.get(f"{service.url}{path}").status_code
+        assert status == (200 if path.startswith("/assets") else 404), path
+    assert offline_page.blocked == []
