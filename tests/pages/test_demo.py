@@ -19,7 +19,7 @@ from playwright.sync_api import Page, expect
 
 from tests.conftest import RunningService
 from tests.pages.conftest import OfflinePage
-from tests.pages.test_graphiql import assert_only_own_origin
+from tests.pages.test_graphiql import ALLOWED_SOURCES, assert_only_own_origin, policy
 from tests.services.conftest import PayService, PayServices
 
 IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
@@ -41,12 +41,23 @@ def storefront(tmp_path: Path, mongo_uri: str, db_name: str) -> Iterator[Callabl
     services.stop()
 
 
-def open_storefront(offline_page: OfflinePage, service: PayService) -> Page:
+def open_storefront(
+    offline_page: OfflinePage, service: PayService, form_origins: tuple[str, ...] = ()
+) -> Page:
     page = offline_page.page
     response = page.goto(f"{service.url}/demo")
     assert response is not None
     assert response.status == 200
-    assert_only_own_origin(response)
+    if form_origins:
+        # Only form-action widens, by the gateways' origins; the rest is the own origin's.
+        directives = policy(response)
+        assert directives["form-action"] == ["'self'", *form_origins]
+        assert directives["script-src"] == directives["connect-src"] == ["'self'"]
+        for name, sources in directives.items():
+            allowed = ALLOWED_SOURCES | set(form_origins if name == "form-action" else ())
+            assert all(s in allowed or s.startswith("'nonce-") for s in sources), name
+    else:
+        assert_only_own_origin(response)
     expect(page.locator("#branch")).to_contain_text("China Mobile Zhejiang")
     return page
 
@@ -225,3 +236,61 @@ def test_without_demo_pages_there_is_no_storefront(
         status = httpx.get(f"{service.url}{path}").status_code
         assert status == (200 if path.startswith("/assets") else 404), path
     assert offline_page.blocked == []
+
+
+def unionpay_toml(secrets_dir: Path, gateway: str) -> str:
+    """Zhejiang also enables UnionPay, whose PAGE payment is a FORM_POST."""
+    from providers.unionpay import demo
+
+    files = {
+        "sign_cert": demo.MERCHANT_CERT,
+        "sign_cert_private_key": demo.MERCHANT_KEY,
+        "middle_cert": demo.MIDDLE_CERT,
+        "root_cert": demo.ROOT_CERT,
+    }
+    lines = [
+        "",
+        "[branches.zj.providers.unionpay]",
+        "enabled = true",
+        f'mer_id = "{demo.DEMO_MER_ID}"',
+        *(f'{name} = {{ file = "{secrets_dir / file}" }}' for name, file in files.items()),
+        f'gateway = "{gateway}"',
+        f'file_transfer = "{gateway}"',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def test_a_form_post_payment_posts_to_the_gateway_named_by_form_action_and_turns_paid(
+    storefront: Callable[..., PayService], offline_page: OfflinePage, tmp_path: Path
+) -> None:
+    from providers.kit.loopback import LoopbackServer
+    from providers.unionpay import demo
+
+    secrets_dir = tmp_path / "unionpay"
+    secrets_dir.mkdir()
+    demo.ensure_demo_keys(secrets_dir)
+    with LoopbackServer(demo.demo_simulator(secrets_dir)) as unionpay:
+        service = storefront(
+            extra_toml=unionpay_toml(secrets_dir, unionpay.url),
+            demo_form_origins=[unionpay.url],
+        )
+        page = open_storefront(offline_page, service, (unionpay.url,))
+        choose_and_order(page, "Plans", "5G Basic 39", "Chen Jing")
+        page.select_option("#provider", "unionpay")
+        page.select_option("#method", "PAGE")
+        page.click("#pay")
+        form = page.locator("#gateway-form")
+        expect(form).to_have_attribute("action", f"{unionpay.url}/gateway/api/frontTransReq.do")
+        # The gateway's fields were copied over; its own markup was not inserted.
+        assert form.locator("input[type=hidden]").count() > 5
+        assert page.locator("#action script").count() == 0
+        with page.expect_popup() as opened:
+            form.get_by_role("button", name="Continue to the payment page").click()
+        gateway = opened.value
+        expect(gateway.locator("body")).to_contain_text("UnionPay simulator")
+        gateway.get_by_role("button", name="Pay").click()
+        expect(page.locator("#order-status")).to_have_text("PAID", timeout=20_000)
+        expect(page.locator("#payments .payment")).to_contain_text("via unionpay (PAGE)")
+        assert offline_page.blocked == []
+        assert offline_page.csp_violations() == []
+        assert offline_page.console_errors == []

@@ -331,11 +331,14 @@ function showAction(action) {
   }
 }
 
-// The gateway's auto-submitting form, rebuilt as a form of ours: the HTML is parsed
-// inertly (DOMParser runs no script) and only its address and fields are taken over.
-// The page's CSP form-action names the gateways it may post to.
+// The gateway's auto-submitting form, rebuilt as a form of ours. Its HTML is only parsed,
+// in a <template> that is never put in the page: nothing in a template runs, loads or
+// fires (not even an inline handler the policy would refuse); only the form's address
+// and fields are taken over. The page's CSP form-action names the gateways it may post to.
 function formFrom(formHtml) {
-  const parsed = new DOMParser().parseFromString(formHtml, "text/html").querySelector("form");
+  const inert = document.createElement("template");
+  inert.innerHTML = formHtml;
+  const parsed = inert.content.querySelector("form");
   const action = parsed && webAddress(parsed.action);
   if (!action) {
     return el("p", {}, "The provider gave no usable form.");
