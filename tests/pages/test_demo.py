@@ -10,6 +10,7 @@ shown as text, and no /demo at all with demo pages off (issue 19, item 2).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -294,3 +295,25 @@ def test_a_form_post_payment_posts_to_the_gateway_named_by_form_action_and_turns
         assert offline_page.blocked == []
         assert offline_page.csp_violations() == []
         assert offline_page.console_errors == []
+
+
+def test_an_app_payment_shows_its_payload_and_expiry_is_shown_as_it_happens(
+    storefront: Callable[..., PayService], offline_page: OfflinePage
+) -> None:
+    service = storefront(expiry_interval_seconds=0.5)
+    page = open_storefront(offline_page, service)
+    choose_and_order(page, "Top-ups", "Top-up 30 yuan", "Zhao Lei")
+    page.select_option("#provider", "sandbox")
+    page.select_option("#method", "APP")
+    page.click("#pay")
+    payload = page.locator("#app-payload")
+    expect(payload).to_contain_text('"amount_fen":3000')
+    expect(payload).to_contain_text('"signature":')
+
+    # The order's time runs out (moved forward in the store): the page shows it at once.
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    assert service.db.orders.update_many({}, {"$set": {"expiresAt": past}}).modified_count == 1
+    expect(page.locator("#order-status")).to_have_text("EXPIRED", timeout=20_000)
+    expect(page.locator("#pay-controls")).to_be_hidden()
+    expect(page.locator("#app-payload")).to_have_count(0)
+    assert_clean(offline_page, service)
