@@ -19,6 +19,8 @@ from api.schema.bills import BillMutation, BillQuery
 from api.schema.errors import ErrorShaping
 from api.schema.execution import LeafFastPathExecutionContext
 from api.schema.limits import RequestLimits
+from api.schema.log_fields import OperationLogFields
+from api.schema.metrics import OperationMetrics
 from api.schema.mutation import Mutation as OrderMutation
 from api.schema.payments import PaymentMutation, Subscription
 from api.schema.query import Query as OrderQuery
@@ -46,9 +48,12 @@ def build_schema(settings: Settings | None = None, **options: Any) -> strawberry
     # at every spread, exponential in a fragment bomb, so they are not used.
     extensions: list[type[SchemaExtension] | Any] = [
         ErrorShaping,
+        # After ErrorShaping: it counts each operation by the code its errors were given.
+        OperationMetrics,
         lambda: MaxTokensLimiter(max_token_count=settings.max_tokens),
         lambda: ParserCache(maxsize=256),
         lambda: RequestLimits(settings),
+        OperationLogFields,
     ]
     if not settings.introspection:
         extensions.append(DisableIntrospection)

@@ -16,6 +16,7 @@ from api.config.live import ProviderRegistry
 from api.plugins.contract import NotificationRejected, NotificationReply, NotificationRequest
 from api.services.payments import PaymentService
 from api.store.outage import is_store_outage, report_store_outage
+from api.telemetry import context, metrics
 
 log = logging.getLogger("branchpay.notifications")
 
@@ -34,17 +35,22 @@ class Notifications:
         provider = self.registry.provider(branch, provider_name)
         if provider is None:
             return NOT_FOUND
+        context.bind(provider=provider_name, branch=branch)
         where = f"{provider_name}/{branch}"
+        record = metrics.recorder()
         try:
             event = await provider.parse_notification(incoming)
         except NotificationRejected as rejected:
             log.warning("notification for %s rejected: %s", where, rejected)
+            record.notification(provider_name, "rejected_signature")
             return provider.notification_reply(accepted=False)
         except Exception:
             # A provider bug: nothing was applied, so the platform must deliver it again.
             log.exception("notification for %s could not be parsed", where)
+            record.notification(provider_name, "rejected_other")
             return provider.notification_reply(accepted=False)
         if event is None:
+            record.notification(provider_name, "applied")
             return provider.notification_reply(accepted=True)
         try:
             result = await self.payments.apply_event(provider_name, branch, event)
@@ -54,7 +60,11 @@ class Notifications:
                 report_store_outage(error, f"notification {event.event_id} for {where}")
             else:
                 log.exception("notification %s for %s not applied", event.event_id, where)
+            record.notification(provider_name, "rejected_other")
             return provider.notification_reply(accepted=False)
         if not result.accepted:
             log.warning("notification %s for %s refused: %s", event.event_id, where, result.note)
+            record.notification(provider_name, "rejected_other")
+        else:
+            record.notification(provider_name, "duplicate" if result.duplicate else "applied")
         return provider.notification_reply(accepted=result.accepted)

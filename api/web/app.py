@@ -36,6 +36,7 @@ from api.schema.context import Services
 from api.schema.event_view import EventView
 from api.services.bills import BillReconciliation, BillSettings
 from api.services.budget import SharedBudget
+from api.services.gauges import StoreGauges
 from api.services.jobs import ClusterJob
 from api.services.notifications import Notifications
 from api.services.orders import OrderService
@@ -50,13 +51,16 @@ from api.store.changes import ALL_OPERATIONS, ChangeHub, Watched
 from api.store.marks import COLLECTION as MARKS_COLLECTION
 from api.store.marks import StoreMarks
 from api.store.outage import is_store_outage, report_store_outage
+from api.telemetry import metrics
 from api.web.body_limit import BodyLimit
 from api.web.demo import DemoStorefront
 from api.web.gate import ApiKeyGate
 from api.web.graphiql import GraphiQLPage
 from api.web.graphql import GraphQLApp
 from api.web.last_resort import LastResort
+from api.web.metrics import MetricsEndpoint
 from api.web.pages import VendorFiles, asset_routes
+from api.web.request_id import RequestId
 from api.web.store_deadline import StoreDeadline
 from api.web.websocket import OpenSockets
 
@@ -198,6 +202,7 @@ def create_app(
     if uri is None:
         raise RuntimeError("no MongoDB URI: set BRANCHPAY_MONGODB_URI or use `branchpay serve`")
     vault = PiiVault(settings.pii_master_key())
+    record = metrics.configure(settings.metrics)
     state: dict[str, Services] = {}
     budget = budget or key_budget(settings)
     failures = SharedBudget(
@@ -222,9 +227,12 @@ def create_app(
                 socket_seconds=settings.store_socket_timeout_seconds,
             )
             durability: dict[str, Any] = {"journal": True} if settings.store_journal else {}
-            store = Store.connect(
-                uri, settings.database, timeouts, **{**durability, **(client_options or {})}
-            )
+            options = {**durability, **(client_options or {})}
+            if record.enabled:
+                # Store command latency by command name (driver command monitoring).
+                listeners = list(options.get("event_listeners", ()))
+                options["event_listeners"] = [*listeners, metrics.StoreCommands()]
+            store = Store.connect(uri, settings.database, timeouts, **options)
             await store.ensure_indexes()
             # Every process on this store spends from the same buckets.
             budget.attach(store.rate_limits)
@@ -336,6 +344,13 @@ def create_app(
                     name="bill-reconcile",
                 ),
             ]
+            if record.enabled:
+                gauges = StoreGauges(
+                    store,
+                    lambda: registry.status.loaded_at,
+                    timeout=settings.store_timeout_seconds,
+                )
+                tasks.append(asyncio.create_task(gauges.run(), name="metrics-gauges"))
             if settings.key_cache:
                 tasks.append(
                     asyncio.create_task(
@@ -441,6 +456,8 @@ def create_app(
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/notify/{provider}/{branch}", notification, methods=["POST"]),
+        # Behind its own bearer token, not the API keys (api/web/metrics.py).
+        Route("/metrics", MetricsEndpoint(settings).answer, methods=["GET"]),
         *asset_routes(vendor),
         *(demo.routes() if demo is not None else []),
     ]
@@ -459,6 +476,8 @@ def create_app(
     app.add_middleware(StoreDeadline, seconds=settings.store_timeout_seconds)
     # An oversized body is refused before anything else.
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
-    # Added last, so it runs first: whatever escapes is answered in JSON with a code.
+    # Runs before all but the request id: whatever escapes is answered in JSON with a code.
     app.add_middleware(LastResort, retry_after_seconds=settings.store_retry_after_seconds)
+    # Outside even the last resort, so that its answers carry the request id too.
+    app.add_middleware(RequestId)
     return app
