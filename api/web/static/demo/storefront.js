@@ -148,9 +148,15 @@ function offeringCard(offering) {
 
 // --- 2 · the order form ------------------------------------------------------------
 
+// 128 random bits (getRandomValues, unlike randomUUID, works on plain http:// too).
+function newIdempotencyKey() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return `demo-${Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("")}`;
+}
+
 function openCheckout(offering) {
   chosen = { offering, options: new Map() };
-  idempotencyKey = `demo-${crypto.randomUUID()}`;
+  idempotencyKey = newIdempotencyKey();
   $("chosen").textContent = offering.title;
   $("options").replaceChildren(
     ...offering.options.map((option) => {
