@@ -24,6 +24,8 @@ from tests.pages.test_graphiql import ALLOWED_SOURCES, assert_only_own_origin, p
 from tests.services.conftest import PayService, PayServices
 
 IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
+# Each step waits on the API (and a loaded machine runs several suites): more than 5 s.
+STEP = 20_000
 ORDERS_OF = """
 query($branches: [String!]) {
   orders(filter: { branches: $branches }) {
@@ -59,7 +61,7 @@ def open_storefront(
             assert all(s in allowed or s.startswith("'nonce-") for s in sources), name
     else:
         assert_only_own_origin(response)
-    expect(page.locator("#branch")).to_contain_text("China Mobile Zhejiang")
+    expect(page.locator("#branch")).to_contain_text("China Mobile Zhejiang", timeout=STEP)
     return page
 
 
@@ -74,9 +76,9 @@ def choose_and_order(page: Page, kind: str, title: str, name: str, *, double: bo
         page.dblclick("#create-order")
     else:
         page.click("#create-order")
-    expect(page.locator("#order-status")).to_have_text("PENDING_PAYMENT")
+    expect(page.locator("#order-status")).to_have_text("PENDING_PAYMENT", timeout=STEP)
     # The current state comes first over the subscription: the page follows the order.
-    expect(page.locator("#live")).to_contain_text("Following the order live")
+    expect(page.locator("#live")).to_contain_text("Following the order live", timeout=STEP)
 
 
 def assert_clean(offline_page: OfflinePage, service: PayService) -> None:
@@ -100,19 +102,21 @@ def test_a_person_orders_a_handset_pays_on_the_sandbox_page_and_sees_paid_live(
 
     # Numbers first, the premium ones marked.
     offerings = page.locator("#offerings .offering")
-    expect(offerings.first).to_be_visible()
-    expect(page.locator("#offerings .mark").first).to_have_text("Premium")
-    expect(page.locator("#offerings")).to_contain_text("¥888.00")
+    expect(offerings.first).to_be_visible(timeout=STEP)
+    expect(page.locator("#offerings .mark").first).to_have_text("Premium", timeout=STEP)
+    expect(page.locator("#offerings")).to_contain_text("¥888.00", timeout=STEP)
     IMAGES.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(IMAGES / "demo-catalog.png"), full_page=False)
 
     page.get_by_role("button", name="Plans", exact=True).click()
-    expect(page.locator("#offerings")).to_contain_text("¥59.00")
+    expect(page.locator("#offerings")).to_contain_text("¥59.00", timeout=STEP)
     page.get_by_role("button", name="Top-ups", exact=True).click()
-    expect(page.locator("#offerings")).to_contain_text("Top-up")
+    expect(page.locator("#offerings")).to_contain_text("Top-up", timeout=STEP)
     page.get_by_role("button", name="Handsets", exact=True).click()
     # Options with their price deltas.
-    expect(page.locator("#offerings")).to_contain_text("storage: 256GB, 512GB (+¥1000.00)")
+    expect(page.locator("#offerings")).to_contain_text(
+        "storage: 256GB, 512GB (+¥1000.00)", timeout=STEP
+    )
     handset = page.locator("#offerings .offering").first
     title = handset.locator("h3").inner_text()
     base_price = handset.locator(".price").inner_text()
@@ -122,20 +126,20 @@ def test_a_person_orders_a_handset_pays_on_the_sandbox_page_and_sees_paid_live(
     # A choice with a price delta changes the total shown.
     pricier = storage.locator("option").filter(has_text="(+").first
     storage.select_option(label=pricier.inner_text())
-    expect(page.locator("#checkout-total")).not_to_have_text(base_price)
+    expect(page.locator("#checkout-total")).not_to_have_text(base_price, timeout=STEP)
     page.fill("#customer-name", "Li Wei")
     page.fill("#customer-phone", "13812345678")
     page.fill("#customer-id", "33010619900101123X")
     page.dblclick("#create-order")
-    expect(page.locator("#order-status")).to_have_text("PENDING_PAYMENT")
-    expect(page.locator("#order-items")).to_contain_text(title)
-    expect(page.locator("#order-customer")).to_contain_text("138****5678")
+    expect(page.locator("#order-status")).to_have_text("PENDING_PAYMENT", timeout=STEP)
+    expect(page.locator("#order-items")).to_contain_text(title, timeout=STEP)
+    expect(page.locator("#order-customer")).to_contain_text("138****5678", timeout=STEP)
 
     # A double click made one order, seen through the API.
     orders = service.client.data(ORDERS_OF, {"branches": ["zj"]})["orders"]
     assert orders["totalCount"] == 1
     order_id = orders["edges"][0]["node"]["id"]
-    expect(page.locator("#order-id")).to_have_text(order_id)
+    expect(page.locator("#order-id")).to_have_text(order_id, timeout=STEP)
     assert order_id in page.url
 
     page.select_option("#provider", "sandbox")
@@ -144,23 +148,23 @@ def test_a_person_orders_a_handset_pays_on_the_sandbox_page_and_sees_paid_live(
     with page.expect_popup() as opened:
         page.click("#go-pay")
     gateway = opened.value
-    expect(gateway.locator("body")).to_contain_text("Sandbox payment")
+    expect(gateway.locator("body")).to_contain_text("Sandbox payment", timeout=STEP)
     assert gateway.url.startswith(service.gateway_url)
     gateway.get_by_role("button", name="Pay").click()
-    expect(gateway.locator("body")).to_contain_text("Payment succeeded")
+    expect(gateway.locator("body")).to_contain_text("Payment succeeded", timeout=STEP)
 
     # The storefront, left open, shows PAID as it happens, with the payment's details.
-    expect(page.locator("#order-status")).to_have_text("PAID", timeout=20_000)
+    expect(page.locator("#order-status")).to_have_text("PAID", timeout=STEP)
     payment = page.locator("#payments .payment")
-    expect(payment).to_have_count(1)
-    expect(payment).to_contain_text("SUCCEEDED")
-    expect(payment).to_contain_text("via sandbox (PAGE)")
+    expect(payment).to_have_count(1, timeout=STEP)
+    expect(payment).to_contain_text("SUCCEEDED", timeout=STEP)
+    expect(payment).to_contain_text("via sandbox (PAGE)", timeout=STEP)
     seen = service.client.data(ORDERS_OF, {"branches": ["zj"]})["orders"]["edges"][0]["node"]
     assert seen["status"] == "PAID"
     provider_trade_no = seen["payments"][0]["providerTradeNo"]
     assert provider_trade_no
-    expect(payment).to_contain_text(provider_trade_no)
-    expect(page.locator("#pay-controls")).to_be_hidden()
+    expect(payment).to_contain_text(provider_trade_no, timeout=STEP)
+    expect(page.locator("#pay-controls")).to_be_hidden(timeout=STEP)
     page.screenshot(path=str(IMAGES / "demo-paid.png"), full_page=True)
     assert_clean(offline_page, service)
 
@@ -175,20 +179,22 @@ def test_a_qr_code_payment_shows_an_image_from_our_origin_and_cancel_shows_cance
     page.select_option("#method", "QR_CODE")
     page.click("#pay")
     qr = page.locator("#qr")
-    expect(qr).to_be_visible()
+    expect(qr).to_be_visible(timeout=STEP)
     src = qr.get_attribute("src")
     assert src is not None and src.startswith("/demo/qr.svg?text=")
     # The image loaded (from our origin: anything else is blocked and refused by the CSP).
-    page.wait_for_function("document.getElementById('qr').complete")
+    page.wait_for_function("document.getElementById('qr').complete", timeout=STEP)
     assert page.evaluate("document.getElementById('qr').naturalWidth") > 0
     assert any(url.startswith(f"{service.url}/demo/qr.svg") for url in offline_page.requested)
-    expect(page.locator("#payments .payment")).to_contain_text("PENDING")
+    expect(page.locator("#payments .payment")).to_contain_text("PENDING", timeout=STEP)
 
     page.click("#cancel")
-    expect(page.locator("#order-status")).to_have_text("CANCELLED", timeout=20_000)
-    expect(page.locator("#order-reason")).to_have_text("(cancelled in the storefront)")
-    expect(page.locator("#pay-controls")).to_be_hidden()
-    expect(page.locator("#qr")).to_have_count(0)
+    expect(page.locator("#order-status")).to_have_text("CANCELLED", timeout=STEP)
+    expect(page.locator("#order-reason")).to_have_text(
+        "(cancelled in the storefront)", timeout=STEP
+    )
+    expect(page.locator("#pay-controls")).to_be_hidden(timeout=STEP)
+    expect(page.locator("#qr")).to_have_count(0, timeout=STEP)
     assert_clean(offline_page, service)
 
 
@@ -199,7 +205,7 @@ def test_a_customer_name_with_markup_is_shown_as_text(
     page = open_storefront(offline_page, service)
     name = "<script>window.pwned=1</script><img src=x onerror=pwned=2>"
     choose_and_order(page, "Plans", "5G Smart 59", name)
-    expect(page.locator("#order-customer")).to_contain_text(name)
+    expect(page.locator("#order-customer")).to_contain_text(name, timeout=STEP)
     assert page.locator("#order-customer *").count() == 0
     assert page.locator("main img").count() == 0
     assert page.evaluate("window.pwned") is None
@@ -215,14 +221,14 @@ def test_the_storefront_fits_a_phone_and_resumes_an_order_from_its_address(
     page = offline_page.page
     page.set_viewport_size({"width": 390, "height": 844})
     page = open_storefront(offline_page, service)
-    expect(page.locator("#offerings .offering").first).to_be_visible()
+    expect(page.locator("#offerings .offering").first).to_be_visible(timeout=STEP)
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     choose_and_order(page, "Handsets", "Huawei Mate 70", "Wang Fang")
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     # Back from a payment page (the returnUrl is this address): the order is shown again.
     page.reload()
-    expect(page.locator("#order-status")).to_have_text("PENDING_PAYMENT")
-    expect(page.locator("#order-customer")).to_contain_text("Wang Fang")
+    expect(page.locator("#order-status")).to_have_text("PENDING_PAYMENT", timeout=STEP)
+    expect(page.locator("#order-customer")).to_contain_text("Wang Fang", timeout=STEP)
     assert_clean(offline_page, service)
 
 
@@ -281,17 +287,21 @@ def test_a_form_post_payment_posts_to_the_gateway_named_by_form_action_and_turns
         page.select_option("#method", "PAGE")
         page.click("#pay")
         form = page.locator("#gateway-form")
-        expect(form).to_have_attribute("action", f"{unionpay.url}/gateway/api/frontTransReq.do")
+        expect(form).to_have_attribute(
+            "action", f"{unionpay.url}/gateway/api/frontTransReq.do", timeout=STEP
+        )
         # The gateway's fields were copied over; its own markup was not inserted.
         assert form.locator("input[type=hidden]").count() > 5
         assert page.locator("#action script").count() == 0
         with page.expect_popup() as opened:
             form.get_by_role("button", name="Continue to the payment page").click()
         gateway = opened.value
-        expect(gateway.locator("body")).to_contain_text("UnionPay simulator")
+        expect(gateway.locator("body")).to_contain_text("UnionPay simulator", timeout=STEP)
         gateway.get_by_role("button", name="Pay").click()
-        expect(page.locator("#order-status")).to_have_text("PAID", timeout=20_000)
-        expect(page.locator("#payments .payment")).to_contain_text("via unionpay (PAGE)")
+        expect(page.locator("#order-status")).to_have_text("PAID", timeout=STEP)
+        expect(page.locator("#payments .payment")).to_contain_text(
+            "via unionpay (PAGE)", timeout=STEP
+        )
         assert offline_page.blocked == []
         assert offline_page.csp_violations() == []
         assert offline_page.console_errors == []
@@ -307,13 +317,13 @@ def test_an_app_payment_shows_its_payload_and_expiry_is_shown_as_it_happens(
     page.select_option("#method", "APP")
     page.click("#pay")
     payload = page.locator("#app-payload")
-    expect(payload).to_contain_text('"amount_fen":3000')
-    expect(payload).to_contain_text('"signature":')
+    expect(payload).to_contain_text('"amount_fen":3000', timeout=STEP)
+    expect(payload).to_contain_text('"signature":', timeout=STEP)
 
     # The order's time runs out (moved forward in the store): the page shows it at once.
     past = datetime.now(UTC) - timedelta(seconds=1)
     assert service.db.orders.update_many({}, {"$set": {"expiresAt": past}}).modified_count == 1
-    expect(page.locator("#order-status")).to_have_text("EXPIRED", timeout=20_000)
-    expect(page.locator("#pay-controls")).to_be_hidden()
-    expect(page.locator("#app-payload")).to_have_count(0)
+    expect(page.locator("#order-status")).to_have_text("EXPIRED", timeout=STEP)
+    expect(page.locator("#pay-controls")).to_be_hidden(timeout=STEP)
+    expect(page.locator("#app-payload")).to_have_count(0, timeout=STEP)
     assert_clean(offline_page, service)
