@@ -146,6 +146,16 @@ class Settings(BaseSettings):
     max_page_size: int = Field(default=100, ge=1, description="The largest `first` of a page.")
     default_page_size: int = Field(default=20, ge=1, description="`first` when none is given.")
     graphiql: bool = True
+    demo_pages: bool = Field(
+        default=False,
+        description="Serve the partner storefront at /demo with a demo partner key of its own "
+        "(`serve --demo` turns it on; off: /demo is 404).",
+    )
+    demo_form_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins the storefront's FORM_POST payments may post to (CSP form-action); "
+        "`serve --demo` sets the gateway simulators' loopback origins.",
+    )
     assets_dir: Path = Field(
         default=Path(".data/assets"),
         description="Where `make install` puts the npm packages of GraphiQL, its explorer and "

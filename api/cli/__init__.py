@@ -382,6 +382,8 @@ def worker_environment(settings: Settings, uri: str) -> dict[str, str]:
         "BRANCHPAY_PORT": str(settings.port),
         "BRANCHPAY_WEBHOOKS_ALLOW_LOOPBACK": "1" if settings.webhooks_allow_loopback else "0",
         "BRANCHPAY_LOG_FORMAT": settings.log_format,
+        "BRANCHPAY_DEMO_PAGES": "1" if settings.demo_pages else "0",
+        "BRANCHPAY_DEMO_FORM_ORIGINS": json.dumps(settings.demo_form_origins),
     }
     if settings.pii_key_file is not None:
         env["BRANCHPAY_PII_KEY_FILE"] = str(settings.pii_key_file)
@@ -517,6 +519,9 @@ def _serve_bound(
         # The demo's webhook receivers run on this machine; production never allows loopback.
         if "BRANCHPAY_WEBHOOKS_ALLOW_LOOPBACK" not in os.environ:
             settings.webhooks_allow_loopback = True
+        # The partner storefront at /demo (api/web/demo.py); production never serves it.
+        if "BRANCHPAY_DEMO_PAGES" not in os.environ:
+            settings.demo_pages = True
     try:
         settings.pii_master_key()
     except ValueError as error:
@@ -540,13 +545,17 @@ def _serve_bound(
             from api.dev.demo import start_demo_simulators
             from api.plugins.manager import load_plugin_manager
 
-            start_demo_simulators(
+            simulators = start_demo_simulators(
                 load_plugin_manager(),
                 settings.data_dir / "secrets",
                 settings.simulator_port,
                 stack,
                 console,
             )
+            # A FORM_POST payment of the storefront posts to its simulator (CSP form-action).
+            settings.demo_form_origins = [*settings.demo_form_origins, *simulators.values()]
+        if settings.demo_pages:
+            console.print(f"the partner storefront: {url}/demo")
         console.print(
             f"branchpay on {url}/graphql (GraphiQL in a browser); Ctrl-C stops it\n"
             "every request needs an API key; create one in another terminal with\n"

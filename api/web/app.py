@@ -54,6 +54,7 @@ from api.store.outage import is_store_outage, report_store_outage
 from api.telemetry import metrics
 from api.telemetry.optional import load_tracing
 from api.web.body_limit import BodyLimit
+from api.web.demo import DemoStorefront
 from api.web.gate import ApiKeyGate
 from api.web.graphiql import GraphiQLPage
 from api.web.graphql import GraphQLApp
@@ -400,11 +401,15 @@ def create_app(
                         name="webhooks",
                     )
                 )
+            if demo is not None:
+                await demo.start(store.keys, list(registry.config.branches))
             if settings.gc_tuning:
                 tune_garbage_collector()
             try:
                 yield
             finally:
+                if demo is not None:
+                    await demo.stop(store.keys)
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
@@ -457,6 +462,8 @@ def create_app(
         return Response(reply.body, status_code=reply.status_code, media_type=reply.media_type)
 
     schema = build_schema(settings, tracing=tracing)
+    # The partner storefront at /demo (api/web/demo.py), in demo mode only.
+    demo = DemoStorefront(settings.demo_form_origins) if settings.demo_pages else None
     vendor = VendorFiles(settings.assets_dir)
     graphql = GraphQLApp(
         schema,
@@ -476,6 +483,7 @@ def create_app(
         # Behind its own bearer token, not the API keys (api/web/metrics.py).
         Route("/metrics", MetricsEndpoint(settings).answer, methods=["GET"]),
         *asset_routes(vendor),
+        *(demo.routes() if demo is not None else []),
     ]
     extra = list(gated_routes(services)) if gated_routes is not None else []
     routes.extend(extra)

@@ -121,9 +121,14 @@ def test_serve_seeds_once_stops_on_ctrl_c_and_reuses_its_data(
         body = ask(url, key)
         assert [b["code"] for b in body["branches"]] == ["zj", "bj", "yn", "he", "sc", "cq"]
         assert body["orders"]["totalCount"] == 40
+        # `serve --demo` serves the storefront, with a demo partner key of its own.
+        assert httpx.get(f"{url}/demo").status_code == 200
+        demo_key = httpx.get(f"{url}/demo/session").json()["key"]
+        assert [b["code"] for b in ask(url, demo_key)["branches"]][:2] == ["zj", "bj"]
     finally:
         output = interrupt(first)
     assert "seeded the demo" in output
+    assert f"the partner storefront: {url}/demo" in output
     assert "keys create" in output  # how to create a first key
     # `make run` logs readable lines, not JSON (BRANCHPAY_LOG_FORMAT unset).
     assert re.search(r"Z \[info\s*\] Application startup complete", output), output
@@ -137,6 +142,11 @@ def test_serve_seeds_once_stops_on_ctrl_c_and_reuses_its_data(
         wait_ready(second, url)
         body = ask(url, key)
         assert body["orders"]["totalCount"] == 40
+        # The first process revoked its demo key as it stopped.
+        revoked = httpx.post(
+            f"{url}/graphql", json={"query": COUNT}, headers={"authorization": f"Bearer {demo_key}"}
+        )
+        assert revoked.status_code == 401
     finally:
         output = interrupt(second)
     assert "seeded the demo" not in output
