@@ -9,7 +9,10 @@ but loopback is refused before it leaves the browser, and recorded in
 ``blocked``; the tab also records the Content-Security-Policy violations and the
 console's errors, so a test can say the page needed nothing from outside and
 broke no rule of its policy. ``service_assets`` fails with the command to run
-when the pages' vendor files are not installed.
+when the pages' vendor files are not installed. ``screenshots`` is the folder the
+tests save their screenshots in: ``.data/screenshots`` (not tracked), or
+``BRANCHPAY_SCREENSHOTS_DIR``; ``BRANCHPAY_SCREENSHOTS_DIR=docs/images`` refreshes
+the README's pictures.
 """
 
 from __future__ import annotations
@@ -146,3 +149,13 @@ def require_assets() -> Path:
 @pytest.fixture(scope="session")
 def service_assets() -> Path:
     return require_assets()
+
+
+@pytest.fixture(scope="session")
+def screenshots() -> Path:
+    """Where the tests save their screenshots; a test run leaves tracked files alone."""
+    root = Path(__file__).resolve().parents[2]
+    folder = Path(os.environ.get("BRANCHPAY_SCREENSHOTS_DIR") or root / ".data" / "screenshots")
+    folder = folder if folder.is_absolute() else root / folder
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

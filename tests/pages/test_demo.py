@@ -23,7 +23,6 @@ from tests.pages.conftest import OfflinePage
 from tests.pages.test_graphiql import ALLOWED_SOURCES, assert_only_own_origin, policy
 from tests.services.conftest import PayService, PayServices
 
-IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
 # Each step waits on the API (and a loaded machine runs several suites): more than 5 s.
 STEP = 20_000
 ORDERS_OF = """
@@ -93,7 +92,7 @@ def assert_clean(offline_page: OfflinePage, service: PayService) -> None:
 
 
 def test_a_person_orders_a_handset_pays_on_the_sandbox_page_and_sees_paid_live(
-    storefront: Callable[..., PayService], offline_page: OfflinePage
+    storefront: Callable[..., PayService], offline_page: OfflinePage, screenshots: Path
 ) -> None:
     service = storefront()
     page = offline_page.page
@@ -105,8 +104,7 @@ def test_a_person_orders_a_handset_pays_on_the_sandbox_page_and_sees_paid_live(
     expect(offerings.first).to_be_visible(timeout=STEP)
     expect(page.locator("#offerings .mark").first).to_have_text("Premium", timeout=STEP)
     expect(page.locator("#offerings")).to_contain_text("¥888.00", timeout=STEP)
-    IMAGES.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(IMAGES / "demo-catalog.png"), full_page=False)
+    page.screenshot(path=str(screenshots / "demo-catalog.png"), full_page=False)
 
     page.get_by_role("button", name="Plans", exact=True).click()
     expect(page.locator("#offerings")).to_contain_text("¥59.00", timeout=STEP)
@@ -165,7 +163,7 @@ def test_a_person_orders_a_handset_pays_on_the_sandbox_page_and_sees_paid_live(
     assert provider_trade_no
     expect(payment).to_contain_text(provider_trade_no, timeout=STEP)
     expect(page.locator("#pay-controls")).to_be_hidden(timeout=STEP)
-    page.screenshot(path=str(IMAGES / "demo-paid.png"), full_page=True)
+    page.screenshot(path=str(screenshots / "demo-paid.png"), full_page=True)
     assert_clean(offline_page, service)
 
 
