@@ -327,6 +327,7 @@ def worker_environment(settings: Settings, uri: str) -> dict[str, str]:
         "BRANCHPAY_HOST": settings.host,
         "BRANCHPAY_PORT": str(settings.port),
         "BRANCHPAY_WEBHOOKS_ALLOW_LOOPBACK": "1" if settings.webhooks_allow_loopback else "0",
+        "BRANCHPAY_CONFIG_EDITING": "1" if settings.config_editing else "0",
     }
     if settings.pii_key_file is not None:
         env["BRANCHPAY_PII_KEY_FILE"] = str(settings.pii_key_file)
@@ -449,6 +450,9 @@ def _serve_bound(
         # The demo's webhook receivers run on this machine; production never allows loopback.
         if "BRANCHPAY_WEBHOOKS_ALLOW_LOOPBACK" not in os.environ:
             settings.webhooks_allow_loopback = True
+        # The demo's /admin console may switch providers; production edits with the CLI.
+        if "BRANCHPAY_CONFIG_EDITING" not in os.environ:
+            settings.config_editing = True
     try:
         settings.pii_master_key()
     except ValueError as error:

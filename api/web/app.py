@@ -36,6 +36,7 @@ from api.schema.context import Services
 from api.schema.event_view import EventView
 from api.services.bills import BillReconciliation, BillSettings
 from api.services.budget import SharedBudget
+from api.services.config_edits import ConfigEdits
 from api.services.jobs import ClusterJob
 from api.services.notifications import Notifications
 from api.services.orders import OrderService
@@ -300,6 +301,9 @@ def create_app(
             bills = BillReconciliation(store, registry, payments, settings=bill_settings(settings))
             app.state.bills = bills
             services_now.bills = bills
+            services_now.config_edits = ConfigEdits(
+                registry, store.audit, allowed=settings.config_editing
+            )
             reconcile_min_age = timedelta(seconds=settings.reconcile_min_age_seconds)
 
             def once_per_cluster(
