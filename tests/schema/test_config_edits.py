@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.conftest import DEMO_BRANCHES_TOML, RunningService
 from tests.config.test_live_reload import eventually
+from tests.conftest import DEMO_BRANCHES_TOML, RunningService
 
 SET = """
 mutation ($branch: String!, $provider: String!, $enabled: Boolean!) {
@@ -56,7 +56,9 @@ def test_a_branch_admin_disables_a_provider_the_file_keeps_its_comments_and_the_
     after = service.plugins_toml.read_text()
     assert after.startswith("# Kept by every edit: the console's too.\n")
     # Only the one line changed.
-    changed = [(a, b) for a, b in zip(before.splitlines(), after.splitlines()) if a != b]
+    changed = [
+        (a, b) for a, b in zip(before.splitlines(), after.splitlines(), strict=True) if a != b
+    ]
     assert changed == [("enabled = true", "enabled = false")]
     eventually(lambda: admin.data(ZJ_PROVIDERS)["branch"]["providers"] == [])
     assert admin.data(SETTINGS)["providerSettings"] == [{"provider": "sandbox", "enabled": False}]
