@@ -51,6 +51,7 @@ from api.store.changes import ALL_OPERATIONS, ChangeHub, Watched
 from api.store.marks import COLLECTION as MARKS_COLLECTION
 from api.store.marks import StoreMarks
 from api.store.outage import is_store_outage, report_store_outage
+from api.web.admin import admin_page
 from api.web.body_limit import BodyLimit
 from api.web.gate import ApiKeyGate
 from api.web.graphiql import GraphiQLPage
@@ -438,6 +439,7 @@ def create_app(
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/notify/{provider}/{branch}", notification, methods=["POST"]),
+        Route("/admin", admin_page, methods=["GET", "HEAD"]),
         *asset_routes(vendor),
     ]
     extra = list(gated_routes(services)) if gated_routes is not None else []

@@ -1,0 +1,178 @@
+"""The branch admin console at /admin in a real browser, with only loopback reachable.
+
+A Zhejiang branch_admin signs in by pasting a key: sees Zhejiang's orders and
+not Beijing's, refunds part of a paid order and sees the refund, switches the
+sandbox provider off (plugins.toml keeps its comments; the branch stops
+offering it after the reload); user input (a customer name, a refund reason)
+is shown as text. With config editing off the console names the command; a
+partner key sees no admin data.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from playwright.sync_api import Page, expect
+
+from tests.config.test_live_reload import eventually
+from tests.conftest import RunningService, issue_key
+from tests.pages.conftest import OfflinePage
+from tests.pages.test_graphiql import assert_only_own_origin
+from tests.services.conftest import (
+    CREATE_ORDER,
+    PayService,
+    offering_id,
+    start_payments,  # noqa: F401 (a fixture)
+)
+
+ROOT = Path(__file__).parents[2]
+SCREENSHOT = ROOT / "docs" / "images" / "admin-console.png"
+SCRIPT_NAME = "<script>window.__injected = 1</script>Wang"
+SCRIPT_REASON = '<img src=x onerror="window.__injected = 2">broken SIM'
+KEPT_COMMENT = "# A comment of the branch's own: the console's edit keeps it.\n"
+ZJ_PROVIDERS = '{ branch(code: "zj") { providers { name } } }'
+PHONE_WIDTH = {"width": 390, "height": 844}
+
+
+def paid_order(service: PayService, branch: str, customer: str) -> dict[str, Any]:
+    order = service.client.data(
+        CREATE_ORDER,
+        {
+            "input": {
+                "branch": branch,
+                "items": [{"offeringId": offering_id(f"{branch}-plan-59"), "quantity": 1}],
+                "customer": {"name": customer, "phone": "13912345678"},
+                "idempotencyKey": f"order-{uuid.uuid4().hex}",
+            }
+        },
+    )["createOrder"]["order"]
+    payment = service.start_payment(order["id"])["payment"]
+    assert service.deliver(service.settle(payment["outTradeNo"]), branch).status_code == 200
+    return {"order": order, "payment": payment}
+
+
+def sign_in(page: Page, url: str, key: str) -> None:
+    response = page.goto(f"{url}/admin")
+    assert response is not None and response.status == 200
+    assert_only_own_origin(response)
+    expect(page.locator("#notice")).to_contain_text("Paste an API key")
+    page.fill("#api-key", key)
+    page.click("#sign-in-button")
+
+
+def assert_clean(tab: OfflinePage) -> None:
+    assert tab.blocked == []
+    assert tab.csp_violations() == []
+    assert tab.console_errors == []
+    assert tab.page.evaluate("window.__injected") is None
+
+
+def test_a_zhejiang_admin_sees_its_orders_refunds_part_of_one_and_switches_sandbox_off(
+    start_payments: Callable[..., PayService],  # noqa: F811 (the fixture)
+    offline_page: OfflinePage,
+) -> None:
+    service = start_payments(KEPT_COMMENT, config_editing=True)
+    zj = paid_order(service, "zj", SCRIPT_NAME)
+    paid_order(service, "bj", "Beijing Customer")
+    key = issue_key(service.db, "branch_admin", ["zj"])
+    page = offline_page.page
+    page.set_viewport_size(PHONE_WIDTH)
+
+    sign_in(page, service.url, key)
+
+    expect(page.locator("#who")).to_contain_text("a key for zj")
+    expect(page.locator("#sign-in")).to_be_hidden()
+    # The key is not shown again and lives in this tab's sessionStorage only.
+    expect(page.locator("#api-key")).to_have_value("")
+    assert page.evaluate("Object.values(sessionStorage)") == [key]
+    assert page.evaluate("localStorage.length") == 0
+    assert key not in page.content()
+
+    rows = page.locator("#orders-table tbody tr")
+    expect(rows).to_have_count(1)
+    expect(page.locator("#orders-count")).to_contain_text("1 orders match")
+    # The name is shown as the text it is; no element was made of it.
+    expect(rows.first.locator(".customer")).to_have_text(SCRIPT_NAME)
+    assert page.locator("#orders-table script").count() == 0
+    expect(page.locator("#orders-table")).not_to_contain_text("Beijing Customer")
+    expect(page.locator("#config-status")).to_contain_text("in force")
+    zj_block = page.locator('article.branch[data-branch="zj"]')
+    expect(zj_block).to_contain_text("sandbox")
+    expect(zj_block).to_contain_text("PAGE")
+    # The audit log is for ops keys: the API refuses and the section says so.
+    expect(page.locator("#audit-log")).to_contain_text("This key may not see this")
+
+    # A partial refund of 12.50 of the order's 59.00, with a reason that looks like markup.
+    rows.first.get_by_role("button", name="Open").click()
+    detail = page.locator("#order-detail")
+    expect(detail).to_contain_text("SUCCEEDED")
+    form = detail.locator(".refund-form")
+    form.locator('input[name="amount"]').fill("12.50")
+    form.locator('input[name="reason"]').fill(SCRIPT_REASON)
+    form.get_by_role("button", name="Refund").click()
+    expect(detail.locator(".order-status")).to_have_text("PARTIALLY_REFUNDED", timeout=15_000)
+    refund_row = detail.locator(".payment table tbody tr")
+    expect(refund_row).to_have_count(1)
+    expect(refund_row).to_contain_text("¥12.50")
+    expect(refund_row).to_contain_text(SCRIPT_REASON)
+    assert detail.locator("img").count() == 0
+    refunds = service.order(zj["order"]["id"])["payments"][0]["refunds"]
+    assert [r["amount"]["amountFen"] for r in refunds] == [1250]
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.set_viewport_size({"width": 1100, "height": 900})
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+    # Sandbox off, from the console: the file keeps its comments, the reload applies it.
+    zj_block.locator('button[data-provider="sandbox"]').click()
+    expect(zj_block.locator(".note")).to_contain_text("sandbox disabled in plugins.toml")
+    text = service.plugins_toml.read_text()
+    assert KEPT_COMMENT in text
+    assert text.count("enabled = false") == 2  # Yunnan's already, and now Zhejiang's
+    eventually(lambda: service.client.data(ZJ_PROVIDERS)["branch"]["providers"] == [], 3.0)
+    # The console shows the branch as in force after the reload: sandbox off, to enable.
+    expect(zj_block.locator('button[data-provider="sandbox"]')).to_have_text(
+        "Enable", timeout=10_000
+    )
+    expect(zj_block.locator("td").nth(2)).to_have_text("disabled")
+    assert_clean(offline_page)
+
+    # Signing out forgets the key.
+    page.click("#sign-out")
+    expect(page.locator("#notice")).to_contain_text("the key is forgotten")
+    expect(page.locator("#console")).to_be_hidden()
+    expect(page.locator("#sign-in")).to_be_visible()
+    assert page.evaluate("sessionStorage.length") == 0
+
+
+def test_with_config_editing_off_the_console_shows_the_command_to_run(
+    start_service: Any, offline_page: OfflinePage
+) -> None:
+    service: RunningService = start_service()
+    before = service.plugins_toml.read_text()
+    page = offline_page.page
+
+    sign_in(page, service.url, issue_key(service.db, "branch_admin", ["zj"]))
+    zj_block = page.locator('article.branch[data-branch="zj"]')
+    zj_block.locator('button[data-provider="sandbox"]').click()
+
+    expect(zj_block.locator(".note code")).to_have_text("branchpay providers disable zj sandbox")
+    expect(zj_block.locator(".note")).to_contain_text("does not edit plugins.toml")
+    assert service.plugins_toml.read_text() == before
+    assert_clean(offline_page)
+
+
+def test_a_partner_key_sees_no_admin_data(start_service: Any, offline_page: OfflinePage) -> None:
+    service: RunningService = start_service()
+    page = offline_page.page
+
+    sign_in(page, service.url, issue_key(service.db, "partner", ["zj"]))
+
+    expect(page.locator("#notice")).to_contain_text("This key sees no admin data")
+    expect(page.locator("#notice")).to_contain_text("a partner key may not do this")
+    expect(page.locator("#console")).to_be_hidden()
+    expect(page.locator("#orders-table tbody tr")).to_have_count(0)
+    assert offline_page.blocked == []
+    assert offline_page.csp_violations() == []
