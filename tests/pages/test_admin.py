@@ -93,7 +93,7 @@ def test_a_zhejiang_admin_sees_its_orders_refunds_part_of_one_and_switches_sandb
 
     rows = page.locator("#orders-table tbody tr")
     expect(rows).to_have_count(1)
-    expect(page.locator("#orders-count")).to_contain_text("1 orders match")
+    expect(page.locator("#orders-count")).to_contain_text("1 order matches; 1 shown")
     # The name is shown as the text it is; no element was made of it.
     expect(rows.first.locator(".customer")).to_have_text(SCRIPT_NAME)
     assert page.locator("#orders-table script").count() == 0
@@ -145,6 +145,51 @@ def test_a_zhejiang_admin_sees_its_orders_refunds_part_of_one_and_switches_sandb
     expect(page.locator("#console")).to_be_hidden()
     expect(page.locator("#sign-in")).to_be_visible()
     assert page.evaluate("sessionStorage.length") == 0
+
+
+def test_orders_page_by_cursor_and_filter_by_status_and_beijing_dates(
+    start_service: Any, offline_page: OfflinePage
+) -> None:
+    service: RunningService = start_service(orders=120)
+    count = "query ($f: OrderFilter) { orders(filter: $f, first: 1) { totalCount } }"
+
+    def total(**filter: Any) -> int:
+        found: int = service.client.data(count, {"f": {"branches": ["zj"], **filter}})["orders"][
+            "totalCount"
+        ]
+        return found
+
+    zj_orders = total()
+    assert zj_orders > 20, "the seed gives Zhejiang more than one page"
+    page = offline_page.page
+    sign_in(page, service.url, issue_key(service.db, "branch_admin", ["zj"]))
+
+    rows = page.locator("#orders-table tbody tr")
+    expect(rows).to_have_count(20)
+    expect(page.locator("#orders-count")).to_have_text(f"{zj_orders} orders match; 20 shown.")
+    page.click("#orders-more")
+    expect(rows).to_have_count(min(40, zj_orders))
+    branches = rows.locator("td:nth-child(2)").all_text_contents()
+    assert set(branches) == {"zj"}
+    ids = [row.get_attribute("data-order") for row in rows.all()]
+    assert len(set(ids)) == len(ids), "no order twice across pages"
+
+    page.select_option("#filter-status", "PAID")
+    page.click("#filter-apply")
+    paid = total(status=["PAID"])
+    expect(page.locator("#orders-count")).to_contain_text(f"{paid} order")
+    assert set(rows.locator("td:nth-child(5)").all_text_contents()) <= {"PAID"}
+
+    # From tomorrow (a Beijing day): nothing was created yet.
+    tomorrow = page.evaluate(
+        "new Intl.DateTimeFormat('sv-SE', {timeZone: 'Asia/Shanghai'})"
+        ".format(new Date(Date.now() + 86400000))"
+    )
+    page.fill("#filter-from", tomorrow)
+    page.click("#filter-apply")
+    expect(page.locator("#orders-count")).to_have_text("0 orders match; 0 shown.")
+    expect(page.locator("#orders-more")).to_be_hidden()
+    assert_clean(offline_page)
 
 
 def test_with_config_editing_off_the_console_shows_the_command_to_run(

@@ -231,7 +231,8 @@ async function loadOrders(more = false) {
     }
     ordersCursor = page.pageInfo.endCursor;
     $("orders-more").hidden = !page.pageInfo.hasNextPage;
-    $("orders-count").textContent = `${page.totalCount} orders match; ${body.rows.length} shown.`;
+    const matching = page.totalCount === 1 ? "1 order matches" : `${page.totalCount} orders match`;
+    $("orders-count").textContent = `${matching}; ${body.rows.length} shown.`;
   } catch (error) {
     fill(body);
     $("orders-count").textContent = refusal(error);
