@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from tests.config.test_live_reload import eventually
 from tests.conftest import RunningService, issue_key
 from tests.pages.conftest import OfflinePage
 from tests.pages.test_graphiql import assert_only_own_origin
+from tests.schema.test_bills import TODAY, discrepancy, reconciliation
 from tests.services.conftest import (
     CREATE_ORDER,
     PayService,
@@ -189,6 +191,41 @@ def test_orders_page_by_cursor_and_filter_by_status_and_beijing_dates(
     page.click("#filter-apply")
     expect(page.locator("#orders-count")).to_have_text("0 orders match; 0 shown.")
     expect(page.locator("#orders-more")).to_be_hidden()
+    assert_clean(offline_page)
+
+
+def test_open_discrepancies_of_the_branch_are_listed_and_one_is_resolved_with_a_note(
+    start_service: Any, offline_page: OfflinePage
+) -> None:
+    # Stored as api/store/bills.py stores a run's findings (as tests/schema/test_bills.py does).
+    service: RunningService = start_service(bill_reconcile=False)
+    zj = reconciliation("zj", TODAY - timedelta(days=1), openDiscrepancies=2)
+    bj = reconciliation("bj", TODAY - timedelta(days=1), openDiscrepancies=1)
+    service.db.reconciliations.insert_many([zj, bj])
+    service.db.discrepancies.insert_many(
+        [
+            discrepancy(zj, "MISSING_LOCALLY", 1),
+            discrepancy(zj, "AMOUNT_MISMATCH", 2),
+            discrepancy(bj, "MISSING_LOCALLY", 9),
+        ]
+    )
+    page = offline_page.page
+    sign_in(page, service.url, issue_key(service.db, "branch_admin", ["zj"]))
+
+    rows = page.locator("#discrepancies tbody tr")
+    expect(rows).to_have_count(2)
+    expect(page.locator("#discrepancies")).not_to_contain_text("T00009")
+    target = rows.filter(has_text="T00002")
+    expect(target).to_contain_text("AMOUNT_MISMATCH")
+    expect(target).to_contain_text("¥59.90")
+    target.get_by_label("Resolution note").fill("<b>refunded</b> the 0.90 by hand")
+    target.get_by_role("button", name="Resolve").click()
+
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("T00001")
+    stored = service.db.discrepancies.find_one({"outTradeNo": "T00002"})
+    assert stored is not None and stored["open"] is False
+    assert stored["resolution"]["note"] == "<b>refunded</b> the 0.90 by hand"
     assert_clean(offline_page)
 
 
