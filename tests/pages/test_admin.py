@@ -26,8 +26,12 @@ from tests.schema.test_bills import TODAY, discrepancy, reconciliation
 from tests.services.conftest import (
     CREATE_ORDER,
     PayService,
+    Receiver,
+    create_endpoint,
     offering_id,
+    receiver,  # noqa: F401 (a fixture)
     start_payments,  # noqa: F401 (a fixture)
+    webhook_service,
 )
 
 ROOT = Path(__file__).parents[2]
@@ -226,6 +230,40 @@ def test_open_discrepancies_of_the_branch_are_listed_and_one_is_resolved_with_a_
     stored = service.db.discrepancies.find_one({"outTradeNo": "T00002"})
     assert stored is not None and stored["open"] is False
     assert stored["resolution"]["note"] == "<b>refunded</b> the 0.90 by hand"
+    assert_clean(offline_page)
+
+
+def test_a_failed_webhook_delivery_is_listed_and_replayed_from_the_console(
+    start_payments: Callable[..., PayService],  # noqa: F811 (the fixture)
+    receiver: Receiver,  # noqa: F811 (the fixture)
+    offline_page: OfflinePage,
+) -> None:
+    service = webhook_service(start_payments, webhook_retry_scale=0.001)
+    admin = service.client_for("branch_admin", "zj")
+    create_endpoint(service, admin, receiver.url, ["order.created"], ["zj"])
+    receiver.answers = [410]  # a final answer: the delivery ends FAILED at once
+    service.create_order()
+    receiver.wait_for(lambda got: len(got) >= 1)
+    assert admin.key is not None
+    page = offline_page.page
+
+    sign_in(page, service.url, admin.key)
+    endpoint = page.locator("#endpoints article.endpoint")
+    expect(endpoint).to_have_count(1)
+    expect(endpoint.locator("h3")).to_have_text(receiver.url)
+    failed = endpoint.locator("tbody tr")
+    for _ in range(20):  # the failure is recorded just after the answer
+        if failed.count():
+            break
+        page.wait_for_timeout(250)
+        page.reload()
+    expect(failed).to_have_count(1)
+    expect(failed).to_contain_text("order.created")
+    failed.get_by_role("button", name="Replay").click()
+
+    expect(failed).to_contain_text("queued 1")
+    first, again = receiver.wait_for(lambda got: len(got) >= 2)
+    assert again.headers["webhook-id"] == first.headers["webhook-id"]
     assert_clean(offline_page)
 
 
