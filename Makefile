@@ -20,7 +20,7 @@ ASSETS_STAMP := $(BRANCHPAY_ASSETS_DIR)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[embedded,test,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[embedded,otel,test,dev]"
 	touch $(STAMP)
 
 $(ASSETS_STAMP): assets/package.json assets/package-lock.json

@@ -43,6 +43,7 @@ from api.schema.ids import encode_cursor, object_id_of, to_global_id
 from api.services.budget import SharedBudget, Spend
 from api.settings import Settings
 from api.store.orders import ORDER_FIELDS, OrderQuery, Position
+from api.telemetry.logs import configure_logging
 
 Document = dict[str, Any]
 UNLIMITED_KEYS = "BENCH_UNLIMITED_KEYS"
@@ -204,4 +205,7 @@ def app_factory() -> Starlette:
     budget.
     """
     names = [name for name in os.environ.get(UNLIMITED_KEYS, "").split(",") if name]
-    return bench_app(Settings(), names)
+    settings = Settings()
+    # As `branchpay serve` logs: a line a request at INFO, none at BRANCHPAY_LOG_LEVEL=WARNING.
+    configure_logging(settings)
+    return bench_app(settings, names)

@@ -9,6 +9,9 @@
    (c) and (d) over GraphQL against a scratch database; then (a) under
    ``--workers`` 2 to N for the scaling ratios; (b) again on an API without
    its key cache (``BRANCHPAY_KEY_CACHE=false``), for before / after.
+   Unless ``--no-overhead``, right after the first API, (a) and (b) over
+   GraphQL on an API without metrics and logs (``bench.overhead``): what they
+   cost per request.
    Unless ``--no-webhooks``, (w) on the
    API of (c) and (d) (``bench.webhooks``): an endpoint of the bench's key at a
    loopback receiver (``bench.receiver``), deliveries per second while (c) runs
@@ -67,7 +70,7 @@ from api.domain.principal import Role
 from api.settings import Settings
 from api.store import Store
 from api.store.keys import new_key
-from bench import bills, crosscheck, percentiles
+from bench import bills, crosscheck, overhead, percentiles
 from bench.hostile import worst_documents
 from bench.loader import LoadedSet, ensure_loaded
 from bench.loadgen import REQUEST_TIMEOUT, Measurement, measure, measure_together
@@ -189,6 +192,13 @@ def parser() -> argparse.ArgumentParser:
     )
     top.add_argument(
         "--hostile-only", action="store_true", help="run the hostile scenario and nothing else"
+    )
+    top.add_argument(
+        "--overhead",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="(a) and (b) over GraphQL again on an API without metrics and logs, for the "
+        "CPU per request they cost (on / off, target under 1.05)",
     )
     top.add_argument(
         "--webhooks",
@@ -351,17 +361,24 @@ def main_set(
     webhook_concurrency: int | None = None,
     subscriptions: int = 0,
     fanout_rate: float = 100.0,
+    observability_overhead: bool = True,
 ) -> dict[str, Any]:
     """Every scenario on the smallest set; returns the figures the ratios need.
 
     With ``webhook_concurrency``, (w) runs after (d) on the same API process;
-    with ``subscriptions``, (s) on an API of its own after them.
+    with ``subscriptions``, (s) on an API of its own after them. With
+    ``observability_overhead``, (a) and (b) over GraphQL again right after the
+    first API, on one without metrics and logs (bench/overhead.py).
     """
     logs = BENCH_DATA / "logs"
     base = replace(spec, mongodb_uri=uri, database=loaded.database)
     found: dict[str, Any] = {}
     with running_api(
-        uri, loaded.database, workers=1, log_path=logs / "api.log", config=config
+        uri,
+        loaded.database,
+        workers=1,
+        log_path=logs / "api.log",
+        config=overhead.observed(config, on=True),
     ) as api:
         on_api = replace(base, base_url=api.url)
         for scenario in (Scenario.ORDERS, Scenario.ORDER):
@@ -377,6 +394,19 @@ def main_set(
             found[f"{scenario}/driver"] = _measure(
                 run, "driver", replace(base, scenario=scenario, target=Target.DRIVER), None
             )
+    if observability_overhead:
+        with running_api(
+            uri,
+            loaded.database,
+            workers=1,
+            log_path=logs / "api-unobserved.log",
+            config=overhead.observed(config, on=False),
+        ) as api:
+            on_api = replace(base, base_url=api.url, target=Target.GRAPHQL)
+            for scenario in (Scenario.ORDERS, Scenario.ORDER):
+                found[f"{scenario}/{overhead.OFF_SUFFIX}"] = _measure(
+                    run, "graphql, no metrics or logs", replace(on_api, scenario=scenario), api
+                )
     # (b) before the key cache: the same set and selection, every key read from the store.
     with running_api(
         uri,
@@ -887,6 +917,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 webhook_concurrency=args.webhook_concurrency if args.webhooks else None,
                 subscriptions=args.subscriptions,
                 fanout_rate=args.fanout_rate,
+                observability_overhead=args.overhead,
             )
             # The scale ratio compares latency, not queueing: a few requests in flight,
             # the same on every set, so a slow store on the large set is not drowned
@@ -990,6 +1021,7 @@ def standard_ratios(
                     1.5 if (smallest.count, largest.count) == (10_000, 1_000_000) else None,
                 )
             )
+    run.ratios += overhead.ratios(figures)
     run.ratios += figures.get("w/ratios", [])
     run.ratios += figures.get("s/ratios", [])
     for count in range(2, args.workers + 1):

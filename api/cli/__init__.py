@@ -14,14 +14,15 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import copy
 import dataclasses
 import errno
 import fcntl
 import json
-import logging
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import sys
@@ -33,10 +34,12 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
 from rich.console import Console
 
 from api.dev import devdb
 from api.settings import Settings
+from api.telemetry.logs import UVICORN_LOG_CONFIG, configure_logging
 
 if TYPE_CHECKING:
     import uvicorn
@@ -213,6 +216,48 @@ class StopSignals:
         os._exit(1)
 
 
+METRICS_DIR = "metrics"
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def prepare_metrics(settings: Settings) -> None:
+    """Multiprocess metrics: a fresh ``data_dir/metrics`` that this serve and its workers write.
+
+    Set before prometheus-client is first imported (it chooses how values are
+    kept at import), so before the app's modules are; the serve lock makes the
+    directory this serve's alone, and wiping it forgets an earlier run's counts.
+    """
+    if not settings.metrics:
+        return
+    if "prometheus_client" in sys.modules and MULTIPROCESS_DIR_ENV not in os.environ:
+        raise RuntimeError("prometheus_client was imported before the metrics directory was set")
+    directory = settings.data_dir / METRICS_DIR
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    os.environ[MULTIPROCESS_DIR_ENV] = str(directory)
+
+
+def serve_metrics_port(settings: Settings) -> None:
+    """With ``metrics_port``: every process's metrics, without a token, on metrics_host only."""
+    if not settings.metrics or settings.metrics_port is None:
+        return
+    from prometheus_client import start_http_server
+
+    from api.telemetry import metrics
+
+    try:
+        start_http_server(settings.metrics_port, settings.metrics_host, metrics.registry())
+    except OSError as error:
+        raise PortTaken(
+            f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: "
+            f"{error.strerror}; choose another BRANCHPAY_METRICS_PORT"
+        ) from None
+    console.print(
+        f"metrics on http://{settings.metrics_host}:{settings.metrics_port}/metrics",
+        soft_wrap=True,
+    )
+
+
 class AlreadyServing(Exception):
     """Another ``branchpay serve`` holds this folder's lock; the message names it."""
 
@@ -300,6 +345,15 @@ def _api_server(config: uvicorn.Config, stop: StopSignals) -> uvicorn.Server:
     return ApiServer(config)
 
 
+def uvicorn_logging(settings: Settings) -> dict[str, Any]:
+    """uvicorn's logging options: its lines in our format, no access log (the request line)."""
+    return {
+        "log_config": copy.deepcopy(UVICORN_LOG_CONFIG),
+        "log_level": settings.log_level.lower(),
+        "access_log": False,
+    }
+
+
 def run_api(app: Any, sock: socket.socket, settings: Settings, stop: StopSignals) -> int:
     import uvicorn
 
@@ -307,9 +361,9 @@ def run_api(app: Any, sock: socket.socket, settings: Settings, stop: StopSignals
         app,
         host=settings.host,
         port=settings.port,
-        log_level="info",
         proxy_headers=False,
         timeout_graceful_shutdown=CONNECTIONS_GRACE_SECONDS,
+        **uvicorn_logging(settings),
     )
     server = _api_server(config, stop)
     with contextlib.suppress(SystemExit):  # uvicorn exits 3 when the app's start-up fails
@@ -328,6 +382,7 @@ def worker_environment(settings: Settings, uri: str) -> dict[str, str]:
         "BRANCHPAY_PORT": str(settings.port),
         "BRANCHPAY_WEBHOOKS_ALLOW_LOOPBACK": "1" if settings.webhooks_allow_loopback else "0",
         "BRANCHPAY_CONFIG_EDITING": "1" if settings.config_editing else "0",
+        "BRANCHPAY_LOG_FORMAT": settings.log_format,
     }
     if settings.pii_key_file is not None:
         env["BRANCHPAY_PII_KEY_FILE"] = str(settings.pii_key_file)
@@ -343,10 +398,9 @@ def worker_app() -> Any:
     """
     from api.web.app import create_app
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    return create_app(Settings())
+    settings = Settings()
+    configure_logging(settings)
+    return create_app(settings)
 
 
 def run_workers(workers: int, sock: socket.socket, settings: Settings, stop: StopSignals) -> int:
@@ -358,18 +412,28 @@ def run_workers(workers: int, sock: socket.socket, settings: Settings, stop: Sto
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
+    from api.telemetry import metrics
+
     config = uvicorn.Config(
         "api.cli:worker_app",
         factory=True,
         host=settings.host,
         port=settings.port,
         workers=workers,
-        log_level="info",
         proxy_headers=False,
         timeout_graceful_shutdown=CONNECTIONS_GRACE_SECONDS,
+        **uvicorn_logging(settings),
     )
 
     class Supervisor(Multiprocess):
+        def keep_subprocess_alive(self) -> None:
+            before = {process.pid for process in self.processes}
+            super().keep_subprocess_alive()
+            # A replaced worker's live gauges (subscriptions open) no longer count.
+            for pid in before - {process.pid for process in self.processes}:
+                if pid is not None:
+                    metrics.mark_process_dead(pid)
+
         def handle_int(self) -> None:
             stop.note(signal.SIGINT)
             super().handle_int()
@@ -411,6 +475,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = Settings()
     if args.port is not None:
         settings.port = args.port
+    if args.demo and "log_format" not in settings.model_fields_set:
+        settings.log_format = "console"  # `make run` is read by a person at a terminal
+        configure_logging(settings)
     with StopSignals() as stop:
         try:
             return _serve(args, settings, stop)
@@ -427,6 +494,7 @@ def _serve(args: argparse.Namespace, settings: Settings, stop: StopSignals) -> i
             # `make run` is refused within a second, and nothing was started.
             stack.enter_context(serve_lock(settings.data_dir, url))
             sock = stack.enter_context(contextlib.closing(bind_api(settings.host, settings.port)))
+            prepare_metrics(settings)
             return _serve_bound(args, settings, stop, stack, sock, url)
     except (AlreadyServing, PortTaken, devdb.EmbeddedStoreError) as error:
         console.print(f"[red]error:[/red] {error}", soft_wrap=True)
@@ -458,6 +526,16 @@ def _serve_bound(
     except ValueError as error:
         console.print(f"[red]error:[/red] {error}")
         return 1
+    if settings.otel_endpoint:
+        from rich.markup import escape
+
+        from api.telemetry.optional import TracingUnavailable, check_tracing
+
+        try:  # before anything starts; each worker's app would stop at it
+            check_tracing(settings)
+        except TracingUnavailable as error:
+            console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)
+            return 1
     try:
         uri = stack.enter_context(serve_store(settings, stop))
         if args.demo and asyncio.run(_seed(settings, uri)):
@@ -479,6 +557,7 @@ def _serve_bound(
             "  .venv/bin/branchpay keys create --role ops --name me\n"
             "and send it as `Authorization: Bearer <key>` (GraphiQL: the Headers tab)"
         )
+        serve_metrics_port(settings)
         if args.workers > 1:
             console.print(
                 f"{args.workers} API worker processes share the port, the store and the simulators"
@@ -845,10 +924,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     args = parser().parse_args(argv)
+    try:
+        configure_logging(Settings())
+    except ValidationError:
+        # The command names the bad setting; its own lines are logged as by default.
+        configure_logging(Settings.model_construct())
     # SIGTERM unwinds like Ctrl-C, so a store an admin command started is stopped too.
     signal.signal(signal.SIGTERM, _interrupt)
     try:

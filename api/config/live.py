@@ -35,6 +35,7 @@ from api.config.validate import load_config
 from api.config.wording import table_path
 from api.plugins.contract import Marks, Provider
 from api.plugins.manager import PluginError, discover_new_plugins, installed_providers
+from api.telemetry import metrics
 
 logger = logging.getLogger("branchpay.config")
 
@@ -360,6 +361,8 @@ class ProviderRegistry:
     def _swap(self, provider_set: _ProviderSet) -> LoadedConfig:
         now = datetime.now(UTC)
         self._current = provider_set
+        metrics.known_labels(branches=provider_set.config.branches, providers=self.installed)
+        metrics.recorder().config_reload("applied")
         self._status = LoadedConfig(
             ok=True,
             loaded_at=now,
@@ -376,5 +379,6 @@ class ProviderRegistry:
         return self._status
 
     def _reject(self, error: str) -> LoadedConfig:
+        metrics.recorder().config_reload("refused")
         self._status = replace(self._status, ok=False, error=error, checked_at=datetime.now(UTC))
         return self._status

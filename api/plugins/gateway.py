@@ -21,12 +21,21 @@ A transport failure is classified once, here, by :func:`may_have_reached`:
 An attempt whose create call surely was not sent is FAILED; one whose call may
 have reached the platform stays PENDING (``outcome_unknown``) until
 reconciliation asks the platform.
+
+Every call is counted once, with all its tries, in
+``branchpay_gateway_calls_total`` by outcome: ``ok``; ``may_have_reached``
+(the call changes state and may have reached the platform: the attempt's
+outcome is unknown); ``timeout`` (the last try timed out, and nothing is in
+doubt); ``platform_error`` (the platform answered an error, or the request
+surely was not sent). The provider and operation labels come from the
+service that called the provider (``metrics.gateway_call``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -35,6 +44,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.plugins.contract import GatewayError
+from api.telemetry import metrics
 
 T = TypeVar("T")
 
@@ -116,17 +126,28 @@ async def call_gateway(
     reached the platform.
     """
     tries = settings.max_attempts if repeatable else 1
-    reached = False
+    reached = timed_out = False
+    started = time.perf_counter()
+    record = metrics.recorder()
     for attempt in range(1, tries + 1):
         try:
-            return await send()
+            answer = await send()
+        except GatewayError as error:
+            outcome = "may_have_reached" if error.outcome_unknown else "platform_error"
+            record.gateway(outcome, time.perf_counter() - started)
+            raise
         except TransientFailure as failure:
             reason = failure.reason
             reached = reached or failure.may_have_reached
+            timed_out = False
         except (httpx.HTTPError, httpx.InvalidURL) as error:
             sent = may_have_reached(error)
             reason = f"{'no answer' if sent else 'not sent'} ({type(error).__name__})"
             reached = reached or sent
+            timed_out = isinstance(error, httpx.TimeoutException)
+        else:
+            record.gateway("ok", time.perf_counter() - started)
+            return answer
         if attempt < tries:
             pause = settings.backoff_seconds * 2 ** (attempt - 1)
             logger.warning(
@@ -139,8 +160,13 @@ async def call_gateway(
             )
             await asyncio.sleep(pause)
     logger.error("%s failed: try %d of %d was the last (%s)", operation, tries, tries, reason)
+    outcome_unknown = reached and changes_state
+    record.gateway(
+        "may_have_reached" if outcome_unknown else "timeout" if timed_out else "platform_error",
+        time.perf_counter() - started,
+    )
     raise GatewayError(
         f"{operation} failed after {tries} {'try' if tries == 1 else 'tries'}: {reason}",
         retryable=repeatable,
-        outcome_unknown=reached and changes_state,
+        outcome_unknown=outcome_unknown,
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import strawberry
 from graphql import GraphQLError
@@ -20,12 +20,17 @@ from api.schema.config_edits import ConfigEditMutation, ConfigEditQuery
 from api.schema.errors import ErrorShaping
 from api.schema.execution import LeafFastPathExecutionContext
 from api.schema.limits import RequestLimits
+from api.schema.log_fields import OperationLogFields
+from api.schema.metrics import OperationMetrics
 from api.schema.mutation import Mutation as OrderMutation
 from api.schema.payments import PaymentMutation, Subscription
 from api.schema.query import Query as OrderQuery
 from api.schema.types import Offering, Order, Payment
 from api.schema.webhooks import WebhookMutation, WebhookQuery
 from api.settings import Settings
+
+if TYPE_CHECKING:
+    from api.telemetry.traces import Tracing
 
 Query = merge_types("Query", (OrderQuery, WebhookQuery, BillQuery, ConfigEditQuery))
 Mutation = merge_types(
@@ -41,8 +46,13 @@ class BranchpaySchema(strawberry.Schema):
         """Errors are logged by ErrorShaping, once, without client noise."""
 
 
-def build_schema(settings: Settings | None = None, **options: Any) -> strawberry.Schema:
-    """The schema with the request limits of ``settings`` (defaults when None)."""
+def build_schema(
+    settings: Settings | None = None, *, tracing: Tracing | None = None, **options: Any
+) -> strawberry.Schema:
+    """The schema with the request limits of ``settings`` (defaults when None).
+
+    With ``tracing`` (traces on), each operation is a span (api/schema/tracing.py).
+    """
     settings = settings or Settings()
     # Depth, aliases, directives, variables and cost are measured in one linear
     # pass (api/schema/limits.py) before graphql-core's (cached) validation.
@@ -50,12 +60,21 @@ def build_schema(settings: Settings | None = None, **options: Any) -> strawberry
     # at every spread, exponential in a fragment bomb, so they are not used.
     extensions: list[type[SchemaExtension] | Any] = [
         ErrorShaping,
+        # After ErrorShaping: it counts each operation by the code its errors were given.
+        OperationMetrics,
         lambda: MaxTokensLimiter(max_token_count=settings.max_tokens),
         lambda: ParserCache(maxsize=256),
         lambda: RequestLimits(settings),
+        OperationLogFields,
     ]
     if not settings.introspection:
         extensions.append(DisableIntrospection)
+    if tracing is not None:
+        from api.schema.tracing import OperationSpans
+
+        provider = tracing.provider
+        # First, so that its span encloses the others and it sees the errors ErrorShaping coded.
+        extensions.insert(0, lambda: OperationSpans(tracer_provider=provider))
     # Plain leaf fields skip graphql-core's per-field machinery
     # (api/schema/execution.py); BRANCHPAY_GRAPHQL_FAST_PATH=false, or a test
     # passing Strawberry's own class, runs the stock execution instead.

@@ -20,6 +20,7 @@ Two families (docs/api.md, Errors):
       SUBSCRIBER_TOO_SLOW an orderEvents subscription fell ws_subscription_queue_events
                         changes behind (its client reads too slowly) and was ended
       INTERNAL          our fault; the message carries only an ``errorId`` that is logged
+                        (the request id: X-Request-ID of the answer, request_id of its log lines)
 
 No stack trace or internal message ever reaches a client: a store outage is
 logged as one warning line with its errorId, an internal error with its
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -41,6 +41,7 @@ from strawberry.types import StreamExecutionResult
 from strawberry.types.execution import ExecutionResult as StrawberryExecutionResult
 
 from api.store.outage import is_store_outage, report_store_outage
+from api.telemetry import context
 
 log = logging.getLogger("branchpay.errors")
 
@@ -102,7 +103,7 @@ def shape(error: GraphQLError) -> GraphQLError:
         message = store_unavailable_message(error_id)
         code, extra = ErrorCode.STORE_UNAVAILABLE, {"errorId": error_id}
     else:
-        error_id = uuid.uuid4().hex
+        error_id = context.error_id()
         log.error("internal error %s at %s", error_id, error.path, exc_info=original)
         message = internal_message(error_id)
         code, extra = ErrorCode.INTERNAL, {"errorId": error_id}

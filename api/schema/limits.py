@@ -66,6 +66,7 @@ from strawberry.extensions import ValidationCache
 from api.schema.errors import ApiError, ErrorCode
 from api.services.budget import Charge
 from api.settings import Settings
+from api.telemetry import metrics
 
 CONNECTION_SUFFIX = "Connection"
 PAGED_FIELDS = frozenset({"edges", "nodes"})
@@ -433,6 +434,7 @@ class RequestLimits(ValidationCache):
         if charge is not None and not wait:
             charge.paid = True
         if wait:
+            metrics.recorder().rate_limited("per-key", principal.name)
             raise ApiError(
                 ErrorCode.RATE_LIMITED,
                 f"this request costs {self.requested} points and the key has "

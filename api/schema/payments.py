@@ -40,6 +40,7 @@ from api.services.live import (
     when_stored,
 )
 from api.services.payments import PaymentService
+from api.telemetry import metrics
 
 
 @strawberry.type(description="What the partner frontend must do next so the payer can pay.")
@@ -209,37 +210,38 @@ class Subscription:
         changes = order_changes(
             services.changes, info.context.store, object_id, info.context.sees, timeout=timeout
         )
-        while True:
-            try:
-                change = await anext(changes)
-            except StopAsyncIteration:
-                break
-            except SubscriberTooSlow as error:
-                raise _subscription_error(
-                    ApiError(
-                        ErrorCode.SUBSCRIBER_TOO_SLOW,
-                        f"this subscription fell {error.limit} changes behind and was ended; "
-                        "read its events faster, or subscribe again",
-                    )
-                ) from None
-            if isinstance(change, StoreOutage):
-                yield _outage(change)
-                continue
-            order, entry = change
-            found = True
-            event_order = Order.from_doc(order, info.context)
-            if fresh_payments:
-                # The feed counts this entry as sent: its payments are waited for, not skipped.
-                load = partial(with_payments, info, [event_order])
-                async for step in when_stored(load, timeout=timeout, backoff=Backoff()):
-                    if isinstance(step, StoreOutage):
-                        yield _outage(step)
-            yield OrderEvent(
-                status=DomainOrderStatus(entry["status"]),
-                at=entry["at"],
-                reason=entry.get("reason"),
-                order=event_order,
-            )
+        with metrics.recorder().subscription():
+            while True:
+                try:
+                    change = await anext(changes)
+                except StopAsyncIteration:
+                    break
+                except SubscriberTooSlow as error:
+                    raise _subscription_error(
+                        ApiError(
+                            ErrorCode.SUBSCRIBER_TOO_SLOW,
+                            f"this subscription fell {error.limit} changes behind and was ended; "
+                            "read its events faster, or subscribe again",
+                        )
+                    ) from None
+                if isinstance(change, StoreOutage):
+                    yield _outage(change)
+                    continue
+                order, entry = change
+                found = True
+                event_order = Order.from_doc(order, info.context)
+                if fresh_payments:
+                    # The feed counts this entry as sent: its payments are waited for, not skipped.
+                    load = partial(with_payments, info, [event_order])
+                    async for step in when_stored(load, timeout=timeout, backoff=Backoff()):
+                        if isinstance(step, StoreOutage):
+                            yield _outage(step)
+                yield OrderEvent(
+                    status=DomainOrderStatus(entry["status"]),
+                    at=entry["at"],
+                    reason=entry.get("reason"),
+                    order=event_order,
+                )
         if not found:
             raise _subscription_error(ApiError(ErrorCode.NOT_FOUND, "no such order"))
 

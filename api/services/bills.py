@@ -75,6 +75,7 @@ from api.plugins.contract import BillRejected, BillUnavailable, GatewayError, Pr
 from api.services.payments import PaymentService
 from api.store import Store
 from api.store.audit import AuditAction
+from api.telemetry import metrics
 
 __all__ = [
     "SYSTEM",
@@ -453,7 +454,8 @@ class BillReconciliation:
         try:
             with tempfile.TemporaryFile() as file:
                 try:
-                    await instance.download_bill(day, cast(BinaryIO, _Counting(file, progress)))
+                    with metrics.gateway_call(provider, "bill"):
+                        await instance.download_bill(day, cast(BinaryIO, _Counting(file, progress)))
                 except BillUnavailable as unavailable:
                     if unavailable.reason is BillUnavailableReason.NOT_READY:
                         status = ReconciliationStatus.NOT_READY

@@ -26,6 +26,7 @@ from api.domain.pii import PiiVault, protect_customer
 from api.domain.problems import Problem, UserErrorCode
 from api.domain.text import BRANCH_CODE, CANCEL_REASON, quoted
 from api.store import Store
+from api.telemetry import context
 
 Document = dict[str, Any]
 log = logging.getLogger("branchpay.orders")
@@ -106,6 +107,7 @@ class OrderService:
         problems.extend(customer_problems)
         if problems or customer is None:
             return None, problems
+        context.bind(branch=branch)
         request_hash = _request_hash(
             self.vault,
             branch,
@@ -114,6 +116,7 @@ class OrderService:
         )
         existing = await self.store.orders.by_idempotency_key(branch, idempotency_key)
         if existing is not None:
+            context.bind(order_id=str(existing["_id"]))
             return self._repeat(existing, request_hash)
         offering_ids = sorted({item.offering_id for item in items})
         offerings = {o["_id"]: o for o in await self.store.catalog.get_many(offering_ids)}
@@ -142,6 +145,7 @@ class OrderService:
             ],
         }
         stored, created = await self.store.orders.insert_once(order)
+        context.bind(order_id=str(stored["_id"]))
         if not created:
             return self._repeat(stored, request_hash)
         self._emit("order_created", stored)
@@ -163,6 +167,7 @@ class OrderService:
         self, order: Document, reason: str | None
     ) -> tuple[Document | None, list[Problem]]:
         """Cancel an unpaid order; cancelling a cancelled order returns it unchanged."""
+        context.bind(branch=order["branch"], order_id=str(order["_id"]))
         if reason is not None and (why := CANCEL_REASON.problem(reason, "reason")) is not None:
             return None, [Problem(("reason",), why, UserErrorCode.INVALID_REASON)]
         if order["status"] == OrderStatus.CANCELLED.value:

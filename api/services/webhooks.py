@@ -62,6 +62,7 @@ from api.services.outbound import (
 from api.store import Store
 from api.store.audit import AuditAction
 from api.store.webhooks import Outbox
+from api.telemetry import spans
 
 Document = dict[str, Any]
 log = logging.getLogger("branchpay.webhooks")
@@ -684,6 +685,18 @@ class WebhookService:
         return tried
 
     async def _try(self, claimed: Document) -> bool:
+        """Send a claimed delivery once, as a ``webhook delivery`` span (docs/operations.md)."""
+        with spans.span(
+            "webhook delivery",
+            delivery_id=str(claimed["_id"]),
+            event_id=claimed.get("eventId"),
+            endpoint_id=str(claimed["endpointId"]),
+            branch=claimed.get("branch"),
+            round=claimed.get("round", 0),
+        ):
+            return await self._try_claimed(claimed)
+
+    async def _try_claimed(self, claimed: Document) -> bool:
         now = self.clock()
         endpoint = await self.store.webhooks.endpoint(claimed["endpointId"])
         if endpoint is None:  # deleted: nothing will be sent
@@ -712,6 +725,7 @@ class WebhookService:
 
     async def _give_up(self, claimed: Document, why: str, now: datetime) -> bool:
         """End a claimed delivery FAILED without sending it; False: nothing was tried."""
+        spans.note(delivery_status=DeliveryStatus.FAILED.value, failure=why)
         attempt = {"at": now, "status": None, "latencyMs": 0, "response": "", "error": why}
         await self.store.webhooks.finish_try(
             claimed, attempt, {"status": DeliveryStatus.FAILED.value}, now
@@ -763,6 +777,11 @@ class WebhookService:
                 if retry_at is None
                 else {"nextAttemptAt": retry_at}
             )
+        spans.note(
+            response_status=result.status,
+            failure=result.error,
+            delivery_status=fields.get("status", DeliveryStatus.PENDING.value),
+        )
         if not await self.store.webhooks.finish_try(claimed, attempt, fields, now):
             log.warning("delivery %s: lease lost before its try was recorded", claimed["_id"])
             return True

@@ -183,6 +183,13 @@ class BillRepository:
         )
         return {str(doc["_id"]): int(doc["n"]) async for doc in cursor}
 
+    async def open_by_kind(self) -> dict[str, int]:
+        """Every open discrepancy, of every reconciliation, counted by kind (for the metrics)."""
+        cursor = await self.discrepancies.aggregate(
+            [{"$match": {"open": True}}, {"$group": {"_id": "$kind", "n": {"$sum": 1}}}]
+        )
+        return {str(doc["_id"]): int(doc["n"]) async for doc in cursor}
+
     async def count_open(self, reconciliation_id: str) -> int:
         return await self.discrepancies.count_documents(
             {"reconciliationId": reconciliation_id, "open": True}

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import random
 from collections import deque
@@ -180,7 +181,11 @@ class _Feed:
         elif self.outage is not None:
             subscription._push(StoreOutage(self.outage))
         if self.task is None:
-            self.task = asyncio.create_task(self._run(), name=f"changes-{self.collection}")
+            # A context of its own: the stream serves every subscriber, so its lines
+            # carry no request id of the subscriber that happened to open it.
+            self.task = asyncio.create_task(
+                self._run(), name=f"changes-{self.collection}", context=contextvars.Context()
+            )
 
     def remove(self, subscription: Subscription) -> None:
         if subscription.key is None:

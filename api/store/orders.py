@@ -27,6 +27,7 @@ from pymongo.errors import DuplicateKeyError
 
 from api.domain.order import OrderStatus, sources_of
 from api.domain.webhooks import order_entry
+from api.telemetry import metrics
 
 Document = dict[str, Any]
 NEWEST_FIRST = [("createdAt", DESCENDING), ("_id", DESCENDING)]
@@ -119,6 +120,7 @@ class OrderRepository:
                 raise
             return existing, False
         self._recorded(order["_id"])
+        metrics.recorder().order(order["branch"], "created")
         return order, True
 
     async def by_idempotency_key(self, branch: str, key: str) -> Document | None:
@@ -165,6 +167,8 @@ class OrderRepository:
         )
         if moved is not None and "outbox" in push:
             self._recorded(order_id)
+        if moved is not None:
+            metrics.recorder().order(moved["branch"], target.value.lower())
         return moved
 
     async def page(

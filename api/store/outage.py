@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-import uuid
 
 from pymongo.errors import ConnectionFailure, ExecutionTimeout, PyMongoError
+
+from api.telemetry import context
 
 log = logging.getLogger("branchpay.store")
 
@@ -32,11 +33,13 @@ def is_store_outage(error: BaseException | None) -> bool:
 def report_store_outage(error: BaseException, where: object) -> str:
     """Log one warning line for a store outage; returns the errorId the client is given.
 
+    The errorId is the request's id (a new one outside a request, e.g. a background job).
+
     No traceback: an outage is not a bug, and every request during one would
     print the same one. The driver's message names the store's address, which
     belongs in our logs but never in an answer.
     """
-    error_id = uuid.uuid4().hex
+    error_id = context.error_id()
     summary = str(error).split(", Timeout:")[0][:200]
     log.warning(
         "store unavailable %s at %s: %s: %s", error_id, where, type(error).__name__, summary

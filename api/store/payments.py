@@ -35,10 +35,38 @@ from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
-from api.domain.payment import Attempt, PaymentStatus, RefundLine, RefundStatus
+from api.domain.payment import PAID, Attempt, PaymentStatus, RefundLine, RefundStatus
 from api.domain.webhooks import payment_entries
+from api.telemetry import metrics
 
 Document = dict[str, Any]
+
+_SETTLED = {
+    PaymentStatus.FAILED.value: "failed",
+    PaymentStatus.CLOSED.value: "closed",
+}
+_PAID = {status.value for status in PAID}
+
+
+def _count_changes(previous: Document, written: Document) -> None:
+    """Count what one won write changed: the attempt settling, refund lines added or settling."""
+    record = metrics.recorder()
+    if not record.enabled:
+        return
+    before, after = previous.get("status"), written.get("status")
+    if after != before:
+        if after in _PAID and before not in _PAID:
+            record.attempt(written, "succeeded")
+        elif (event := _SETTLED.get(str(after))) is not None:
+            record.attempt(written, event)
+    lines = {r["outRefundNo"]: r.get("status") for r in previous.get("refunds", [])}
+    for refund in written.get("refunds", ()):
+        status = refund.get("status")
+        was = lines.get(refund["outRefundNo"])
+        if refund["outRefundNo"] not in lines:
+            record.refund(written, "started")
+        if status != was and status != RefundStatus.PENDING.value:
+            record.refund(written, str(status).lower())
 
 
 def attempt_of(doc: Document) -> Attempt:
@@ -113,6 +141,7 @@ class PaymentRepository:
 
     async def insert(self, payment: Document) -> None:
         await self.collection.insert_one(payment)
+        metrics.recorder().attempt(payment, "started")
 
     async def get(self, payment_id: ObjectId) -> Document | None:
         return await self.collection.find_one({"_id": payment_id})
@@ -155,6 +184,8 @@ class PaymentRepository:
         )
         if written is not None and entries and self.recorded is not None:
             self.recorded("payment", previous["_id"])
+        if written is not None:
+            _count_changes(previous, written)
         return written
 
     async def pending(

@@ -35,9 +35,17 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
 from api.domain.webhooks import DeliveryStatus
+from api.telemetry import metrics
 
 Document = dict[str, Any]
 KEEP_ATTEMPTS = 30  # the newest tries kept on a delivery (replays add more)
+
+
+# A try's outcome by the status it left the delivery in (still PENDING: it is retried).
+_DELIVERY_OUTCOMES = {
+    DeliveryStatus.SUCCEEDED.value: "succeeded",
+    DeliveryStatus.FAILED.value: "failed",
+}
 
 
 class Outbox:
@@ -197,7 +205,21 @@ class WebhookRepository:
                 "$push": {"attempts": {"$each": [attempt], "$slice": -KEEP_ATTEMPTS}},
             },
         )
-        return result.modified_count == 1
+        if result.modified_count != 1:
+            return False
+        metrics.recorder().webhook_delivery(
+            _DELIVERY_OUTCOMES.get(str(fields.get("status")), "retry")
+        )
+        return True
+
+    async def oldest_due(self, now: datetime) -> datetime | None:
+        """When the delivery that has been due longest became due (None: none is due)."""
+        oldest = await self.deliveries.find_one(
+            {"status": DeliveryStatus.PENDING.value, "nextAttemptAt": {"$lte": now}},
+            {"nextAttemptAt": 1},
+            sort=[("nextAttemptAt", 1)],
+        )
+        return None if oldest is None else oldest["nextAttemptAt"]
 
     async def set_body(self, delivery_id: str, body: str) -> None:
         await self.deliveries.update_one({"_id": delivery_id}, {"$set": {"body": body}})

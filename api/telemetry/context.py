@@ -48,7 +48,13 @@ def start_request(request_id: str) -> None:
 
 
 def bind(**fields: Any) -> None:
-    """Add fields to every later log line of this request (None values are skipped)."""
+    """Add fields to every later log line of this request (None values are skipped).
+
+    Outside a request (a background job's loop) nothing is bound: the fields
+    would stay on the task's later lines, which are about other orders.
+    """
+    if _REQUEST_ID.get() is None:
+        return
     structlog.contextvars.bind_contextvars(
         **{name: value for name, value in fields.items() if value is not None}
     )

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pluggy
@@ -37,6 +37,7 @@ from api.schema.event_view import EventView
 from api.services.bills import BillReconciliation, BillSettings
 from api.services.budget import SharedBudget
 from api.services.config_edits import ConfigEdits
+from api.services.gauges import StoreGauges
 from api.services.jobs import ClusterJob
 from api.services.notifications import Notifications
 from api.services.orders import OrderService
@@ -51,15 +52,22 @@ from api.store.changes import ALL_OPERATIONS, ChangeHub, Watched
 from api.store.marks import COLLECTION as MARKS_COLLECTION
 from api.store.marks import StoreMarks
 from api.store.outage import is_store_outage, report_store_outage
+from api.telemetry import metrics
+from api.telemetry.optional import load_tracing
 from api.web.admin import admin_page
 from api.web.body_limit import BodyLimit
 from api.web.gate import ApiKeyGate
 from api.web.graphiql import GraphiQLPage
 from api.web.graphql import GraphQLApp
 from api.web.last_resort import LastResort
+from api.web.metrics import MetricsEndpoint
 from api.web.pages import VendorFiles, asset_routes
+from api.web.request_id import RequestId
 from api.web.store_deadline import StoreDeadline
 from api.web.websocket import OpenSockets
+
+if TYPE_CHECKING:
+    from api.telemetry.traces import Tracing
 
 log = logging.getLogger("branchpay")
 
@@ -178,6 +186,24 @@ def key_budget(settings: Settings) -> SharedBudget:
     )
 
 
+Lifespan = Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]
+
+
+def traced(lifespan: Lifespan, tracing: Tracing) -> Lifespan:
+    """The lifespan with tracing around it: on before the first client, flushed after the last."""
+
+    @contextlib.asynccontextmanager
+    async def run(app: Starlette) -> AsyncIterator[None]:
+        tracing.start()
+        try:
+            async with lifespan(app):
+                yield
+        finally:
+            tracing.stop()
+
+    return run
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -199,6 +225,9 @@ def create_app(
     if uri is None:
         raise RuntimeError("no MongoDB URI: set BRANCHPAY_MONGODB_URI or use `branchpay serve`")
     vault = PiiVault(settings.pii_master_key())
+    record = metrics.configure(settings.metrics)
+    # Traces (extra `otel`): a missing extra or a bad endpoint stops start-up here.
+    tracing = load_tracing(settings) if settings.otel_endpoint else None
     state: dict[str, Services] = {}
     budget = budget or key_budget(settings)
     failures = SharedBudget(
@@ -223,9 +252,12 @@ def create_app(
                 socket_seconds=settings.store_socket_timeout_seconds,
             )
             durability: dict[str, Any] = {"journal": True} if settings.store_journal else {}
-            store = Store.connect(
-                uri, settings.database, timeouts, **{**durability, **(client_options or {})}
-            )
+            options = {**durability, **(client_options or {})}
+            if record.enabled:
+                # Store command latency by command name (driver command monitoring).
+                listeners = list(options.get("event_listeners", ()))
+                options["event_listeners"] = [*listeners, metrics.StoreCommands()]
+            store = Store.connect(uri, settings.database, timeouts, **options)
             await store.ensure_indexes()
             # Every process on this store spends from the same buckets.
             budget.attach(store.rate_limits)
@@ -340,6 +372,13 @@ def create_app(
                     name="bill-reconcile",
                 ),
             ]
+            if record.enabled:
+                gauges = StoreGauges(
+                    store,
+                    lambda: registry.status.loaded_at,
+                    timeout=settings.store_timeout_seconds,
+                )
+                tasks.append(asyncio.create_task(gauges.run(), name="metrics-gauges"))
             if settings.key_cache:
                 tasks.append(
                     asyncio.create_task(
@@ -422,7 +461,7 @@ def create_app(
         )
         return Response(reply.body, status_code=reply.status_code, media_type=reply.media_type)
 
-    schema = build_schema(settings)
+    schema = build_schema(settings, tracing=tracing)
     vendor = VendorFiles(settings.assets_dir)
     graphql = GraphQLApp(
         schema,
@@ -440,11 +479,15 @@ def create_app(
         Route("/readyz", readyz),
         Route("/notify/{provider}/{branch}", notification, methods=["POST"]),
         Route("/admin", admin_page, methods=["GET", "HEAD"]),
+        # Behind its own bearer token, not the API keys (api/web/metrics.py).
+        Route("/metrics", MetricsEndpoint(settings).answer, methods=["GET"]),
         *asset_routes(vendor),
     ]
     extra = list(gated_routes(services)) if gated_routes is not None else []
     routes.extend(extra)
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(
+        routes=routes, lifespan=lifespan if tracing is None else traced(lifespan, tracing)
+    )
     app.add_middleware(
         ApiKeyGate,
         keys=lambda: app.state.store.keys,
@@ -457,6 +500,14 @@ def create_app(
     app.add_middleware(StoreDeadline, seconds=settings.store_timeout_seconds)
     # An oversized body is refused before anything else.
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
-    # Added last, so it runs first: whatever escapes is answered in JSON with a code.
+    # Runs before all but the request id: whatever escapes is answered in JSON with a code.
     app.add_middleware(LastResort, retry_after_seconds=settings.store_retry_after_seconds)
+    if tracing is not None:
+        from api.web.tracing import RequestSpans
+
+        # Around LastResort, so the span covers the answers it gives too; inside the
+        # request id, so the span carries it.
+        app.add_middleware(RequestSpans, tracer=tracing.tracer)
+    # Outside even the last resort, so that its answers carry the request id too.
+    app.add_middleware(RequestId)
     return app

@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.services.budget import Charge, SharedBudget
 from api.store.keys import KeyRing, bearer_token
+from api.telemetry import context, metrics
 
 
 def error_body(code: str, message: str) -> bytes:
@@ -77,6 +78,8 @@ class ApiKeyGate:
             # Failed attempts count against the caller's address, so keys can't be guessed fast.
             client = scope.get("client") or ("unknown", 0)
             if wait := (await self.failures.take(f"address:{client[0]}")).wait:
+                # The address is not a label: it is unbounded, and personal data.
+                metrics.recorder().rate_limited("failed-auth", None)
                 await _answer(
                     send,
                     429,
@@ -96,8 +99,11 @@ class ApiKeyGate:
                 [(b"www-authenticate", b"Bearer")],
             )
             return
+        # The key's name, never its secret, on every later line of the request.
+        context.bind(key_name=principal.name)
         key = f"key:{principal.name}"
         if wait := self.budget.wait_known(key):
+            metrics.recorder().rate_limited("per-key", principal.name)
             await self._too_many(send, wait)
             return
         charge = Charge(key)

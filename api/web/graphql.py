@@ -50,6 +50,7 @@ from api.schema.errors import ErrorCode, shaped
 from api.services.budget import SharedBudget
 from api.settings import Settings
 from api.store.keys import bearer_token
+from api.telemetry import context as log_context
 from api.web.websocket import GuardedSocket, GuardedTransportWS, OpenSockets
 
 # The members of a GraphQL request, over POST (JSON) and GET (query parameters).
@@ -275,6 +276,8 @@ class GraphQLApp(GraphQL[Context, None]):
             raise ConnectionRejectionError({"code": "UNAUTHENTICATED"})
         context.principal = principal
         context.token = token
+        # The connection's lines, and those of every operation on it, name its key.
+        log_context.bind(key_name=principal.name)
         acknowledged: UnsetType = UNSET
         return acknowledged
 

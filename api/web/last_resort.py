@@ -9,7 +9,8 @@ outage surfaces there as an exception) and answers like a GraphQL error:
   ``Retry-After``, code STORE_UNAVAILABLE, logged as one warning line;
 - anything else: HTTP 500, code INTERNAL, logged with its traceback.
 
-Both carry an ``errorId`` that is in the log, and never the exception's text.
+Both carry an ``errorId`` that is in the log, and never the exception's text; it is the
+request id (api/web/request_id.py), so the lines of the request are found by it.
 When the response has already started, nothing can be answered any more: the
 error is logged and the connection is left to the server to close.
 """
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -29,6 +29,7 @@ from api.schema.errors import (
     store_unavailable_message,
 )
 from api.store.outage import is_store_outage, report_store_outage
+from api.telemetry import context
 
 log = logging.getLogger("branchpay.errors")
 
@@ -63,7 +64,7 @@ class LastResort:
                 message = store_unavailable_message(error_id)
                 headers.append((b"retry-after", str(self.retry_after).encode()))
             else:
-                error_id = uuid.uuid4().hex
+                error_id = context.error_id()
                 log.error("internal error %s at %s", error_id, where, exc_info=error)
                 status, code, message = 500, ErrorCode.INTERNAL, internal_message(error_id)
             if started:

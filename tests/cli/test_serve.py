@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -134,6 +135,8 @@ def test_serve_seeds_once_stops_on_ctrl_c_and_reuses_its_data(
         output = interrupt(first)
     assert "seeded the demo" in output
     assert "keys create" in output  # how to create a first key
+    # `make run` logs readable lines, not JSON (BRANCHPAY_LOG_FORMAT unset).
+    assert re.search(r"Z \[info\s*\] Application startup complete", output), output
     assert not port_in_use(db_port), "the embedded store outlived Ctrl-C"
     assert (workdir / ".data" / "db").is_dir()
     for secret in ("sandbox.key", "pii.key"):

@@ -116,6 +116,10 @@ def test_a_subscription_in_graphiql_carries_the_key_and_shows_the_order_change(
     page.keyboard.insert_text(
         f'subscription {{ orderEvents(orderId: "{order_id}") {{ status reason }} }}'
     )
+    # GraphiQL parses the editor's text a moment after the last change and picks the transport
+    # (WebSocket for a subscription) from that parse: a click within milliseconds of the paste,
+    # as no person makes, still sees the old document and sends the subscription over HTTP.
+    page.wait_for_timeout(1000)
     page.click(".graphiql-execute-button")
     # The WebSocket's connection_init carried the key: the order's current status comes first.
     result = page.locator(".result-window")

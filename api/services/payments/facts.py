@@ -45,6 +45,7 @@ from api.services.payments.context import (
     refund_doc,
 )
 from api.store.payments import attempt_fields, attempt_of
+from api.telemetry import context as log_context
 
 AUTO_REFUND_SUFFIX = "AR"
 
@@ -87,6 +88,11 @@ class Facts:
             return EventResult(False, "unknown out_trade_no")
         if payment["provider"] != provider_name:
             return EventResult(False, "the attempt belongs to another provider")
+        log_context.bind(
+            order_id=str(payment["orderId"]),
+            payment_id=str(payment["_id"]),
+            out_trade_no=payment["outTradeNo"],
+        )
         now = self.context.now()
         key = f"{provider_name}:{branch}:{event.event_id}"
         created = await store.payments.record_event(

@@ -22,6 +22,7 @@ from api.services.payments.context import Document, PaymentContext, log
 from api.services.payments.facts import Facts
 from api.services.payments.refunds import Refunds
 from api.store.payments import attempt_of
+from api.telemetry import metrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +66,8 @@ class Reconcile:
                 all_closed = False
                 continue
             try:
-                await provider.close(payment["outTradeNo"])
+                with metrics.gateway_call(payment["provider"], "close"):
+                    await provider.close(payment["outTradeNo"])
             except Exception as error:
                 log.info("close of %s refused (%s); querying it", payment["outTradeNo"], error)
                 if not await self._query_and_apply(provider, payment):
@@ -77,7 +79,8 @@ class Reconcile:
     async def _query_and_apply(self, provider: Provider, payment: Document) -> bool:
         """Apply what the platform reports of the attempt; True once it is no longer PENDING."""
         try:
-            result = await provider.query(payment["outTradeNo"])
+            with metrics.gateway_call(payment["provider"], "query"):
+                result = await provider.query(payment["outTradeNo"])
         except Exception as error:
             log.warning("query of %s failed: %s", payment["outTradeNo"], error)
             return False
@@ -187,7 +190,8 @@ class Reconcile:
         notes: list[str] = []
         if before == PaymentStatus.PENDING.value:
             try:
-                result = await provider.query(payment["outTradeNo"])
+                with metrics.gateway_call(payment["provider"], "query"):
+                    result = await provider.query(payment["outTradeNo"])
             except Exception as error:
                 return row(before, f"query failed: {error}")
             notes.append(f"platform says {result.state.value}")

@@ -24,6 +24,8 @@ from api.services.payments.context import Document, PaymentContext, log, problem
 from api.services.payments.facts import Facts
 from api.store.audit import AuditAction
 from api.store.payments import attempt_of
+from api.telemetry import context as log_context
+from api.telemetry import metrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +74,13 @@ class Refunds:
             return RefundOutcome(
                 None, None, problem("paymentId", "no such payment", UserErrorCode.PAYMENT_NOT_FOUND)
             )
+        log_context.bind(
+            branch=payment["branch"],
+            provider=payment["provider"],
+            order_id=str(payment["orderId"]),
+            payment_id=str(payment_id),
+            out_trade_no=payment["outTradeNo"],
+        )
         now = self.context.now()
         request_hash = hashlib.sha256(f"{payment_id}:{amount_fen}".encode()).hexdigest()
         request, created = await store.payments.insert_refund_once(
@@ -165,7 +174,8 @@ class Refunds:
         )
         failed = Fact(EventKind.REFUND_FAILED, line.amount_fen, payment["currency"], out_refund_no)
         try:
-            answer = await provider.refund(request)
+            with metrics.gateway_call(payment["provider"], "refund"):
+                answer = await provider.refund(request)
         except GatewayError as error:
             if error.outcome_unknown:
                 log.warning("refund %s: outcome unknown (%s); left pending", out_refund_no, error)

@@ -27,6 +27,8 @@ from api.plugins.contract import (
     new_reference,
 )
 from api.services.payments.context import Document, PaymentContext, log, problem
+from api.telemetry import context as log_context
+from api.telemetry import metrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +62,7 @@ class Start:
             return StartResult(
                 None, None, problem("orderId", "no such order", UserErrorCode.ORDER_NOT_FOUND)
             )
+        log_context.bind(branch=order["branch"], order_id=str(order_id))
         now = ctx.now()
         if order["status"] != OrderStatus.PENDING_PAYMENT.value:
             return StartResult(
@@ -141,6 +144,11 @@ class Start:
         }
         # Stored before the platform hears of it, so its notification always finds it.
         await ctx.store.payments.insert(payment)
+        log_context.bind(
+            provider=provider_name,
+            payment_id=str(payment["_id"]),
+            out_trade_no=payment["outTradeNo"],
+        )
         request = PaymentRequest(
             out_trade_no=payment["outTradeNo"],
             amount_fen=payment["amountFen"],
@@ -153,7 +161,8 @@ class Start:
             client_ip=client_ip,
         )
         try:
-            action = await provider.create_payment(request)
+            with metrics.gateway_call(provider_name, "create"):
+                action = await provider.create_payment(request)
         except GatewayError as error:
             if error.outcome_unknown:
                 log.warning(
