@@ -162,6 +162,12 @@ class Settings(BaseSettings):
         "React (npm ci of assets/package-lock.json); the pages load them from the service.",
     )
     introspection: bool = Field(default=True, description="Off hides the schema from clients.")
+    config_editing: bool = Field(
+        default=False,
+        description="Let the API edit plugins.toml (`setProviderEnabled`, the /admin console's"
+        " provider switches); on under `serve --demo`, off in production: there an admin runs"
+        " `branchpay providers enable|disable` instead.",
+    )
     max_query_depth: int = Field(default=12, ge=1, description="Nesting of fields in one document.")
     max_aliases: int = Field(
         default=15, ge=0, description="Aliased fields in one document, counted at every spread."

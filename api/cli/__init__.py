@@ -381,6 +381,7 @@ def worker_environment(settings: Settings, uri: str) -> dict[str, str]:
         "BRANCHPAY_HOST": settings.host,
         "BRANCHPAY_PORT": str(settings.port),
         "BRANCHPAY_WEBHOOKS_ALLOW_LOOPBACK": "1" if settings.webhooks_allow_loopback else "0",
+        "BRANCHPAY_CONFIG_EDITING": "1" if settings.config_editing else "0",
         "BRANCHPAY_LOG_FORMAT": settings.log_format,
         "BRANCHPAY_DEMO_PAGES": "1" if settings.demo_pages else "0",
         "BRANCHPAY_DEMO_FORM_ORIGINS": json.dumps(settings.demo_form_origins),
@@ -522,6 +523,9 @@ def _serve_bound(
         # The partner storefront at /demo (api/web/demo.py); production never serves it.
         if "BRANCHPAY_DEMO_PAGES" not in os.environ:
             settings.demo_pages = True
+        # The demo's /admin console may switch providers; production edits with the CLI.
+        if "BRANCHPAY_CONFIG_EDITING" not in os.environ:
+            settings.config_editing = True
     try:
         settings.pii_master_key()
     except ValueError as error:

@@ -61,6 +61,11 @@ class UserErrorCode(enum.StrEnum):
     DISCREPANCY_NOT_FOUND = "DISCREPANCY_NOT_FOUND"  # no such discrepancy (or not the key's)
     DISCREPANCY_RESOLVED = "DISCREPANCY_RESOLVED"  # the discrepancy is resolved already
     INVALID_NOTE = "INVALID_NOTE"  # a resolution note empty, too long or not text
+    CONFIG_EDITING_OFF = "CONFIG_EDITING_OFF"  # this service may not edit plugins.toml
+    UNKNOWN_PROVIDER = "UNKNOWN_PROVIDER"  # no installed provider of that name
+    PROVIDER_NOT_CONFIGURED = "PROVIDER_NOT_CONFIGURED"  # the branch has no table for it
+    CONFIG_INVALID = "CONFIG_INVALID"  # plugins.toml is, or would be, invalid; unchanged
+    CONFIG_EDIT_FAILED = "CONFIG_EDIT_FAILED"  # unreadable, or changed meanwhile; unchanged
 
 
 @dataclass(frozen=True, slots=True)

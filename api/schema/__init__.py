@@ -16,6 +16,7 @@ from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
 
 from api.schema.bills import BillMutation, BillQuery
+from api.schema.config_edits import ConfigEditMutation, ConfigEditQuery
 from api.schema.errors import ErrorShaping
 from api.schema.execution import LeafFastPathExecutionContext
 from api.schema.limits import RequestLimits
@@ -31,8 +32,11 @@ from api.settings import Settings
 if TYPE_CHECKING:
     from api.telemetry.traces import Tracing
 
-Query = merge_types("Query", (OrderQuery, WebhookQuery, BillQuery))
-Mutation = merge_types("Mutation", (OrderMutation, PaymentMutation, WebhookMutation, BillMutation))
+Query = merge_types("Query", (OrderQuery, WebhookQuery, BillQuery, ConfigEditQuery))
+Mutation = merge_types(
+    "Mutation",
+    (OrderMutation, PaymentMutation, WebhookMutation, BillMutation, ConfigEditMutation),
+)
 
 
 class BranchpaySchema(strawberry.Schema):

@@ -18,6 +18,7 @@ from api.domain.principal import Permission, Principal
 from api.schema.errors import ApiError, ErrorCode
 from api.services.bills import BillReconciliation
 from api.services.budget import SharedBudget
+from api.services.config_edits import ConfigEdits
 from api.services.orders import OrderService
 from api.services.payments import PaymentService
 from api.services.webhooks import WebhookService
@@ -46,6 +47,8 @@ class Services:
     budget: SharedBudget | None = None
     webhooks: WebhookService | None = None
     bills: BillReconciliation | None = None
+    # Provider switches through the API (setProviderEnabled, providerSettings).
+    config_edits: ConfigEdits | None = None
 
 
 def _payments_loader(store: Store) -> DataLoader[ObjectId, list[Document]]:

@@ -218,6 +218,9 @@ class Refund:
     status: str
     out_refund_no: str
     created_at: datetime
+    reason: str | None = strawberry.field(
+        default=None, description="The reason given with the refund, as given."
+    )
 
     @classmethod
     def from_doc(cls, doc: Document, currency: str) -> Refund:
@@ -227,6 +230,7 @@ class Refund:
             status=doc["status"],
             out_refund_no=doc["outRefundNo"],
             created_at=doc["createdAt"],
+            reason=doc.get("reason"),
         )
 
 

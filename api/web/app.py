@@ -36,6 +36,7 @@ from api.schema.context import Services
 from api.schema.event_view import EventView
 from api.services.bills import BillReconciliation, BillSettings
 from api.services.budget import SharedBudget
+from api.services.config_edits import ConfigEdits
 from api.services.gauges import StoreGauges
 from api.services.jobs import ClusterJob
 from api.services.notifications import Notifications
@@ -53,6 +54,7 @@ from api.store.marks import StoreMarks
 from api.store.outage import is_store_outage, report_store_outage
 from api.telemetry import metrics
 from api.telemetry.optional import load_tracing
+from api.web.admin import admin_page
 from api.web.body_limit import BodyLimit
 from api.web.demo import DemoStorefront
 from api.web.gate import ApiKeyGate
@@ -333,6 +335,9 @@ def create_app(
             bills = BillReconciliation(store, registry, payments, settings=bill_settings(settings))
             app.state.bills = bills
             services_now.bills = bills
+            services_now.config_edits = ConfigEdits(
+                registry, store.audit, allowed=settings.config_editing
+            )
             reconcile_min_age = timedelta(seconds=settings.reconcile_min_age_seconds)
 
             def once_per_cluster(
@@ -480,6 +485,7 @@ def create_app(
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/notify/{provider}/{branch}", notification, methods=["POST"]),
+        Route("/admin", admin_page, methods=["GET", "HEAD"]),
         # Behind its own bearer token, not the API keys (api/web/metrics.py).
         Route("/metrics", MetricsEndpoint(settings).answer, methods=["GET"]),
         *asset_routes(vendor),

@@ -125,6 +125,16 @@ def test_serve_seeds_once_stops_on_ctrl_c_and_reuses_its_data(
         assert httpx.get(f"{url}/demo").status_code == 200
         demo_key = httpx.get(f"{url}/demo/session").json()["key"]
         assert [b["code"] for b in ask(url, demo_key)["branches"]][:2] == ["zj", "bj"]
+        # The demo lets the /admin console edit plugins.toml (off by default elsewhere).
+        switched = httpx.post(
+            f"{url}/graphql",
+            json={
+                "query": 'mutation { setProviderEnabled(input: {branch: "cq", provider: "alipay",'
+                " enabled: false}) { changed userErrors { code } } }"
+            },
+            headers={"authorization": f"Bearer {key}"},
+        ).json()["data"]["setProviderEnabled"]
+        assert switched == {"changed": False, "userErrors": []}  # already off in the demo
     finally:
         output = interrupt(first)
     assert "seeded the demo" in output

@@ -63,13 +63,16 @@ def is_loopback(url: str) -> bool:
     return parts.scheme in LOCAL_SCHEMES or (parts.hostname or "") in LOOPBACK
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: Playwright's sync API keeps an event loop running on
+# the main thread while it is open, and the asyncio tests that run after tests/pages
+# (plugins, providers, schema, services...) cannot start their own loop meanwhile.
+@pytest.fixture(scope="module")
 def playwright() -> Iterator[Playwright]:
     with sync_playwright() as driver:
         yield driver
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(playwright: Playwright) -> Iterator[Browser]:
     """Headless Chromium; host names other than loopback resolve to nothing as well."""
     launched = playwright.chromium.launch(
