@@ -24,7 +24,7 @@ class Permission(enum.StrEnum):
     REFUND = "refund"
     ADMIN = "admin"  # config status, provider state
     SEE_PII = "see_pii"  # unmasked phone and ID card numbers
-    AUDIT = "audit"  # the audit log
+    AUDIT = "audit"  # the audit log (a branch admin: its branches' entries only)
     WEBHOOKS = "webhooks"  # manage webhook endpoints of its branches, see their deliveries
     RECONCILE = "reconcile"  # run bill reconciliations, read and resolve their discrepancies
     ALL_BRANCHES = "all_branches"
@@ -41,6 +41,7 @@ GRANTS: dict[Role, frozenset[Permission]] = {
             Permission.SEE_PII,
             Permission.WEBHOOKS,
             Permission.RECONCILE,
+            Permission.AUDIT,
         }
     ),
     Role.OPS: frozenset(Permission),

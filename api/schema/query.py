@@ -127,17 +127,22 @@ class AuditLogPage:
 
 @strawberry.type
 class Query:
-    @strawberry.field(description="The append-only log of admin actions, newest first (ops).")
+    @strawberry.field(
+        description="The append-only log of admin actions, newest first (ops: every entry; "
+        "branch_admin: its branches' entries)."
+    )
     async def audit_log(
         self, info: Info[Context, None], first: int = 50, after: str | None = None
     ) -> AuditLogPage:
-        info.context.require(Permission.AUDIT)
+        principal = info.context.require(Permission.AUDIT)
         if not 0 <= first <= info.context.services.settings.max_page_size:
             raise bad_input(
                 f"first must be between 0 and {info.context.services.settings.max_page_size}"
             )
         before = object_id_cursor(after, AUDIT_CURSOR, "auditLog")
-        docs = await info.context.store.audit.page(first + 1, before) if first else []
+        # A branch admin reads its branches' entries; ops every entry, global ones too.
+        branches = principal.scope(None)
+        docs = await info.context.store.audit.page(first + 1, before, branches) if first else []
         entries = [
             AuditEntry(
                 id=strawberry.ID(str(doc["_id"])),

@@ -63,6 +63,11 @@ class AuditLog:
         await self.collection.insert_one(entry)
         return entry
 
-    async def page(self, limit: int, before: ObjectId | None = None) -> list[Document]:
+    async def page(
+        self, limit: int, before: ObjectId | None = None, branches: list[str] | None = None
+    ) -> list[Document]:
+        """Newest first; with ``branches``, only the entries of those branches."""
         query: Document = {} if before is None else {"_id": {"$lt": before}}
+        if branches is not None:
+            query["branch"] = {"$in": branches}
         return await self.collection.find(query).sort("_id", DESCENDING).limit(limit).to_list()

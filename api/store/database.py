@@ -170,6 +170,8 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("branch", ASCENDING), ("_id", ASCENDING)], unique=True, name="branch_id"),
     ],
     "api_keys": [IndexModel([("name", ASCENDING)], unique=True, name="name")],
+    # A branch admin's page of the audit log: its branches' entries, newest first.
+    "audit_log": [IndexModel([("branch", ASCENDING), ("_id", DESCENDING)], name="branch_id")],
     # _id is the bucket's key; a bucket past expireAt is full again, the same as none.
     RATE_LIMITS: [IndexModel([("expireAt", ASCENDING)], expireAfterSeconds=0, name="expire")],
     "offerings": [

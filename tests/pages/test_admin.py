@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +84,17 @@ def test_a_zhejiang_admin_sees_its_orders_refunds_part_of_one_and_switches_sandb
     zj = paid_order(service, "zj", SCRIPT_NAME)
     paid_order(service, "bj", "Beijing Customer")
     key = issue_key(service.db, "branch_admin", ["zj"])
+    # An admin action of Beijing's, which Zhejiang's admin must not see.
+    service.db.audit_log.insert_one(
+        {
+            "at": datetime.now(UTC),
+            "actor": "bj-admin",
+            "action": "PROVIDER_DISABLED",
+            "target": "alipay",
+            "branch": "bj",
+            "detail": {},
+        }
+    )
     page = offline_page.page
     page.set_viewport_size(PHONE_WIDTH)
 
@@ -108,8 +119,8 @@ def test_a_zhejiang_admin_sees_its_orders_refunds_part_of_one_and_switches_sandb
     zj_block = page.locator('article.branch[data-branch="zj"]')
     expect(zj_block).to_contain_text("sandbox")
     expect(zj_block).to_contain_text("PAGE")
-    # The audit log is for ops keys: the API refuses and the section says so.
-    expect(page.locator("#audit-log")).to_contain_text("This key may not see this")
+    # The audit log shows Zhejiang's entries only: none yet, Beijing's is not shown.
+    expect(page.locator("#audit-log")).not_to_contain_text("bj-admin")
 
     # A partial refund of 12.50 of the order's 59.00, with a reason that looks like markup.
     rows.first.get_by_role("button", name="Open").click()
@@ -133,6 +144,11 @@ def test_a_zhejiang_admin_sees_its_orders_refunds_part_of_one_and_switches_sandb
     # Sandbox off, from the console: the file keeps its comments, the reload applies it.
     zj_block.locator('button[data-provider="sandbox"]').click()
     expect(zj_block.locator(".note")).to_contain_text("sandbox disabled in plugins.toml")
+    # The switch is in the audit log under the key's name; Beijing's entry still is not.
+    audit = page.locator("#audit-log")
+    expect(audit).to_contain_text("PROVIDER_DISABLED")
+    expect(audit).to_contain_text("sandbox")
+    expect(audit).not_to_contain_text("bj-admin")
     text = service.plugins_toml.read_text()
     assert KEPT_COMMENT in text
     assert text.count("enabled = false") == 2  # Yunnan's already, and now Zhejiang's

@@ -162,6 +162,7 @@ async function setEnabled(branch, provider, enabled, note) {
     note.textContent = `${provider} ${enabled ? "enabled" : "disabled"} in plugins.toml; the service applies it within 2 s.${result.warning ? ` Warning: ${result.warning}.` : ""}`;
     // The watcher applies the edit within 2 s: show the branch as it is then.
     setTimeout(loadProviders, 2500);
+    loadAudit();
   } catch (error) {
     note.textContent = refusal(error);
   }
