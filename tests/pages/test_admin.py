@@ -80,7 +80,7 @@ def test_a_zhejiang_admin_sees_its_orders_refunds_part_of_one_and_switches_sandb
     offline_page: OfflinePage,
     screenshots: Path,
 ) -> None:
-    service = start_payments(KEPT_COMMENT, config_editing=True)
+    service = start_payments(KEPT_COMMENT, config_editing=True, demo_pages=True)
     zj = paid_order(service, "zj", SCRIPT_NAME)
     paid_order(service, "bj", "Beijing Customer")
     key = issue_key(service.db, "branch_admin", ["zj"])
@@ -158,6 +158,26 @@ def test_a_zhejiang_admin_sees_its_orders_refunds_part_of_one_and_switches_sandb
         "Enable", timeout=10_000
     )
     expect(zj_block.locator("td").nth(2)).to_have_text("disabled")
+    assert_clean(offline_page)
+
+    # The storefront no longer offers sandbox for a Zhejiang order awaiting payment.
+    pending = service.client.data(
+        CREATE_ORDER,
+        {
+            "input": {
+                "branch": "zj",
+                "items": [{"offeringId": offering_id("zj-plan-59"), "quantity": 1}],
+                "customer": {"name": "Li Lei", "phone": "13912345678"},
+                "idempotencyKey": f"order-{uuid.uuid4().hex}",
+            }
+        },
+    )["createOrder"]["order"]
+    shop = page.context.new_page()
+    shop.goto(f"{service.url}/demo?order={pending['id']}")
+    expect(shop.locator("#order-status")).to_have_text("PENDING_PAYMENT", timeout=20_000)
+    expect(shop.locator("#pay-errors")).to_contain_text("enables no payment provider")
+    assert shop.locator("#provider option").count() == 0
+    shop.close()
     assert_clean(offline_page)
 
     # Signing out forgets the key.
