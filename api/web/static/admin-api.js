@@ -1,8 +1,11 @@
-// The console's one way to the service: a GraphQL request with the signed-in key in the
-// Authorization header (never a cookie, so no other site can make the browser send it).
+// The console's one way to the service: ./client.js with the signed-in key, which this tab
+// keeps in sessionStorage only.
+
+import { Api } from "./client.js";
+
+export { ApiError } from "./client.js";
 
 const KEY_ITEM = "branchpay.admin.key";
-const endpoint = new URL("/graphql", window.location.href).href;
 
 export const session = {
   key: () => sessionStorage.getItem(KEY_ITEM),
@@ -10,26 +13,8 @@ export const session = {
   forget: () => sessionStorage.removeItem(KEY_ITEM),
 };
 
-// What the API refused, as one sentence for the page (its error codes included).
-export class Refused extends Error {
-  constructor(errors) {
-    const codes = errors.map((error) => error.extensions?.code).filter(Boolean);
-    super(errors.map((error) => error.message).join("; "));
-    this.codes = codes;
-  }
-}
-
-export async function graphql(query, variables = {}) {
-  const key = session.key();
-  const response = await fetch(endpoint, {
-    method: "POST",
-    headers: { "Content-Type": "application/json", Authorization: `Bearer ${key}` },
-    body: JSON.stringify({ query, variables }),
-    credentials: "omit",
-  });
-  const body = await response.json();
-  if (body.errors?.length) {
-    throw new Refused(body.errors);
-  }
-  return body.data;
+// The `data` of a query or mutation with the signed-in key; what the API refused is thrown
+// as an ApiError carrying its error codes.
+export function graphql(query, variables = {}) {
+  return new Api(session.key()).request(query, variables);
 }

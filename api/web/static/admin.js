@@ -1,14 +1,14 @@
 // The branch admin console: sign in with an API key, then every section asks the GraphQL
 // API with that key. What the key may not see, the API refuses and the section says so.
 
-import { Refused, graphql, session } from "./admin-api.js";
-import { beijing, beijingDayStart, el, fenOf, fill, idempotencyKey, table, yuan } from "./admin-dom.js";
+import { ApiError, graphql, session } from "./admin-api.js";
+import { beijing, beijingDayStart, el, fenOf, fill, idempotencyKey, table, yuan } from "./dom.js";
 
 const $ = (id) => document.getElementById(id);
 const ORDER_STATUSES = ["PENDING_PAYMENT", "PAID", "PARTIALLY_REFUNDED", "REFUNDED", "CANCELLED", "EXPIRED"];
 
 function refusal(error) {
-  if (error instanceof Refused && error.codes.includes("FORBIDDEN")) {
+  if (error instanceof ApiError && error.codes.includes("FORBIDDEN")) {
     return `This key may not see this: the API refused (${error.message}).`;
   }
   return `The API refused: ${error.message}`;
@@ -32,10 +32,10 @@ async function signIn(key) {
     showConsole(data.branches);
   } catch (error) {
     $("notice").textContent =
-      error instanceof Refused && error.codes.includes("UNAUTHENTICATED")
+      error instanceof ApiError && error.codes.includes("UNAUTHENTICATED")
         ? "That key was not accepted: check it, or create one with branchpay keys create."
         : `This key sees no admin data: ${refusal(error)}`;
-    if (error instanceof Refused && error.codes.includes("UNAUTHENTICATED")) {
+    if (error instanceof ApiError && error.codes.includes("UNAUTHENTICATED")) {
       session.forget();
       return;
     }

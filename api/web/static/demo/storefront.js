@@ -2,6 +2,7 @@
 // pay it and follow it live. Every value shown is set as text (textContent or a text
 // node), never as HTML: titles and customer names are other people's input.
 import { Api, demoKey } from "./api.js";
+import { el, idempotencyKey as newKey, yuan } from "../dom.js";
 
 const OFFERING = `id kind title description number premium price { amountFen }
   options { name choices { value priceDelta { amountFen } } }`;
@@ -43,23 +44,6 @@ let chosen = null; // { offering, options: Map(name -> choice) }
 let idempotencyKey = null; // one per order form: a second click repeats it
 let order = null;
 let stopFollowing = null;
-
-// An element with text children only: strings become text nodes, never markup.
-function el(tag, attributes = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [name, value] of Object.entries(attributes)) {
-    node.setAttribute(name, value);
-  }
-  node.append(...children);
-  return node;
-}
-
-// Integer fen as yuan, without floating point: 12345 -> "¥123.45".
-export function yuan(fen) {
-  const sign = fen < 0 ? "-" : "";
-  const abs = Math.abs(fen);
-  return `${sign}¥${Math.trunc(abs / 100)}.${String(abs % 100).padStart(2, "0")}`;
-}
 
 function delta(fen) {
   return fen === 0 ? "" : ` (${fen > 0 ? "+" : ""}${yuan(fen)})`;
@@ -148,15 +132,9 @@ function offeringCard(offering) {
 
 // --- 2 · the order form ------------------------------------------------------------
 
-// 128 random bits (getRandomValues, unlike randomUUID, works on plain http:// too).
-function newIdempotencyKey() {
-  const bytes = crypto.getRandomValues(new Uint8Array(16));
-  return `demo-${Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("")}`;
-}
-
 function openCheckout(offering) {
   chosen = { offering, options: new Map() };
-  idempotencyKey = newIdempotencyKey();
+  idempotencyKey = newKey("demo");
   $("chosen").textContent = offering.title;
   $("options").replaceChildren(
     ...offering.options.map((option) => {

@@ -1,5 +1,6 @@
-// Building the page from the API's answers. Every value goes in as text (a text node or
-// textContent), never as HTML: order titles, customer names and reasons are user input.
+// Building a page from the API's answers (the storefront's and the console's). Every value goes
+// in as text (a text node or textContent), never as HTML: order titles, customer names and
+// reasons are user input.
 
 export function el(tag, attributes = {}, ...children) {
   const element = document.createElement(tag);
@@ -71,6 +72,8 @@ export function beijingDayStart(day, next = false) {
   return `${start.toISOString().slice(0, 10)}T00:00:00+08:00`;
 }
 
+// 128 random bits (getRandomValues, unlike randomUUID, works on plain http:// to a LAN address).
 export function idempotencyKey(prefix) {
-  return `${prefix}-${crypto.randomUUID()}`;
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return `${prefix}-${Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("")}`;
 }
