@@ -25,6 +25,7 @@ import pytest
 
 from api.cli import STOP_GRACE_SECONDS
 from api.dev.devdb import free_port, port_in_use
+from tests.serving import serve_environment
 
 ROOT = Path(__file__).resolve().parents[2]
 COUNT = "{ branches { code } orders(first: 1) { totalCount } }"
@@ -37,17 +38,8 @@ def workdir(tmp_path: Path) -> Path:
 
 
 def environment(workdir: Path, db_port: int) -> dict[str, str]:
-    env = {
-        **os.environ,
-        "BRANCHPAY_DATA_DIR": str(workdir / ".data"),
-        "BRANCHPAY_PLUGINS_TOML": str(workdir / "plugins.toml"),
-        "BRANCHPAY_DB_PORT": str(db_port),
-        "BRANCHPAY_SEED_DEMO_ORDERS": "40",
-        # Free ports: a `make run` beside the tests keeps its simulators, and so do we.
-        "BRANCHPAY_SIMULATOR_PORT": "0",
-    }
-    env.pop("BRANCHPAY_MONGODB_URI", None)
-    return env
+    """A serve with an embedded store of its own on ``db_port``, seeding 40 demo orders."""
+    return serve_environment(workdir, store=db_port, seed_orders=40)
 
 
 def serve(workdir: Path, api_port: int, db_port: int) -> subprocess.Popen[str]:

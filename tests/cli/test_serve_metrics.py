@@ -39,6 +39,7 @@ from tests.conftest import GraphQLClient, issue_key
 from tests.dev.test_demo import simulator_url
 from tests.schema.test_mutation import offering_id
 from tests.services.conftest import order_feed
+from tests.serving import serve_environment, stop
 
 TOKEN = "metrics-token-" + "x" * 24
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -126,17 +127,13 @@ def served(tmp_path_factory: pytest.TempPathFactory, mongo_uri: str) -> Iterator
     shutil.copy(ROOT / "plugins.toml", workdir / "plugins.toml")
     port, metrics_port = free_port(), free_port()
     db_name = f"metrics_{uuid.uuid4().hex[:8]}"
-    env = {
-        **os.environ,
-        "BRANCHPAY_MONGODB_URI": mongo_uri,
-        "BRANCHPAY_DATABASE": db_name,
-        "BRANCHPAY_DATA_DIR": str(workdir / ".data"),
-        "BRANCHPAY_PLUGINS_TOML": str(workdir / "plugins.toml"),
-        "BRANCHPAY_SIMULATOR_PORT": "0",
-        "BRANCHPAY_SEED_DEMO_ORDERS": "0",
-        "BRANCHPAY_METRICS_TOKEN": TOKEN,
-        "BRANCHPAY_METRICS_PORT": str(metrics_port),
-    }
+    env = serve_environment(
+        workdir,
+        store=mongo_uri,
+        database=db_name,
+        BRANCHPAY_METRICS_TOKEN=TOKEN,
+        BRANCHPAY_METRICS_PORT=str(metrics_port),
+    )
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     log = workdir / "serve.log"
     process = subprocess.Popen(
@@ -161,12 +158,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, mongo_uri: str) -> Iterator
             process,
         )
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
         with MongoClient(mongo_uri) as cleanup:
             cleanup.drop_database(db_name)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pymongo import MongoClient
 
 from api.dev.devdb import free_port
 from tests.conftest import issue_key
+from tests.serving import serve_environment, stop
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,15 +41,7 @@ def test_three_workers_answer_share_the_store_and_stop_together(
     shutil.copy(ROOT / "plugins.toml", tmp_path / "plugins.toml")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "BRANCHPAY_MONGODB_URI": mongo_uri,
-        "BRANCHPAY_DATABASE": db_name,
-        "BRANCHPAY_DATA_DIR": str(tmp_path / ".data"),
-        "BRANCHPAY_PLUGINS_TOML": str(tmp_path / "plugins.toml"),
-        "BRANCHPAY_SIMULATOR_PORT": "0",
-        "BRANCHPAY_SEED_DEMO_ORDERS": "5",
-    }
+    env = serve_environment(tmp_path, store=mongo_uri, database=db_name, seed_orders=5)
     log = tmp_path / "serve.log"
     process = subprocess.Popen(
         [sys.executable, "-m", "api", "serve", "--demo", "--port", str(port), "--workers", "3"],
@@ -93,13 +85,7 @@ def test_three_workers_answer_share_the_store_and_stop_together(
         # One store: every worker sees the seeded orders.
         assert {a["data"]["orders"]["totalCount"] for a in answers} == {5}
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            raise
+        stop(process, must_stop=True)
         cleanup: MongoClient[dict[str, Any]] = MongoClient(mongo_uri)
         with cleanup:
             cleanup.drop_database(db_name)

@@ -62,7 +62,12 @@ def test_refunds_need_a_branch_admin_of_the_branch_and_are_audited(
     assert len(refunds) == 1  # the repeat with the same key is not a second refund
     assert refunds[0]["branch"] == "zj" and refunds[0]["detail"]["amountFen"] == 100
     assert refunds[0]["actor"] == service.key_name(zhejiang_admin)
-    assert zhejiang_admin.error_codes(AUDIT) == ["FORBIDDEN"]
+    # A branch admin reads its branches' entries: Zhejiang's sees the refund, Beijing's not.
+    own = zhejiang_admin.data(AUDIT)["auditLog"]["entries"]
+    assert [e["target"] for e in own if e["action"] == "REFUND_ISSUED"] == [refunds[0]["target"]]
+    assert all(e["branch"] == "zj" for e in own)
+    assert beijing_admin.data(AUDIT)["auditLog"]["entries"] == []
+    assert partner.error_codes(AUDIT) == ["FORBIDDEN"]
 
 
 async def test_subscriptions_need_a_key_and_stay_within_its_branches(

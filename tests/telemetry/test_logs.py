@@ -17,10 +17,8 @@ import asyncio
 import base64
 import html
 import json
-import os
 import re
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -40,6 +38,7 @@ from api.plugins.demo import write_secret
 from tests.cli.test_serve import ROOT
 from tests.conftest import GraphQLClient, issue_key
 from tests.schema.test_mutation import offering_id
+from tests.serving import serve_environment, stop
 
 # Customers whose data goes through the flow (valid numbers) and through refusals.
 CUSTOMERS = [
@@ -142,18 +141,14 @@ def served(tmp_path_factory: pytest.TempPathFactory, mongo_uri: str) -> Iterator
     sandbox_secret = secrets.token_urlsafe(32)
     write_secret(workdir / ".data" / "secrets" / "sandbox.key", sandbox_secret)
     api_port, database = free_port(), f"bp_logs_{uuid.uuid4().hex[:12]}"
-    env = {
-        **os.environ,
-        "BRANCHPAY_DATA_DIR": str(workdir / ".data"),
-        "BRANCHPAY_PLUGINS_TOML": str(workdir / "plugins.toml"),
-        "BRANCHPAY_MONGODB_URI": mongo_uri,
-        "BRANCHPAY_DATABASE": database,
-        "BRANCHPAY_SEED_DEMO_ORDERS": "0",
-        "BRANCHPAY_SIMULATOR_PORT": "0",
-        "BRANCHPAY_LOG_FORMAT": "json",
-        "BRANCHPAY_LOG_LEVEL": "DEBUG",
-        "ZJ_SANDBOX_SECRET": sandbox_secret,
-    }
+    env = serve_environment(
+        workdir,
+        store=mongo_uri,
+        database=database,
+        BRANCHPAY_LOG_FORMAT="json",
+        BRANCHPAY_LOG_LEVEL="DEBUG",
+        ZJ_SANDBOX_SECRET=sandbox_secret,
+    )
     env.pop("BRANCHPAY_PUBLIC_URL", None)
     url = f"http://127.0.0.1:{api_port}"
     # Beside the folder, not in it: the configuration watcher would log each write at DEBUG.
@@ -174,12 +169,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, mongo_uri: str) -> Iterator
                 url, workdir, client[database], stderr, stdout, env_secrets=[sandbox_secret]
             )
         finally:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop(process)
             client.drop_database(database)
             client.close()
 
