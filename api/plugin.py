@@ -44,6 +44,7 @@ from api.plugins.contract import (
     GatewayError,
     Marks,
     MemoryMarks,
+    NotificationMismatch,
     NotificationRejected,
     NotificationReply,
     NotificationRequest,
@@ -57,6 +58,8 @@ from api.plugins.contract import (
     RefundRequest,
     RefundResult,
     RefundState,
+    ReverseResult,
+    ReverseState,
     new_reference,
 )
 from api.plugins.demo import DemoGateway, write_secret
@@ -98,6 +101,7 @@ __all__ = [
     "KeyFormatError",
     "Marks",
     "MemoryMarks",
+    "NotificationMismatch",
     "NotificationRejected",
     "NotificationReply",
     "NotificationRequest",
@@ -111,6 +115,8 @@ __all__ = [
     "RefundRequest",
     "RefundResult",
     "RefundState",
+    "ReverseResult",
+    "ReverseState",
     "TransientFailure",
     "beijing_day",
     "beijing_now",

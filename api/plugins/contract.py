@@ -24,6 +24,7 @@ Errors a provider raises:
 from __future__ import annotations
 
 import enum
+import re
 import secrets
 import string
 from collections.abc import Iterator, Mapping
@@ -62,6 +63,13 @@ class PaymentMethod(enum.StrEnum):
     WAP = "WAP"  # mobile browser (H5)
     QR_CODE = "QR_CODE"  # payer scans a code
     APP = "APP"  # the platform's app SDK
+    PAYMENT_CODE = "PAYMENT_CODE"  # a counter scans the payer's payment code (付款码)
+    JSAPI = "JSAPI"  # inside the platform's app: WeChat JSAPI / mini program, Alipay mini program
+
+
+# What startPayment must carry for a method, beside the order and the provider.
+NEEDS_AUTH_CODE = frozenset({PaymentMethod.PAYMENT_CODE})
+NEEDS_PAYER_ID = frozenset({PaymentMethod.JSAPI})
 
 
 class ActionKind(enum.StrEnum):
@@ -71,6 +79,9 @@ class ActionKind(enum.StrEnum):
     QR_CODE = "QR_CODE"  # render `qr_code` as a QR code
     FORM_POST = "FORM_POST"  # render `form_html`, which auto-submits
     APP_SDK = "APP_SDK"  # hand `app_payload` to the platform's app SDK
+    REQUEST_PAYMENT = "REQUEST_PAYMENT"  # pass `client_params` to wx.requestPayment
+    TRADE_PAY = "TRADE_PAY"  # pass `trade_no` to my.tradePay / AlipayJSBridge tradePay
+    NONE = "NONE"  # nothing to show: a payment code was charged; the payment's status tells
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +91,10 @@ class PaymentAction:
     qr_code: str | None = None
     form_html: str | None = None
     app_payload: str | None = None
+    # REQUEST_PAYMENT: the signed parameters, by the names the platform's client
+    # takes (WeChat: appId, timeStamp, nonceStr, package, signType, paySign).
+    client_params: Mapping[str, str] | None = None
+    trade_no: str | None = None  # TRADE_PAY: the platform's trade number
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +114,11 @@ class PaymentRequest:
     expires_at: datetime  # UTC; the platform should stop accepting payment after it
     return_url: str | None = None
     client_ip: str | None = None
+    # PAYMENT_CODE: the code the clerk scanned (a one-time secret of the payer:
+    # never logged or stored). JSAPI: the payer's id at the platform (WeChat
+    # openid, Alipay buyer user id 2088... or open_id).
+    auth_code: str | None = None
+    payer_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +180,20 @@ class QueryResult:
     events: tuple[ProviderEvent, ...] = ()
 
 
+class ReverseState(enum.StrEnum):
+    """What a reverse (WeChat 撤销, Alipay trade.cancel, UnionPay 消费撤销) came to."""
+
+    DONE = "DONE"  # the attempt is void at the platform: closed if unpaid, refunded if paid
+    RETRY = "RETRY"  # not done yet (e.g. the payer is still confirming): call again later
+    PAID = "PAID"  # the platform will not reverse a paid attempt: keep it as paid
+
+
+@dataclass(frozen=True, slots=True)
+class ReverseResult:
+    state: ReverseState
+    message: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class RefundRequest:
     out_trade_no: str
@@ -193,6 +227,17 @@ class ProviderError(Exception):
 
 class NotificationRejected(ProviderError):
     """The notification is not genuine or not for this branch; nothing may change."""
+
+
+class NotificationMismatch(NotificationRejected):
+    """Genuine (the signature verified) but not for this branch's merchant or attempt.
+
+    Raised after the signature passes when the notification's merchant, app or
+    sub-merchant id is not this branch's. branchpay answers it as accepted, so
+    the platform stops re-sending it, records and counts it, and changes
+    nothing. (branchpay itself checks the out-trade-number and the amount
+    against the attempt.)
+    """
 
 
 class GatewayError(ProviderError):
@@ -266,6 +311,17 @@ class Provider:
     display_name: ClassVar[str]
     methods: ClassVar[tuple[PaymentMethod, ...]]
     Settings: ClassVar[type[BaseModel]]
+    # The amounts the platform accepts for one payment, in fen (inclusive).
+    amount_limits_fen: ClassVar[tuple[int, int]] = (1, 10_000_000_000)
+    # PAYMENT_CODE: the payment codes of this platform's wallet (matched in
+    # full), so a counter sale finds its provider from the scanned code.
+    payment_code_pattern: ClassVar[re.Pattern[str] | None] = None
+    # JSAPI: the payer ids the platform issues (matched in full).
+    payer_id_pattern: ClassVar[re.Pattern[str] | None] = None
+    # Service-provider accounts: the settings a branch using an account declared
+    # under [accounts.<name>.<provider>] must give itself (its sub-merchant id).
+    # Empty: the provider does not support service-provider accounts.
+    sub_merchant_settings: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, settings: BaseModel, *, branch: str, http: httpx.AsyncClient) -> None:
         self.settings = settings
@@ -302,6 +358,23 @@ class Provider:
 
     async def close(self, out_trade_no: str) -> None:
         """Close an unpaid attempt; closing an attempt the platform never saw is not an error."""
+        raise NotImplementedError
+
+    # --- payment codes at the counter (PAYMENT_CODE in ``methods``) -------------------
+
+    async def pay_with_code(self, request: PaymentRequest) -> QueryResult:
+        """Charge ``request.auth_code`` (the platform's micro-pay / code-pay call).
+
+        SUCCEEDED with its events when paid at once; PENDING while the payer
+        confirms on the phone (branchpay then polls :meth:`query` and, when its
+        wait ends, calls :meth:`reverse`); FAILED when the platform surely
+        refused it (bad or expired code, no balance). Raise :class:`GatewayError`
+        with ``outcome_unknown`` when the platform may have charged it.
+        """
+        raise NotImplementedError
+
+    async def reverse(self, out_trade_no: str) -> ReverseResult:
+        """Void a counter sale whose outcome stayed unknown: closed if unpaid, refunded if paid."""
         raise NotImplementedError
 
     # --- daily bills (optional) -------------------------------------------------------

@@ -82,12 +82,16 @@ _ACCEPTABLE_KINDS: dict[PaymentMethod, frozenset[ActionKind]] = {
     PaymentMethod.WAP: frozenset({ActionKind.REDIRECT, ActionKind.FORM_POST}),
     PaymentMethod.QR_CODE: frozenset({ActionKind.QR_CODE}),
     PaymentMethod.APP: frozenset({ActionKind.APP_SDK}),
+    PaymentMethod.PAYMENT_CODE: frozenset({ActionKind.NONE}),
+    PaymentMethod.JSAPI: frozenset({ActionKind.REQUEST_PAYMENT, ActionKind.TRADE_PAY}),
 }
 _FIELD_OF_KIND = {
     ActionKind.REDIRECT: "url",
     ActionKind.QR_CODE: "qr_code",
     ActionKind.FORM_POST: "form_html",
     ActionKind.APP_SDK: "app_payload",
+    ActionKind.REQUEST_PAYMENT: "client_params",
+    ActionKind.TRADE_PAY: "trade_no",
 }
 
 

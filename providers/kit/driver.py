@@ -13,6 +13,7 @@ from typing import Literal, Protocol, runtime_checkable
 from api.plugin import NotificationRequest
 
 SettleOutcome = Literal["success", "fail", "close"]
+CodeBehaviour = Literal["pay", "confirm", "never"]
 
 
 @runtime_checkable
@@ -37,6 +38,29 @@ class GatewayDriver(Protocol):
     #     async def present(self, out_trade_no: str, action: PaymentAction) -> None:
     #         """Follow the action as the payer would: open the URL, post the form,
     #         hand the payload to the app, so the platform knows the attempt."""
+
+    # Optional: the kit's checks beyond the signature use it.
+    #
+    #     async def resign(self, notification: NotificationRequest, *,
+    #                      amount_fen: int | None = None,
+    #                      merchant: str | None = None,
+    #                      out_trade_no: str | None = None) -> NotificationRequest:
+    #         """The notification with one thing changed and signed anew with the
+    #         platform's genuine key: the amount paid, the merchant (another
+    #         merchant or sub-merchant id under the same key; any value for
+    #         ``merchant`` means "not this branch's"), or the out-trade-number."""
+
+    # Optional: the kit's counter (PAYMENT_CODE) cases use it, for providers with that method.
+    #
+    #     def payment_code(self, behaviour: CodeBehaviour) -> str:
+    #         """A payment code the simulator will treat so: "pay" charges it at
+    #         once; "confirm" answers "payer confirming" to the pay call and to the
+    #         first queries, then paid; "never" keeps the payer confirming for ever
+    #         (until a reverse)."""
+    #
+    #     async def taken_fen(self, out_trade_no: str) -> int:
+    #         """What the simulator's ledger holds as taken from the payer for the
+    #         attempt: paid minus refunded or reversed (0 when never paid)."""
 
     def forge(self, notification: NotificationRequest) -> NotificationRequest:
         """The same notification signed with a key that is not the platform's."""
