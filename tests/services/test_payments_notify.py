@@ -105,7 +105,9 @@ def test_a_validly_signed_success_of_another_amount_is_refused_and_changes_nothi
 ) -> None:
     service = start_payments()
     order, payment = started(service)
-    altered = service.event(payment["outTradeNo"], "payment.succeeded", payment["amount"]["amountFen"] - 1)
+    altered = service.event(
+        payment["outTradeNo"], "payment.succeeded", payment["amount"]["amountFen"] - 1
+    )
 
     reply = service.deliver(altered)
 
