@@ -252,6 +252,17 @@ class PaymentRepository:
         )
         return result.modified_count == 1
 
+    async def step_counter_sale_now(self, payment_id: ObjectId, now: datetime) -> None:
+        """Make the counter sale due at once (followed from now if it was not)."""
+        moved = await self.collection.update_one(
+            {"_id": payment_id, "counter": {"$type": "object"}}, {"$set": {"counter.nextAt": now}}
+        )
+        if moved.matched_count == 0:
+            await self.follow_counter_sale(
+                payment_id,
+                {"nextAt": now, "deadline": now, "polls": 0, "reverseTries": 0, "claims": 0},
+            )
+
     async def stop_following(self, payment_id: ObjectId) -> None:
         await self.collection.update_one({"_id": payment_id}, {"$unset": {"counter": ""}})
 
