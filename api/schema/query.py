@@ -125,6 +125,23 @@ class AuditLogPage:
     end_cursor: str | None
 
 
+@strawberry.type(
+    description="A platform notification whose signature verified but that was not this "
+    "branch's (another merchant or sub-merchant, an unknown out-trade-number, another "
+    "amount): answered so the platform stops, kept here, applied never."
+)
+class NotificationMismatch:
+    id: strawberry.ID
+    received_at: datetime
+    provider: str
+    branch: str
+    reason: str
+    event_id: str | None
+    kind: str | None = strawberry.field(description="The event's kind, when it was parsed.")
+    out_trade_no: str | None
+    amount_fen: int | None = strawberry.field(description="The amount the notification said.")
+
+
 @strawberry.type
 class Query:
     @strawberry.field(
@@ -160,6 +177,34 @@ class Query:
             has_next_page=len(docs) > first,
             end_cursor=entries[-1].id if entries else after,
         )
+
+    @strawberry.field(
+        description="Refused genuine notifications, newest first (keys that reconcile: their "
+        "branches'; ops: all)."
+    )
+    async def notification_mismatches(
+        self, info: Info[Context, None], first: int = 50
+    ) -> list[NotificationMismatch]:
+        principal = info.context.require(Permission.RECONCILE)
+        if not 0 <= first <= info.context.services.settings.max_page_size:
+            raise bad_input(
+                f"first must be between 0 and {info.context.services.settings.max_page_size}"
+            )
+        docs = await info.context.store.payments.mismatches_of(principal.scope(None), first)
+        return [
+            NotificationMismatch(
+                id=strawberry.ID(str(doc["_id"])),
+                received_at=doc["receivedAt"],
+                provider=doc["provider"],
+                branch=doc["branch"],
+                reason=doc["reason"],
+                event_id=doc.get("eventId"),
+                kind=doc.get("kind"),
+                out_trade_no=doc.get("outTradeNo"),
+                amount_fen=doc.get("amountFen"),
+            )
+            for doc in docs
+        ]
 
     @strawberry.field(
         description="The state of plugins.toml: live reloads and rejected edits (admins)."

@@ -182,3 +182,25 @@ def test_a_success_reported_after_a_close_wins(
     assert service.order(order["id"])["payments"][0]["status"] == "CLOSED"
     assert service.deliver(service.event(no, "payment.succeeded", 5900)).status_code == 200
     assert service.order(order["id"])["status"] == "PAID"
+
+
+MISMATCHES = "{ notificationMismatches { provider branch reason outTradeNo amountFen receivedAt } }"
+
+
+def test_refused_notifications_are_listed_for_the_branches_a_key_reconciles(
+    start_payments: Callable[..., PayService],
+) -> None:
+    service = start_payments()
+    _, payment = started(service)
+    altered = service.event(payment["outTradeNo"], "payment.succeeded", 1)
+    assert service.deliver(altered).json() == ACCEPTED
+
+    (seen,) = service.client_for("branch_admin", "zj").data(MISMATCHES)["notificationMismatches"]
+    assert (seen["provider"], seen["branch"], seen["outTradeNo"], seen["amountFen"]) == (
+        "sandbox",
+        "zj",
+        payment["outTradeNo"],
+        1,
+    )
+    assert service.client_for("branch_admin", "bj").data(MISMATCHES)["notificationMismatches"] == []
+    assert service.client_for("partner", "zj").error_codes(MISMATCHES) == ["FORBIDDEN"]

@@ -55,7 +55,7 @@ function signOut() {
   $("signed-in").hidden = true;
   $("sections").hidden = true;
   $("console").hidden = true;
-  for (const id of ["config-status", "branches", "discrepancies", "endpoints", "audit-log"]) {
+  for (const id of ["config-status", "branches", "discrepancies", "mismatches", "endpoints", "audit-log"]) {
     fill($(id));
   }
   fill($("orders-table").tBodies[0]);
@@ -74,6 +74,7 @@ function showConsole(branches) {
   loadProviders();
   loadOrders();
   loadDiscrepancies();
+  loadMismatches();
   loadWebhooks();
   loadAudit();
 }
@@ -360,6 +361,34 @@ async function loadDiscrepancies() {
         `${d.ourAmountFen === null ? "" : yuan(d.ourAmountFen)} ${d.ourStatus ?? ""}`,
         `${d.ageDays} d${d.stale ? " (stale)" : ""}`,
         resolveForm(d),
+      ]),
+    ));
+  } catch (error) {
+    say(container, error);
+  }
+}
+
+// Genuine notifications the service refused after their signature (another merchant's,
+// an unknown trade, another amount): kept for finance, applied never.
+const MISMATCHES = `{ notificationMismatches(first: 100) {
+  receivedAt provider branch reason outTradeNo amountFen } }`;
+
+async function loadMismatches() {
+  const container = $("mismatches");
+  try {
+    const found = (await graphql(MISMATCHES)).notificationMismatches;
+    if (!found.length) {
+      fill(container, el("p", {}, "No refused notification."));
+      return;
+    }
+    fill(container, table(
+      ["Received", "Branch · provider", "Trade", "Amount", "Why"],
+      found.map((m) => [
+        beijing(m.receivedAt),
+        `${m.branch} · ${m.provider}`,
+        m.outTradeNo ?? "",
+        m.amountFen === null ? "" : yuan(m.amountFen),
+        m.reason,
       ]),
     ));
   } catch (error) {
