@@ -23,5 +23,10 @@ class BranchView:
     providers: tuple[ProviderView, ...]
 
 
-def provider_view(provider: type[Provider]) -> ProviderView:
-    return ProviderView(provider.name, provider.display_name, tuple(provider.methods))
+def provider_view(
+    provider: type[Provider], offered: tuple[PaymentMethod, ...] | None = None
+) -> ProviderView:
+    """The provider as partners see it: the methods the branch offers with it (its table's
+    ``methods``, in the provider's order; all of the provider's when the table names none)."""
+    methods = tuple(m for m in provider.methods if offered is None or m in offered)
+    return ProviderView(provider.name, provider.display_name, methods)

@@ -78,7 +78,10 @@ BILL_CHECK_SECONDS = 60.0
 def branch_views(registry: ProviderRegistry) -> Mapping[str, BranchView]:
     views: dict[str, BranchView] = {}
     for code, branch in registry.config.branches.items():
-        providers: list[ProviderView] = [provider_view(p) for p in registry.enabled(code)]
+        providers: list[ProviderView] = []
+        for cls in registry.enabled(code):
+            table = branch.providers.get(cls.name)
+            providers.append(provider_view(cls, table.methods if table is not None else None))
         views[code] = BranchView(
             code=code,
             name=branch.name,
