@@ -9,7 +9,34 @@ fixtures (the ``branchpay_provider_kit`` pytest plugin supplies the rest):
 
 Optional fixtures: ``amount_fen`` (default 8800), ``payment_methods`` (the
 methods each lifecycle case opens attempts with, to pay, refund and close
-them; default every method the provider declares) and ``notify_url``.
+them; default every method the provider declares but ``PAYMENT_CODE``, whose
+sales are charged with ``pay_with_code`` instead and have cases of their own)
+and ``notify_url``. A provider offering ``JSAPI`` must supply ``payer_id`` (a
+payer id its simulator accepts, matching ``payer_id_pattern``): every attempt
+the kit opens with JSAPI carries it, and the default fixture fails saying so.
+
+Every provider gets the channel attribute case (``amount_limits_fen``,
+``payment_code_pattern``, ``payer_id_pattern``, ``sub_merchant_settings``) and
+the checks beyond the signature, which need the driver's ``resign``: a genuine
+notification re-signed for another merchant must raise
+:class:`~api.plugin.NotificationMismatch`; re-signed with another amount or
+out_trade_no, the event must carry what was signed (branchpay compares it with
+the attempt). A driver without ``resign`` fails them, asking for it.
+
+A provider offering ``PAYMENT_CODE`` gets the counter cases, and its driver
+must implement ``payment_code(behaviour)`` and ``taken_fen(out_trade_no)``
+(else they fail, saying what to add): a code paid at once (SUCCEEDED with its
+event, the ledger holding the amount, a later query giving the same event id);
+a payer who confirms (PENDING, then SUCCEEDED within 10 queries; a driver with
+``code_notification(out_trade_no)`` also hands over the notification sent when
+the payer paid, which must carry the same event id); a payer who never
+confirms, reversed (DONE within a few RETRY answers, nothing taken, never
+SUCCEEDED); a sale reversed while the payer confirms (a later confirm takes
+nothing); a paid sale reversed (DONE with nothing taken, or PAID with the
+amount taken); every code the driver makes matches ``payment_code_pattern``.
+A provider offering ``JSAPI`` gets the in-app case: ``REQUEST_PAYMENT`` with
+``client_params`` (non-empty strings) or ``TRADE_PAY`` with ``trade_no``.
+Cases for a method the provider does not offer skip and say so.
 
 A driver that can re-deliver a notification signed anew (``redeliver``, see
 :class:`~providers.kit.driver.GatewayDriver`) also gets the re-signed
