@@ -113,6 +113,32 @@ class Settings(BaseSettings):
         ge=0,
         description="Attempts younger than this are left to their notifications.",
     )
+    counter_poll_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=60,
+        description="A counter sale (PAYMENT_CODE) the payer is still confirming is queried "
+        "this often (WeChat Pay suggests 5-10 s).",
+    )
+    counter_wait_seconds: float = Field(
+        default=45.0,
+        gt=0,
+        le=600,
+        description="How long a counter sale may stay unknown before it is reversed at the "
+        "platform (WeChat Pay suggests 30-45 s; it asks for no reverse within 15 s).",
+    )
+    counter_reverse_retry_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="The pause before a reverse the platform refused for now is asked again.",
+    )
+    counter_tick_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="How often each process looks for counter sales due a step.",
+    )
     job_lease_seconds: float = Field(
         default=15.0,
         gt=0,

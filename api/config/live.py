@@ -29,7 +29,7 @@ import httpx
 import pluggy
 from watchfiles import Change, awatch
 
-from api.config.model import BranchConfig, ConfigError, PluginsConfig
+from api.config.model import BranchConfig, ConfigError, PluginsConfig, ProviderConfig
 from api.config.secrets import redact, secret_values
 from api.config.validate import load_config
 from api.config.wording import table_path
@@ -246,6 +246,11 @@ class ProviderRegistry:
     def provider(self, branch: str, name: str) -> Provider | None:
         """The branch's instance of a configured provider, enabled or not."""
         return self._provider_set().instances.get((branch, name))
+
+    def provider_config(self, branch: str, name: str) -> ProviderConfig | None:
+        """The branch's table for the provider (enabled or not), or None."""
+        found = self.branch(branch)
+        return found.providers.get(name) if found is not None else None
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
         """Call ``callback(config)`` after every successful load; returns an unsubscribe."""

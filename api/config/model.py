@@ -54,10 +54,13 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import BaseModel
+
+from api.plugins.contract import PaymentMethod
 
 PATH_ENV = "BRANCHPAY_PLUGINS_TOML"
 DEFAULT_PATH = Path("plugins.toml")
@@ -84,6 +87,15 @@ class ProviderConfig:
     name: str
     enabled: bool
     settings: BaseModel
+    # A service-provider account ([accounts.<name>.<provider>]) the settings come from.
+    account: str | None = None
+    account_enabled: bool = True
+    # The methods the branch offers with the provider (None: all of the provider's).
+    methods: tuple[PaymentMethod, ...] | None = None
+    # By offering kind (NUMBER, PLAN, TOP_UP, HANDSET): the only methods for such orders.
+    methods_by_kind: Mapping[str, tuple[PaymentMethod, ...]] = field(default_factory=dict)
+    min_amount_fen: int | None = None
+    max_amount_fen: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,12 @@ Facts are applied monotonically, so notifications may arrive in any order:
   from them, so a refund that arrives before the success is kept and counted
   once the success arrives;
 - an amount or currency that differs from the attempt's flags the attempt for
-  review instead of changing its status.
+  review instead of changing its status;
+- a counter sale (a scanned payment code) whose outcome stayed unknown is
+  reversed at the platform: while the reversal runs (``reversal`` PENDING) and
+  after it (DONE) the attempt never pays its order, and a success that arrives
+  after the reversal is recorded with its reversal as a full refund, so the
+  attempt says the money came and went back.
 """
 
 from __future__ import annotations
@@ -53,6 +58,21 @@ class EventKind(enum.StrEnum):
     PAYMENT_CLOSED = "PAYMENT_CLOSED"
     REFUND_SUCCEEDED = "REFUND_SUCCEEDED"
     REFUND_FAILED = "REFUND_FAILED"
+
+
+class ReversalState(enum.StrEnum):
+    """A counter sale being voided at the platform (WeChat 撤销, Alipay cancel, UnionPay 撤销)."""
+
+    PENDING = "PENDING"  # the wait for the payer ended unknown; the reverse is being asked
+    DONE = "DONE"  # the platform voided it: closed if unpaid, the money returned if paid
+
+
+# The refund line that records a reversal of a paid counter sale.
+REVERSAL_SUFFIX = "RV"
+
+
+def reversal_refund_no(out_trade_no: str) -> str:
+    return out_trade_no + REVERSAL_SUFFIX
 
 
 PAID = frozenset(
@@ -119,6 +139,8 @@ class Attempt:
     currency: str
     refunds: tuple[RefundLine, ...] = ()
     flagged: str | None = None
+    reversal: ReversalState | None = None
+    out_trade_no: str = ""
 
     @property
     def paid(self) -> bool:
@@ -211,7 +233,7 @@ def apply_fact(attempt: Attempt, fact: Fact, now: datetime) -> Outcome:
             attempt, f"currency {fact.currency} differs from the attempt's {attempt.currency}"
         )
     if fact.kind is EventKind.PAYMENT_SUCCEEDED:
-        return _apply_success(attempt, fact)
+        return _apply_success(attempt, fact, now)
     if fact.kind is EventKind.PAYMENT_FAILED:
         if attempt.status is not PaymentStatus.PENDING:
             return _ignored(attempt, f"a failure after {attempt.status}")
@@ -227,7 +249,7 @@ def apply_fact(attempt: Attempt, fact: Fact, now: datetime) -> Outcome:
     return _apply_refund_failure(attempt, fact.out_refund_no, now)
 
 
-def _apply_success(attempt: Attempt, fact: Fact) -> Outcome:
+def _apply_success(attempt: Attempt, fact: Fact, now: datetime) -> Outcome:
     if fact.amount_fen != attempt.amount_fen:
         return _flag(
             attempt, f"paid {fact.amount_fen} fen, the attempt is for {attempt.amount_fen} fen"
@@ -236,7 +258,56 @@ def _apply_success(attempt: Attempt, fact: Fact) -> Outcome:
         return _ignored(attempt, "already paid")
     target = paid_status(attempt.refunded_fen, attempt.amount_fen)
     paid = replace(attempt, status=check_transition(attempt.status, target))
+    if attempt.reversal is ReversalState.DONE:
+        # Paid before the platform voided it: the reversal returned the money.
+        returned = _reversal_line(paid, now)
+        return Outcome(
+            _with_refunds(paid, (*paid.refunds, returned)),
+            True,
+            "applied: paid, then reversed at the counter",
+            newly_paid=True,
+        )
     return Outcome(paid, True, "applied", newly_paid=True)
+
+
+def _reversal_line(attempt: Attempt, at: datetime) -> RefundLine:
+    return RefundLine(
+        out_refund_no=reversal_refund_no(attempt.out_trade_no),
+        amount_fen=attempt.amount_fen - attempt.refunded_fen - attempt.reserved_fen,
+        status=RefundStatus.SUCCEEDED,
+        created_at=at,
+        updated_at=at,
+        reason="reversed at the counter",
+    )
+
+
+def begin_reversal(attempt: Attempt) -> Attempt | None:
+    """The unsettled counter sale marked as being reversed, or None if there is nothing to do.
+
+    Only a PENDING attempt is reversed: one already paid keeps paying its order.
+    """
+    if attempt.status is not PaymentStatus.PENDING or attempt.reversal is not None:
+        return None
+    return replace(attempt, reversal=ReversalState.PENDING)
+
+
+def finish_reversal(attempt: Attempt, now: datetime) -> Attempt | None:
+    """The attempt after the platform voided it: CLOSED if unpaid, fully refunded if paid."""
+    if attempt.reversal is not ReversalState.PENDING:
+        return None
+    done = replace(attempt, reversal=ReversalState.DONE)
+    if attempt.status is PaymentStatus.PENDING:
+        return replace(done, status=check_transition(attempt.status, PaymentStatus.CLOSED))
+    if attempt.paid and attempt.refundable_fen > 0:
+        return _with_refunds(done, (*done.refunds, _reversal_line(done, now)))
+    return done
+
+
+def keep_paid(attempt: Attempt) -> Attempt | None:
+    """The platform refused to reverse a paid sale: it stays paid and pays its order."""
+    if attempt.reversal is not ReversalState.PENDING:
+        return None
+    return replace(attempt, reversal=None)
 
 
 def _apply_refund_success(attempt: Attempt, fact: Fact, now: datetime) -> Outcome:

@@ -66,6 +66,15 @@ class UserErrorCode(enum.StrEnum):
     PROVIDER_NOT_CONFIGURED = "PROVIDER_NOT_CONFIGURED"  # the branch has no table for it
     CONFIG_INVALID = "CONFIG_INVALID"  # plugins.toml is, or would be, invalid; unchanged
     CONFIG_EDIT_FAILED = "CONFIG_EDIT_FAILED"  # unreadable, or changed meanwhile; unchanged
+    PROVIDER_REQUIRED = "PROVIDER_REQUIRED"  # no provider named, and the method cannot find one
+    METHOD_NOT_OFFERED = "METHOD_NOT_OFFERED"  # the branch does not offer the method (here)
+    AMOUNT_OUT_OF_LIMITS = "AMOUNT_OUT_OF_LIMITS"  # the total is outside the provider's amounts
+    ACCOUNT_UNAVAILABLE = "ACCOUNT_UNAVAILABLE"  # the service-provider account is suspended
+    PAYER_ID_REQUIRED = "PAYER_ID_REQUIRED"  # the method needs payerId (openid, buyer id)
+    INVALID_PAYER_ID = "INVALID_PAYER_ID"  # not a payer id the platform issues
+    AUTH_CODE_REQUIRED = "AUTH_CODE_REQUIRED"  # PAYMENT_CODE needs the scanned authCode
+    INVALID_AUTH_CODE = "INVALID_AUTH_CODE"  # not a payment code of any wallet, or of the one named
+    PAYMENT_DECLINED = "PAYMENT_DECLINED"  # the platform refused the payment code (attempt FAILED)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncGenerator
 from datetime import datetime
 from functools import partial
@@ -50,6 +51,13 @@ class PaymentAction:
     qr_code: str | None = strawberry.field(description="QR_CODE: the content to render.")
     form_html: str | None = strawberry.field(description="FORM_POST: HTML that auto-submits.")
     app_payload: str | None = strawberry.field(description="APP_SDK: hand it to the app SDK.")
+    client_params: str | None = strawberry.field(
+        description="REQUEST_PAYMENT: a JSON object of the signed parameters; pass it, parsed, "
+        "to wx.requestPayment (WeChat: appId, timeStamp, nonceStr, package, signType, paySign)."
+    )
+    trade_no: str | None = strawberry.field(
+        description="TRADE_PAY: the platform's trade number; pass it to my.tradePay({tradeNO})."
+    )
 
     @classmethod
     def from_domain(cls, action: DomainPaymentAction) -> PaymentAction:
@@ -59,14 +67,34 @@ class PaymentAction:
             qr_code=action.qr_code,
             form_html=action.form_html,
             app_payload=action.app_payload,
+            client_params=(
+                json.dumps(dict(action.client_params), ensure_ascii=False, separators=(",", ":"))
+                if action.client_params is not None
+                else None
+            ),
+            trade_no=action.trade_no,
         )
 
 
 @strawberry.input
 class StartPaymentInput:
     order_id: strawberry.ID
-    provider: str = strawberry.field(description="A provider the order's branch enables.")
     method: PaymentMethod  # type: ignore[valid-type]
+    provider: str | None = strawberry.field(
+        default=None,
+        description="A provider the order's branch enables. Required but for PAYMENT_CODE, "
+        "where the scanned code's range names it when left out (docs/payments.md).",
+    )
+    auth_code: str | None = strawberry.field(
+        default=None,
+        description="PAYMENT_CODE: the payment code the counter scanned from the payer's phone "
+        "(10 to 64 letters and digits). A one-time secret: never stored or logged.",
+    )
+    payer_id: str | None = strawberry.field(
+        default=None,
+        description="JSAPI: the payer's id at the platform (WeChat openid; Alipay buyer user id "
+        "or open_id).",
+    )
     return_url: str | None = strawberry.field(
         default=None,
         description="Where the platform sends the payer back (PAGE, WAP); "
@@ -151,6 +179,8 @@ class PaymentMutation:
             input.return_url,
             client_ip=client.host if client else None,
             visible=info.context.sees,
+            auth_code=input.auth_code,
+            payer_id=input.payer_id,
         )
         return StartPaymentPayload(
             payment=Payment.from_doc(result.payment) if result.payment else None,

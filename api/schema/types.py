@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Generator, Sequence
 from datetime import datetime
-from typing import Any, cast
+from typing import Annotated, Any, cast
 
 import strawberry
 from strawberry.types import Info
@@ -18,11 +18,14 @@ from api.config.branches import BranchView
 from api.domain.order import OfferingKind as DomainOfferingKind
 from api.domain.order import OrderStatus as DomainOrderStatus
 from api.domain.payment import PaymentStatus as DomainPaymentStatus
+from api.domain.payment import ReversalState as DomainReversalState
 from api.domain.pii import reveal_customer
 from api.plugins.contract import ActionKind as DomainActionKind
 from api.plugins.contract import PaymentMethod as DomainPaymentMethod
 from api.schema.context import Context
 from api.schema.ids import to_global_id
+from api.services.payments.options import Needs as DomainNeeds
+from api.services.payments.options import Unavailable as DomainUnavailable
 
 Document = dict[str, Any]
 
@@ -38,9 +41,33 @@ PaymentMethod = strawberry.enum(
     DomainPaymentMethod,
     name="PaymentMethod",
     description="PAGE: desktop redirect; WAP: mobile H5; QR_CODE: payer scans; "
-    "APP: platform app SDK.",
+    "APP: platform app SDK; PAYMENT_CODE: the counter scans the payer's payment code "
+    "(authCode); JSAPI: inside the platform's app (WeChat JSAPI / mini program, Alipay mini "
+    "program), for the payer named by payerId.",
 )
-ActionKind = strawberry.enum(DomainActionKind, name="ActionKind")
+ActionKind = strawberry.enum(
+    DomainActionKind,
+    name="ActionKind",
+    description="REDIRECT: open url; QR_CODE: render qrCode; FORM_POST: render formHtml; "
+    "APP_SDK: hand appPayload to the app SDK; REQUEST_PAYMENT: pass clientParams to "
+    "wx.requestPayment; TRADE_PAY: pass tradeNo to my.tradePay; NONE: nothing to show "
+    "(a payment code was charged; the payment's status tells, and a PENDING one settles "
+    "by itself: follow orderEvents).",
+)
+ReversalState = strawberry.enum(
+    DomainReversalState,
+    name="ReversalState",
+    description="A counter sale whose outcome stayed unknown, voided at the platform: "
+    "PENDING while asked, DONE when closed (unpaid) or its money returned (paid).",
+)
+PaymentUnavailable = strawberry.enum(
+    DomainUnavailable,
+    name="PaymentUnavailable",
+    description="Why a payment option cannot be used for the order.",
+)
+PaymentNeeds = strawberry.enum(
+    DomainNeeds, name="PaymentNeeds", description="What startPayment must carry for a method."
+)
 
 
 @strawberry.type(description="An amount of money as an integer count of fen (1/100 yuan).")
@@ -249,6 +276,11 @@ class Payment(Node):
         default=None,
         description="Why the payment awaits review (e.g. the platform reported another amount).",
     )
+    reversal: ReversalState | None = strawberry.field(  # type: ignore[valid-type]
+        default=None,
+        description="A counter sale being voided (PENDING) or voided (DONE) at the platform; "
+        "such a payment never pays its order.",
+    )
 
     @classmethod
     def from_doc(cls, doc: Document) -> Payment:
@@ -265,6 +297,7 @@ class Payment(Node):
             created_at=doc["createdAt"],
             updated_at=doc["updatedAt"] if "updatedAt" in doc else doc["createdAt"],
             flagged=doc["flagged"]["reason"] if doc.get("flagged") else None,
+            reversal=DomainReversalState(doc["reversal"]) if doc.get("reversal") else None,
         )
 
 
@@ -287,6 +320,21 @@ class _PaymentsLater:
     async def _load(self) -> list[Payment]:
         docs = await self.context.payments_by_order.load(self.order_id)
         return [Payment.from_doc(doc) for doc in docs]
+
+
+@strawberry.type(description="One way to pay an order: a provider and a method.")
+class PaymentOption:
+    provider: str
+    display_name: str
+    method: PaymentMethod  # type: ignore[valid-type]
+    available: bool
+    reason: PaymentUnavailable | None = strawberry.field(  # type: ignore[valid-type]
+        description="Why it cannot be used for this order; null when it can."
+    )
+    detail: str | None = strawberry.field(description="The reason in words, for a person.")
+    needs: list[PaymentNeeds] = strawberry.field(  # type: ignore[valid-type]
+        description="What startPayment must carry beside the provider and method."
+    )
 
 
 @strawberry.type(description="An order of one branch, priced from its catalog.")
@@ -312,6 +360,38 @@ class Order(Node):
     payments: list[Payment] = strawberry.field(
         description="Every payment attempt of the order, oldest first."
     )
+
+    @strawberry.field(
+        description="Every provider of the order's branch with each of its methods, in the "
+        "branch's order; one that cannot be used for this order says why. Offer a button only "
+        "for an available one."
+    )
+    def payment_options(
+        self,
+        info: Info[Context, None],
+        payer_id_known: Annotated[
+            bool,
+            strawberry.argument(
+                description="Whether the frontend has the payer's id at the platform (an "
+                "openid inside WeChat, a buyer id inside Alipay), which JSAPI needs."
+            ),
+        ] = False,
+    ) -> list[PaymentOption]:
+        service = info.context.services.payments
+        if service is None:
+            return []
+        return [
+            PaymentOption(
+                provider=option.provider,
+                display_name=option.display_name,
+                method=option.method,
+                available=option.available,
+                reason=option.reason,
+                detail=option.detail,
+                needs=list(option.needs),
+            )
+            for option in service.options(self.doc, payer_id_known=payer_id_known)
+        ]
 
     @classmethod
     def from_doc(cls, doc: Document, context: Context) -> Order:

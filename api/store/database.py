@@ -69,6 +69,11 @@ INDEXES: dict[str, list[IndexModel]] = {
             name="branch_phone_created",
         ),
     ],
+    # Genuine notifications refused by the checks beyond the signature (api/store/payments.py).
+    "notification_mismatches": [
+        IndexModel([("receivedAt", DESCENDING)], name="received"),
+        IndexModel([("branch", ASCENDING), ("receivedAt", DESCENDING)], name="branch_received"),
+    ],
     "payments": [
         # A trade number is unique within its branch; notifications name the branch.
         IndexModel(
@@ -89,6 +94,8 @@ INDEXES: dict[str, list[IndexModel]] = {
             name="branch_reserved_created",
         ),
         IndexModel([("outbox.at", ASCENDING)], name="outbox", sparse=True),
+        # Counter sales still followed (polled, or being reversed), by when they are due.
+        IndexModel([("counter.nextAt", ASCENDING)], name="counter_due", sparse=True),
         # Bill reconciliation: the paid attempts and succeeded refund lines of a day window.
         IndexModel(
             [("branch", ASCENDING), ("provider", ASCENDING), ("paidAt", ASCENDING)],
@@ -220,7 +227,10 @@ class Store:
             self.db.get_collection(RATE_LIMITS, write_concern=WriteConcern(w=1, j=False))
         )
         self.payments = PaymentRepository(
-            self.db["payments"], self.db["payment_events"], self.db["refunds"]
+            self.db["payments"],
+            self.db["payment_events"],
+            self.db["refunds"],
+            self.db["notification_mismatches"],
         )
         self.webhooks = WebhookRepository(
             self.db["webhook_endpoints"], self.db["webhook_events"], self.db["webhook_deliveries"]

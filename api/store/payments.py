@@ -35,7 +35,14 @@ from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
-from api.domain.payment import PAID, Attempt, PaymentStatus, RefundLine, RefundStatus
+from api.domain.payment import (
+    PAID,
+    Attempt,
+    PaymentStatus,
+    RefundLine,
+    RefundStatus,
+    ReversalState,
+)
 from api.domain.webhooks import payment_entries
 from api.telemetry import metrics
 
@@ -89,6 +96,8 @@ def attempt_of(doc: Document) -> Attempt:
             for r in doc.get("refunds", [])
         ),
         flagged=flagged["reason"] if flagged else None,
+        reversal=ReversalState(doc["reversal"]) if doc.get("reversal") else None,
+        out_trade_no=doc.get("outTradeNo", ""),
     )
 
 
@@ -114,6 +123,7 @@ def attempt_fields(attempt: Attempt, previous: Document, now: datetime) -> Docum
         "refundedFen": attempt.refunded_fen,
         "reservedFen": attempt.reserved_fen,
         "flagged": flagged,
+        "reversal": attempt.reversal.value if attempt.reversal else None,
     }
 
 
@@ -123,10 +133,12 @@ class PaymentRepository:
         payments: AsyncCollection[Document],
         events: AsyncCollection[Document],
         refunds: AsyncCollection[Document],
+        mismatches: AsyncCollection[Document] | None = None,
     ) -> None:
         self.collection = payments
         self.events = events
         self.refunds = refunds
+        self.mismatches = mismatches
         self.recorded: Callable[[str, ObjectId], None] | None = None  # see OrderRepository
 
     async def of_orders(self, order_ids: list[ObjectId]) -> dict[ObjectId, list[Document]]:
@@ -208,6 +220,65 @@ class PaymentRepository:
         if branch is not None:
             query["branch"] = branch
         return await self.collection.find(query).sort("createdAt", 1).to_list()
+
+    # --- counter sales (a scanned payment code): followed until settled or reversed ---
+
+    async def follow_counter_sale(self, payment_id: ObjectId, counter: Document) -> None:
+        """Start following the counter sale: ``counter`` holds nextAt and deadline."""
+        await self.collection.update_one(
+            {"_id": payment_id, "counter": None}, {"$set": {"counter": counter}}
+        )
+
+    async def claim_counter_sale(self, now: datetime, hold_until: datetime) -> Document | None:
+        """A due counter sale, held until ``hold_until`` so no other process takes it meanwhile.
+
+        The claim is one conditional write on ``counter.nextAt`` (index counter_due):
+        of N processes looking at once, one gets each sale.
+        """
+        return await self.collection.find_one_and_update(
+            {"counter.nextAt": {"$lte": now}},
+            {"$set": {"counter.nextAt": hold_until}, "$inc": {"counter.claims": 1}},
+            sort=[("counter.nextAt", 1)],
+            return_document=ReturnDocument.AFTER,
+        )
+
+    async def schedule_counter_sale(
+        self, payment_id: ObjectId, claims: int, fields: Document
+    ) -> bool:
+        """Set the followed sale's next step, if this process still holds its claim."""
+        result = await self.collection.update_one(
+            {"_id": payment_id, "counter.claims": claims},
+            {"$set": {f"counter.{k}": v for k, v in fields.items()}},
+        )
+        return result.modified_count == 1
+
+    async def step_counter_sale_now(self, payment_id: ObjectId, now: datetime) -> None:
+        """Make the counter sale due at once (followed from now if it was not)."""
+        moved = await self.collection.update_one(
+            {"_id": payment_id, "counter": {"$type": "object"}}, {"$set": {"counter.nextAt": now}}
+        )
+        if moved.matched_count == 0:
+            await self.follow_counter_sale(
+                payment_id,
+                {"nextAt": now, "deadline": now, "polls": 0, "reverseTries": 0, "claims": 0},
+            )
+
+    async def stop_following(self, payment_id: ObjectId) -> None:
+        await self.collection.update_one({"_id": payment_id}, {"$unset": {"counter": ""}})
+
+    async def record_mismatch(self, record: Document) -> bool:
+        """Keep a refused genuine notification once (its ``_id`` names the delivery)."""
+        assert self.mismatches is not None, "the store binds the mismatches collection"
+        try:
+            await self.mismatches.insert_one(record)
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def mismatches_of(self, branches: list[str] | None, limit: int) -> list[Document]:
+        assert self.mismatches is not None, "the store binds the mismatches collection"
+        query: Document = {} if branches is None else {"branch": {"$in": branches}}
+        return await self.mismatches.find(query).sort("receivedAt", -1).limit(limit).to_list()
 
     async def open_of_order(self, order_id: ObjectId) -> list[Document]:
         return await self.collection.find(

@@ -78,8 +78,10 @@ STORE_COMMANDS: Final = frozenset(
         "bulkWrite",
     }
 )
-GATEWAY_OPERATIONS: Final = frozenset({"create", "query", "refund", "close", "bill"})
-PAYMENT_METHODS: Final = frozenset({"PAGE", "WAP", "QR_CODE", "APP"})
+GATEWAY_OPERATIONS: Final = frozenset(
+    {"create", "query", "refund", "close", "bill", "code_pay", "reverse"}
+)
+PAYMENT_METHODS: Final = frozenset({"PAGE", "WAP", "QR_CODE", "APP", "PAYMENT_CODE", "JSAPI"})
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)

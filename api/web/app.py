@@ -42,7 +42,7 @@ from api.services.jobs import ClusterJob
 from api.services.notifications import Notifications
 from api.services.orders import OrderService
 from api.services.outbound import OutboundPolicy
-from api.services.payments import PaymentService
+from api.services.payments import CounterTiming, PaymentService
 from api.services.webhooks import WebhookService, WebhookSettings
 from api.settings import Settings
 from api.store import Store, StoreTimeouts
@@ -286,7 +286,15 @@ def create_app(
             registry.load()
             registry.on_applied = partial(_audit_changes, store, settings.plugins_toml)
             payments = PaymentService(
-                store, registry, base_url=lambda: settings.base_url, plugins=plugins
+                store,
+                registry,
+                base_url=lambda: settings.base_url,
+                plugins=plugins,
+                counter=CounterTiming(
+                    poll_seconds=settings.counter_poll_seconds,
+                    wait_seconds=settings.counter_wait_seconds,
+                    reverse_retry_seconds=settings.counter_reverse_retry_seconds,
+                ),
             )
             orders = OrderService(
                 store,
@@ -365,6 +373,13 @@ def create_app(
                     "reconcile",
                     settings.reconcile_interval_seconds,
                     lambda: payments.reconcile_due(reconcile_min_age),
+                ),
+                # Every process takes due counter sales one by one (payments/counter.py).
+                asyncio.create_task(
+                    _every(
+                        settings.counter_tick_seconds, payments.work_counter_sales, "counter-sales"
+                    ),
+                    name="counter-sales",
                 ),
                 # Every minute; past bill_reconcile_at the first process to take the lease
                 # reconciles yesterday's bills, and NOT_READY days again later.
@@ -462,7 +477,10 @@ def create_app(
             body=await request.body(),
         )
         reply = await request.app.state.notifications.receive(
-            request.path_params["provider"], request.path_params["branch"], incoming
+            request.path_params["provider"],
+            request.path_params["branch"],
+            incoming,
+            request.path_params.get("account"),
         )
         return Response(reply.body, status_code=reply.status_code, media_type=reply.media_type)
 
@@ -485,6 +503,8 @@ def create_app(
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/notify/{provider}/{branch}", notification, methods=["POST"]),
+        # A branch paying through a service-provider account: the account names the keys.
+        Route("/notify/{provider}/{branch}/{account}", notification, methods=["POST"]),
         Route("/admin", admin_page, methods=["GET", "HEAD"]),
         # Behind its own bearer token, not the API keys (api/web/metrics.py).
         Route("/metrics", MetricsEndpoint(settings).answer, methods=["GET"]),

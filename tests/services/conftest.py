@@ -269,6 +269,16 @@ class PayService:
             time.sleep(0.1)
         raise AssertionError("the service did not reload plugins.toml")
 
+    def wait_for_branch(self, branch: str) -> None:
+        """Wait until the running service has reloaded a plugins.toml that has the branch."""
+        query = "query($code: String!) { branch(code: $code) { code } }"
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.client.data(query, {"code": branch})["branch"] is not None:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"the service did not load branch {branch}")
+
     async def deliver_many(
         self, notification: dict[str, Any], count: int, branch: str = "zj"
     ) -> list[httpx.Response]:
@@ -430,6 +440,7 @@ class PayServices:
         self,
         extra_toml: str = "",
         listeners: tuple[Any, ...] = (),
+        seed_branches: tuple[str, ...] = ("zj", "bj", "yn"),
         **settings: Any,
     ) -> PayService:
         from api.dev.seed import seed
@@ -461,7 +472,7 @@ class PayServices:
             await store.ensure_indexes()
             await seed(
                 store,
-                branches=["zj", "bj", "yn"],
+                branches=list(seed_branches),
                 orders=0,
                 ttl=timedelta(minutes=30),
                 vault=PiiVault(options.pii_master_key()),

@@ -23,7 +23,9 @@ from bson import ObjectId
 from api.config.live import ProviderRegistry
 from api.plugins.contract import PaymentMethod, ProviderEvent, QueryResult
 from api.services.payments.context import PaymentContext
+from api.services.payments.counter import Counter, CounterTiming
 from api.services.payments.facts import AUTO_REFUND_SUFFIX, EventResult, Facts, auto_refund_no
+from api.services.payments.options import PaymentOption, payment_options
 from api.services.payments.reconcile import Reconcile, ReconcileReport, ReconcileRow
 from api.services.payments.refunds import RefundOutcome, Refunds
 from api.services.payments.start import Start, StartResult
@@ -31,7 +33,9 @@ from api.store import Store
 
 __all__ = [
     "AUTO_REFUND_SUFFIX",
+    "CounterTiming",
     "EventResult",
+    "PaymentOption",
     "PaymentService",
     "ReconcileReport",
     "ReconcileRow",
@@ -50,12 +54,14 @@ class PaymentService:
         base_url: Callable[[], str],
         plugins: pluggy.PluginManager | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        counter: CounterTiming | None = None,
     ) -> None:
         self.context = PaymentContext(store, registry, base_url, plugins, clock)
         # Facts reserve the refund of a second success; the refunds job submits it.
         self._facts = Facts(self.context, submit_refund=self._submit_refund)
         self._refunds = Refunds(self.context, self._facts)
-        self._start = Start(self.context)
+        self._counter = Counter(self.context, self._facts, counter or CounterTiming())
+        self._start = Start(self.context, self._counter)
         self._reconcile = Reconcile(self.context, self._facts, self._refunds)
 
     async def _submit_refund(self, payment_id: ObjectId, out_refund_no: str) -> None:
@@ -75,23 +81,44 @@ class PaymentService:
     async def start(
         self,
         order_id: ObjectId,
-        provider_name: str,
+        provider_name: str | None,
         method: PaymentMethod,
         return_url: str | None = None,
         *,
         visible: Callable[[str], bool],
         client_ip: str | None = None,
+        auth_code: str | None = None,
+        payer_id: str | None = None,
     ) -> StartResult:
         """Open a new attempt for the order at the provider (see :mod:`.start`)."""
         return await self._start.start(
-            order_id, provider_name, method, return_url, visible=visible, client_ip=client_ip
+            order_id,
+            provider_name,
+            method,
+            return_url,
+            visible=visible,
+            client_ip=client_ip,
+            auth_code=auth_code,
+            payer_id=payer_id,
         )
+
+    def options(self, order: Mapping[str, Any], *, payer_id_known: bool) -> list[PaymentOption]:
+        """How the order can be paid, and why not otherwise (see :mod:`.options`)."""
+        return payment_options(self.context.registry, order, payer_id_known=payer_id_known)
+
+    async def work_counter_sales(self) -> int:
+        """Take the next step of every counter sale due (see :mod:`.counter`)."""
+        return await self._counter.work_due()
 
     async def apply_event(
         self, provider_name: str, branch: str, event: ProviderEvent
     ) -> EventResult:
         """Apply a verified fact exactly once (see :mod:`.facts`)."""
         return await self._facts.apply_event(provider_name, branch, event)
+
+    async def mismatch(self, provider_name: str, branch: str, event: ProviderEvent) -> str | None:
+        """Why a verified notification is not about this branch's attempt (see :mod:`.facts`)."""
+        return await self._facts.mismatch(provider_name, branch, event)
 
     async def apply_query(self, payment: Mapping[str, Any], result: QueryResult) -> None:
         """Apply what a query of the attempt answered, exactly once (see :mod:`.facts`)."""

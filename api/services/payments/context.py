@@ -45,7 +45,12 @@ class PaymentContext:
         return now.replace(microsecond=(now.microsecond // 1000) * 1000)  # BSON keeps ms
 
     def notify_url(self, provider: str, branch: str) -> str:
-        return f"{self.base_url()}/notify/{provider}/{branch}"
+        """Where the platform notifies: names the branch and the account it pays through."""
+        url = f"{self.base_url()}/notify/{provider}/{branch}"
+        config = self.registry.provider_config(branch, provider)
+        if config is not None and config.account is not None:
+            url += f"/{config.account}"
+        return url
 
     def hook(self, name: str, **documents: Mapping[str, Any]) -> None:
         if self.plugins is None:

@@ -133,6 +133,30 @@ class Facts:
         await store.payments.mark_event_applied(branch, key, note, self.context.now())
         return EventResult(True, note, duplicate=not created)
 
+    async def mismatch(self, provider_name: str, branch: str, event: ProviderEvent) -> str | None:
+        """Why a verified notification is not about this branch's attempt, or None.
+
+        Checked after the signature (a platform's genuine key may sign another
+        merchant's or another attempt's facts): the out-trade-number must be an
+        attempt of this branch at this provider, a payment's amount and currency
+        must be the attempt's, and a refund we asked for must be of the amount we
+        asked for.
+        """
+        payment = await self.context.store.payments.by_out_trade_no(branch, event.out_trade_no)
+        if payment is None:
+            return "no attempt of this branch has that out_trade_no"
+        if payment["provider"] != provider_name:
+            return "the attempt belongs to another provider"
+        if event.currency != payment["currency"]:
+            return f"currency {event.currency} is not the attempt's {payment['currency']}"
+        if event.kind is EventKind.PAYMENT_SUCCEEDED and event.amount_fen != payment["amountFen"]:
+            return f"paid {event.amount_fen} fen; the attempt is for {payment['amountFen']} fen"
+        if event.kind in (EventKind.REFUND_SUCCEEDED, EventKind.REFUND_FAILED):
+            line = refund_doc(payment, event.out_refund_no or "")
+            if line is not None and int(line["amountFen"]) != event.amount_fen:
+                return f"refund of {event.amount_fen} fen; we asked for {line['amountFen']} fen"
+        return None
+
     async def apply_query(self, payment: Document, result: QueryResult) -> None:
         """Apply the facts of a query through the same exactly-once path as notifications."""
         for event in result.events:
@@ -195,6 +219,10 @@ class Facts:
                 return outcome.note
         raise RuntimeError(f"payment {payment_id}: too many concurrent writers")
 
+    async def settle(self, payment: Document) -> None:
+        """Bring the order in line with the attempt as stored (after a write outside a fact)."""
+        await self._follow_up(payment, None)
+
     async def _follow_up(self, payment: Document, outcome: Outcome | None) -> None:
         """Bring the order in line with the attempt; fire hooks for what ``outcome`` did."""
         store = self.context.store
@@ -215,8 +243,12 @@ class Facts:
             )
 
     async def _settle_order(self, payment: Document, attempt: Attempt, order: Document) -> None:
-        """Mark the order paid by this attempt, follow its refunds, or refund a second success."""
-        if not attempt.paid or attempt.flagged:
+        """Mark the order paid by this attempt, follow its refunds, or refund a second success.
+
+        A counter sale being reversed, or reversed, never pays its order (its money
+        goes back through the reversal).
+        """
+        if not attempt.paid or attempt.flagged or attempt.reversal is not None:
             return
         if order.get("paidPaymentId") == payment["_id"]:
             await self._sync_order(order, attempt)

@@ -16,8 +16,8 @@ from datetime import timedelta
 from typing import Any
 
 from api.domain.order import OrderStatus
-from api.domain.payment import PaymentStatus, RefundStatus, close_unpaid
-from api.plugins.contract import AttemptState, EventKind, Provider, ProviderEvent
+from api.domain.payment import PaymentStatus, RefundStatus, begin_reversal, close_unpaid
+from api.plugins.contract import AttemptState, EventKind, PaymentMethod, Provider, ProviderEvent
 from api.services.payments.context import Document, PaymentContext, log
 from api.services.payments.facts import Facts
 from api.services.payments.refunds import Refunds
@@ -61,6 +61,12 @@ class Reconcile:
         ctx = self.context
         all_closed = True
         for payment in await ctx.store.payments.open_of_order(order["_id"]):
+            if payment["method"] == PaymentMethod.PAYMENT_CODE.value:
+                # A counter sale is reversed, not closed: the counter job does it now.
+                await ctx.change(payment["_id"], begin_reversal)
+                await ctx.store.payments.step_counter_sale_now(payment["_id"], ctx.now())
+                all_closed = False
+                continue
             provider = ctx.registry.provider(payment["branch"], payment["provider"])
             if provider is None:
                 all_closed = False

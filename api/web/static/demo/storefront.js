@@ -11,7 +11,8 @@ const PAYMENT = `id provider method status amount { amountFen } outTradeNo provi
 const ORDER = `id status expiresAt total { amountFen }
   customer { name phone }
   items { title quantity subtotal { amountFen } options { name value } }
-  branch { code name providers { name displayName methods } }
+  branch { code name }
+  paymentOptions { provider displayName method available reason detail needs }
   payments { ${PAYMENT} }`;
 
 const BRANCHES = `{ branches { code name province operator } }`;
@@ -23,7 +24,7 @@ const CREATE_ORDER = `mutation Create($input: CreateOrderInput!) {
 const START_PAYMENT = `mutation Pay($input: StartPaymentInput!) {
   startPayment(input: $input) {
     payment { ${PAYMENT} }
-    action { kind url qrCode formHtml appPayload }
+    action { kind url qrCode formHtml appPayload clientParams tradeNo }
     userErrors { field message code } } }`;
 const CANCEL_ORDER = `mutation Cancel($input: CancelOrderInput!) {
   cancelOrder(input: $input) { order { ${ORDER} } userErrors { field message code } } }`;
@@ -225,33 +226,62 @@ function showOrder(current) {
   if (current.status !== "PENDING_PAYMENT") {
     $("action").replaceChildren();
   }
-  showProviders(current.branch.providers);
+  showProviders(current.paymentOptions);
   showPayments(current.payments);
 }
 
-function showProviders(providers) {
+// The API says which (provider, method) pairs this order can be paid with, and why not
+// the others (paymentOptions): a provider is offered when one of its methods is usable,
+// and an unusable method is shown disabled with its reason, never as a button that fails.
+function showProviders(options) {
   const select = $("provider");
   const was = select.value;
+  const usable = [];
+  for (const option of options) {
+    if (option.available && !usable.some((p) => p.provider === option.provider)) {
+      usable.push(option);
+    }
+  }
   select.replaceChildren(
-    ...providers.map((p) => el("option", { value: p.name }, p.displayName)),
+    ...usable.map((p) => el("option", { value: p.provider }, p.displayName)),
   );
-  if (providers.some((p) => p.name === was)) {
+  if (usable.some((p) => p.provider === was)) {
     select.value = was;
   }
-  if (!providers.length) {
+  if (!usable.length) {
     $("pay-errors").replaceChildren(el("li", {}, "This branch enables no payment provider now."));
   }
   showMethods();
 }
 
 function showMethods() {
-  const provider = order?.branch.providers.find((p) => p.name === $("provider").value);
+  const options = (order?.paymentOptions ?? []).filter((o) => o.provider === $("provider").value);
   const select = $("method");
   const was = select.value;
-  select.replaceChildren(...(provider?.methods ?? []).map((m) => el("option", { value: m }, m)));
-  if (provider?.methods.includes(was)) {
+  select.replaceChildren(
+    ...options.map((o) =>
+      o.available
+        ? el("option", { value: o.method }, o.method)
+        : el("option", { value: o.method, disabled: "" }, `${o.method}: ${o.detail}`),
+    ),
+  );
+  if (options.some((o) => o.available && o.method === was)) {
     select.value = was;
+  } else {
+    const first = options.find((o) => o.available);
+    if (first) {
+      select.value = first.method;
+    }
   }
+  showCodeInput();
+}
+
+// A counter sale: the clerk scans (or types) the payer's payment code.
+function showCodeInput() {
+  const option = (order?.paymentOptions ?? []).find(
+    (o) => o.provider === $("provider").value && o.method === $("method").value,
+  );
+  $("auth-code-field").hidden = !option?.needs.includes("AUTH_CODE");
 }
 
 function showPayments(payments) {
@@ -277,6 +307,10 @@ async function pay() {
   const input = { orderId: order.id, provider: $("provider").value, method };
   if (method === "PAGE" || method === "WAP") {
     input.returnUrl = window.location.href; // the platform sends the payer back here
+  }
+  if (!$("auth-code-field").hidden) {
+    input.authCode = $("auth-code").value.trim();
+    $("auth-code").value = ""; // the payer's one-time secret: not kept on the page
   }
   $("pay-errors").replaceChildren();
   const { startPayment: result } = await api.request(START_PAYMENT, { input });
@@ -311,6 +345,11 @@ function showAction(action) {
     box.replaceChildren(
       el("p", {}, "Hand this payload to the platform's app SDK:"),
       el("pre", { id: "app-payload" }, action.appPayload),
+    );
+  } else if (action.kind === "NONE") {
+    box.replaceChildren(
+      el("p", { id: "code-charged" }, "The payment code was charged. If the payer must confirm " +
+        "on the phone, the order follows by itself; an unconfirmed sale is reversed."),
     );
   }
 }
@@ -392,6 +431,7 @@ async function start() {
     $("shop").hidden = false;
   });
   $("provider").addEventListener("change", showMethods);
+  $("method").addEventListener("change", showCodeInput);
   $("pay").addEventListener("click", guarded(pay));
   $("cancel").addEventListener("click", guarded(cancel));
   $("new-order").addEventListener("click", guarded(newOrder));
