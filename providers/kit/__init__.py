@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from providers.kit.bills import BillBook, BillEntry, bill_routes
-from providers.kit.driver import GatewayDriver, SettleOutcome
+from providers.kit.driver import CodeBehaviour, GatewayDriver, SettleOutcome
 from providers.kit.loopback import LoopbackServer
 from providers.kit.simulator import (
     Delivery,
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BillBook",
     "BillEntry",
+    "CodeBehaviour",
     "Delivery",
     "Fault",
     "FaultQueue",

@@ -3,7 +3,8 @@
 A package implements :class:`GatewayDriver` over its own simulator: it settles
 attempts the way a payer would and hands back the signed notification the
 platform would send, plus three spoiled copies of it that a correct adapter
-must reject.
+must reject. The optional methods below open more of the kit's cases; the
+conformance module's docstring says which case needs which.
 """
 
 from __future__ import annotations
@@ -61,6 +62,17 @@ class GatewayDriver(Protocol):
     #     async def taken_fen(self, out_trade_no: str) -> int:
     #         """What the simulator's ledger holds as taken from the payer for the
     #         attempt: paid minus refunded or reversed (0 when never paid)."""
+    #
+    # Pick how the simulator recognises the behaviour from the code (the
+    # sandbox: its last digit, 1 pay, 2 confirm, 3 never) and document it in the
+    # simulator's docstring; every code must match the provider's
+    # payment_code_pattern and be new (payment codes are one-time).
+    #
+    # Optional, for platforms that notify a counter sale (Alipay, UnionPay, the sandbox):
+    #
+    #     async def code_notification(self, out_trade_no: str) -> NotificationRequest | None:
+    #         """The notification the platform sent when a confirming payer paid
+    #         (not delivered anywhere), or None when it sends none."""
 
     def forge(self, notification: NotificationRequest) -> NotificationRequest:
         """The same notification signed with a key that is not the platform's."""

@@ -1,4 +1,9 @@
-"""The sandbox's GatewayDriver for the conformance kit, over the simulator's controls."""
+"""The sandbox's GatewayDriver for the conformance kit, over the simulator's controls.
+
+Payment codes pick the payer's behaviour by their last digit (see
+:mod:`providers.sandbox.simulator`): 1 pays at once, 2 confirms after 2
+queries, 3 never confirms.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from typing import Any
 import httpx
 
 from api.plugin import NotificationRequest
-from providers.kit.driver import GatewayDriver, SettleOutcome
+from providers.kit.driver import CodeBehaviour, GatewayDriver, SettleOutcome
 from providers.sandbox import signing
 
 
@@ -41,6 +46,40 @@ class SandboxDriver(GatewayDriver):
         # The control route signs the latest notification anew on every call.
         response = await self.http.get(
             f"{self.base_url}/control/notifications/{out_trade_no}/latest"
+        )
+        response.raise_for_status()
+        return self._request(response.json())
+
+    async def code_notification(self, out_trade_no: str) -> NotificationRequest | None:
+        """The notification the simulator sent when a confirming payer paid."""
+        return await self.redeliver(out_trade_no)
+
+    def payment_code(self, behaviour: CodeBehaviour) -> str:
+        last = {"pay": "1", "confirm": "2", "never": "3"}[behaviour]
+        return "99" + "".join(secrets.choice("0123456789") for _ in range(15)) + last
+
+    async def taken_fen(self, out_trade_no: str) -> int:
+        response = await self.http.get(f"{self.base_url}/control/payments/{out_trade_no}/taken")
+        response.raise_for_status()
+        return int(response.json()["taken_fen"])
+
+    async def resign(
+        self,
+        notification: NotificationRequest,
+        *,
+        amount_fen: int | None = None,
+        merchant: str | None = None,
+        out_trade_no: str | None = None,
+    ) -> NotificationRequest:
+        # Only the simulator holds the genuine key: it re-signs what it sent.
+        response = await self.http.post(
+            f"{self.base_url}/control/notifications/resign",
+            json={
+                "body": notification.body.decode(),
+                "amount_fen": amount_fen,
+                "merchant_id": merchant,
+                "out_trade_no": out_trade_no,
+            },
         )
         response.raise_for_status()
         return self._request(response.json())

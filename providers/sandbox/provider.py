@@ -7,6 +7,20 @@ time-out may have opened the attempt, so it is ``outcome_unknown``); query,
 close and refund (the simulator refunds each ``out_refund_no`` once) are safe
 to repeat and are retried with backoff before a retryable GatewayError.
 
+Counter sales (``PAYMENT_CODE``, codes ``99`` + 16 digits): ``pay_with_code``
+posts the scanned code to ``/api/code-payments`` (the simulator answers a
+repeated ``out_trade_no`` with its state and never charges twice, so it is
+retried like a query; a time-out is still ``outcome_unknown``); ``reverse``
+posts ``/api/payments/{out_trade_no}/reverse``. The code is never logged, put
+in an error or kept in an event. A payment fact carries the simulator's
+notification id whether it comes from the pay answer, a query or the
+notification, so it is applied once.
+
+Notifications name the merchant account they belong to (``merchant_id``);
+one naming another account than this branch's raises ``NotificationMismatch``
+after the signature verifies (one without it, from a simulator before
+``merchant_id`` was sent, is read as this branch's).
+
 Daily bills: the branch's payments go to the simulator's merchant account
 ``merchant_id`` (default: the branch code), whose bill of a Beijing day
 ``download_bill`` fetches (``GET /api/bills/{day}``, signed like every call;
@@ -18,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Iterator
 from datetime import date, datetime
@@ -37,6 +52,7 @@ from api.plugin import (
     EventKind,
     GatewayError,
     GatewaySettings,
+    NotificationMismatch,
     NotificationRejected,
     NotificationReply,
     NotificationRequest,
@@ -49,6 +65,8 @@ from api.plugin import (
     RefundRequest,
     RefundResult,
     RefundState,
+    ReverseResult,
+    ReverseState,
     TransientFailure,
     call_gateway,
 )
@@ -70,6 +88,8 @@ _STATE_EVENTS = {
 }
 # Refusals the simulator answers for a refund it will never make.
 _REFUND_REFUSALS = frozenset({"REFUND_EXCEEDS_PAID", "NOT_PAID", "NOT_FOUND", "REFUND_NO_REUSED"})
+# Code payments the simulator surely refused (no attempt was charged).
+_CODE_REFUSALS = frozenset({"CODE_INVALID", "CODE_USED"})
 _BILL_UNAVAILABLE = {
     "BILL_NOT_READY": BillUnavailableReason.NOT_READY,
     "NO_BILL": BillUnavailableReason.NO_BILL,
@@ -111,8 +131,10 @@ class SandboxProvider(Provider):
         PaymentMethod.WAP,
         PaymentMethod.QR_CODE,
         PaymentMethod.APP,
+        PaymentMethod.PAYMENT_CODE,
     )
     Settings: ClassVar[type[BaseModel]] = SandboxSettings
+    payment_code_pattern: ClassVar[re.Pattern[str] | None] = re.compile(r"99\d{16}")
 
     settings: SandboxSettings
 
@@ -183,6 +205,8 @@ class SandboxProvider(Provider):
     # --- Provider -------------------------------------------------------------------
 
     async def create_payment(self, request: PaymentRequest) -> PaymentAction:
+        if request.method is PaymentMethod.PAYMENT_CODE:
+            raise GatewayError("a PAYMENT_CODE sale is charged with pay_with_code, not opened")
         payload = {
             "out_trade_no": request.out_trade_no,
             "amount_fen": request.amount_fen,
@@ -235,8 +259,14 @@ class SandboxProvider(Provider):
             amount_fen = data["amount_fen"]
             currency = str(data["currency"])
             occurred_at = datetime.fromisoformat(str(data["occurred_at"]))
-        except (ValueError, KeyError, TypeError) as exc:
+            merchant_id = data.get("merchant_id")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise NotificationRejected(f"malformed body: {type(exc).__name__}") from None
+        if merchant_id is not None and merchant_id != self.merchant_id:
+            raise NotificationMismatch(
+                f"the notification is for merchant account {str(merchant_id)[:64]!r}, "
+                f"not this branch's {self.merchant_id!r}"
+            )
         if not isinstance(amount_fen, int) or isinstance(amount_fen, bool) or amount_fen < 0:
             raise NotificationRejected("malformed body: amount_fen is not a whole number of fen")
         if occurred_at.tzinfo is None:
@@ -269,11 +299,18 @@ class SandboxProvider(Provider):
             return QueryResult(state=AttemptState.UNKNOWN)
         if response.status_code != 200:
             raise GatewayError(f"sandbox query failed: {data.get('message', '')}")
-        status = str(data["status"])
+        return self._attempt_state(out_trade_no, data)
+
+    @staticmethod
+    def _attempt_state(out_trade_no: str, data: dict[str, Any]) -> QueryResult:
+        """The simulator's view of an attempt (a query's or a code payment's answer)."""
+        status = str(data.get("status"))
         state = _STATES.get(status)
         if state is None:
-            raise GatewayError(f"sandbox reported an unknown status {status!r}")
+            raise GatewayError(f"sandbox reported an unknown status {status[:32]!r}")
         events: list[ProviderEvent] = []
+        # The notification's id names the fact, so a query, a code payment's
+        # answer and the notification itself all give the same event.
         if status in _STATE_EVENTS and data.get("notification_id") and data.get("settled_at"):
             events.append(
                 ProviderEvent(
@@ -308,6 +345,40 @@ class SandboxProvider(Provider):
         if data.get("code") in _REFUND_REFUSALS:
             return RefundResult(RefundState.FAILED, message=str(data.get("message", "")))
         raise GatewayError(f"sandbox refund failed: {data.get('message', '')}")
+
+    async def pay_with_code(self, request: PaymentRequest) -> QueryResult:
+        if not request.auth_code:
+            raise GatewayError("a PAYMENT_CODE sale needs the scanned auth_code")
+        payload = {
+            "out_trade_no": request.out_trade_no,
+            "amount_fen": request.amount_fen,
+            "currency": request.currency,
+            "subject": request.subject,
+            "auth_code": request.auth_code,
+            "notify_url": request.notify_url,
+            "expires_at": request.expires_at.isoformat(),
+            "merchant_id": self.merchant_id,
+        }
+        response = await self._call("POST", "/api/code-payments", payload)
+        data = self._json(response)
+        if response.status_code in (200, 202):
+            return self._attempt_state(request.out_trade_no, data)
+        code = str(data.get("code", ""))
+        if response.status_code == 400 and code in _CODE_REFUSALS:
+            # Surely refused: nothing was charged, and the sale may be tried with a new code.
+            return QueryResult(state=AttemptState.FAILED)
+        raise GatewayError(f"sandbox refused the code payment: {code or response.status_code}")
+
+    async def reverse(self, out_trade_no: str) -> ReverseResult:
+        response = await self._call("POST", f"/api/payments/{out_trade_no}/reverse")
+        data = self._json(response)
+        if response.status_code != 200:
+            raise GatewayError(f"sandbox refused the reverse: {data.get('code', '')}")
+        action = str(data.get("action", ""))
+        # close: it was unpaid; refund: it was paid and the money went back; none: nothing to do.
+        if action in ("close", "refund", "none"):
+            return ReverseResult(ReverseState.DONE, message=action)
+        raise GatewayError(f"sandbox answered a reverse with an unknown action {action[:32]!r}")
 
     async def close(self, out_trade_no: str) -> None:
         response = await self._call("POST", f"/api/payments/{out_trade_no}/close")

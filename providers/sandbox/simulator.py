@@ -12,7 +12,32 @@ It keeps attempts in memory and behaves like a small real platform:
   (idempotent per ``out_refund_no``, never beyond the paid amount; notifies too),
   ``POST /api/payments/{out_trade_no}/close`` closes an unpaid attempt;
 - ``GET /api/bills/{YYYY-MM-DD}?merchant_id=M`` serves merchant M's daily bill
-  of that Beijing day (see :mod:`providers.sandbox.bills` for the file).
+  of that Beijing day (see :mod:`providers.sandbox.bills` for the file);
+- ``POST /api/code-payments`` charges a payment code scanned at a counter, and
+  ``POST /api/payments/{out_trade_no}/reverse`` voids a counter sale (below).
+
+Payment codes (``PAYMENT_CODE``): 18 digits, ``99`` then 16 digits. The last
+digit says what the payer does, so tests choose it:
+
+- ``1``: paid at once (answer 200, status ``SUCCEEDED``);
+- ``2``: the payer confirms on the phone: the pay call and the first 2 queries
+  answer 202 / ``PENDING`` with ``payer_confirming``; the 3rd query finds it
+  paid, and the simulator then sends the payment's signed notification to the
+  attempt's ``notify_url`` (as for a paid page, retried until 2xx);
+- ``3``: the payer never confirms: ``PENDING`` until reversed or expired;
+- any other digit: declined (no balance): status ``FAILED``, ``failure``
+  ``CODE_DECLINED``.
+
+A code that is not a sandbox code answers 400 ``CODE_INVALID``; a code already
+used for another attempt answers 400 ``CODE_USED`` (payment codes are one-time;
+the simulator keeps only a digest of each code, never the code). Paying the same
+``out_trade_no`` again answers its current state and never charges twice.
+
+A reverse voids the attempt and answers 200 with ``action``: ``close`` (it was
+unpaid, e.g. the payer still confirming: a later confirm cannot charge it),
+``refund`` (it was paid: what was left after refunds goes back to the payer,
+shown on the bill as a refund numbered ``rv...``) or ``none`` (already closed
+or failed, or never seen). The attempt reads ``CLOSED`` afterwards.
 
 Each attempt belongs to the merchant account named by ``merchant_id`` in the
 create request (default ``sandbox``): branches sharing one simulator each get a
@@ -33,14 +58,21 @@ Every ``/api`` request must carry a valid signature (see
 :mod:`providers.sandbox.signing`) or gets 401. Test controls, unauthenticated
 like the pay page, live under ``/control``: settle without delivering and get
 the signed notification back, read the latest notification, re-deliver it
-(``count`` times), inject faults (5xx answers, stalls) into ``/api`` calls,
-and change bills (``/control/bills``, see :mod:`providers.kit.bills`).
+(``count`` times), re-sign a notification it sent with its amount, merchant or
+out_trade_no changed (``/control/notifications/resign``), read what its ledger
+holds as taken from the payer for an attempt (``/control/payments/{no}/taken``:
+paid minus refunded and reversed), inject faults (5xx answers, stalls) into
+``/api`` calls, and change bills (``/control/bills``, see :mod:`providers.kit.bills`).
+
+Every notification names the merchant account it belongs to (``merchant_id``),
+under the signature.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import html
 import json
 import logging
@@ -76,6 +108,10 @@ logger = logging.getLogger("branchpay.providers.sandbox.simulator")
 
 OUT_TRADE_NO = re.compile(r"^[0-9A-Za-z]{8,32}$")
 METHODS = frozenset({"PAGE", "WAP", "QR_CODE", "APP"})
+PAYMENT_CODE = re.compile(r"99\d{16}")
+# The last digit of a payment code: what the payer does (anything else: declined).
+CODE_BEHAVIOURS = {"1": "pay", "2": "confirm", "3": "never"}
+CONFIRMING_QUERIES = 2  # "confirm": the queries that still find the payer confirming
 OUTCOMES = {"success": "SUCCEEDED", "fail": "FAILED", "close": "CLOSED"}
 EVENT_TYPES = {
     "SUCCEEDED": "payment.succeeded",
@@ -115,6 +151,12 @@ class Attempt:
     settled_at: datetime | None = None
     notification_id: str | None = None
     refunds: dict[str, Refund] = field(default_factory=dict)
+    # A counter sale: what the payer does ("pay", "confirm", "never", "decline"),
+    # the queries left before a confirming payer has paid, and what the sale took.
+    code_behaviour: str | None = None
+    confirming_queries: int = 0
+    paid_fen: int = 0
+    reversed_fen: int = 0
     # Bodies of the notifications sent for this attempt, oldest first; the
     # body (and so its id) is fixed once made, only the signature is renewed.
     notifications: list[tuple[str, bytes]] = field(default_factory=list)
@@ -123,14 +165,27 @@ class Attempt:
     def refunded_fen(self) -> int:
         return sum(r.refund_fen for r in self.refunds.values())
 
+    @property
+    def taken_fen(self) -> int:
+        """The ledger: what the payer has paid for this attempt and not had back."""
+        return self.paid_fen - self.refunded_fen - self.reversed_fen
+
+    @property
+    def payer_confirming(self) -> bool:
+        return self.status == "PENDING" and self.code_behaviour in ("confirm", "never")
+
     def as_json(self) -> dict[str, Any]:
         return {
             "out_trade_no": self.out_trade_no,
             "trade_no": self.trade_no,
+            "method": self.method,
+            "merchant_id": self.merchant_id,
             "status": self.status,
+            "payer_confirming": self.payer_confirming,
             "amount_fen": self.amount_fen,
             "currency": self.currency,
             "refunded_fen": self.refunded_fen,
+            "reversed_fen": self.reversed_fen,
             "settled_at": self.settled_at.isoformat() if self.settled_at else None,
             "notification_id": self.notification_id,
             "refunds": [
@@ -168,6 +223,8 @@ class SandboxGateway:
         self.started_at = _now()
         self.book = book or BillBook()
         self.attempts: dict[str, Attempt] = {}
+        # Digests of the payment codes charged, by attempt: a code pays one attempt only.
+        self.used_codes: dict[str, str] = {}
         self.faults = FaultQueue()
         self.notifier = Notifier(retry_delays=retry_delays, timeout=5.0)
 
@@ -203,6 +260,7 @@ class SandboxGateway:
         attempt.status = OUTCOMES[outcome]
         attempt.settled_at = _now()
         if attempt.status == "SUCCEEDED":
+            attempt.paid_fen = attempt.amount_fen
             self.book.record_payment(
                 attempt.out_trade_no,
                 attempt.trade_no,
@@ -216,6 +274,7 @@ class SandboxGateway:
             attempt,
             {
                 "type": EVENT_TYPES[attempt.status],
+                "merchant_id": attempt.merchant_id,
                 "out_trade_no": attempt.out_trade_no,
                 "trade_no": attempt.trade_no,
                 "amount_fen": attempt.amount_fen,
@@ -249,16 +308,13 @@ class SandboxGateway:
 
     # --- API ----------------------------------------------------------------------
 
-    async def create_payment(self, request: Request) -> Response:
-        body, refused = await self._authenticate(request)
-        if refused:
-            return refused
+    @staticmethod
+    def _new_attempt(data: Any, method: str) -> Attempt | Response:
+        """The attempt a create or code-pay request opens, or the refusal to answer."""
         try:
-            data = json.loads(body)
             out_trade_no = str(data["out_trade_no"])
             amount_fen = data["amount_fen"]
             currency = str(data["currency"])
-            method = str(data["method"])
             notify_url = str(data["notify_url"])
             expires_at = datetime.fromisoformat(str(data["expires_at"]))
             subject = str(data.get("subject") or "")
@@ -273,7 +329,7 @@ class SandboxGateway:
             problems.append("amount_fen must be a positive integer")
         if currency != "CNY":
             problems.append("currency must be CNY")
-        if method not in METHODS:
+        if method not in METHODS | {"PAYMENT_CODE"}:
             problems.append(f"method must be one of {sorted(METHODS)}")
         if expires_at.tzinfo is None:
             problems.append("expires_at must carry a UTC offset")
@@ -283,29 +339,112 @@ class SandboxGateway:
             problems.append("merchant_id must be 1..64 characters [0-9A-Za-z_.-]")
         if problems:
             return _error(400, "INVALID_REQUEST", "; ".join(problems))
-        existing = self.attempts.get(out_trade_no)
+        return Attempt(
+            out_trade_no=out_trade_no,
+            trade_no="sbx" + uuid.uuid4().hex[:20],
+            amount_fen=amount_fen,
+            currency=currency,
+            subject=subject,
+            method=method,
+            notify_url=notify_url,
+            return_url=str(return_url) if return_url else None,
+            expires_at=expires_at.astimezone(UTC),
+            merchant_id=merchant_id,
+        )
+
+    def _same_attempt(self, new: Attempt) -> Attempt | Response | None:
+        """The attempt already open under the new one's number, or why it cannot be reused."""
+        existing = self.attempts.get(new.out_trade_no)
+        if existing is None:
+            return None
+        if (existing.amount_fen, existing.currency) != (new.amount_fen, new.currency):
+            return _error(409, "DUPLICATE_OUT_TRADE_NO", "out_trade_no used for another amount")
+        if (existing.method == "PAYMENT_CODE") != (new.method == "PAYMENT_CODE"):
+            return _error(
+                409, "DUPLICATE_OUT_TRADE_NO", "out_trade_no used for another kind of payment"
+            )
+        return existing
+
+    async def create_payment(self, request: Request) -> Response:
+        body, refused = await self._authenticate(request)
+        if refused:
+            return refused
+        try:
+            data = json.loads(body)
+            method = str(data["method"])
+        except (ValueError, KeyError, TypeError) as exc:
+            return _error(400, "INVALID_REQUEST", f"malformed payment: {type(exc).__name__}")
+        if method not in METHODS:
+            return _error(400, "INVALID_REQUEST", f"method must be one of {sorted(METHODS)}")
+        new = self._new_attempt(data, method)
+        if isinstance(new, Response):
+            return new
+        existing = self._same_attempt(new)
+        if isinstance(existing, Response):
+            return existing
         if existing is not None:
-            if existing.amount_fen != amount_fen or existing.currency != currency:
-                return _error(409, "DUPLICATE_OUT_TRADE_NO", "out_trade_no used for another amount")
             attempt = existing
             status = 200
         else:
-            attempt = Attempt(
-                out_trade_no=out_trade_no,
-                trade_no="sbx" + uuid.uuid4().hex[:20],
-                amount_fen=amount_fen,
-                currency=currency,
-                subject=subject,
-                method=method,
-                notify_url=notify_url,
-                return_url=str(return_url) if return_url else None,
-                expires_at=expires_at.astimezone(UTC),
-                merchant_id=merchant_id,
-            )
-            self.attempts[out_trade_no] = attempt
+            attempt = new
+            self.attempts[attempt.out_trade_no] = attempt
             status = 201
-        pay_url = f"{str(request.base_url).rstrip('/')}/pay/{out_trade_no}"
+        pay_url = f"{str(request.base_url).rstrip('/')}/pay/{attempt.out_trade_no}"
         return JSONResponse({**attempt.as_json(), "pay_url": pay_url}, status_code=status)
+
+    async def pay_with_code(self, request: Request) -> Response:
+        body, refused = await self._authenticate(request)
+        if refused:
+            return refused
+        try:
+            data = json.loads(body)
+            auth_code = str(data["auth_code"])
+        except (ValueError, KeyError, TypeError) as exc:
+            return _error(400, "INVALID_REQUEST", f"malformed code payment: {type(exc).__name__}")
+        new = self._new_attempt(data, "PAYMENT_CODE")
+        if isinstance(new, Response):
+            return new
+        existing = self._same_attempt(new)
+        if isinstance(existing, Response):
+            return existing
+        if existing is not None:
+            # The same sale sent again (a retry after a lost answer): its state, no new charge.
+            self._expire(existing)
+            return self._code_answer(existing)
+        # The code itself is never echoed in an answer or kept: only its digest.
+        if not PAYMENT_CODE.fullmatch(auth_code):
+            return _error(400, "CODE_INVALID", "auth_code is not a sandbox payment code")
+        digest = hashlib.sha256(auth_code.encode()).hexdigest()
+        if digest in self.used_codes:
+            return _error(400, "CODE_USED", "the payment code was used already; scan a new one")
+        self.used_codes[digest] = new.out_trade_no
+        attempt = new
+        attempt.code_behaviour = CODE_BEHAVIOURS.get(auth_code[-1], "decline")
+        self.attempts[attempt.out_trade_no] = attempt
+        if attempt.code_behaviour == "pay":
+            self._settle(attempt, "success")
+        elif attempt.code_behaviour == "decline":
+            self._settle(attempt, "fail")
+        elif attempt.code_behaviour == "confirm":
+            attempt.confirming_queries = CONFIRMING_QUERIES
+        return self._code_answer(attempt)
+
+    @staticmethod
+    def _code_answer(attempt: Attempt) -> Response:
+        answer = attempt.as_json()
+        if attempt.code_behaviour == "decline":
+            answer["failure"] = "CODE_DECLINED"
+        return JSONResponse(answer, status_code=202 if attempt.payer_confirming else 200)
+
+    def _confirm_on_query(self, attempt: Attempt) -> None:
+        """A "confirm" payer, still confirming, has paid once enough queries came."""
+        if not (attempt.payer_confirming and attempt.code_behaviour == "confirm"):
+            return
+        if attempt.confirming_queries > 0:
+            attempt.confirming_queries -= 1
+            return
+        if self._settle(attempt, "success") is not None:
+            self._deliver_in_background(attempt.notify_url, attempt.notifications[-1][1])
 
     async def query(self, request: Request) -> Response:
         _, refused = await self._authenticate(request)
@@ -315,7 +454,39 @@ class SandboxGateway:
         if attempt is None:
             return _error(404, "NOT_FOUND", "no such attempt")
         self._expire(attempt)
+        self._confirm_on_query(attempt)
         return JSONResponse(attempt.as_json())
+
+    async def reverse(self, request: Request) -> Response:
+        _, refused = await self._authenticate(request)
+        if refused:
+            return refused
+        out_trade_no = request.path_params["out_trade_no"]
+        attempt = self.attempts.get(out_trade_no)
+        if attempt is None:
+            return JSONResponse(
+                {"out_trade_no": out_trade_no, "status": "UNKNOWN", "action": "none"}
+            )
+        self._expire(attempt)
+        action = "none"
+        if attempt.status == "PENDING":
+            action = "close"
+            attempt.status = "CLOSED"
+            attempt.settled_at = _now()
+        elif attempt.status == "SUCCEEDED":
+            action = "refund"
+            attempt.status = "CLOSED"
+            left = attempt.taken_fen
+            if left:
+                attempt.reversed_fen += left
+                self.book.record_refund(
+                    attempt.out_trade_no,
+                    "rv" + uuid.uuid4().hex[:20],
+                    left,
+                    refund_no="sbv" + uuid.uuid4().hex[:20],
+                    at=_now(),
+                )
+        return JSONResponse({**attempt.as_json(), "action": action})
 
     async def close(self, request: Request) -> Response:
         _, refused = await self._authenticate(request)
@@ -375,6 +546,7 @@ class SandboxGateway:
             attempt,
             {
                 "type": "refund.succeeded",
+                "merchant_id": attempt.merchant_id,
                 "out_trade_no": attempt.out_trade_no,
                 "trade_no": attempt.trade_no,
                 "out_refund_no": out_refund_no,
@@ -553,6 +725,35 @@ class SandboxGateway:
         ]
         return JSONResponse({"notification_id": attempt.notifications[-1][0], "statuses": statuses})
 
+    async def control_taken(self, request: Request) -> Response:
+        out_trade_no = request.path_params["out_trade_no"]
+        attempt = self.attempts.get(out_trade_no)
+        taken = attempt.taken_fen if attempt is not None else 0
+        return JSONResponse({"out_trade_no": out_trade_no, "taken_fen": taken})
+
+    async def control_resign(self, request: Request) -> Response:
+        """A notification this simulator sent, one thing changed, signed with the genuine key."""
+        try:
+            data = await request.json()
+            body = str(data["body"]).encode()
+            sent = json.loads(body)
+            if not isinstance(sent, dict):
+                raise TypeError("the body is not a JSON object")
+        except (ValueError, KeyError, TypeError) as exc:
+            return _error(400, "INVALID_REQUEST", f"malformed resign request: {type(exc).__name__}")
+        attempt = self.attempts.get(str(sent.get("out_trade_no", "")))
+        if attempt is None or all(known != body for _, known in attempt.notifications):
+            return _error(404, "NOT_FOUND", "the simulator never sent that notification")
+        changes = {
+            name: data[name]
+            for name in ("amount_fen", "merchant_id", "out_trade_no")
+            if data.get(name) is not None
+        }
+        if not changes:
+            return _error(400, "INVALID_REQUEST", "name amount_fen, merchant_id or out_trade_no")
+        changed = json.dumps({**sent, **changes}, separators=(",", ":")).encode()
+        return JSONResponse(self._signed_notification(changed))
+
     async def control_faults(self, request: Request) -> Response:
         data = await request.json()
         fault = Fault(
@@ -586,6 +787,8 @@ def create_app(
         ("/api/payments", gateway.create_payment, ["POST"]),
         ("/api/payments/{out_trade_no}", gateway.query, ["GET"]),
         ("/api/payments/{out_trade_no}/close", gateway.close, ["POST"]),
+        ("/api/payments/{out_trade_no}/reverse", gateway.reverse, ["POST"]),
+        ("/api/code-payments", gateway.pay_with_code, ["POST"]),
         ("/api/refunds", gateway.refund, ["POST"]),
         ("/api/bills/{day}", gateway.bill, ["GET"]),
         ("/app/open", gateway.open_app_payload, ["POST"]),
@@ -594,6 +797,8 @@ def create_app(
         ("/control/payments/{out_trade_no}/settle", gateway.control_settle, ["POST"]),
         ("/control/notifications/{out_trade_no}/latest", gateway.control_latest, ["GET"]),
         ("/control/notifications/{out_trade_no}/redeliver", gateway.control_redeliver, ["POST"]),
+        ("/control/notifications/resign", gateway.control_resign, ["POST"]),
+        ("/control/payments/{out_trade_no}/taken", gateway.control_taken, ["GET"]),
         ("/control/faults", gateway.control_faults, ["POST"]),
     ]
     app = Starlette(

@@ -134,6 +134,7 @@ def _args(provider: SandboxProvider, gateway: SandboxDriver) -> dict[str, object
         "amount_fen": 8800,
         "notify_url": "http://127.0.0.1:9/notify/sandbox/zj_mobile",
         "payment_methods": (PaymentMethod.QR_CODE,),
+        "payer_id": None,
     }
 
 

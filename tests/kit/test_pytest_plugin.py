@@ -76,6 +76,21 @@ class TestSandboxWithModuleDefaults(ProviderConformance):
         assert (amount_fen, payment_methods) == (4321, (PaymentMethod.APP,))
 """
 
+IN_APP_WITHOUT_PAYER_ID = OVERRIDDEN_DEFAULTS.replace(
+    "class TestSandboxWithModuleDefaults(ProviderConformance):",
+    """class InApp(SandboxProvider):
+    methods = (*SandboxProvider.methods, PaymentMethod.JSAPI)
+
+
+@pytest.fixture
+def provider(url, http):
+    settings = SandboxSettings.model_validate({"gateway": url, "secret": SECRET})
+    return InApp(settings, branch="zj", http=http)
+
+
+class TestSandboxWithModuleDefaults(ProviderConformance):""",
+)
+
 
 def _pytest(tmp_path: Path, test_source: str) -> subprocess.CompletedProcess[str]:
     (tmp_path / "pyproject.toml").write_text(PYPROJECT)
@@ -100,3 +115,9 @@ def test_an_authors_module_fixtures_override_the_defaults(tmp_path: Path) -> Non
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     passed = re.search(r"(\d+) passed", result.stdout)
     assert passed and int(passed.group(1)) >= 20, result.stdout[-2000:]
+
+
+def test_an_in_app_provider_without_a_payer_id_is_told_to_supply_one(tmp_path: Path) -> None:
+    result = _pytest(tmp_path, IN_APP_WITHOUT_PAYER_ID)
+    assert result.returncode != 0
+    assert "needs a `payer_id` fixture" in result.stdout, result.stdout[-3000:]

@@ -42,6 +42,22 @@ class ExamplePayDriver(GatewayDriver):
         response.raise_for_status()
         return _request(dict(parse_qsl(response.json()["body"])))
 
+    async def resign(
+        self,
+        notification: NotificationRequest,
+        *,
+        amount_fen: int | None = None,
+        merchant: str | None = None,
+        out_trade_no: str | None = None,
+    ) -> NotificationRequest:
+        # Only the gateway holds the merchant's key: it re-signs its latest notification.
+        response = await self.http.post(
+            f"{self.base_url}/control/resign/{_fields(notification)['out_trade_no']}",
+            json={"amount": amount_fen, "merchant_id": merchant, "out_trade_no": out_trade_no},
+        )
+        response.raise_for_status()
+        return _request(dict(parse_qsl(response.json()["body"])))
+
     def forge(self, notification: NotificationRequest) -> NotificationRequest:
         fields = _fields(notification)
         fields["sign"] = signing.sign(secrets.token_bytes(32), fields)

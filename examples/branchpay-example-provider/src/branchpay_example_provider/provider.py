@@ -21,6 +21,7 @@ from api.plugin import (
     EventKind,
     GatewayError,
     GatewaySettings,
+    NotificationMismatch,
     NotificationRejected,
     NotificationReply,
     NotificationRequest,
@@ -134,7 +135,8 @@ class ExamplePayProvider(Provider):
         if not signing.is_genuine(self._key, fields):
             raise NotificationRejected("sign does not match")
         if fields.get("merchant_id") != self.settings.merchant_id:
-            raise NotificationRejected("merchant_id is not this branch's")
+            # Genuine, but another merchant's: answered as accepted, changes nothing.
+            raise NotificationMismatch("merchant_id is not this branch's")
         kind = _EVENTS.get(fields.get("event", ""))
         if kind is None:
             return None

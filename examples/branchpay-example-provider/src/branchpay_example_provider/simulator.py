@@ -3,7 +3,9 @@
 ``POST /pay/{out_trade_no}`` with ``outcome=success|fail|close`` settles an
 attempt and posts the signed notification to its notify URL (a few tries);
 ``POST /control/settle/{out_trade_no}`` does the same but returns the
-notification body instead of sending it.
+notification body instead of sending it; ``POST /control/resign/{out_trade_no}``
+returns the latest notification with ``amount``, ``merchant_id`` or
+``out_trade_no`` changed, signed anew with the merchant's key.
 """
 
 from __future__ import annotations
@@ -187,6 +189,18 @@ def create_app(merchant_id: str, api_key: bytes) -> Starlette:
         body = signed_form({**attempt.latest, "time": int(time.time())})
         return JSONResponse({"body": body.decode()})
 
+    async def control_resign(request: Request) -> Response:
+        attempt = attempts.get(request.path_params["out_trade_no"])
+        if attempt is None or not attempt.latest:
+            return PlainTextResponse("no notification for that attempt", status_code=404)
+        data = await request.json()
+        changes = {
+            name: data[name]
+            for name in ("amount", "merchant_id", "out_trade_no")
+            if data.get(name) is not None
+        }
+        return JSONResponse({"body": signed_form({**attempt.latest, **changes}).decode()})
+
     return Starlette(
         routes=[
             Route("/orders", create, methods=["POST"]),
@@ -197,6 +211,7 @@ def create_app(merchant_id: str, api_key: bytes) -> Starlette:
             Route("/pay/{out_trade_no}", pay, methods=["POST"]),
             Route("/control/settle/{out_trade_no}", control_settle, methods=["POST"]),
             Route("/control/redeliver/{out_trade_no}", control_redeliver, methods=["POST"]),
+            Route("/control/resign/{out_trade_no}", control_resign, methods=["POST"]),
         ],
         lifespan=notifier.lifespan,
     )
