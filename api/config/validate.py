@@ -36,7 +36,11 @@ from api.config.secrets import (
     wants_bytes,
 )
 from api.config.wording import syntax_problem, table_path
-from api.plugins.contract import Provider
+from api.domain.order import OfferingKind
+from api.plugins.contract import PaymentMethod, Provider
+
+# Keys of a branch's provider table that are branchpay's, not the provider's settings.
+CORE_KEYS = frozenset({"enabled", "methods", "methods_by_kind", "min_amount_fen", "max_amount_fen"})
 
 
 def load_config(path: Path, providers: Mapping[str, type[Provider]]) -> PluginsConfig:
@@ -151,10 +155,76 @@ class _Validator:
             self.problem(where, "enabled: missing (write enabled = true or enabled = false)")
         elif not isinstance(enabled, bool):
             self.problem(where, "enabled: must be true or false")
-        settings = self.settings(where, cls, {k: v for k, v in table.items() if k != "enabled"})
-        if settings is None or not isinstance(enabled, bool):
+        count = len(self.problems)
+        rules = self.payment_rules(where, cls, table)
+        settings = self.settings(where, cls, {k: v for k, v in table.items() if k not in CORE_KEYS})
+        if settings is None or not isinstance(enabled, bool) or len(self.problems) > count:
             return None
-        return ProviderConfig(name=name, enabled=enabled, settings=settings)
+        return ProviderConfig(name=name, enabled=enabled, settings=settings, **rules)
+
+    def payment_rules(
+        self, where: str, cls: type[Provider], table: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The branch's own rules for the provider: ``methods``, ``methods_by_kind``, amounts."""
+        rules: dict[str, Any] = {}
+        supported = ", ".join(m.value for m in cls.methods)
+        methods = cls.methods
+        if "methods" in table:
+            listed = self.methods(where, "methods", table["methods"], cls.methods, supported)
+            if listed is not None:
+                rules["methods"] = methods = listed
+        if "methods_by_kind" in table:
+            by_kind = table["methods_by_kind"]
+            kinds = ", ".join(k.value for k in OfferingKind)
+            if not isinstance(by_kind, dict):
+                self.problem(where, f"methods_by_kind: must be a table of kinds ({kinds})")
+            else:
+                found: dict[str, tuple[PaymentMethod, ...]] = {}
+                offered = ", ".join(m.value for m in methods)
+                for kind, value in by_kind.items():
+                    if kind not in {k.value for k in OfferingKind}:
+                        self.problem(
+                            where, f"methods_by_kind: unknown kind {kind!r} (kinds: {kinds})"
+                        )
+                        continue
+                    listed = self.methods(where, f"methods_by_kind.{kind}", value, methods, offered)
+                    if listed is not None:
+                        found[kind] = listed
+                rules["methods_by_kind"] = found
+        low, high = cls.amount_limits_fen
+        for key in ("min_amount_fen", "max_amount_fen"):
+            if key not in table:
+                continue
+            value = table[key]
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                self.problem(
+                    where,
+                    f"{key}: must be a whole number of fen from {low} to {high} "
+                    f"({cls.name}'s limits)",
+                )
+            else:
+                rules[key] = value
+        if rules.get("min_amount_fen", low) > rules.get("max_amount_fen", high):
+            self.problem(where, "min_amount_fen: must not exceed max_amount_fen")
+        return rules
+
+    def methods(
+        self,
+        where: str,
+        key: str,
+        value: Any,
+        allowed: tuple[PaymentMethod, ...],
+        wording: str,
+    ) -> tuple[PaymentMethod, ...] | None:
+        if not isinstance(value, list) or not value:
+            self.problem(where, f"{key}: must be a non-empty list of methods ({wording})")
+            return None
+        names = {m.value for m in allowed}
+        bad = [m for m in value if not isinstance(m, str) or m not in names]
+        if bad:
+            self.problem(where, f"{key}: {', '.join(map(repr, bad))} not among {wording}")
+            return None
+        return tuple(m for m in allowed if m.value in value)
 
     def settings(self, where: str, cls: type[Provider], table: dict[str, Any]) -> BaseModel | None:
         model = cls.Settings

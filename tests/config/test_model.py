@@ -10,7 +10,7 @@ import pytest
 from api.config.model import ConfigError, default_path
 from api.config.secrets import redact
 from api.config.validate import load_config
-from api.plugins.contract import Provider
+from api.plugins.contract import PaymentMethod, Provider
 
 Write = Callable[[str], Path]
 Providers = dict[str, type[Provider]]
@@ -277,3 +277,53 @@ def test_redaction_spares_pem_armour_but_not_key_material(pem_key: str) -> None:
     assert redact(header, [pem_key]) == header
     assert redact(f"unexpected data after {body_line[5:17]}", [pem_key]) == withheld
     assert redact("Field required", ["hunter2-hunter2"]) == "Field required"
+
+
+def test_a_branch_limits_its_methods_by_kind_and_amount(
+    write_config: Write, providers: Providers, valid_text: str
+) -> None:
+    text = valid_text.replace(
+        "enabled = true   # the branch's first choice\n",
+        "enabled = true   # the branch's first choice\n"
+        'methods = ["QR_CODE"]\nmethods_by_kind = { TOP_UP = ["QR_CODE"] }\n'
+        "min_amount_fen = 100\nmax_amount_fen = 500000\n",
+    )
+    config = load_config(write_config(text), providers)
+    card = config.branches["zj"].providers["cardpay"]
+    assert card.methods == (PaymentMethod.QR_CODE,)
+    assert card.methods_by_kind == {"TOP_UP": (PaymentMethod.QR_CODE,)}
+    assert (card.min_amount_fen, card.max_amount_fen) == (100, 500000)
+    # Not settings of the provider: its model never sees them.
+    assert "methods" not in type(card.settings).model_fields
+
+
+def test_wrong_methods_kinds_and_amounts_one_line_each(
+    write_config: Write, providers: Providers, valid_text: str
+) -> None:
+    text = valid_text.replace(
+        "enabled = true   # the branch's first choice\n",
+        "enabled = true   # the branch's first choice\n"
+        'methods = ["QR_CODE", "APP"]\nmethods_by_kind = { GADGET = ["PAGE"], PLAN = [] }\n'
+        "min_amount_fen = 0\nmax_amount_fen = true\n",
+    )
+    path = write_config(text)
+    where = f"{path}: [branches.zj.providers.cardpay]"
+    assert sorted(problems_of(path, providers)) == sorted(
+        [
+            f"{where} methods: 'APP' not among PAGE, QR_CODE",
+            f"{where} methods_by_kind: unknown kind 'GADGET' (kinds: NUMBER, PLAN, TOP_UP, HANDSET)",
+            f"{where} methods_by_kind.PLAN: must be a non-empty list of methods (PAGE, QR_CODE)",
+            f"{where} min_amount_fen: must be a whole number of fen from 1 to 10000000000"
+            " (cardpay's limits)",
+            f"{where} max_amount_fen: must be a whole number of fen from 1 to 10000000000"
+            " (cardpay's limits)",
+        ]
+    )
+    text = valid_text.replace(
+        "enabled = true   # the branch's first choice\n",
+        "enabled = true   # the branch's first choice\nmin_amount_fen = 900\nmax_amount_fen = 800\n",
+    )
+    path = write_config(text)
+    assert problems_of(path, providers) == [
+        f"{path}: [branches.zj.providers.cardpay] min_amount_fen: must not exceed max_amount_fen"
+    ]

@@ -9,6 +9,7 @@ shown as text, and no /demo at all with demo pages off (issue 19, item 2).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -324,4 +325,46 @@ def test_an_app_payment_shows_its_payload_and_expiry_is_shown_as_it_happens(
     expect(page.locator("#order-status")).to_have_text("EXPIRED", timeout=STEP)
     expect(page.locator("#pay-controls")).to_be_hidden(timeout=STEP)
     expect(page.locator("#app-payload")).to_have_count(0, timeout=STEP)
+    assert_clean(offline_page, service)
+
+
+def test_a_counter_sale_by_payment_code_is_paid_and_unusable_methods_say_why(
+    storefront: Callable[..., PayService], offline_page: OfflinePage
+) -> None:
+    # Zhejiang takes sandbox payments by every method but APP (plugins.toml's `methods`).
+    service = storefront()
+    text = service.plugins_toml.read_text()
+    service.plugins_toml.write_text(
+        text.replace(
+            "[branches.zj.providers.sandbox]\nenabled = true\n",
+            "[branches.zj.providers.sandbox]\nenabled = true\n"
+            'methods = ["PAGE", "WAP", "QR_CODE", "PAYMENT_CODE"]\n',
+        )
+    )
+    wait_for_methods = 'query { branch(code: "zj") { providers { methods } } }'
+    deadline = datetime.now(UTC) + timedelta(seconds=15)
+    while datetime.now(UTC) < deadline:
+        methods = service.client.data(wait_for_methods)["branch"]["providers"][0]["methods"]
+        if "APP" not in methods:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the service did not reload plugins.toml")
+    page = open_storefront(offline_page, service)
+    choose_and_order(page, "Plans", "5G Smart 59", "Wang Fang")
+
+    # APP is listed but disabled, with the reason in words; no button that would fail.
+    app = page.locator("#method option[value=APP]")
+    expect(app).to_be_disabled(timeout=STEP)
+    expect(app).to_contain_text("the branch offers sandbox by PAGE, WAP, QR_CODE, PAYMENT_CODE")
+    expect(page.locator("#auth-code-field")).to_be_hidden()
+    page.select_option("#method", "PAYMENT_CODE")
+    expect(page.locator("#auth-code-field")).to_be_visible()
+    page.fill("#auth-code", "99" + "1" * 15 + "1")  # a sandbox code the payer pays at once
+    page.click("#pay")
+    expect(page.locator("#code-charged")).to_be_visible(timeout=STEP)
+    expect(page.locator("#order-status")).to_have_text("PAID", timeout=STEP)
+    expect(page.locator("#payments")).to_contain_text("via sandbox (PAYMENT_CODE)")
+    # The one-time code is not kept on the page.
+    expect(page.locator("#auth-code")).to_have_value("")
     assert_clean(offline_page, service)

@@ -249,6 +249,12 @@ class PayService:
             headers=notification["headers"],
         )
 
+    def cancel(self, order_id: str) -> dict[str, Any]:
+        payload: dict[str, Any] = self.client.data(CANCEL_ORDER, {"input": {"orderId": order_id}})[
+            "cancelOrder"
+        ]
+        return payload
+
     def order_doc(self, order_id: str) -> dict[str, Any]:
         doc = self.db.orders.find_one({"_id": object_id(order_id)})
         assert doc is not None
