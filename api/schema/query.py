@@ -142,6 +142,13 @@ class NotificationMismatch:
     amount_fen: int | None = strawberry.field(description="The amount the notification said.")
 
 
+def _check_first(info: Info[Context, None], first: int) -> None:
+    """A page size within 0 and the service's largest page, or BAD_USER_INPUT."""
+    largest = info.context.services.settings.max_page_size
+    if not 0 <= first <= largest:
+        raise bad_input(f"first must be between 0 and {largest}")
+
+
 @strawberry.type
 class Query:
     @strawberry.field(
@@ -152,10 +159,7 @@ class Query:
         self, info: Info[Context, None], first: int = 50, after: str | None = None
     ) -> AuditLogPage:
         principal = info.context.require(Permission.AUDIT)
-        if not 0 <= first <= info.context.services.settings.max_page_size:
-            raise bad_input(
-                f"first must be between 0 and {info.context.services.settings.max_page_size}"
-            )
+        _check_first(info, first)
         before = object_id_cursor(after, AUDIT_CURSOR, "auditLog")
         # A branch admin reads its branches' entries; ops every entry, global ones too.
         branches = principal.scope(None)
@@ -186,10 +190,7 @@ class Query:
         self, info: Info[Context, None], first: int = 50
     ) -> list[NotificationMismatch]:
         principal = info.context.require(Permission.RECONCILE)
-        if not 0 <= first <= info.context.services.settings.max_page_size:
-            raise bad_input(
-                f"first must be between 0 and {info.context.services.settings.max_page_size}"
-            )
+        _check_first(info, first)
         docs = await info.context.store.payments.mismatches_of(principal.scope(None), first)
         return [
             NotificationMismatch(
