@@ -124,7 +124,6 @@ def test_bad_notifications_are_refused_and_change_nothing_then_the_genuine_one_p
         "forged": resigned(genuine, rsa_key("forger")),
         "tampered": urlencode(genuine | {"total_amount": "0.01"}),
         "other app id": resigned(genuine | {"app_id": BJ_APP_ID}),
-        "unknown out_trade_no": resigned(genuine | {"out_trade_no": "zz" + uuid.uuid4().hex[:20]}),
         "malformed": "%%%&&==",
         "oversized": genuine_body + "&pad=" + "x" * 64 * 1024,
     }
@@ -135,8 +134,13 @@ def test_bad_notifications_are_refused_and_change_nothing_then_the_genuine_one_p
         order = order_state(branchpay, order_id)
         assert order["status"] == "PENDING_PAYMENT", case
         assert [p["status"] for p in order["payments"]] == ["PENDING"], case
+    # Genuinely signed but of no attempt of ours: kept aside, answered so Alipay stops.
+    unknown = post(branchpay, resigned(genuine | {"out_trade_no": "zz" + uuid.uuid4().hex[:20]}))
+    assert (unknown.status_code, unknown.text) == (200, "success")
+    assert order_state(branchpay, order_id)["status"] == "PENDING_PAYMENT"
+    assert branchpay.db["notification_mismatches"].count_documents({"provider": "alipay"}) == 1
     logged = caplog.text
-    assert logged.count(" for alipay/zj re") == len(bad)
+    assert logged.count(" for alipay/zj re") == len(bad) + 1
     key_body = "".join(private_key_pem(app_key()).splitlines()[1:-1])
     assert key_body[:40] not in logged and genuine["sign"][:40] not in logged
     assert branchpay.db["payment_events"].count_documents({"outTradeNo": out_trade_no}) == 0
@@ -156,14 +160,19 @@ def test_bad_notifications_are_refused_and_change_nothing_then_the_genuine_one_p
     assert branchpay.db["payment_events"].count_documents({"outTradeNo": out_trade_no}) == 1
 
 
-def test_wrong_amount_is_flagged_not_paid(branchpay: RunningService, gateway_url: str) -> None:
+def test_wrong_amount_is_kept_aside_not_paid(branchpay: RunningService, gateway_url: str) -> None:
     order_id, out_trade_no = started_attempt(branchpay)
     settled = httpx.post(
         f"{gateway_url}/_control/settle/{out_trade_no}", data={"outcome": "success", "deliver": "0"}
     )
     genuine = dict(parse_qsl(settled.json()["notification"]))
-    post(branchpay, resigned(genuine | {"total_amount": "0.59"}))
+    answer = post(branchpay, resigned(genuine | {"total_amount": "0.59"}))
+    # Validly signed, but not the attempt's amount: refused after the signature, answered so
+    # Alipay stops re-sending it, kept aside, and nothing changes.
+    assert (answer.status_code, answer.text) == (200, "success")
     order = order_state(branchpay, order_id)
     assert order["status"] == "PENDING_PAYMENT"
     (payment,) = order["payments"]
-    assert payment["status"] == "PENDING" and payment["flagged"]
+    assert payment["status"] == "PENDING" and not payment["flagged"]
+    (kept,) = branchpay.db["notification_mismatches"].find({"outTradeNo": out_trade_no})
+    assert kept["amountFen"] == 59 and "the attempt is for 5900 fen" in kept["reason"]

@@ -130,9 +130,6 @@ def test_bad_notifications_are_refused_and_change_nothing_then_the_genuine_one_p
         "signed under another CA": urlencode(platform_signed(genuine, other_chain())),
         "tampered": urlencode(genuine | {"txnAmt": "1"}),
         "other merId": urlencode(platform_signed(genuine | {"merId": BJ_MER_ID})),
-        "unknown orderId": urlencode(
-            platform_signed(genuine | {"orderId": "zz" + uuid.uuid4().hex[:20]})
-        ),
         "malformed": "%%%&&==",
         "oversized": genuine_body + "&pad=" + "x" * 64 * 1024,
     }
@@ -149,6 +146,13 @@ def test_bad_notifications_are_refused_and_change_nothing_then_the_genuine_one_p
     assert key_body[:40] not in logged and genuine["signature"][:40] not in logged
     assert branchpay.db["payment_events"].count_documents({"outTradeNo": out_trade_no}) == 0
 
+    # Genuinely signed but of no attempt of ours: kept aside, answered so UnionPay stops.
+    unknown = platform_signed(genuine | {"orderId": "zz" + uuid.uuid4().hex[:20]})
+    kept = post(branchpay, urlencode(unknown))
+    assert (kept.status_code, kept.text) == (200, "ok")
+    assert order_state(branchpay, order_id)["status"] == "PENDING_PAYMENT"
+    assert branchpay.db["notification_mismatches"].count_documents({"provider": "unionpay"}) == 1
+
     # This branch's genuine notification, sent to the other branch (another merId).
     assert post(branchpay, genuine_body, branch="bj").status_code == 400
 
@@ -164,11 +168,16 @@ def test_bad_notifications_are_refused_and_change_nothing_then_the_genuine_one_p
     assert branchpay.db["payment_events"].count_documents({"outTradeNo": out_trade_no}) == 1
 
 
-def test_wrong_amount_is_flagged_not_paid(branchpay: RunningService, gateway_url: str) -> None:
+def test_wrong_amount_is_kept_aside_not_paid(branchpay: RunningService, gateway_url: str) -> None:
     order_id, out_trade_no, qr_code = started_attempt(branchpay)
     genuine = settled(gateway_url, qr_code, out_trade_no)
-    post(branchpay, urlencode(platform_signed(genuine | {"txnAmt": "59"})))
+    # Validly signed, but not the attempt's amount: refused after the signature, answered so
+    # UnionPay stops re-sending it, kept aside, and nothing changes.
+    reply = post(branchpay, urlencode(platform_signed(genuine | {"txnAmt": "59"})))
+    assert (reply.status_code, reply.text) == (200, "ok")
     order = order_state(branchpay, order_id)
     assert order["status"] == "PENDING_PAYMENT"
     (payment,) = order["payments"]
-    assert payment["status"] == "PENDING" and payment["flagged"]
+    assert payment["status"] == "PENDING" and not payment["flagged"]
+    (kept,) = branchpay.db["notification_mismatches"].find({"outTradeNo": out_trade_no})
+    assert kept["amountFen"] == 59 and "the attempt is for 5900 fen" in kept["reason"]

@@ -240,7 +240,6 @@ def test_bad_callbacks_are_refused_and_change_nothing_then_the_genuine_one_pays(
             "zj",
             "does not decrypt with the APIv3 key",
         ),
-        ("unknown out_trade_no", unknown, signed(unknown), "zj", "unknown out_trade_no"),
         ("replayed after 10 minutes", genuine, stale_headers, "zj", "stale or replayed"),
         ("sent to another branch", genuine, genuine_headers, "bj", "mchid is not this branch's"),
         ("malformed", malformed, signed(malformed), "zj", "body is not JSON"),
@@ -278,6 +277,12 @@ def test_bad_callbacks_are_refused_and_change_nothing_then_the_genuine_one_pays(
         assert secret not in logged
     assert branchpay.db["payment_events"].count_documents({}) == 0
 
+    # Genuinely signed but of no attempt of ours: kept aside, answered so WeChat Pay stops.
+    kept = post(branchpay, unknown, signed(unknown))
+    assert (kept.status_code, kept.json()) == (200, ACCEPTED)
+    assert order_state(branchpay, order_id) == before
+    assert branchpay.db["notification_mismatches"].count_documents({"provider": "wechatpay"}) == 1
+
     accepted = post(branchpay, genuine, genuine_headers)
     assert (accepted.status_code, accepted.json()) == (200, ACCEPTED)
     replayed_headers, _ = paid_at_simulator(
@@ -293,14 +298,17 @@ def test_bad_callbacks_are_refused_and_change_nothing_then_the_genuine_one_pays(
     assert branchpay.db["payment_events"].count_documents({"outTradeNo": out_trade_no}) == 1
 
 
-def test_wrong_amount_is_flagged_not_paid(branchpay: RunningService, gateway_url: str) -> None:
+def test_wrong_amount_is_kept_aside_not_paid(branchpay: RunningService, gateway_url: str) -> None:
     order_id, out_trade_no, action = started_attempt(branchpay, "wechatpay")
     _, genuine = paid_at_simulator(gateway_url, action["qrCode"], out_trade_no)
     short = reencrypted(genuine, lambda fact: fact["amount"].update(total=590, payer_total=590))
-    # The verified fact is stored and flagged for a person, so WeChat Pay need not send it again.
+    # Validly signed, but not the attempt's amount: refused after the signature, answered so
+    # WeChat Pay stops re-sending it, kept aside, and nothing changes.
     reply = post(branchpay, short, signed(short))
     assert (reply.status_code, reply.json()) == (200, ACCEPTED)
     order = order_state(branchpay, order_id)
     assert order["status"] == "PENDING_PAYMENT"
     (payment,) = order["payments"]
-    assert payment["status"] == "PENDING" and payment["flagged"]
+    assert payment["status"] == "PENDING" and not payment["flagged"]
+    (kept,) = branchpay.db["notification_mismatches"].find({"outTradeNo": out_trade_no})
+    assert kept["amountFen"] == 590 and "the attempt is for" in kept["reason"]
