@@ -307,6 +307,8 @@ class CardPay(Provider):
     display_name = "Card Pay"
     methods = (PaymentMethod.PAGE, PaymentMethod.QR_CODE)
     Settings = CardSettings
+    # Card Pay's service-provider mode: one account's keys, a merchant id per branch.
+    sub_merchant_settings = ("merchant_id",)
 
 
 class WalletSettings(BaseModel):

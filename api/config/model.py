@@ -66,6 +66,7 @@ PATH_ENV = "BRANCHPAY_PLUGINS_TOML"
 DEFAULT_PATH = Path("plugins.toml")
 
 BRANCH_CODE = re.compile(r"^[a-z]{2,8}$")
+ACCOUNT_NAME = re.compile(r"^[a-z][a-z0-9-]{1,31}$")
 BRANCH_KEYS = ("name", "province", "operator")
 
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
 from api.config.model import (
+    ACCOUNT_NAME,
     BRANCH_CODE,
     BRANCH_KEYS,
     BranchConfig,
@@ -40,7 +41,9 @@ from api.domain.order import OfferingKind
 from api.plugins.contract import PaymentMethod, Provider
 
 # Keys of a branch's provider table that are branchpay's, not the provider's settings.
-CORE_KEYS = frozenset({"enabled", "methods", "methods_by_kind", "min_amount_fen", "max_amount_fen"})
+CORE_KEYS = frozenset(
+    {"enabled", "account", "methods", "methods_by_kind", "min_amount_fen", "max_amount_fen"}
+)
 
 
 def load_config(path: Path, providers: Mapping[str, type[Provider]]) -> PluginsConfig:
@@ -85,11 +88,14 @@ class _Validator:
 
     def document(self, document: dict[str, Any]) -> PluginsConfig:
         for key in document:
-            if key != "branches":
+            if key not in ("branches", "accounts"):
                 self.problem(
                     "[top level]",
-                    f"unknown key {key!r} (only [branches.<code>] tables belong here)",
+                    f"unknown key {key!r} (only [branches.<code>] and [accounts.<name>]"
+                    " tables belong here)",
                 )
+        self.accounts = self.account_tables(document.get("accounts", {}))
+        self.used_accounts: set[tuple[str, str]] = set()
         branches_table = document.get("branches")
         branches: dict[str, BranchConfig] = {}
         if not isinstance(branches_table, dict) or not branches_table:
@@ -99,9 +105,76 @@ class _Validator:
                 branch = self.branch(code, table)
                 if branch is not None:
                     branches[code] = branch
+        for (account, name), table in self.accounts.items():
+            if (account, name) not in self.used_accounts:
+                # No branch uses it: its settings cannot be completed, but its keys and
+                # references are still checked.
+                cls = self.providers[name]
+                self.setting_values(table_path("accounts", account, name), cls, table, set(), [])
         if self.problems:
-            raise ConfigError(self.problems)
+            # An account's problem is found once per branch using it; say it once.
+            raise ConfigError([p for p in dict.fromkeys(self.problems) if p])
         return PluginsConfig(path=self.path, branches=branches)
+
+    def account_tables(self, accounts: Any) -> dict[tuple[str, str], dict[str, Any]]:
+        """The ``[accounts.<name>.<provider>]`` tables: a service provider's ids and keys.
+
+        Each holds the provider's settings except the sub-merchant ones, which each branch
+        using the account gives itself, and may say ``enabled = false`` to suspend the
+        account for every branch under it.
+        """
+        found: dict[tuple[str, str], dict[str, Any]] = {}
+        # Declared but invalid (already reported): a branch using one is not reported again.
+        self.invalid_accounts: set[tuple[str, str]] = set()
+        if not isinstance(accounts, dict):
+            self.problem("[accounts]", "must be a table of [accounts.<name>.<provider>] tables")
+            return found
+        for account, by_provider in accounts.items():
+            where = table_path("accounts", account)
+            if not ACCOUNT_NAME.match(account):
+                self.problem(
+                    where,
+                    "account name must be 2 to 32 lower-case letters, digits or '-', "
+                    "starting with a letter",
+                )
+                continue
+            if not isinstance(by_provider, dict) or not by_provider:
+                self.problem(
+                    where, "must hold one table per provider ([accounts.<name>.<provider>])"
+                )
+                continue
+            for name, table in by_provider.items():
+                where = table_path("accounts", account, name)
+                self.invalid_accounts.add((account, name))
+                cls = self.providers.get(name)
+                if cls is None:
+                    installed = ", ".join(sorted(self.providers)) or "none"
+                    self.problem(where, f"unknown provider {name!r} (installed: {installed})")
+                    continue
+                if not isinstance(table, dict):
+                    self.problem(where, "must be a table")
+                    continue
+                if not cls.sub_merchant_settings:
+                    self.problem(
+                        where,
+                        f"{name} has no service-provider mode (it names no sub-merchant settings)",
+                    )
+                    continue
+                enabled = table.get("enabled", True)
+                if not isinstance(enabled, bool):
+                    self.problem(where, "enabled: must be true or false")
+                    continue
+                subs = [key for key in table if key in cls.sub_merchant_settings]
+                for key in subs:
+                    self.problem(
+                        where,
+                        f"{key}: a sub-merchant setting belongs in each branch's table, "
+                        "not in the account",
+                    )
+                if not subs:
+                    found[(account, name)] = table
+                    self.invalid_accounts.discard((account, name))
+        return found
 
     def branch(self, code: str, table: Any) -> BranchConfig | None:
         where = table_path("branches", code)
@@ -157,10 +230,70 @@ class _Validator:
             self.problem(where, "enabled: must be true or false")
         count = len(self.problems)
         rules = self.payment_rules(where, cls, table)
-        settings = self.settings(where, cls, {k: v for k, v in table.items() if k not in CORE_KEYS})
+        own = {k: v for k, v in table.items() if k not in CORE_KEYS}
+        if "account" in table:
+            under = self.account(branch, where, name, cls, table["account"], own)
+            if under is None:
+                return None
+            account, account_enabled, origins, own = under
+            rules |= {"account": account, "account_enabled": account_enabled}
+        else:
+            origins = {}
+        settings = self.settings(where, cls, own, origins)
         if settings is None or not isinstance(enabled, bool) or len(self.problems) > count:
             return None
         return ProviderConfig(name=name, enabled=enabled, settings=settings, **rules)
+
+    def account(
+        self,
+        branch: str,
+        where: str,
+        name: str,
+        cls: type[Provider],
+        account: Any,
+        own: dict[str, Any],
+    ) -> tuple[str, bool, dict[str, str], dict[str, Any]] | None:
+        """A branch under a service-provider account: the account's settings and its own.
+
+        Returns the account's name, whether it is enabled, which table each merged setting
+        came from, and the merged settings; or None after reporting why not.
+        """
+        subs = cls.sub_merchant_settings
+        if not isinstance(account, str) or not ACCOUNT_NAME.match(account):
+            self.problem(where, "account: must be the name of an [accounts.<name>] table")
+            return None
+        account_where = table_path("accounts", account, name)
+        table = self.accounts.get((account, name))
+        if table is None:
+            if (account, name) in self.invalid_accounts:
+                # Its table's problems are reported; the branch cannot load until they go.
+                self.problems.append("")
+                return None
+            if not subs:
+                reason = f"{name} has no service-provider mode"
+            else:
+                reason = f"no {account_where} table declares it"
+            self.problem(where, f"account: {account!r} is not declared ({reason})")
+            return None
+        self.used_accounts.add((account, name))
+        count = len(self.problems)
+        for key in own:
+            if key not in subs:
+                self.problem(
+                    where,
+                    f"{key}: belongs in {account_where} (a branch under an account sets only "
+                    f"{', '.join(subs)})",
+                )
+        if subs[0] not in own:
+            self.problem(
+                where,
+                f"{subs[0]}: missing (the branch's sub-merchant id under account {account!r})",
+            )
+        if len(self.problems) > count:
+            return None
+        shared = {k: v for k, v in table.items() if k != "enabled"}
+        origins = dict.fromkeys(shared, account_where)
+        return account, table.get("enabled", True), origins, shared | own
 
     def payment_rules(
         self, where: str, cls: type[Provider], table: dict[str, Any]
@@ -226,16 +359,59 @@ class _Validator:
             return None
         return tuple(m for m in allowed if m.value in value)
 
-    def settings(self, where: str, cls: type[Provider], table: dict[str, Any]) -> BaseModel | None:
-        model = cls.Settings
-        fields = _fields_by_key(model)
-        accepts_extra = model.model_config.get("extra") == "allow"
-        values: dict[str, Any] = {}
+    def settings(
+        self,
+        where: str,
+        cls: type[Provider],
+        table: dict[str, Any],
+        origins: Mapping[str, str] | None = None,
+    ) -> BaseModel | None:
+        """The provider's validated settings; ``origins`` names the table a key came from
+        when it is not ``where`` (a service-provider account's)."""
+        origins = origins or {}
         secrets: list[str] = []
         # Settings already reported (bad reference, inline secret) are not
         # reported again as "Field required" by the model.
         reported: set[str] = set()
         count = len(self.problems)
+        values: dict[str, Any] = {}
+        by_table: dict[str, dict[str, Any]] = {}
+        for key, raw in table.items():
+            by_table.setdefault(origins.get(key, where), {})[key] = raw
+        for table_where, part in by_table.items():
+            values |= self.setting_values(table_where, cls, part, reported, secrets)
+        try:
+            settings = cls.Settings.model_validate(values)
+        except ValidationError as exc:
+            for error in exc.errors(include_input=False, include_url=False):
+                first = str(error["loc"][0]) if error["loc"] else ""
+                if first in reported:
+                    continue
+                field_path = ".".join(str(part) for part in error["loc"]) or "settings"
+                self.problem(
+                    origins.get(first, where), f"{field_path}: {redact(error['msg'], secrets)}"
+                )
+            return None
+        except Exception as exc:
+            # A validator bug in the plugin; its message may hold anything, so only the type.
+            self.problem(where, f"settings could not be validated ({type(exc).__name__})")
+            return None
+        return settings if len(self.problems) == count else None
+
+    def setting_values(
+        self,
+        where: str,
+        cls: type[Provider],
+        table: dict[str, Any],
+        reported: set[str],
+        secrets: list[str],
+    ) -> dict[str, Any]:
+        """The table's settings with references resolved; unknown keys, unreadable references
+        and inline secrets reported (their keys added to ``reported``)."""
+        model = cls.Settings
+        fields = _fields_by_key(model)
+        accepts_extra = model.model_config.get("extra") == "allow"
+        values: dict[str, Any] = {}
         for key, raw in table.items():
             field = fields.get(key)
             if field is None and not accepts_extra:
@@ -263,20 +439,7 @@ class _Validator:
                 reported.add(key)
             else:
                 values[key] = raw
-        try:
-            settings = model.model_validate(values)
-        except ValidationError as exc:
-            for error in exc.errors(include_input=False, include_url=False):
-                if error["loc"] and str(error["loc"][0]) in reported:
-                    continue
-                field_path = ".".join(str(part) for part in error["loc"]) or "settings"
-                self.problem(where, f"{field_path}: {redact(error['msg'], secrets)}")
-            return None
-        except Exception as exc:
-            # A validator bug in the plugin; its message may hold anything, so only the type.
-            self.problem(where, f"settings could not be validated ({type(exc).__name__})")
-            return None
-        return settings if len(self.problems) == count else None
+        return values
 
 
 def _fields_by_key(model: type[BaseModel]) -> dict[str, FieldInfo]:

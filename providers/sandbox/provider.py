@@ -21,6 +21,11 @@ one naming another account than this branch's raises ``NotificationMismatch``
 after the signature verifies (one without it, from a simulator before
 ``merchant_id`` was sent, is read as this branch's).
 
+Service-provider mode: the sandbox's ``merchant_id`` is its sub-merchant setting, so
+an ``[accounts.<name>.sandbox]`` table may hold the gateway and the shared secret once
+and each branch under it give only its own ``merchant_id``; a notification signed with
+that shared secret for another branch's merchant account is then a mismatch.
+
 Daily bills: the branch's payments go to the simulator's merchant account
 ``merchant_id`` (default: the branch code), whose bill of a Beijing day
 ``download_bill`` fetches (``GET /api/bills/{day}``, signed like every call;
@@ -135,6 +140,9 @@ class SandboxProvider(Provider):
     )
     Settings: ClassVar[type[BaseModel]] = SandboxSettings
     payment_code_pattern: ClassVar[re.Pattern[str] | None] = re.compile(r"99\d{16}")
+    # Service-provider mode: an [accounts.<name>.sandbox] table holds the gateway and the
+    # shared secret; each branch under it gives its own merchant account.
+    sub_merchant_settings: ClassVar[tuple[str, ...]] = ("merchant_id",)
 
     settings: SandboxSettings
 

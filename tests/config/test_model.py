@@ -327,3 +327,106 @@ def test_wrong_methods_kinds_and_amounts_one_line_each(
     assert problems_of(path, providers) == [
         f"{path}: [branches.zj.providers.cardpay] min_amount_fen: must not exceed max_amount_fen"
     ]
+
+
+ACCOUNT = """\
+[accounts.zj-group.cardpay]
+gateway = "http://127.0.0.1:9/card"
+private_key = { file = "secrets/card.pem" }
+
+"""
+
+UNDER_ACCOUNT = """\
+[branches.hz]
+name = "China Mobile Hangzhou"
+province = "Zhejiang"
+operator = "China Mobile"
+
+[branches.hz.providers.cardpay]
+enabled = true
+account = "zj-group"
+merchant_id = "200001"
+"""
+
+
+def test_branches_share_a_service_provider_account_with_their_own_sub_merchant_ids(
+    write_config: Write, providers: Providers, valid_text: str, pem_key: str
+) -> None:
+    text = ACCOUNT + valid_text + "\n" + UNDER_ACCOUNT
+    config = load_config(write_config(text), providers)
+    hz = config.branches["hz"].providers["cardpay"]
+    assert (hz.account, hz.account_enabled) == ("zj-group", True)
+    # The account's ids and keys, with the branch's own sub-merchant id.
+    assert hz.settings.merchant_id == "200001"  # type: ignore[attr-defined]
+    assert hz.settings.gateway == "http://127.0.0.1:9/card"  # type: ignore[attr-defined]
+    assert hz.settings.private_key.get_secret_value() == pem_key.rstrip("\n")  # type: ignore[attr-defined]
+    # Branches with their own keys stay as they were, beside it.
+    assert config.branches["zj"].providers["cardpay"].account is None
+
+    suspended = ACCOUNT.replace(
+        "[accounts.zj-group.cardpay]\n", "[accounts.zj-group.cardpay]\nenabled = false\n"
+    )
+    config = load_config(write_config(suspended + valid_text + "\n" + UNDER_ACCOUNT), providers)
+    assert config.branches["hz"].providers["cardpay"].account_enabled is False
+
+
+def test_account_problems_name_the_file_table_and_reason(
+    write_config: Write, providers: Providers, valid_text: str
+) -> None:
+    # A branch pointing at an account nobody declared, and one without its sub-merchant id.
+    text = valid_text + "\n" + UNDER_ACCOUNT.replace('"zj-group"', '"zj-isv"')
+    text += UNDER_ACCOUNT.replace("hz", "nb").replace('merchant_id = "200001"\n', "")
+    text = ACCOUNT + text
+    path = write_config(text)
+    assert problems_of(path, providers) == [
+        f"{path}: [branches.hz.providers.cardpay] account: 'zj-isv' is not declared"
+        " (no [accounts.zj-isv.cardpay] table declares it)",
+        f"{path}: [branches.nb.providers.cardpay] merchant_id: missing (the branch's"
+        " sub-merchant id under account 'zj-group')",
+    ]
+
+    # The account's keys stay in the account; the sub-merchant's stay in the branch; a
+    # provider without a service-provider mode cannot have an account; a problem of the
+    # account's settings is said once, naming the account's table, however many use it (a
+    # branch under an invalid account waits for the account's problems to go).
+    text = (
+        ACCOUNT.replace("gateway =", 'merchant_id = "1"\ngateway =')
+        + '[accounts.Bad_Name.cardpay]\ngateway = "x"\n'
+        + '[accounts.wallets.wallet]\napp_id = "w"\n'
+        + '[accounts.broken.cardpay]\ngateway = "http://127.0.0.1:9/card"\n'
+        + 'private_key = { file = "secrets/missing.pem" }\n'
+        + valid_text
+        + "\n"
+        + UNDER_ACCOUNT.replace('merchant_id = "200001"\n', 'merchant_id = "2"\ngateway = "y"\n')
+        + UNDER_ACCOUNT.replace("hz", "nb").replace('"zj-group"', '"broken"')
+        + UNDER_ACCOUNT.replace("hz", "wz").replace('"zj-group"', '"broken"')
+    )
+    path = write_config(text)
+    problems = problems_of(path, providers)
+    assert problems == [
+        f"{path}: [accounts.zj-group.cardpay] merchant_id: a sub-merchant setting belongs in"
+        " each branch's table, not in the account",
+        f"{path}: [accounts.Bad_Name] account name must be 2 to 32 lower-case letters, digits"
+        " or '-', starting with a letter",
+        f"{path}: [accounts.wallets.wallet] wallet has no service-provider mode (it names no"
+        " sub-merchant settings)",
+        problems[3],
+    ]
+    assert problems[3].startswith(f"{path}: [accounts.broken.cardpay] private_key: file ")
+    assert "missing.pem" in problems[3]
+
+
+def test_a_branch_under_an_account_sets_only_its_sub_merchant_settings(
+    write_config: Write, providers: Providers, valid_text: str
+) -> None:
+    text = (
+        ACCOUNT
+        + valid_text
+        + "\n"
+        + UNDER_ACCOUNT.replace('merchant_id = "200001"\n', 'merchant_id = "2"\ngateway = "y"\n')
+    )
+    path = write_config(text)
+    assert problems_of(path, providers) == [
+        f"{path}: [branches.hz.providers.cardpay] gateway: belongs in"
+        " [accounts.zj-group.cardpay] (a branch under an account sets only merchant_id)"
+    ]
