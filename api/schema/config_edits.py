@@ -18,6 +18,11 @@ class ProviderSetting:
     branch: str
     provider: str
     enabled: bool
+    account: str | None = strawberry.field(
+        default=None,
+        description="The service-provider account ([accounts.<name>]) it pays through; null"
+        " when the branch has its own keys.",
+    )
 
 
 @strawberry.input
@@ -54,7 +59,7 @@ class ConfigEditQuery:
         if edits is None or not info.context.sees(branch):
             return []
         return [
-            ProviderSetting(branch=branch, provider=s.name, enabled=s.enabled)
+            ProviderSetting(branch=branch, provider=s.name, enabled=s.enabled, account=s.account)
             for s in edits.switches(branch)
         ]
 

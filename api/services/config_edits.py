@@ -32,6 +32,7 @@ REFUSALS = {
 class ProviderSwitch:
     name: str
     enabled: bool
+    account: str | None = None  # the service-provider account it pays through
 
 
 class ConfigEdits:
@@ -45,7 +46,7 @@ class ConfigEdits:
         found = self.registry.config.branches.get(branch)
         if found is None:
             return []
-        return [ProviderSwitch(name, p.enabled) for name, p in found.providers.items()]
+        return [ProviderSwitch(name, p.enabled, p.account) for name, p in found.providers.items()]
 
     async def set_enabled(
         self, principal: Principal, branch: str, provider: str, enabled: bool

@@ -75,6 +75,11 @@ def test_a_sub_merchant_branch_is_paid_through_the_account_end_to_end(
     start_payments: Callable[..., PayService],
 ) -> None:
     service = start_with_accounts(start_payments)
+    # Admins see which account a branch's provider pays through.
+    settings = '{ providerSettings(branch: "sc") { provider enabled account } }'
+    assert service.client.data(settings)["providerSettings"] == [
+        {"provider": "sandbox", "enabled": True, "account": "ct-group"}
+    ]
     order = service.create_order("sc", "sc-plan-59")
     started = service.start_payment(order["id"], "sandbox", "QR_CODE")
     assert started["userErrors"] == []
