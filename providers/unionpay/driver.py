@@ -125,6 +125,30 @@ class UnionpayDriver:
         """
         return await self.notification(out_trade_no)
 
+    async def resign(
+        self,
+        notification: NotificationRequest,
+        *,
+        amount_fen: int | None = None,
+        merchant: str | None = None,
+        out_trade_no: str | None = None,
+    ) -> NotificationRequest:
+        """The notification with txnAmt, merId or orderId changed, signed with UnionPay's key.
+
+        Only the simulator holds the genuine key: it re-signs what it made.
+        """
+        response = await self.http.post(
+            f"{self.base_url}/control/notifications/resign",
+            json={
+                "body": notification.body.decode("utf-8"),
+                "txnAmt": None if amount_fen is None else message.format_fen(amount_fen),
+                "merId": merchant,
+                "orderId": out_trade_no,
+            },
+        )
+        response.raise_for_status()
+        return form_notification(dict(parse_qsl(response.text, keep_blank_values=True)))
+
     def forge(self, notification: NotificationRequest) -> NotificationRequest:
         fields = _fields(notification)
         fields["signature"] = message.sign(fields, self.forger_key)

@@ -68,6 +68,7 @@ from api.plugin import (
     BillUnavailableReason,
     EventKind,
     GatewayError,
+    NotificationMismatch,
     NotificationRejected,
     NotificationReply,
     NotificationRequest,
@@ -334,11 +335,11 @@ class UnionpayProvider(Provider):
             logger.warning("unionpay notification for branch %s rejected: %s", self.branch, exc)
             raise NotificationRejected(str(exc)) from None
         if fields["merId"] != self.settings.mer_id:
-            logger.warning(
-                "unionpay notification for branch %s rejected: merId is another merchant's",
-                self.branch,
+            # Genuine (UnionPay signed it) but another merchant's: kept aside and answered.
+            raise NotificationMismatch(
+                f"the notification is for merId {fields['merId'][:32]!r}, "
+                f"not this branch's {self.settings.mer_id!r}"
             )
-            raise NotificationRejected("merId does not match this branch")
         try:
             event = self._event(fields)
         except ValueError as exc:

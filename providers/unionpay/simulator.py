@@ -21,6 +21,10 @@ Controls for tests and the demo:
 - ``POST /control/faults`` (JSON ``endpoint``, ``mode``
   error|stall|lost_answer|bad_signature, ``count``): make the next calls of an
   endpoint fail;
+- ``POST /control/notifications/resign`` (JSON ``body``: a notification the
+  simulator made, form-encoded; and any of ``txnAmt``, ``merId``, ``orderId``):
+  that notification with those fields changed, signed anew with UnionPay's
+  genuine key (for the checks after the signature); 404 for a body it never made;
 - ``GET /control/transactions/{orderId}``: the simulator's view, as JSON;
 - the bill controls of :func:`providers.kit.bills.bill_routes` under ``/control``
   (``GET``/``PUT /control/bills``, ``POST``/``DELETE /control/bills/adjustments``).
@@ -56,7 +60,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
@@ -105,6 +109,8 @@ TXN_TIME_TOLERANCE = timedelta(minutes=10)
 RESP_NO_FILE = ("98", "文件不存在")
 RESP_NOT_GENERATED = ("99", "对账文件尚未生成\N{FULLWIDTH COMMA}请稍后再试")
 MERCHANT_NAME = "branchpay模拟商户"
+# What /control/notifications/resign may change in a notification it made.
+RESIGNABLE = ("txnAmt", "merId", "orderId")
 
 
 class Refused(Exception):
@@ -652,6 +658,29 @@ def create_app(
         statuses = [await gateway.deliver(txn, notification) for _ in range(count)]
         return JSONResponse({"delivered": statuses})
 
+    async def resign(request: Request) -> Response:
+        """A notification this simulator made, one field changed, signed with UnionPay's key."""
+        try:
+            spec = await request.json()
+            sent = dict(parse_qsl(str(spec["body"]), keep_blank_values=True))
+        except (ValueError, KeyError, TypeError) as exc:
+            return JSONResponse({"error": f"malformed resign request: {type(exc).__name__}"}, 400)
+        made = any(sent in t.notifications for t in gateway.transactions.values())
+        if not made:
+            return JSONResponse({"error": "the simulator never made that notification"}, 404)
+        changes = {
+            name: str(spec[name])
+            for name in RESIGNABLE
+            if isinstance(spec, dict) and spec.get(name) is not None
+        }
+        if not changes:
+            return JSONResponse({"error": f"name one of {', '.join(RESIGNABLE)}"}, 400)
+        unsigned = {k: v for k, v in sent.items() if k != "signature"}
+        return PlainTextResponse(
+            urlencode(gateway.signed(unsigned | changes)),
+            media_type="application/x-www-form-urlencoded",
+        )
+
     async def faults(request: Request) -> Response:
         spec = await request.json()
         endpoint, mode = spec.get("endpoint"), spec.get("mode")
@@ -703,6 +732,7 @@ def create_app(
             Route("/", file_transfer, methods=["POST"]),
             Route("/pay/{tn}", pay_page, methods=["GET"]),
             Route("/pay/{tn}", pay, methods=["POST"]),
+            Route("/control/notifications/resign", resign, methods=["POST"]),
             Route("/control/notifications/{order}", notification_body, methods=["GET"]),
             Route("/control/notifications/{order}/redeliver", redeliver, methods=["POST"]),
             Route("/control/faults", faults, methods=["POST"]),
