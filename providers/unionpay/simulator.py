@@ -51,6 +51,9 @@ Controls for tests and the demo:
 - ``GET /control/transactions/{orderId}``: the simulator's view, as JSON;
 - ``GET /control/transactions/{orderId}/taken``: the ledger of a consume,
   ``{"orderId", "takenFen"}``: paid minus refunded or cancelled (0 if never paid);
+- ``POST /control/transactions/{orderId}/confirm`` (form ``deliver=0`` to keep
+  the notification): the payer of a pending payment-code sale confirms now;
+  409 once the sale is cancelled (a late confirm takes nothing);
 - the bill controls of :func:`providers.kit.bills.bill_routes` under ``/control``
   (``GET``/``PUT /control/bills``, ``POST``/``DELETE /control/bills/adjustments``).
 
@@ -830,6 +833,28 @@ def create_app(
         order_id = request.path_params["order"]
         return JSONResponse({"orderId": order_id, "takenFen": gateway.taken_fen(order_id)})
 
+    async def confirm(request: Request) -> Response:
+        """The payer of a pending payment-code sale confirms on the phone now."""
+        form = await read_form(request)
+        txn = next(
+            (
+                t
+                for t in gateway.transactions.values()
+                if t.order_id == request.path_params["order"] and t.code_behaviour
+            ),
+            None,
+        )
+        if txn is None:
+            return JSONResponse({"error": "no payment-code sale with this orderId"}, 404)
+        if txn.status != "pending":
+            # Cancelled (or settled) already: a late confirm takes nothing.
+            return JSONResponse({"error": f"the sale is {txn.status}"}, 409)
+        gateway.succeed(txn)
+        delivered: int | None = None
+        if form.get("deliver", "1") != "0":
+            delivered = await gateway.deliver(txn, txn.notifications[-1])
+        return JSONResponse({"orderId": txn.order_id, "status": txn.status, "delivered": delivered})
+
     async def transaction(request: Request) -> Response:
         txn = next(
             (
@@ -872,6 +897,7 @@ def create_app(
             Route("/control/faults", faults, methods=["POST"]),
             Route("/control/transactions/{order}", transaction, methods=["GET"]),
             Route("/control/transactions/{order}/taken", taken, methods=["GET"]),
+            Route("/control/transactions/{order}/confirm", confirm, methods=["POST"]),
             *bill_routes("/control", gateway.book),
             *control_routes("/control", notifier=gateway.notifier, faults=gateway.faults),
         ],

@@ -224,6 +224,10 @@ def test_a_sale_never_confirmed_is_cancelled_leaving_nothing_taken_and_the_order
     # At UnionPay the sale is cancelled (消费撤销), so the payer can no longer pay it.
     assert simulator_view(gateway_url, out_trade_no)["status"] == "cancelled"
     assert simulator_view(gateway_url, out_trade_no + "rv")["txnType"] == "31"
+    # The payer confirming on the phone after the cancel takes nothing.
+    late = httpx.post(f"{gateway_url}/control/transactions/{out_trade_no}/confirm")
+    assert late.status_code == 409
+    assert taken_fen(gateway_url, out_trade_no) == 0
     # The clerk asks for another code; that one pays the order.
     again = charge(branchpay, order_id, code("pay"))
     assert again["payment"]["status"] == "SUCCEEDED"
@@ -246,3 +250,53 @@ def test_a_declined_code_fails_the_attempt_and_the_order_stays_payable(
     assert [e["code"] for e in charge(branchpay, other, used)["userErrors"]] == ["PAYMENT_DECLINED"]
     unknown = charge(branchpay, other, "63" + "1" * 17)
     assert [e["code"] for e in unknown["userErrors"]] == ["INVALID_AUTH_CODE"]
+
+
+def test_a_sale_paid_while_unseen_is_cancelled_and_its_late_notification_changes_nothing(
+    branchpay: RunningService, gateway_url: str
+) -> None:
+    """The race at the counter: the payer confirms while UnionPay's query answers fail.
+
+    branchpay's wait ends with the outcome unknown, so it cancels the sale
+    (消费撤销 of a paid sale: the money goes back); UnionPay's paid back
+    notification then arrives late, twice. The order is never paid, nothing
+    is refunded a second time, and the fact is applied once: the attempt
+    shows the money came and went back.
+    """
+    order_id = new_order(branchpay)
+    payment = charge(branchpay, order_id, code("never"))["payment"]
+    assert payment["status"] == "PENDING"
+    out_trade_no = payment["outTradeNo"]
+    faults = httpx.post(
+        f"{gateway_url}/control/faults",
+        json={"endpoint": "queryTrans.do", "mode": "error", "count": 100_000},
+    )
+    faults.raise_for_status()
+    paid = httpx.post(
+        f"{gateway_url}/control/transactions/{out_trade_no}/confirm", data={"deliver": "0"}
+    )
+    assert paid.json()["status"] == "success", paid.text
+    assert taken_fen(gateway_url, out_trade_no) == notify_support.PLAN_FEN
+
+    # The wait ends unknown; the reverse cannot query yet, and is asked again.
+    wait_for(lambda: order_of(branchpay, order_id)["payments"][0]["reversal"] == "PENDING")
+    httpx.delete(f"{gateway_url}/control/faults").raise_for_status()
+    wait_for(lambda: order_of(branchpay, order_id)["payments"][0]["reversal"] == "DONE")
+    assert taken_fen(gateway_url, out_trade_no) == 0
+    assert order_of(branchpay, order_id)["status"] == "PENDING_PAYMENT"
+
+    late = httpx.get(f"{gateway_url}/control/notifications/{out_trade_no}").text
+    for _ in range(2):
+        reply = notify_support.post_notification(branchpay, "unionpay", late)
+        assert (reply.status_code, reply.text) == (200, "ok")
+    order = order_of(branchpay, order_id)
+    assert order["status"] == "PENDING_PAYMENT"
+    (seen,) = order["payments"]
+    assert (seen["status"], seen["reversal"]) == ("REFUNDED", "DONE")
+    stored = branchpay.db["payments"].find_one({"outTradeNo": out_trade_no})
+    assert stored is not None and len(stored["eventIds"]) == 1
+    assert branchpay.db["payment_events"].count_documents({"outTradeNo": out_trade_no}) == 1
+    assert [r["reason"] for r in stored["refunds"]] == ["reversed at the counter"]
+    # Nothing more went to UnionPay: the money was returned once, by the cancel.
+    assert taken_fen(gateway_url, out_trade_no) == 0
+    assert simulator_view(gateway_url, out_trade_no)["refundedFen"] == notify_support.PLAN_FEN
