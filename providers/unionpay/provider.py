@@ -120,7 +120,6 @@ CHANNEL_MOBILE = "08"
 RESP_OK = "00"
 RESP_DUPLICATE = "12"
 RESP_NOT_FOUND = "34"
-RESP_OUTSIDE_DAY = "39"  # 交易不在受理时间范围内: a cancel after the sale's settlement day
 # "Outcome not known yet, query later" in respCode and origRespCode.
 RESP_IN_DOUBT = frozenset({"03", "04", "05"})
 # The file transfer: 文件不存在, and (our reading of 99 通用错误) not generated yet.
@@ -588,7 +587,15 @@ class UnionpayProvider(Provider):
         code = answer.get("respCode", "")
         orig = answer.get("origRespCode", "")
         if code == RESP_DUPLICATE:
-            queried = await self.query(request.out_trade_no)
+            # UnionPay has this sale already (sent before): its state, never a second charge.
+            try:
+                queried = await self.query(request.out_trade_no)
+            except GatewayError as exc:
+                raise GatewayError(
+                    f"UnionPay has the sale already and could not be queried: {exc}",
+                    retryable=True,
+                    outcome_unknown=True,
+                ) from None
             if queried.state is AttemptState.UNKNOWN:
                 return QueryResult(state=AttemptState.PENDING)
             return queried

@@ -139,6 +139,13 @@ async def test_a_lost_answer_may_have_charged_a_query_finds_it_and_a_resend_char
     again = await provider.pay_with_code(request)
     assert again.state is AttemptState.SUCCEEDED
     assert await driver.taken_fen(request.out_trade_no) == 8800
+    # Sent again while the query fails: still "may have charged", never a refusal.
+    spec = {"endpoint": "queryTrans.do", "mode": "error", "count": 3}
+    (await http.post(f"{simulator.url}/control/faults", json=spec)).raise_for_status()
+    with pytest.raises(GatewayError) as caught:
+        await provider.pay_with_code(request)
+    assert caught.value.outcome_unknown
+    assert await driver.taken_fen(request.out_trade_no) == 8800
 
 
 async def test_reverse_is_idempotent_and_a_sale_never_seen_is_done(
