@@ -8,6 +8,7 @@ browser, and :meth:`settle` does so with a form handed to :meth:`remember`
 
 from __future__ import annotations
 
+import secrets
 from html.parser import HTMLParser
 from urllib.parse import parse_qsl, urlencode
 
@@ -15,7 +16,7 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from api.plugin import ActionKind, NotificationRequest, PaymentAction
-from providers.kit.driver import SettleOutcome
+from providers.kit.driver import CodeBehaviour, SettleOutcome
 from providers.unionpay import message, pki
 
 
@@ -124,6 +125,52 @@ class UnionpayDriver:
         deterministic: a copy signed anew equals the first byte for byte.
         """
         return await self.notification(out_trade_no)
+
+    async def resign(
+        self,
+        notification: NotificationRequest,
+        *,
+        amount_fen: int | None = None,
+        merchant: str | None = None,
+        out_trade_no: str | None = None,
+    ) -> NotificationRequest:
+        """The notification with txnAmt, merId or orderId changed, signed with UnionPay's key.
+
+        Only the simulator holds the genuine key: it re-signs what it made.
+        """
+        response = await self.http.post(
+            f"{self.base_url}/control/notifications/resign",
+            json={
+                "body": notification.body.decode("utf-8"),
+                "txnAmt": None if amount_fen is None else message.format_fen(amount_fen),
+                "merId": merchant,
+                "orderId": out_trade_no,
+            },
+        )
+        response.raise_for_status()
+        return form_notification(dict(parse_qsl(response.text, keep_blank_values=True)))
+
+    # --- counter sales (PAYMENT_CODE) --------------------------------------------------
+
+    def payment_code(self, behaviour: CodeBehaviour) -> str:
+        """A new UnionPay code (62 + 17 digits) whose last digit the simulator reads as
+        ``behaviour``: 1 pays at once, 2 confirms after 2 queries, 3 never confirms."""
+        last = {"pay": "1", "confirm": "2", "never": "3"}[behaviour]
+        return "62" + "".join(secrets.choice("0123456789") for _ in range(16)) + last
+
+    async def taken_fen(self, out_trade_no: str) -> int:
+        """What the simulator's ledger holds as taken for the sale (paid less returned)."""
+        response = await self.http.get(f"{self.base_url}/control/transactions/{out_trade_no}/taken")
+        response.raise_for_status()
+        return int(response.json()["takenFen"])
+
+    async def code_notification(self, out_trade_no: str) -> NotificationRequest | None:
+        """The back notification the simulator made when the payer paid, or None."""
+        response = await self.http.get(f"{self.base_url}/control/notifications/{out_trade_no}")
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        return form_notification(dict(parse_qsl(response.text, keep_blank_values=True)))
 
     def forge(self, notification: NotificationRequest) -> NotificationRequest:
         fields = _fields(notification)

@@ -9,6 +9,13 @@ presented code (bizType 000000, txnSubType 07). Query is ``queryTrans.do``
 settlement day (23:00 to 23:00 Beijing time), which the gateway settles at once
 and without a fee.
 
+Counter sales (PAYMENT_CODE, 云闪付 codes of 19 digits starting 62):
+``pay_with_code`` is the consume with the payer's code (txnType 01,
+txnSubType 06, bizType 000000, ``qrNo``) on ``backTransReq.do``, sent once;
+``reverse`` queries the sale and sends a 消费撤销 (txnType 31, ``origQryId``)
+of the full amount under the orderId ``<out_trade_no>rv``. The code is never
+logged, put in an error or kept in an event.
+
 UnionPay names a transaction by ``merId`` + ``orderId`` + ``txnTime``, and the
 contract hands query, refund and close only ``out_trade_no`` (which is our
 ``orderId``). The contract also promises that every ``out_trade_no`` and
@@ -47,6 +54,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import re
 import tempfile
 import zlib
 from collections.abc import Iterator
@@ -68,6 +76,7 @@ from api.plugin import (
     BillUnavailableReason,
     EventKind,
     GatewayError,
+    NotificationMismatch,
     NotificationRejected,
     NotificationReply,
     NotificationRequest,
@@ -80,6 +89,8 @@ from api.plugin import (
     RefundRequest,
     RefundResult,
     RefundState,
+    ReverseResult,
+    ReverseState,
     TransientFailure,
     beijing_day,
     call_gateway,
@@ -100,6 +111,7 @@ TXN_CONSUME = "01"
 TXN_REFUND = "04"
 TXN_VOID = "31"
 TXN_SUB_QR = "07"
+TXN_SUB_CODE = "06"  # 二维码消费 with the payer's code (被扫)
 BIZ_GATEWAY_PAY = "000201"
 BIZ_QR = "000000"
 CHANNEL_PC = "07"
@@ -159,8 +171,11 @@ class UnionpayProvider(Provider):
         PaymentMethod.WAP,
         PaymentMethod.QR_CODE,
         PaymentMethod.APP,
+        PaymentMethod.PAYMENT_CODE,
     )
     Settings: ClassVar[type[UnionpaySettings]] = UnionpaySettings
+    # 云闪付 payment codes: 19 digits starting 62 (channels.md 1.4, a weak source).
+    payment_code_pattern: ClassVar[re.Pattern[str] | None] = re.compile(r"62\d{17}")
 
     settings: UnionpaySettings
 
@@ -276,6 +291,8 @@ class UnionpayProvider(Provider):
     # --- create -------------------------------------------------------------------
 
     async def create_payment(self, request: PaymentRequest) -> PaymentAction:
+        if request.method is PaymentMethod.PAYMENT_CODE:
+            raise GatewayError("a PAYMENT_CODE sale is charged with pay_with_code, not opened")
         if request.currency != "CNY":
             raise GatewayError("UnionPay online payments are in CNY only")
         if not _valid_order_id(request.out_trade_no):
@@ -334,11 +351,11 @@ class UnionpayProvider(Provider):
             logger.warning("unionpay notification for branch %s rejected: %s", self.branch, exc)
             raise NotificationRejected(str(exc)) from None
         if fields["merId"] != self.settings.mer_id:
-            logger.warning(
-                "unionpay notification for branch %s rejected: merId is another merchant's",
-                self.branch,
+            # Genuine (UnionPay signed it) but another merchant's: kept aside and answered.
+            raise NotificationMismatch(
+                f"the notification is for merId {fields['merId'][:32]!r}, "
+                f"not this branch's {self.settings.mer_id!r}"
             )
-            raise NotificationRejected("merId does not match this branch")
         try:
             event = self._event(fields)
         except ValueError as exc:
@@ -531,6 +548,134 @@ class UnionpayProvider(Provider):
         if code != RESP_OK:
             raise GatewayError(f"UnionPay could not query the refund: {code}")
         return _refund_result(answer)
+
+    # --- payment codes at the counter ------------------------------------------------
+
+    async def pay_with_code(self, request: PaymentRequest) -> QueryResult:
+        """The consume with the payer's code (txnType 01, txnSubType 06, ``qrNo``), sent once.
+
+        ``respCode=00`` with ``origRespCode=00`` is paid; ``00`` alone (accepted),
+        ``03``/``04``/``05`` or an ``origRespCode`` in doubt is PENDING (branchpay
+        queries, then reverses); ``12`` (the gateway has this orderId already) is
+        answered by a query; any other code is a refusal: FAILED, nothing taken.
+        The code is never logged, put in an error or kept.
+        """
+        if not request.auth_code:
+            raise GatewayError("a PAYMENT_CODE sale needs the scanned auth_code")
+        if self.payment_code_pattern is None or not self.payment_code_pattern.fullmatch(
+            request.auth_code
+        ):
+            raise GatewayError("the scanned code is not a UnionPay payment code (62 + 17 digits)")
+        if request.currency != "CNY":
+            raise GatewayError("UnionPay payments are in CNY only")
+        txn_time = txn_time_of(request.out_trade_no)
+        if not _valid_order_id(request.out_trade_no) or txn_time is None:
+            raise GatewayError(
+                "UnionPay needs an orderId of 8..40 letters and digits that starts with its "
+                "12-digit UTC creation time (YYMMDDhhmmss): it is the transaction's txnTime"
+            )
+        fields = self._base_fields(TXN_CONSUME, TXN_SUB_CODE, BIZ_QR, CHANNEL_MOBILE)
+        fields |= {
+            "orderId": request.out_trade_no,
+            "txnTime": txn_time,
+            "txnAmt": message.format_fen(request.amount_fen),
+            "currencyCode": message.CURRENCY_CNY,
+            "qrNo": request.auth_code,
+            "backUrl": request.notify_url,
+        }
+        answer = await self._call(BACK_PATH, fields, repeatable=False)
+        code = answer.get("respCode", "")
+        orig = answer.get("origRespCode", "")
+        if code == RESP_DUPLICATE:
+            # UnionPay has this sale already (sent before): its state, never a second charge.
+            try:
+                queried = await self.query(request.out_trade_no)
+            except GatewayError as exc:
+                raise GatewayError(
+                    f"UnionPay has the sale already and could not be queried: {exc}",
+                    retryable=True,
+                    outcome_unknown=True,
+                ) from None
+            if queried.state is AttemptState.UNKNOWN:
+                return QueryResult(state=AttemptState.PENDING)
+            return queried
+        if code in RESP_IN_DOUBT or (code == RESP_OK and (not orig or orig in RESP_IN_DOUBT)):
+            # Accepted, not final: the payer confirms on the phone.
+            return QueryResult(
+                state=AttemptState.PENDING, provider_trade_no=answer.get("queryId") or None
+            )
+        if code == RESP_OK and orig == RESP_OK:
+            try:
+                event = self._event(answer)
+            except ValueError as exc:
+                raise GatewayError(
+                    f"UnionPay's answer is unusable: {exc}", outcome_unknown=True
+                ) from None
+            if event is None or event.kind is not EventKind.PAYMENT_SUCCEEDED:
+                raise GatewayError("UnionPay's paid answer names no payment", outcome_unknown=True)
+            return QueryResult(
+                state=AttemptState.SUCCEEDED,
+                provider_trade_no=event.provider_trade_no,
+                amount_fen=event.amount_fen,
+                events=(event,),
+            )
+        logger.info(
+            "unionpay code sale %s refused: respCode %s origRespCode %s",
+            request.out_trade_no,
+            code,
+            orig or "-",
+        )
+        return QueryResult(state=AttemptState.FAILED)
+
+    async def reverse(self, out_trade_no: str) -> ReverseResult:
+        """Void a counter sale with a 消费撤销 (txnType 31, ``origQryId``) of the full amount.
+
+        The sale is queried first: not found or failed, nothing was taken
+        (DONE); pending or paid, the cancel is sent under the orderId
+        ``<out_trade_no>rv`` and the sale's txnTime, so a repeat is refused as
+        a duplicate (respCode 12) and the cancel itself is queried. A paid
+        sale past its settlement day cannot be cancelled (respCode 39): PAID.
+        """
+        txn_time = txn_time_of(out_trade_no)
+        if txn_time is None:
+            return ReverseResult(ReverseState.DONE, message="never sent: nothing taken")
+        answer = await self._query(out_trade_no, txn_time)
+        code = answer.get("respCode", "")
+        if code == RESP_NOT_FOUND:
+            return ReverseResult(ReverseState.DONE, message="UnionPay has no such sale")
+        if code != RESP_OK:
+            raise GatewayError(f"UnionPay could not query: {code} {answer.get('respMsg', '')}")
+        orig = answer.get("origRespCode", "")
+        if orig != RESP_OK and orig not in RESP_IN_DOUBT:
+            return ReverseResult(ReverseState.DONE, message=f"not paid ({orig}): nothing taken")
+        query_id = answer.get("queryId", "")
+        if not query_id:
+            return ReverseResult(ReverseState.RETRY, message="no queryId to cancel yet")
+        cancel_no = _cancel_number(out_trade_no)
+        fields = self._base_fields(TXN_VOID, "00", BIZ_QR, CHANNEL_MOBILE)
+        fields |= {
+            "orderId": cancel_no,
+            "txnTime": txn_time,
+            "txnAmt": answer.get("txnAmt", ""),
+            "currencyCode": message.CURRENCY_CNY,
+            "origQryId": query_id,
+            "reqReserved": out_trade_no,
+        }
+        cancelled = await self._call(BACK_PATH, fields, repeatable=True)
+        code = cancelled.get("respCode", "")
+        if code == RESP_OK:
+            return ReverseResult(ReverseState.DONE, message="cancelled")
+        if code == RESP_DUPLICATE:
+            state = await self._query(cancel_no, txn_time)
+            if state.get("respCode") == RESP_OK and state.get("origRespCode") == RESP_OK:
+                return ReverseResult(ReverseState.DONE, message="cancelled")
+            return ReverseResult(ReverseState.RETRY, message="the cancel is not final yet")
+        if code in RESP_IN_DOUBT:
+            return ReverseResult(ReverseState.RETRY, message=f"respCode {code}")
+        if orig == RESP_OK:
+            # UnionPay keeps the paid sale (e.g. past its settlement day): so do we.
+            return ReverseResult(ReverseState.PAID, message=f"not cancelled: {code}")
+        return ReverseResult(ReverseState.RETRY, message=f"not cancelled yet: {code}")
 
     async def close(self, out_trade_no: str) -> None:
         if txn_time_of(out_trade_no) is None:
@@ -785,6 +930,11 @@ def _inflate(spool: IO[bytes], destination: BinaryIO) -> None:
         raise BillRejected(f"UnionPay's fileContent does not inflate: {exc}") from None
     if not inflater.eof:
         raise BillRejected("UnionPay's fileContent is cut short")
+
+
+def _cancel_number(out_trade_no: str) -> str:
+    """The orderId of a counter sale's cancel: one per sale, so a repeat is a duplicate."""
+    return f"{out_trade_no}rv"
 
 
 def _valid_order_id(number: str) -> bool:

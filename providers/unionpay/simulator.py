@@ -13,6 +13,29 @@ page, ``POST /pay/{tn}`` with ``outcome=success|fail|close`` settles it
 (success sends the back notification, unless ``deliver=0``, and, for a
 browser, posts the front notification to ``frontUrl``). UnionPay notifies successes only.
 
+Payment codes at the counter (被扫: the merchant scans the payer's 云闪付 code):
+``backTransReq.do`` with ``txnType=01 txnSubType=06 bizType=000000`` and the
+code as ``qrNo``. A UnionPay code is 19 digits, ``62`` then 17 digits; the
+simulator reads the payer's behaviour from its last digit:
+
+- ``1``: paid at once: ``respCode=00`` with ``origRespCode=00``, ``queryId``
+  and the paid fields; the back notification goes to ``backUrl``;
+- ``2``: the payer confirms on the phone: ``respCode=00`` (accepted, not
+  paid, with ``queryId``); the first 2 queries answer ``origRespCode=05``
+  (交易处理中), the 3rd finds it paid, and the simulator then sends the back
+  notification to ``backUrl``;
+- ``3``: the payer never confirms: ``origRespCode=05`` until cancelled;
+- any other digit: declined, ``respCode=01`` (nothing is taken).
+
+A code that is not 62 + 17 digits is refused (``respCode=10``), a code used
+before is refused (``respCode=01`` 付款码已使用; only a digest of each code is
+kept), and the same ``orderId`` again is a duplicate (``respCode=12``). A
+消费撤销 (``txnType=31 txnSubType=00``, ``origQryId`` = the sale's
+``queryId``, the full ``txnAmt``; ``backUrl`` optional for ``bizType=000000``)
+of a sale still pending cancels it (the payer's confirm can no longer take
+anything; a query answers ``origRespCode=01`` 交易已撤销); of a paid sale it
+returns the money, on the sale's settlement day only (``respCode=39`` after).
+
 Controls for tests and the demo:
 
 - ``GET /control/notifications/{orderId}?index=-1``: a notification's body, not sent;
@@ -21,7 +44,16 @@ Controls for tests and the demo:
 - ``POST /control/faults`` (JSON ``endpoint``, ``mode``
   error|stall|lost_answer|bad_signature, ``count``): make the next calls of an
   endpoint fail;
+- ``POST /control/notifications/resign`` (JSON ``body``: a notification the
+  simulator made, form-encoded; and any of ``txnAmt``, ``merId``, ``orderId``):
+  that notification with those fields changed, signed anew with UnionPay's
+  genuine key (for the checks after the signature); 404 for a body it never made;
 - ``GET /control/transactions/{orderId}``: the simulator's view, as JSON;
+- ``GET /control/transactions/{orderId}/taken``: the ledger of a consume,
+  ``{"orderId", "takenFen"}``: paid minus refunded or cancelled (0 if never paid);
+- ``POST /control/transactions/{orderId}/confirm`` (form ``deliver=0`` to keep
+  the notification): the payer of a pending payment-code sale confirms now;
+  409 once the sale is cancelled (a late confirm takes nothing);
 - the bill controls of :func:`providers.kit.bills.bill_routes` under ``/control``
   (``GET``/``PUT /control/bills``, ``POST``/``DELETE /control/bills/adjustments``).
 
@@ -47,16 +79,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import html
 import itertools
 import logging
+import re
 import secrets
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
@@ -105,6 +139,14 @@ TXN_TIME_TOLERANCE = timedelta(minutes=10)
 RESP_NO_FILE = ("98", "文件不存在")
 RESP_NOT_GENERATED = ("99", "对账文件尚未生成\N{FULLWIDTH COMMA}请稍后再试")
 MERCHANT_NAME = "branchpay模拟商户"
+# A UnionPay payment code (云闪付 付款码): 62 and 17 digits; here its last digit is the
+# payer's behaviour.
+PAYMENT_CODE = re.compile(r"62\d{17}")
+CODE_BEHAVIOURS = {"1": "pay", "2": "confirm", "3": "never"}
+# A "confirm" payer: the consume and this many queries find it pending, the next one paid.
+CONFIRMING_QUERIES = 2
+# What /control/notifications/resign may change in a notification it made.
+RESIGNABLE = ("txnAmt", "merId", "orderId")
 
 
 class Refused(Exception):
@@ -129,7 +171,7 @@ class Transaction:
     front_url: str = ""
     pay_timeout: str = ""
     req_reserved: str = ""
-    status: str = "pending"  # pending | success | failed | abandoned
+    status: str = "pending"  # pending | success | failed | abandoned | cancelled
     tn: str = ""
     query_id: str = ""
     trace_no: str = ""
@@ -137,6 +179,9 @@ class Transaction:
     settle_date: str = ""
     original: Transaction | None = None
     refunded_fen: int = 0
+    # A payment-code sale (txnSubType 06): what the payer does, and queries left to confirm.
+    code_behaviour: str = ""
+    confirming_queries: int = 0
     notifications: list[dict[str, str]] = field(default_factory=list)
     deliveries: list[int | None] = field(default_factory=list)
 
@@ -159,6 +204,8 @@ class Gateway:
         self.merchants = dict(merchants)
         self.transactions: dict[tuple[str, str], Transaction] = {}
         self.by_tn: dict[str, Transaction] = {}
+        # Digests of the payment codes taken (codes are one-time; the code itself is not kept).
+        self.used_codes: set[str] = set()
         self.faults = FaultQueue(one_per_target=True)
         # UnionPay takes HTTP 200 as receipt; its 1, 2, 4, 5 minute schedule, shortened.
         self.notifier = Notifier(
@@ -276,9 +323,87 @@ class Gateway:
         self.by_tn[txn.tn] = txn
         return {"respCode": "00", "respMsg": "成功", "qrCode": f"{base_url}/pay/{txn.tn}"}
 
+    def code_consume(self, fields: dict[str, str]) -> dict[str, str]:
+        """A consume with the payer's payment code (被扫, txnSubType 06): the synchronous answer.
+
+        The payer's behaviour is the code's last digit (see the module docstring).
+        """
+        self.check(fields, (*TRANSACTION_FIELDS, "qrNo"))
+        if (fields["txnSubType"], fields["bizType"]) != ("06", "000000"):
+            raise Refused("10", "a payment-code consume is txnSubType 06, bizType 000000")
+        code = fields["qrNo"]
+        if not PAYMENT_CODE.fullmatch(code):
+            raise Refused("10", "qrNo is not a UnionPay payment code")
+        if (fields["merId"], fields["orderId"]) in self.transactions:
+            raise Refused("12", "重复交易")
+        digest = hashlib.sha256(code.encode()).hexdigest()
+        if digest in self.used_codes:
+            raise Refused("01", "付款码已使用")
+        self.used_codes.add(digest)
+        behaviour = CODE_BEHAVIOURS.get(code[-1], "decline")
+        if behaviour == "decline":
+            raise Refused("01", "交易失败: 余额不足")
+        txn = self.register(fields, query_id=self.next_number(), code_behaviour=behaviour)
+        if behaviour == "confirm":
+            txn.confirming_queries = CONFIRMING_QUERIES
+        if behaviour == "pay":
+            self.succeed(txn)
+            self.deliver_later(txn, txn.notifications[-1], 0)
+            return self.result_fields(txn) | {"origRespCode": "00", "origRespMsg": "成功"}
+        # Accepted, not paid: the payer confirms on the phone; query or await the notification.
+        return {
+            "txnType": txn.txn_type,
+            "txnSubType": txn.txn_sub_type,
+            "bizType": txn.biz_type,
+            "queryId": txn.query_id,
+            "txnAmt": str(txn.amount_fen),
+            "currencyCode": message.CURRENCY_CNY,
+            "respCode": "00",
+            "respMsg": "成功[受理]",
+        }
+
+    def confirm_on_query(self, txn: Transaction) -> None:
+        """A confirming payer has paid once enough queries came; UnionPay then notifies."""
+        if txn.status != "pending" or txn.code_behaviour != "confirm":
+            return
+        if txn.confirming_queries > 0:
+            txn.confirming_queries -= 1
+            return
+        self.succeed(txn)
+        self.deliver_later(txn, txn.notifications[-1], 0)
+
+    def cancel_pending(self, fields: dict[str, str], original: Transaction) -> Transaction:
+        """A 消费撤销 of a payment-code sale the payer has not confirmed: it can never pay."""
+        if int(fields["txnAmt"]) != original.amount_fen:
+            raise Refused("36", "消费撤销金额必须等于原交易金额")
+        txn = self.register(fields, original=original)
+        original.status = "cancelled"
+        txn.status = "success"
+        txn.query_id = self.next_number()
+        txn.trace_time = datetime.now(BEIJING).strftime("%m%d%H%M%S")
+        return txn
+
+    def taken_fen(self, order_id: str) -> int:
+        """What the payer has paid for a consume, less what was refunded or cancelled."""
+        txn = next(
+            (
+                t
+                for t in self.transactions.values()
+                if t.order_id == order_id and t.original is None
+            ),
+            None,
+        )
+        if txn is None or txn.status != "success":
+            return 0
+        return txn.amount_fen - txn.refunded_fen
+
     def refund(self, fields: dict[str, str]) -> Transaction:
         """A 退货 (txnType 04) or, same settlement day and in full, a 消费撤销 (txnType 31)."""
-        self.check(fields, (*TRANSACTION_FIELDS, "origQryId"))
+        required: tuple[str, ...] = (*TRANSACTION_FIELDS, "origQryId")
+        if fields.get("bizType") == "000000":
+            # The cancel of a payment-code sale: its outcome is in the answer and the query.
+            required = tuple(name for name in required if name != "backUrl")
+        self.check(fields, required)
         if fields["txnSubType"] != "00":
             raise Refused("10", "a refund is txnSubType 00")
         if (fields["merId"], fields["orderId"]) in self.transactions:
@@ -291,6 +416,13 @@ class Gateway:
             ),
             None,
         )
+        if (
+            original is not None
+            and fields["txnType"] == "31"
+            and original.code_behaviour
+            and original.status == "pending"
+        ):
+            return self.cancel_pending(fields, original)
         if original is None or original.txn_type != "01" or original.status != "success":
             raise Refused("35", "原交易不存在或状态不正确")
         amount = int(fields["txnAmt"])
@@ -314,7 +446,7 @@ class Gateway:
     def succeed(self, txn: Transaction) -> None:
         now = datetime.now(BEIJING)
         txn.status = "success"
-        txn.query_id = self.next_number()
+        txn.query_id = txn.query_id or self.next_number()
         txn.trace_no = f"{secrets.randbelow(10**6):06d}"
         txn.trace_time = now.strftime("%m%d%H%M%S")
         txn.settle_date = now.strftime("%m%d")
@@ -449,6 +581,7 @@ class Gateway:
         txn = self.transactions.get((fields["merId"], fields["orderId"]))
         if txn is None or txn.txn_time != fields["txnTime"] or txn.status == "abandoned":
             raise Refused("34", "查无此交易")
+        self.confirm_on_query(txn)
         answer = (
             self.result_fields(txn)
             if txn.status == "success"
@@ -461,11 +594,14 @@ class Gateway:
                 "txnTime": txn.txn_time,
                 "txnAmt": str(txn.amount_fen),
                 "currencyCode": message.CURRENCY_CNY,
+                **({"queryId": txn.query_id} if txn.query_id else {}),
             }
         )
-        orig = {"success": ("00", "成功"), "pending": ("05", "交易处理中")}.get(
-            txn.status, ("01", "交易失败")
-        )
+        orig = {
+            "success": ("00", "成功"),
+            "pending": ("05", "交易处理中"),
+            "cancelled": ("01", "交易已撤销"),
+        }.get(txn.status, ("01", "交易失败"))
         answer |= {
             "respCode": "00",
             "respMsg": "成功",
@@ -548,11 +684,14 @@ def create_app(
             return failed
         fields = await read_form(request)
         try:
-            if fields.get("txnType") == "01":
+            if fields.get("txnType") == "01" and fields.get("txnSubType") == "06":
+                result = gateway.code_consume(fields)
+            elif fields.get("txnType") == "01":
                 result = gateway.qr_consume(fields, str(request.base_url).rstrip("/"))
             elif fields.get("txnType") in ("04", "31"):
                 txn = gateway.refund(fields)
-                gateway.deliver_later(txn, txn.notifications[-1], 0)
+                if txn.back_url and txn.notifications:
+                    gateway.deliver_later(txn, txn.notifications[-1], 0)
                 result = {"respCode": "00", "respMsg": "成功[0000000]", "queryId": txn.query_id}
             else:
                 raise Refused("10", "txnType not served by backTransReq.do")
@@ -652,6 +791,29 @@ def create_app(
         statuses = [await gateway.deliver(txn, notification) for _ in range(count)]
         return JSONResponse({"delivered": statuses})
 
+    async def resign(request: Request) -> Response:
+        """A notification this simulator made, one field changed, signed with UnionPay's key."""
+        try:
+            spec = await request.json()
+            sent = dict(parse_qsl(str(spec["body"]), keep_blank_values=True))
+        except (ValueError, KeyError, TypeError) as exc:
+            return JSONResponse({"error": f"malformed resign request: {type(exc).__name__}"}, 400)
+        made = any(sent in t.notifications for t in gateway.transactions.values())
+        if not made:
+            return JSONResponse({"error": "the simulator never made that notification"}, 404)
+        changes = {
+            name: str(spec[name])
+            for name in RESIGNABLE
+            if isinstance(spec, dict) and spec.get(name) is not None
+        }
+        if not changes:
+            return JSONResponse({"error": f"name one of {', '.join(RESIGNABLE)}"}, 400)
+        unsigned = {k: v for k, v in sent.items() if k != "signature"}
+        return PlainTextResponse(
+            urlencode(gateway.signed(unsigned | changes)),
+            media_type="application/x-www-form-urlencoded",
+        )
+
     async def faults(request: Request) -> Response:
         spec = await request.json()
         endpoint, mode = spec.get("endpoint"), spec.get("mode")
@@ -666,6 +828,32 @@ def create_app(
             )
         )
         return JSONResponse({"ok": True})
+
+    async def taken(request: Request) -> Response:
+        order_id = request.path_params["order"]
+        return JSONResponse({"orderId": order_id, "takenFen": gateway.taken_fen(order_id)})
+
+    async def confirm(request: Request) -> Response:
+        """The payer of a pending payment-code sale confirms on the phone now."""
+        form = await read_form(request)
+        txn = next(
+            (
+                t
+                for t in gateway.transactions.values()
+                if t.order_id == request.path_params["order"] and t.code_behaviour
+            ),
+            None,
+        )
+        if txn is None:
+            return JSONResponse({"error": "no payment-code sale with this orderId"}, 404)
+        if txn.status != "pending":
+            # Cancelled (or settled) already: a late confirm takes nothing.
+            return JSONResponse({"error": f"the sale is {txn.status}"}, 409)
+        gateway.succeed(txn)
+        delivered: int | None = None
+        if form.get("deliver", "1") != "0":
+            delivered = await gateway.deliver(txn, txn.notifications[-1])
+        return JSONResponse({"orderId": txn.order_id, "status": txn.status, "delivered": delivered})
 
     async def transaction(request: Request) -> Response:
         txn = next(
@@ -703,10 +891,13 @@ def create_app(
             Route("/", file_transfer, methods=["POST"]),
             Route("/pay/{tn}", pay_page, methods=["GET"]),
             Route("/pay/{tn}", pay, methods=["POST"]),
+            Route("/control/notifications/resign", resign, methods=["POST"]),
             Route("/control/notifications/{order}", notification_body, methods=["GET"]),
             Route("/control/notifications/{order}/redeliver", redeliver, methods=["POST"]),
             Route("/control/faults", faults, methods=["POST"]),
             Route("/control/transactions/{order}", transaction, methods=["GET"]),
+            Route("/control/transactions/{order}/taken", taken, methods=["GET"]),
+            Route("/control/transactions/{order}/confirm", confirm, methods=["POST"]),
             *bill_routes("/control", gateway.book),
             *control_routes("/control", notifier=gateway.notifier, faults=gateway.faults),
         ],

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-WITHOUT_RESIGN = frozenset({"wechatpay", "alipay", "unionpay"})
+WITHOUT_RESIGN = frozenset({"wechatpay", "alipay"})
 BEYOND_THE_SIGNATURE = frozenset(
     {
         "test_notification_for_another_merchant_is_a_mismatch",

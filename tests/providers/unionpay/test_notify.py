@@ -4,8 +4,10 @@ branchpay (real app, uvicorn, store) is configured through plugins.toml with
 two branches on different UnionPay merchants, both pointing at the simulator.
 A QR-code attempt is started with GraphQL; every kind of bad notification is
 posted and must get UnionPay's rejection reply (HTTP 400), a log line without
-secrets, and change nothing, before the genuine one is accepted with HTTP 200
-and pays the order once.
+secrets, and change nothing; genuinely signed ones that are not this branch's
+(another merId, another attempt) are answered HTTP 200, kept aside in
+notification_mismatches and change nothing; then the genuine one is accepted
+with HTTP 200 and pays the order once.
 """
 
 from __future__ import annotations
@@ -129,7 +131,6 @@ def test_bad_notifications_are_refused_and_change_nothing_then_the_genuine_one_p
         ),
         "signed under another CA": urlencode(platform_signed(genuine, other_chain())),
         "tampered": urlencode(genuine | {"txnAmt": "1"}),
-        "other merId": urlencode(platform_signed(genuine | {"merId": BJ_MER_ID})),
         "malformed": "%%%&&==",
         "oversized": genuine_body + "&pad=" + "x" * 64 * 1024,
     }
@@ -146,15 +147,26 @@ def test_bad_notifications_are_refused_and_change_nothing_then_the_genuine_one_p
     assert key_body[:40] not in logged and genuine["signature"][:40] not in logged
     assert branchpay.db["payment_events"].count_documents({"outTradeNo": out_trade_no}) == 0
 
-    # Genuinely signed but of no attempt of ours: kept aside, answered so UnionPay stops.
+    # Genuinely signed but not ours (no attempt of ours; another merId; this branch's
+    # notification sent to the other branch, whose merId differs): each is kept aside once,
+    # answered so UnionPay stops re-sending it, and changes nothing.
     unknown = platform_signed(genuine | {"orderId": "zz" + uuid.uuid4().hex[:20]})
-    kept = post(branchpay, urlencode(unknown))
-    assert (kept.status_code, kept.text) == (200, "ok")
-    assert order_state(branchpay, order_id)["status"] == "PENDING_PAYMENT"
-    assert branchpay.db["notification_mismatches"].count_documents({"provider": "unionpay"}) == 1
-
-    # This branch's genuine notification, sent to the other branch (another merId).
-    assert post(branchpay, genuine_body, branch="bj").status_code == 400
+    other_merchant = platform_signed(genuine | {"merId": BJ_MER_ID})
+    kept_aside = [
+        ("zj", urlencode(unknown)),
+        ("zj", urlencode(other_merchant)),
+        ("bj", genuine_body),
+    ]
+    for branch, body in kept_aside:
+        kept = post(branchpay, body, branch=branch)
+        assert (kept.status_code, kept.text) == (200, "ok"), branch
+        order = order_state(branchpay, order_id)
+        assert order["status"] == "PENDING_PAYMENT", branch
+        assert [p["status"] for p in order["payments"]] == ["PENDING"], branch
+    mismatches = list(branchpay.db["notification_mismatches"].find({"provider": "unionpay"}))
+    assert sorted(m["branch"] for m in mismatches) == ["bj", "zj", "zj"]
+    assert sum("merId" in m["reason"] for m in mismatches) == 2
+    assert branchpay.db["payment_events"].count_documents({"outTradeNo": out_trade_no}) == 0
 
     accepted = post(branchpay, genuine_body)
     assert (accepted.status_code, accepted.text) == (200, "ok")

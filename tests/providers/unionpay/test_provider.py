@@ -37,6 +37,7 @@ from api.plugins.contract import (
     AttemptState,
     EventKind,
     GatewayError,
+    NotificationMismatch,
     NotificationRejected,
     NotificationRequest,
     PaymentMethod,
@@ -518,7 +519,6 @@ def _rejections(genuine: dict[str, str]) -> dict[str, NotificationRequest]:
         "tampered orderId": form_notification({**genuine, "orderId": "ut00000000000"}),
         "unsigned": form_notification(no_sig),
         "no certificate": form_notification(no_cert),
-        "wrong merId": form_notification(platform_signed({**genuine, "merId": "898111111111111"})),
         "other currency": form_notification(platform_signed({**genuine, "currencyCode": "840"})),
         "amount not fen": form_notification(platform_signed({**genuine, "txnAmt": "88.00"})),
         "wrong version": form_notification(platform_signed({**genuine, "version": "5.0.0"})),
@@ -554,6 +554,16 @@ async def test_bad_notifications_rejected_without_secrets_in_logs(
         assert any("rejected" in line for line in lines), f"{case}: no log line"
         assert not any(secret_line in line for line in lines), f"{case}: key in the log"
         assert secret_line not in str(caught.value)
+
+
+async def test_genuine_notification_of_another_merid_is_a_mismatch(
+    provider: UnionpayProvider, driver: UnionpayDriver
+) -> None:
+    _, notification = await paid(provider, driver)
+    other = platform_signed({**fields_of(notification), "merId": "898111111111111"})
+    with pytest.raises(NotificationMismatch) as caught:
+        await provider.parse_notification(form_notification(other))
+    assert "898111111111111" in str(caught.value) and MER_ID in str(caught.value)
 
 
 async def test_reply_is_200_only_when_accepted(provider: UnionpayProvider) -> None:

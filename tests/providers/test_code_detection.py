@@ -1,0 +1,81 @@
+"""Which wallet a scanned payment code belongs to, across the installed built-in providers.
+
+A counter sale names no provider: the core finds it from the code with
+``detect_wallet`` over the installed classes' ``payment_code_pattern`` (the
+prefix table of channels.md section 1.4: WeChat 18 digits starting 10-15,
+Alipay 16-24 digits starting 25-30, UnionPay 19 digits starting 62; the
+sandbox's own 99 + 16 digits). The classes are the real ones, found through
+the ``branchpay.providers`` entry points as the service finds them.
+
+WeChat Pay's and Alipay's patterns are added on their own branches (issue 18):
+the rows that need them are strict expected failures until they are merged,
+when they pass and the mark must go.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from api.plugins.contract import Provider
+from api.plugins.manager import installed_providers, load_plugin_manager
+from api.services.payments.start import detect_wallet
+
+BUILT_IN = ("sandbox", "wechatpay", "alipay", "unionpay")
+
+
+def _pending(wallet: str) -> pytest.MarkDecorator:
+    return pytest.mark.xfail(
+        strict=True, reason=f"issue 18: {wallet}'s payment_code_pattern is on its own branch"
+    )
+
+
+WECHAT = _pending("wechatpay")
+ALIPAY = _pending("alipay")
+
+CODES = [
+    # sandbox: 99 + 16 digits
+    ("99" + "1" * 16, "sandbox"),
+    ("99" + "1" * 15, None),
+    # UnionPay (云闪付): 19 digits starting 62
+    ("62" + "0" * 16 + "1", "unionpay"),
+    ("6212345678901234567", "unionpay"),
+    ("62" + "1" * 16, None),  # 18 digits
+    ("62" + "1" * 18, None),  # 20 digits
+    ("62" + "1" * 16 + "a", None),
+    ("63" + "1" * 17, None),
+    # WeChat Pay: 18 digits starting 10..15
+    pytest.param("10" + "1" * 16, "wechatpay", marks=WECHAT),
+    pytest.param("134567890123456789", "wechatpay", marks=WECHAT),
+    pytest.param("15" + "9" * 16, "wechatpay", marks=WECHAT),
+    ("16" + "1" * 16, None),
+    ("13" + "1" * 15, None),  # 17 digits
+    ("13" + "1" * 17, None),  # 19 digits
+    ("13" + "1" * 15 + "x", None),
+    # Alipay: 16..24 digits starting 25..30
+    pytest.param("25" + "1" * 14, "alipay", marks=ALIPAY),
+    pytest.param("28" + "1" * 16, "alipay", marks=ALIPAY),
+    pytest.param("30" + "1" * 22, "alipay", marks=ALIPAY),
+    ("25" + "1" * 13, None),  # 15 digits
+    ("25" + "1" * 23, None),  # 25 digits
+    ("31" + "1" * 16, None),
+    ("24" + "1" * 16, None),
+    # Of no wallet
+    ("0" * 18, None),
+    ("", None),
+]
+
+
+@pytest.fixture(scope="module")
+def classes() -> list[type[Provider]]:
+    installed = installed_providers(load_plugin_manager())
+    missing = [name for name in BUILT_IN if name not in installed]
+    assert not missing, f"built-in providers not installed: {missing}"
+    return [installed[name] for name in BUILT_IN]
+
+
+@pytest.mark.parametrize(("code", "expected"), CODES)
+def test_a_code_maps_to_its_wallet_only(
+    classes: list[type[Provider]], code: str, expected: str | None
+) -> None:
+    found = [cls.name for cls in detect_wallet(classes, code)]
+    assert found == ([expected] if expected else []), code
