@@ -1,8 +1,9 @@
 """The conformance kit's view of the Alipay simulator (a GatewayDriver).
 
 ``settle`` asks the running simulator to settle a trade and hands back the
-notification Alipay would send, without sending it. The three spoiled copies
-are built here: re-signed with a key that is not Alipay's, an amount changed
+notification Alipay would send, without sending it; ``resign`` has the
+simulator change a field of one and sign it anew with Alipay's key. The three
+spoiled copies are built here: re-signed with a key that is not Alipay's, an amount changed
 after signing, and the signature removed.
 """
 
@@ -74,6 +75,33 @@ class AlipayGatewayDriver:
         )
         response.raise_for_status()
         return notification_request(response.json()["notifications"][-1])
+
+    async def resign(
+        self,
+        notification: NotificationRequest,
+        *,
+        amount_fen: int | None = None,
+        merchant: str | None = None,
+        out_trade_no: str | None = None,
+    ) -> NotificationRequest:
+        """The notification with one thing changed, signed anew by the simulator.
+
+        ``merchant`` becomes the ``app_id``: a notification of another app.
+        """
+        changes = {
+            "amount_fen": None if amount_fen is None else str(amount_fen),
+            "app_id": merchant,
+            "out_trade_no": out_trade_no,
+        }
+        response = await self.http.post(
+            f"{self.simulator_url}/_control/notifications/resign",
+            data={
+                "body": notification.body.decode("utf-8"),
+                **{k: v for k, v in changes.items() if v is not None},
+            },
+        )
+        response.raise_for_status()
+        return notification_request(response.json()["notification"])
 
     def forge(self, notification: NotificationRequest) -> NotificationRequest:
         if self._forger_key is None:

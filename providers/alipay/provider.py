@@ -9,10 +9,14 @@ Payment methods map to Alipay APIs as follows:
 
 Every gateway response is verified with the Alipay public key before any of it
 is trusted, and so is every notification (over all parameters except ``sign``
-and ``sign_type``, sorted). Query, close and refund (with the same
-``out_request_no``) are the calls Alipay documents as safe to repeat; only they
-are retried, with exponential back-off. Everything else fails at once with a
-:class:`GatewayError` that says whether Alipay may have acted.
+and ``sign_type``, sorted). A genuine notification whose ``app_id`` (or
+``seller_id``, when set) is not the branch's raises ``NotificationMismatch``:
+branchpay answers it ``success``, keeps it aside and changes nothing.
+
+Query, close and refund (with the same ``out_request_no``) are the calls
+Alipay documents as safe to repeat; only they are retried, with exponential
+back-off. Everything else fails at once with a :class:`GatewayError` that says
+whether Alipay may have acted.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from api.plugin import (
     BillUnavailableReason,
     EventKind,
     GatewayError,
+    NotificationMismatch,
     NotificationRejected,
     NotificationReply,
     NotificationRequest,
@@ -281,10 +286,11 @@ class AlipayProvider(Provider):
             self._reject("sign_type is not RSA2")
         if not self._genuine(params, signature):
             self._reject("sign does not verify with the Alipay public key")
+        # Genuine from here on: one for another app or merchant is kept aside, not refused.
         if params.get("app_id") != self.config.app_id:
-            self._reject("app_id is not this branch's Alipay app")
+            self._mismatch("app_id is not this branch's Alipay app")
         if self.config.seller_id and params.get("seller_id") != self.config.seller_id:
-            self._reject("seller_id is not this branch's merchant")
+            self._mismatch("seller_id is not this branch's merchant")
         return params
 
     def _genuine(self, params: Mapping[str, str], signature: str) -> bool:
@@ -301,6 +307,10 @@ class AlipayProvider(Provider):
     def _reject(self, reason: str) -> NoReturn:
         logger.warning("alipay notification rejected for branch %s: %s", self.branch, reason)
         raise NotificationRejected(reason)
+
+    def _mismatch(self, reason: str) -> NoReturn:
+        logger.warning("alipay notification kept aside for branch %s: %s", self.branch, reason)
+        raise NotificationMismatch(reason)
 
     def _field(self, params: Mapping[str, str], name: str) -> str:
         value = params.get(name)

@@ -237,6 +237,7 @@ class AlipaySimulator:
                     self.control_notifications,
                     methods=["GET"],
                 ),
+                Route("/_control/notifications/resign", self.control_resign, methods=["POST"]),
                 Route(
                     "/_control/notifications/{out_trade_no}/send",
                     self.control_send,
@@ -791,6 +792,39 @@ class AlipaySimulator:
         params["notify_time"] = _fmt(datetime.now(UTC))
         params["sign"] = sign(self.alipay_key, notification_string(params))
         return Notification(params=params, notify_url=notification.notify_url)
+
+    async def control_resign(self, request: Request) -> Response:
+        """A notification this simulator sent, fields changed, signed with Alipay's key.
+
+        Form: ``body`` (the notification as sent) and any of ``amount_fen``,
+        ``app_id``, ``seller_id``, ``auth_app_id``, ``out_trade_no``. Answers
+        ``{"notification": body}``; tests use it for genuine notifications that
+        are not for the branch or not for the attempt.
+        """
+        form = dict(parse_qsl((await request.body()).decode("utf-8"), keep_blank_values=True))
+        sent = dict(parse_qsl(form.get("body", ""), keep_blank_values=True))
+        trade = self.trades.get((sent.get("app_id", ""), sent.get("out_trade_no", "")))
+        unsigned = {k: v for k, v in sent.items() if k not in ("sign", "notify_time")}
+        if trade is None or not any(
+            unsigned == {k: v for k, v in n.params.items() if k not in ("sign", "notify_time")}
+            for n in trade.notifications
+        ):
+            return JSONResponse({"error": "the simulator never sent that notification"}, 404)
+        changes = {
+            name: form[name]
+            for name in ("app_id", "seller_id", "auth_app_id", "out_trade_no")
+            if form.get(name)
+        }
+        if form.get("amount_fen"):
+            try:
+                changes["total_amount"] = fen_to_yuan(int(form["amount_fen"]))
+            except (ValueError, AmountError):
+                return JSONResponse({"error": "amount_fen must be a whole number of fen"}, 400)
+        if not changes:
+            return JSONResponse({"error": "name a field to change"}, 400)
+        params = {k: v for k, v in sent.items() if k != "sign"} | changes
+        params["sign"] = sign(self.alipay_key, notification_string(params))
+        return JSONResponse({"notification": urlencode(params)})
 
     async def control_send(self, request: Request) -> Response:
         """(Re)send notifications: ``index`` (default last), ``copies``, ``delay``,
