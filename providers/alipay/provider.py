@@ -5,7 +5,10 @@ Payment methods map to Alipay APIs as follows:
 - PAGE: ``alipay.trade.page.pay``, a signed gateway URL the browser opens;
 - WAP: ``alipay.trade.wap.pay``, the same for mobile browsers;
 - QR_CODE: ``alipay.trade.precreate``, a server call returning the code to show;
-- APP: ``alipay.trade.app.pay``, the signed order string for the Alipay app SDK.
+- APP: ``alipay.trade.app.pay``, the signed order string for the Alipay app SDK;
+- PAYMENT_CODE: ``alipay.trade.pay`` (``scene=bar_code``) charges the code a
+  clerk scanned, and ``alipay.trade.cancel`` voids a sale left unknown (see
+  :meth:`AlipayProvider.pay_with_code` and :meth:`AlipayProvider.reverse`).
 
 Every gateway response is verified with the Alipay public key before any of it
 is trusted, and so is every notification (over all parameters except ``sign``
@@ -57,6 +60,8 @@ from api.plugin import (
     RefundRequest,
     RefundResult,
     RefundState,
+    ReverseResult,
+    ReverseState,
     TransientFailure,
     call_gateway,
     from_beijing,
@@ -136,8 +141,11 @@ class AlipayProvider(Provider):
         PaymentMethod.WAP,
         PaymentMethod.QR_CODE,
         PaymentMethod.APP,
+        PaymentMethod.PAYMENT_CODE,
     )
     Settings: ClassVar[type[BaseModel]] = AlipaySettings
+    # Alipay's payment codes: 16-24 digits starting 25-30 (alipay.trade.pay's auth_code).
+    payment_code_pattern: ClassVar[re.Pattern[str] | None] = re.compile(r"(2[5-9]|30)[0-9]{14,22}")
 
     def __init__(self, settings: BaseModel, *, branch: str, http: httpx.AsyncClient) -> None:
         if not isinstance(settings, AlipaySettings):
@@ -150,16 +158,12 @@ class AlipayProvider(Provider):
     # --- create ---------------------------------------------------------------
 
     async def create_payment(self, request: PaymentRequest) -> PaymentAction:
+        if request.method is PaymentMethod.PAYMENT_CODE:
+            raise GatewayError("a PAYMENT_CODE sale is charged with pay_with_code, not opened")
         if request.method not in _PRODUCT_CODES:
             raise GatewayError(f"Alipay does not offer {request.method}")
-        if request.currency != "CNY":
-            raise GatewayError("Alipay trades here are in CNY only")
-        try:
-            total_amount = fen_to_yuan(request.amount_fen)
-        except AmountError as exc:
-            raise GatewayError(f"amount refused: {exc}") from None
-        if not _OUT_NO.fullmatch(request.out_trade_no):
-            raise GatewayError("out_trade_no must be 1-64 letters, digits or underscores")
+        total_amount = self._total_amount(request)
+        self._check_out_trade_no(request.out_trade_no)
         api_method, product_code = _PRODUCT_CODES[request.method]
         biz: dict[str, str] = {
             "out_trade_no": request.out_trade_no,
@@ -201,6 +205,114 @@ class AlipayProvider(Provider):
         return PaymentAction(
             kind=ActionKind.REDIRECT, url=f"{self.config.gateway}?{urlencode(params)}"
         )
+
+    @staticmethod
+    def _check_out_trade_no(out_trade_no: str) -> None:
+        if not _OUT_NO.fullmatch(out_trade_no):
+            raise GatewayError("out_trade_no must be 1-64 letters, digits or underscores")
+
+    @staticmethod
+    def _total_amount(request: PaymentRequest) -> str:
+        if request.currency != "CNY":
+            raise GatewayError("Alipay trades here are in CNY only")
+        try:
+            return fen_to_yuan(request.amount_fen)
+        except AmountError as exc:
+            raise GatewayError(f"amount refused: {exc}") from None
+
+    # --- counter sales (PAYMENT_CODE) -------------------------------------------
+
+    async def pay_with_code(self, request: PaymentRequest) -> QueryResult:
+        """Charge the scanned code with ``alipay.trade.pay`` (``scene=bar_code``).
+
+        ``10000``: paid (SUCCEEDED with the payment fact, the same event id the
+        query and the notification give); ``10003``: the payer confirms on the
+        phone (PENDING: branchpay polls :meth:`query`, then :meth:`reverse`);
+        ``ACQ.TRADE_HAS_SUCCESS``: paid before (a repeat), read with a query;
+        any other refusal: FAILED, nothing was taken. ``20000`` or
+        ``ACQ.SYSTEM_ERROR``, a time-out or an unverifiable answer: the outcome
+        is unknown (``GatewayError(outcome_unknown=True)``), so branchpay
+        follows the sale with queries. The call is sent once. The code is
+        never logged, put in an error or kept in an event.
+        """
+        if not request.auth_code:
+            raise GatewayError("a PAYMENT_CODE sale needs the scanned auth_code")
+        total_amount = self._total_amount(request)
+        self._check_out_trade_no(request.out_trade_no)
+        biz = {
+            "out_trade_no": request.out_trade_no,
+            "scene": "bar_code",
+            "auth_code": request.auth_code,
+            "subject": request.subject[:_SUBJECT_MAX],
+            "total_amount": total_amount,
+            "product_code": "FACE_TO_FACE_PAYMENT",
+        }
+        reply = await self._call(
+            "alipay.trade.pay",
+            biz,
+            extra={"notify_url": request.notify_url},
+            repeatable=False,
+            ref=request.out_trade_no,
+        )
+        if reply.code in ("10000", "10003"):
+            if reply.body.get("out_trade_no") != request.out_trade_no:
+                raise GatewayError(
+                    "Alipay's pay answer does not match the sale", outcome_unknown=True
+                )
+            trade_no = _str_or_none(reply.body.get("trade_no"))
+            if reply.code == "10003":
+                return QueryResult(AttemptState.PENDING, trade_no, request.amount_fen)
+            try:
+                amount_fen = yuan_to_fen(str(reply.body.get("total_amount")))
+            except AmountError:
+                raise GatewayError(
+                    "Alipay's pay answer has no valid total_amount", outcome_unknown=True
+                ) from None
+            paid_at = _parse_beijing_or_now(reply.body.get("gmt_payment"))
+            event = self._paid_event(
+                request.out_trade_no, amount_fen, paid_at, trade_no, {"trade_status": "PAID"}
+            )
+            return QueryResult(AttemptState.SUCCEEDED, trade_no, amount_fen, (event,))
+        if reply.sub_code == "ACQ.TRADE_HAS_SUCCESS":
+            return await self.query(request.out_trade_no)
+        logger.info(
+            "alipay code sale %s for branch %s declined: %s",
+            request.out_trade_no,
+            self.branch,
+            reply.describe(),
+        )
+        return QueryResult(state=AttemptState.FAILED)
+
+    async def reverse(self, out_trade_no: str) -> ReverseResult:
+        """Void a counter sale with ``alipay.trade.cancel`` (safe to repeat).
+
+        ``retry_flag=Y``: RETRY; ``action`` ``close`` (it was unpaid, and can no
+        longer be paid) or ``refund`` (it was paid and the money went back to
+        the payer): DONE. A trade Alipay never saw: DONE, nothing was taken.
+        Past the cancel window (``ACQ.TRADE_CANCEL_TIME_OUT``) a paid sale is
+        kept as PAID. Anything else raises ``GatewayError`` and branchpay asks again.
+        """
+        reply = await self._call(
+            "alipay.trade.cancel", {"out_trade_no": out_trade_no}, repeatable=True, ref=out_trade_no
+        )
+        if reply.body.get("retry_flag") == "Y":
+            return ReverseResult(ReverseState.RETRY, message=reply.describe())
+        if reply.sub_code == "ACQ.TRADE_NOT_EXIST":
+            return ReverseResult(ReverseState.DONE, message="no such trade")
+        if reply.sub_code == "ACQ.TRADE_CANCEL_TIME_OUT":
+            state = (await self.query(out_trade_no)).state
+            if state is AttemptState.SUCCEEDED:
+                return ReverseResult(ReverseState.PAID, message="past the cancel window")
+            return ReverseResult(ReverseState.DONE, message="past the cancel window, unpaid")
+        if not reply.ok:
+            raise GatewayError(f"Alipay refused to cancel the sale: {reply.describe()}")
+        action = reply.body.get("action")
+        if action in ("close", "refund"):
+            return ReverseResult(ReverseState.DONE, message=str(action))
+        if action in (None, ""):
+            # Alipay names the action only when the trade exists; none means nothing to void.
+            return ReverseResult(ReverseState.DONE, message="nothing to cancel")
+        raise GatewayError("Alipay answered a cancel with an unknown action")
 
     # --- notifications --------------------------------------------------------
 

@@ -15,6 +15,28 @@ Endpoints:
   pays, leaves unpaid, or closes the trade.
 - ``GET|POST /qr/{code}``: what a payer's phone opens after scanning a
   precreate code; POST with ``outcome`` settles like the cashier.
+- Counter sales: ``alipay.trade.pay`` charges a payment code (``scene``
+  ``bar_code`` or ``wave_code``; the code 16-24 digits starting 25-30, each
+  code pays one trade only; the simulator keeps only a digest of it). The
+  code's last digit says what the payer does, so tests choose it:
+
+  - ``1``: paid at once: ``10000`` with ``gmt_payment`` (no notification is
+    sent for it; the trade keeps one, as for every payment);
+  - ``2``: the payer confirms on the phone: ``10003`` and the first 2 queries
+    find ``WAIT_BUYER_PAY``; the 3rd query finds it paid, and the simulator
+    then sends the ``TRADE_SUCCESS`` notification to the sale's ``notify_url``;
+  - ``3``: the payer never confirms: ``10003``, then ``WAIT_BUYER_PAY`` until
+    cancelled;
+  - any other digit: declined, ``40004 ACQ.BUYER_BALANCE_NOT_ENOUGH`` (no trade).
+
+  A code that is not an Alipay code answers ``ACQ.PAYMENT_AUTH_CODE_INVALID``,
+  one used before ``ACQ.PAYMENT_AUTH_CODE_INVALID`` too; paying the same
+  ``out_trade_no`` again answers ``10003`` while the payer confirms,
+  ``ACQ.TRADE_HAS_SUCCESS`` once paid, ``ACQ.TRADE_HAS_CLOSE`` once closed.
+  ``alipay.trade.cancel`` closes an unpaid trade (``action=close``: a later
+  confirm cannot pay it) or refunds a paid one in full (``action=refund``,
+  on the bill as a refund numbered ``cancel`` + out_trade_no); repeated, it
+  answers the same action; for a trade it never saw, ``ACQ.TRADE_NOT_EXIST``.
 - ``GET /downloadBillFile.resource``: the daily bill that
   ``alipay.data.dataservice.bill.downloadurl.query`` links to (a plain GET,
   token-protected, valid ``bill_url_seconds``, 30 s as at Alipay): the zip of
@@ -23,8 +45,10 @@ Endpoints:
   trade and every refund is recorded as it completes.
 - ``/_control/...``: test and demo controls: settle a trade and fetch its
   notification without sending it, list a trade's notifications, re-send one
-  (several copies, after a delay, or all of them newest first), inject
-  gateway faults, and read call counts and trade state; ``/_control/bills``
+  (several copies, after a delay, or all of them newest first), re-sign a
+  notification it sent with a field changed, inject gateway faults, and read
+  call counts, trade state and what was taken from the payer per trade (the
+  ledger: paid minus refunded, 0 when never paid); ``/_control/bills``
   (:func:`providers.kit.bills.bill_routes`): when bills are published and the
   adjustments a test makes to them.
 
@@ -39,6 +63,7 @@ scanned. Tests need a trade they can query and close before a scan.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import html
 import json
 import logging
@@ -92,13 +117,20 @@ _SERVER_METHODS = frozenset(
         "alipay.trade.refund",
         "alipay.trade.fastpay.refund.query",
         "alipay.trade.close",
+        "alipay.trade.pay",
+        "alipay.trade.cancel",
         BILL_METHOD,
     }
 )
+# Alipay payment codes (alipay.trade.pay's auth_code): 16-24 digits starting 25-30.
+PAYMENT_CODE = re.compile(r"(2[5-9]|30)[0-9]{14,22}")
+# The last digit of a payment code: what the payer does (anything else: declined).
+CODE_BEHAVIOURS = {"1": "pay", "2": "confirm", "3": "never"}
+CONFIRMING_QUERIES = 2  # "confirm": the queries that still find the payer confirming
 _COMMON_REQUIRED = ("app_id", "method", "charset", "sign_type", "sign", "timestamp", "version")
 
 Outcome = Literal["success", "fail", "close"]
-FaultKind = Literal["http_500", "stall", "system_error", "unsigned", "bad_signature"]
+FaultKind = Literal["http_500", "stall", "system_error", "unsigned", "bad_signature", "retry_flag"]
 
 
 @dataclass
@@ -136,10 +168,20 @@ class Trade:
     qr_code: str | None = None
     refunds: dict[str, Refund] = field(default_factory=dict)
     notifications: list[Notification] = field(default_factory=list)
+    # A counter sale: what the payer does, the queries left before a confirming
+    # payer has paid, and what alipay.trade.cancel did to it.
+    code_behaviour: str | None = None
+    confirming_queries: int = 0
+    cancel_action: str | None = None
 
     @property
     def refunded_fen(self) -> int:
         return sum(r.amount_fen for r in self.refunds.values())
+
+    @property
+    def taken_fen(self) -> int:
+        """What the payer is out of pocket for this trade: paid minus refunded."""
+        return self.total_fen - self.refunded_fen if self.paid_at is not None else 0
 
 
 @dataclass(frozen=True)
@@ -213,6 +255,8 @@ class AlipaySimulator:
         self.sellers = dict(sellers or {})
         self.trades: dict[tuple[str, str], Trade] = {}
         self.qr_codes: dict[str, tuple[str, str]] = {}
+        # Digests of the payment codes charged: a code pays one trade only.
+        self.used_codes: set[str] = set()
         self.faults = FaultQueue()
         self.notifier = Notifier(timeout=10.0)
         self.calls: dict[str, int] = {}
@@ -247,6 +291,7 @@ class AlipaySimulator:
                 Route("/_control/calls", self.control_calls, methods=["GET"]),
                 Route("/_control/deliveries", self.control_deliveries, methods=["GET"]),
                 Route("/_control/trades/{out_trade_no}", self.control_trade, methods=["GET"]),
+                Route("/_control/trades/{out_trade_no}/taken", self.control_taken, methods=["GET"]),
                 *bill_routes("/_control", self.bills),
                 *control_routes("/_control", notifier=self.notifier, faults=self.faults),
             ],
@@ -281,7 +326,11 @@ class AlipaySimulator:
             if api_method not in _SERVER_METHODS:
                 raise _invalid("isv.invalid-method", "不存在的方法名")
             biz = _biz_content(params)
-            content = self._serve(request, app_id, api_method, biz, params)
+            if fault is not None and fault.kind == "retry_flag":
+                # Not processed; Alipay asks for the same call again.
+                content = {"code": "10000", "msg": "Success", "retry_flag": "Y"}
+            else:
+                content = self._serve(request, app_id, api_method, biz, params)
             signed = True
         except GatewayRefusal as refusal:
             content, signed = refusal.content, refusal.signed
@@ -354,6 +403,8 @@ class AlipaySimulator:
             return self._precreate(request, app_id, biz, params)
         if api_method == BILL_METHOD:
             return self._bill_download_url(request, app_id, biz)
+        if api_method == "alipay.trade.pay":
+            return self._pay(app_id, biz, params)
         out_trade_no = _required(biz, "out_trade_no")
         trade = self.trades.get((app_id, out_trade_no))
         if api_method == "alipay.trade.fastpay.refund.query":
@@ -362,10 +413,105 @@ class AlipaySimulator:
         if trade is None:
             raise _business("ACQ.TRADE_NOT_EXIST", "交易不存在")
         if api_method == "alipay.trade.query":
+            self._confirm_on_query(trade)
             return self._query(trade)
         if api_method == "alipay.trade.close":
             return self._close(trade)
+        if api_method == "alipay.trade.cancel":
+            return self._cancel(trade)
         return self._refund(trade, biz)
+
+    # --- counter sales --------------------------------------------------------
+
+    def _pay(
+        self, app_id: str, biz: Mapping[str, Any], params: Mapping[str, str]
+    ) -> dict[str, Any]:
+        out_trade_no, total_fen, subject = _order_fields(biz)
+        if biz.get("scene") not in ("bar_code", "wave_code"):
+            raise _business("ACQ.INVALID_PARAMETER", "参数无效: scene")
+        auth_code = _required(biz, "auth_code")
+        existing = self.trades.get((app_id, out_trade_no))
+        if existing is not None:
+            if existing.api_method != "alipay.trade.pay" or existing.total_fen != total_fen:
+                raise _business("ACQ.CONTEXT_INCONSISTENT", "交易信息被篡改")
+            if existing.status in ("TRADE_SUCCESS", "TRADE_FINISHED"):
+                raise _business("ACQ.TRADE_HAS_SUCCESS", "交易已被支付")
+            if existing.status == "TRADE_CLOSED":
+                raise _business("ACQ.TRADE_HAS_CLOSE", "交易已经关闭")
+            return self._pay_answer(existing)
+        # The code itself is never echoed in an answer or kept: only its digest.
+        digest = hashlib.sha256(auth_code.encode()).hexdigest()
+        if not PAYMENT_CODE.fullmatch(auth_code) or digest in self.used_codes:
+            raise _business("ACQ.PAYMENT_AUTH_CODE_INVALID", "支付失败, 获取顾客账户信息失败")
+        self.used_codes.add(digest)
+        behaviour = CODE_BEHAVIOURS.get(auth_code[-1])
+        if behaviour is None:
+            raise _business("ACQ.BUYER_BALANCE_NOT_ENOUGH", "买家余额不足")
+        trade = self._open_trade(app_id, out_trade_no, total_fen, subject, params)
+        trade.code_behaviour = behaviour
+        if behaviour == "pay":
+            self.settle(trade, "success")
+        elif behaviour == "confirm":
+            trade.confirming_queries = CONFIRMING_QUERIES
+        return self._pay_answer(trade)
+
+    @staticmethod
+    def _pay_answer(trade: Trade) -> dict[str, Any]:
+        answer: dict[str, Any] = {
+            "trade_no": trade.trade_no,
+            "out_trade_no": trade.out_trade_no,
+            "buyer_logon_id": "tes***@example.com",
+            "total_amount": fen_to_yuan(trade.total_fen),
+        }
+        if trade.paid_at is None:
+            return {"code": "10003", "msg": "order success pay inprocess"} | answer
+        return (
+            {"code": "10000", "msg": "Success"}
+            | answer
+            | {
+                "receipt_amount": fen_to_yuan(trade.total_fen),
+                "buyer_pay_amount": fen_to_yuan(trade.total_fen),
+                "gmt_payment": _fmt(trade.paid_at),
+                "buyer_user_id": "2088102177846880",
+            }
+        )
+
+    def _confirm_on_query(self, trade: Trade) -> None:
+        """A "confirm" payer, still confirming, has paid once enough queries came."""
+        if trade.code_behaviour != "confirm" or trade.status != "WAIT_BUYER_PAY":
+            return
+        if trade.confirming_queries > 0:
+            trade.confirming_queries -= 1
+            return
+        notification = self.settle(trade, "success")
+        if notification is not None:
+            self.notifier.later(self._deliver(trade, notification))
+
+    def _cancel(self, trade: Trade) -> dict[str, Any]:
+        if trade.cancel_action is None:
+            if trade.status == "WAIT_BUYER_PAY":
+                trade.status = "TRADE_CLOSED"
+                trade.closed_at = datetime.now(UTC)
+                trade.cancel_action = "close"
+            elif trade.taken_fen > 0:
+                now = datetime.now(UTC)
+                number = f"cancel{trade.out_trade_no}"
+                left = trade.taken_fen
+                trade.refunds[number] = Refund(number, left, now)
+                self.bills.record_refund(trade.out_trade_no, number, left, at=now)
+                trade.status = "TRADE_CLOSED"
+                trade.closed_at = now
+                trade.cancel_action = "refund"
+            else:
+                trade.cancel_action = "close"
+        return {
+            "code": "10000",
+            "msg": "Success",
+            "trade_no": trade.trade_no,
+            "out_trade_no": trade.out_trade_no,
+            "retry_flag": "N",
+            "action": trade.cancel_action,
+        }
 
     def _precreate(
         self, request: Request, app_id: str, biz: Mapping[str, Any], params: Mapping[str, str]
@@ -875,6 +1021,13 @@ class AlipaySimulator:
         except ValueError:
             return JSONResponse({"error": "times and seconds must be numbers"}, 400)
         return JSONResponse({"faults": self.faults.add(fault)})
+
+    async def control_taken(self, request: Request) -> Response:
+        """The ledger: what the payer is out of pocket for a trade (0 for one never seen)."""
+        out_trade_no = request.path_params["out_trade_no"]
+        trade = self._trade_for(request)
+        taken = trade.taken_fen if trade is not None else 0
+        return JSONResponse({"out_trade_no": out_trade_no, "taken_fen": taken})
 
     async def control_calls(self, request: Request) -> Response:
         return JSONResponse(self.calls)
