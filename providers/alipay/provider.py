@@ -6,6 +6,9 @@ Payment methods map to Alipay APIs as follows:
 - WAP: ``alipay.trade.wap.pay``, the same for mobile browsers;
 - QR_CODE: ``alipay.trade.precreate``, a server call returning the code to show;
 - APP: ``alipay.trade.app.pay``, the signed order string for the Alipay app SDK;
+- JSAPI (mini program, H5 in the Alipay app): ``alipay.trade.create`` for the
+  payer (``buyer_id`` for a ``2088`` user id, ``buyer_open_id`` for an OpenID),
+  the ``trade_no`` the page hands to ``my.tradePay``;
 - PAYMENT_CODE: ``alipay.trade.pay`` (``scene=bar_code``) charges the code a
   clerk scanned, and ``alipay.trade.cancel`` voids a sale left unknown (see
   :meth:`AlipayProvider.pay_with_code` and :meth:`AlipayProvider.reverse`).
@@ -90,7 +93,10 @@ _PRODUCT_CODES: Mapping[PaymentMethod, tuple[str, str]] = {
     PaymentMethod.WAP: ("alipay.trade.wap.pay", "QUICK_WAP_WAY"),
     PaymentMethod.QR_CODE: ("alipay.trade.precreate", "FACE_TO_FACE_PAYMENT"),
     PaymentMethod.APP: ("alipay.trade.app.pay", "QUICK_MSECURITY_PAY"),
+    PaymentMethod.JSAPI: ("alipay.trade.create", "JSAPI_PAY"),
 }
+# An Alipay user id (buyer_id); any other payer id is an OpenID (buyer_open_id).
+_USER_ID = re.compile(r"2088[0-9]{12}")
 _PAID = frozenset({"TRADE_SUCCESS", "TRADE_FINISHED"})
 _TRADE_STATES = frozenset({"WAIT_BUYER_PAY", "TRADE_CLOSED", *_PAID})
 _OUT_NO = re.compile(r"[0-9A-Za-z_]{1,64}")
@@ -142,8 +148,13 @@ class AlipayProvider(Provider):
         PaymentMethod.QR_CODE,
         PaymentMethod.APP,
         PaymentMethod.PAYMENT_CODE,
+        PaymentMethod.JSAPI,
     )
     Settings: ClassVar[type[BaseModel]] = AlipaySettings
+    # JSAPI payers: a user id (2088 + 12 digits) or the OpenID apps made since 2023 get.
+    payer_id_pattern: ClassVar[re.Pattern[str] | None] = re.compile(
+        rf"{_USER_ID.pattern}|[0-9A-Za-z_-]{{20,128}}"
+    )
     # Alipay's payment codes: 16-24 digits starting 25-30 (alipay.trade.pay's auth_code).
     payment_code_pattern: ClassVar[re.Pattern[str] | None] = re.compile(r"(2[5-9]|30)[0-9]{14,22}")
 
@@ -178,6 +189,8 @@ class AlipayProvider(Provider):
             if request.method is PaymentMethod.WAP:
                 biz["quit_url"] = request.return_url
 
+        if request.method is PaymentMethod.JSAPI:
+            return await self._create_trade(request, biz, extra)
         if request.method is PaymentMethod.QR_CODE:
             reply = await self._call(
                 api_method, biz, extra=extra, repeatable=False, ref=request.out_trade_no
@@ -205,6 +218,30 @@ class AlipayProvider(Provider):
         return PaymentAction(
             kind=ActionKind.REDIRECT, url=f"{self.config.gateway}?{urlencode(params)}"
         )
+
+    async def _create_trade(
+        self, request: PaymentRequest, biz: dict[str, str], extra: Mapping[str, str]
+    ) -> PaymentAction:
+        """JSAPI: ``alipay.trade.create`` for the payer; the page pays ``trade_no``."""
+        payer_id = request.payer_id
+        if (
+            not payer_id
+            or not self.payer_id_pattern
+            or not self.payer_id_pattern.fullmatch(payer_id)
+        ):
+            raise GatewayError("a JSAPI payment needs the payer's Alipay user id or OpenID")
+        biz["buyer_id" if _USER_ID.fullmatch(payer_id) else "buyer_open_id"] = payer_id
+        reply = await self._call(
+            "alipay.trade.create", biz, extra=extra, repeatable=False, ref=request.out_trade_no
+        )
+        if not reply.ok:
+            raise GatewayError(f"Alipay refused the in-app payment: {reply.describe()}")
+        trade_no = reply.body.get("trade_no")
+        if reply.body.get("out_trade_no") != request.out_trade_no or not isinstance(trade_no, str):
+            raise GatewayError(
+                "Alipay's create answer does not match the attempt", outcome_unknown=True
+            )
+        return PaymentAction(kind=ActionKind.TRADE_PAY, trade_no=trade_no)
 
     @staticmethod
     def _check_out_trade_no(out_trade_no: str) -> None:

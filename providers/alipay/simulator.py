@@ -15,6 +15,13 @@ Endpoints:
   pays, leaves unpaid, or closes the trade.
 - ``GET|POST /qr/{code}``: what a payer's phone opens after scanning a
   precreate code; POST with ``outcome`` settles like the cashier.
+- In-app (JSAPI): ``alipay.trade.create`` (``product_code=JSAPI_PAY``, exactly
+  one of ``buyer_id``, a ``2088`` user id, or ``buyer_open_id``) opens the
+  payer's trade and answers its ``trade_no``; ``POST /_control/trade-pay/{trade_no}``
+  is the payer's ``my.tradePay`` in the Alipay app: ``outcome=success`` pays it
+  and sends the notification (``resultCode`` 9000), ``fail`` (4000) and
+  ``cancel`` (6001) leave it unpaid. The trade's buyer shows in
+  ``/_control/trades/{out_trade_no}``.
 - Counter sales: ``alipay.trade.pay`` charges a payment code (``scene``
   ``bar_code`` or ``wave_code``; the code 16-24 digits starting 25-30, each
   code pays one trade only; the simulator keeps only a digest of it). The
@@ -119,6 +126,7 @@ _SERVER_METHODS = frozenset(
         "alipay.trade.close",
         "alipay.trade.pay",
         "alipay.trade.cancel",
+        "alipay.trade.create",
         BILL_METHOD,
     }
 )
@@ -173,6 +181,8 @@ class Trade:
     code_behaviour: str | None = None
     confirming_queries: int = 0
     cancel_action: str | None = None
+    # An in-app (JSAPI) trade's payer: ("buyer_id" | "buyer_open_id", the id).
+    buyer: tuple[str, str] | None = None
 
     @property
     def refunded_fen(self) -> int:
@@ -292,6 +302,7 @@ class AlipaySimulator:
                 Route("/_control/deliveries", self.control_deliveries, methods=["GET"]),
                 Route("/_control/trades/{out_trade_no}", self.control_trade, methods=["GET"]),
                 Route("/_control/trades/{out_trade_no}/taken", self.control_taken, methods=["GET"]),
+                Route("/_control/trade-pay/{trade_no}", self.control_trade_pay, methods=["POST"]),
                 *bill_routes("/_control", self.bills),
                 *control_routes("/_control", notifier=self.notifier, faults=self.faults),
             ],
@@ -405,6 +416,8 @@ class AlipaySimulator:
             return self._bill_download_url(request, app_id, biz)
         if api_method == "alipay.trade.pay":
             return self._pay(app_id, biz, params)
+        if api_method == "alipay.trade.create":
+            return self._create(app_id, biz, params)
         out_trade_no = _required(biz, "out_trade_no")
         trade = self.trades.get((app_id, out_trade_no))
         if api_method == "alipay.trade.fastpay.refund.query":
@@ -420,6 +433,62 @@ class AlipaySimulator:
         if api_method == "alipay.trade.cancel":
             return self._cancel(trade)
         return self._refund(trade, biz)
+
+    # --- in-app (JSAPI) --------------------------------------------------------
+
+    def _create(
+        self, app_id: str, biz: Mapping[str, Any], params: Mapping[str, str]
+    ) -> dict[str, Any]:
+        out_trade_no, total_fen, subject = _order_fields(biz)
+        _check_time_expire(biz)
+        if biz.get("product_code") != "JSAPI_PAY":
+            raise _business("ACQ.PRODUCT_CODE_ERROR", "product_code 应为 JSAPI_PAY")
+        named = [(k, biz[k]) for k in ("buyer_id", "buyer_open_id") if biz.get(k)]
+        if len(named) != 1 or not all(isinstance(v, str) for _, v in named):
+            raise _business("ACQ.INVALID_PARAMETER", "buyer_id 与 buyer_open_id 须且只须传一个")
+        kind, buyer = named[0]
+        if kind == "buyer_id" and not re.fullmatch(r"2088[0-9]{12}", buyer):
+            raise _business("ACQ.BUYER_NOT_EXIST", "买家不存在")
+        existing = self.trades.get((app_id, out_trade_no))
+        if existing is not None:
+            if (existing.total_fen, existing.subject, existing.buyer) != (
+                total_fen,
+                subject,
+                (kind, buyer),
+            ):
+                raise _business("ACQ.CONTEXT_INCONSISTENT", "交易信息被篡改")
+            if existing.status != "WAIT_BUYER_PAY":
+                raise _business("ACQ.TRADE_STATUS_ERROR", "交易状态不合法")
+            trade = existing
+        else:
+            trade = self._open_trade(app_id, out_trade_no, total_fen, subject, params)
+            trade.buyer = (kind, buyer)
+        return {
+            "code": "10000",
+            "msg": "Success",
+            "out_trade_no": out_trade_no,
+            "trade_no": trade.trade_no,
+        }
+
+    async def control_trade_pay(self, request: Request) -> Response:
+        """The payer's ``my.tradePay({tradeNO})``: ``outcome`` success, fail or cancel."""
+        trade_no = request.path_params["trade_no"]
+        trade = next((t for t in self.trades.values() if t.trade_no == trade_no and t.buyer), None)
+        if trade is None:
+            return JSONResponse({"resultCode": "4000", "error": "unknown trade_no"}, 404)
+        form = dict(parse_qsl((await request.body()).decode("utf-8")))
+        outcome = form.get("outcome", "success")
+        if outcome in ("fail", "cancel"):
+            return JSONResponse({"resultCode": "4000" if outcome == "fail" else "6001"})
+        if outcome != "success":
+            return JSONResponse({"error": "outcome must be success, fail or cancel"}, 400)
+        try:
+            notification = self.settle(trade, "success")
+        except ValueError as exc:
+            return JSONResponse({"resultCode": "4000", "error": str(exc)}, 409)
+        if notification is not None and form.get("deliver", "1") == "1":
+            await self._deliver(trade, notification)
+        return JSONResponse({"resultCode": "9000", "tradeNo": trade.trade_no})
 
     # --- counter sales --------------------------------------------------------
 
@@ -828,7 +897,7 @@ class AlipaySimulator:
             "sign_type": "RSA2",
             "app_id": trade.app_id,
             "seller_id": self.seller_of(trade.app_id),
-            "buyer_id": "2088102177846880",
+            **dict([trade.buyer or ("buyer_id", "2088102177846880")]),
             "trade_no": trade.trade_no,
             "out_trade_no": trade.out_trade_no,
             "subject": trade.subject,
@@ -1048,6 +1117,8 @@ class AlipaySimulator:
                 "refunded_fen": trade.refunded_fen,
                 "refunds": {k: r.amount_fen for k, r in trade.refunds.items()},
                 "notifications": len(trade.notifications),
+                "api_method": trade.api_method,
+                "buyer": dict([trade.buyer]) if trade.buyer else None,
             }
         )
 
