@@ -13,7 +13,10 @@ Payment methods map to Alipay APIs as follows:
   clerk scanned, and ``alipay.trade.cancel`` voids a sale left unknown (see
   :meth:`AlipayProvider.pay_with_code` and :meth:`AlipayProvider.reverse`).
 
-Every gateway response is verified with the Alipay public key before any of it
+Every gateway response is verified with the Alipay public key (in certificate
+mode: the key in ``alipay_cert``, and an answer's ``alipay_cert_sn`` must be
+that certificate's; every request then carries ``app_cert_sn`` and
+``alipay_root_cert_sn``, see :mod:`providers.alipay.certs`) before any of it
 is trusted, and so is every notification (over all parameters except ``sign``
 and ``sign_type``, sorted). A genuine notification whose ``app_id`` (or
 ``seller_id``, when set) is not the branch's raises ``NotificationMismatch``:
@@ -37,6 +40,7 @@ from typing import Any, BinaryIO, ClassVar, NoReturn
 from urllib.parse import parse_qsl, urlencode
 
 import httpx
+from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import BaseModel
 
 from api.plugin import (
@@ -74,6 +78,7 @@ from api.plugin import (
 )
 from providers.alipay import bills
 from providers.alipay.amounts import AmountError, fen_to_yuan, yuan_to_fen
+from providers.alipay.certs import cert_sn, load_certificate, load_certificates, root_cert_sn
 from providers.alipay.settings import AlipaySettings
 from providers.alipay.signing import (
     notification_string,
@@ -138,7 +143,7 @@ class GatewayReply:
 
 
 class AlipayProvider(Provider):
-    """Alipay OpenAPI with RSA2 keys (public-key mode, not certificate mode)."""
+    """Alipay OpenAPI with RSA2 keys, in public-key mode or public-key certificate mode."""
 
     name: ClassVar[str] = "alipay"
     display_name: ClassVar[str] = "Alipay"
@@ -164,7 +169,24 @@ class AlipayProvider(Provider):
         super().__init__(settings, branch=branch, http=http)
         self.config = settings
         self._private_key = load_private_key(settings.private_key.get_secret_value())
-        self._alipay_key = load_public_key(settings.alipay_public_key)
+        # Certificate mode: the SNs every request carries, and the one answers must name.
+        self._cert_params: dict[str, str] = {}
+        self._alipay_cert_sn: str | None = None
+        if settings.app_cert and settings.alipay_cert and settings.alipay_root_cert:
+            alipay_cert = load_certificate(settings.alipay_cert)
+            key = alipay_cert.public_key()
+            if not isinstance(key, rsa.RSAPublicKey):
+                raise TypeError("alipay_cert holds no RSA key")
+            self._alipay_key = key
+            self._alipay_cert_sn = cert_sn(alipay_cert)
+            self._cert_params = {
+                "app_cert_sn": cert_sn(load_certificate(settings.app_cert)),
+                "alipay_root_cert_sn": root_cert_sn(load_certificates(settings.alipay_root_cert)),
+            }
+        elif settings.alipay_public_key:
+            self._alipay_key = load_public_key(settings.alipay_public_key)
+        else:
+            raise TypeError("AlipaySettings has neither alipay_public_key nor the certificates")
 
     # --- create ---------------------------------------------------------------
 
@@ -769,6 +791,7 @@ class AlipayProvider(Provider):
             "timestamp": to_beijing(datetime.now(UTC)),
             "version": "1.0",
             "biz_content": json.dumps(biz, ensure_ascii=False, separators=(",", ":")),
+            **self._cert_params,
         }
         if extra:
             params.update({k: v for k, v in extra.items() if v})
@@ -848,6 +871,17 @@ class AlipayProvider(Provider):
             raise GatewayError(
                 f"Alipay {api_method} answer failed signature verification", outcome_unknown=acts
             )
+        sn_json = members.get("alipay_cert_sn")
+        if self._alipay_cert_sn is not None and sn_json is not None:
+            sn = json.loads(sn_json)
+            if sn != self._alipay_cert_sn:
+                # Alipay renewed its certificate: the one we hold cannot vouch for the answer.
+                raise GatewayError(
+                    f"Alipay {api_method} answer names alipay_cert_sn {str(sn)[:40]!r}, not "
+                    "alipay_cert's: download the new Alipay public key certificate "
+                    "(alipay.open.app.alipaycert.download) and update alipay_cert",
+                    outcome_unknown=acts,
+                )
         body = json.loads(raw)
         if not isinstance(body, dict):
             raise GatewayError(f"Alipay {api_method} answer is malformed", outcome_unknown=acts)

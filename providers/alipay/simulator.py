@@ -59,6 +59,13 @@ Endpoints:
   (:func:`providers.kit.bills.bill_routes`): when bills are published and the
   adjustments a test makes to them.
 
+Public-key certificate mode: the apps given ``app_cert_sns`` must send
+``app_cert_sn`` and ``alipay_root_cert_sn`` (refused with the simulator's
+``isv.invalid-app-cert-sn`` / ``isv.invalid-alipay-root-cert-sn``), and their
+answers carry ``alipay_cert_sn`` beside the signed member; an app in public-key
+mode sending them is refused (``isv.cert-mode-not-enabled``). One platform key
+signs in both modes: the Alipay certificate holds its public key.
+
 Notifications are sent only to loopback notify URLs; anything else is
 recorded as not delivered, so a simulator never talks to the outside world.
 
@@ -247,7 +254,16 @@ class AlipaySimulator:
         publish_current_day: bool | None = None,
         bill_url_seconds: float = 30.0,
         sellers: Mapping[str, str] | None = None,
+        app_cert_sns: Mapping[str, str] | None = None,
+        alipay_cert_sn: str | None = None,
+        alipay_root_cert_sn: str | None = None,
     ) -> None:
+        # Certificate mode: app_id -> its app_cert_sn; the SNs of Alipay's certificates.
+        self.app_cert_sns = dict(app_cert_sns or {})
+        if self.app_cert_sns and not (alipay_cert_sn and alipay_root_cert_sn):
+            raise ValueError("certificate-mode apps need alipay_cert_sn and alipay_root_cert_sn")
+        self.alipay_cert_sn = alipay_cert_sn
+        self.alipay_root_cert_sn = alipay_root_cert_sn
         self.any_app_key = (
             load_public_key(any_app_key) if isinstance(any_app_key, str) else any_app_key
         )
@@ -331,7 +347,9 @@ class AlipaySimulator:
             return Response("Service Unavailable", status_code=502)
         if fault is not None and fault.kind == "system_error":
             busy = GatewayRefusal("20000", "Service Currently Unavailable", "isp.unknow-error", "")
-            return self._json_response(member, busy.content, signed=True)
+            return self._json_response(
+                member, busy.content, signed=True, cert_sn=self._cert_sn_for(params)
+            )
         try:
             app_id = self._authenticate(params)
             if api_method not in _SERVER_METHODS:
@@ -355,7 +373,12 @@ class AlipaySimulator:
             content,
             signed=signed,
             wrong_key=fault is not None and fault.kind == "bad_signature",
+            cert_sn=self._cert_sn_for(params),
         )
+
+    def _cert_sn_for(self, params: Mapping[str, str]) -> str | None:
+        """``alipay_cert_sn`` for the answers to a certificate-mode app, else None."""
+        return self.alipay_cert_sn if params.get("app_id") in self.app_cert_sns else None
 
     async def _request_params(self, request: Request) -> tuple[dict[str, str], str | None]:
         body = await request.body()
@@ -400,7 +423,21 @@ class AlipaySimulator:
             raise _invalid("isv.invalid-timestamp", "非法的时间戳参数") from None
         if not verify(key, request_string(params), params["sign"]):
             raise _invalid("isv.invalid-signature", "验签出错")
+        self._check_cert_sns(app_id, params)
         return app_id
+
+    def _check_cert_sns(self, app_id: str, params: Mapping[str, str]) -> None:
+        """A certificate-mode app names its certificate and Alipay's root; others neither."""
+        expected = self.app_cert_sns.get(app_id)
+        sent = (params.get("app_cert_sn"), params.get("alipay_root_cert_sn"))
+        if expected is None:
+            if any(sent):
+                raise _invalid("isv.cert-mode-not-enabled", "应用未开启公钥证书模式")
+            return
+        if sent[0] != expected:
+            raise _invalid("isv.invalid-app-cert-sn", "应用公钥证书序列号不匹配")
+        if sent[1] != self.alipay_root_cert_sn:
+            raise _invalid("isv.invalid-alipay-root-cert-sn", "支付宝根证书序列号不匹配")
 
     def _serve(
         self,
@@ -1125,7 +1162,13 @@ class AlipaySimulator:
     # --- helpers --------------------------------------------------------------
 
     def _json_response(
-        self, member: str, content: Mapping[str, Any], *, signed: bool, wrong_key: bool = False
+        self,
+        member: str,
+        content: Mapping[str, Any],
+        *,
+        signed: bool,
+        wrong_key: bool = False,
+        cert_sn: str | None = None,
     ) -> Response:
         inner = json.dumps(content, ensure_ascii=False, separators=(",", ":"))
         if not signed:
@@ -1136,7 +1179,9 @@ class AlipaySimulator:
                 if self._wrong_key is None:
                     self._wrong_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
                 key = self._wrong_key
-            text = f'{{"{member}":{inner},"sign":"{sign(key, inner)}"}}'
+            # Certificate mode: the answer names the Alipay certificate whose key signed it.
+            named = f'"alipay_cert_sn":"{cert_sn}",' if cert_sn is not None else ""
+            text = f'{{"{member}":{inner},{named}"sign":"{sign(key, inner)}"}}'
         return Response(text, media_type="text/html;charset=utf-8")
 
 
@@ -1149,6 +1194,9 @@ def create_app(
     publish_current_day: bool | None = None,
     bill_url_seconds: float = 30.0,
     sellers: Mapping[str, str] | None = None,
+    app_cert_sns: Mapping[str, str] | None = None,
+    alipay_cert_sn: str | None = None,
+    alipay_root_cert_sn: str | None = None,
 ) -> Starlette:
     """The simulated gateway for the given apps (app_id -> merchant public key).
 
@@ -1162,8 +1210,12 @@ def create_app(
     included, instead of day D from D+1 09:00 Beijing time (None: the
     ``BRANCHPAY_SIMULATOR_BILLS_CURRENT_DAY`` setting decides; the control
     ``PUT /_control/bills`` changes it). ``bill_url_seconds``: how long a bill
-    download URL stays valid. The :class:`AlipaySimulator` behind the app is
-    ``app.state.simulator``.
+    download URL stays valid. ``app_cert_sns`` puts apps in public-key
+    certificate mode (app_id -> the ``app_cert_sn`` its requests must carry,
+    with ``alipay_root_cert_sn``; their answers carry ``alipay_cert_sn``, the SN
+    of the certificate of ``alipay_private_key``'s public key); every other app
+    is in public-key mode and must send neither SN. The :class:`AlipaySimulator`
+    behind the app is ``app.state.simulator``.
     """
     return AlipaySimulator(
         apps=apps,
@@ -1173,6 +1225,9 @@ def create_app(
         publish_current_day=publish_current_day,
         bill_url_seconds=bill_url_seconds,
         sellers=sellers,
+        app_cert_sns=app_cert_sns,
+        alipay_cert_sn=alipay_cert_sn,
+        alipay_root_cert_sn=alipay_root_cert_sn,
     ).app
 
 
