@@ -19,8 +19,15 @@ that certificate's; every request then carries ``app_cert_sn`` and
 ``alipay_root_cert_sn``, see :mod:`providers.alipay.certs`) before any of it
 is trusted, and so is every notification (over all parameters except ``sign``
 and ``sign_type``, sorted). A genuine notification whose ``app_id`` (or
-``seller_id``, when set) is not the branch's raises ``NotificationMismatch``:
+``seller_id``, when set, or ``auth_app_id`` in third-party app authorization
+mode) is not the branch's raises ``NotificationMismatch``:
 branchpay answers it ``success``, keeps it aside and changes nothing.
+
+Third-party app authorization (第三方应用授权): ``app_id`` and the keys are the
+service provider's app; every call carries the merchant app's
+``app_auth_token`` (``auth_app_id`` names that app). PAGE, WAP and APP are
+refused then: their signed URL or order string, token included, would go to
+the payer's device.
 
 Query, close and refund (with the same ``out_request_no``) are the calls
 Alipay documents as safe to repeat; only they are retried, with exponential
@@ -157,6 +164,9 @@ class AlipayProvider(Provider):
     )
     Settings: ClassVar[type[BaseModel]] = AlipaySettings
     # JSAPI payers: a user id (2088 + 12 digits) or the OpenID apps made since 2023 get.
+    # Third-party app authorization: a branch under a service provider's (ISV's)
+    # account names its merchant app and the token that app granted.
+    sub_merchant_settings: ClassVar[tuple[str, ...]] = ("auth_app_id", "app_auth_token")
     payer_id_pattern: ClassVar[re.Pattern[str] | None] = re.compile(
         rf"{_USER_ID.pattern}|[0-9A-Za-z_-]{{20,128}}"
     )
@@ -228,6 +238,13 @@ class AlipayProvider(Provider):
                 )
             return PaymentAction(kind=ActionKind.QR_CODE, qr_code=qr_code, url=qr_code)
 
+        if self.config.app_auth_token is not None:
+            # The signed URL or order string goes to the payer's device, and with
+            # it every common parameter: the merchant's token must stay here.
+            raise GatewayError(
+                f"with third-party app authorization Alipay {request.method} would hand "
+                "app_auth_token to the payer's device; use QR_CODE, JSAPI or PAYMENT_CODE"
+            )
         params = self._signed_params(api_method, biz, extra)
         logger.info(
             "alipay %s signed for branch %s out_trade_no=%s",
@@ -462,6 +479,8 @@ class AlipayProvider(Provider):
             self._mismatch("app_id is not this branch's Alipay app")
         if self.config.seller_id and params.get("seller_id") != self.config.seller_id:
             self._mismatch("seller_id is not this branch's merchant")
+        if self.config.auth_app_id and params.get("auth_app_id") != self.config.auth_app_id:
+            self._mismatch("auth_app_id is not this branch's authorized merchant app")
         return params
 
     def _genuine(self, params: Mapping[str, str], signature: str) -> bool:
@@ -793,6 +812,9 @@ class AlipayProvider(Provider):
             "biz_content": json.dumps(biz, ensure_ascii=False, separators=(",", ":")),
             **self._cert_params,
         }
+        if self.config.app_auth_token is not None:
+            # ISV mode: the call acts for the merchant app that granted the token.
+            params["app_auth_token"] = self.config.app_auth_token.get_secret_value()
         if extra:
             params.update({k: v for k, v in extra.items() if v})
         params["sign"] = sign(self._private_key, request_string(params))

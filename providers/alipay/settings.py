@@ -56,6 +56,22 @@ class AlipaySettings(GatewaySettings):
         description="the merchant PID; when set, notifications for another seller are rejected",
     )
     gateway: str = Field(default=PRODUCTION_GATEWAY, description="OpenAPI gateway URL")
+    # Third-party app authorization (第三方应用授权): app_id, key and certificates are the
+    # service provider's (ISV's) app; these two name the merchant's app that authorized it.
+    auth_app_id: str | None = Field(
+        default=None,
+        pattern=r"^[0-9A-Za-z]{1,32}$",
+        description=(
+            "ISV mode: APPID of the merchant's app that authorized app_id; notifications "
+            "for another are kept aside"
+        ),
+    )
+    app_auth_token: SecretStr | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="ISV mode: the app_auth_token alipay.open.auth.token.app gave for auth_app_id",
+    )
 
     @field_validator("private_key")
     @classmethod
@@ -97,6 +113,14 @@ class AlipaySettings(GatewaySettings):
             except CertificateError as exc:
                 raise ValueError(str(exc)) from None
         return value
+
+    @model_validator(mode="after")
+    def _authorization_is_whole(self) -> Self:
+        if (self.auth_app_id is None) != (self.app_auth_token is None):
+            raise ValueError(
+                "third-party app authorization needs both auth_app_id and app_auth_token"
+            )
+        return self
 
     @model_validator(mode="after")
     def _one_key_mode(self) -> Self:

@@ -66,6 +66,10 @@ answers carry ``alipay_cert_sn`` beside the signed member; an app in public-key
 mode sending them is refused (``isv.cert-mode-not-enabled``). One platform key
 signs in both modes: the Alipay certificate holds its public key.
 
+Third-party app authorization: a call carrying an ``app_auth_token`` the
+simulator granted to the signing app acts for the merchant's app (its trades,
+its merchant PID); any other token is refused ``aop.invalid-app-auth-token``.
+
 Notifications are sent only to loopback notify URLs; anything else is
 recorded as not delivered, so a simulator never talks to the outside world.
 
@@ -190,6 +194,8 @@ class Trade:
     cancel_action: str | None = None
     # An in-app (JSAPI) trade's payer: ("buyer_id" | "buyer_open_id", the id).
     buyer: tuple[str, str] | None = None
+    # The service provider's app that opened it for app_id (third-party authorization).
+    isv_app_id: str | None = None
 
     @property
     def refunded_fen(self) -> int:
@@ -257,7 +263,10 @@ class AlipaySimulator:
         app_cert_sns: Mapping[str, str] | None = None,
         alipay_cert_sn: str | None = None,
         alipay_root_cert_sn: str | None = None,
+        app_auth_tokens: Mapping[str, tuple[str, str]] | None = None,
     ) -> None:
+        # Third-party app authorization: app_auth_token -> (the ISV's app, the merchant's app).
+        self.app_auth_tokens = dict(app_auth_tokens or {})
         # Certificate mode: app_id -> its app_cert_sn; the SNs of Alipay's certificates.
         self.app_cert_sns = dict(app_cert_sns or {})
         if self.app_cert_sns and not (alipay_cert_sn and alipay_root_cert_sn):
@@ -402,6 +411,7 @@ class AlipaySimulator:
         return params, outcome
 
     def _authenticate(self, params: Mapping[str, str]) -> str:
+        """The app the call acts for: the signer's, or the merchant app of its app_auth_token."""
         for name in _COMMON_REQUIRED:
             if not params.get(name):
                 raise _missing(f"isv.missing-{name.replace('_', '-')}", f"缺少{name}参数")
@@ -424,6 +434,13 @@ class AlipaySimulator:
         if not verify(key, request_string(params), params["sign"]):
             raise _invalid("isv.invalid-signature", "验签出错")
         self._check_cert_sns(app_id, params)
+        token = params.get("app_auth_token")
+        if token:
+            grant = self.app_auth_tokens.get(token)
+            if grant is None or grant[0] != app_id:
+                raise _invalid("aop.invalid-app-auth-token", "无效的应用授权令牌")
+            # The call acts for the merchant's app: its trades, its merchant.
+            return grant[1]
         return app_id
 
     def _check_cert_sns(self, app_id: str, params: Mapping[str, str]) -> None:
@@ -664,6 +681,7 @@ class AlipaySimulator:
             api_method=params["method"],
             notify_url=params.get("notify_url") or None,
             created_at=now,
+            isv_app_id=params["app_id"] if params["app_id"] != app_id else None,
         )
         self.trades[(app_id, out_trade_no)] = trade
         return trade
@@ -932,7 +950,8 @@ class AlipaySimulator:
             "charset": "utf-8",
             "version": "1.0",
             "sign_type": "RSA2",
-            "app_id": trade.app_id,
+            "app_id": trade.isv_app_id or trade.app_id,
+            "auth_app_id": trade.app_id,
             "seller_id": self.seller_of(trade.app_id),
             **dict([trade.buyer or ("buyer_id", "2088102177846880")]),
             "trade_no": trade.trade_no,
@@ -1055,7 +1074,8 @@ class AlipaySimulator:
         """
         form = dict(parse_qsl((await request.body()).decode("utf-8"), keep_blank_values=True))
         sent = dict(parse_qsl(form.get("body", ""), keep_blank_values=True))
-        trade = self.trades.get((sent.get("app_id", ""), sent.get("out_trade_no", "")))
+        owner = sent.get("auth_app_id") or sent.get("app_id", "")
+        trade = self.trades.get((owner, sent.get("out_trade_no", "")))
         unsigned = {k: v for k, v in sent.items() if k not in ("sign", "notify_time")}
         if trade is None or not any(
             unsigned == {k: v for k, v in n.params.items() if k not in ("sign", "notify_time")}
@@ -1149,6 +1169,8 @@ class AlipaySimulator:
             {
                 "out_trade_no": trade.out_trade_no,
                 "trade_no": trade.trade_no,
+                "app_id": trade.app_id,
+                "isv_app_id": trade.isv_app_id,
                 "status": trade.status,
                 "total_fen": trade.total_fen,
                 "refunded_fen": trade.refunded_fen,
@@ -1197,6 +1219,7 @@ def create_app(
     app_cert_sns: Mapping[str, str] | None = None,
     alipay_cert_sn: str | None = None,
     alipay_root_cert_sn: str | None = None,
+    app_auth_tokens: Mapping[str, tuple[str, str]] | None = None,
 ) -> Starlette:
     """The simulated gateway for the given apps (app_id -> merchant public key).
 
@@ -1214,8 +1237,13 @@ def create_app(
     certificate mode (app_id -> the ``app_cert_sn`` its requests must carry,
     with ``alipay_root_cert_sn``; their answers carry ``alipay_cert_sn``, the SN
     of the certificate of ``alipay_private_key``'s public key); every other app
-    is in public-key mode and must send neither SN. The :class:`AlipaySimulator`
-    behind the app is ``app.state.simulator``.
+    is in public-key mode and must send neither SN. ``app_auth_tokens``
+    (app_auth_token -> (the service provider's app_id, the merchant's
+    auth_app_id)) are the third-party authorizations: a call signed by that
+    app with the token acts for the merchant's app, and its notifications carry
+    ``app_id`` = the service provider's and ``auth_app_id`` = the merchant's
+    (every other notification carries ``auth_app_id`` = ``app_id``). The
+    :class:`AlipaySimulator` behind the app is ``app.state.simulator``.
     """
     return AlipaySimulator(
         apps=apps,
@@ -1228,6 +1256,7 @@ def create_app(
         app_cert_sns=app_cert_sns,
         alipay_cert_sn=alipay_cert_sn,
         alipay_root_cert_sn=alipay_root_cert_sn,
+        app_auth_tokens=app_auth_tokens,
     ).app
 
 
