@@ -1,13 +1,15 @@
 """The conformance kit's view of the Alipay simulator (a GatewayDriver).
 
 ``settle`` asks the running simulator to settle a trade and hands back the
-notification Alipay would send, without sending it. The three spoiled copies
-are built here: re-signed with a key that is not Alipay's, an amount changed
+notification Alipay would send, without sending it; ``resign`` has the
+simulator change a field of one and sign it anew with Alipay's key. The three
+spoiled copies are built here: re-signed with a key that is not Alipay's, an amount changed
 after signing, and the signature removed.
 """
 
 from __future__ import annotations
 
+import secrets
 from urllib.parse import parse_qsl, urlencode
 
 import httpx
@@ -16,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from api.plugin import ActionKind, NotificationRequest, PaymentAction
 from providers.alipay.amounts import fen_to_yuan, yuan_to_fen
 from providers.alipay.signing import notification_string, sign
-from providers.kit.driver import SettleOutcome
+from providers.kit.driver import CodeBehaviour, SettleOutcome
 
 FORM_HEADERS = {"content-type": "application/x-www-form-urlencoded; charset=utf-8"}
 
@@ -74,6 +76,52 @@ class AlipayGatewayDriver:
         )
         response.raise_for_status()
         return notification_request(response.json()["notifications"][-1])
+
+    async def resign(
+        self,
+        notification: NotificationRequest,
+        *,
+        amount_fen: int | None = None,
+        merchant: str | None = None,
+        out_trade_no: str | None = None,
+    ) -> NotificationRequest:
+        """The notification with one thing changed, signed anew by the simulator.
+
+        ``merchant`` becomes the ``app_id``: a notification of another app.
+        """
+        changes = {
+            "amount_fen": None if amount_fen is None else str(amount_fen),
+            "app_id": merchant,
+            "out_trade_no": out_trade_no,
+        }
+        response = await self.http.post(
+            f"{self.simulator_url}/_control/notifications/resign",
+            data={
+                "body": notification.body.decode("utf-8"),
+                **{k: v for k, v in changes.items() if v is not None},
+            },
+        )
+        response.raise_for_status()
+        return notification_request(response.json()["notification"])
+
+    def payment_code(self, behaviour: CodeBehaviour) -> str:
+        """A new Alipay payment code (18 digits from 28) whose last digit is the payer's
+        behaviour at the simulator: 1 pays at once, 2 confirms after 2 queries, 3 never."""
+        last = {"pay": "1", "confirm": "2", "never": "3"}[behaviour]
+        return "28" + "".join(secrets.choice("0123456789") for _ in range(15)) + last
+
+    async def taken_fen(self, out_trade_no: str) -> int:
+        response = await self.http.get(f"{self.simulator_url}/_control/trades/{out_trade_no}/taken")
+        response.raise_for_status()
+        return int(response.json()["taken_fen"])
+
+    async def code_notification(self, out_trade_no: str) -> NotificationRequest | None:
+        """The notification the simulator sent when a confirming payer paid."""
+        url = f"{self.simulator_url}/_control/notifications/{out_trade_no}"
+        response = await self.http.get(url)
+        response.raise_for_status()
+        sent = response.json()["notifications"]
+        return notification_request(sent[-1]) if sent else None
 
     def forge(self, notification: NotificationRequest) -> NotificationRequest:
         if self._forger_key is None:

@@ -5,14 +5,34 @@ Payment methods map to Alipay APIs as follows:
 - PAGE: ``alipay.trade.page.pay``, a signed gateway URL the browser opens;
 - WAP: ``alipay.trade.wap.pay``, the same for mobile browsers;
 - QR_CODE: ``alipay.trade.precreate``, a server call returning the code to show;
-- APP: ``alipay.trade.app.pay``, the signed order string for the Alipay app SDK.
+- APP: ``alipay.trade.app.pay``, the signed order string for the Alipay app SDK;
+- JSAPI (mini program, H5 in the Alipay app): ``alipay.trade.create`` for the
+  payer (``buyer_id`` for a ``2088`` user id, ``buyer_open_id`` for an OpenID),
+  the ``trade_no`` the page hands to ``my.tradePay``;
+- PAYMENT_CODE: ``alipay.trade.pay`` (``scene=bar_code``) charges the code a
+  clerk scanned, and ``alipay.trade.cancel`` voids a sale left unknown (see
+  :meth:`AlipayProvider.pay_with_code` and :meth:`AlipayProvider.reverse`).
 
-Every gateway response is verified with the Alipay public key before any of it
+Every gateway response is verified with the Alipay public key (in certificate
+mode: the key in ``alipay_cert``, and an answer's ``alipay_cert_sn`` must be
+that certificate's; every request then carries ``app_cert_sn`` and
+``alipay_root_cert_sn``, see :mod:`providers.alipay.certs`) before any of it
 is trusted, and so is every notification (over all parameters except ``sign``
-and ``sign_type``, sorted). Query, close and refund (with the same
-``out_request_no``) are the calls Alipay documents as safe to repeat; only they
-are retried, with exponential back-off. Everything else fails at once with a
-:class:`GatewayError` that says whether Alipay may have acted.
+and ``sign_type``, sorted). A genuine notification whose ``app_id`` (or
+``seller_id``, when set, or ``auth_app_id`` in third-party app authorization
+mode) is not the branch's raises ``NotificationMismatch``:
+branchpay answers it ``success``, keeps it aside and changes nothing.
+
+Third-party app authorization (第三方应用授权): ``app_id`` and the keys are the
+service provider's app; every call carries the merchant app's
+``app_auth_token`` (``auth_app_id`` names that app). PAGE, WAP and APP are
+refused then: their signed URL or order string, token included, would go to
+the payer's device.
+
+Query, close and refund (with the same ``out_request_no``) are the calls
+Alipay documents as safe to repeat; only they are retried, with exponential
+back-off. Everything else fails at once with a :class:`GatewayError` that says
+whether Alipay may have acted.
 """
 
 from __future__ import annotations
@@ -27,6 +47,7 @@ from typing import Any, BinaryIO, ClassVar, NoReturn
 from urllib.parse import parse_qsl, urlencode
 
 import httpx
+from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import BaseModel
 
 from api.plugin import (
@@ -40,6 +61,7 @@ from api.plugin import (
     BillUnavailableReason,
     EventKind,
     GatewayError,
+    NotificationMismatch,
     NotificationRejected,
     NotificationReply,
     NotificationRequest,
@@ -52,6 +74,8 @@ from api.plugin import (
     RefundRequest,
     RefundResult,
     RefundState,
+    ReverseResult,
+    ReverseState,
     TransientFailure,
     call_gateway,
     from_beijing,
@@ -61,6 +85,7 @@ from api.plugin import (
 )
 from providers.alipay import bills
 from providers.alipay.amounts import AmountError, fen_to_yuan, yuan_to_fen
+from providers.alipay.certs import cert_sn, load_certificate, load_certificates, root_cert_sn
 from providers.alipay.settings import AlipaySettings
 from providers.alipay.signing import (
     notification_string,
@@ -80,7 +105,10 @@ _PRODUCT_CODES: Mapping[PaymentMethod, tuple[str, str]] = {
     PaymentMethod.WAP: ("alipay.trade.wap.pay", "QUICK_WAP_WAY"),
     PaymentMethod.QR_CODE: ("alipay.trade.precreate", "FACE_TO_FACE_PAYMENT"),
     PaymentMethod.APP: ("alipay.trade.app.pay", "QUICK_MSECURITY_PAY"),
+    PaymentMethod.JSAPI: ("alipay.trade.create", "JSAPI_PAY"),
 }
+# An Alipay user id (buyer_id); any other payer id is an OpenID (buyer_open_id).
+_USER_ID = re.compile(r"2088[0-9]{12}")
 _PAID = frozenset({"TRADE_SUCCESS", "TRADE_FINISHED"})
 _TRADE_STATES = frozenset({"WAIT_BUYER_PAY", "TRADE_CLOSED", *_PAID})
 _OUT_NO = re.compile(r"[0-9A-Za-z_]{1,64}")
@@ -122,7 +150,7 @@ class GatewayReply:
 
 
 class AlipayProvider(Provider):
-    """Alipay OpenAPI with RSA2 keys (public-key mode, not certificate mode)."""
+    """Alipay OpenAPI with RSA2 keys, in public-key mode or public-key certificate mode."""
 
     name: ClassVar[str] = "alipay"
     display_name: ClassVar[str] = "Alipay"
@@ -131,8 +159,19 @@ class AlipayProvider(Provider):
         PaymentMethod.WAP,
         PaymentMethod.QR_CODE,
         PaymentMethod.APP,
+        PaymentMethod.PAYMENT_CODE,
+        PaymentMethod.JSAPI,
     )
     Settings: ClassVar[type[BaseModel]] = AlipaySettings
+    # JSAPI payers: a user id (2088 + 12 digits) or the OpenID apps made since 2023 get.
+    # Third-party app authorization: a branch under a service provider's (ISV's)
+    # account names its merchant app and the token that app granted.
+    sub_merchant_settings: ClassVar[tuple[str, ...]] = ("auth_app_id", "app_auth_token")
+    payer_id_pattern: ClassVar[re.Pattern[str] | None] = re.compile(
+        rf"{_USER_ID.pattern}|[0-9A-Za-z_-]{{20,128}}"
+    )
+    # Alipay's payment codes: 16-24 digits starting 25-30 (alipay.trade.pay's auth_code).
+    payment_code_pattern: ClassVar[re.Pattern[str] | None] = re.compile(r"(2[5-9]|30)[0-9]{14,22}")
 
     def __init__(self, settings: BaseModel, *, branch: str, http: httpx.AsyncClient) -> None:
         if not isinstance(settings, AlipaySettings):
@@ -140,21 +179,34 @@ class AlipayProvider(Provider):
         super().__init__(settings, branch=branch, http=http)
         self.config = settings
         self._private_key = load_private_key(settings.private_key.get_secret_value())
-        self._alipay_key = load_public_key(settings.alipay_public_key)
+        # Certificate mode: the SNs every request carries, and the one answers must name.
+        self._cert_params: dict[str, str] = {}
+        self._alipay_cert_sn: str | None = None
+        if settings.app_cert and settings.alipay_cert and settings.alipay_root_cert:
+            alipay_cert = load_certificate(settings.alipay_cert)
+            key = alipay_cert.public_key()
+            if not isinstance(key, rsa.RSAPublicKey):
+                raise TypeError("alipay_cert holds no RSA key")
+            self._alipay_key = key
+            self._alipay_cert_sn = cert_sn(alipay_cert)
+            self._cert_params = {
+                "app_cert_sn": cert_sn(load_certificate(settings.app_cert)),
+                "alipay_root_cert_sn": root_cert_sn(load_certificates(settings.alipay_root_cert)),
+            }
+        elif settings.alipay_public_key:
+            self._alipay_key = load_public_key(settings.alipay_public_key)
+        else:
+            raise TypeError("AlipaySettings has neither alipay_public_key nor the certificates")
 
     # --- create ---------------------------------------------------------------
 
     async def create_payment(self, request: PaymentRequest) -> PaymentAction:
+        if request.method is PaymentMethod.PAYMENT_CODE:
+            raise GatewayError("a PAYMENT_CODE sale is charged with pay_with_code, not opened")
         if request.method not in _PRODUCT_CODES:
             raise GatewayError(f"Alipay does not offer {request.method}")
-        if request.currency != "CNY":
-            raise GatewayError("Alipay trades here are in CNY only")
-        try:
-            total_amount = fen_to_yuan(request.amount_fen)
-        except AmountError as exc:
-            raise GatewayError(f"amount refused: {exc}") from None
-        if not _OUT_NO.fullmatch(request.out_trade_no):
-            raise GatewayError("out_trade_no must be 1-64 letters, digits or underscores")
+        total_amount = self._total_amount(request)
+        self._check_out_trade_no(request.out_trade_no)
         api_method, product_code = _PRODUCT_CODES[request.method]
         biz: dict[str, str] = {
             "out_trade_no": request.out_trade_no,
@@ -169,6 +221,8 @@ class AlipayProvider(Provider):
             if request.method is PaymentMethod.WAP:
                 biz["quit_url"] = request.return_url
 
+        if request.method is PaymentMethod.JSAPI:
+            return await self._create_trade(request, biz, extra)
         if request.method is PaymentMethod.QR_CODE:
             reply = await self._call(
                 api_method, biz, extra=extra, repeatable=False, ref=request.out_trade_no
@@ -184,6 +238,13 @@ class AlipayProvider(Provider):
                 )
             return PaymentAction(kind=ActionKind.QR_CODE, qr_code=qr_code, url=qr_code)
 
+        if self.config.app_auth_token is not None:
+            # The signed URL or order string goes to the payer's device, and with
+            # it every common parameter: the merchant's token must stay here.
+            raise GatewayError(
+                f"with third-party app authorization Alipay {request.method} would hand "
+                "app_auth_token to the payer's device; use QR_CODE, JSAPI or PAYMENT_CODE"
+            )
         params = self._signed_params(api_method, biz, extra)
         logger.info(
             "alipay %s signed for branch %s out_trade_no=%s",
@@ -196,6 +257,138 @@ class AlipayProvider(Provider):
         return PaymentAction(
             kind=ActionKind.REDIRECT, url=f"{self.config.gateway}?{urlencode(params)}"
         )
+
+    async def _create_trade(
+        self, request: PaymentRequest, biz: dict[str, str], extra: Mapping[str, str]
+    ) -> PaymentAction:
+        """JSAPI: ``alipay.trade.create`` for the payer; the page pays ``trade_no``."""
+        payer_id = request.payer_id
+        if (
+            not payer_id
+            or not self.payer_id_pattern
+            or not self.payer_id_pattern.fullmatch(payer_id)
+        ):
+            raise GatewayError("a JSAPI payment needs the payer's Alipay user id or OpenID")
+        biz["buyer_id" if _USER_ID.fullmatch(payer_id) else "buyer_open_id"] = payer_id
+        reply = await self._call(
+            "alipay.trade.create", biz, extra=extra, repeatable=False, ref=request.out_trade_no
+        )
+        if not reply.ok:
+            raise GatewayError(f"Alipay refused the in-app payment: {reply.describe()}")
+        trade_no = reply.body.get("trade_no")
+        if reply.body.get("out_trade_no") != request.out_trade_no or not isinstance(trade_no, str):
+            raise GatewayError(
+                "Alipay's create answer does not match the attempt", outcome_unknown=True
+            )
+        return PaymentAction(kind=ActionKind.TRADE_PAY, trade_no=trade_no)
+
+    @staticmethod
+    def _check_out_trade_no(out_trade_no: str) -> None:
+        if not _OUT_NO.fullmatch(out_trade_no):
+            raise GatewayError("out_trade_no must be 1-64 letters, digits or underscores")
+
+    @staticmethod
+    def _total_amount(request: PaymentRequest) -> str:
+        if request.currency != "CNY":
+            raise GatewayError("Alipay trades here are in CNY only")
+        try:
+            return fen_to_yuan(request.amount_fen)
+        except AmountError as exc:
+            raise GatewayError(f"amount refused: {exc}") from None
+
+    # --- counter sales (PAYMENT_CODE) -------------------------------------------
+
+    async def pay_with_code(self, request: PaymentRequest) -> QueryResult:
+        """Charge the scanned code with ``alipay.trade.pay`` (``scene=bar_code``).
+
+        ``10000``: paid (SUCCEEDED with the payment fact, the same event id the
+        query and the notification give); ``10003``: the payer confirms on the
+        phone (PENDING: branchpay polls :meth:`query`, then :meth:`reverse`);
+        ``ACQ.TRADE_HAS_SUCCESS``: paid before (a repeat), read with a query;
+        any other refusal: FAILED, nothing was taken. ``20000`` or
+        ``ACQ.SYSTEM_ERROR``, a time-out or an unverifiable answer: the outcome
+        is unknown (``GatewayError(outcome_unknown=True)``), so branchpay
+        follows the sale with queries. The call is sent once. The code is
+        never logged, put in an error or kept in an event.
+        """
+        if not request.auth_code:
+            raise GatewayError("a PAYMENT_CODE sale needs the scanned auth_code")
+        total_amount = self._total_amount(request)
+        self._check_out_trade_no(request.out_trade_no)
+        biz = {
+            "out_trade_no": request.out_trade_no,
+            "scene": "bar_code",
+            "auth_code": request.auth_code,
+            "subject": request.subject[:_SUBJECT_MAX],
+            "total_amount": total_amount,
+            "product_code": "FACE_TO_FACE_PAYMENT",
+        }
+        reply = await self._call(
+            "alipay.trade.pay",
+            biz,
+            extra={"notify_url": request.notify_url},
+            repeatable=False,
+            ref=request.out_trade_no,
+        )
+        if reply.code in ("10000", "10003"):
+            if reply.body.get("out_trade_no") != request.out_trade_no:
+                raise GatewayError(
+                    "Alipay's pay answer does not match the sale", outcome_unknown=True
+                )
+            trade_no = _str_or_none(reply.body.get("trade_no"))
+            if reply.code == "10003":
+                return QueryResult(AttemptState.PENDING, trade_no, request.amount_fen)
+            try:
+                amount_fen = yuan_to_fen(str(reply.body.get("total_amount")))
+            except AmountError:
+                raise GatewayError(
+                    "Alipay's pay answer has no valid total_amount", outcome_unknown=True
+                ) from None
+            paid_at = _parse_beijing_or_now(reply.body.get("gmt_payment"))
+            event = self._paid_event(
+                request.out_trade_no, amount_fen, paid_at, trade_no, {"trade_status": "PAID"}
+            )
+            return QueryResult(AttemptState.SUCCEEDED, trade_no, amount_fen, (event,))
+        if reply.sub_code == "ACQ.TRADE_HAS_SUCCESS":
+            return await self.query(request.out_trade_no)
+        logger.info(
+            "alipay code sale %s for branch %s declined: %s",
+            request.out_trade_no,
+            self.branch,
+            reply.describe(),
+        )
+        return QueryResult(state=AttemptState.FAILED)
+
+    async def reverse(self, out_trade_no: str) -> ReverseResult:
+        """Void a counter sale with ``alipay.trade.cancel`` (safe to repeat).
+
+        ``retry_flag=Y``: RETRY; ``action`` ``close`` (it was unpaid, and can no
+        longer be paid) or ``refund`` (it was paid and the money went back to
+        the payer): DONE. A trade Alipay never saw: DONE, nothing was taken.
+        Past the cancel window (``ACQ.TRADE_CANCEL_TIME_OUT``) a paid sale is
+        kept as PAID. Anything else raises ``GatewayError`` and branchpay asks again.
+        """
+        reply = await self._call(
+            "alipay.trade.cancel", {"out_trade_no": out_trade_no}, repeatable=True, ref=out_trade_no
+        )
+        if reply.body.get("retry_flag") == "Y":
+            return ReverseResult(ReverseState.RETRY, message=reply.describe())
+        if reply.sub_code == "ACQ.TRADE_NOT_EXIST":
+            return ReverseResult(ReverseState.DONE, message="no such trade")
+        if reply.sub_code == "ACQ.TRADE_CANCEL_TIME_OUT":
+            state = (await self.query(out_trade_no)).state
+            if state is AttemptState.SUCCEEDED:
+                return ReverseResult(ReverseState.PAID, message="past the cancel window")
+            return ReverseResult(ReverseState.DONE, message="past the cancel window, unpaid")
+        if not reply.ok:
+            raise GatewayError(f"Alipay refused to cancel the sale: {reply.describe()}")
+        action = reply.body.get("action")
+        if action in ("close", "refund"):
+            return ReverseResult(ReverseState.DONE, message=str(action))
+        if action in (None, ""):
+            # Alipay names the action only when the trade exists; none means nothing to void.
+            return ReverseResult(ReverseState.DONE, message="nothing to cancel")
+        raise GatewayError("Alipay answered a cancel with an unknown action")
 
     # --- notifications --------------------------------------------------------
 
@@ -281,10 +474,13 @@ class AlipayProvider(Provider):
             self._reject("sign_type is not RSA2")
         if not self._genuine(params, signature):
             self._reject("sign does not verify with the Alipay public key")
+        # Genuine from here on: one for another app or merchant is kept aside, not refused.
         if params.get("app_id") != self.config.app_id:
-            self._reject("app_id is not this branch's Alipay app")
+            self._mismatch("app_id is not this branch's Alipay app")
         if self.config.seller_id and params.get("seller_id") != self.config.seller_id:
-            self._reject("seller_id is not this branch's merchant")
+            self._mismatch("seller_id is not this branch's merchant")
+        if self.config.auth_app_id and params.get("auth_app_id") != self.config.auth_app_id:
+            self._mismatch("auth_app_id is not this branch's authorized merchant app")
         return params
 
     def _genuine(self, params: Mapping[str, str], signature: str) -> bool:
@@ -301,6 +497,10 @@ class AlipayProvider(Provider):
     def _reject(self, reason: str) -> NoReturn:
         logger.warning("alipay notification rejected for branch %s: %s", self.branch, reason)
         raise NotificationRejected(reason)
+
+    def _mismatch(self, reason: str) -> NoReturn:
+        logger.warning("alipay notification kept aside for branch %s: %s", self.branch, reason)
+        raise NotificationMismatch(reason)
 
     def _field(self, params: Mapping[str, str], name: str) -> str:
         value = params.get(name)
@@ -610,7 +810,11 @@ class AlipayProvider(Provider):
             "timestamp": to_beijing(datetime.now(UTC)),
             "version": "1.0",
             "biz_content": json.dumps(biz, ensure_ascii=False, separators=(",", ":")),
+            **self._cert_params,
         }
+        if self.config.app_auth_token is not None:
+            # ISV mode: the call acts for the merchant app that granted the token.
+            params["app_auth_token"] = self.config.app_auth_token.get_secret_value()
         if extra:
             params.update({k: v for k, v in extra.items() if v})
         params["sign"] = sign(self._private_key, request_string(params))
@@ -689,6 +893,17 @@ class AlipayProvider(Provider):
             raise GatewayError(
                 f"Alipay {api_method} answer failed signature verification", outcome_unknown=acts
             )
+        sn_json = members.get("alipay_cert_sn")
+        if self._alipay_cert_sn is not None and sn_json is not None:
+            sn = json.loads(sn_json)
+            if sn != self._alipay_cert_sn:
+                # Alipay renewed its certificate: the one we hold cannot vouch for the answer.
+                raise GatewayError(
+                    f"Alipay {api_method} answer names alipay_cert_sn {str(sn)[:40]!r}, not "
+                    "alipay_cert's: download the new Alipay public key certificate "
+                    "(alipay.open.app.alipaycert.download) and update alipay_cert",
+                    outcome_unknown=acts,
+                )
         body = json.loads(raw)
         if not isinstance(body, dict):
             raise GatewayError(f"Alipay {api_method} answer is malformed", outcome_unknown=acts)

@@ -15,6 +15,35 @@ Endpoints:
   pays, leaves unpaid, or closes the trade.
 - ``GET|POST /qr/{code}``: what a payer's phone opens after scanning a
   precreate code; POST with ``outcome`` settles like the cashier.
+- In-app (JSAPI): ``alipay.trade.create`` (``product_code=JSAPI_PAY``, exactly
+  one of ``buyer_id``, a ``2088`` user id, or ``buyer_open_id``) opens the
+  payer's trade and answers its ``trade_no``; ``POST /_control/trade-pay/{trade_no}``
+  is the payer's ``my.tradePay`` in the Alipay app: ``outcome=success`` pays it
+  and sends the notification (``resultCode`` 9000), ``fail`` (4000) and
+  ``cancel`` (6001) leave it unpaid. The trade's buyer shows in
+  ``/_control/trades/{out_trade_no}``.
+- Counter sales: ``alipay.trade.pay`` charges a payment code (``scene``
+  ``bar_code`` or ``wave_code``; the code 16-24 digits starting 25-30, each
+  code pays one trade only; the simulator keeps only a digest of it). The
+  code's last digit says what the payer does, so tests choose it:
+
+  - ``1``: paid at once: ``10000`` with ``gmt_payment`` (no notification is
+    sent for it; the trade keeps one, as for every payment);
+  - ``2``: the payer confirms on the phone: ``10003`` and the first 2 queries
+    find ``WAIT_BUYER_PAY``; the 3rd query finds it paid, and the simulator
+    then sends the ``TRADE_SUCCESS`` notification to the sale's ``notify_url``;
+  - ``3``: the payer never confirms: ``10003``, then ``WAIT_BUYER_PAY`` until
+    cancelled;
+  - any other digit: declined, ``40004 ACQ.BUYER_BALANCE_NOT_ENOUGH`` (no trade).
+
+  A code that is not an Alipay code answers ``ACQ.PAYMENT_AUTH_CODE_INVALID``,
+  one used before ``ACQ.PAYMENT_AUTH_CODE_INVALID`` too; paying the same
+  ``out_trade_no`` again answers ``10003`` while the payer confirms,
+  ``ACQ.TRADE_HAS_SUCCESS`` once paid, ``ACQ.TRADE_HAS_CLOSE`` once closed.
+  ``alipay.trade.cancel`` closes an unpaid trade (``action=close``: a later
+  confirm cannot pay it) or refunds a paid one in full (``action=refund``,
+  on the bill as a refund numbered ``cancel`` + out_trade_no); repeated, it
+  answers the same action; for a trade it never saw, ``ACQ.TRADE_NOT_EXIST``.
 - ``GET /downloadBillFile.resource``: the daily bill that
   ``alipay.data.dataservice.bill.downloadurl.query`` links to (a plain GET,
   token-protected, valid ``bill_url_seconds``, 30 s as at Alipay): the zip of
@@ -23,10 +52,23 @@ Endpoints:
   trade and every refund is recorded as it completes.
 - ``/_control/...``: test and demo controls: settle a trade and fetch its
   notification without sending it, list a trade's notifications, re-send one
-  (several copies, after a delay, or all of them newest first), inject
-  gateway faults, and read call counts and trade state; ``/_control/bills``
+  (several copies, after a delay, or all of them newest first), re-sign a
+  notification it sent with a field changed, inject gateway faults, and read
+  call counts, trade state and what was taken from the payer per trade (the
+  ledger: paid minus refunded, 0 when never paid); ``/_control/bills``
   (:func:`providers.kit.bills.bill_routes`): when bills are published and the
   adjustments a test makes to them.
+
+Public-key certificate mode: the apps given ``app_cert_sns`` must send
+``app_cert_sn`` and ``alipay_root_cert_sn`` (refused with the simulator's
+``isv.invalid-app-cert-sn`` / ``isv.invalid-alipay-root-cert-sn``), and their
+answers carry ``alipay_cert_sn`` beside the signed member; an app in public-key
+mode sending them is refused (``isv.cert-mode-not-enabled``). One platform key
+signs in both modes: the Alipay certificate holds its public key.
+
+Third-party app authorization: a call carrying an ``app_auth_token`` the
+simulator granted to the signing app acts for the merchant's app (its trades,
+its merchant PID); any other token is refused ``aop.invalid-app-auth-token``.
 
 Notifications are sent only to loopback notify URLs; anything else is
 recorded as not delivered, so a simulator never talks to the outside world.
@@ -39,6 +81,7 @@ scanned. Tests need a trade they can query and close before a scan.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import html
 import json
 import logging
@@ -92,13 +135,21 @@ _SERVER_METHODS = frozenset(
         "alipay.trade.refund",
         "alipay.trade.fastpay.refund.query",
         "alipay.trade.close",
+        "alipay.trade.pay",
+        "alipay.trade.cancel",
+        "alipay.trade.create",
         BILL_METHOD,
     }
 )
+# Alipay payment codes (alipay.trade.pay's auth_code): 16-24 digits starting 25-30.
+PAYMENT_CODE = re.compile(r"(2[5-9]|30)[0-9]{14,22}")
+# The last digit of a payment code: what the payer does (anything else: declined).
+CODE_BEHAVIOURS = {"1": "pay", "2": "confirm", "3": "never"}
+CONFIRMING_QUERIES = 2  # "confirm": the queries that still find the payer confirming
 _COMMON_REQUIRED = ("app_id", "method", "charset", "sign_type", "sign", "timestamp", "version")
 
 Outcome = Literal["success", "fail", "close"]
-FaultKind = Literal["http_500", "stall", "system_error", "unsigned", "bad_signature"]
+FaultKind = Literal["http_500", "stall", "system_error", "unsigned", "bad_signature", "retry_flag"]
 
 
 @dataclass
@@ -136,10 +187,24 @@ class Trade:
     qr_code: str | None = None
     refunds: dict[str, Refund] = field(default_factory=dict)
     notifications: list[Notification] = field(default_factory=list)
+    # A counter sale: what the payer does, the queries left before a confirming
+    # payer has paid, and what alipay.trade.cancel did to it.
+    code_behaviour: str | None = None
+    confirming_queries: int = 0
+    cancel_action: str | None = None
+    # An in-app (JSAPI) trade's payer: ("buyer_id" | "buyer_open_id", the id).
+    buyer: tuple[str, str] | None = None
+    # The service provider's app that opened it for app_id (third-party authorization).
+    isv_app_id: str | None = None
 
     @property
     def refunded_fen(self) -> int:
         return sum(r.amount_fen for r in self.refunds.values())
+
+    @property
+    def taken_fen(self) -> int:
+        """What the payer is out of pocket for this trade: paid minus refunded."""
+        return self.total_fen - self.refunded_fen if self.paid_at is not None else 0
 
 
 @dataclass(frozen=True)
@@ -195,7 +260,19 @@ class AlipaySimulator:
         publish_current_day: bool | None = None,
         bill_url_seconds: float = 30.0,
         sellers: Mapping[str, str] | None = None,
+        app_cert_sns: Mapping[str, str] | None = None,
+        alipay_cert_sn: str | None = None,
+        alipay_root_cert_sn: str | None = None,
+        app_auth_tokens: Mapping[str, tuple[str, str]] | None = None,
     ) -> None:
+        # Third-party app authorization: app_auth_token -> (the ISV's app, the merchant's app).
+        self.app_auth_tokens = dict(app_auth_tokens or {})
+        # Certificate mode: app_id -> its app_cert_sn; the SNs of Alipay's certificates.
+        self.app_cert_sns = dict(app_cert_sns or {})
+        if self.app_cert_sns and not (alipay_cert_sn and alipay_root_cert_sn):
+            raise ValueError("certificate-mode apps need alipay_cert_sn and alipay_root_cert_sn")
+        self.alipay_cert_sn = alipay_cert_sn
+        self.alipay_root_cert_sn = alipay_root_cert_sn
         self.any_app_key = (
             load_public_key(any_app_key) if isinstance(any_app_key, str) else any_app_key
         )
@@ -213,6 +290,8 @@ class AlipaySimulator:
         self.sellers = dict(sellers or {})
         self.trades: dict[tuple[str, str], Trade] = {}
         self.qr_codes: dict[str, tuple[str, str]] = {}
+        # Digests of the payment codes charged: a code pays one trade only.
+        self.used_codes: set[str] = set()
         self.faults = FaultQueue()
         self.notifier = Notifier(timeout=10.0)
         self.calls: dict[str, int] = {}
@@ -237,6 +316,7 @@ class AlipaySimulator:
                     self.control_notifications,
                     methods=["GET"],
                 ),
+                Route("/_control/notifications/resign", self.control_resign, methods=["POST"]),
                 Route(
                     "/_control/notifications/{out_trade_no}/send",
                     self.control_send,
@@ -246,6 +326,8 @@ class AlipaySimulator:
                 Route("/_control/calls", self.control_calls, methods=["GET"]),
                 Route("/_control/deliveries", self.control_deliveries, methods=["GET"]),
                 Route("/_control/trades/{out_trade_no}", self.control_trade, methods=["GET"]),
+                Route("/_control/trades/{out_trade_no}/taken", self.control_taken, methods=["GET"]),
+                Route("/_control/trade-pay/{trade_no}", self.control_trade_pay, methods=["POST"]),
                 *bill_routes("/_control", self.bills),
                 *control_routes("/_control", notifier=self.notifier, faults=self.faults),
             ],
@@ -274,13 +356,19 @@ class AlipaySimulator:
             return Response("Service Unavailable", status_code=502)
         if fault is not None and fault.kind == "system_error":
             busy = GatewayRefusal("20000", "Service Currently Unavailable", "isp.unknow-error", "")
-            return self._json_response(member, busy.content, signed=True)
+            return self._json_response(
+                member, busy.content, signed=True, cert_sn=self._cert_sn_for(params)
+            )
         try:
             app_id = self._authenticate(params)
             if api_method not in _SERVER_METHODS:
                 raise _invalid("isv.invalid-method", "不存在的方法名")
             biz = _biz_content(params)
-            content = self._serve(request, app_id, api_method, biz, params)
+            if fault is not None and fault.kind == "retry_flag":
+                # Not processed; Alipay asks for the same call again.
+                content = {"code": "10000", "msg": "Success", "retry_flag": "Y"}
+            else:
+                content = self._serve(request, app_id, api_method, biz, params)
             signed = True
         except GatewayRefusal as refusal:
             content, signed = refusal.content, refusal.signed
@@ -294,7 +382,12 @@ class AlipaySimulator:
             content,
             signed=signed,
             wrong_key=fault is not None and fault.kind == "bad_signature",
+            cert_sn=self._cert_sn_for(params),
         )
+
+    def _cert_sn_for(self, params: Mapping[str, str]) -> str | None:
+        """``alipay_cert_sn`` for the answers to a certificate-mode app, else None."""
+        return self.alipay_cert_sn if params.get("app_id") in self.app_cert_sns else None
 
     async def _request_params(self, request: Request) -> tuple[dict[str, str], str | None]:
         body = await request.body()
@@ -318,6 +411,7 @@ class AlipaySimulator:
         return params, outcome
 
     def _authenticate(self, params: Mapping[str, str]) -> str:
+        """The app the call acts for: the signer's, or the merchant app of its app_auth_token."""
         for name in _COMMON_REQUIRED:
             if not params.get(name):
                 raise _missing(f"isv.missing-{name.replace('_', '-')}", f"缺少{name}参数")
@@ -339,7 +433,28 @@ class AlipaySimulator:
             raise _invalid("isv.invalid-timestamp", "非法的时间戳参数") from None
         if not verify(key, request_string(params), params["sign"]):
             raise _invalid("isv.invalid-signature", "验签出错")
+        self._check_cert_sns(app_id, params)
+        token = params.get("app_auth_token")
+        if token:
+            grant = self.app_auth_tokens.get(token)
+            if grant is None or grant[0] != app_id:
+                raise _invalid("aop.invalid-app-auth-token", "无效的应用授权令牌")
+            # The call acts for the merchant's app: its trades, its merchant.
+            return grant[1]
         return app_id
+
+    def _check_cert_sns(self, app_id: str, params: Mapping[str, str]) -> None:
+        """A certificate-mode app names its certificate and Alipay's root; others neither."""
+        expected = self.app_cert_sns.get(app_id)
+        sent = (params.get("app_cert_sn"), params.get("alipay_root_cert_sn"))
+        if expected is None:
+            if any(sent):
+                raise _invalid("isv.cert-mode-not-enabled", "应用未开启公钥证书模式")
+            return
+        if sent[0] != expected:
+            raise _invalid("isv.invalid-app-cert-sn", "应用公钥证书序列号不匹配")
+        if sent[1] != self.alipay_root_cert_sn:
+            raise _invalid("isv.invalid-alipay-root-cert-sn", "支付宝根证书序列号不匹配")
 
     def _serve(
         self,
@@ -353,6 +468,10 @@ class AlipaySimulator:
             return self._precreate(request, app_id, biz, params)
         if api_method == BILL_METHOD:
             return self._bill_download_url(request, app_id, biz)
+        if api_method == "alipay.trade.pay":
+            return self._pay(app_id, biz, params)
+        if api_method == "alipay.trade.create":
+            return self._create(app_id, biz, params)
         out_trade_no = _required(biz, "out_trade_no")
         trade = self.trades.get((app_id, out_trade_no))
         if api_method == "alipay.trade.fastpay.refund.query":
@@ -361,10 +480,161 @@ class AlipaySimulator:
         if trade is None:
             raise _business("ACQ.TRADE_NOT_EXIST", "交易不存在")
         if api_method == "alipay.trade.query":
+            self._confirm_on_query(trade)
             return self._query(trade)
         if api_method == "alipay.trade.close":
             return self._close(trade)
+        if api_method == "alipay.trade.cancel":
+            return self._cancel(trade)
         return self._refund(trade, biz)
+
+    # --- in-app (JSAPI) --------------------------------------------------------
+
+    def _create(
+        self, app_id: str, biz: Mapping[str, Any], params: Mapping[str, str]
+    ) -> dict[str, Any]:
+        out_trade_no, total_fen, subject = _order_fields(biz)
+        _check_time_expire(biz)
+        if biz.get("product_code") != "JSAPI_PAY":
+            raise _business("ACQ.PRODUCT_CODE_ERROR", "product_code 应为 JSAPI_PAY")
+        named = [(k, biz[k]) for k in ("buyer_id", "buyer_open_id") if biz.get(k)]
+        if len(named) != 1 or not all(isinstance(v, str) for _, v in named):
+            raise _business("ACQ.INVALID_PARAMETER", "buyer_id 与 buyer_open_id 须且只须传一个")
+        kind, buyer = named[0]
+        if kind == "buyer_id" and not re.fullmatch(r"2088[0-9]{12}", buyer):
+            raise _business("ACQ.BUYER_NOT_EXIST", "买家不存在")
+        existing = self.trades.get((app_id, out_trade_no))
+        if existing is not None:
+            if (existing.total_fen, existing.subject, existing.buyer) != (
+                total_fen,
+                subject,
+                (kind, buyer),
+            ):
+                raise _business("ACQ.CONTEXT_INCONSISTENT", "交易信息被篡改")
+            if existing.status != "WAIT_BUYER_PAY":
+                raise _business("ACQ.TRADE_STATUS_ERROR", "交易状态不合法")
+            trade = existing
+        else:
+            trade = self._open_trade(app_id, out_trade_no, total_fen, subject, params)
+            trade.buyer = (kind, buyer)
+        return {
+            "code": "10000",
+            "msg": "Success",
+            "out_trade_no": out_trade_no,
+            "trade_no": trade.trade_no,
+        }
+
+    async def control_trade_pay(self, request: Request) -> Response:
+        """The payer's ``my.tradePay({tradeNO})``: ``outcome`` success, fail or cancel."""
+        trade_no = request.path_params["trade_no"]
+        trade = next((t for t in self.trades.values() if t.trade_no == trade_no and t.buyer), None)
+        if trade is None:
+            return JSONResponse({"resultCode": "4000", "error": "unknown trade_no"}, 404)
+        form = dict(parse_qsl((await request.body()).decode("utf-8")))
+        outcome = form.get("outcome", "success")
+        if outcome in ("fail", "cancel"):
+            return JSONResponse({"resultCode": "4000" if outcome == "fail" else "6001"})
+        if outcome != "success":
+            return JSONResponse({"error": "outcome must be success, fail or cancel"}, 400)
+        try:
+            notification = self.settle(trade, "success")
+        except ValueError as exc:
+            return JSONResponse({"resultCode": "4000", "error": str(exc)}, 409)
+        if notification is not None and form.get("deliver", "1") == "1":
+            await self._deliver(trade, notification)
+        return JSONResponse({"resultCode": "9000", "tradeNo": trade.trade_no})
+
+    # --- counter sales --------------------------------------------------------
+
+    def _pay(
+        self, app_id: str, biz: Mapping[str, Any], params: Mapping[str, str]
+    ) -> dict[str, Any]:
+        out_trade_no, total_fen, subject = _order_fields(biz)
+        if biz.get("scene") not in ("bar_code", "wave_code"):
+            raise _business("ACQ.INVALID_PARAMETER", "参数无效: scene")
+        auth_code = _required(biz, "auth_code")
+        existing = self.trades.get((app_id, out_trade_no))
+        if existing is not None:
+            if existing.api_method != "alipay.trade.pay" or existing.total_fen != total_fen:
+                raise _business("ACQ.CONTEXT_INCONSISTENT", "交易信息被篡改")
+            if existing.status in ("TRADE_SUCCESS", "TRADE_FINISHED"):
+                raise _business("ACQ.TRADE_HAS_SUCCESS", "交易已被支付")
+            if existing.status == "TRADE_CLOSED":
+                raise _business("ACQ.TRADE_HAS_CLOSE", "交易已经关闭")
+            return self._pay_answer(existing)
+        # The code itself is never echoed in an answer or kept: only its digest.
+        digest = hashlib.sha256(auth_code.encode()).hexdigest()
+        if not PAYMENT_CODE.fullmatch(auth_code) or digest in self.used_codes:
+            raise _business("ACQ.PAYMENT_AUTH_CODE_INVALID", "支付失败, 获取顾客账户信息失败")
+        self.used_codes.add(digest)
+        behaviour = CODE_BEHAVIOURS.get(auth_code[-1])
+        if behaviour is None:
+            raise _business("ACQ.BUYER_BALANCE_NOT_ENOUGH", "买家余额不足")
+        trade = self._open_trade(app_id, out_trade_no, total_fen, subject, params)
+        trade.code_behaviour = behaviour
+        if behaviour == "pay":
+            self.settle(trade, "success")
+        elif behaviour == "confirm":
+            trade.confirming_queries = CONFIRMING_QUERIES
+        return self._pay_answer(trade)
+
+    @staticmethod
+    def _pay_answer(trade: Trade) -> dict[str, Any]:
+        answer: dict[str, Any] = {
+            "trade_no": trade.trade_no,
+            "out_trade_no": trade.out_trade_no,
+            "buyer_logon_id": "tes***@example.com",
+            "total_amount": fen_to_yuan(trade.total_fen),
+        }
+        if trade.paid_at is None:
+            return {"code": "10003", "msg": "order success pay inprocess"} | answer
+        return (
+            {"code": "10000", "msg": "Success"}
+            | answer
+            | {
+                "receipt_amount": fen_to_yuan(trade.total_fen),
+                "buyer_pay_amount": fen_to_yuan(trade.total_fen),
+                "gmt_payment": _fmt(trade.paid_at),
+                "buyer_user_id": "2088102177846880",
+            }
+        )
+
+    def _confirm_on_query(self, trade: Trade) -> None:
+        """A "confirm" payer, still confirming, has paid once enough queries came."""
+        if trade.code_behaviour != "confirm" or trade.status != "WAIT_BUYER_PAY":
+            return
+        if trade.confirming_queries > 0:
+            trade.confirming_queries -= 1
+            return
+        notification = self.settle(trade, "success")
+        if notification is not None:
+            self.notifier.later(self._deliver(trade, notification))
+
+    def _cancel(self, trade: Trade) -> dict[str, Any]:
+        if trade.cancel_action is None:
+            if trade.status == "WAIT_BUYER_PAY":
+                trade.status = "TRADE_CLOSED"
+                trade.closed_at = datetime.now(UTC)
+                trade.cancel_action = "close"
+            elif trade.taken_fen > 0:
+                now = datetime.now(UTC)
+                number = f"cancel{trade.out_trade_no}"
+                left = trade.taken_fen
+                trade.refunds[number] = Refund(number, left, now)
+                self.bills.record_refund(trade.out_trade_no, number, left, at=now)
+                trade.status = "TRADE_CLOSED"
+                trade.closed_at = now
+                trade.cancel_action = "refund"
+            else:
+                trade.cancel_action = "close"
+        return {
+            "code": "10000",
+            "msg": "Success",
+            "trade_no": trade.trade_no,
+            "out_trade_no": trade.out_trade_no,
+            "retry_flag": "N",
+            "action": trade.cancel_action,
+        }
 
     def _precreate(
         self, request: Request, app_id: str, biz: Mapping[str, Any], params: Mapping[str, str]
@@ -411,6 +681,7 @@ class AlipaySimulator:
             api_method=params["method"],
             notify_url=params.get("notify_url") or None,
             created_at=now,
+            isv_app_id=params["app_id"] if params["app_id"] != app_id else None,
         )
         self.trades[(app_id, out_trade_no)] = trade
         return trade
@@ -679,9 +950,10 @@ class AlipaySimulator:
             "charset": "utf-8",
             "version": "1.0",
             "sign_type": "RSA2",
-            "app_id": trade.app_id,
+            "app_id": trade.isv_app_id or trade.app_id,
+            "auth_app_id": trade.app_id,
             "seller_id": self.seller_of(trade.app_id),
-            "buyer_id": "2088102177846880",
+            **dict([trade.buyer or ("buyer_id", "2088102177846880")]),
             "trade_no": trade.trade_no,
             "out_trade_no": trade.out_trade_no,
             "subject": trade.subject,
@@ -792,6 +1064,40 @@ class AlipaySimulator:
         params["sign"] = sign(self.alipay_key, notification_string(params))
         return Notification(params=params, notify_url=notification.notify_url)
 
+    async def control_resign(self, request: Request) -> Response:
+        """A notification this simulator sent, fields changed, signed with Alipay's key.
+
+        Form: ``body`` (the notification as sent) and any of ``amount_fen``,
+        ``app_id``, ``seller_id``, ``auth_app_id``, ``out_trade_no``. Answers
+        ``{"notification": body}``; tests use it for genuine notifications that
+        are not for the branch or not for the attempt.
+        """
+        form = dict(parse_qsl((await request.body()).decode("utf-8"), keep_blank_values=True))
+        sent = dict(parse_qsl(form.get("body", ""), keep_blank_values=True))
+        owner = sent.get("auth_app_id") or sent.get("app_id", "")
+        trade = self.trades.get((owner, sent.get("out_trade_no", "")))
+        unsigned = {k: v for k, v in sent.items() if k not in ("sign", "notify_time")}
+        if trade is None or not any(
+            unsigned == {k: v for k, v in n.params.items() if k not in ("sign", "notify_time")}
+            for n in trade.notifications
+        ):
+            return JSONResponse({"error": "the simulator never sent that notification"}, 404)
+        changes = {
+            name: form[name]
+            for name in ("app_id", "seller_id", "auth_app_id", "out_trade_no")
+            if form.get(name)
+        }
+        if form.get("amount_fen"):
+            try:
+                changes["total_amount"] = fen_to_yuan(int(form["amount_fen"]))
+            except (ValueError, AmountError):
+                return JSONResponse({"error": "amount_fen must be a whole number of fen"}, 400)
+        if not changes:
+            return JSONResponse({"error": "name a field to change"}, 400)
+        params = {k: v for k, v in sent.items() if k != "sign"} | changes
+        params["sign"] = sign(self.alipay_key, notification_string(params))
+        return JSONResponse({"notification": urlencode(params)})
+
     async def control_send(self, request: Request) -> Response:
         """(Re)send notifications: ``index`` (default last), ``copies``, ``delay``,
         ``order=newest_first`` to send all of them out of order."""
@@ -842,6 +1148,13 @@ class AlipaySimulator:
             return JSONResponse({"error": "times and seconds must be numbers"}, 400)
         return JSONResponse({"faults": self.faults.add(fault)})
 
+    async def control_taken(self, request: Request) -> Response:
+        """The ledger: what the payer is out of pocket for a trade (0 for one never seen)."""
+        out_trade_no = request.path_params["out_trade_no"]
+        trade = self._trade_for(request)
+        taken = trade.taken_fen if trade is not None else 0
+        return JSONResponse({"out_trade_no": out_trade_no, "taken_fen": taken})
+
     async def control_calls(self, request: Request) -> Response:
         return JSONResponse(self.calls)
 
@@ -856,18 +1169,28 @@ class AlipaySimulator:
             {
                 "out_trade_no": trade.out_trade_no,
                 "trade_no": trade.trade_no,
+                "app_id": trade.app_id,
+                "isv_app_id": trade.isv_app_id,
                 "status": trade.status,
                 "total_fen": trade.total_fen,
                 "refunded_fen": trade.refunded_fen,
                 "refunds": {k: r.amount_fen for k, r in trade.refunds.items()},
                 "notifications": len(trade.notifications),
+                "api_method": trade.api_method,
+                "buyer": dict([trade.buyer]) if trade.buyer else None,
             }
         )
 
     # --- helpers --------------------------------------------------------------
 
     def _json_response(
-        self, member: str, content: Mapping[str, Any], *, signed: bool, wrong_key: bool = False
+        self,
+        member: str,
+        content: Mapping[str, Any],
+        *,
+        signed: bool,
+        wrong_key: bool = False,
+        cert_sn: str | None = None,
     ) -> Response:
         inner = json.dumps(content, ensure_ascii=False, separators=(",", ":"))
         if not signed:
@@ -878,7 +1201,9 @@ class AlipaySimulator:
                 if self._wrong_key is None:
                     self._wrong_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
                 key = self._wrong_key
-            text = f'{{"{member}":{inner},"sign":"{sign(key, inner)}"}}'
+            # Certificate mode: the answer names the Alipay certificate whose key signed it.
+            named = f'"alipay_cert_sn":"{cert_sn}",' if cert_sn is not None else ""
+            text = f'{{"{member}":{inner},{named}"sign":"{sign(key, inner)}"}}'
         return Response(text, media_type="text/html;charset=utf-8")
 
 
@@ -891,6 +1216,10 @@ def create_app(
     publish_current_day: bool | None = None,
     bill_url_seconds: float = 30.0,
     sellers: Mapping[str, str] | None = None,
+    app_cert_sns: Mapping[str, str] | None = None,
+    alipay_cert_sn: str | None = None,
+    alipay_root_cert_sn: str | None = None,
+    app_auth_tokens: Mapping[str, tuple[str, str]] | None = None,
 ) -> Starlette:
     """The simulated gateway for the given apps (app_id -> merchant public key).
 
@@ -904,8 +1233,17 @@ def create_app(
     included, instead of day D from D+1 09:00 Beijing time (None: the
     ``BRANCHPAY_SIMULATOR_BILLS_CURRENT_DAY`` setting decides; the control
     ``PUT /_control/bills`` changes it). ``bill_url_seconds``: how long a bill
-    download URL stays valid. The :class:`AlipaySimulator` behind the app is
-    ``app.state.simulator``.
+    download URL stays valid. ``app_cert_sns`` puts apps in public-key
+    certificate mode (app_id -> the ``app_cert_sn`` its requests must carry,
+    with ``alipay_root_cert_sn``; their answers carry ``alipay_cert_sn``, the SN
+    of the certificate of ``alipay_private_key``'s public key); every other app
+    is in public-key mode and must send neither SN. ``app_auth_tokens``
+    (app_auth_token -> (the service provider's app_id, the merchant's
+    auth_app_id)) are the third-party authorizations: a call signed by that
+    app with the token acts for the merchant's app, and its notifications carry
+    ``app_id`` = the service provider's and ``auth_app_id`` = the merchant's
+    (every other notification carries ``auth_app_id`` = ``app_id``). The
+    :class:`AlipaySimulator` behind the app is ``app.state.simulator``.
     """
     return AlipaySimulator(
         apps=apps,
@@ -915,6 +1253,10 @@ def create_app(
         publish_current_day=publish_current_day,
         bill_url_seconds=bill_url_seconds,
         sellers=sellers,
+        app_cert_sns=app_cert_sns,
+        alipay_cert_sn=alipay_cert_sn,
+        alipay_root_cert_sn=alipay_root_cert_sn,
+        app_auth_tokens=app_auth_tokens,
     ).app
 
 

@@ -32,5 +32,11 @@ def gateway(
     return AlipayGatewayDriver(alipay_simulator.url, alipay_http, forger_key=rsa_key("forger"))
 
 
+@pytest.fixture
+def payer_id() -> str:
+    """A payer's Alipay user id, as alipay.system.oauth.token gives a mini program."""
+    return "2088102177846880"
+
+
 class TestAlipayConformance(ProviderConformance):
     pass

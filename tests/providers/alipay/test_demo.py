@@ -23,6 +23,7 @@ from api.config.validate import load_config
 from api.plugins.contract import (
     AttemptState,
     EventKind,
+    NotificationMismatch,
     NotificationRejected,
     PaymentMethod,
     PaymentRequest,
@@ -132,7 +133,7 @@ async def test_demo_branches_pay_through_the_demo_gateway(
         event = await zj.parse_notification(notification)
         assert event is not None and event.kind is EventKind.PAYMENT_SUCCEEDED
         assert (await zj.query(request.out_trade_no)).state is AttemptState.SUCCEEDED
-        with pytest.raises(NotificationRejected, match="app_id"):
+        with pytest.raises(NotificationMismatch, match="app_id"):
             await providers["bj"].parse_notification(notification)
 
 
@@ -178,7 +179,7 @@ async def test_externally_signed_notifications_per_branch(
     assert event.occurred_at == datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
     replayed = await providers["zj"].parse_notification(notification_request(genuine.decode()))
     assert replayed is not None and replayed.event_id == event.event_id
-    with pytest.raises(NotificationRejected, match="app_id"):
+    with pytest.raises(NotificationMismatch, match="app_id"):
         await providers["bj"].parse_notification(notification_request(genuine.decode()))
     tampered = sdk_signed_notification(demo_dir, "2021000000000011", total_amount="0.59")
     with pytest.raises(NotificationRejected, match="sign"):

@@ -3,8 +3,10 @@
 branchpay (real app, uvicorn, store) is configured through plugins.toml with
 two branches on different Alipay apps, pointing at the Alipay simulator. A
 QR-code attempt is started with GraphQL; then every kind of bad notification
-is posted and must get Alipay's rejection reply and change nothing, before the
-genuine one is accepted with exactly ``success`` and pays the order once.
+is posted and must get Alipay's rejection reply and change nothing; genuine ones
+of another attempt or another app are answered ``success``, kept aside in
+notification_mismatches and change nothing; then the genuine one is accepted
+with exactly ``success`` and pays the order once.
 """
 
 from __future__ import annotations
@@ -123,7 +125,6 @@ def test_bad_notifications_are_refused_and_change_nothing_then_the_genuine_one_p
         "unsigned": urlencode({k: v for k, v in genuine.items() if k != "sign"}),
         "forged": resigned(genuine, rsa_key("forger")),
         "tampered": urlencode(genuine | {"total_amount": "0.01"}),
-        "other app id": resigned(genuine | {"app_id": BJ_APP_ID}),
         "malformed": "%%%&&==",
         "oversized": genuine_body + "&pad=" + "x" * 64 * 1024,
     }
@@ -134,19 +135,34 @@ def test_bad_notifications_are_refused_and_change_nothing_then_the_genuine_one_p
         order = order_state(branchpay, order_id)
         assert order["status"] == "PENDING_PAYMENT", case
         assert [p["status"] for p in order["payments"]] == ["PENDING"], case
-    # Genuinely signed but of no attempt of ours: kept aside, answered so Alipay stops.
-    unknown = post(branchpay, resigned(genuine | {"out_trade_no": "zz" + uuid.uuid4().hex[:20]}))
-    assert (unknown.status_code, unknown.text) == (200, "success")
-    assert order_state(branchpay, order_id)["status"] == "PENDING_PAYMENT"
-    assert branchpay.db["notification_mismatches"].count_documents({"provider": "alipay"}) == 1
+    # Genuinely signed but of no attempt of ours, or of another app: kept aside, answered
+    # so Alipay stops, and nothing changes.
+    mismatches = {
+        "unknown out_trade_no": resigned(genuine | {"out_trade_no": "zz" + uuid.uuid4().hex[:20]}),
+        "other app id": resigned(genuine | {"app_id": BJ_APP_ID}),
+    }
+    for case, body in mismatches.items():
+        answer = post(branchpay, body)
+        assert (answer.status_code, answer.text) == (200, "success"), case
+        assert order_state(branchpay, order_id)["status"] == "PENDING_PAYMENT", case
+    kept = {
+        m["reason"]: m for m in branchpay.db["notification_mismatches"].find({"provider": "alipay"})
+    }
+    assert len(kept) == 2
+    other_app = kept["app_id is not this branch's Alipay app"]
+    assert other_app["branch"] == "zj" and other_app["outTradeNo"] is None
     logged = caplog.text
-    assert logged.count(" for alipay/zj re") == len(bad) + 1
+    assert logged.count(" for alipay/zj re") == len(bad) + len(mismatches)
     key_body = "".join(private_key_pem(app_key()).splitlines()[1:-1])
     assert key_body[:40] not in logged and genuine["sign"][:40] not in logged
     assert branchpay.db["payment_events"].count_documents({"outTradeNo": out_trade_no}) == 0
 
-    # The genuine notification for this branch's app, sent to another branch.
-    assert post(branchpay, genuine_body, branch="bj").text == "fail"
+    # The genuine notification for this branch's app, sent to another branch: not bj's app.
+    elsewhere = post(branchpay, genuine_body, branch="bj")
+    assert (elsewhere.status_code, elsewhere.text) == (200, "success")
+    (at_bj,) = branchpay.db["notification_mismatches"].find({"branch": "bj"})
+    assert at_bj["reason"] == "app_id is not this branch's Alipay app"
+    assert order_state(branchpay, order_id)["status"] == "PENDING_PAYMENT"
 
     accepted = post(branchpay, genuine_body)
     assert (accepted.status_code, accepted.text) == (200, "success")

@@ -21,6 +21,7 @@ from api.plugins.contract import (
     AttemptState,
     EventKind,
     GatewayError,
+    NotificationMismatch,
     NotificationRejected,
     NotificationRequest,
     PaymentMethod,
@@ -406,8 +407,6 @@ BAD_NOTIFICATIONS = {
     ),
     "sign_type RSA": lambda p: notification_request(urlencode(p | {"sign_type": "RSA"})),
     "added parameter": lambda p: notification_request(urlencode(p | {"refund_fee": "88.00"})),
-    "other branch's app": lambda p: resigned(p | {"app_id": OTHER_APP_ID}),
-    "other seller": lambda p: resigned(p | {"seller_id": "2088999999999999"}),
     "three-decimal amount": lambda p: resigned(p | {"total_amount": "88.001"}),
     "negative amount": lambda p: resigned(p | {"total_amount": "-88.00"}),
     "no out_trade_no": lambda p: resigned(_drop(p, "out_trade_no")),
@@ -451,6 +450,23 @@ async def test_bad_notification_is_rejected_without_secrets_in_the_log(
     assert reply.body != b"success" and reply.status_code >= 400
 
 
+NOT_THIS_BRANCHS = {
+    "other branch's app": {"app_id": OTHER_APP_ID},
+    "other seller": {"seller_id": "2088999999999999"},
+}
+
+
+@pytest.mark.parametrize("case", sorted(NOT_THIS_BRANCHS))
+async def test_genuine_notification_of_another_app_or_seller_is_a_mismatch(
+    alipay_provider: AlipayProvider, driver: AlipayGatewayDriver, case: str
+) -> None:
+    # Signed by Alipay, so not refused (Alipay would re-send it for a day) but kept aside.
+    _, paid = await paid_qr_attempt(alipay_provider, driver)
+    other = resigned(params_of(paid) | NOT_THIS_BRANCHS[case])
+    with pytest.raises(NotificationMismatch, match=next(iter(NOT_THIS_BRANCHS[case]))):
+        await alipay_provider.parse_notification(other)
+
+
 async def test_notification_signature_variants_alipay_signers_produce(
     alipay_provider: AlipayProvider, driver: AlipayGatewayDriver
 ) -> None:
@@ -487,7 +503,7 @@ async def test_notification_for_branch_with_other_app_is_rejected(
     )
     _, paid = await paid_qr_attempt(alipay_provider, driver)
     assert await alipay_provider.parse_notification(paid) is not None
-    with pytest.raises(NotificationRejected, match="app_id"):
+    with pytest.raises(NotificationMismatch, match="app_id"):
         await other_branch.parse_notification(paid)
 
 
