@@ -47,6 +47,7 @@ from api.plugin import (
     BillUnavailableReason,
     EventKind,
     GatewayError,
+    NotificationMismatch,
     NotificationRejected,
     NotificationReply,
     NotificationRequest,
@@ -496,6 +497,12 @@ class WechatpayProvider(Provider):
         logger.warning("wechatpay notification rejected for branch %s: %s", self.branch, reason)
         raise NotificationRejected(reason)
 
+    def _mismatch(self, reason: str) -> NoReturn:
+        logger.warning(
+            "wechatpay notification for branch %s is genuine but not ours: %s", self.branch, reason
+        )
+        raise NotificationMismatch(reason)
+
     def _signature_problem(self, headers: Any, body: bytes) -> str | None:
         """Why a signed platform message cannot be trusted, or None when it can."""
         signature = headers.get("wechatpay-signature")
@@ -542,7 +549,8 @@ class WechatpayProvider(Provider):
         if not isinstance(fact, dict):
             raise Malformed("resource is not a JSON object")
         if fact.get("mchid") != self.config.mchid:
-            raise Malformed("mchid is not this branch's merchant id")
+            # Genuine (signed and sealed by WeChat Pay), but another merchant's.
+            self._mismatch("mchid is not this branch's merchant id")
         return fact
 
     def _event(self, envelope: dict[str, Any], fact: dict[str, Any]) -> ProviderEvent | None:
@@ -557,7 +565,7 @@ class WechatpayProvider(Provider):
         self, event_type: str, envelope: dict[str, Any], fact: dict[str, Any]
     ) -> ProviderEvent | None:
         if fact.get("appid") != self.config.appid:
-            raise Malformed("appid is not this branch's app id")
+            self._mismatch("appid is not this branch's app id")
         out_trade_no = _text(fact, "out_trade_no")
         amount = _object(fact, "amount")
         total = fen(amount.get("total"))

@@ -27,6 +27,14 @@ Beside the API it offers:
   written (at ``GET /v3/bill/tradebill``): one amount changes after the
   hash was taken, so its ``hash_value`` no longer matches.
   ``DELETE /control/faults`` clears them.
+- ``POST /control/notifications/resign`` with JSON ``{"body": "...",
+  "amount_fen": 8801, "merchant": "...", "out_trade_no": "..."}`` (any of
+  the last three): a callback this simulator made, its resource decrypted,
+  that field changed (``amount.total``, or ``amount.refund`` of a refund;
+  ``mchid``, or ``sub_mchid`` of a partner transaction; ``out_trade_no``),
+  sealed again with the merchant's APIv3 key and signed now with the
+  platform's genuine key: what WeChat Pay itself could have sent. Nothing is
+  delivered. A body it never made answers 404.
 
 Daily trade bills (交易账单), as API v3 serves them:
 
@@ -708,6 +716,47 @@ class Gateway:
         }
         return self.envelope(attempt.merchant, "REFUND.SUCCESS", "退款成功", fact)
 
+    def resign(self, body: bytes, changes: Mapping[str, Any]) -> dict[str, Any]:
+        """A callback this gateway made, one field of its resource changed, sealed and signed."""
+        made = next(
+            (a for a in self.attempts.values() if body in a.notifications),
+            None,
+        )
+        if made is None:
+            raise ApiError(404, "NOT_FOUND", "the simulator never made that callback")
+        envelope = json.loads(body)
+        resource = envelope["resource"]
+        key = made.merchant.apiv3_key
+        plaintext = signing.decrypt_resource(
+            key,
+            resource["ciphertext"],
+            nonce=resource["nonce"],
+            associated_data=resource["associated_data"],
+        )
+        if plaintext is None:  # pragma: no cover - it made the body itself
+            raise ApiError(500, "SYSTEM_ERROR", "cannot open its own callback")
+        fact = json.loads(plaintext)
+        if changes.get("amount_fen") is not None:
+            amount = _amount(changes["amount_fen"], "amount_fen")
+            field_name = "refund" if "refund" in fact["amount"] else "total"
+            fact["amount"][field_name] = amount
+            if field_name == "total" and "payer_total" in fact["amount"]:
+                fact["amount"]["payer_total"] = amount
+        if changes.get("merchant") is not None:
+            fact["sub_mchid" if "sub_mchid" in fact else "mchid"] = str(changes["merchant"])
+        if changes.get("out_trade_no") is not None:
+            fact["out_trade_no"] = str(changes["out_trade_no"])
+        nonce = secrets.token_urlsafe(9)[:12]
+        resource["nonce"] = nonce
+        resource["ciphertext"] = signing.encrypt_resource(
+            key,
+            json.dumps(fact, ensure_ascii=False).encode(),
+            nonce=nonce,
+            associated_data=resource["associated_data"],
+        )
+        changed = json.dumps(envelope, ensure_ascii=False).encode()
+        return {"headers": self.signed_headers(changed), "body": changed.decode()}
+
     def signer(self, body: bytes) -> Signer:
         """Headers signed anew at every try, as WeChat Pay signs each re-delivery."""
         return lambda: ({**self.signed_headers(body), "Content-Type": "application/json"}, body)
@@ -990,6 +1039,23 @@ def create_app(
             )
         return JSONResponse({"statuses": await send()})
 
+    async def resign(request: Request) -> Response:
+        try:
+            plan = await request.json()
+            body = str(plan["body"]).encode()
+            changes = {
+                name: plan[name]
+                for name in ("amount_fen", "merchant", "out_trade_no")
+                if plan.get(name) is not None
+            }
+            if not changes:
+                raise ApiError(400, "PARAM_ERROR", "name amount_fen, merchant or out_trade_no")
+            return JSONResponse(gateway.resign(body, changes))
+        except ApiError as error:
+            return JSONResponse({"code": error.code, "message": error.message}, error.status)
+        except (ValueError, KeyError, TypeError):
+            return JSONResponse({"code": "PARAM_ERROR", "message": "malformed resign"}, 400)
+
     async def faults(request: Request) -> Response:
         if request.method == "DELETE":
             gateway.faults.clear()
@@ -1020,6 +1086,7 @@ def create_app(
             Route("/v3/billdownload/file", bill_download, methods=["GET"]),
             Route("/pay/{out_trade_no}", pay_page, methods=["GET"]),
             Route("/pay/{out_trade_no}", pay, methods=["POST"]),
+            Route("/control/notifications/resign", resign, methods=["POST"]),
             Route("/control/notifications/{out_trade_no}", notifications, methods=["GET"]),
             Route("/control/notifications/{out_trade_no}/deliver", redeliver, methods=["POST"]),
             Route("/control/faults", faults, methods=["POST", "DELETE"]),

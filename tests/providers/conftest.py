@@ -2,7 +2,7 @@
 
 Issue 18 asks every provider's conformance run to reject a notification for another
 merchant and to carry a validly re-signed amount or out-trade-number, so branchpay can
-refuse it. The sandbox's driver re-signs (``resign``); WeChat Pay's, Alipay's and
+refuse it. The sandbox's and WeChat Pay's drivers re-sign (``resign``); Alipay's and
 UnionPay's simulators do not offer it yet. Their three cases are expected failures, strict:
 the day a driver gains ``resign`` the case passes, the run fails, and the entry goes.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-WITHOUT_RESIGN = frozenset({"wechatpay", "alipay", "unionpay"})
+WITHOUT_RESIGN = frozenset({"alipay", "unionpay"})
 BEYOND_THE_SIGNATURE = frozenset(
     {
         "test_notification_for_another_merchant_is_a_mismatch",
