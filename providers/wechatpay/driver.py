@@ -12,6 +12,7 @@ platform's key, to change one field of a callback it made and sign it anew.
 from __future__ import annotations
 
 import json
+import secrets
 from dataclasses import replace
 from typing import Literal
 
@@ -20,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from api.plugins.contract import NotificationRequest
+from providers.kit.driver import CodeBehaviour
 from providers.wechatpay import signing
 
 
@@ -54,6 +56,18 @@ class WechatpayDriver:
                 # WeChat Pay calls back for successful payments only.
                 return None
             return await self.latest(client, out_trade_no)
+
+    def payment_code(self, behaviour: CodeBehaviour) -> str:
+        """A new 18-digit code (10-15 first) whose last digit tells the simulator ``behaviour``."""
+        last = {"pay": "1", "confirm": "2", "never": "3"}[behaviour]
+        middle = "".join(secrets.choice("0123456789") for _ in range(15))
+        return "1" + secrets.choice("012345") + middle + last
+
+    async def taken_fen(self, out_trade_no: str) -> int:
+        async with httpx.AsyncClient(base_url=self.simulator_url, timeout=10) as client:
+            answer = await client.get(f"/control/payments/{out_trade_no}/taken")
+        answer.raise_for_status()
+        return int(answer.json()["taken_fen"])
 
     async def latest(self, client: httpx.AsyncClient, out_trade_no: str) -> NotificationRequest:
         """The attempt's most recent callback, freshly signed, not delivered."""

@@ -60,6 +60,8 @@ from api.plugin import (
     RefundRequest,
     RefundResult,
     RefundState,
+    ReverseResult,
+    ReverseState,
     TransientFailure,
     call_gateway,
     load_private_key,
@@ -92,6 +94,11 @@ _TRADE_STATES = {
     "CLOSED": AttemptState.CLOSED,
     "REVOKED": AttemptState.CLOSED,
 }
+# Code pay (付款码) answers: the payer is still confirming, or the result is not known yet.
+_CODE_PENDING = frozenset({"USERPAYING"})
+_CODE_UNKNOWN = frozenset({"SYSTEM_ERROR", "SYSTEMERROR", "BANKERROR"})
+# A reverse WeChat Pay will do if asked again later.
+_REVERSE_AGAIN = frozenset({"USERPAYING", "SYSTEM_ERROR", "SYSTEMERROR", "FREQUENCY_LIMITED"})
 _REFUND_STATES = {
     "SUCCESS": RefundState.SUCCEEDED,
     "PROCESSING": RefundState.PENDING,
@@ -186,8 +193,15 @@ class WechatpayProvider(Provider):
 
     name = "wechatpay"
     display_name = "WeChat Pay"
-    methods = (PaymentMethod.QR_CODE, PaymentMethod.WAP, PaymentMethod.APP)
+    methods = (
+        PaymentMethod.QR_CODE,
+        PaymentMethod.WAP,
+        PaymentMethod.APP,
+        PaymentMethod.PAYMENT_CODE,
+    )
     Settings = WechatpaySettings
+    # 付款码: 18 digits starting 10-15 (WeChat Pay's code-pay rule).
+    payment_code_pattern = re.compile(r"1[0-5][0-9]{16}")
 
     def __init__(self, settings: BaseModel, *, branch: str, http: httpx.AsyncClient) -> None:
         if not isinstance(settings, WechatpaySettings):
@@ -306,6 +320,81 @@ class WechatpayProvider(Provider):
         return QueryResult(
             state=state, provider_trade_no=transaction_id, amount_fen=total, events=(event,)
         )
+
+    # -- counter sales (付款码支付) ------------------------------------------------
+
+    async def pay_with_code(self, request: PaymentRequest) -> QueryResult:
+        """Charge the scanned code with ``POST /v3/pay/transactions/codepay`` (sent once).
+
+        200 ``SUCCESS``: paid, with the same event id a query gives; 202
+        ``USERPAYING``: the payer confirms on the phone (PENDING); a refusal
+        (bad or expired code, no balance, ...): FAILED; ``SYSTEM_ERROR``, 5xx or
+        a lost answer: ``GatewayError(outcome_unknown=True)``, so the sale is
+        followed by query and reversed if it stays unknown.
+        """
+        if not request.auth_code:
+            raise GatewayError("a PAYMENT_CODE sale needs the scanned auth_code")
+        if request.currency != CURRENCY or not _positive_fen(request.amount_fen):
+            raise GatewayError("WeChat Pay takes a positive CNY amount")
+        scene: dict[str, Any] = {"device_id": self.branch, "store_info": {"out_id": self.branch}}
+        if request.client_ip:
+            scene["device_ip"] = request.client_ip
+        body: dict[str, Any] = {
+            "appid": self.config.appid,
+            "mchid": self.config.mchid,
+            "description": description(request.subject),
+            "out_trade_no": request.out_trade_no,
+            "payer": {"auth_code": request.auth_code},
+            "amount": {"total": request.amount_fen, "currency": CURRENCY},
+            "scene_info": scene,
+        }
+        try:
+            reply = await self._call(
+                "POST", "/v3/pay/transactions/codepay", body, operation="codepay", repeatable=False
+            )
+        except PlatformRefusal as refusal:
+            if refusal.code in _CODE_PENDING:
+                return QueryResult(state=AttemptState.PENDING)
+            if refusal.code in _CODE_UNKNOWN:
+                raise GatewayError(
+                    f"WeChat Pay code pay: {refusal.code}", outcome_unknown=True
+                ) from None
+            if refusal.code in ("ORDERPAID", "ORDER_PAID"):
+                return await self.query(request.out_trade_no)
+            return QueryResult(state=AttemptState.FAILED)
+        try:
+            return self._query_result(request.out_trade_no, reply.data)
+        except Malformed as exc:
+            raise GatewayError(f"WeChat Pay code pay reply: {exc}", outcome_unknown=True) from None
+
+    async def reverse(self, out_trade_no: str) -> ReverseResult:
+        """``POST .../out-trade-no/{no}/reverse`` (撤销): closed if unpaid, refunded if paid.
+
+        ``USERPAYING`` (the payer is still confirming) or a system error: RETRY.
+        Any other refusal (e.g. past the 7-day limit) is settled by a query:
+        paid means PAID, closed or unknown means DONE.
+        """
+        path = f"/v3/pay/transactions/out-trade-no/{quote(out_trade_no, safe='')}/reverse"
+        try:
+            await self._call(
+                "POST",
+                path,
+                {"appid": self.config.appid, "mchid": self.config.mchid},
+                operation="reverse",
+                repeatable=True,
+            )
+        except PlatformRefusal as refusal:
+            if refusal.code in _REVERSE_AGAIN:
+                return ReverseResult(ReverseState.RETRY, message=refusal.code)
+            if refusal.code == "ORDER_NOT_EXIST":
+                return ReverseResult(ReverseState.DONE, message="WeChat Pay never saw the sale")
+            found = await self.query(out_trade_no)
+            if found.state is AttemptState.SUCCEEDED:
+                return ReverseResult(ReverseState.PAID, message=refusal.code)
+            if found.state is AttemptState.PENDING:
+                raise
+            return ReverseResult(ReverseState.DONE, message=refusal.code)
+        return ReverseResult(ReverseState.DONE)
 
     async def refund(self, request: RefundRequest) -> RefundResult:
         if request.currency != CURRENCY or not _positive_fen(request.refund_fen):

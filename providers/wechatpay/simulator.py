@@ -36,6 +36,39 @@ Beside the API it offers:
   platform's genuine key: what WeChat Pay itself could have sent. Nothing is
   delivered. A body it never made answers 404.
 
+Payment codes at the counter (付款码支付), as API v3 serves them:
+
+- ``POST /v3/pay/transactions/codepay`` (``appid``, ``mchid``,
+  ``description``, ``out_trade_no``, ``payer.auth_code``, ``amount.total``,
+  ``scene_info.store_info.out_id``; no ``notify_url``: WeChat Pay does not
+  call a code sale back). A payment code is 18 digits, ``10``-``15`` then 16
+  digits; its last digit says what the payer does, so tests choose it:
+
+  - ``1``: paid at once: 200, ``trade_state`` ``SUCCESS``;
+  - ``2``: the payer confirms on the phone: 202 ``USERPAYING`` for the pay
+    call and the first 2 queries, ``SUCCESS`` from the 3rd query on;
+  - ``3``: the payer never confirms: ``USERPAYING`` until reversed;
+  - any other digit: declined, 403 ``NOTENOUGH`` (余额不足), ``PAYERROR``.
+
+  Another code answers 400 ``PARAM_ERROR``; a code already charged for
+  another sale 400 ``AUTHCODEEXPIRE`` (codes are one-time; only a digest of
+  each is kept). The same sale sent again (same ``out_trade_no`` and body)
+  answers its current state and never charges twice; another body under a
+  used ``out_trade_no`` is 400 ``INVALID_REQUEST``.
+- The query (``GET /v3/pay/transactions/out-trade-no/{no}?mchid=``) answers
+  code sales too (``trade_type`` ``MICROPAY``).
+- ``POST /v3/pay/transactions/out-trade-no/{no}/reverse`` (``{appid,
+  mchid}``) voids a code sale: unpaid, it is ``REVOKED`` (a later confirm
+  charges nothing); paid, what is left after refunds goes back to the payer
+  (a refund on the bill) and it is ``REVOKED``. The first reverse of a sale
+  whose payer is still confirming answers 400 ``USERPAYING`` (正在支付中不能发
+  起撤销), as WeChat Pay does; asking again reverses it. Reversing a
+  reversed or closed sale answers 200 again; a sale that is not a code sale
+  400 ``INVALID_REQUEST``; an unknown one 404 ``ORDER_NOT_EXIST``.
+- ``GET /control/payments/{out_trade_no}/taken``: the ledger, what the payer
+  has paid for the sale and not had back (``{"taken_fen": ...}``, 0 for a
+  number never seen).
+
 Daily trade bills (交易账单), as API v3 serves them:
 
 - ``GET /v3/bill/tradebill?bill_date=YYYY-MM-DD[&bill_type=ALL|SUCCESS|REFUND]
@@ -113,8 +146,16 @@ BILL_MONTHS_KEPT = 3
 _BILL_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 _BILL_CHUNK = 64 * 1024
 _BILL_STATUS = {"SUCCEEDED": "SUCCESS", "PENDING": "PROCESSING", "FAILED": "CLOSED"}
+# A counter code: 18 digits, 10-15 first (WeChat Pay's 付款码 rule).
+PAYMENT_CODE = re.compile(r"1[0-5][0-9]{16}")
+# The last digit of a payment code: what the payer does (anything else: declined).
+CODE_BEHAVIOURS = {"1": "pay", "2": "confirm", "3": "never"}
+# Queries a "confirm" payer stays USERPAYING for after the pay call.
+CONFIRMING_QUERIES = 2
 _TRADE_STATE_DESC = {
     "NOTPAY": "未支付",
+    "USERPAYING": "用户支付中",
+    "REVOKED": "已撤销",
     "SUCCESS": "支付成功",
     "REFUND": "转入退款",
     "CLOSED": "已关闭",
@@ -161,9 +202,20 @@ class Attempt:
     refunds: dict[str, Refund] = field(default_factory=dict)
     notifications: list[bytes] = field(default_factory=list)
     deliveries: list[int | None] = field(default_factory=list)
+    # Counter sales: what the payer does, queries left before a "confirm" pays,
+    # reverses refused so far, and what a reverse gave back.
+    code_behaviour: str | None = None
+    confirming_queries: int = 0
+    reverse_refusals: int = 0
+    reversed_fen: int = 0
 
     def refunded(self) -> int:
         return sum(r.amount for r in self.refunds.values() if r.status != "CLOSED")
+
+    def taken_fen(self) -> int:
+        """The ledger: what the payer has paid for this attempt and not had back."""
+        paid = self.total if self.transaction_id is not None else 0
+        return paid - self.refunded() - self.reversed_fen
 
 
 @dataclass(slots=True)
@@ -232,6 +284,8 @@ class Gateway:
         self.platform_private_key = platform_private_key
         self.platform_public_key_id = platform_public_key_id
         self.attempts: dict[str, Attempt] = {}
+        # Digests of the payment codes charged: a code pays one sale only.
+        self.used_codes: set[str] = set()
         self.faults = FaultQueue()
         self.notifier = Notifier(timeout=10.0)
         self._stranger_key: RSAPrivateKey | None = None
@@ -405,6 +459,102 @@ class Gateway:
         if attempt.state in ("SUCCESS", "REFUND"):
             raise ApiError(400, "ORDERPAID", "order already paid")
         attempt.state = "CLOSED"
+
+    def codepay(self, merchant: Merchant, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """Charge a scanned payment code: the HTTP status and the transaction."""
+        appid = _string(body, "appid")
+        if body.get("mchid") != merchant.mchid:
+            raise ApiError(400, "PARAM_ERROR", "mchid is not the signer's")
+        if appid != merchant.appid:
+            raise ApiError(400, "APPID_MCHID_NOT_MATCH", "appid is not bound to mchid")
+        _string(body, "description", max_bytes=127)
+        out_trade_no = _string(body, "out_trade_no")
+        if not _OUT_TRADE_NO.match(out_trade_no):
+            raise ApiError(400, "PARAM_ERROR", "out_trade_no must be 6-32 of [0-9A-Za-z_-*|]")
+        payer = body.get("payer")
+        auth_code = payer.get("auth_code") if isinstance(payer, dict) else None
+        if not isinstance(auth_code, str) or not auth_code:
+            raise ApiError(400, "PARAM_ERROR", "missing required parameter payer.auth_code")
+        amount = body.get("amount")
+        if not isinstance(amount, dict):
+            raise ApiError(400, "PARAM_ERROR", "missing required parameter amount")
+        total = _amount(amount.get("total"), "amount.total")
+        if amount.get("currency", "CNY") != "CNY":
+            raise ApiError(400, "PARAM_ERROR", "amount.currency must be CNY")
+        scene = body.get("scene_info")
+        store = scene.get("store_info") if isinstance(scene, dict) else None
+        if not isinstance(store, dict) or not isinstance(store.get("out_id"), str):
+            raise ApiError(400, "PARAM_ERROR", "missing required parameter scene_info.store_info")
+        # The code itself is never kept: only its digest, beside the rest of the order.
+        digest = hashlib.sha256(auth_code.encode()).hexdigest()
+        order = {k: v for k, v in body.items() if k != "payer"} | {"code_digest": digest}
+        existing = self.attempts.get(out_trade_no)
+        if existing is not None:
+            if existing.merchant.mchid != merchant.mchid or existing.order != order:
+                raise ApiError(400, "INVALID_REQUEST", "out_trade_no already used (订单号重复)")
+            return self.code_answer(existing)
+        if not PAYMENT_CODE.fullmatch(auth_code):
+            raise ApiError(400, "PARAM_ERROR", "auth_code is not a WeChat Pay payment code")
+        if digest in self.used_codes:
+            raise ApiError(400, "AUTHCODEEXPIRE", "二维码已过期, 请用户在微信上刷新后再试")
+        self.used_codes.add(digest)
+        attempt = Attempt(
+            merchant=merchant,
+            out_trade_no=out_trade_no,
+            trade_type="MICROPAY",
+            order=order,
+            total=total,
+            notify_url="",
+            expires_at=None,
+            prepay_id="",
+            state="USERPAYING",
+            code_behaviour=CODE_BEHAVIOURS.get(auth_code[-1], "decline"),
+        )
+        self.attempts[out_trade_no] = attempt
+        if attempt.code_behaviour == "pay":
+            self.pay(attempt)
+        elif attempt.code_behaviour == "decline":
+            attempt.state = "PAYERROR"
+        elif attempt.code_behaviour == "confirm":
+            attempt.confirming_queries = CONFIRMING_QUERIES
+        return self.code_answer(attempt)
+
+    def code_answer(self, attempt: Attempt) -> tuple[int, dict[str, Any]]:
+        if attempt.code_behaviour == "decline":
+            raise ApiError(403, "NOTENOUGH", "用户余额不足")
+        return (202 if attempt.state == "USERPAYING" else 200), self.transaction(attempt)
+
+    def confirm_on_query(self, attempt: Attempt) -> None:
+        """A "confirm" payer, still confirming, has paid once enough queries came."""
+        if attempt.state != "USERPAYING" or attempt.code_behaviour != "confirm":
+            return
+        if attempt.confirming_queries > 0:
+            attempt.confirming_queries -= 1
+            return
+        self.pay(attempt)
+
+    def reverse(self, merchant: Merchant, out_trade_no: str, body: dict[str, Any]) -> None:
+        if body.get("mchid") != merchant.mchid or body.get("appid") != merchant.appid:
+            raise ApiError(400, "PARAM_ERROR", "appid or mchid is not the signer's")
+        attempt = self.attempt_of(merchant, out_trade_no)
+        if attempt.trade_type != "MICROPAY":
+            raise ApiError(400, "INVALID_REQUEST", "only a code sale (付款码) can be reversed")
+        if attempt.state == "USERPAYING" and attempt.reverse_refusals == 0:
+            attempt.reverse_refusals += 1
+            raise ApiError(400, "USERPAYING", "正在支付中不能发起撤销")
+        if attempt.state in ("SUCCESS", "REFUND"):
+            left = attempt.taken_fen()
+            if left:
+                attempt.reversed_fen += left
+                self.book.record_refund(
+                    attempt.out_trade_no,
+                    "rv" + secrets.token_hex(10),
+                    left,
+                    refund_no=f"50{_now():%Y%m%d%H%M%S}{secrets.randbelow(10**12):012d}",
+                    at=_now(),
+                )
+        if attempt.state not in ("CLOSED", "PAYERROR"):
+            attempt.state = "REVOKED"
 
     def refund(
         self, merchant: Merchant, body: dict[str, Any]
@@ -644,21 +794,7 @@ class Gateway:
             attempt.state = "CLOSED"
             raise ApiError(409, "ORDER_CLOSED", "order expired (time_expire passed)")
         if outcome == "success":
-            attempt.state = "SUCCESS"
-            attempt.success_time = _now()
-            attempt.transaction_id = f"42000{_now():%Y%m%d}{secrets.randbelow(10**15):015d}"
-            self.book.record_payment(
-                attempt.out_trade_no,
-                attempt.transaction_id,
-                attempt.total,
-                created_at=attempt.created_at,
-                at=attempt.success_time,
-                subject=str(attempt.order.get("description", "")),
-                mchid=attempt.merchant.mchid,
-                appid=attempt.merchant.appid,
-                trade_type=attempt.trade_type,
-                openid="o" + secrets.token_hex(14),
-            )
+            self.pay(attempt)
             attempt.notifications.append(self.payment_notification(attempt))
         elif outcome == "fail":
             attempt.state = "PAYERROR"
@@ -667,6 +803,24 @@ class Gateway:
         else:
             raise ApiError(400, "PARAM_ERROR", "outcome must be success, fail or close")
         return attempt
+
+    def pay(self, attempt: Attempt) -> None:
+        """The payer pays: the attempt succeeds and goes into the day's bill."""
+        attempt.state = "SUCCESS"
+        attempt.success_time = _now()
+        attempt.transaction_id = f"42000{_now():%Y%m%d}{secrets.randbelow(10**15):015d}"
+        self.book.record_payment(
+            attempt.out_trade_no,
+            attempt.transaction_id,
+            attempt.total,
+            created_at=attempt.created_at,
+            at=attempt.success_time,
+            subject=str(attempt.order.get("description", "")),
+            mchid=attempt.merchant.mchid,
+            appid=attempt.merchant.appid,
+            trade_type=attempt.trade_type,
+            openid="o" + secrets.token_hex(14),
+        )
 
     def envelope(
         self, merchant: Merchant, event_type: str, summary: str, fact: dict[str, Any]
@@ -900,6 +1054,13 @@ def create_app(
         if path == "/v3/bill/tradebill":
             bill = gateway.tradebill(merchant, request.query_params, str(request.base_url))
             return 200, bill, None
+        if path == "/v3/pay/transactions/codepay":
+            status, transaction = gateway.codepay(merchant, gateway.json_body(body))
+            return status, transaction, None
+        if path.endswith("/reverse"):
+            gateway.reverse(merchant, params["out_trade_no"], gateway.json_body(body))
+            answer = {"appid": merchant.appid, "mchid": merchant.mchid}
+            return 200, answer | {"out_trade_no": params["out_trade_no"]}, None
         if (
             request.method == "POST"
             and path.startswith("/v3/pay/transactions/")
@@ -917,6 +1078,7 @@ def create_app(
             if request.query_params.get("mchid") != merchant.mchid:
                 raise ApiError(400, "PARAM_ERROR", "query parameter mchid is not the signer's")
             attempt = gateway.attempt_of(merchant, params["out_trade_no"])
+            gateway.confirm_on_query(attempt)
             return 200, gateway.transaction(attempt), None
         if request.method == "POST":
             attempt, refund, view, created = gateway.refund(merchant, gateway.json_body(body))
@@ -1039,6 +1201,12 @@ def create_app(
             )
         return JSONResponse({"statuses": await send()})
 
+    async def taken(request: Request) -> Response:
+        out_trade_no = request.path_params["out_trade_no"]
+        attempt = gateway.attempts.get(out_trade_no)
+        taken_fen = attempt.taken_fen() if attempt is not None else 0
+        return JSONResponse({"out_trade_no": out_trade_no, "taken_fen": taken_fen})
+
     async def resign(request: Request) -> Response:
         try:
             plan = await request.json()
@@ -1078,6 +1246,9 @@ def create_app(
     app = Starlette(
         routes=[
             Route("/v3/pay/transactions/out-trade-no/{out_trade_no}/close", api, methods=["POST"]),
+            Route(
+                "/v3/pay/transactions/out-trade-no/{out_trade_no}/reverse", api, methods=["POST"]
+            ),
             Route("/v3/pay/transactions/out-trade-no/{out_trade_no}", api, methods=["GET"]),
             Route("/v3/pay/transactions/{kind}", api, methods=["POST"]),
             Route("/v3/refund/domestic/refunds", api, methods=["POST"]),
@@ -1089,6 +1260,7 @@ def create_app(
             Route("/control/notifications/resign", resign, methods=["POST"]),
             Route("/control/notifications/{out_trade_no}", notifications, methods=["GET"]),
             Route("/control/notifications/{out_trade_no}/deliver", redeliver, methods=["POST"]),
+            Route("/control/payments/{out_trade_no}/taken", taken, methods=["GET"]),
             Route("/control/faults", faults, methods=["POST", "DELETE"]),
             *control_routes("/control", notifier=gateway.notifier, faults=gateway.faults),
             *bill_routes("/control", gateway.book),
