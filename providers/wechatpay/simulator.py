@@ -36,6 +36,10 @@ Beside the API it offers:
   platform's genuine key: what WeChat Pay itself could have sent. Nothing is
   delivered. A body it never made answers 404.
 
+Orders: ``POST /v3/pay/transactions/{native|h5|app|jsapi}``; a JSAPI (and
+mini program) order needs ``payer.openid`` and answers its ``prepay_id``; the
+pay page settles it like any other.
+
 Payment codes at the counter (付款码支付), as API v3 serves them:
 
 - ``POST /v3/pay/transactions/codepay`` (``appid``, ``mchid``,
@@ -136,7 +140,8 @@ WECHAT_REDELIVERY_DELAYS = (15.0, 15.0, 30.0, 180.0, 600.0, 1200.0, 1800.0)
 _OUT_TRADE_NO = re.compile(r"^[0-9A-Za-z_\-*|]{6,32}$")
 _OUT_REFUND_NO = re.compile(r"^[0-9A-Za-z_\-|*@]{1,64}$")
 _URL = re.compile(r"^https?://[^\s?#]+$")
-_TRADE_TYPES = {"native": "NATIVE", "h5": "MWEB", "app": "APP"}
+_TRADE_TYPES = {"native": "NATIVE", "h5": "MWEB", "app": "APP", "jsapi": "JSAPI"}
+_OPENID = re.compile(r"^[0-9A-Za-z_-]{16,128}$")
 # Faults the API answers with; "corrupt" is taken when a bill file is written.
 _API_FAULTS = ("error", "stall", "unsigned", "forged")
 _FAULT_KINDS = (*_API_FAULTS, "corrupt")
@@ -400,6 +405,12 @@ class Gateway:
             if not isinstance(h5_info, dict) or not h5_info.get("type"):
                 raise ApiError(400, "PARAM_ERROR", "missing required parameter h5_info.type")
 
+        if kind == "jsapi":
+            payer = body.get("payer")
+            openid = payer.get("openid") if isinstance(payer, dict) else None
+            if not isinstance(openid, str) or not _OPENID.match(openid):
+                raise ApiError(400, "PARAM_ERROR", "missing required parameter payer.openid")
+
         existing = self.attempts.get(out_trade_no)
         if existing is not None:
             if existing.merchant.mchid != merchant.mchid or existing.order != body:
@@ -448,7 +459,9 @@ class Gateway:
             data["transaction_id"] = attempt.transaction_id
             data["bank_type"] = "OTHERS"
             data["success_time"] = _rfc3339(attempt.success_time)
-            data["payer"] = {"openid": "o" + secrets.token_hex(8)}
+            payer = attempt.order.get("payer")
+            openid = payer.get("openid") if isinstance(payer, dict) else None
+            data["payer"] = {"openid": openid or "o" + secrets.token_hex(8)}
             data["amount"].update({"payer_total": attempt.total, "payer_currency": "CNY"})
         return data
 
