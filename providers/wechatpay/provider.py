@@ -1,9 +1,13 @@
 """The WeChat Pay API v3 adapter (direct merchant, platform public key mode).
 
 Every request carries a ``WECHATPAY2-SHA256-RSA2048`` Authorization header
-signed with the merchant key. No response or callback is trusted before its
-``Wechatpay-*`` signature verifies with the platform public key whose id the
-branch configured, and its timestamp is within five minutes of ours.
+signed with the merchant key, and ``Wechatpay-Serial`` naming the platform
+public key id (so WeChat Pay signs its answer with that key). No response or
+callback is trusted before its ``Wechatpay-*`` signature verifies with the key
+its ``Wechatpay-Serial`` names among those the branch configured (the platform
+public key by its ``PUB_KEY_ID_...``, and, for a merchant still switching, its
+platform certificates by serial; none is downloaded), and its timestamp is
+within five minutes of ours.
 
 Retry policy: WeChat Pay documents query, close and refund (same
 ``out_refund_no``) as safe to repeat, so they are tried ``max_attempts`` times
@@ -35,6 +39,7 @@ from typing import Any, BinaryIO, NoReturn
 from urllib.parse import quote
 
 import httpx
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from pydantic import BaseModel
 
 from api.plugin import (
@@ -69,7 +74,11 @@ from api.plugin import (
 )
 from providers.wechatpay import signing
 from providers.wechatpay.bills import read_tradebill
-from providers.wechatpay.settings import WechatpaySettings
+from providers.wechatpay.settings import (
+    WechatpaySettings,
+    certificate_serial,
+    platform_certificates,
+)
 
 logger = logging.getLogger("branchpay.providers.wechatpay")
 
@@ -214,7 +223,23 @@ class WechatpayProvider(Provider):
         # ``self.settings`` is typed as the base model; this is the same object, typed.
         self.config = settings
         self._merchant_key = load_private_key(settings.private_key.get_secret_value())
-        self._platform_key = load_public_key(settings.platform_public_key)
+        # Verifying keys by the Wechatpay-Serial that names them: the public key
+        # by its id (PUB_KEY_ID_..., never read as hex), certificates by serial.
+        self._platform_keys: dict[str, tuple[RSAPublicKey, str]] = {
+            settings.platform_public_key_id: (
+                load_public_key(settings.platform_public_key),
+                "the platform public key",
+            )
+        }
+        pem = settings.platform_certificates
+        for certificate in platform_certificates(pem) if pem else []:
+            key = certificate.public_key()
+            if not isinstance(key, RSAPublicKey):
+                raise TypeError("a WeChat Pay platform certificate must hold an RSA key")
+            self._platform_keys[certificate_serial(certificate)] = (
+                key,
+                "the platform certificate",
+            )
         self._apiv3_key = settings.apiv3_key.get_secret_value().encode()
 
     # -- payments -------------------------------------------------------------
@@ -636,16 +661,21 @@ class WechatpayProvider(Provider):
         signature_type = headers.get("wechatpay-signature-type")
         if signature_type is not None and signature_type != signing.SCHEMA:
             return "Wechatpay-Signature-Type is not WECHATPAY2-SHA256-RSA2048"
-        if serial != self.config.platform_public_key_id:
-            return "Wechatpay-Serial is not the configured platform public key id"
+        named = self._platform_keys.get(serial) or self._platform_keys.get(
+            serial.upper().lstrip("0")
+        )
+        if named is None:
+            return (
+                "Wechatpay-Serial is not the configured platform public key id "
+                "nor a configured platform certificate's serial"
+            )
         if not timestamp.isdigit():
             return "Wechatpay-Timestamp is not a number"
         if abs(time.time() - int(timestamp)) > signing.MAX_CLOCK_SKEW_SECONDS:
             return "Wechatpay-Timestamp is more than 5 minutes from now (stale or replayed)"
-        if not signing.verify(
-            self._platform_key, signing.response_message(timestamp, nonce, body), signature
-        ):
-            return "Wechatpay-Signature does not verify with the platform public key"
+        key, which = named
+        if not signing.verify(key, signing.response_message(timestamp, nonce, body), signature):
+            return f"Wechatpay-Signature does not verify with {which}"
         return None
 
     def _decrypt(self, envelope: dict[str, Any]) -> dict[str, Any]:
@@ -811,6 +841,8 @@ class WechatpayProvider(Provider):
             ),
             "Accept": "application/json",
             "User-Agent": "branchpay-wechatpay",
+            # Asks WeChat Pay to sign its answer with the public key (not a certificate).
+            "Wechatpay-Serial": self.config.platform_public_key_id,
         }
 
 

@@ -27,6 +27,15 @@ Beside the API it offers:
   written (at ``GET /v3/bill/tradebill``): one amount changes after the
   hash was taken, so its ``hash_value`` no longer matches.
   ``DELETE /control/faults`` clears them.
+- ``PUT /control/signing`` with JSON ``{"callbacks": "public_key" |
+  "certificate", "replies": "requested" | "certificate"}`` (for a simulator
+  made with a ``platform_certificate``: a merchant mid-switch from platform
+  certificates to the public key): callbacks are signed with the public key
+  (``Wechatpay-Serial`` its ``PUB_KEY_ID_...``, the default) or with the
+  platform certificate (its serial); replies with the public key when the
+  request's ``Wechatpay-Serial`` names its id and with the certificate
+  otherwise (``requested``, as WeChat Pay does), or always with the
+  certificate (the switch not started in the console).
 - ``POST /control/notifications/resign`` with JSON ``{"body": "...",
   "amount_fen": 8801, "merchant": "...", "out_trade_no": "..."}`` (any of
   the last three): a callback this simulator made, its resource decrypted,
@@ -179,6 +188,20 @@ class Merchant:
     apiv3_key: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class PlatformCertificate:
+    """A platform certificate's key, for a merchant still switching to the public key."""
+
+    private_key: RSAPrivateKey
+    serial_no: str  # uppercase hex, as Wechatpay-Serial names it
+
+
+# Who signs callbacks, and replies (``requested``: the public key when the request's
+# Wechatpay-Serial names its id, else the certificate, as WeChat Pay does mid-switch).
+SIGNERS = ("public_key", "certificate")
+REPLY_SIGNERS = ("requested", "certificate")
+
+
 @dataclass(slots=True)
 class Refund:
     out_refund_no: str
@@ -276,8 +299,12 @@ class Gateway:
         *,
         publish_current_day: bool | None = None,
         bill_url_seconds: float = 30.0,
+        platform_certificate: PlatformCertificate | None = None,
     ) -> None:
         self.merchants = {m.mchid: m for m in merchants}
+        self.platform_certificate = platform_certificate
+        self.callbacks_signed_by = "public_key"
+        self.replies_signed_by = "requested"
         self.book = BillBook(
             publish_hour=BILL_PUBLISH_HOUR, publish_current_day=publish_current_day
         )
@@ -297,17 +324,30 @@ class Gateway:
 
     # -- signing ---------------------------------------------------------------
 
+    def signer(self, scheme: str) -> tuple[RSAPrivateKey, str]:
+        """The key and the Wechatpay-Serial of ``scheme`` (the public key without a certificate)."""
+        if scheme == "certificate" and self.platform_certificate is not None:
+            return self.platform_certificate.private_key, self.platform_certificate.serial_no
+        return self.platform_private_key, self.platform_public_key_id
+
     def signed_headers(
-        self, body: bytes, *, timestamp: int | None = None, key: RSAPrivateKey | None = None
+        self,
+        body: bytes,
+        *,
+        timestamp: int | None = None,
+        key: RSAPrivateKey | None = None,
+        scheme: str | None = None,
     ) -> dict[str, str]:
+        """Wechatpay-* headers, signed with ``scheme``'s key (default: as callbacks are)."""
         stamp = str(int(time.time()) if timestamp is None else timestamp)
         nonce = signing.new_nonce()
         message = signing.response_message(stamp, nonce, body)
+        own_key, serial = self.signer(scheme or self.callbacks_signed_by)
         return {
             "Wechatpay-Timestamp": stamp,
             "Wechatpay-Nonce": nonce,
-            "Wechatpay-Serial": self.platform_public_key_id,
-            "Wechatpay-Signature": signing.sign(key or self.platform_private_key, message),
+            "Wechatpay-Serial": serial,
+            "Wechatpay-Signature": signing.sign(key or own_key, message),
             "Wechatpay-Signature-Type": signing.SCHEMA,
             "Request-ID": secrets.token_hex(16),
         }
@@ -317,14 +357,26 @@ class Gateway:
             self._stranger_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         return self._stranger_key
 
-    def reply(self, status: int, data: dict[str, Any] | None, fault: Fault | None) -> Response:
+    def reply(
+        self,
+        status: int,
+        data: dict[str, Any] | None,
+        fault: Fault | None,
+        requested_serial: str | None = None,
+    ) -> Response:
         body = b"" if data is None else json.dumps(data, ensure_ascii=False).encode()
+        # The public key signs a reply only when the request asked for it by its id.
+        by_certificate = (
+            self.replies_signed_by == "certificate"
+            or requested_serial != self.platform_public_key_id
+        )
+        scheme = "certificate" if by_certificate else "public_key"
         if fault is not None and fault.kind == "unsigned":
             headers = {"Request-ID": secrets.token_hex(16)}
         elif fault is not None and fault.kind == "forged":
-            headers = self.signed_headers(body, key=self.stranger_key())
+            headers = self.signed_headers(body, key=self.stranger_key(), scheme=scheme)
         else:
-            headers = self.signed_headers(body)
+            headers = self.signed_headers(body, scheme=scheme)
         media = "application/json" if data is not None else None
         return Response(body, status_code=status, headers=headers, media_type=media)
 
@@ -924,7 +976,7 @@ class Gateway:
         changed = json.dumps(envelope, ensure_ascii=False).encode()
         return {"headers": self.signed_headers(changed), "body": changed.decode()}
 
-    def signer(self, body: bytes) -> Signer:
+    def delivery(self, body: bytes) -> Signer:
         """Headers signed anew at every try, as WeChat Pay signs each re-delivery."""
         return lambda: ({**self.signed_headers(body), "Content-Type": "application/json"}, body)
 
@@ -939,7 +991,7 @@ class Gateway:
     ) -> int | None:
         sent = await self.notifier.deliver(
             url,
-            self.signer(body),
+            self.delivery(body),
             ref=attempt.out_trade_no,
             retry_delays=retry_delays,
             delay=delay,
@@ -1021,6 +1073,7 @@ def create_app(
     redelivery_delays: Sequence[float] = (),
     publish_current_day: bool | None = None,
     bill_url_seconds: float = 30.0,
+    platform_certificate: PlatformCertificate | None = None,
 ) -> Starlette:
     """The simulator for the given merchants; ``app.state.gateway`` is its memory.
 
@@ -1030,6 +1083,8 @@ def create_app(
     of the current Beijing day so far too (``None``: the kit's
     ``BRANCHPAY_SIMULATOR_BILLS_CURRENT_DAY`` setting decides, off when unset).
     ``bill_url_seconds``: how long a bill's download URL works.
+    ``platform_certificate``: the merchant is switching from a platform
+    certificate to the public key (see ``PUT /control/signing``).
     """
     gateway = Gateway(
         merchants,
@@ -1038,12 +1093,14 @@ def create_app(
         redelivery_delays,
         publish_current_day=publish_current_day,
         bill_url_seconds=bill_url_seconds,
+        platform_certificate=platform_certificate,
     )
 
     async def api(request: Request) -> Response:
         fault = gateway.take_fault(request.url.path)
         if fault is not None and fault.kind == "error":
-            return gateway.reply(500, {"code": "SYSTEM_ERROR", "message": "系统错误"}, fault)
+            error = {"code": "SYSTEM_ERROR", "message": "系统错误"}
+            return gateway.reply(500, error, fault, request.headers.get("wechatpay-serial"))
         body = await request.body()
         try:
             merchant = gateway.authenticate(request, body)
@@ -1054,7 +1111,7 @@ def create_app(
         if fault is not None and fault.kind == "stall":
             # The platform has acted; only the answer comes too late.
             await asyncio.sleep(fault.seconds)
-        response = gateway.reply(status, data, fault)
+        response = gateway.reply(status, data, fault, request.headers.get("wechatpay-serial"))
         response.background = after
         return response
 
@@ -1115,7 +1172,10 @@ def create_app(
             merchant = gateway.authenticate(request, await request.body())
             bill = gateway.bill_file(merchant, request.query_params.get("token", ""))
         except ApiError as error:
-            return gateway.reply(error.status, {"code": error.code, "message": error.message}, None)
+            refusal = {"code": error.code, "message": error.message}
+            return gateway.reply(
+                error.status, refusal, None, request.headers.get("wechatpay-serial")
+            )
         media = "application/x-gzip" if bill.gzip else "text/plain; charset=utf-8"
         content = bill.path.open("rb")  # still readable should the token expire meanwhile
 
@@ -1214,6 +1274,18 @@ def create_app(
             )
         return JSONResponse({"statuses": await send()})
 
+    async def signers(request: Request) -> Response:
+        plan = await request.json()
+        callbacks = plan.get("callbacks", gateway.callbacks_signed_by)
+        replies = plan.get("replies", gateway.replies_signed_by)
+        if callbacks not in SIGNERS or replies not in REPLY_SIGNERS:
+            return JSONResponse({"code": "PARAM_ERROR", "message": "unknown signer"}, 400)
+        wants_certificate = "certificate" in (callbacks, replies)
+        if wants_certificate and gateway.platform_certificate is None:
+            return JSONResponse({"code": "PARAM_ERROR", "message": "no platform certificate"}, 400)
+        gateway.callbacks_signed_by, gateway.replies_signed_by = callbacks, replies
+        return JSONResponse({"callbacks": callbacks, "replies": replies})
+
     async def taken(request: Request) -> Response:
         out_trade_no = request.path_params["out_trade_no"]
         attempt = gateway.attempts.get(out_trade_no)
@@ -1274,6 +1346,7 @@ def create_app(
             Route("/control/notifications/{out_trade_no}", notifications, methods=["GET"]),
             Route("/control/notifications/{out_trade_no}/deliver", redeliver, methods=["POST"]),
             Route("/control/payments/{out_trade_no}/taken", taken, methods=["GET"]),
+            Route("/control/signing", signers, methods=["PUT"]),
             Route("/control/faults", faults, methods=["POST", "DELETE"]),
             *control_routes("/control", notifier=gateway.notifier, faults=gateway.faults),
             *bill_routes("/control", gateway.book),
