@@ -186,6 +186,9 @@ class Merchant:
     public_key: RSAPublicKey  # of the merchant API certificate
     cert_serial_no: str
     apiv3_key: bytes
+    # A service provider (服务商): its sub-merchants (特约商户) by sub_mchid, each
+    # with its own AppID or None.
+    sub_merchants: Mapping[str, str | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +237,9 @@ class Attempt:
     # reverses refused so far, and what a reverse gave back.
     code_behaviour: str | None = None
     confirming_queries: int = 0
+    # Partner mode: the sub-merchant the attempt is for (None: a direct merchant's).
+    sub_mchid: str | None = None
+    sub_appid: str | None = None
     reverse_refusals: int = 0
     reversed_fen: int = 0
 
@@ -420,14 +426,36 @@ class Gateway:
 
     # -- API -------------------------------------------------------------------
 
+    @staticmethod
+    def ids(
+        merchant: Merchant, body: Mapping[str, Any], *, partner: bool, appid: bool = True
+    ) -> tuple[str | None, str | None]:
+        """Check the merchant (and app) ids of a call; the sub-merchant's ids in partner mode."""
+        prefix = "sp_" if partner else ""
+        if body.get(f"{prefix}mchid") != merchant.mchid:
+            raise ApiError(400, "PARAM_ERROR", f"{prefix}mchid is not the signer's")
+        if appid and _string(dict(body), f"{prefix}appid") != merchant.appid:
+            raise ApiError(400, "APPID_MCHID_NOT_MATCH", f"{prefix}appid is not bound to mchid")
+        if not partner:
+            return None, None
+        sub_mchid = body.get("sub_mchid")
+        if not isinstance(sub_mchid, str) or sub_mchid not in merchant.sub_merchants:
+            raise ApiError(400, "NO_AUTH", "sub_mchid is not a sub-merchant of sp_mchid")
+        sub_appid = body.get("sub_appid")
+        if sub_appid is not None and sub_appid != merchant.sub_merchants[sub_mchid]:
+            raise ApiError(400, "APPID_MCHID_NOT_MATCH", "sub_appid is not bound to sub_mchid")
+        return sub_mchid, sub_appid
+
     def order(
-        self, merchant: Merchant, kind: str, body: dict[str, Any], base_url: str
+        self,
+        merchant: Merchant,
+        kind: str,
+        body: dict[str, Any],
+        base_url: str,
+        *,
+        partner: bool = False,
     ) -> dict[str, Any]:
-        appid = _string(body, "appid")
-        if body.get("mchid") != merchant.mchid:
-            raise ApiError(400, "PARAM_ERROR", "mchid is not the signer's")
-        if appid != merchant.appid:
-            raise ApiError(400, "APPID_MCHID_NOT_MATCH", "appid is not bound to mchid")
+        sub_mchid, sub_appid = self.ids(merchant, body, partner=partner)
         _string(body, "description", max_bytes=127)
         out_trade_no = _string(body, "out_trade_no")
         if not _OUT_TRADE_NO.match(out_trade_no):
@@ -459,9 +487,16 @@ class Gateway:
 
         if kind == "jsapi":
             payer = body.get("payer")
-            openid = payer.get("openid") if isinstance(payer, dict) else None
-            if not isinstance(openid, str) or not _OPENID.match(openid):
-                raise ApiError(400, "PARAM_ERROR", "missing required parameter payer.openid")
+            if not isinstance(payer, dict):
+                payer = {}
+            names = ("sp_openid", "sub_openid") if partner else ("openid",)
+            openids = [payer[n] for n in names if n in payer]
+            if len(openids) != 1 or not all(
+                isinstance(o, str) and _OPENID.match(o) for o in openids
+            ):
+                raise ApiError(400, "PARAM_ERROR", f"payer needs one of {', '.join(names)}")
+            if "sub_openid" in payer and sub_appid is None:
+                raise ApiError(400, "PARAM_ERROR", "payer.sub_openid needs sub_appid")
 
         existing = self.attempts.get(out_trade_no)
         if existing is not None:
@@ -482,6 +517,8 @@ class Gateway:
                 notify_url=notify_url,
                 expires_at=expires_at,
                 prepay_id=f"wx{_now():%Y%m%d%H%M%S}{secrets.token_hex(8)}",
+                sub_mchid=sub_mchid,
+                sub_appid=sub_appid,
             )
             self.attempts[out_trade_no] = attempt
         pay_page = f"{base_url.rstrip('/')}/pay/{out_trade_no}"
@@ -491,16 +528,35 @@ class Gateway:
             return {"h5_url": pay_page}
         return {"prepay_id": attempt.prepay_id}
 
-    def attempt_of(self, merchant: Merchant, out_trade_no: str) -> Attempt:
+    def attempt_of(
+        self, merchant: Merchant, out_trade_no: str, sub_mchid: str | None = None
+    ) -> Attempt:
         attempt = self.attempts.get(out_trade_no)
-        if attempt is None or attempt.merchant.mchid != merchant.mchid:
+        if (
+            attempt is None
+            or attempt.merchant.mchid != merchant.mchid
+            or attempt.sub_mchid != sub_mchid
+        ):
             raise ApiError(404, "ORDER_NOT_EXIST", "order does not exist")
         return attempt
 
+    @staticmethod
+    def merchant_fields(attempt: Attempt) -> dict[str, Any]:
+        """Whose attempt it is, as WeChat Pay names it (sp_/sub_ ids in partner mode)."""
+        if attempt.sub_mchid is None:
+            return {"appid": attempt.merchant.appid, "mchid": attempt.merchant.mchid}
+        fields: dict[str, Any] = {
+            "sp_appid": attempt.merchant.appid,
+            "sp_mchid": attempt.merchant.mchid,
+            "sub_mchid": attempt.sub_mchid,
+        }
+        if attempt.sub_appid is not None:
+            fields["sub_appid"] = attempt.sub_appid
+        return fields
+
     def transaction(self, attempt: Attempt) -> dict[str, Any]:
         data: dict[str, Any] = {
-            "appid": attempt.merchant.appid,
-            "mchid": attempt.merchant.mchid,
+            **self.merchant_fields(attempt),
             "out_trade_no": attempt.out_trade_no,
             "trade_type": attempt.trade_type,
             "trade_state": attempt.state,
@@ -512,26 +568,29 @@ class Gateway:
             data["bank_type"] = "OTHERS"
             data["success_time"] = _rfc3339(attempt.success_time)
             payer = attempt.order.get("payer")
-            openid = payer.get("openid") if isinstance(payer, dict) else None
-            data["payer"] = {"openid": openid or "o" + secrets.token_hex(8)}
+            given = dict(payer) if isinstance(payer, dict) else {}
+            if not given:
+                given = {
+                    ("sp_openid" if attempt.sub_mchid else "openid"): "o" + secrets.token_hex(8)
+                }
+            data["payer"] = given
             data["amount"].update({"payer_total": attempt.total, "payer_currency": "CNY"})
         return data
 
-    def close(self, merchant: Merchant, out_trade_no: str, body: dict[str, Any]) -> None:
-        if body.get("mchid") != merchant.mchid:
-            raise ApiError(400, "PARAM_ERROR", "mchid is not the signer's")
-        attempt = self.attempt_of(merchant, out_trade_no)
+    def close(
+        self, merchant: Merchant, out_trade_no: str, body: dict[str, Any], *, partner: bool
+    ) -> None:
+        sub_mchid, _ = self.ids(merchant, body, partner=partner, appid=False)
+        attempt = self.attempt_of(merchant, out_trade_no, sub_mchid)
         if attempt.state in ("SUCCESS", "REFUND"):
             raise ApiError(400, "ORDERPAID", "order already paid")
         attempt.state = "CLOSED"
 
-    def codepay(self, merchant: Merchant, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def codepay(
+        self, merchant: Merchant, body: dict[str, Any], *, partner: bool = False
+    ) -> tuple[int, dict[str, Any]]:
         """Charge a scanned payment code: the HTTP status and the transaction."""
-        appid = _string(body, "appid")
-        if body.get("mchid") != merchant.mchid:
-            raise ApiError(400, "PARAM_ERROR", "mchid is not the signer's")
-        if appid != merchant.appid:
-            raise ApiError(400, "APPID_MCHID_NOT_MATCH", "appid is not bound to mchid")
+        sub_mchid, sub_appid = self.ids(merchant, body, partner=partner)
         _string(body, "description", max_bytes=127)
         out_trade_no = _string(body, "out_trade_no")
         if not _OUT_TRADE_NO.match(out_trade_no):
@@ -574,6 +633,8 @@ class Gateway:
             prepay_id="",
             state="USERPAYING",
             code_behaviour=CODE_BEHAVIOURS.get(auth_code[-1], "decline"),
+            sub_mchid=sub_mchid,
+            sub_appid=sub_appid,
         )
         self.attempts[out_trade_no] = attempt
         if attempt.code_behaviour == "pay":
@@ -598,10 +659,11 @@ class Gateway:
             return
         self.pay(attempt)
 
-    def reverse(self, merchant: Merchant, out_trade_no: str, body: dict[str, Any]) -> None:
-        if body.get("mchid") != merchant.mchid or body.get("appid") != merchant.appid:
-            raise ApiError(400, "PARAM_ERROR", "appid or mchid is not the signer's")
-        attempt = self.attempt_of(merchant, out_trade_no)
+    def reverse(
+        self, merchant: Merchant, out_trade_no: str, body: dict[str, Any], *, partner: bool
+    ) -> None:
+        sub_mchid, _ = self.ids(merchant, body, partner=partner)
+        attempt = self.attempt_of(merchant, out_trade_no, sub_mchid)
         if attempt.trade_type != "MICROPAY":
             raise ApiError(400, "INVALID_REQUEST", "only a code sale (付款码) can be reversed")
         if attempt.state == "USERPAYING" and attempt.reverse_refusals == 0:
@@ -645,7 +707,11 @@ class Gateway:
         ):
             raise ApiError(400, "PARAM_ERROR", "notify_url must be an absolute URL without query")
         attempt = self.attempts.get(out_trade_no)
-        if attempt is None or attempt.merchant.mchid != merchant.mchid:
+        if (
+            attempt is None
+            or attempt.merchant.mchid != merchant.mchid
+            or attempt.sub_mchid != body.get("sub_mchid")
+        ):
             raise ApiError(404, "RESOURCE_NOT_EXISTS", "order does not exist")
         existing = attempt.refunds.get(out_refund_no)
         if existing is not None:
@@ -917,8 +983,11 @@ class Gateway:
         )
 
     def refund_notification(self, attempt: Attempt, refund: Refund) -> bytes:
+        whose: dict[str, Any] = {"mchid": attempt.merchant.mchid}
+        if attempt.sub_mchid is not None:
+            whose = {"sp_mchid": attempt.merchant.mchid, "sub_mchid": attempt.sub_mchid}
         fact = {
-            "mchid": attempt.merchant.mchid,
+            **whose,
             "out_trade_no": attempt.out_trade_no,
             "transaction_id": attempt.transaction_id,
             "out_refund_no": refund.out_refund_no,
@@ -1124,30 +1193,41 @@ def create_app(
         if path == "/v3/bill/tradebill":
             bill = gateway.tradebill(merchant, request.query_params, str(request.base_url))
             return 200, bill, None
-        if path == "/v3/pay/transactions/codepay":
-            status, transaction = gateway.codepay(merchant, gateway.json_body(body))
+        partner = path.startswith("/v3/pay/partner/")
+        if path.endswith("/transactions/codepay"):
+            status, transaction = gateway.codepay(
+                merchant, gateway.json_body(body), partner=partner
+            )
             return status, transaction, None
         if path.endswith("/reverse"):
-            gateway.reverse(merchant, params["out_trade_no"], gateway.json_body(body))
-            answer = {"appid": merchant.appid, "mchid": merchant.mchid}
+            data = gateway.json_body(body)
+            gateway.reverse(merchant, params["out_trade_no"], data, partner=partner)
+            keys = ("sp_appid", "sp_mchid", "sub_appid", "sub_mchid") if partner else ()
+            answer = {k: data[k] for k in keys if k in data} or {
+                "appid": merchant.appid,
+                "mchid": merchant.mchid,
+            }
             return 200, answer | {"out_trade_no": params["out_trade_no"]}, None
-        if (
-            request.method == "POST"
-            and path.startswith("/v3/pay/transactions/")
-            and "kind" in params
-        ):
+        if request.method == "POST" and "kind" in params:
             kind = params["kind"]
             if kind not in _TRADE_TYPES:
                 raise ApiError(404, "NOT_FOUND", "no such API")
-            order = gateway.order(merchant, kind, gateway.json_body(body), str(request.base_url))
+            order = gateway.order(
+                merchant, kind, gateway.json_body(body), str(request.base_url), partner=partner
+            )
             return 200, order, None
         if path.endswith("/close"):
-            gateway.close(merchant, params["out_trade_no"], gateway.json_body(body))
+            data = gateway.json_body(body)
+            gateway.close(merchant, params["out_trade_no"], data, partner=partner)
             return 204, None, None
-        if path.startswith("/v3/pay/transactions/out-trade-no/"):
-            if request.query_params.get("mchid") != merchant.mchid:
+        if "/transactions/out-trade-no/" in path:
+            query = request.query_params
+            if query.get("sp_mchid" if partner else "mchid") != merchant.mchid:
                 raise ApiError(400, "PARAM_ERROR", "query parameter mchid is not the signer's")
-            attempt = gateway.attempt_of(merchant, params["out_trade_no"])
+            sub_mchid = query.get("sub_mchid") if partner else None
+            if partner and sub_mchid not in merchant.sub_merchants:
+                raise ApiError(400, "NO_AUTH", "sub_mchid is not a sub-merchant of sp_mchid")
+            attempt = gateway.attempt_of(merchant, params["out_trade_no"], sub_mchid)
             gateway.confirm_on_query(attempt)
             return 200, gateway.transaction(attempt), None
         if request.method == "POST":
@@ -1336,6 +1416,18 @@ def create_app(
             ),
             Route("/v3/pay/transactions/out-trade-no/{out_trade_no}", api, methods=["GET"]),
             Route("/v3/pay/transactions/{kind}", api, methods=["POST"]),
+            Route(
+                "/v3/pay/partner/transactions/out-trade-no/{out_trade_no}/close",
+                api,
+                methods=["POST"],
+            ),
+            Route(
+                "/v3/pay/partner/transactions/out-trade-no/{out_trade_no}/reverse",
+                api,
+                methods=["POST"],
+            ),
+            Route("/v3/pay/partner/transactions/out-trade-no/{out_trade_no}", api, methods=["GET"]),
+            Route("/v3/pay/partner/transactions/{kind}", api, methods=["POST"]),
             Route("/v3/refund/domestic/refunds", api, methods=["POST"]),
             Route("/v3/refund/domestic/refunds/{out_refund_no}", api, methods=["GET"]),
             Route("/v3/bill/tradebill", api, methods=["GET"]),
