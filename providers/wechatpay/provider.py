@@ -9,6 +9,15 @@ public key by its ``PUB_KEY_ID_...``, and, for a merchant still switching, its
 platform certificates by serial; none is downloaded), and its timestamp is
 within five minutes of ours.
 
+Partner (服务商) mode, with ``sub_mchid`` set: the same calls under
+``/v3/pay/partner/transactions`` with ``sp_appid``/``sp_mchid`` (the configured
+``appid``/``mchid``) and the sub-merchant's ids; callbacks must name this
+branch's service provider and sub-merchant. A genuine callback of another
+merchant, app or sub-merchant raises ``NotificationMismatch``.
+
+Counter sales (``PAYMENT_CODE``): see :meth:`WechatpayProvider.pay_with_code`
+and :meth:`WechatpayProvider.reverse`.
+
 Retry policy: WeChat Pay documents query, close and refund (same
 ``out_refund_no``) as safe to repeat, so they are tried ``max_attempts`` times
 with doubling pauses on time-outs, connection failures, 429 and 5xx. An order
@@ -88,10 +97,10 @@ CURRENCY = "CNY"
 
 _CHINA_STANDARD_TIME = timezone(timedelta(hours=8))
 _ORDER_PATHS = {
-    PaymentMethod.QR_CODE: "/v3/pay/transactions/native",
-    PaymentMethod.WAP: "/v3/pay/transactions/h5",
-    PaymentMethod.APP: "/v3/pay/transactions/app",
-    PaymentMethod.JSAPI: "/v3/pay/transactions/jsapi",
+    PaymentMethod.QR_CODE: "native",
+    PaymentMethod.WAP: "h5",
+    PaymentMethod.APP: "app",
+    PaymentMethod.JSAPI: "jsapi",
 }
 _TRADE_STATES = {
     "SUCCESS": AttemptState.SUCCEEDED,
@@ -215,6 +224,7 @@ class WechatpayProvider(Provider):
     payment_code_pattern = re.compile(r"1[0-5][0-9]{16}")
     # JSAPI / mini program: the payer's openid under the appid (28 characters as issued).
     payer_id_pattern = re.compile(r"[0-9A-Za-z_-]{16,128}")
+    sub_merchant_settings = ("sub_mchid", "sub_appid")
 
     def __init__(self, settings: BaseModel, *, branch: str, http: httpx.AsyncClient) -> None:
         if not isinstance(settings, WechatpaySettings):
@@ -241,18 +251,49 @@ class WechatpayProvider(Provider):
                 "the platform certificate",
             )
         self._apiv3_key = settings.apiv3_key.get_secret_value().encode()
+        # Partner (服务商) mode: mchid/appid are the service provider's, calls go to
+        # the partner APIs and name the sub-merchant.
+        self._partner = settings.sub_mchid is not None
+        self._transactions = (
+            "/v3/pay/partner/transactions" if self._partner else "/v3/pay/transactions"
+        )
+
+    def _ids(self, *, appid: bool = True) -> dict[str, str]:
+        """Whose call it is: appid/mchid, or sp_appid/sp_mchid/sub_mchid(/sub_appid)."""
+        config = self.config
+        if config.sub_mchid is None:
+            ids = {"mchid": config.mchid}
+            return ids | {"appid": config.appid} if appid else ids
+        ids = {"sp_mchid": config.mchid, "sub_mchid": config.sub_mchid}
+        if appid:
+            ids["sp_appid"] = config.appid
+            if config.sub_appid is not None:
+                ids["sub_appid"] = config.sub_appid
+        return ids
+
+    @property
+    def _payer_appid(self) -> str:
+        """The AppID the payer's openid and the client's signed parameters belong to."""
+        return self.config.sub_appid or self.config.appid
+
+    @property
+    def supports_bills(self) -> bool:
+        # Partner bills (with sub_mchid) are not read here: direct merchants only.
+        config = self.__dict__.get("config")  # unset on an instance made without __init__
+        partner = isinstance(config, WechatpaySettings) and config.sub_mchid is not None
+        return not partner and super().supports_bills
 
     # -- payments -------------------------------------------------------------
 
     async def create_payment(self, request: PaymentRequest) -> PaymentAction:
-        path = _ORDER_PATHS.get(request.method)
-        if path is None:
+        kind = _ORDER_PATHS.get(request.method)
+        if kind is None:
             raise GatewayError(f"WeChat Pay does not offer {request.method} here")
         if request.currency != CURRENCY or not _positive_fen(request.amount_fen):
             raise GatewayError("WeChat Pay takes a positive CNY amount")
+        path = f"{self._transactions}/{kind}"
         order: dict[str, Any] = {
-            "appid": self.config.appid,
-            "mchid": self.config.mchid,
+            **self._ids(),
             "description": description(request.subject),
             "out_trade_no": request.out_trade_no,
             "time_expire": format_time(request.expires_at),
@@ -262,7 +303,11 @@ class WechatpayProvider(Provider):
         if request.method is PaymentMethod.JSAPI:
             if not request.payer_id or not self.payer_id_pattern.fullmatch(request.payer_id):
                 raise GatewayError("a JSAPI payment needs the payer's openid")
-            order["payer"] = {"openid": request.payer_id}
+            # Partner mode: the openid is under the sub-merchant's AppID when it has one.
+            name = "openid"
+            if self._partner:
+                name = "sub_openid" if self.config.sub_appid else "sp_openid"
+            order["payer"] = {name: request.payer_id}
         if request.method is PaymentMethod.WAP:
             if not request.client_ip:
                 raise GatewayError("an H5 payment needs the payer's client IP")
@@ -300,9 +345,9 @@ class WechatpayProvider(Provider):
         package = f"prepay_id={_text(data, 'prepay_id')}"
         timestamp = str(int(time.time()))
         nonce = signing.new_nonce()
-        message = f"{self.config.appid}\n{timestamp}\n{nonce}\n{package}\n".encode()
+        message = f"{self._payer_appid}\n{timestamp}\n{nonce}\n{package}\n".encode()
         return {
-            "appId": self.config.appid,
+            "appId": self._payer_appid,
             "timeStamp": timestamp,
             "nonceStr": nonce,
             "package": package,
@@ -315,11 +360,11 @@ class WechatpayProvider(Provider):
         prepay_id = _text(data, "prepay_id")
         timestamp = str(int(time.time()))
         nonce = signing.new_nonce()
-        message = f"{self.config.appid}\n{timestamp}\n{nonce}\n{prepay_id}\n".encode()
+        message = f"{self._payer_appid}\n{timestamp}\n{nonce}\n{prepay_id}\n".encode()
         return json.dumps(
             {
-                "appid": self.config.appid,
-                "partnerid": self.config.mchid,
+                "appid": self._payer_appid,
+                "partnerid": self.config.sub_mchid or self.config.mchid,
                 "prepayid": prepay_id,
                 "package": "Sign=WXPay",
                 "noncestr": nonce,
@@ -330,8 +375,8 @@ class WechatpayProvider(Provider):
         )
 
     async def query(self, out_trade_no: str) -> QueryResult:
-        path = f"/v3/pay/transactions/out-trade-no/{quote(out_trade_no, safe='')}"
-        path += f"?mchid={self.config.mchid}"
+        path = f"{self._transactions}/out-trade-no/{quote(out_trade_no, safe='')}"
+        path += "?" + "&".join(f"{k}={v}" for k, v in self._ids(appid=False).items())
         try:
             reply = await self._call("GET", path, None, operation="query", repeatable=True)
         except PlatformRefusal as refusal:
@@ -345,8 +390,7 @@ class WechatpayProvider(Provider):
 
     def _query_result(self, out_trade_no: str, data: dict[str, Any]) -> QueryResult:
         if (
-            data.get("mchid") != self.config.mchid
-            or data.get("appid") != self.config.appid
+            any(data.get(name) != value for name, value in self._ids().items())
             or data.get("out_trade_no") != out_trade_no
         ):
             raise Malformed("it describes another merchant's or another attempt's order")
@@ -396,8 +440,7 @@ class WechatpayProvider(Provider):
         if request.client_ip:
             scene["device_ip"] = request.client_ip
         body: dict[str, Any] = {
-            "appid": self.config.appid,
-            "mchid": self.config.mchid,
+            **self._ids(),
             "description": description(request.subject),
             "out_trade_no": request.out_trade_no,
             "payer": {"auth_code": request.auth_code},
@@ -406,7 +449,11 @@ class WechatpayProvider(Provider):
         }
         try:
             reply = await self._call(
-                "POST", "/v3/pay/transactions/codepay", body, operation="codepay", repeatable=False
+                "POST",
+                f"{self._transactions}/codepay",
+                body,
+                operation="codepay",
+                repeatable=False,
             )
         except PlatformRefusal as refusal:
             if refusal.code in _CODE_PENDING:
@@ -430,12 +477,12 @@ class WechatpayProvider(Provider):
         Any other refusal (e.g. past the 7-day limit) is settled by a query:
         paid means PAID, closed or unknown means DONE.
         """
-        path = f"/v3/pay/transactions/out-trade-no/{quote(out_trade_no, safe='')}/reverse"
+        path = f"{self._transactions}/out-trade-no/{quote(out_trade_no, safe='')}/reverse"
         try:
             await self._call(
                 "POST",
                 path,
-                {"appid": self.config.appid, "mchid": self.config.mchid},
+                self._ids(),
                 operation="reverse",
                 repeatable=True,
             )
@@ -458,6 +505,7 @@ class WechatpayProvider(Provider):
         body: dict[str, Any] = {
             "out_trade_no": request.out_trade_no,
             "out_refund_no": request.out_refund_no,
+            **({"sub_mchid": self.config.sub_mchid} if self.config.sub_mchid else {}),
             "amount": {
                 "refund": request.refund_fen,
                 "total": request.total_fen,
@@ -486,10 +534,10 @@ class WechatpayProvider(Provider):
         )
 
     async def close(self, out_trade_no: str) -> None:
-        path = f"/v3/pay/transactions/out-trade-no/{quote(out_trade_no, safe='')}/close"
+        path = f"{self._transactions}/out-trade-no/{quote(out_trade_no, safe='')}/close"
         try:
             await self._call(
-                "POST", path, {"mchid": self.config.mchid}, operation="close", repeatable=True
+                "POST", path, self._ids(appid=False), operation="close", repeatable=True
             )
         except PlatformRefusal as refusal:
             if refusal.code != "ORDER_NOT_EXIST":
@@ -698,9 +746,14 @@ class WechatpayProvider(Provider):
         fact = json.loads(plaintext)
         if not isinstance(fact, dict):
             raise Malformed("resource is not a JSON object")
-        if fact.get("mchid") != self.config.mchid:
-            # Genuine (signed and sealed by WeChat Pay), but another merchant's.
-            self._mismatch("mchid is not this branch's merchant id")
+        # Genuine (signed and sealed by WeChat Pay), but maybe another merchant's.
+        if self.config.sub_mchid is None:
+            if fact.get("mchid") != self.config.mchid:
+                self._mismatch("mchid is not this branch's merchant id")
+        elif fact.get("sp_mchid") != self.config.mchid:
+            self._mismatch("sp_mchid is not this branch's service provider")
+        elif fact.get("sub_mchid") != self.config.sub_mchid:
+            self._mismatch("sub_mchid is not this branch's sub-merchant id")
         return fact
 
     def _event(self, envelope: dict[str, Any], fact: dict[str, Any]) -> ProviderEvent | None:
@@ -714,8 +767,13 @@ class WechatpayProvider(Provider):
     def _payment_event(
         self, event_type: str, envelope: dict[str, Any], fact: dict[str, Any]
     ) -> ProviderEvent | None:
-        if fact.get("appid") != self.config.appid:
-            self._mismatch("appid is not this branch's app id")
+        if self.config.sub_mchid is None:
+            if fact.get("appid") != self.config.appid:
+                self._mismatch("appid is not this branch's app id")
+        elif fact.get("sp_appid") != self.config.appid:
+            self._mismatch("sp_appid is not this branch's service provider app id")
+        elif self.config.sub_appid and fact.get("sub_appid") not in (None, self.config.sub_appid):
+            self._mismatch("sub_appid is not this branch's sub-merchant app id")
         out_trade_no = _text(fact, "out_trade_no")
         amount = _object(fact, "amount")
         total = fen(amount.get("total"))

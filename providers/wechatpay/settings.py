@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from cryptography import x509
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from api.plugin import GatewaySettings, load_private_key, load_public_key
 
@@ -21,7 +21,7 @@ _URL = re.compile(r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
 
 
 class WechatpaySettings(GatewaySettings):
-    """One branch's WeChat Pay merchant account (direct merchant mode)."""
+    """One branch's WeChat Pay merchant account (direct, or partner mode with ``sub_mchid``)."""
 
     mchid: str = Field(pattern=r"^[0-9]{1,32}$", description="merchant id (商户号)")
     appid: str = Field(
@@ -43,6 +43,19 @@ class WechatpaySettings(GatewaySettings):
             "WeChat Pay platform certificates, PEM (one or more), for a merchant still "
             "switching from certificates to the public key; each verifies what names its serial"
         ),
+    )
+    sub_mchid: str | None = Field(
+        default=None,
+        pattern=r"^[0-9]{1,32}$",
+        description=(
+            "partner (服务商) mode: the sub-merchant (特约商户) id; mchid and appid are then "
+            "the service provider's (sp_mchid, sp_appid)"
+        ),
+    )
+    sub_appid: str | None = Field(
+        default=None,
+        pattern=r"^[0-9A-Za-z_]{1,32}$",
+        description="partner mode: the sub-merchant's own AppID, when its payers use it",
     )
     gateway: str = Field(default=PRODUCTION_GATEWAY, description="API host, no trailing slash")
     backoff_seconds: float = Field(
@@ -76,6 +89,12 @@ class WechatpaySettings(GatewaySettings):
         if value is not None:
             platform_certificates(value)
         return value
+
+    @model_validator(mode="after")
+    def _sub_appid_needs_sub_mchid(self) -> WechatpaySettings:
+        if self.sub_appid is not None and self.sub_mchid is None:
+            raise ValueError("sub_appid is a partner-mode setting: give sub_mchid too")
+        return self
 
     @field_validator("gateway")
     @classmethod

@@ -49,6 +49,13 @@ Orders: ``POST /v3/pay/transactions/{native|h5|app|jsapi}``; a JSAPI (and
 mini program) order needs ``payer.openid`` and answers its ``prepay_id``; the
 pay page settles it like any other.
 
+A merchant with ``sub_merchants`` is a service provider (服务商): the partner
+APIs (``/v3/pay/partner/transactions/{kind}``, ``.../codepay``, and query,
+close and reverse under ``/v3/pay/partner/transactions/out-trade-no/{no}``)
+take ``sp_appid``/``sp_mchid`` and one of its ``sub_mchid`` (400 ``NO_AUTH``
+otherwise), with ``sub_appid`` optional; refunds name ``sub_mchid``. Partner
+transactions and their callbacks carry those ids instead of ``appid``/``mchid``.
+
 Payment codes at the counter (付款码支付), as API v3 serves them:
 
 - ``POST /v3/pay/transactions/codepay`` (``appid``, ``mchid``,
