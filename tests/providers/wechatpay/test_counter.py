@@ -140,10 +140,8 @@ async def test_reverse_of_a_sale_never_seen_is_done(provider: WechatpayProvider)
     assert (await provider.reverse(new_reference())).state is ReverseState.DONE
 
 
-async def test_reverse_of_an_open_qr_attempt_is_not_claimed_done(
-    provider: WechatpayProvider,
-) -> None:
-    request = PaymentRequest(
+def qr_request() -> PaymentRequest:
+    return PaymentRequest(
         out_trade_no=new_reference(),
         amount_fen=100,
         currency="CNY",
@@ -152,9 +150,27 @@ async def test_reverse_of_an_open_qr_attempt_is_not_claimed_done(
         notify_url="http://127.0.0.1:9/notify/wechatpay/zj",
         expires_at=datetime.now(UTC) + timedelta(minutes=5),
     )
-    await provider.create_payment(request)
+
+
+async def test_a_refused_reverse_is_settled_by_a_query(
+    provider: WechatpayProvider, driver: WechatpayDriver
+) -> None:
+    """WeChat Pay reverses code sales only (INVALID_REQUEST otherwise): what is it then?"""
+    open_attempt = qr_request()
+    await provider.create_payment(open_attempt)
+    # Still payable: not claimed done, the caller asks again later.
     with pytest.raises(GatewayError, match="INVALID_REQUEST"):
-        await provider.reverse(request.out_trade_no)
+        await provider.reverse(open_attempt.out_trade_no)
+    paid = qr_request()
+    await provider.create_payment(paid)
+    await driver.settle(paid.out_trade_no, "success")
+    kept = await provider.reverse(paid.out_trade_no)
+    assert (kept.state, kept.message) == (ReverseState.PAID, "INVALID_REQUEST")
+    assert await driver.taken_fen(paid.out_trade_no) == 100
+    closed = qr_request()
+    await provider.create_payment(closed)
+    await provider.close(closed.out_trade_no)
+    assert (await provider.reverse(closed.out_trade_no)).state is ReverseState.DONE
 
 
 async def test_the_code_is_never_logged_or_in_an_error(
@@ -174,3 +190,21 @@ async def test_the_code_is_never_logged_or_in_an_error(
     for code in codes:
         assert code not in caplog.text
         assert all(code not in text for text in texts)
+
+
+async def test_a_lost_code_pay_answer_is_an_unknown_outcome_then_found_by_query(
+    provider: WechatpayProvider, driver: WechatpayDriver, simulator_url: str
+) -> None:
+    """WeChat Pay failed (500) or answered too late: the sale may be charged; a query tells."""
+    for fault in ({"kind": "error"}, {"kind": "stall", "stall_seconds": 3}):
+        answer = httpx.post(
+            f"{simulator_url}/control/faults",
+            json={**fault, "path": "/v3/pay/transactions/codepay"},
+        )
+        answer.raise_for_status()
+        request = sale(driver.payment_code("pay"))
+        with pytest.raises(GatewayError) as caught:
+            await provider.pay_with_code(request)
+        assert caught.value.outcome_unknown
+        expected = AttemptState.UNKNOWN if fault["kind"] == "error" else AttemptState.SUCCEEDED
+        assert (await provider.query(request.out_trade_no)).state is expected
