@@ -1,4 +1,4 @@
-"""The WeChat Pay API v3 adapter (direct merchant, platform public key mode).
+"""The WeChat Pay API v3 adapter (direct merchant or partner mode, platform public key).
 
 Every request carries a ``WECHATPAY2-SHA256-RSA2048`` Authorization header
 signed with the merchant key, and ``Wechatpay-Serial`` naming the platform
@@ -129,6 +129,7 @@ _BILL_UNAVAILABLE = {
     "STATEMENT_CREATING": BillUnavailableReason.NOT_READY,
 }
 _SHA1_HEX = re.compile(r"^[0-9A-Fa-f]{40}$")
+_HEX = re.compile(r"[0-9A-Fa-f]{1,64}")
 _GZIP_MAGIC = b"\x1f\x8b"
 _UNPACKED_PIECE = 1 << 20  # bytes: what one gzip piece may unpack to at most
 _REFUND_EVENTS = {
@@ -234,22 +235,16 @@ class WechatpayProvider(Provider):
         self.config = settings
         self._merchant_key = load_private_key(settings.private_key.get_secret_value())
         # Verifying keys by the Wechatpay-Serial that names them: the public key
-        # by its id (PUB_KEY_ID_..., never read as hex), certificates by serial.
-        self._platform_keys: dict[str, tuple[RSAPublicKey, str]] = {
-            settings.platform_public_key_id: (
-                load_public_key(settings.platform_public_key),
-                "the platform public key",
-            )
-        }
+        # by its exact id (PUB_KEY_ID_..., never read as hex), certificates by
+        # their serial (hex, uppercase, without leading zeros).
+        self._public_key = load_public_key(settings.platform_public_key)
+        self._certificate_keys: dict[str, RSAPublicKey] = {}
         pem = settings.platform_certificates
         for certificate in platform_certificates(pem) if pem else []:
             key = certificate.public_key()
             if not isinstance(key, RSAPublicKey):
                 raise TypeError("a WeChat Pay platform certificate must hold an RSA key")
-            self._platform_keys[certificate_serial(certificate)] = (
-                key,
-                "the platform certificate",
-            )
+            self._certificate_keys[certificate_serial(certificate)] = key
         self._apiv3_key = settings.apiv3_key.get_secret_value().encode()
         # Partner (服务商) mode: mchid/appid are the service provider's, calls go to
         # the partner APIs and name the sub-merchant.
@@ -709,9 +704,7 @@ class WechatpayProvider(Provider):
         signature_type = headers.get("wechatpay-signature-type")
         if signature_type is not None and signature_type != signing.SCHEMA:
             return "Wechatpay-Signature-Type is not WECHATPAY2-SHA256-RSA2048"
-        named = self._platform_keys.get(serial) or self._platform_keys.get(
-            serial.upper().lstrip("0")
-        )
+        named = self._verifying_key(serial)
         if named is None:
             return (
                 "Wechatpay-Serial is not the configured platform public key id "
@@ -724,6 +717,16 @@ class WechatpayProvider(Provider):
         key, which = named
         if not signing.verify(key, signing.response_message(timestamp, nonce, body), signature):
             return f"Wechatpay-Signature does not verify with {which}"
+        return None
+
+    def _verifying_key(self, serial: str) -> tuple[RSAPublicKey, str] | None:
+        """The key a Wechatpay-Serial names, and what it is; None when none configured is."""
+        if serial == self.config.platform_public_key_id:
+            return self._public_key, "the platform public key"
+        if _HEX.fullmatch(serial):
+            key = self._certificate_keys.get(serial.upper().lstrip("0"))
+            if key is not None:
+                return key, "the platform certificate"
         return None
 
     def _decrypt(self, envelope: dict[str, Any]) -> dict[str, Any]:

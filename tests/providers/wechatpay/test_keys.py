@@ -174,10 +174,11 @@ async def test_an_unknown_serial_or_the_wrong_key_under_a_serial_is_refused(
     crossed = driver.sign_anew(genuine, serial=format(CERT_SERIAL, "X"))
     with pytest.raises(NotificationRejected, match="does not verify with the platform certificate"):
         await mid_switch.parse_notification(crossed)
-    # A public key id that happens to read as hex is never taken for a certificate serial.
-    hexlike = driver.sign_anew(genuine, key=CERT_KEY, serial="PUB_KEY_ID_" + "0" * 28)
-    with pytest.raises(NotificationRejected, match="Wechatpay-Serial is not"):
-        await mid_switch.parse_notification(hexlike)
+    # Key ids are matched exactly: never read as hex, never case-folded.
+    for serial in ("PUB_KEY_ID_" + "0" * 28, PLATFORM_KEY_ID.lower()):
+        unlike = driver.sign_anew(genuine, serial=serial)
+        with pytest.raises(NotificationRejected, match="Wechatpay-Serial is not"):
+            await mid_switch.parse_notification(unlike)
 
 
 async def test_a_branch_without_the_certificate_refuses_what_it_signs(
