@@ -5,12 +5,14 @@ over a running :mod:`providers.wechatpay.simulator`. Its spoiled copies of a
 callback are what an attacker could send: one signed with a key that is not
 the platform's, one whose encrypted amount changed after signing, one
 without a signature, and (for replay tests) the genuine one signed at another
-time.
+time (``sign_anew``). ``resign`` asks the simulator, which alone holds the
+platform's key, to change one field of a callback it made and sign it anew.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 from dataclasses import replace
 from typing import Literal
 
@@ -19,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from api.plugins.contract import NotificationRequest
+from providers.kit.driver import CodeBehaviour
 from providers.wechatpay import signing
 
 
@@ -54,6 +57,18 @@ class WechatpayDriver:
                 return None
             return await self.latest(client, out_trade_no)
 
+    def payment_code(self, behaviour: CodeBehaviour) -> str:
+        """A new 18-digit code (10-15 first) whose last digit tells the simulator ``behaviour``."""
+        last = {"pay": "1", "confirm": "2", "never": "3"}[behaviour]
+        middle = "".join(secrets.choice("0123456789") for _ in range(15))
+        return "1" + secrets.choice("012345") + middle + last
+
+    async def taken_fen(self, out_trade_no: str) -> int:
+        async with httpx.AsyncClient(base_url=self.simulator_url, timeout=10) as client:
+            answer = await client.get(f"/control/payments/{out_trade_no}/taken")
+        answer.raise_for_status()
+        return int(answer.json()["taken_fen"])
+
     async def latest(self, client: httpx.AsyncClient, out_trade_no: str) -> NotificationRequest:
         """The attempt's most recent callback, freshly signed, not delivered."""
         answer = await client.get(f"/control/notifications/{out_trade_no}")
@@ -72,7 +87,39 @@ class WechatpayDriver:
         async with httpx.AsyncClient(base_url=self.simulator_url, timeout=10) as client:
             return await self.latest(client, out_trade_no)
 
-    def resign(
+    async def resign(
+        self,
+        notification: NotificationRequest,
+        *,
+        amount_fen: int | None = None,
+        merchant: str | None = None,
+        out_trade_no: str | None = None,
+    ) -> NotificationRequest:
+        """The callback with one thing changed, sealed and signed by the simulator's genuine key.
+
+        ``merchant`` becomes the resource's ``mchid`` (``sub_mchid`` in partner mode).
+        """
+        async with httpx.AsyncClient(base_url=self.simulator_url, timeout=10) as client:
+            answer = await client.post(
+                "/control/notifications/resign",
+                json={
+                    "body": notification.body.decode(),
+                    "amount_fen": amount_fen,
+                    "merchant": merchant,
+                    "out_trade_no": out_trade_no,
+                },
+            )
+        answer.raise_for_status()
+        made = answer.json()
+        return NotificationRequest(
+            method="POST",
+            headers={k.lower(): v for k, v in made["headers"].items()}
+            | {"content-type": "application/json"},
+            query={},
+            body=made["body"].encode(),
+        )
+
+    def sign_anew(
         self,
         notification: NotificationRequest,
         *,
@@ -99,7 +146,7 @@ class WechatpayDriver:
     def forge(self, notification: NotificationRequest) -> NotificationRequest:
         if self._stranger_key is None:
             self._stranger_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        return self.resign(notification, key=self._stranger_key)
+        return self.sign_anew(notification, key=self._stranger_key)
 
     def tamper(self, notification: NotificationRequest) -> NotificationRequest:
         envelope = json.loads(notification.body)

@@ -1,9 +1,22 @@
-"""The WeChat Pay API v3 adapter (direct merchant, platform public key mode).
+"""The WeChat Pay API v3 adapter (direct merchant or partner mode, platform public key).
 
 Every request carries a ``WECHATPAY2-SHA256-RSA2048`` Authorization header
-signed with the merchant key. No response or callback is trusted before its
-``Wechatpay-*`` signature verifies with the platform public key whose id the
-branch configured, and its timestamp is within five minutes of ours.
+signed with the merchant key, and ``Wechatpay-Serial`` naming the platform
+public key id (so WeChat Pay signs its answer with that key). No response or
+callback is trusted before its ``Wechatpay-*`` signature verifies with the key
+its ``Wechatpay-Serial`` names among those the branch configured (the platform
+public key by its ``PUB_KEY_ID_...``, and, for a merchant still switching, its
+platform certificates by serial; none is downloaded), and its timestamp is
+within five minutes of ours.
+
+Partner (服务商) mode, with ``sub_mchid`` set: the same calls under
+``/v3/pay/partner/transactions`` with ``sp_appid``/``sp_mchid`` (the configured
+``appid``/``mchid``) and the sub-merchant's ids; callbacks must name this
+branch's service provider and sub-merchant. A genuine callback of another
+merchant, app or sub-merchant raises ``NotificationMismatch``.
+
+Counter sales (``PAYMENT_CODE``): see :meth:`WechatpayProvider.pay_with_code`
+and :meth:`WechatpayProvider.reverse`.
 
 Retry policy: WeChat Pay documents query, close and refund (same
 ``out_refund_no``) as safe to repeat, so they are tried ``max_attempts`` times
@@ -35,6 +48,7 @@ from typing import Any, BinaryIO, NoReturn
 from urllib.parse import quote
 
 import httpx
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from pydantic import BaseModel
 
 from api.plugin import (
@@ -47,6 +61,7 @@ from api.plugin import (
     BillUnavailableReason,
     EventKind,
     GatewayError,
+    NotificationMismatch,
     NotificationRejected,
     NotificationReply,
     NotificationRequest,
@@ -59,6 +74,8 @@ from api.plugin import (
     RefundRequest,
     RefundResult,
     RefundState,
+    ReverseResult,
+    ReverseState,
     TransientFailure,
     call_gateway,
     load_private_key,
@@ -66,7 +83,11 @@ from api.plugin import (
 )
 from providers.wechatpay import signing
 from providers.wechatpay.bills import read_tradebill
-from providers.wechatpay.settings import WechatpaySettings
+from providers.wechatpay.settings import (
+    WechatpaySettings,
+    certificate_serial,
+    platform_certificates,
+)
 
 logger = logging.getLogger("branchpay.providers.wechatpay")
 
@@ -76,9 +97,10 @@ CURRENCY = "CNY"
 
 _CHINA_STANDARD_TIME = timezone(timedelta(hours=8))
 _ORDER_PATHS = {
-    PaymentMethod.QR_CODE: "/v3/pay/transactions/native",
-    PaymentMethod.WAP: "/v3/pay/transactions/h5",
-    PaymentMethod.APP: "/v3/pay/transactions/app",
+    PaymentMethod.QR_CODE: "native",
+    PaymentMethod.WAP: "h5",
+    PaymentMethod.APP: "app",
+    PaymentMethod.JSAPI: "jsapi",
 }
 _TRADE_STATES = {
     "SUCCESS": AttemptState.SUCCEEDED,
@@ -91,6 +113,11 @@ _TRADE_STATES = {
     "CLOSED": AttemptState.CLOSED,
     "REVOKED": AttemptState.CLOSED,
 }
+# Code pay (付款码) answers: the payer is still confirming, or the result is not known yet.
+_CODE_PENDING = frozenset({"USERPAYING"})
+_CODE_UNKNOWN = frozenset({"SYSTEM_ERROR", "SYSTEMERROR", "BANKERROR"})
+# A reverse WeChat Pay will do if asked again later.
+_REVERSE_AGAIN = frozenset({"USERPAYING", "SYSTEM_ERROR", "SYSTEMERROR", "FREQUENCY_LIMITED"})
 _REFUND_STATES = {
     "SUCCESS": RefundState.SUCCEEDED,
     "PROCESSING": RefundState.PENDING,
@@ -102,6 +129,7 @@ _BILL_UNAVAILABLE = {
     "STATEMENT_CREATING": BillUnavailableReason.NOT_READY,
 }
 _SHA1_HEX = re.compile(r"^[0-9A-Fa-f]{40}$")
+_HEX = re.compile(r"[0-9A-Fa-f]{1,64}")
 _GZIP_MAGIC = b"\x1f\x8b"
 _UNPACKED_PIECE = 1 << 20  # bytes: what one gzip piece may unpack to at most
 _REFUND_EVENTS = {
@@ -185,8 +213,19 @@ class WechatpayProvider(Provider):
 
     name = "wechatpay"
     display_name = "WeChat Pay"
-    methods = (PaymentMethod.QR_CODE, PaymentMethod.WAP, PaymentMethod.APP)
+    methods = (
+        PaymentMethod.QR_CODE,
+        PaymentMethod.WAP,
+        PaymentMethod.APP,
+        PaymentMethod.PAYMENT_CODE,
+        PaymentMethod.JSAPI,
+    )
     Settings = WechatpaySettings
+    # 付款码: 18 digits starting 10-15 (WeChat Pay's code-pay rule).
+    payment_code_pattern = re.compile(r"1[0-5][0-9]{16}")
+    # JSAPI / mini program: the payer's openid under the appid (28 characters as issued).
+    payer_id_pattern = re.compile(r"[0-9A-Za-z_-]{16,128}")
+    sub_merchant_settings = ("sub_mchid", "sub_appid")
 
     def __init__(self, settings: BaseModel, *, branch: str, http: httpx.AsyncClient) -> None:
         if not isinstance(settings, WechatpaySettings):
@@ -195,26 +234,75 @@ class WechatpayProvider(Provider):
         # ``self.settings`` is typed as the base model; this is the same object, typed.
         self.config = settings
         self._merchant_key = load_private_key(settings.private_key.get_secret_value())
-        self._platform_key = load_public_key(settings.platform_public_key)
+        # Verifying keys by the Wechatpay-Serial that names them: the public key
+        # by its exact id (PUB_KEY_ID_..., never read as hex), certificates by
+        # their serial (hex, uppercase, without leading zeros).
+        self._public_key = load_public_key(settings.platform_public_key)
+        self._certificate_keys: dict[str, RSAPublicKey] = {}
+        pem = settings.platform_certificates
+        for certificate in platform_certificates(pem) if pem else []:
+            key = certificate.public_key()
+            if not isinstance(key, RSAPublicKey):
+                raise TypeError("a WeChat Pay platform certificate must hold an RSA key")
+            self._certificate_keys[certificate_serial(certificate)] = key
         self._apiv3_key = settings.apiv3_key.get_secret_value().encode()
+        # Partner (服务商) mode: mchid/appid are the service provider's, calls go to
+        # the partner APIs and name the sub-merchant.
+        self._partner = settings.sub_mchid is not None
+        self._transactions = (
+            "/v3/pay/partner/transactions" if self._partner else "/v3/pay/transactions"
+        )
+
+    def _ids(self, *, appid: bool = True) -> dict[str, str]:
+        """Whose call it is: appid/mchid, or sp_appid/sp_mchid/sub_mchid(/sub_appid)."""
+        config = self.config
+        if config.sub_mchid is None:
+            ids = {"mchid": config.mchid}
+            return ids | {"appid": config.appid} if appid else ids
+        ids = {"sp_mchid": config.mchid, "sub_mchid": config.sub_mchid}
+        if appid:
+            ids["sp_appid"] = config.appid
+            if config.sub_appid is not None:
+                ids["sub_appid"] = config.sub_appid
+        return ids
+
+    @property
+    def _payer_appid(self) -> str:
+        """The AppID the payer's openid and the client's signed parameters belong to."""
+        return self.config.sub_appid or self.config.appid
+
+    @property
+    def supports_bills(self) -> bool:
+        # Partner bills (with sub_mchid) are not read here: direct merchants only.
+        config = self.__dict__.get("config")  # unset on an instance made without __init__
+        partner = isinstance(config, WechatpaySettings) and config.sub_mchid is not None
+        return not partner and super().supports_bills
 
     # -- payments -------------------------------------------------------------
 
     async def create_payment(self, request: PaymentRequest) -> PaymentAction:
-        path = _ORDER_PATHS.get(request.method)
-        if path is None:
+        kind = _ORDER_PATHS.get(request.method)
+        if kind is None:
             raise GatewayError(f"WeChat Pay does not offer {request.method} here")
         if request.currency != CURRENCY or not _positive_fen(request.amount_fen):
             raise GatewayError("WeChat Pay takes a positive CNY amount")
+        path = f"{self._transactions}/{kind}"
         order: dict[str, Any] = {
-            "appid": self.config.appid,
-            "mchid": self.config.mchid,
+            **self._ids(),
             "description": description(request.subject),
             "out_trade_no": request.out_trade_no,
             "time_expire": format_time(request.expires_at),
             "notify_url": request.notify_url,
             "amount": {"total": request.amount_fen, "currency": CURRENCY},
         }
+        if request.method is PaymentMethod.JSAPI:
+            if not request.payer_id or not self.payer_id_pattern.fullmatch(request.payer_id):
+                raise GatewayError("a JSAPI payment needs the payer's openid")
+            # Partner mode: the openid is under the sub-merchant's AppID when it has one.
+            name = "openid"
+            if self._partner:
+                name = "sub_openid" if self.config.sub_appid else "sp_openid"
+            order["payer"] = {name: request.payer_id}
         if request.method is PaymentMethod.WAP:
             if not request.client_ip:
                 raise GatewayError("an H5 payment needs the payer's client IP")
@@ -237,18 +325,41 @@ class WechatpayProvider(Provider):
                 # WeChat Pay sends the payer back to redirect_url after the H5 flow.
                 url = url.copy_add_param("redirect_url", request.return_url)
             return PaymentAction(kind=ActionKind.REDIRECT, url=str(url))
+        if request.method is PaymentMethod.JSAPI:
+            return PaymentAction(
+                kind=ActionKind.REQUEST_PAYMENT, client_params=self.request_payment(data)
+            )
         return PaymentAction(kind=ActionKind.APP_SDK, app_payload=self.app_payload(data))
+
+    def request_payment(self, data: dict[str, Any]) -> dict[str, str]:
+        """What ``wx.requestPayment`` / ``getBrandWCPayRequest`` take, signed with the merchant key.
+
+        ``paySign`` is SHA256withRSA over ``appId\ntimeStamp\nnonceStr\npackage\n``;
+        a mini program passes everything but ``appId``, which is still signed.
+        """
+        package = f"prepay_id={_text(data, 'prepay_id')}"
+        timestamp = str(int(time.time()))
+        nonce = signing.new_nonce()
+        message = f"{self._payer_appid}\n{timestamp}\n{nonce}\n{package}\n".encode()
+        return {
+            "appId": self._payer_appid,
+            "timeStamp": timestamp,
+            "nonceStr": nonce,
+            "package": package,
+            "signType": "RSA",
+            "paySign": signing.sign(self._merchant_key, message),
+        }
 
     def app_payload(self, data: dict[str, Any]) -> str:
         """The parameters the WeChat app SDK's PayReq needs, signed with the merchant key."""
         prepay_id = _text(data, "prepay_id")
         timestamp = str(int(time.time()))
         nonce = signing.new_nonce()
-        message = f"{self.config.appid}\n{timestamp}\n{nonce}\n{prepay_id}\n".encode()
+        message = f"{self._payer_appid}\n{timestamp}\n{nonce}\n{prepay_id}\n".encode()
         return json.dumps(
             {
-                "appid": self.config.appid,
-                "partnerid": self.config.mchid,
+                "appid": self._payer_appid,
+                "partnerid": self.config.sub_mchid or self.config.mchid,
                 "prepayid": prepay_id,
                 "package": "Sign=WXPay",
                 "noncestr": nonce,
@@ -259,8 +370,8 @@ class WechatpayProvider(Provider):
         )
 
     async def query(self, out_trade_no: str) -> QueryResult:
-        path = f"/v3/pay/transactions/out-trade-no/{quote(out_trade_no, safe='')}"
-        path += f"?mchid={self.config.mchid}"
+        path = f"{self._transactions}/out-trade-no/{quote(out_trade_no, safe='')}"
+        path += "?" + "&".join(f"{k}={v}" for k, v in self._ids(appid=False).items())
         try:
             reply = await self._call("GET", path, None, operation="query", repeatable=True)
         except PlatformRefusal as refusal:
@@ -274,8 +385,7 @@ class WechatpayProvider(Provider):
 
     def _query_result(self, out_trade_no: str, data: dict[str, Any]) -> QueryResult:
         if (
-            data.get("mchid") != self.config.mchid
-            or data.get("appid") != self.config.appid
+            any(data.get(name) != value for name, value in self._ids().items())
             or data.get("out_trade_no") != out_trade_no
         ):
             raise Malformed("it describes another merchant's or another attempt's order")
@@ -306,12 +416,91 @@ class WechatpayProvider(Provider):
             state=state, provider_trade_no=transaction_id, amount_fen=total, events=(event,)
         )
 
+    # -- counter sales (付款码支付) ------------------------------------------------
+
+    async def pay_with_code(self, request: PaymentRequest) -> QueryResult:
+        """Charge the scanned code with ``POST /v3/pay/transactions/codepay`` (sent once).
+
+        200 ``SUCCESS``: paid, with the same event id a query gives; 202
+        ``USERPAYING``: the payer confirms on the phone (PENDING); a refusal
+        (bad or expired code, no balance, ...): FAILED; ``SYSTEM_ERROR``, 5xx or
+        a lost answer: ``GatewayError(outcome_unknown=True)``, so the sale is
+        followed by query and reversed if it stays unknown.
+        """
+        if not request.auth_code:
+            raise GatewayError("a PAYMENT_CODE sale needs the scanned auth_code")
+        if request.currency != CURRENCY or not _positive_fen(request.amount_fen):
+            raise GatewayError("WeChat Pay takes a positive CNY amount")
+        scene: dict[str, Any] = {"device_id": self.branch, "store_info": {"out_id": self.branch}}
+        if request.client_ip:
+            scene["device_ip"] = request.client_ip
+        body: dict[str, Any] = {
+            **self._ids(),
+            "description": description(request.subject),
+            "out_trade_no": request.out_trade_no,
+            "payer": {"auth_code": request.auth_code},
+            "amount": {"total": request.amount_fen, "currency": CURRENCY},
+            "scene_info": scene,
+        }
+        try:
+            reply = await self._call(
+                "POST",
+                f"{self._transactions}/codepay",
+                body,
+                operation="codepay",
+                repeatable=False,
+            )
+        except PlatformRefusal as refusal:
+            if refusal.code in _CODE_PENDING:
+                return QueryResult(state=AttemptState.PENDING)
+            if refusal.code in _CODE_UNKNOWN:
+                raise GatewayError(
+                    f"WeChat Pay code pay: {refusal.code}", outcome_unknown=True
+                ) from None
+            if refusal.code in ("ORDERPAID", "ORDER_PAID"):
+                return await self.query(request.out_trade_no)
+            return QueryResult(state=AttemptState.FAILED)
+        try:
+            return self._query_result(request.out_trade_no, reply.data)
+        except Malformed as exc:
+            raise GatewayError(f"WeChat Pay code pay reply: {exc}", outcome_unknown=True) from None
+
+    async def reverse(self, out_trade_no: str) -> ReverseResult:
+        """``POST .../out-trade-no/{no}/reverse`` (撤销): closed if unpaid, refunded if paid.
+
+        ``USERPAYING`` (the payer is still confirming) or a system error: RETRY.
+        Any other refusal (e.g. past the 7-day limit) is settled by a query:
+        paid means PAID, closed or unknown means DONE.
+        """
+        path = f"{self._transactions}/out-trade-no/{quote(out_trade_no, safe='')}/reverse"
+        try:
+            await self._call(
+                "POST",
+                path,
+                self._ids(),
+                operation="reverse",
+                repeatable=True,
+            )
+        except PlatformRefusal as refusal:
+            if refusal.code in _REVERSE_AGAIN:
+                return ReverseResult(ReverseState.RETRY, message=refusal.code)
+            if refusal.code == "ORDER_NOT_EXIST":
+                return ReverseResult(ReverseState.DONE, message="WeChat Pay never saw the sale")
+            found = await self.query(out_trade_no)
+            if found.state is AttemptState.SUCCEEDED:
+                return ReverseResult(ReverseState.PAID, message=refusal.code)
+            if found.state is AttemptState.PENDING:
+                raise
+            return ReverseResult(ReverseState.DONE, message=refusal.code)
+        return ReverseResult(ReverseState.DONE)
+
     async def refund(self, request: RefundRequest) -> RefundResult:
         if request.currency != CURRENCY or not _positive_fen(request.refund_fen):
             raise GatewayError("WeChat Pay refunds a positive CNY amount")
         body: dict[str, Any] = {
             "out_trade_no": request.out_trade_no,
             "out_refund_no": request.out_refund_no,
+            **({"sub_mchid": self.config.sub_mchid} if self.config.sub_mchid else {}),
             "amount": {
                 "refund": request.refund_fen,
                 "total": request.total_fen,
@@ -340,10 +529,10 @@ class WechatpayProvider(Provider):
         )
 
     async def close(self, out_trade_no: str) -> None:
-        path = f"/v3/pay/transactions/out-trade-no/{quote(out_trade_no, safe='')}/close"
+        path = f"{self._transactions}/out-trade-no/{quote(out_trade_no, safe='')}/close"
         try:
             await self._call(
-                "POST", path, {"mchid": self.config.mchid}, operation="close", repeatable=True
+                "POST", path, self._ids(appid=False), operation="close", repeatable=True
             )
         except PlatformRefusal as refusal:
             if refusal.code != "ORDER_NOT_EXIST":
@@ -496,6 +685,12 @@ class WechatpayProvider(Provider):
         logger.warning("wechatpay notification rejected for branch %s: %s", self.branch, reason)
         raise NotificationRejected(reason)
 
+    def _mismatch(self, reason: str) -> NoReturn:
+        logger.warning(
+            "wechatpay notification for branch %s is genuine but not ours: %s", self.branch, reason
+        )
+        raise NotificationMismatch(reason)
+
     def _signature_problem(self, headers: Any, body: bytes) -> str | None:
         """Why a signed platform message cannot be trusted, or None when it can."""
         signature = headers.get("wechatpay-signature")
@@ -509,16 +704,29 @@ class WechatpayProvider(Provider):
         signature_type = headers.get("wechatpay-signature-type")
         if signature_type is not None and signature_type != signing.SCHEMA:
             return "Wechatpay-Signature-Type is not WECHATPAY2-SHA256-RSA2048"
-        if serial != self.config.platform_public_key_id:
-            return "Wechatpay-Serial is not the configured platform public key id"
+        named = self._verifying_key(serial)
+        if named is None:
+            return (
+                "Wechatpay-Serial is not the configured platform public key id "
+                "nor a configured platform certificate's serial"
+            )
         if not timestamp.isdigit():
             return "Wechatpay-Timestamp is not a number"
         if abs(time.time() - int(timestamp)) > signing.MAX_CLOCK_SKEW_SECONDS:
             return "Wechatpay-Timestamp is more than 5 minutes from now (stale or replayed)"
-        if not signing.verify(
-            self._platform_key, signing.response_message(timestamp, nonce, body), signature
-        ):
-            return "Wechatpay-Signature does not verify with the platform public key"
+        key, which = named
+        if not signing.verify(key, signing.response_message(timestamp, nonce, body), signature):
+            return f"Wechatpay-Signature does not verify with {which}"
+        return None
+
+    def _verifying_key(self, serial: str) -> tuple[RSAPublicKey, str] | None:
+        """The key a Wechatpay-Serial names, and what it is; None when none configured is."""
+        if serial == self.config.platform_public_key_id:
+            return self._public_key, "the platform public key"
+        if _HEX.fullmatch(serial):
+            key = self._certificate_keys.get(serial.upper().lstrip("0"))
+            if key is not None:
+                return key, "the platform certificate"
         return None
 
     def _decrypt(self, envelope: dict[str, Any]) -> dict[str, Any]:
@@ -541,8 +749,14 @@ class WechatpayProvider(Provider):
         fact = json.loads(plaintext)
         if not isinstance(fact, dict):
             raise Malformed("resource is not a JSON object")
-        if fact.get("mchid") != self.config.mchid:
-            raise Malformed("mchid is not this branch's merchant id")
+        # Genuine (signed and sealed by WeChat Pay), but maybe another merchant's.
+        if self.config.sub_mchid is None:
+            if fact.get("mchid") != self.config.mchid:
+                self._mismatch("mchid is not this branch's merchant id")
+        elif fact.get("sp_mchid") != self.config.mchid:
+            self._mismatch("sp_mchid is not this branch's service provider")
+        elif fact.get("sub_mchid") != self.config.sub_mchid:
+            self._mismatch("sub_mchid is not this branch's sub-merchant id")
         return fact
 
     def _event(self, envelope: dict[str, Any], fact: dict[str, Any]) -> ProviderEvent | None:
@@ -556,8 +770,13 @@ class WechatpayProvider(Provider):
     def _payment_event(
         self, event_type: str, envelope: dict[str, Any], fact: dict[str, Any]
     ) -> ProviderEvent | None:
-        if fact.get("appid") != self.config.appid:
-            raise Malformed("appid is not this branch's app id")
+        if self.config.sub_mchid is None:
+            if fact.get("appid") != self.config.appid:
+                self._mismatch("appid is not this branch's app id")
+        elif fact.get("sp_appid") != self.config.appid:
+            self._mismatch("sp_appid is not this branch's service provider app id")
+        elif self.config.sub_appid and fact.get("sub_appid") not in (None, self.config.sub_appid):
+            self._mismatch("sub_appid is not this branch's sub-merchant app id")
         out_trade_no = _text(fact, "out_trade_no")
         amount = _object(fact, "amount")
         total = fen(amount.get("total"))
@@ -683,6 +902,8 @@ class WechatpayProvider(Provider):
             ),
             "Accept": "application/json",
             "User-Agent": "branchpay-wechatpay",
+            # Asks WeChat Pay to sign its answer with the public key (not a certificate).
+            "Wechatpay-Serial": self.config.platform_public_key_id,
         }
 
 

@@ -27,6 +27,67 @@ Beside the API it offers:
   written (at ``GET /v3/bill/tradebill``): one amount changes after the
   hash was taken, so its ``hash_value`` no longer matches.
   ``DELETE /control/faults`` clears them.
+- ``PUT /control/signing`` with JSON ``{"callbacks": "public_key" |
+  "certificate", "replies": "requested" | "certificate"}`` (for a simulator
+  made with a ``platform_certificate``: a merchant mid-switch from platform
+  certificates to the public key): callbacks are signed with the public key
+  (``Wechatpay-Serial`` its ``PUB_KEY_ID_...``, the default) or with the
+  platform certificate (its serial); replies with the public key when the
+  request's ``Wechatpay-Serial`` names its id and with the certificate
+  otherwise (``requested``, as WeChat Pay does), or always with the
+  certificate (the switch not started in the console).
+- ``POST /control/notifications/resign`` with JSON ``{"body": "...",
+  "amount_fen": 8801, "merchant": "...", "out_trade_no": "..."}`` (any of
+  the last three): a callback this simulator made, its resource decrypted,
+  that field changed (``amount.total``, or ``amount.refund`` of a refund;
+  ``mchid``, or ``sub_mchid`` of a partner transaction; ``out_trade_no``),
+  sealed again with the merchant's APIv3 key and signed now with the
+  platform's genuine key: what WeChat Pay itself could have sent. Nothing is
+  delivered. A body it never made answers 404.
+
+Orders: ``POST /v3/pay/transactions/{native|h5|app|jsapi}``; a JSAPI (and
+mini program) order needs ``payer.openid`` and answers its ``prepay_id``; the
+pay page settles it like any other.
+
+A merchant with ``sub_merchants`` is a service provider (服务商): the partner
+APIs (``/v3/pay/partner/transactions/{kind}``, ``.../codepay``, and query,
+close and reverse under ``/v3/pay/partner/transactions/out-trade-no/{no}``)
+take ``sp_appid``/``sp_mchid`` and one of its ``sub_mchid`` (400 ``NO_AUTH``
+otherwise), with ``sub_appid`` optional; refunds name ``sub_mchid``. Partner
+transactions and their callbacks carry those ids instead of ``appid``/``mchid``.
+
+Payment codes at the counter (付款码支付), as API v3 serves them:
+
+- ``POST /v3/pay/transactions/codepay`` (``appid``, ``mchid``,
+  ``description``, ``out_trade_no``, ``payer.auth_code``, ``amount.total``,
+  ``scene_info.store_info.out_id``; no ``notify_url``: WeChat Pay does not
+  call a code sale back). A payment code is 18 digits, ``10``-``15`` then 16
+  digits; its last digit says what the payer does, so tests choose it:
+
+  - ``1``: paid at once: 200, ``trade_state`` ``SUCCESS``;
+  - ``2``: the payer confirms on the phone: 202 ``USERPAYING`` for the pay
+    call and the first 2 queries, ``SUCCESS`` from the 3rd query on;
+  - ``3``: the payer never confirms: ``USERPAYING`` until reversed;
+  - any other digit: declined, 403 ``NOTENOUGH`` (余额不足), ``PAYERROR``.
+
+  Another code answers 400 ``PARAM_ERROR``; a code already charged for
+  another sale 400 ``AUTHCODEEXPIRE`` (codes are one-time; only a digest of
+  each is kept). The same sale sent again (same ``out_trade_no`` and body)
+  answers its current state and never charges twice; another body under a
+  used ``out_trade_no`` is 400 ``INVALID_REQUEST``.
+- The query (``GET /v3/pay/transactions/out-trade-no/{no}?mchid=``) answers
+  code sales too (``trade_type`` ``MICROPAY``).
+- ``POST /v3/pay/transactions/out-trade-no/{no}/reverse`` (``{appid,
+  mchid}``) voids a code sale: unpaid, it is ``REVOKED`` (a later confirm
+  charges nothing); paid, what is left after refunds goes back to the payer
+  (a refund on the bill) and it is ``REVOKED``. The first reverse of a sale
+  whose payer is still confirming answers 400 ``USERPAYING`` (正在支付中不能发
+  起撤销), as WeChat Pay does; asking again reverses it. Reversing a
+  reversed or closed sale answers 200 again; a sale that is not a code sale
+  400 ``INVALID_REQUEST``; an unknown one 404 ``ORDER_NOT_EXIST``.
+- ``GET /control/payments/{out_trade_no}/taken``: the ledger, what the payer
+  has paid for the sale and not had back (``{"taken_fen": ...}``, 0 for a
+  number never seen).
 
 Daily trade bills (交易账单), as API v3 serves them:
 
@@ -95,7 +156,8 @@ WECHAT_REDELIVERY_DELAYS = (15.0, 15.0, 30.0, 180.0, 600.0, 1200.0, 1800.0)
 _OUT_TRADE_NO = re.compile(r"^[0-9A-Za-z_\-*|]{6,32}$")
 _OUT_REFUND_NO = re.compile(r"^[0-9A-Za-z_\-|*@]{1,64}$")
 _URL = re.compile(r"^https?://[^\s?#]+$")
-_TRADE_TYPES = {"native": "NATIVE", "h5": "MWEB", "app": "APP"}
+_TRADE_TYPES = {"native": "NATIVE", "h5": "MWEB", "app": "APP", "jsapi": "JSAPI"}
+_OPENID = re.compile(r"^[0-9A-Za-z_-]{16,128}$")
 # Faults the API answers with; "corrupt" is taken when a bill file is written.
 _API_FAULTS = ("error", "stall", "unsigned", "forged")
 _FAULT_KINDS = (*_API_FAULTS, "corrupt")
@@ -105,8 +167,16 @@ BILL_MONTHS_KEPT = 3
 _BILL_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 _BILL_CHUNK = 64 * 1024
 _BILL_STATUS = {"SUCCEEDED": "SUCCESS", "PENDING": "PROCESSING", "FAILED": "CLOSED"}
+# A counter code: 18 digits, 10-15 first (WeChat Pay's 付款码 rule).
+PAYMENT_CODE = re.compile(r"1[0-5][0-9]{16}")
+# The last digit of a payment code: what the payer does (anything else: declined).
+CODE_BEHAVIOURS = {"1": "pay", "2": "confirm", "3": "never"}
+# Queries a "confirm" payer stays USERPAYING for after the pay call.
+CONFIRMING_QUERIES = 2
 _TRADE_STATE_DESC = {
     "NOTPAY": "未支付",
+    "USERPAYING": "用户支付中",
+    "REVOKED": "已撤销",
     "SUCCESS": "支付成功",
     "REFUND": "转入退款",
     "CLOSED": "已关闭",
@@ -123,6 +193,23 @@ class Merchant:
     public_key: RSAPublicKey  # of the merchant API certificate
     cert_serial_no: str
     apiv3_key: bytes
+    # A service provider (服务商): its sub-merchants (特约商户) by sub_mchid, each
+    # with its own AppID or None.
+    sub_merchants: Mapping[str, str | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PlatformCertificate:
+    """A platform certificate's key, for a merchant still switching to the public key."""
+
+    private_key: RSAPrivateKey
+    serial_no: str  # uppercase hex, as Wechatpay-Serial names it
+
+
+# Who signs callbacks, and replies (``requested``: the public key when the request's
+# Wechatpay-Serial names its id, else the certificate, as WeChat Pay does mid-switch).
+SIGNERS = ("public_key", "certificate")
+REPLY_SIGNERS = ("requested", "certificate")
 
 
 @dataclass(slots=True)
@@ -153,9 +240,23 @@ class Attempt:
     refunds: dict[str, Refund] = field(default_factory=dict)
     notifications: list[bytes] = field(default_factory=list)
     deliveries: list[int | None] = field(default_factory=list)
+    # Counter sales: what the payer does, queries left before a "confirm" pays,
+    # reverses refused so far, and what a reverse gave back.
+    code_behaviour: str | None = None
+    confirming_queries: int = 0
+    # Partner mode: the sub-merchant the attempt is for (None: a direct merchant's).
+    sub_mchid: str | None = None
+    sub_appid: str | None = None
+    reverse_refusals: int = 0
+    reversed_fen: int = 0
 
     def refunded(self) -> int:
         return sum(r.amount for r in self.refunds.values() if r.status != "CLOSED")
+
+    def taken_fen(self) -> int:
+        """The ledger: what the payer has paid for this attempt and not had back."""
+        paid = self.total if self.transaction_id is not None else 0
+        return paid - self.refunded() - self.reversed_fen
 
 
 @dataclass(slots=True)
@@ -211,8 +312,12 @@ class Gateway:
         *,
         publish_current_day: bool | None = None,
         bill_url_seconds: float = 30.0,
+        platform_certificate: PlatformCertificate | None = None,
     ) -> None:
         self.merchants = {m.mchid: m for m in merchants}
+        self.platform_certificate = platform_certificate
+        self.callbacks_signed_by = "public_key"
+        self.replies_signed_by = "requested"
         self.book = BillBook(
             publish_hour=BILL_PUBLISH_HOUR, publish_current_day=publish_current_day
         )
@@ -224,23 +329,38 @@ class Gateway:
         self.platform_private_key = platform_private_key
         self.platform_public_key_id = platform_public_key_id
         self.attempts: dict[str, Attempt] = {}
+        # Digests of the payment codes charged: a code pays one sale only.
+        self.used_codes: set[str] = set()
         self.faults = FaultQueue()
         self.notifier = Notifier(timeout=10.0)
         self._stranger_key: RSAPrivateKey | None = None
 
     # -- signing ---------------------------------------------------------------
 
+    def signer(self, scheme: str) -> tuple[RSAPrivateKey, str]:
+        """The key and the Wechatpay-Serial of ``scheme`` (the public key without a certificate)."""
+        if scheme == "certificate" and self.platform_certificate is not None:
+            return self.platform_certificate.private_key, self.platform_certificate.serial_no
+        return self.platform_private_key, self.platform_public_key_id
+
     def signed_headers(
-        self, body: bytes, *, timestamp: int | None = None, key: RSAPrivateKey | None = None
+        self,
+        body: bytes,
+        *,
+        timestamp: int | None = None,
+        key: RSAPrivateKey | None = None,
+        scheme: str | None = None,
     ) -> dict[str, str]:
+        """Wechatpay-* headers, signed with ``scheme``'s key (default: as callbacks are)."""
         stamp = str(int(time.time()) if timestamp is None else timestamp)
         nonce = signing.new_nonce()
         message = signing.response_message(stamp, nonce, body)
+        own_key, serial = self.signer(scheme or self.callbacks_signed_by)
         return {
             "Wechatpay-Timestamp": stamp,
             "Wechatpay-Nonce": nonce,
-            "Wechatpay-Serial": self.platform_public_key_id,
-            "Wechatpay-Signature": signing.sign(key or self.platform_private_key, message),
+            "Wechatpay-Serial": serial,
+            "Wechatpay-Signature": signing.sign(key or own_key, message),
             "Wechatpay-Signature-Type": signing.SCHEMA,
             "Request-ID": secrets.token_hex(16),
         }
@@ -250,14 +370,26 @@ class Gateway:
             self._stranger_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         return self._stranger_key
 
-    def reply(self, status: int, data: dict[str, Any] | None, fault: Fault | None) -> Response:
+    def reply(
+        self,
+        status: int,
+        data: dict[str, Any] | None,
+        fault: Fault | None,
+        requested_serial: str | None = None,
+    ) -> Response:
         body = b"" if data is None else json.dumps(data, ensure_ascii=False).encode()
+        # The public key signs a reply only when the request asked for it by its id.
+        by_certificate = (
+            self.replies_signed_by == "certificate"
+            or requested_serial != self.platform_public_key_id
+        )
+        scheme = "certificate" if by_certificate else "public_key"
         if fault is not None and fault.kind == "unsigned":
             headers = {"Request-ID": secrets.token_hex(16)}
         elif fault is not None and fault.kind == "forged":
-            headers = self.signed_headers(body, key=self.stranger_key())
+            headers = self.signed_headers(body, key=self.stranger_key(), scheme=scheme)
         else:
-            headers = self.signed_headers(body)
+            headers = self.signed_headers(body, scheme=scheme)
         media = "application/json" if data is not None else None
         return Response(body, status_code=status, headers=headers, media_type=media)
 
@@ -301,14 +433,36 @@ class Gateway:
 
     # -- API -------------------------------------------------------------------
 
+    @staticmethod
+    def ids(
+        merchant: Merchant, body: Mapping[str, Any], *, partner: bool, appid: bool = True
+    ) -> tuple[str | None, str | None]:
+        """Check the merchant (and app) ids of a call; the sub-merchant's ids in partner mode."""
+        prefix = "sp_" if partner else ""
+        if body.get(f"{prefix}mchid") != merchant.mchid:
+            raise ApiError(400, "PARAM_ERROR", f"{prefix}mchid is not the signer's")
+        if appid and _string(dict(body), f"{prefix}appid") != merchant.appid:
+            raise ApiError(400, "APPID_MCHID_NOT_MATCH", f"{prefix}appid is not bound to mchid")
+        if not partner:
+            return None, None
+        sub_mchid = body.get("sub_mchid")
+        if not isinstance(sub_mchid, str) or sub_mchid not in merchant.sub_merchants:
+            raise ApiError(400, "NO_AUTH", "sub_mchid is not a sub-merchant of sp_mchid")
+        sub_appid = body.get("sub_appid")
+        if sub_appid is not None and sub_appid != merchant.sub_merchants[sub_mchid]:
+            raise ApiError(400, "APPID_MCHID_NOT_MATCH", "sub_appid is not bound to sub_mchid")
+        return sub_mchid, sub_appid
+
     def order(
-        self, merchant: Merchant, kind: str, body: dict[str, Any], base_url: str
+        self,
+        merchant: Merchant,
+        kind: str,
+        body: dict[str, Any],
+        base_url: str,
+        *,
+        partner: bool = False,
     ) -> dict[str, Any]:
-        appid = _string(body, "appid")
-        if body.get("mchid") != merchant.mchid:
-            raise ApiError(400, "PARAM_ERROR", "mchid is not the signer's")
-        if appid != merchant.appid:
-            raise ApiError(400, "APPID_MCHID_NOT_MATCH", "appid is not bound to mchid")
+        sub_mchid, sub_appid = self.ids(merchant, body, partner=partner)
         _string(body, "description", max_bytes=127)
         out_trade_no = _string(body, "out_trade_no")
         if not _OUT_TRADE_NO.match(out_trade_no):
@@ -338,6 +492,19 @@ class Gateway:
             if not isinstance(h5_info, dict) or not h5_info.get("type"):
                 raise ApiError(400, "PARAM_ERROR", "missing required parameter h5_info.type")
 
+        if kind == "jsapi":
+            payer = body.get("payer")
+            if not isinstance(payer, dict):
+                payer = {}
+            names = ("sp_openid", "sub_openid") if partner else ("openid",)
+            openids = [payer[n] for n in names if n in payer]
+            if len(openids) != 1 or not all(
+                isinstance(o, str) and _OPENID.match(o) for o in openids
+            ):
+                raise ApiError(400, "PARAM_ERROR", f"payer needs one of {', '.join(names)}")
+            if "sub_openid" in payer and sub_appid is None:
+                raise ApiError(400, "PARAM_ERROR", "payer.sub_openid needs sub_appid")
+
         existing = self.attempts.get(out_trade_no)
         if existing is not None:
             if existing.merchant.mchid != merchant.mchid or existing.order != body:
@@ -357,6 +524,8 @@ class Gateway:
                 notify_url=notify_url,
                 expires_at=expires_at,
                 prepay_id=f"wx{_now():%Y%m%d%H%M%S}{secrets.token_hex(8)}",
+                sub_mchid=sub_mchid,
+                sub_appid=sub_appid,
             )
             self.attempts[out_trade_no] = attempt
         pay_page = f"{base_url.rstrip('/')}/pay/{out_trade_no}"
@@ -366,16 +535,35 @@ class Gateway:
             return {"h5_url": pay_page}
         return {"prepay_id": attempt.prepay_id}
 
-    def attempt_of(self, merchant: Merchant, out_trade_no: str) -> Attempt:
+    def attempt_of(
+        self, merchant: Merchant, out_trade_no: str, sub_mchid: str | None = None
+    ) -> Attempt:
         attempt = self.attempts.get(out_trade_no)
-        if attempt is None or attempt.merchant.mchid != merchant.mchid:
+        if (
+            attempt is None
+            or attempt.merchant.mchid != merchant.mchid
+            or attempt.sub_mchid != sub_mchid
+        ):
             raise ApiError(404, "ORDER_NOT_EXIST", "order does not exist")
         return attempt
 
+    @staticmethod
+    def merchant_fields(attempt: Attempt) -> dict[str, Any]:
+        """Whose attempt it is, as WeChat Pay names it (sp_/sub_ ids in partner mode)."""
+        if attempt.sub_mchid is None:
+            return {"appid": attempt.merchant.appid, "mchid": attempt.merchant.mchid}
+        fields: dict[str, Any] = {
+            "sp_appid": attempt.merchant.appid,
+            "sp_mchid": attempt.merchant.mchid,
+            "sub_mchid": attempt.sub_mchid,
+        }
+        if attempt.sub_appid is not None:
+            fields["sub_appid"] = attempt.sub_appid
+        return fields
+
     def transaction(self, attempt: Attempt) -> dict[str, Any]:
         data: dict[str, Any] = {
-            "appid": attempt.merchant.appid,
-            "mchid": attempt.merchant.mchid,
+            **self.merchant_fields(attempt),
             "out_trade_no": attempt.out_trade_no,
             "trade_type": attempt.trade_type,
             "trade_state": attempt.state,
@@ -386,17 +574,121 @@ class Gateway:
             data["transaction_id"] = attempt.transaction_id
             data["bank_type"] = "OTHERS"
             data["success_time"] = _rfc3339(attempt.success_time)
-            data["payer"] = {"openid": "o" + secrets.token_hex(8)}
+            payer = attempt.order.get("payer")
+            given = dict(payer) if isinstance(payer, dict) else {}
+            if not given:
+                given = {
+                    ("sp_openid" if attempt.sub_mchid else "openid"): "o" + secrets.token_hex(8)
+                }
+            data["payer"] = given
             data["amount"].update({"payer_total": attempt.total, "payer_currency": "CNY"})
         return data
 
-    def close(self, merchant: Merchant, out_trade_no: str, body: dict[str, Any]) -> None:
-        if body.get("mchid") != merchant.mchid:
-            raise ApiError(400, "PARAM_ERROR", "mchid is not the signer's")
-        attempt = self.attempt_of(merchant, out_trade_no)
+    def close(
+        self, merchant: Merchant, out_trade_no: str, body: dict[str, Any], *, partner: bool
+    ) -> None:
+        sub_mchid, _ = self.ids(merchant, body, partner=partner, appid=False)
+        attempt = self.attempt_of(merchant, out_trade_no, sub_mchid)
         if attempt.state in ("SUCCESS", "REFUND"):
             raise ApiError(400, "ORDERPAID", "order already paid")
         attempt.state = "CLOSED"
+
+    def codepay(
+        self, merchant: Merchant, body: dict[str, Any], *, partner: bool = False
+    ) -> tuple[int, dict[str, Any]]:
+        """Charge a scanned payment code: the HTTP status and the transaction."""
+        sub_mchid, sub_appid = self.ids(merchant, body, partner=partner)
+        _string(body, "description", max_bytes=127)
+        out_trade_no = _string(body, "out_trade_no")
+        if not _OUT_TRADE_NO.match(out_trade_no):
+            raise ApiError(400, "PARAM_ERROR", "out_trade_no must be 6-32 of [0-9A-Za-z_-*|]")
+        payer = body.get("payer")
+        auth_code = payer.get("auth_code") if isinstance(payer, dict) else None
+        if not isinstance(auth_code, str) or not auth_code:
+            raise ApiError(400, "PARAM_ERROR", "missing required parameter payer.auth_code")
+        amount = body.get("amount")
+        if not isinstance(amount, dict):
+            raise ApiError(400, "PARAM_ERROR", "missing required parameter amount")
+        total = _amount(amount.get("total"), "amount.total")
+        if amount.get("currency", "CNY") != "CNY":
+            raise ApiError(400, "PARAM_ERROR", "amount.currency must be CNY")
+        scene = body.get("scene_info")
+        store = scene.get("store_info") if isinstance(scene, dict) else None
+        if not isinstance(store, dict) or not isinstance(store.get("out_id"), str):
+            raise ApiError(400, "PARAM_ERROR", "missing required parameter scene_info.store_info")
+        # The code itself is never kept: only its digest, beside the rest of the order.
+        digest = hashlib.sha256(auth_code.encode()).hexdigest()
+        order = {k: v for k, v in body.items() if k != "payer"} | {"code_digest": digest}
+        existing = self.attempts.get(out_trade_no)
+        if existing is not None:
+            if existing.merchant.mchid != merchant.mchid or existing.order != order:
+                raise ApiError(400, "INVALID_REQUEST", "out_trade_no already used (订单号重复)")
+            return self.code_answer(existing)
+        if not PAYMENT_CODE.fullmatch(auth_code):
+            raise ApiError(400, "PARAM_ERROR", "auth_code is not a WeChat Pay payment code")
+        if digest in self.used_codes:
+            raise ApiError(400, "AUTHCODEEXPIRE", "二维码已过期, 请用户在微信上刷新后再试")
+        self.used_codes.add(digest)
+        attempt = Attempt(
+            merchant=merchant,
+            out_trade_no=out_trade_no,
+            trade_type="MICROPAY",
+            order=order,
+            total=total,
+            notify_url="",
+            expires_at=None,
+            prepay_id="",
+            state="USERPAYING",
+            code_behaviour=CODE_BEHAVIOURS.get(auth_code[-1], "decline"),
+            sub_mchid=sub_mchid,
+            sub_appid=sub_appid,
+        )
+        self.attempts[out_trade_no] = attempt
+        if attempt.code_behaviour == "pay":
+            self.pay(attempt)
+        elif attempt.code_behaviour == "decline":
+            attempt.state = "PAYERROR"
+        elif attempt.code_behaviour == "confirm":
+            attempt.confirming_queries = CONFIRMING_QUERIES
+        return self.code_answer(attempt)
+
+    def code_answer(self, attempt: Attempt) -> tuple[int, dict[str, Any]]:
+        if attempt.code_behaviour == "decline":
+            raise ApiError(403, "NOTENOUGH", "用户余额不足")
+        return (202 if attempt.state == "USERPAYING" else 200), self.transaction(attempt)
+
+    def confirm_on_query(self, attempt: Attempt) -> None:
+        """A "confirm" payer, still confirming, has paid once enough queries came."""
+        if attempt.state != "USERPAYING" or attempt.code_behaviour != "confirm":
+            return
+        if attempt.confirming_queries > 0:
+            attempt.confirming_queries -= 1
+            return
+        self.pay(attempt)
+
+    def reverse(
+        self, merchant: Merchant, out_trade_no: str, body: dict[str, Any], *, partner: bool
+    ) -> None:
+        sub_mchid, _ = self.ids(merchant, body, partner=partner)
+        attempt = self.attempt_of(merchant, out_trade_no, sub_mchid)
+        if attempt.trade_type != "MICROPAY":
+            raise ApiError(400, "INVALID_REQUEST", "only a code sale (付款码) can be reversed")
+        if attempt.state == "USERPAYING" and attempt.reverse_refusals == 0:
+            attempt.reverse_refusals += 1
+            raise ApiError(400, "USERPAYING", "正在支付中不能发起撤销")
+        if attempt.state in ("SUCCESS", "REFUND"):
+            left = attempt.taken_fen()
+            if left:
+                attempt.reversed_fen += left
+                self.book.record_refund(
+                    attempt.out_trade_no,
+                    "rv" + secrets.token_hex(10),
+                    left,
+                    refund_no=f"50{_now():%Y%m%d%H%M%S}{secrets.randbelow(10**12):012d}",
+                    at=_now(),
+                )
+        if attempt.state not in ("CLOSED", "PAYERROR"):
+            attempt.state = "REVOKED"
 
     def refund(
         self, merchant: Merchant, body: dict[str, Any]
@@ -422,7 +714,11 @@ class Gateway:
         ):
             raise ApiError(400, "PARAM_ERROR", "notify_url must be an absolute URL without query")
         attempt = self.attempts.get(out_trade_no)
-        if attempt is None or attempt.merchant.mchid != merchant.mchid:
+        if (
+            attempt is None
+            or attempt.merchant.mchid != merchant.mchid
+            or attempt.sub_mchid != body.get("sub_mchid")
+        ):
             raise ApiError(404, "RESOURCE_NOT_EXISTS", "order does not exist")
         existing = attempt.refunds.get(out_refund_no)
         if existing is not None:
@@ -636,21 +932,7 @@ class Gateway:
             attempt.state = "CLOSED"
             raise ApiError(409, "ORDER_CLOSED", "order expired (time_expire passed)")
         if outcome == "success":
-            attempt.state = "SUCCESS"
-            attempt.success_time = _now()
-            attempt.transaction_id = f"42000{_now():%Y%m%d}{secrets.randbelow(10**15):015d}"
-            self.book.record_payment(
-                attempt.out_trade_no,
-                attempt.transaction_id,
-                attempt.total,
-                created_at=attempt.created_at,
-                at=attempt.success_time,
-                subject=str(attempt.order.get("description", "")),
-                mchid=attempt.merchant.mchid,
-                appid=attempt.merchant.appid,
-                trade_type=attempt.trade_type,
-                openid="o" + secrets.token_hex(14),
-            )
+            self.pay(attempt)
             attempt.notifications.append(self.payment_notification(attempt))
         elif outcome == "fail":
             attempt.state = "PAYERROR"
@@ -659,6 +941,24 @@ class Gateway:
         else:
             raise ApiError(400, "PARAM_ERROR", "outcome must be success, fail or close")
         return attempt
+
+    def pay(self, attempt: Attempt) -> None:
+        """The payer pays: the attempt succeeds and goes into the day's bill."""
+        attempt.state = "SUCCESS"
+        attempt.success_time = _now()
+        attempt.transaction_id = f"42000{_now():%Y%m%d}{secrets.randbelow(10**15):015d}"
+        self.book.record_payment(
+            attempt.out_trade_no,
+            attempt.transaction_id,
+            attempt.total,
+            created_at=attempt.created_at,
+            at=attempt.success_time,
+            subject=str(attempt.order.get("description", "")),
+            mchid=attempt.merchant.mchid,
+            appid=attempt.merchant.appid,
+            trade_type=attempt.trade_type,
+            openid="o" + secrets.token_hex(14),
+        )
 
     def envelope(
         self, merchant: Merchant, event_type: str, summary: str, fact: dict[str, Any]
@@ -690,8 +990,11 @@ class Gateway:
         )
 
     def refund_notification(self, attempt: Attempt, refund: Refund) -> bytes:
+        whose: dict[str, Any] = {"mchid": attempt.merchant.mchid}
+        if attempt.sub_mchid is not None:
+            whose = {"sp_mchid": attempt.merchant.mchid, "sub_mchid": attempt.sub_mchid}
         fact = {
-            "mchid": attempt.merchant.mchid,
+            **whose,
             "out_trade_no": attempt.out_trade_no,
             "transaction_id": attempt.transaction_id,
             "out_refund_no": refund.out_refund_no,
@@ -708,7 +1011,48 @@ class Gateway:
         }
         return self.envelope(attempt.merchant, "REFUND.SUCCESS", "退款成功", fact)
 
-    def signer(self, body: bytes) -> Signer:
+    def resign(self, body: bytes, changes: Mapping[str, Any]) -> dict[str, Any]:
+        """A callback this gateway made, one field of its resource changed, sealed and signed."""
+        made = next(
+            (a for a in self.attempts.values() if body in a.notifications),
+            None,
+        )
+        if made is None:
+            raise ApiError(404, "NOT_FOUND", "the simulator never made that callback")
+        envelope = json.loads(body)
+        resource = envelope["resource"]
+        key = made.merchant.apiv3_key
+        plaintext = signing.decrypt_resource(
+            key,
+            resource["ciphertext"],
+            nonce=resource["nonce"],
+            associated_data=resource["associated_data"],
+        )
+        if plaintext is None:  # pragma: no cover - it made the body itself
+            raise ApiError(500, "SYSTEM_ERROR", "cannot open its own callback")
+        fact = json.loads(plaintext)
+        if changes.get("amount_fen") is not None:
+            amount = _amount(changes["amount_fen"], "amount_fen")
+            field_name = "refund" if "refund" in fact["amount"] else "total"
+            fact["amount"][field_name] = amount
+            if field_name == "total" and "payer_total" in fact["amount"]:
+                fact["amount"]["payer_total"] = amount
+        if changes.get("merchant") is not None:
+            fact["sub_mchid" if "sub_mchid" in fact else "mchid"] = str(changes["merchant"])
+        if changes.get("out_trade_no") is not None:
+            fact["out_trade_no"] = str(changes["out_trade_no"])
+        nonce = secrets.token_urlsafe(9)[:12]
+        resource["nonce"] = nonce
+        resource["ciphertext"] = signing.encrypt_resource(
+            key,
+            json.dumps(fact, ensure_ascii=False).encode(),
+            nonce=nonce,
+            associated_data=resource["associated_data"],
+        )
+        changed = json.dumps(envelope, ensure_ascii=False).encode()
+        return {"headers": self.signed_headers(changed), "body": changed.decode()}
+
+    def delivery(self, body: bytes) -> Signer:
         """Headers signed anew at every try, as WeChat Pay signs each re-delivery."""
         return lambda: ({**self.signed_headers(body), "Content-Type": "application/json"}, body)
 
@@ -723,7 +1067,7 @@ class Gateway:
     ) -> int | None:
         sent = await self.notifier.deliver(
             url,
-            self.signer(body),
+            self.delivery(body),
             ref=attempt.out_trade_no,
             retry_delays=retry_delays,
             delay=delay,
@@ -805,6 +1149,7 @@ def create_app(
     redelivery_delays: Sequence[float] = (),
     publish_current_day: bool | None = None,
     bill_url_seconds: float = 30.0,
+    platform_certificate: PlatformCertificate | None = None,
 ) -> Starlette:
     """The simulator for the given merchants; ``app.state.gateway`` is its memory.
 
@@ -814,6 +1159,8 @@ def create_app(
     of the current Beijing day so far too (``None``: the kit's
     ``BRANCHPAY_SIMULATOR_BILLS_CURRENT_DAY`` setting decides, off when unset).
     ``bill_url_seconds``: how long a bill's download URL works.
+    ``platform_certificate``: the merchant is switching from a platform
+    certificate to the public key (see ``PUT /control/signing``).
     """
     gateway = Gateway(
         merchants,
@@ -822,12 +1169,14 @@ def create_app(
         redelivery_delays,
         publish_current_day=publish_current_day,
         bill_url_seconds=bill_url_seconds,
+        platform_certificate=platform_certificate,
     )
 
     async def api(request: Request) -> Response:
         fault = gateway.take_fault(request.url.path)
         if fault is not None and fault.kind == "error":
-            return gateway.reply(500, {"code": "SYSTEM_ERROR", "message": "系统错误"}, fault)
+            error = {"code": "SYSTEM_ERROR", "message": "系统错误"}
+            return gateway.reply(500, error, fault, request.headers.get("wechatpay-serial"))
         body = await request.body()
         try:
             merchant = gateway.authenticate(request, body)
@@ -838,7 +1187,7 @@ def create_app(
         if fault is not None and fault.kind == "stall":
             # The platform has acted; only the answer comes too late.
             await asyncio.sleep(fault.seconds)
-        response = gateway.reply(status, data, fault)
+        response = gateway.reply(status, data, fault, request.headers.get("wechatpay-serial"))
         response.background = after
         return response
 
@@ -851,23 +1200,42 @@ def create_app(
         if path == "/v3/bill/tradebill":
             bill = gateway.tradebill(merchant, request.query_params, str(request.base_url))
             return 200, bill, None
-        if (
-            request.method == "POST"
-            and path.startswith("/v3/pay/transactions/")
-            and "kind" in params
-        ):
+        partner = path.startswith("/v3/pay/partner/")
+        if path.endswith("/transactions/codepay"):
+            status, transaction = gateway.codepay(
+                merchant, gateway.json_body(body), partner=partner
+            )
+            return status, transaction, None
+        if path.endswith("/reverse"):
+            data = gateway.json_body(body)
+            gateway.reverse(merchant, params["out_trade_no"], data, partner=partner)
+            keys = ("sp_appid", "sp_mchid", "sub_appid", "sub_mchid") if partner else ()
+            answer = {k: data[k] for k in keys if k in data} or {
+                "appid": merchant.appid,
+                "mchid": merchant.mchid,
+            }
+            return 200, answer | {"out_trade_no": params["out_trade_no"]}, None
+        if request.method == "POST" and "kind" in params:
             kind = params["kind"]
             if kind not in _TRADE_TYPES:
                 raise ApiError(404, "NOT_FOUND", "no such API")
-            order = gateway.order(merchant, kind, gateway.json_body(body), str(request.base_url))
+            order = gateway.order(
+                merchant, kind, gateway.json_body(body), str(request.base_url), partner=partner
+            )
             return 200, order, None
         if path.endswith("/close"):
-            gateway.close(merchant, params["out_trade_no"], gateway.json_body(body))
+            data = gateway.json_body(body)
+            gateway.close(merchant, params["out_trade_no"], data, partner=partner)
             return 204, None, None
-        if path.startswith("/v3/pay/transactions/out-trade-no/"):
-            if request.query_params.get("mchid") != merchant.mchid:
+        if "/transactions/out-trade-no/" in path:
+            query = request.query_params
+            if query.get("sp_mchid" if partner else "mchid") != merchant.mchid:
                 raise ApiError(400, "PARAM_ERROR", "query parameter mchid is not the signer's")
-            attempt = gateway.attempt_of(merchant, params["out_trade_no"])
+            sub_mchid = query.get("sub_mchid") if partner else None
+            if partner and sub_mchid not in merchant.sub_merchants:
+                raise ApiError(400, "NO_AUTH", "sub_mchid is not a sub-merchant of sp_mchid")
+            attempt = gateway.attempt_of(merchant, params["out_trade_no"], sub_mchid)
+            gateway.confirm_on_query(attempt)
             return 200, gateway.transaction(attempt), None
         if request.method == "POST":
             attempt, refund, view, created = gateway.refund(merchant, gateway.json_body(body))
@@ -891,7 +1259,10 @@ def create_app(
             merchant = gateway.authenticate(request, await request.body())
             bill = gateway.bill_file(merchant, request.query_params.get("token", ""))
         except ApiError as error:
-            return gateway.reply(error.status, {"code": error.code, "message": error.message}, None)
+            refusal = {"code": error.code, "message": error.message}
+            return gateway.reply(
+                error.status, refusal, None, request.headers.get("wechatpay-serial")
+            )
         media = "application/x-gzip" if bill.gzip else "text/plain; charset=utf-8"
         content = bill.path.open("rb")  # still readable should the token expire meanwhile
 
@@ -990,6 +1361,41 @@ def create_app(
             )
         return JSONResponse({"statuses": await send()})
 
+    async def signers(request: Request) -> Response:
+        plan = await request.json()
+        callbacks = plan.get("callbacks", gateway.callbacks_signed_by)
+        replies = plan.get("replies", gateway.replies_signed_by)
+        if callbacks not in SIGNERS or replies not in REPLY_SIGNERS:
+            return JSONResponse({"code": "PARAM_ERROR", "message": "unknown signer"}, 400)
+        wants_certificate = "certificate" in (callbacks, replies)
+        if wants_certificate and gateway.platform_certificate is None:
+            return JSONResponse({"code": "PARAM_ERROR", "message": "no platform certificate"}, 400)
+        gateway.callbacks_signed_by, gateway.replies_signed_by = callbacks, replies
+        return JSONResponse({"callbacks": callbacks, "replies": replies})
+
+    async def taken(request: Request) -> Response:
+        out_trade_no = request.path_params["out_trade_no"]
+        attempt = gateway.attempts.get(out_trade_no)
+        taken_fen = attempt.taken_fen() if attempt is not None else 0
+        return JSONResponse({"out_trade_no": out_trade_no, "taken_fen": taken_fen})
+
+    async def resign(request: Request) -> Response:
+        try:
+            plan = await request.json()
+            body = str(plan["body"]).encode()
+            changes = {
+                name: plan[name]
+                for name in ("amount_fen", "merchant", "out_trade_no")
+                if plan.get(name) is not None
+            }
+            if not changes:
+                raise ApiError(400, "PARAM_ERROR", "name amount_fen, merchant or out_trade_no")
+            return JSONResponse(gateway.resign(body, changes))
+        except ApiError as error:
+            return JSONResponse({"code": error.code, "message": error.message}, error.status)
+        except (ValueError, KeyError, TypeError):
+            return JSONResponse({"code": "PARAM_ERROR", "message": "malformed resign"}, 400)
+
     async def faults(request: Request) -> Response:
         if request.method == "DELETE":
             gateway.faults.clear()
@@ -1012,16 +1418,34 @@ def create_app(
     app = Starlette(
         routes=[
             Route("/v3/pay/transactions/out-trade-no/{out_trade_no}/close", api, methods=["POST"]),
+            Route(
+                "/v3/pay/transactions/out-trade-no/{out_trade_no}/reverse", api, methods=["POST"]
+            ),
             Route("/v3/pay/transactions/out-trade-no/{out_trade_no}", api, methods=["GET"]),
             Route("/v3/pay/transactions/{kind}", api, methods=["POST"]),
+            Route(
+                "/v3/pay/partner/transactions/out-trade-no/{out_trade_no}/close",
+                api,
+                methods=["POST"],
+            ),
+            Route(
+                "/v3/pay/partner/transactions/out-trade-no/{out_trade_no}/reverse",
+                api,
+                methods=["POST"],
+            ),
+            Route("/v3/pay/partner/transactions/out-trade-no/{out_trade_no}", api, methods=["GET"]),
+            Route("/v3/pay/partner/transactions/{kind}", api, methods=["POST"]),
             Route("/v3/refund/domestic/refunds", api, methods=["POST"]),
             Route("/v3/refund/domestic/refunds/{out_refund_no}", api, methods=["GET"]),
             Route("/v3/bill/tradebill", api, methods=["GET"]),
             Route("/v3/billdownload/file", bill_download, methods=["GET"]),
             Route("/pay/{out_trade_no}", pay_page, methods=["GET"]),
             Route("/pay/{out_trade_no}", pay, methods=["POST"]),
+            Route("/control/notifications/resign", resign, methods=["POST"]),
             Route("/control/notifications/{out_trade_no}", notifications, methods=["GET"]),
             Route("/control/notifications/{out_trade_no}/deliver", redeliver, methods=["POST"]),
+            Route("/control/payments/{out_trade_no}/taken", taken, methods=["GET"]),
+            Route("/control/signing", signers, methods=["PUT"]),
             Route("/control/faults", faults, methods=["POST", "DELETE"]),
             *control_routes("/control", notifier=gateway.notifier, faults=gateway.faults),
             *bill_routes("/control", gateway.book),

@@ -6,10 +6,6 @@ prefix table of channels.md section 1.4: WeChat 18 digits starting 10-15,
 Alipay 16-24 digits starting 25-30, UnionPay 19 digits starting 62; the
 sandbox's own 99 + 16 digits). The classes are the real ones, found through
 the ``branchpay.providers`` entry points as the service finds them.
-
-WeChat Pay's and Alipay's patterns are added on their own branches (issue 18):
-the rows that need them are strict expected failures until they are merged,
-when they pass and the mark must go.
 """
 
 from __future__ import annotations
@@ -23,14 +19,6 @@ from api.services.payments.start import detect_wallet
 BUILT_IN = ("sandbox", "wechatpay", "alipay", "unionpay")
 
 
-def _pending(wallet: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(
-        strict=True, reason=f"issue 18: {wallet}'s payment_code_pattern is on its own branch"
-    )
-
-
-WECHAT = _pending("wechatpay")
-
 CODES = [
     # sandbox: 99 + 16 digits
     ("99" + "1" * 16, "sandbox"),
@@ -43,9 +31,9 @@ CODES = [
     ("62" + "1" * 16 + "a", None),
     ("63" + "1" * 17, None),
     # WeChat Pay: 18 digits starting 10..15
-    pytest.param("10" + "1" * 16, "wechatpay", marks=WECHAT),
-    pytest.param("134567890123456789", "wechatpay", marks=WECHAT),
-    pytest.param("15" + "9" * 16, "wechatpay", marks=WECHAT),
+    ("10" + "1" * 16, "wechatpay"),
+    ("134567890123456789", "wechatpay"),
+    ("15" + "9" * 16, "wechatpay"),
     ("16" + "1" * 16, None),
     ("13" + "1" * 15, None),  # 17 digits
     ("13" + "1" * 17, None),  # 19 digits

@@ -55,5 +55,11 @@ def gateway(simulator_url: str) -> WechatpayDriver:
     )
 
 
+@pytest.fixture
+def payer_id() -> str:
+    """An openid as WeChat Pay issues them under an appid (28 characters)."""
+    return "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"
+
+
 class TestWechatpayConformance(ProviderConformance):
     pass

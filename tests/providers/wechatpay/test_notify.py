@@ -231,8 +231,6 @@ def test_bad_callbacks_are_refused_and_change_nothing_then_the_genuine_one_pays(
             "zj",
             "not the configured platform public key id",
         ),
-        ("other mchid", other_mchid, signed(other_mchid), "zj", "mchid is not this branch's"),
-        ("other appid", other_appid, signed(other_appid), "zj", "appid is not this branch's"),
         (
             "sealed with another APIv3 key",
             other_apiv3_key,
@@ -241,7 +239,6 @@ def test_bad_callbacks_are_refused_and_change_nothing_then_the_genuine_one_pays(
             "does not decrypt with the APIv3 key",
         ),
         ("replayed after 10 minutes", genuine, stale_headers, "zj", "stale or replayed"),
-        ("sent to another branch", genuine, genuine_headers, "bj", "mchid is not this branch's"),
         ("malformed", malformed, signed(malformed), "zj", "body is not JSON"),
         (
             "over the adapter's limit",
@@ -277,11 +274,27 @@ def test_bad_callbacks_are_refused_and_change_nothing_then_the_genuine_one_pays(
         assert secret not in logged
     assert branchpay.db["payment_events"].count_documents({}) == 0
 
-    # Genuinely signed but of no attempt of ours: kept aside, answered so WeChat Pay stops.
-    kept = post(branchpay, unknown, signed(unknown))
-    assert (kept.status_code, kept.json()) == (200, ACCEPTED)
-    assert order_state(branchpay, order_id) == before
-    assert branchpay.db["notification_mismatches"].count_documents({"provider": "wechatpay"}) == 1
+    # Genuinely signed but another merchant's or app's, or of no attempt of ours: kept
+    # aside, answered so WeChat Pay stops re-sending, and nothing changes.
+    # (case, body, headers, branch, the reason kept)
+    not_ours: list[tuple[str, bytes, dict[str, str], str, str]] = [
+        ("other mchid", other_mchid, signed(other_mchid), "zj", "mchid is not this branch's"),
+        ("other appid", other_appid, signed(other_appid), "zj", "appid is not this branch's"),
+        ("sent to another branch", genuine, genuine_headers, "bj", "mchid is not this branch's"),
+        ("unknown out_trade_no", unknown, signed(unknown), "zj", "no attempt"),
+    ]
+    for case, body, headers, branch, reason in not_ours:
+        caplog.clear()
+        kept = post(branchpay, body, headers, branch)
+        assert (kept.status_code, kept.json()) == (200, ACCEPTED), (case, kept.text)
+        assert f"wechatpay/{branch}" in caplog.text, (case, caplog.text)
+        assert order_state(branchpay, order_id) == before, case
+        (_,) = branchpay.db["notification_mismatches"].find(
+            {"provider": "wechatpay", "branch": branch, "reason": {"$regex": reason}}
+        )
+        assert keys.apiv3_key not in caplog.text, case
+    assert branchpay.db["notification_mismatches"].count_documents({"provider": "wechatpay"}) == 4
+    assert branchpay.db["payment_events"].count_documents({}) == 0
 
     accepted = post(branchpay, genuine, genuine_headers)
     assert (accepted.status_code, accepted.json()) == (200, ACCEPTED)

@@ -33,6 +33,7 @@ from api.plugins.contract import (
     AttemptState,
     EventKind,
     GatewayError,
+    NotificationMismatch,
     NotificationRejected,
     NotificationRequest,
     PaymentMethod,
@@ -625,10 +626,10 @@ async def test_stale_and_future_callbacks_are_rejected(
 ) -> None:
     _, genuine = await paid(provider, driver)
     now = int(time.time())
-    recent = driver.resign(genuine, timestamp=now - 240)
+    recent = driver.sign_anew(genuine, timestamp=now - 240)
     assert await provider.parse_notification(recent) is not None
     for moment in (now - 301, now - 86_400, now + 400):
-        replayed = driver.resign(genuine, timestamp=moment)
+        replayed = driver.sign_anew(genuine, timestamp=moment)
         await assert_rejected(provider, replayed, "more than 5 minutes", caplog, keys)
 
 
@@ -639,7 +640,7 @@ async def test_callback_under_another_key_id_is_rejected(
     keys: Keys,
 ) -> None:
     _, genuine = await paid(provider, driver)
-    other_id = driver.resign(genuine, serial="PUB_KEY_ID_0000000000000000000000000000")
+    other_id = driver.sign_anew(genuine, serial="PUB_KEY_ID_0000000000000000000000000000")
     await assert_rejected(provider, other_id, "platform public key id", caplog, keys)
     wrong_type = dict(genuine.headers) | {"wechatpay-signature-type": "WECHATPAY2-SM2-WITH-SM3"}
     await assert_rejected(
@@ -647,14 +648,14 @@ async def test_callback_under_another_key_id_is_rejected(
     )
 
 
-async def test_callback_for_another_merchant_or_app_is_rejected(
+async def test_callback_for_another_merchant_or_app_is_a_mismatch(
     keys: Keys,
     simulator_url: str,
     http: httpx.AsyncClient,
     driver: WechatpayDriver,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Same platform and APIv3 key, but the branch is another merchant account."""
+    """Same platform and APIv3 key, genuinely signed, but the branch is another merchant account."""
     other = WechatpayProvider(
         settings(keys, simulator_url, mchid="1900000110", appid="wx0000000000000110"),
         branch="bj",
@@ -665,13 +666,32 @@ async def test_callback_for_another_merchant_or_app_is_rejected(
     notification = await driver.settle(request.out_trade_no, "success")
     assert notification is not None and await other.parse_notification(notification)
     ours = WechatpayProvider(settings(keys, simulator_url), branch=BRANCH, http=http)
-    await assert_rejected(ours, notification, "mchid", caplog, keys)
     same_merchant_other_app = WechatpayProvider(
         settings(keys, simulator_url, mchid="1900000110", appid="wx_another_app"),
         branch=BRANCH,
         http=http,
     )
-    await assert_rejected(same_merchant_other_app, notification, "appid", caplog, keys)
+    for provider, reason in ((ours, "mchid"), (same_merchant_other_app, "appid")):
+        caplog.clear()
+        with (
+            caplog.at_level(logging.DEBUG, logger=LOGGER),
+            pytest.raises(NotificationMismatch, match=reason),
+        ):
+            await provider.parse_notification(notification)
+        lines = [r.getMessage() for r in caplog.records if r.name == LOGGER]
+        assert any("not ours" in line and BRANCH in line for line in lines), lines
+        assert keys.apiv3_key not in caplog.text
+
+
+async def test_callback_resigned_by_the_platform_for_another_merchant_is_a_mismatch(
+    provider: WechatpayProvider, driver: WechatpayDriver
+) -> None:
+    _, genuine = await paid(provider, driver)
+    other = await driver.resign(genuine, merchant="1900000999")
+    with pytest.raises(NotificationMismatch, match="mchid"):
+        await provider.parse_notification(other)
+    more = await provider.parse_notification(await driver.resign(genuine, amount_fen=8801))
+    assert more is not None and more.amount_fen == 8801
 
 
 async def test_callback_under_another_apiv3_key_is_rejected(
@@ -719,7 +739,7 @@ async def test_malformed_bodies_are_rejected_even_when_signed(
     reason: str,
 ) -> None:
     _, genuine = await paid(provider, driver)
-    signed = driver.resign(replace(genuine, body=body), timestamp=int(time.time()))
+    signed = driver.sign_anew(replace(genuine, body=body), timestamp=int(time.time()))
     await assert_rejected(provider, signed, reason, caplog, keys)
 
 
@@ -731,7 +751,7 @@ async def test_oversized_body_is_rejected_before_any_work(
 ) -> None:
     _, genuine = await paid(provider, driver)
     huge = replace(genuine, body=genuine.body + b" " * (64 * 1024))
-    await assert_rejected(provider, driver.resign(huge), "larger", caplog, keys)
+    await assert_rejected(provider, driver.sign_anew(huge), "larger", caplog, keys)
 
 
 def rewritten(
@@ -756,7 +776,7 @@ def rewritten(
     resource["ciphertext"] = signing.encrypt_resource(
         key, json.dumps(fact).encode(), nonce=resource["nonce"], associated_data="transaction"
     )
-    return driver.resign(replace(genuine, body=json.dumps(envelope).encode()))
+    return driver.sign_anew(replace(genuine, body=json.dumps(envelope).encode()))
 
 
 @pytest.mark.parametrize("amount", [8800.0, "8800", True, -8800, None])

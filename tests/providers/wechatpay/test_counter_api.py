@@ -1,0 +1,207 @@
+"""Counter sales through branchpay's API against the WeChat Pay simulator over HTTP.
+
+branchpay (real app, uvicorn, store) has branch zj on a WeChat Pay merchant
+pointing at the simulator, with a fast counter pace. A clerk scans a WeChat
+payment code (``startPayment`` with ``PAYMENT_CODE`` and no provider: the code
+names WeChat Pay): paid at once; the payer confirms after a few polls; the
+payer never confirms, so the sale is reversed (WeChat Pay first refuses the
+reverse while the payer is confirming), nothing stays taken and the order is
+not paid.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from providers.kit.loopback import LoopbackServer
+from providers.wechatpay.driver import WechatpayDriver
+from providers.wechatpay.simulator import create_app
+from tests.conftest import RunningService
+from tests.providers.wechatpay.support import PLATFORM_KEY_ID, merchant, session_keys
+from tests.schema.test_mutation import CREATE, offering_id, order_input
+
+PLUGINS_TOML = """
+[branches.zj]
+name = "China Mobile Zhejiang"
+province = "Zhejiang"
+operator = "China Mobile"
+
+[branches.zj.providers.wechatpay]
+enabled = true
+mchid = "1900000109"
+appid = "wxd678efh567hg6787"
+private_key = {{ file = "wechatpay-merchant.pem" }}
+cert_serial_no = "444F4864EA9B34415C0A6E1FE4DF1DE2A9E1AF8C"
+apiv3_key = {{ file = "wechatpay-apiv3.key" }}
+platform_public_key = {{ file = "wechatpay-platform-public.pem" }}
+platform_public_key_id = "PUB_KEY_ID_0119000001092025112500000001"
+gateway = "{gateway}"
+backoff_seconds = 0.01
+"""
+# Fast enough for a test: a query every 0.2 s, reversed after 1.5 s unknown.
+COUNTER = {
+    "counter_poll_seconds": 0.2,
+    "counter_wait_seconds": 1.5,
+    "counter_reverse_retry_seconds": 0.2,
+    "counter_tick_seconds": 0.05,
+}
+START = """
+mutation($input: StartPaymentInput!) {
+  startPayment(input: $input) {
+    payment { id status provider method outTradeNo reversal amount { amountFen } }
+    action { kind }
+    userErrors { field message code }
+  }
+}
+"""
+ORDER = """
+query($id: ID!) {
+  order(id: $id) { status payments { status outTradeNo reversal } }
+}
+"""
+
+
+@pytest.fixture
+def gateway_url() -> Iterator[str]:
+    keys = session_keys()
+    app = create_app(
+        merchants=[merchant(keys)],
+        platform_private_key=keys.platform,
+        platform_public_key_id=PLATFORM_KEY_ID,
+    )
+    with LoopbackServer(app) as server:
+        yield server.url
+
+
+@pytest.fixture
+def driver(gateway_url: str) -> WechatpayDriver:
+    keys = session_keys()
+    return WechatpayDriver(
+        gateway_url,
+        platform_private_key=keys.platform,
+        platform_public_key_id=PLATFORM_KEY_ID,
+        apiv3_key=keys.apiv3_key.encode(),
+    )
+
+
+@pytest.fixture
+def branchpay(
+    tmp_path: Path, start_service: Callable[..., RunningService], gateway_url: str
+) -> RunningService:
+    keys = session_keys()
+    for name, text in (
+        ("wechatpay-merchant.pem", keys.merchant_pem),
+        ("wechatpay-apiv3.key", keys.apiv3_key + "\n"),
+        ("wechatpay-platform-public.pem", keys.platform_public_pem),
+    ):
+        (tmp_path / name).write_text(text)
+        (tmp_path / name).chmod(0o600)
+    return start_service(PLUGINS_TOML, gateway=gateway_url, **COUNTER)
+
+
+def new_order(service: RunningService) -> str:
+    created = service.client.data(
+        CREATE,
+        {
+            "input": order_input(
+                items=[{"offeringId": offering_id("zj-plan-59"), "quantity": 1}],
+                customer={"name": "Li Lei", "phone": "13912345678"},
+                idempotencyKey=f"order-{uuid.uuid4().hex}",
+            )
+        },
+    )["createOrder"]
+    assert created["userErrors"] == [], created
+    order_id: str = created["order"]["id"]
+    return order_id
+
+
+def charge(service: RunningService, order_id: str, auth_code: str) -> dict[str, Any]:
+    started: dict[str, Any] = service.client.data(
+        START, {"input": {"orderId": order_id, "method": "PAYMENT_CODE", "authCode": auth_code}}
+    )["startPayment"]
+    assert started["userErrors"] == [], started
+    return started
+
+
+def order_of(service: RunningService, order_id: str) -> dict[str, Any]:
+    order: dict[str, Any] = service.client.data(ORDER, {"id": order_id})["order"]
+    return order
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := check():
+            return result
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting")
+
+
+def taken_fen(gateway_url: str, out_trade_no: str) -> int:
+    answer = httpx.get(f"{gateway_url}/control/payments/{out_trade_no}/taken")
+    answer.raise_for_status()
+    return int(answer.json()["taken_fen"])
+
+
+def test_a_wechat_code_paid_at_once_pays_the_order(
+    branchpay: RunningService, driver: WechatpayDriver, gateway_url: str
+) -> None:
+    order_id = new_order(branchpay)
+    started = charge(branchpay, order_id, driver.payment_code("pay"))
+    payment = started["payment"]
+    assert (payment["provider"], payment["status"], started["action"]["kind"]) == (
+        "wechatpay",
+        "SUCCEEDED",
+        "NONE",
+    )
+    assert order_of(branchpay, order_id)["status"] == "PAID"
+    assert taken_fen(gateway_url, payment["outTradeNo"]) == payment["amount"]["amountFen"]
+    assert (
+        branchpay.db["payment_events"].count_documents({"outTradeNo": payment["outTradeNo"]}) == 1
+    )
+
+
+def test_a_payer_confirming_on_the_phone_is_polled_until_paid(
+    branchpay: RunningService, driver: WechatpayDriver, gateway_url: str
+) -> None:
+    order_id = new_order(branchpay)
+    payment = charge(branchpay, order_id, driver.payment_code("confirm"))["payment"]
+    assert (payment["provider"], payment["status"]) == ("wechatpay", "PENDING")
+    wait_for(lambda: order_of(branchpay, order_id)["status"] == "PAID")
+    (seen,) = order_of(branchpay, order_id)["payments"]
+    assert seen["status"] == "SUCCEEDED" and seen["reversal"] is None
+    assert taken_fen(gateway_url, payment["outTradeNo"]) == payment["amount"]["amountFen"]
+    assert (
+        branchpay.db["payment_events"].count_documents({"outTradeNo": payment["outTradeNo"]}) == 1
+    )
+
+
+def test_a_sale_never_confirmed_is_reversed_with_nothing_taken_and_the_order_unpaid(
+    branchpay: RunningService, driver: WechatpayDriver, gateway_url: str
+) -> None:
+    order_id = new_order(branchpay)
+    payment = charge(branchpay, order_id, driver.payment_code("never"))["payment"]
+    assert payment["status"] == "PENDING"
+
+    def reversed_() -> dict[str, Any] | None:
+        (seen,) = order_of(branchpay, order_id)["payments"]
+        return seen if seen["reversal"] == "DONE" else None
+
+    seen = wait_for(reversed_)
+    assert seen["status"] == "CLOSED"
+    assert order_of(branchpay, order_id)["status"] == "PENDING_PAYMENT"
+    assert taken_fen(gateway_url, payment["outTradeNo"]) == 0
+    assert (
+        branchpay.db["payment_events"].count_documents({"outTradeNo": payment["outTradeNo"]}) == 0
+    )
+    # The clerk scans a new code; that one pays the order.
+    again = charge(branchpay, order_id, driver.payment_code("pay"))
+    assert again["payment"]["status"] == "SUCCEEDED"
+    assert order_of(branchpay, order_id)["status"] == "PAID"
