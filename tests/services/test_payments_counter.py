@@ -16,33 +16,11 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.counter_support import COUNTER, START, charge, order_of, wait_for
 from tests.services.conftest import PayService, serve_process
 
-START = """
-mutation($input: StartPaymentInput!) {
-  startPayment(input: $input) {
-    payment { id status provider method outTradeNo reversal amount { amountFen } }
-    action { kind }
-    userErrors { field message code }
-  }
-}
 """
-ORDER = """
-query($id: ID!) {
-  order(id: $id) {
-    status
-    payments { status outTradeNo reversal refunds { outRefundNo status amount { amountFen } } }
-  }
-}
 """
-
-# Fast enough for a test: a query every 0.2 s, reversed after 1.5 s unknown.
-COUNTER = {
-    "counter_poll_seconds": 0.2,
-    "counter_wait_seconds": 1.5,
-    "counter_reverse_retry_seconds": 0.2,
-    "counter_tick_seconds": 0.05,
-}
 
 
 def code(behaviour: str) -> str:
@@ -51,31 +29,10 @@ def code(behaviour: str) -> str:
     return "99" + "".join(secrets.choice("0123456789") for _ in range(15)) + last
 
 
-def charge(service: PayService, order_id: str, auth_code: str | None, **extra: Any) -> Any:
-    payload = {"orderId": order_id, "method": "PAYMENT_CODE", **extra}
-    if auth_code is not None:
-        payload["authCode"] = auth_code
-    return service.client.data(START, {"input": payload})["startPayment"]
-
-
 def taken_fen(service: PayService, out_trade_no: str) -> int:
     response = httpx.get(f"{service.gateway_url}/control/payments/{out_trade_no}/taken")
     response.raise_for_status()
     return int(response.json()["taken_fen"])
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting")
-
-
-def order_of(service: PayService, order_id: str) -> dict[str, Any]:
-    order: dict[str, Any] = service.client.data(ORDER, {"id": order_id})["order"]
-    return order
 
 
 def test_a_code_paid_at_once_pays_the_order_before_start_payment_answers(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -34,6 +33,8 @@ from providers.alipay import AlipayProvider
 from providers.alipay.simulator import create_app
 from providers.kit.loopback import LoopbackServer
 from tests.conftest import RunningService
+from tests.counter_support import COUNTER, new_order, order_of, wait_for
+from tests.counter_support import charged as charge
 from tests.providers.alipay.support import (
     RunningSimulator,
     alipay_http,
@@ -42,7 +43,6 @@ from tests.providers.alipay.support import (
     app_key,
     platform_key,
 )
-from tests.schema.test_mutation import CREATE, offering_id, order_input
 
 __all__ = ["alipay_http", "alipay_provider", "alipay_simulator"]
 
@@ -185,26 +185,7 @@ alipay_public_key = {{ file = "alipay-public.pem" }}
 gateway = "{gateway}"
 """
 
-# Fast enough for a test: a query every 0.2 s, cancelled after 1.5 s unknown.
-COUNTER = {
-    "counter_poll_seconds": 0.2,
-    "counter_wait_seconds": 1.5,
-    "counter_reverse_retry_seconds": 0.2,
-    "counter_tick_seconds": 0.05,
-}
-START = """
-mutation($input: StartPaymentInput!) {
-  startPayment(input: $input) {
-    payment { id status provider method outTradeNo reversal amount { amountFen } }
-    action { kind }
-    userErrors { field message code }
-  }
-}
 """
-ORDER = """
-query($id: ID!) {
-  order(id: $id) { status payments { status outTradeNo reversal providerTradeNo } }
-}
 """
 
 
@@ -235,47 +216,10 @@ def branchpay(
     return service
 
 
-def new_order(service: RunningService) -> str:
-    created = service.client.data(
-        CREATE,
-        {
-            "input": order_input(
-                items=[{"offeringId": offering_id("zj-plan-59"), "quantity": 1}],
-                idempotencyKey=f"order-{uuid.uuid4().hex}",
-            )
-        },
-    )["createOrder"]
-    assert created["userErrors"] == [], created
-    order_id: str = created["order"]["id"]
-    return order_id
-
-
-def charge(service: RunningService, order_id: str, auth_code: str) -> dict[str, Any]:
-    # No provider named: branchpay finds Alipay from the code.
-    payload = {"orderId": order_id, "method": "PAYMENT_CODE", "authCode": auth_code}
-    result: dict[str, Any] = service.client.data(START, {"input": payload})["startPayment"]
-    assert result["userErrors"] == [], result
-    return result
-
-
-def order_of(service: RunningService, order_id: str) -> dict[str, Any]:
-    order: dict[str, Any] = service.client.data(ORDER, {"id": order_id})["order"]
-    return order
-
-
 def ledger(gateway_url: str, out_trade_no: str) -> int:
     answer = httpx.get(f"{gateway_url}/_control/trades/{out_trade_no}/taken")
     answer.raise_for_status()
     return int(answer.json()["taken_fen"])
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting")
 
 
 def test_a_code_paid_at_once_pays_the_order(branchpay: RunningService, gateway_url: str) -> None:

@@ -13,8 +13,6 @@ them to /notify themselves, when they want them to arrive.
 from __future__ import annotations
 
 import secrets
-import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,9 +23,9 @@ import pytest
 from providers.kit.loopback import LoopbackServer
 from providers.unionpay import pki
 from tests.conftest import RunningService
+from tests.counter_support import COUNTER, charge, new_order, order_of, wait_for
 from tests.providers import notify_support
 from tests.providers.unionpay.support import MER_ID, chain, simulator_app
-from tests.schema.test_mutation import CREATE, offering_id, order_input
 
 PLUGINS_TOML = """
 [branches.zj]
@@ -54,25 +52,7 @@ name = "China Telecom Yunnan"
 province = "Yunnan"
 operator = "China Telecom"
 """
-COUNTER = {
-    "counter_poll_seconds": 0.2,
-    "counter_wait_seconds": 1.5,
-    "counter_reverse_retry_seconds": 0.2,
-    "counter_tick_seconds": 0.05,
-}
-START = """
-mutation($input: StartPaymentInput!) {
-  startPayment(input: $input) {
-    payment { id status provider method outTradeNo reversal amount { amountFen } }
-    action { kind }
-    userErrors { field message code }
-  }
-}
 """
-ORDER = """
-query($id: ID!) {
-  order(id: $id) { status payments { status outTradeNo reversal providerTradeNo } }
-}
 """
 
 
@@ -104,34 +84,6 @@ def branchpay(
     )
 
 
-def new_order(service: RunningService) -> str:
-    created = service.client.data(
-        CREATE,
-        {
-            "input": order_input(
-                items=[{"offeringId": offering_id("zj-plan-59"), "quantity": 1}],
-                customer={"name": "Li Lei", "phone": "13912345678"},
-                idempotencyKey=f"order-{uuid.uuid4().hex}",
-            )
-        },
-    )["createOrder"]
-    assert created["userErrors"] == [], created
-    order_id: str = created["order"]["id"]
-    return order_id
-
-
-def charge(service: RunningService, order_id: str, auth_code: str) -> dict[str, Any]:
-    started: dict[str, Any] = service.client.data(
-        START, {"input": {"orderId": order_id, "method": "PAYMENT_CODE", "authCode": auth_code}}
-    )["startPayment"]
-    return started
-
-
-def order_of(service: RunningService, order_id: str) -> dict[str, Any]:
-    order: dict[str, Any] = service.client.data(ORDER, {"id": order_id})["order"]
-    return order
-
-
 def taken_fen(gateway_url: str, out_trade_no: str) -> int:
     response = httpx.get(f"{gateway_url}/control/transactions/{out_trade_no}/taken")
     response.raise_for_status()
@@ -143,15 +95,6 @@ def simulator_view(gateway_url: str, order_id: str) -> dict[str, Any]:
     response.raise_for_status()
     view: dict[str, Any] = response.json()
     return view
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting")
 
 
 def stored_nowhere(service: RunningService, auth_code: str) -> bool:

@@ -11,8 +11,6 @@ not paid.
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,8 +22,9 @@ from providers.kit.loopback import LoopbackServer
 from providers.wechatpay.driver import WechatpayDriver
 from providers.wechatpay.simulator import create_app
 from tests.conftest import RunningService
+from tests.counter_support import COUNTER, new_order, order_of, wait_for
+from tests.counter_support import charged as charge
 from tests.providers.wechatpay.support import PLATFORM_KEY_ID, merchant, session_keys
-from tests.schema.test_mutation import CREATE, offering_id, order_input
 
 PLUGINS_TOML = """
 [branches.zj]
@@ -45,26 +44,7 @@ platform_public_key_id = "PUB_KEY_ID_0119000001092025112500000001"
 gateway = "{gateway}"
 backoff_seconds = 0.01
 """
-# Fast enough for a test: a query every 0.2 s, reversed after 1.5 s unknown.
-COUNTER = {
-    "counter_poll_seconds": 0.2,
-    "counter_wait_seconds": 1.5,
-    "counter_reverse_retry_seconds": 0.2,
-    "counter_tick_seconds": 0.05,
-}
-START = """
-mutation($input: StartPaymentInput!) {
-  startPayment(input: $input) {
-    payment { id status provider method outTradeNo reversal amount { amountFen } }
-    action { kind }
-    userErrors { field message code }
-  }
-}
 """
-ORDER = """
-query($id: ID!) {
-  order(id: $id) { status payments { status outTradeNo reversal } }
-}
 """
 
 
@@ -104,44 +84,6 @@ def branchpay(
         (tmp_path / name).write_text(text)
         (tmp_path / name).chmod(0o600)
     return start_service(PLUGINS_TOML, gateway=gateway_url, **COUNTER)
-
-
-def new_order(service: RunningService) -> str:
-    created = service.client.data(
-        CREATE,
-        {
-            "input": order_input(
-                items=[{"offeringId": offering_id("zj-plan-59"), "quantity": 1}],
-                customer={"name": "Li Lei", "phone": "13912345678"},
-                idempotencyKey=f"order-{uuid.uuid4().hex}",
-            )
-        },
-    )["createOrder"]
-    assert created["userErrors"] == [], created
-    order_id: str = created["order"]["id"]
-    return order_id
-
-
-def charge(service: RunningService, order_id: str, auth_code: str) -> dict[str, Any]:
-    started: dict[str, Any] = service.client.data(
-        START, {"input": {"orderId": order_id, "method": "PAYMENT_CODE", "authCode": auth_code}}
-    )["startPayment"]
-    assert started["userErrors"] == [], started
-    return started
-
-
-def order_of(service: RunningService, order_id: str) -> dict[str, Any]:
-    order: dict[str, Any] = service.client.data(ORDER, {"id": order_id})["order"]
-    return order
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting")
 
 
 def taken_fen(gateway_url: str, out_trade_no: str) -> int:

@@ -38,16 +38,15 @@ ZJ_SUB_MCHID = "1900000201"
 BJ_SUB_MCHID = "1900000202"
 ACCEPTED = {"code": "SUCCESS", "message": "OK"}
 
-PLUGINS_TOML = (
-    """
+PLUGINS_TOML = f"""
 [accounts.ct-isv.wechatpay]
-mchid = "{mchid}"
-appid = "{appid}"
+mchid = "{MCHID}"
+appid = "{APPID}"
 private_key = {{{{ file = "wechatpay-merchant.pem" }}}}
 cert_serial_no = "444F4864EA9B34415C0A6E1FE4DF1DE2A9E1AF8C"
 apiv3_key = {{{{ file = "wechatpay-apiv3.key" }}}}
 platform_public_key = {{{{ file = "wechatpay-platform-public.pem" }}}}
-platform_public_key_id = "{key_id}"
+platform_public_key_id = "{PLATFORM_KEY_ID}"
 gateway = "{{gateway}}"
 backoff_seconds = 0.01
 
@@ -59,7 +58,7 @@ operator = "China Mobile"
 [branches.zj.providers.wechatpay]
 enabled = true
 account = "ct-isv"
-sub_mchid = "{zj}"
+sub_mchid = "{ZJ_SUB_MCHID}"
 
 [branches.bj]
 name = "China Telecom Beijing"
@@ -69,9 +68,8 @@ operator = "China Telecom"
 [branches.bj.providers.wechatpay]
 enabled = true
 account = "ct-isv"
-sub_mchid = "{bj}"
+sub_mchid = "{BJ_SUB_MCHID}"
 """
-).format(mchid=MCHID, appid=APPID, key_id=PLATFORM_KEY_ID, zj=ZJ_SUB_MCHID, bj=BJ_SUB_MCHID)
 
 
 @pytest.fixture
