@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -26,6 +27,15 @@ from providers.unionpay.simulator import create_app
 
 MER_ID = "777290058110048"
 BRANCH = "zj-mobile"
+
+# A provider table's certificate settings in a plugins.toml of a test (before
+# str.format, so the braces are doubled), reading the files write_cert_files writes.
+CERT_SETTINGS = """\
+sign_cert = {{ file = "unionpay-sign-cert.pem" }}
+sign_cert_private_key = {{ file = "unionpay-sign-key.pem" }}
+middle_cert = {{ file = "unionpay-middle.pem" }}
+root_cert = {{ file = "unionpay-root.pem" }}
+"""
 
 
 @cache
@@ -121,3 +131,14 @@ class NotifyReceiver:
 
     async def next(self, timeout: float = 10.0) -> Verdict:
         return await asyncio.wait_for(self.verdicts.get(), timeout)
+
+
+def write_cert_files(directory: Path) -> None:
+    """The session chain's merchant certificate and key, middle and root, as CERT_SETTINGS reads."""
+    c = chain()
+    (directory / "unionpay-sign-cert.pem").write_text(pki.cert_pem(c.merchant_cert))
+    key_file = directory / "unionpay-sign-key.pem"
+    key_file.write_text(pki.key_pem(c.merchant_key))
+    key_file.chmod(0o600)
+    (directory / "unionpay-middle.pem").write_text(pki.cert_pem(c.middle_cert))
+    (directory / "unionpay-root.pem").write_text(pki.cert_pem(c.root_cert))

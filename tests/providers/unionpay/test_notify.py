@@ -27,16 +27,18 @@ from tests.conftest import RunningService
 from tests.providers import notify_support
 from tests.providers.notify_support import order_state
 from tests.providers.unionpay.support import (
+    CERT_SETTINGS,
     MER_ID,
     chain,
     other_chain,
     platform_signed,
     simulator_app,
+    write_cert_files,
 )
 
 BJ_MER_ID = "898111111111111"
 
-PLUGINS_TOML = """
+PLUGINS_TOML = f"""
 [branches.zj]
 name = "China Mobile Zhejiang"
 province = "Zhejiang"
@@ -45,11 +47,7 @@ operator = "China Mobile"
 [branches.zj.providers.unionpay]
 enabled = true
 mer_id = "777290058110048"
-sign_cert = {{ file = "unionpay-sign-cert.pem" }}
-sign_cert_private_key = {{ file = "unionpay-sign-key.pem" }}
-middle_cert = {{ file = "unionpay-middle.pem" }}
-root_cert = {{ file = "unionpay-root.pem" }}
-gateway = "{gateway}"
+{CERT_SETTINGS}gateway = "{{gateway}}"
 
 [branches.bj]
 name = "China Telecom Beijing"
@@ -59,11 +57,7 @@ operator = "China Telecom"
 [branches.bj.providers.unionpay]
 enabled = true
 mer_id = "898111111111111"
-sign_cert = {{ file = "unionpay-sign-cert.pem" }}
-sign_cert_private_key = {{ file = "unionpay-sign-key.pem" }}
-middle_cert = {{ file = "unionpay-middle.pem" }}
-root_cert = {{ file = "unionpay-root.pem" }}
-gateway = "{gateway}"
+{CERT_SETTINGS}gateway = "{{gateway}}"
 
 [branches.yn]
 name = "China Telecom Yunnan"
@@ -82,13 +76,7 @@ def gateway_url() -> Iterator[str]:
 def branchpay(
     tmp_path: Path, start_service: Callable[..., RunningService], gateway_url: str
 ) -> RunningService:
-    c = chain()
-    (tmp_path / "unionpay-sign-cert.pem").write_text(pki.cert_pem(c.merchant_cert))
-    key_file = tmp_path / "unionpay-sign-key.pem"
-    key_file.write_text(pki.key_pem(c.merchant_key))
-    key_file.chmod(0o600)
-    (tmp_path / "unionpay-middle.pem").write_text(pki.cert_pem(c.middle_cert))
-    (tmp_path / "unionpay-root.pem").write_text(pki.cert_pem(c.root_cert))
+    write_cert_files(tmp_path)
     # Refund notifications the simulator sends on its own go to the discard port.
     return start_service(PLUGINS_TOML, gateway=gateway_url, public_url="http://127.0.0.1:9")
 

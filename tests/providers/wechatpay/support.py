@@ -12,6 +12,7 @@ import secrets
 import string
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
@@ -36,6 +37,16 @@ APPID = "wxd678efh567hg6787"
 CERT_SERIAL_NO = "444F4864EA9B34415C0A6E1FE4DF1DE2A9E1AF8C"
 PLATFORM_KEY_ID = "PUB_KEY_ID_0119000001092025112500000001"
 BRANCH = "zj"
+
+# A provider table's key settings in a plugins.toml of a test (before str.format, so the
+# braces are doubled), reading the files write_key_files writes.
+KEY_SETTINGS = f"""\
+private_key = {{{{ file = "wechatpay-merchant.pem" }}}}
+cert_serial_no = "{CERT_SERIAL_NO}"
+apiv3_key = {{{{ file = "wechatpay-apiv3.key" }}}}
+platform_public_key = {{{{ file = "wechatpay-platform-public.pem" }}}}
+platform_public_key_id = "{PLATFORM_KEY_ID}"
+"""
 
 
 @dataclass(frozen=True)
@@ -170,3 +181,15 @@ class NotifyReceiver:
 
     async def next(self, timeout: float = 10.0) -> Verdict:
         return await asyncio.wait_for(self.verdicts.get(), timeout)
+
+
+def write_key_files(directory: Path) -> None:
+    """The session's merchant key, APIv3 key and platform public key, as KEY_SETTINGS reads them."""
+    keys = session_keys()
+    for name, text in (
+        ("wechatpay-merchant.pem", keys.merchant_pem),
+        ("wechatpay-apiv3.key", keys.apiv3_key + "\n"),
+        ("wechatpay-platform-public.pem", keys.platform_public_pem),
+    ):
+        (directory / name).write_text(text)
+        (directory / name).chmod(0o600)

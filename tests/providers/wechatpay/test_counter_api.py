@@ -24,9 +24,15 @@ from providers.wechatpay.simulator import create_app
 from tests.conftest import RunningService
 from tests.counter_support import COUNTER, new_order, order_of, wait_for
 from tests.counter_support import charged as charge
-from tests.providers.wechatpay.support import PLATFORM_KEY_ID, merchant, session_keys
+from tests.providers.wechatpay.support import (
+    KEY_SETTINGS,
+    PLATFORM_KEY_ID,
+    merchant,
+    session_keys,
+    write_key_files,
+)
 
-PLUGINS_TOML = """
+PLUGINS_TOML = f"""
 [branches.zj]
 name = "China Mobile Zhejiang"
 province = "Zhejiang"
@@ -36,12 +42,7 @@ operator = "China Mobile"
 enabled = true
 mchid = "1900000109"
 appid = "wxd678efh567hg6787"
-private_key = {{ file = "wechatpay-merchant.pem" }}
-cert_serial_no = "444F4864EA9B34415C0A6E1FE4DF1DE2A9E1AF8C"
-apiv3_key = {{ file = "wechatpay-apiv3.key" }}
-platform_public_key = {{ file = "wechatpay-platform-public.pem" }}
-platform_public_key_id = "PUB_KEY_ID_0119000001092025112500000001"
-gateway = "{gateway}"
+{KEY_SETTINGS}gateway = "{{gateway}}"
 backoff_seconds = 0.01
 """
 """
@@ -75,14 +76,7 @@ def driver(gateway_url: str) -> WechatpayDriver:
 def branchpay(
     tmp_path: Path, start_service: Callable[..., RunningService], gateway_url: str
 ) -> RunningService:
-    keys = session_keys()
-    for name, text in (
-        ("wechatpay-merchant.pem", keys.merchant_pem),
-        ("wechatpay-apiv3.key", keys.apiv3_key + "\n"),
-        ("wechatpay-platform-public.pem", keys.platform_public_pem),
-    ):
-        (tmp_path / name).write_text(text)
-        (tmp_path / name).chmod(0o600)
+    write_key_files(tmp_path)
     return start_service(PLUGINS_TOML, gateway=gateway_url, **COUNTER)
 
 

@@ -30,14 +30,21 @@ from providers.wechatpay.provider import MAX_NOTIFICATION_BYTES
 from providers.wechatpay.simulator import create_app
 from tests.conftest import RunningService
 from tests.providers.notify_support import order_state, post_notification, started_attempt
-from tests.providers.wechatpay.support import MCHID, PLATFORM_KEY_ID, merchant, session_keys
+from tests.providers.wechatpay.support import (
+    KEY_SETTINGS,
+    MCHID,
+    PLATFORM_KEY_ID,
+    merchant,
+    session_keys,
+    write_key_files,
+)
 
 BJ_MCHID = "1900000202"
 BJ_APPID = "wx2421b1c4370ec43b"
 REJECTED = {"code": "FAIL", "message": "rejected"}
 ACCEPTED = {"code": "SUCCESS", "message": "OK"}
 
-PLUGINS_TOML = """
+PLUGINS_TOML = f"""
 [branches.zj]
 name = "China Mobile Zhejiang"
 province = "Zhejiang"
@@ -47,12 +54,7 @@ operator = "China Mobile"
 enabled = true
 mchid = "1900000109"
 appid = "wxd678efh567hg6787"
-private_key = {{ file = "wechatpay-merchant.pem" }}
-cert_serial_no = "444F4864EA9B34415C0A6E1FE4DF1DE2A9E1AF8C"
-apiv3_key = {{ file = "wechatpay-apiv3.key" }}
-platform_public_key = {{ file = "wechatpay-platform-public.pem" }}
-platform_public_key_id = "PUB_KEY_ID_0119000001092025112500000001"
-gateway = "{gateway}"
+{KEY_SETTINGS}gateway = "{{gateway}}"
 
 [branches.bj]
 name = "China Telecom Beijing"
@@ -63,12 +65,7 @@ operator = "China Telecom"
 enabled = true
 mchid = "1900000202"
 appid = "wx2421b1c4370ec43b"
-private_key = {{ file = "wechatpay-merchant.pem" }}
-cert_serial_no = "444F4864EA9B34415C0A6E1FE4DF1DE2A9E1AF8C"
-apiv3_key = {{ file = "wechatpay-apiv3.key" }}
-platform_public_key = {{ file = "wechatpay-platform-public.pem" }}
-platform_public_key_id = "PUB_KEY_ID_0119000001092025112500000001"
-gateway = "{gateway}"
+{KEY_SETTINGS}gateway = "{{gateway}}"
 
 [branches.yn]
 name = "China Telecom Yunnan"
@@ -93,14 +90,7 @@ def gateway_url() -> Iterator[str]:
 def branchpay(
     tmp_path: Path, start_service: Callable[..., RunningService], gateway_url: str
 ) -> RunningService:
-    keys = session_keys()
-    for name, text in (
-        ("wechatpay-merchant.pem", keys.merchant_pem),
-        ("wechatpay-apiv3.key", keys.apiv3_key + "\n"),
-        ("wechatpay-platform-public.pem", keys.platform_public_pem),
-    ):
-        (tmp_path / name).write_text(text)
-        (tmp_path / name).chmod(0o600)
+    write_key_files(tmp_path)
     return start_service(PLUGINS_TOML, gateway=gateway_url)
 
 

@@ -28,10 +28,12 @@ from tests.conftest import RunningService
 from tests.providers.notify_support import order_state, post_notification, started_attempt
 from tests.providers.wechatpay.support import (
     APPID,
+    KEY_SETTINGS,
     MCHID,
     PLATFORM_KEY_ID,
     merchant,
     session_keys,
+    write_key_files,
 )
 
 ZJ_SUB_MCHID = "1900000201"
@@ -42,12 +44,7 @@ PLUGINS_TOML = f"""
 [accounts.ct-isv.wechatpay]
 mchid = "{MCHID}"
 appid = "{APPID}"
-private_key = {{{{ file = "wechatpay-merchant.pem" }}}}
-cert_serial_no = "444F4864EA9B34415C0A6E1FE4DF1DE2A9E1AF8C"
-apiv3_key = {{{{ file = "wechatpay-apiv3.key" }}}}
-platform_public_key = {{{{ file = "wechatpay-platform-public.pem" }}}}
-platform_public_key_id = "{PLATFORM_KEY_ID}"
-gateway = "{{gateway}}"
+{KEY_SETTINGS}gateway = "{{gateway}}"
 backoff_seconds = 0.01
 
 [branches.zj]
@@ -102,14 +99,7 @@ def driver(simulator: tuple[str, Gateway]) -> WechatpayDriver:
 def branchpay(
     tmp_path: Path, start_service: Callable[..., RunningService], simulator: tuple[str, Gateway]
 ) -> RunningService:
-    keys = session_keys()
-    for name, text in (
-        ("wechatpay-merchant.pem", keys.merchant_pem),
-        ("wechatpay-apiv3.key", keys.apiv3_key + "\n"),
-        ("wechatpay-platform-public.pem", keys.platform_public_pem),
-    ):
-        (tmp_path / name).write_text(text)
-        (tmp_path / name).chmod(0o600)
+    write_key_files(tmp_path)
     return start_service(PLUGINS_TOML, gateway=simulator[0])
 
 
