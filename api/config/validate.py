@@ -229,20 +229,36 @@ class _Validator:
         elif not isinstance(enabled, bool):
             self.problem(where, "enabled: must be true or false")
         count = len(self.problems)
-        rules = self.payment_rules(where, cls, table)
         own = {k: v for k, v in table.items() if k not in CORE_KEYS}
+        account: dict[str, Any] = {}
+        origins: dict[str, str] = {}
         if "account" in table:
             under = self.account(branch, where, name, cls, table["account"], own)
             if under is None:
+                self.payment_rules(where, cls, table, cls.methods)
                 return None
-            account, account_enabled, origins, own = under
-            rules |= {"account": account, "account_enabled": account_enabled}
-        else:
-            origins = {}
+            account["account"], account["account_enabled"], origins, own = under
         settings = self.settings(where, cls, own, origins)
+        usable = cls.methods if settings is None else self.usable_methods(where, cls, settings)
+        rules = self.payment_rules(where, cls, table, usable)
         if settings is None or not isinstance(enabled, bool) or len(self.problems) > count:
             return None
-        return ProviderConfig(name=name, enabled=enabled, settings=settings, **rules)
+        if "methods" not in rules and usable != cls.methods:
+            rules["methods"] = usable
+        return ProviderConfig(name=name, enabled=enabled, settings=settings, **rules, **account)
+
+    def usable_methods(
+        self, where: str, cls: type[Provider], settings: BaseModel
+    ) -> tuple[PaymentMethod, ...]:
+        try:
+            usable = tuple(m for m in cls.methods_with(settings) if m in cls.methods)
+        except Exception as exc:
+            # A plugin bug; its message may hold anything, so only the type.
+            self.problem(where, f"methods could not be derived ({type(exc).__name__})")
+            return cls.methods
+        if not usable:
+            self.problem(where, f"{cls.name} offers no method with these settings")
+        return usable
 
     def account(
         self,
@@ -296,14 +312,21 @@ class _Validator:
         return account, table.get("enabled", True), origins, shared | own
 
     def payment_rules(
-        self, where: str, cls: type[Provider], table: dict[str, Any]
+        self,
+        where: str,
+        cls: type[Provider],
+        table: dict[str, Any],
+        usable: tuple[PaymentMethod, ...],
     ) -> dict[str, Any]:
-        """The branch's own rules for the provider: ``methods``, ``methods_by_kind``, amounts."""
+        """The branch's own rules for the provider: ``methods``, ``methods_by_kind``, amounts.
+
+        ``usable``: the provider's methods with the branch's settings (``methods_with``).
+        """
         rules: dict[str, Any] = {}
-        supported = ", ".join(m.value for m in cls.methods)
-        methods = cls.methods
+        supported = ", ".join(m.value for m in usable)
+        methods = usable
         if "methods" in table:
-            listed = self.methods(where, "methods", table["methods"], cls.methods, supported)
+            listed = self.methods(where, "methods", table["methods"], usable, supported)
             if listed is not None:
                 rules["methods"] = methods = listed
         if "methods_by_kind" in table:

@@ -323,6 +323,13 @@ class Provider:
     # Empty: the provider does not support service-provider accounts.
     sub_merchant_settings: ClassVar[tuple[str, ...]] = ()
 
+    @classmethod
+    def methods_with(cls, settings: BaseModel) -> tuple[PaymentMethod, ...]:
+        """The methods a branch with these settings can use: ``methods`` unless a mode of
+        the settings rules some out (e.g. one whose actions would carry a secret). The
+        loader checks a branch's ``methods`` against it and offers no other."""
+        return cls.methods
+
     def __init__(self, settings: BaseModel, *, branch: str, http: httpx.AsyncClient) -> None:
         self.settings = settings
         self.branch = branch

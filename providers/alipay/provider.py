@@ -26,8 +26,9 @@ branchpay answers it ``success``, keeps it aside and changes nothing.
 Third-party app authorization (第三方应用授权): ``app_id`` and the keys are the
 service provider's app; every call carries the merchant app's
 ``app_auth_token`` (``auth_app_id`` names that app). PAGE, WAP and APP are
-refused then: their signed URL or order string, token included, would go to
-the payer's device.
+not offered then (``methods_with``, so plugins.toml refuses them in the branch's
+``methods`` and payment options never show them) and refused if asked for: their
+signed URL or order string, token included, would go to the payer's device.
 
 Query, close and refund (with the same ``out_request_no``) are the calls
 Alipay documents as safe to repeat; only they are retried, with exponential
@@ -149,6 +150,11 @@ class GatewayReply:
         return text
 
 
+_AUTHORIZED_METHODS = frozenset(
+    {PaymentMethod.QR_CODE, PaymentMethod.PAYMENT_CODE, PaymentMethod.JSAPI}
+)
+
+
 class AlipayProvider(Provider):
     """Alipay OpenAPI with RSA2 keys, in public-key mode or public-key certificate mode."""
 
@@ -172,6 +178,13 @@ class AlipayProvider(Provider):
     )
     # Alipay's payment codes: 16-24 digits starting 25-30 (alipay.trade.pay's auth_code).
     payment_code_pattern: ClassVar[re.Pattern[str] | None] = re.compile(r"(2[5-9]|30)[0-9]{14,22}")
+
+    @classmethod
+    def methods_with(cls, settings: BaseModel) -> tuple[PaymentMethod, ...]:
+        if getattr(settings, "app_auth_token", None) is None:
+            return cls.methods
+        # Server-side calls only: the token never travels to the payer's device.
+        return tuple(m for m in cls.methods if m in _AUTHORIZED_METHODS)
 
     def __init__(self, settings: BaseModel, *, branch: str, http: httpx.AsyncClient) -> None:
         if not isinstance(settings, AlipaySettings):

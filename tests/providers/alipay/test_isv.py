@@ -14,12 +14,16 @@ import logging
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from pydantic import SecretStr, ValidationError
 
+from api.config.model import ConfigError
+from api.config.validate import load_config
+from api.plugin import private_key_pem, public_key_pem
 from api.plugins.contract import (
     AttemptState,
     EventKind,
@@ -209,3 +213,55 @@ async def test_counter_and_in_app_sales_go_through_the_merchants_app(
 
 
 FIELDS = ("out_trade_no", "amount_fen", "currency", "subject", "notify_url", "expires_at")
+
+
+def test_plugins_toml_declares_the_isv_account_once_and_offers_only_server_side_methods(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "isv.pem").write_text(private_key_pem(app_key()))
+    (tmp_path / "alipay.pem").write_text(public_key_pem(platform_key().public_key()))
+    (tmp_path / "zj.token").write_text(ZJ_TOKEN + "\n")
+    text = f"""
+[accounts.zj-isv.alipay]
+app_id = "{ISV_APP_ID}"
+private_key = {{ file = "isv.pem" }}
+alipay_public_key = {{ file = "alipay.pem" }}
+gateway = "http://127.0.0.1:9/gateway.do"
+
+[branches.zj]
+name = "China Mobile Zhejiang"
+province = "Zhejiang"
+operator = "China Mobile"
+
+[branches.zj.providers.alipay]
+enabled = true
+account = "zj-isv"
+auth_app_id = "{ZJ_APP_ID}"
+app_auth_token = {{ file = "zj.token" }}
+"""
+    path = tmp_path / "plugins.toml"
+    path.write_text(text)
+    config = load_config(path, {"alipay": AlipayProvider}).branches["zj"].providers["alipay"]
+    assert config.account == "zj-isv"
+    settings = config.settings
+    assert isinstance(settings, AlipaySettings)
+    assert settings.app_id == ISV_APP_ID and settings.auth_app_id == ZJ_APP_ID
+    assert settings.app_auth_token is not None
+    assert settings.app_auth_token.get_secret_value() == ZJ_TOKEN
+    # What would hand the token to the payer's device is not offered at all.
+    assert config.methods == (
+        PaymentMethod.QR_CODE,
+        PaymentMethod.PAYMENT_CODE,
+        PaymentMethod.JSAPI,
+    )
+
+    path.write_text(
+        text.replace("enabled = true\n", 'enabled = true\nmethods = ["QR_CODE", "PAGE"]\n')
+    )
+    with pytest.raises(ConfigError) as refused:
+        load_config(path, {"alipay": AlipayProvider})
+    assert refused.value.problems == [
+        f"{path}: [branches.zj.providers.alipay] methods: 'PAGE' not among QR_CODE, PAYMENT_CODE,"
+        " JSAPI"
+    ]
+    assert ZJ_TOKEN not in str(refused.value)
