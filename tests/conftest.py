@@ -15,11 +15,13 @@ import base64
 import logging
 import os
 import secrets
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from datetime import time as clock_time
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ from pymongo import MongoClient, monitoring
 from pymongo.synchronous.database import Database
 
 from api.dev import devdb
+from api.domain.beijing import BEIJING, beijing_now
 from api.plugins import hookimpl
 from api.plugins.contract import PaymentMethod, Provider
 from api.plugins.manager import installed_providers, new_plugin_manager
@@ -419,3 +422,22 @@ def write_config(config_dir: Path) -> Callable[[str], Path]:
         return path
 
     return write
+
+
+@pytest.fixture
+def clear_of_beijing_midnight() -> None:
+    """For tests that pay now and reconcile today's bill: start clear of a Beijing day's end.
+
+    A bill run leaves the records of the day's last minutes (the bill tolerance) to the
+    next day's run, so a test paying then would not find them on today's; started that
+    close to midnight, the test waits until the next Beijing day begins (at most minutes,
+    once: the next day's tests start clear).
+    """
+    from api.settings import Settings
+
+    tolerance = Settings.model_fields["bill_tolerance_seconds"].default
+    margin = timedelta(seconds=tolerance + 120)  # the test's own run time, generously
+    now = beijing_now()
+    ends = datetime.combine(now.date() + timedelta(days=1), clock_time(), BEIJING)
+    if ends - now < margin:
+        time.sleep((ends - now).total_seconds() + 1)

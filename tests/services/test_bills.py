@@ -44,6 +44,9 @@ from tests.services.conftest import (
     today,
 )
 
+# Each pays now and reconciles today's bill (a Beijing day).
+pytestmark = pytest.mark.usefixtures("clear_of_beijing_midnight")
+
 
 def publish_current_day(service: PayService, publish: bool = True) -> None:
     response = httpx.put(

@@ -66,6 +66,9 @@ SUMS = ("paymentCount", "paymentFen", "refundCount", "refundFen", "feeFen")
 OFFERINGS = {"zj": "zj-plan-59", "bj": "bj-plan-59"}
 DEAD_URL = "http://127.0.0.1:9"  # the discard port: nothing listens, nothing arrives
 
+# Each pays now and reconciles today's bill (a Beijing day).
+pytestmark = pytest.mark.usefixtures("clear_of_beijing_midnight")
+
 
 def has_bills(cls: type[Provider]) -> bool:
     """The adapter's own ``supports_bills``, asked of an instance made without settings."""

@@ -60,6 +60,9 @@ mutation($input: RefundPaymentInput!) {
 }
 """
 
+# Each pays now and reconciles today's bill (a Beijing day).
+pytestmark = pytest.mark.usefixtures("clear_of_beijing_midnight")
+
 
 def gateway(seller_id: str) -> Iterator[str]:
     app = create_app(
