@@ -19,9 +19,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.counter_support import COUNTER, START, charge, order_of, wait_for
 from tests.services.conftest import PayService, serve_process
 
-"""
-"""
-
 
 def code(behaviour: str) -> str:
     """A sandbox payment code: 99, 15 digits, and the last digit the payer's behaviour."""

@@ -52,8 +52,6 @@ name = "China Telecom Yunnan"
 province = "Yunnan"
 operator = "China Telecom"
 """
-"""
-"""
 
 
 def code(behaviour: str) -> str:

@@ -5,7 +5,9 @@ Alipay asks to repeat, the code kept out of logs), then branchpay itself (real
 app, uvicorn, store) configured through plugins.toml for the Alipay simulator:
 a code paid at once, one the payer confirms after a few polls (the notification
 Alipay then sends is the same fact), and one never confirmed, cancelled when
-the wait ends, with nothing taken from the payer and the order still unpaid.
+the wait ends, with nothing taken from the payer and the order still unpaid;
+and a payer in the branch's mini program, whose page gets the trade number for
+``my.tradePay`` once it gives the payer's Alipay user id.
 """
 
 from __future__ import annotations
@@ -185,9 +187,6 @@ alipay_public_key = {{ file = "alipay-public.pem" }}
 gateway = "{gateway}"
 """
 
-"""
-"""
-
 
 @pytest.fixture
 def gateway_url() -> Iterator[str]:
@@ -284,3 +283,42 @@ def test_a_sale_never_confirmed_is_cancelled_leaving_nothing_taken(
     assert trade["status"] == "TRADE_CLOSED"
     calls = httpx.get(f"{gateway_url}/_control/calls").json()
     assert calls["alipay.trade.cancel"] == 1 and calls["alipay.trade.query"] >= 2
+
+
+IN_APP = """
+mutation($input: StartPaymentInput!) {
+  startPayment(input: $input) {
+    payment { status outTradeNo }
+    action { kind tradeNo }
+    userErrors { field code }
+  }
+}
+"""
+BUYER_ID = "2088102146225135"
+
+
+def test_a_mini_program_payer_pays_the_trade_created_for_them(
+    branchpay: RunningService, gateway_url: str
+) -> None:
+    order_id = new_order(branchpay)
+
+    def start(**extra: Any) -> dict[str, Any]:
+        payload = {"orderId": order_id, "provider": "alipay", "method": "JSAPI", **extra}
+        started: dict[str, Any] = branchpay.client.data(IN_APP, {"input": payload})["startPayment"]
+        return started
+
+    assert start()["userErrors"] == [{"field": ["payerId"], "code": "PAYER_ID_REQUIRED"}]
+    assert branchpay.db["payments"].count_documents({}) == 0
+
+    started = start(payerId=BUYER_ID)
+    assert started["userErrors"] == []
+    action = started["action"]
+    assert action["kind"] == "TRADE_PAY" and action["tradeNo"]
+    # The payer confirms in the app (my.tradePay); Alipay notifies branchpay.
+    paid = httpx.post(
+        f"{gateway_url}/_control/trade-pay/{action['tradeNo']}", data={"outcome": "success"}
+    )
+    assert paid.json()["resultCode"] == "9000"
+    wait_for(lambda: order_of(branchpay, order_id)["status"] == "PAID")
+    (payment,) = order_of(branchpay, order_id)["payments"]
+    assert (payment["status"], payment["providerTradeNo"]) == ("SUCCEEDED", action["tradeNo"])
