@@ -308,7 +308,8 @@ class _Validator:
         if len(self.problems) > count:
             return None
         shared = {k: v for k, v in table.items() if k != "enabled"}
-        origins = dict.fromkeys(shared, account_where)
+        # Every setting but the sub-merchant's is the account's: one it lacks is its problem.
+        origins = {key: account_where for key in _fields_by_key(cls.Settings) if key not in subs}
         return account, table.get("enabled", True), origins, shared | own
 
     def payment_rules(

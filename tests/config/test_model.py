@@ -430,3 +430,9 @@ def test_a_branch_under_an_account_sets_only_its_sub_merchant_settings(
         f"{path}: [branches.hz.providers.cardpay] gateway: belongs in"
         " [accounts.zj-group.cardpay] (a branch under an account sets only merchant_id)"
     ]
+
+    # A setting the account lacks is the account's problem, not the branch's.
+    text = ACCOUNT.replace('gateway = "http://127.0.0.1:9/card"\n', "") + valid_text
+    path = write_config(text + "\n" + UNDER_ACCOUNT)
+    (problem,) = problems_of(path, providers)
+    assert problem.startswith(f"{path}: [accounts.zj-group.cardpay] gateway: "), problem
