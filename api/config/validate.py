@@ -233,7 +233,7 @@ class _Validator:
         account: dict[str, Any] = {}
         origins: dict[str, str] = {}
         if "account" in table:
-            under = self.account(branch, where, name, cls, table["account"], own)
+            under = self.account(where, name, cls, table["account"], own)
             if under is None:
                 self.payment_rules(where, cls, table, cls.methods)
                 return None
@@ -262,7 +262,6 @@ class _Validator:
 
     def account(
         self,
-        branch: str,
         where: str,
         name: str,
         cls: type[Provider],
