@@ -115,6 +115,18 @@ def test_refusals_name_the_field_and_write_nothing(
     assert refused("") == [(["authCode"], "AUTH_CODE_REQUIRED")]
     assert refused("12 34") == [(["authCode"], "INVALID_AUTH_CODE")]
     assert refused("55" + "1" * 16) == [(["authCode"], "INVALID_AUTH_CODE")]
+    # A WeChat Pay, Alipay or UnionPay code at a branch that takes none of them: the
+    # wallet is named, and nothing is sent anywhere.
+    for wallet, scanned in (
+        ("WeChat Pay (wechatpay)", "13" + "1" * 16),
+        ("Alipay (alipay)", "28" + "1" * 16),
+        ("UnionPay (unionpay)", "62" + "1" * 17),
+    ):
+        result = charge(service, order["id"], scanned)
+        assert result["payment"] is None
+        ((error),) = result["userErrors"]
+        assert (error["field"], error["code"]) == (["authCode"], "PROVIDER_NOT_ENABLED"), wallet
+        assert wallet in error["message"] and "does not enable it" in error["message"]
     assert service.db.payments.count_documents({}) == 0
     # A code the platform declines: the attempt is FAILED, the order still payable.
     assert refused(code("decline")) == [(["authCode"], "PAYMENT_DECLINED")]
