@@ -124,7 +124,7 @@ def test_refusals_name_the_field_and_write_nothing(
     ):
         result = charge(service, order["id"], scanned)
         assert result["payment"] is None
-        ((error),) = result["userErrors"]
+        (error,) = result["userErrors"]
         assert (error["field"], error["code"]) == (["authCode"], "PROVIDER_NOT_ENABLED"), wallet
         assert wallet in error["message"] and "does not enable it" in error["message"]
     assert service.db.payments.count_documents({}) == 0
