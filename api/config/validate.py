@@ -113,7 +113,7 @@ class _Validator:
                 self.setting_values(table_path("accounts", account, name), cls, table, set(), [])
         if self.problems:
             # An account's problem is found once per branch using it; say it once.
-            raise ConfigError([p for p in dict.fromkeys(self.problems) if p])
+            raise ConfigError(list(dict.fromkeys(self.problems)))
         return PluginsConfig(path=self.path, branches=branches)
 
     def account_tables(self, accounts: Any) -> dict[tuple[str, str], dict[str, Any]]:
@@ -146,10 +146,8 @@ class _Validator:
             for name, table in by_provider.items():
                 where = table_path("accounts", account, name)
                 self.invalid_accounts.add((account, name))
-                cls = self.providers.get(name)
+                cls = self.installed(where, name)
                 if cls is None:
-                    installed = ", ".join(sorted(self.providers)) or "none"
-                    self.problem(where, f"unknown provider {name!r} (installed: {installed})")
                     continue
                 if not isinstance(table, dict):
                     self.problem(where, "must be a table")
@@ -202,23 +200,33 @@ class _Validator:
                 details[key] = value
         providers_table = table.get("providers", {})
         providers: dict[str, ProviderConfig] = {}
+        invalid = False
         if not isinstance(providers_table, dict):
             self.problem(where, "providers: must be a table of provider tables")
         else:
             for name, provider_table in providers_table.items():
                 provider = self.provider(code, name, provider_table)
-                if provider is not None:
+                if provider is None:
+                    # Reported, here or (an invalid account's) against its own table.
+                    invalid = True
+                else:
                     providers[name] = provider
-        if len(self.problems) > count:
+        if invalid or len(self.problems) > count:
             return None
         return BranchConfig(code=code, providers=providers, **details)
 
-    def provider(self, branch: str, name: str, table: Any) -> ProviderConfig | None:
-        where = table_path("branches", branch, "providers", name)
+    def installed(self, where: str, name: str) -> type[Provider] | None:
+        """The installed provider class of that name, or None after reporting it unknown."""
         cls = self.providers.get(name)
         if cls is None:
             installed = ", ".join(sorted(self.providers)) or "none"
             self.problem(where, f"unknown provider {name!r} (installed: {installed})")
+        return cls
+
+    def provider(self, branch: str, name: str, table: Any) -> ProviderConfig | None:
+        where = table_path("branches", branch, "providers", name)
+        cls = self.installed(where, name)
+        if cls is None:
             return None
         if not isinstance(table, dict):
             self.problem(where, "must be a table")
@@ -282,7 +290,6 @@ class _Validator:
         if table is None:
             if (account, name) in self.invalid_accounts:
                 # Its table's problems are reported; the branch cannot load until they go.
-                self.problems.append("")
                 return None
             if not subs:
                 reason = f"{name} has no service-provider mode"
