@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,26 +28,8 @@ from api.plugins.contract import (
 from providers.kit.loopback import LoopbackServer
 from providers.unionpay import UnionpayProvider
 from providers.unionpay.driver import UnionpayDriver
-from tests.providers.unionpay.support import BRANCH, settings, simulator_app
 
 LOGGER = "branchpay.providers.unionpay"
-
-
-@pytest.fixture(scope="module")
-def simulator() -> Iterator[LoopbackServer]:
-    with LoopbackServer(simulator_app()) as server:
-        yield server
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=10.0) as client:
-        yield client
-
-
-@pytest.fixture
-def provider(simulator: LoopbackServer, http: httpx.AsyncClient) -> UnionpayProvider:
-    return UnionpayProvider(settings(simulator.url), branch=BRANCH, http=http)
 
 
 @pytest.fixture

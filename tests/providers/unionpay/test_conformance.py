@@ -12,38 +12,18 @@ makes them.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-
 import httpx
 import pytest
 
 from providers.kit.conformance import ProviderConformance
 from providers.kit.loopback import LoopbackServer
-from providers.unionpay import UnionpayProvider
 from providers.unionpay.driver import UnionpayDriver
-from tests.providers.unionpay.support import BRANCH, other_chain, settings, simulator_app
-
-
-@pytest.fixture(scope="module")
-def simulator() -> Iterator[LoopbackServer]:
-    with LoopbackServer(simulator_app()) as server:
-        yield server
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=10.0) as client:
-        yield client
+from tests.providers.unionpay.support import other_chain
 
 
 @pytest.fixture
 def gateway(simulator: LoopbackServer, http: httpx.AsyncClient) -> UnionpayDriver:
     return UnionpayDriver(simulator.url, http, forger_key=other_chain().platform_key)
-
-
-@pytest.fixture
-def provider(simulator: LoopbackServer, http: httpx.AsyncClient) -> UnionpayProvider:
-    return UnionpayProvider(settings(simulator.url), branch=BRANCH, http=http)
 
 
 class TestUnionpayConformance(ProviderConformance):

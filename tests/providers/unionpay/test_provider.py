@@ -16,7 +16,7 @@ import socket
 import stat
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -57,27 +57,9 @@ from tests.providers.unionpay.support import (
     other_chain,
     platform_signed,
     settings,
-    simulator_app,
 )
 
 LOGGER = "branchpay.providers.unionpay"
-
-
-@pytest.fixture(scope="module")
-def simulator() -> Iterator[LoopbackServer]:
-    with LoopbackServer(simulator_app()) as server:
-        yield server
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=10.0) as client:
-        yield client
-
-
-@pytest.fixture
-def provider(simulator: LoopbackServer, http: httpx.AsyncClient) -> UnionpayProvider:
-    return UnionpayProvider(settings(simulator.url), branch=BRANCH, http=http)
 
 
 @pytest.fixture(scope="module")
