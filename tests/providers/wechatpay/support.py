@@ -30,7 +30,7 @@ from api.plugins.contract import (
     ProviderEvent,
 )
 from providers.wechatpay import WechatpaySettings
-from providers.wechatpay.simulator import Merchant
+from providers.wechatpay.simulator import Merchant, create_app
 
 MCHID = "1900000109"
 APPID = "wxd678efh567hg6787"
@@ -193,3 +193,15 @@ def write_key_files(directory: Path) -> None:
     ):
         (directory / name).write_text(text)
         (directory / name).chmod(0o600)
+
+
+def simulator_app(*merchants: Merchant, **options: Any) -> Starlette:
+    """The simulator knowing these merchants, signing with the session's platform key
+    under PLATFORM_KEY_ID; ``options`` as create_app takes them."""
+    keys = session_keys()
+    return create_app(
+        merchants=list(merchants),
+        platform_private_key=keys.platform,
+        platform_public_key_id=PLATFORM_KEY_ID,
+        **options,
+    )

@@ -52,7 +52,7 @@ from providers.wechatpay.bills import (
     SUCCESS_COLUMNS,
 )
 from providers.wechatpay.driver import WechatpayDriver
-from providers.wechatpay.simulator import Gateway, create_app
+from providers.wechatpay.simulator import Gateway
 from tests.providers.wechatpay.support import (
     BRANCH,
     CERT_SERIAL_NO,
@@ -62,6 +62,7 @@ from tests.providers.wechatpay.support import (
     merchant,
     session_keys,
     settings,
+    simulator_app,
 )
 
 OTHER_MCHID = "1900000110"
@@ -351,10 +352,9 @@ def keys() -> Keys:
 @pytest.fixture
 def simulator(keys: Keys) -> Iterator[tuple[str, Gateway]]:
     """A simulator of its own per test: a bill holds everything of its day."""
-    app = create_app(
-        merchants=[merchant(keys), merchant(keys, mchid=OTHER_MCHID, appid=OTHER_APPID)],
-        platform_private_key=keys.platform,
-        platform_public_key_id=PLATFORM_KEY_ID,
+    app = simulator_app(
+        merchant(keys),
+        merchant(keys, mchid=OTHER_MCHID, appid=OTHER_APPID),
         publish_current_day=True,
     )
     with LoopbackServer(app) as server:
@@ -514,10 +514,8 @@ async def test_today_is_published_only_when_asked(
     keys: Keys, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv(CURRENT_DAY_ENV, raising=False)
-    app = create_app(
-        merchants=[merchant(keys)],
-        platform_private_key=keys.platform,
-        platform_public_key_id=PLATFORM_KEY_ID,
+    app = simulator_app(
+        merchant(keys),
     )
     with LoopbackServer(app) as server:
         provider = WechatpayProvider(settings(keys, server.url), branch=BRANCH, http=http)
@@ -547,10 +545,8 @@ def test_the_kit_setting_decides_when_create_app_is_not_told(
     keys: Keys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def published() -> bool:
-        app = create_app(
-            merchants=[merchant(keys)],
-            platform_private_key=keys.platform,
-            platform_public_key_id=PLATFORM_KEY_ID,
+        app = simulator_app(
+            merchant(keys),
         )
         book = app.state.gateway.book
         assert book.publish_hour == 10  # WeChat Pay: "每日10点后"

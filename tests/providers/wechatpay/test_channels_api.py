@@ -33,7 +33,6 @@ from cryptography.hazmat.primitives.hashes import SHA256
 
 from providers.kit.loopback import LoopbackServer
 from providers.wechatpay.driver import WechatpayDriver
-from providers.wechatpay.simulator import create_app
 from tests.conftest import RunningService
 from tests.counter_support import COUNTER, new_order, order_of, wait_for
 from tests.counter_support import charged as charge
@@ -44,6 +43,7 @@ from tests.providers.wechatpay.support import (
     PLATFORM_KEY_ID,
     merchant,
     session_keys,
+    simulator_app,
     write_key_files,
 )
 
@@ -65,10 +65,8 @@ backoff_seconds = 0.01
 @pytest.fixture
 def gateway_url() -> Iterator[str]:
     keys = session_keys()
-    app = create_app(
-        merchants=[merchant(keys)],
-        platform_private_key=keys.platform,
-        platform_public_key_id=PLATFORM_KEY_ID,
+    app = simulator_app(
+        merchant(keys),
     )
     with LoopbackServer(app) as server:
         yield server.url

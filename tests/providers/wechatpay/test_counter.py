@@ -27,23 +27,21 @@ from api.plugins.contract import (
 from providers.kit.loopback import LoopbackServer
 from providers.wechatpay import WechatpayProvider
 from providers.wechatpay.driver import WechatpayDriver
-from providers.wechatpay.simulator import create_app
 from tests.providers.wechatpay.support import (
     BRANCH,
     PLATFORM_KEY_ID,
     merchant,
     session_keys,
     settings,
+    simulator_app,
 )
 
 
 @pytest.fixture(scope="module")
 def simulator_url() -> Iterator[str]:
     keys = session_keys()
-    app = create_app(
-        merchants=[merchant(keys)],
-        platform_private_key=keys.platform,
-        platform_public_key_id=PLATFORM_KEY_ID,
+    app = simulator_app(
+        merchant(keys),
     )
     with LoopbackServer(app) as server:
         yield server.url

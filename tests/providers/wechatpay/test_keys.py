@@ -35,13 +35,14 @@ from api.plugins.contract import (
 from providers.kit.loopback import LoopbackServer
 from providers.wechatpay import WechatpayProvider
 from providers.wechatpay.driver import WechatpayDriver
-from providers.wechatpay.simulator import Gateway, PlatformCertificate, create_app
+from providers.wechatpay.simulator import Gateway, PlatformCertificate
 from tests.providers.wechatpay.support import (
     BRANCH,
     PLATFORM_KEY_ID,
     merchant,
     session_keys,
     settings,
+    simulator_app,
 )
 
 CERT_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -72,10 +73,8 @@ OLD_PEM = certificate_pem(rsa.generate_private_key(public_exponent=65537, key_si
 @pytest.fixture(scope="module")
 def simulator() -> Iterator[tuple[str, Gateway]]:
     keys = session_keys()
-    app = create_app(
-        merchants=[merchant(keys)],
-        platform_private_key=keys.platform,
-        platform_public_key_id=PLATFORM_KEY_ID,
+    app = simulator_app(
+        merchant(keys),
         platform_certificate=PlatformCertificate(CERT_KEY, format(CERT_SERIAL, "X")),
     )
     with LoopbackServer(app) as server:

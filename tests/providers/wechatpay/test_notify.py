@@ -27,7 +27,6 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from providers.kit.loopback import LoopbackServer
 from providers.wechatpay import signing
 from providers.wechatpay.provider import MAX_NOTIFICATION_BYTES
-from providers.wechatpay.simulator import create_app
 from tests.conftest import RunningService
 from tests.providers.notify_support import order_state, post_notification, started_attempt
 from tests.providers.wechatpay.support import (
@@ -36,6 +35,7 @@ from tests.providers.wechatpay.support import (
     PLATFORM_KEY_ID,
     merchant,
     session_keys,
+    simulator_app,
     write_key_files,
 )
 
@@ -77,10 +77,9 @@ operator = "China Telecom"
 @pytest.fixture
 def gateway_url() -> Iterator[str]:
     keys = session_keys()
-    app = create_app(
-        merchants=[merchant(keys), merchant(keys, mchid=BJ_MCHID, appid=BJ_APPID)],
-        platform_private_key=keys.platform,
-        platform_public_key_id=PLATFORM_KEY_ID,
+    app = simulator_app(
+        merchant(keys),
+        merchant(keys, mchid=BJ_MCHID, appid=BJ_APPID),
     )
     with LoopbackServer(app) as server:
         yield server.url

@@ -28,7 +28,7 @@ from providers.kit.conformance import ProviderConformance
 from providers.kit.loopback import LoopbackServer
 from providers.wechatpay import WechatpayProvider
 from providers.wechatpay.driver import WechatpayDriver
-from providers.wechatpay.simulator import Gateway, create_app
+from providers.wechatpay.simulator import Gateway
 from tests.providers.wechatpay.support import (
     APPID,
     BRANCH,
@@ -37,6 +37,7 @@ from tests.providers.wechatpay.support import (
     merchant,
     session_keys,
     settings,
+    simulator_app,
 )
 
 SUB_MCHID = "1900000201"
@@ -51,10 +52,8 @@ def simulator() -> Iterator[tuple[str, Gateway]]:
     provider_account = replace(
         merchant(keys), sub_merchants={SUB_MCHID: SUB_APPID, OTHER_SUB_MCHID: None}
     )
-    app = create_app(
-        merchants=[provider_account],
-        platform_private_key=keys.platform,
-        platform_public_key_id=PLATFORM_KEY_ID,
+    app = simulator_app(
+        provider_account,
     )
     with LoopbackServer(app) as server:
         yield server.url, app.state.gateway

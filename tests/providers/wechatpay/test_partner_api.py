@@ -23,7 +23,7 @@ import pytest
 from api.plugin import NotificationRequest
 from providers.kit.loopback import LoopbackServer
 from providers.wechatpay.driver import WechatpayDriver
-from providers.wechatpay.simulator import Gateway, create_app
+from providers.wechatpay.simulator import Gateway
 from tests.conftest import RunningService
 from tests.providers.notify_support import order_state, post_notification, started_attempt
 from tests.providers.wechatpay.support import (
@@ -33,6 +33,7 @@ from tests.providers.wechatpay.support import (
     PLATFORM_KEY_ID,
     merchant,
     session_keys,
+    simulator_app,
     write_key_files,
 )
 
@@ -75,10 +76,8 @@ def simulator() -> Iterator[tuple[str, Gateway]]:
     service_provider = replace(
         merchant(keys), sub_merchants={ZJ_SUB_MCHID: None, BJ_SUB_MCHID: None}
     )
-    app = create_app(
-        merchants=[service_provider],
-        platform_private_key=keys.platform,
-        platform_public_key_id=PLATFORM_KEY_ID,
+    app = simulator_app(
+        service_provider,
     )
     with LoopbackServer(app) as server:
         yield server.url, app.state.gateway

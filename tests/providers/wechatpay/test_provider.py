@@ -45,7 +45,7 @@ from providers.kit.loopback import LoopbackServer
 from providers.wechatpay import WechatpayProvider, WechatpaySettings, demo, signing
 from providers.wechatpay.driver import WechatpayDriver
 from providers.wechatpay.provider import description, fen
-from providers.wechatpay.simulator import Gateway, create_app
+from providers.wechatpay.simulator import Gateway
 from tests.providers.wechatpay.support import (
     APPID,
     BRANCH,
@@ -57,6 +57,7 @@ from tests.providers.wechatpay.support import (
     merchant,
     session_keys,
     settings,
+    simulator_app,
 )
 
 LOGGER = "branchpay.providers.wechatpay"
@@ -70,10 +71,9 @@ def keys() -> Keys:
 @pytest.fixture(scope="module")
 def simulator(keys: Keys) -> Iterator[tuple[str, Gateway]]:
     other = merchant(keys, mchid="1900000110", appid="wx0000000000000110")
-    app = create_app(
-        merchants=[merchant(keys), other],
-        platform_private_key=keys.platform,
-        platform_public_key_id=PLATFORM_KEY_ID,
+    app = simulator_app(
+        merchant(keys),
+        other,
     )
     with LoopbackServer(app) as server:
         yield server.url, app.state.gateway
@@ -535,10 +535,8 @@ async def test_duplicate_late_and_out_of_order_callbacks(
 async def test_an_unanswered_callback_is_delivered_again(
     keys: Keys, http: httpx.AsyncClient
 ) -> None:
-    app = create_app(
-        merchants=[merchant(keys)],
-        platform_private_key=keys.platform,
-        platform_public_key_id=PLATFORM_KEY_ID,
+    app = simulator_app(
+        merchant(keys),
         redelivery_delays=(0.05, 0.05, 0.05),
     )
     with LoopbackServer(app) as simulator:

@@ -40,7 +40,7 @@ from api.plugins.contract import (
 from providers.kit.loopback import LoopbackServer
 from providers.wechatpay import WechatpayProvider, signing
 from providers.wechatpay.driver import WechatpayDriver
-from providers.wechatpay.simulator import Gateway, create_app
+from providers.wechatpay.simulator import Gateway
 from tests.providers.wechatpay.support import (
     APPID,
     BRANCH,
@@ -51,6 +51,7 @@ from tests.providers.wechatpay.support import (
     merchant,
     session_keys,
     settings,
+    simulator_app,
 )
 
 
@@ -61,10 +62,8 @@ def keys() -> Keys:
 
 @pytest.fixture(scope="module")
 def simulator(keys: Keys) -> Iterator[tuple[str, Gateway]]:
-    app = create_app(
-        merchants=[merchant(keys)],
-        platform_private_key=keys.platform,
-        platform_public_key_id=PLATFORM_KEY_ID,
+    app = simulator_app(
+        merchant(keys),
     )
     with LoopbackServer(app) as server:
         yield server.url, app.state.gateway
