@@ -9,7 +9,6 @@ after signing, and the signature removed.
 
 from __future__ import annotations
 
-import secrets
 from urllib.parse import parse_qsl, urlencode
 
 import httpx
@@ -18,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from api.plugin import ActionKind, NotificationRequest, PaymentAction
 from providers.alipay.amounts import fen_to_yuan, yuan_to_fen
 from providers.alipay.signing import notification_string, sign
-from providers.kit.driver import CodeBehaviour, SettleOutcome
+from providers.kit.driver import CodeBehaviour, SettleOutcome, behaviour_code
 
 FORM_HEADERS = {"content-type": "application/x-www-form-urlencoded; charset=utf-8"}
 
@@ -107,8 +106,7 @@ class AlipayGatewayDriver:
     def payment_code(self, behaviour: CodeBehaviour) -> str:
         """A new Alipay payment code (18 digits from 28) whose last digit is the payer's
         behaviour at the simulator: 1 pays at once, 2 confirms after 2 queries, 3 never."""
-        last = {"pay": "1", "confirm": "2", "never": "3"}[behaviour]
-        return "28" + "".join(secrets.choice("0123456789") for _ in range(15)) + last
+        return behaviour_code("28", 18, behaviour)
 
     async def taken_fen(self, out_trade_no: str) -> int:
         response = await self.http.get(f"{self.simulator_url}/_control/trades/{out_trade_no}/taken")

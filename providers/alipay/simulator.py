@@ -114,6 +114,7 @@ from providers.alipay.bills import (
 )
 from providers.alipay.signing import notification_string, request_string, sign, verify
 from providers.kit.bills import BillBook, bill_routes
+from providers.kit.driver import CODE_BEHAVIOURS
 from providers.kit.simulator import Fault, FaultQueue, Notifier, control_routes, page, pay_page
 
 logger = logging.getLogger("branchpay.providers.alipay.simulator")
@@ -144,7 +145,6 @@ _SERVER_METHODS = frozenset(
 # Alipay payment codes (alipay.trade.pay's auth_code): 16-24 digits starting 25-30.
 PAYMENT_CODE = re.compile(r"(2[5-9]|30)[0-9]{14,22}")
 # The last digit of a payment code: what the payer does (anything else: declined).
-CODE_BEHAVIOURS = {"1": "pay", "2": "confirm", "3": "never"}
 CONFIRMING_QUERIES = 2  # "confirm": the queries that still find the payer confirming
 _COMMON_REQUIRED = ("app_id", "method", "charset", "sign_type", "sign", "timestamp", "version")
 

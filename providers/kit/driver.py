@@ -9,12 +9,26 @@ conformance module's docstring says which case needs which.
 
 from __future__ import annotations
 
+import secrets
+from collections.abc import Mapping
 from typing import Literal, Protocol, runtime_checkable
 
 from api.plugin import NotificationRequest
 
 SettleOutcome = Literal["success", "fail", "close"]
 CodeBehaviour = Literal["pay", "confirm", "never"]
+
+# How the built-in simulators read a payment code: its last digit is the payer's
+# behaviour (any other digit: the code is declined).
+CODE_BEHAVIOURS: Mapping[str, CodeBehaviour] = {"1": "pay", "2": "confirm", "3": "never"}
+
+
+def behaviour_code(prefix: str, length: int, behaviour: CodeBehaviour) -> str:
+    """A new ``length``-digit payment code starting ``prefix``, random in the middle, whose
+    last digit is ``behaviour`` as CODE_BEHAVIOURS reads it (a driver's ``payment_code``)."""
+    last = next(digit for digit, meant in CODE_BEHAVIOURS.items() if meant == behaviour)
+    middle = "".join(secrets.choice("0123456789") for _ in range(length - len(prefix) - 1))
+    return prefix + middle + last
 
 
 @runtime_checkable
@@ -63,9 +77,9 @@ class GatewayDriver(Protocol):
     #         """What the simulator's ledger holds as taken from the payer for the
     #         attempt: paid minus refunded or reversed (0 when never paid)."""
     #
-    # Pick how the simulator recognises the behaviour from the code (the
-    # sandbox: its last digit, 1 pay, 2 confirm, 3 never) and document it in the
-    # simulator's docstring; every code must match the provider's
+    # Pick how the simulator recognises the behaviour from the code (the built-in
+    # ones: its last digit, CODE_BEHAVIOURS, codes made with behaviour_code) and
+    # document it in the simulator's docstring; every code must match the provider's
     # payment_code_pattern and be new (payment codes are one-time).
     #
     # Optional, for platforms that notify a counter sale (Alipay, UnionPay, the sandbox):

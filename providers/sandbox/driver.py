@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from api.plugin import NotificationRequest
-from providers.kit.driver import CodeBehaviour, GatewayDriver, SettleOutcome
+from providers.kit.driver import CodeBehaviour, GatewayDriver, SettleOutcome, behaviour_code
 from providers.sandbox import signing
 
 
@@ -55,8 +55,7 @@ class SandboxDriver(GatewayDriver):
         return await self.redeliver(out_trade_no)
 
     def payment_code(self, behaviour: CodeBehaviour) -> str:
-        last = {"pay": "1", "confirm": "2", "never": "3"}[behaviour]
-        return "99" + "".join(secrets.choice("0123456789") for _ in range(15)) + last
+        return behaviour_code("99", 18, behaviour)
 
     async def taken_fen(self, out_trade_no: str) -> int:
         response = await self.http.get(f"{self.base_url}/control/payments/{out_trade_no}/taken")

@@ -93,6 +93,7 @@ from starlette.routing import Route
 
 from api.plugin import BillUnavailableReason, beijing_day
 from providers.kit.bills import BillBook, bill_routes
+from providers.kit.driver import CODE_BEHAVIOURS
 from providers.kit.simulator import (
     Fault,
     FaultQueue,
@@ -110,7 +111,6 @@ OUT_TRADE_NO = re.compile(r"^[0-9A-Za-z]{8,32}$")
 METHODS = frozenset({"PAGE", "WAP", "QR_CODE", "APP"})
 PAYMENT_CODE = re.compile(r"99\d{16}")
 # The last digit of a payment code: what the payer does (anything else: declined).
-CODE_BEHAVIOURS = {"1": "pay", "2": "confirm", "3": "never"}
 CONFIRMING_QUERIES = 2  # "confirm": the queries that still find the payer confirming
 OUTCOMES = {"success": "SUCCEEDED", "fail": "FAILED", "close": "CLOSED"}
 EVENT_TYPES = {

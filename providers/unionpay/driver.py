@@ -8,7 +8,6 @@ browser, and :meth:`settle` does so with a form handed to :meth:`remember`
 
 from __future__ import annotations
 
-import secrets
 from html.parser import HTMLParser
 from urllib.parse import parse_qsl, urlencode
 
@@ -16,7 +15,7 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from api.plugin import ActionKind, NotificationRequest, PaymentAction
-from providers.kit.driver import CodeBehaviour, SettleOutcome
+from providers.kit.driver import CodeBehaviour, SettleOutcome, behaviour_code
 from providers.unionpay import message, pki
 
 
@@ -155,8 +154,7 @@ class UnionpayDriver:
     def payment_code(self, behaviour: CodeBehaviour) -> str:
         """A new UnionPay code (62 + 17 digits) whose last digit the simulator reads as
         ``behaviour``: 1 pays at once, 2 confirms after 2 queries, 3 never confirms."""
-        last = {"pay": "1", "confirm": "2", "never": "3"}[behaviour]
-        return "62" + "".join(secrets.choice("0123456789") for _ in range(16)) + last
+        return behaviour_code("62", 19, behaviour)
 
     async def taken_fen(self, out_trade_no: str) -> int:
         """What the simulator's ledger holds as taken for the sale (paid less returned)."""

@@ -102,6 +102,7 @@ from starlette.routing import Route
 
 from api.plugin import BEIJING
 from providers.kit.bills import BillBook, BillEntry, beijing_today, bill_routes
+from providers.kit.driver import CODE_BEHAVIOURS
 from providers.kit.simulator import Fault, FaultQueue, Notifier, control_routes, page, pay_page
 from providers.unionpay import bills, message
 
@@ -142,7 +143,6 @@ MERCHANT_NAME = "branchpay模拟商户"
 # A UnionPay payment code (云闪付 付款码): 62 and 17 digits; here its last digit is the
 # payer's behaviour.
 PAYMENT_CODE = re.compile(r"62\d{17}")
-CODE_BEHAVIOURS = {"1": "pay", "2": "confirm", "3": "never"}
 # A "confirm" payer: the consume and this many queries find it pending, the next one paid.
 CONFIRMING_QUERIES = 2
 # What /control/notifications/resign may change in a notification it made.

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from api.plugins.contract import NotificationRequest
-from providers.kit.driver import CodeBehaviour
+from providers.kit.driver import CodeBehaviour, behaviour_code
 from providers.wechatpay import signing
 
 
@@ -59,9 +59,7 @@ class WechatpayDriver:
 
     def payment_code(self, behaviour: CodeBehaviour) -> str:
         """A new 18-digit code (10-15 first) whose last digit tells the simulator ``behaviour``."""
-        last = {"pay": "1", "confirm": "2", "never": "3"}[behaviour]
-        middle = "".join(secrets.choice("0123456789") for _ in range(15))
-        return "1" + secrets.choice("012345") + middle + last
+        return behaviour_code("1" + secrets.choice("012345"), 18, behaviour)
 
     async def taken_fen(self, out_trade_no: str) -> int:
         async with httpx.AsyncClient(base_url=self.simulator_url, timeout=10) as client:

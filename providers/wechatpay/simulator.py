@@ -144,6 +144,7 @@ from starlette.routing import Route
 
 from api.plugin import BillUnavailableReason, fen_to_yuan, to_beijing
 from providers.kit.bills import BillBook, BillEntry, beijing_today, bill_routes
+from providers.kit.driver import CODE_BEHAVIOURS
 from providers.kit.simulator import Fault, FaultQueue, Notifier, Signer, control_routes
 from providers.kit.simulator import pay_page as render_pay_page
 from providers.wechatpay import signing
@@ -170,7 +171,6 @@ _BILL_STATUS = {"SUCCEEDED": "SUCCESS", "PENDING": "PROCESSING", "FAILED": "CLOS
 # A counter code: 18 digits, 10-15 first (WeChat Pay's 付款码 rule).
 PAYMENT_CODE = re.compile(r"1[0-5][0-9]{16}")
 # The last digit of a payment code: what the payer does (anything else: declined).
-CODE_BEHAVIOURS = {"1": "pay", "2": "confirm", "3": "never"}
 # Queries a "confirm" payer stays USERPAYING for after the pay call.
 CONFIRMING_QUERIES = 2
 _TRADE_STATE_DESC = {
